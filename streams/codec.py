@@ -1,0 +1,575 @@
+"""Avro schemas, schema ids and the Confluent wire-format codec for events and their EventMeta."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import io
+import json
+import os
+import re
+import struct
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import SchemaParseException, UnknownType
+
+SCHEMAS_DIR_ENV = "SAGASTREAM_SCHEMAS_DIR"
+META_RECORD = "EventMeta"
+
+_PRIMITIVES = frozenset(
+    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+)
+_HEADER = struct.Struct(">BI")
+_MAGIC = 0
+_INT_RANGE = (-(2**31), 2**31 - 1)
+_LONG_RANGE = (-(2**63), 2**63 - 1)
+
+ParsedSchema = dict[str, Any]
+DecodeReason = Literal["empty", "bad_magic", "unknown_schema_id", "truncated", "corrupt"]
+
+
+class SchemaStore:
+    """Every record schema of one directory of .avsc files, parsed once, by record name."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        sources = _read_sources(self.directory)
+        named: dict[str, Any] = {}
+        self._parsed: dict[str, ParsedSchema] = {}
+        for name in _dependency_order(sources):
+            path, schema = sources[name]
+            try:
+                self._parsed[name] = parse_schema(schema, named)
+            except (SchemaParseException, UnknownType) as exc:
+                raise ValueError(f"{path}: invalid Avro schema: {exc}") from exc
+        fullnames = {_fullname(s["name"], s.get("namespace")): n for n, (_, s) in sources.items()}
+        self._raw = {
+            name: _inline(schema, None, fullnames, sources, set())
+            for name, (_, schema) in sources.items()
+        }
+        self._event_types = sorted(
+            name for name, (_, schema) in sources.items() if _is_event(schema, fullnames)
+        )
+
+    @classmethod
+    def default_dir(cls) -> Path:
+        """The repository's schemas/ directory, unless $SAGASTREAM_SCHEMAS_DIR names another."""
+        override = os.environ.get(SCHEMAS_DIR_ENV)
+        return Path(override) if override else Path(__file__).parent.parent / "schemas"
+
+    def event_types(self) -> list[str]:
+        """Sorted names of the records that are events (first field `meta` of type EventMeta)."""
+        return list(self._event_types)
+
+    def schema(self, name: str) -> ParsedSchema:
+        """The fastavro-parsed schema of a record (event or shared record such as EventMeta)."""
+        try:
+            return self._parsed[name]
+        except KeyError:
+            raise KeyError(self._unknown(name)) from None
+
+    def raw(self, name: str) -> dict[str, Any]:
+        """The record's schema JSON with referenced records inlined: self-contained, registrable."""
+        try:
+            return copy.deepcopy(self._raw[name])
+        except KeyError:
+            raise KeyError(self._unknown(name)) from None
+
+    def _unknown(self, name: str) -> str:
+        return f"no schema named {name!r} in {self.directory}; known: {', '.join(self._parsed)}"
+
+
+class SchemaIds(Protocol):
+    """Maps event types to wire-format schema ids and back (a schema registry, or a stand-in)."""
+
+    def id_for(self, event_type: str) -> int: ...
+
+    def event_type_for(self, schema_id: int) -> str | None: ...
+
+
+class LocalSchemaIds:
+    """Stand-in for the schema registry until it lands: ids 1..N by sorted event type name.
+
+    The ids depend on the set of schemas, so producer and consumer must share one schemas/
+    directory; adding an event type renumbers every type sorted after it.
+    """
+
+    def __init__(self, store: SchemaStore) -> None:
+        self._ids = {t: i for i, t in enumerate(store.event_types(), start=1)}
+        self._types = {i: t for t, i in self._ids.items()}
+
+    def id_for(self, event_type: str) -> int:
+        try:
+            return self._ids[event_type]
+        except KeyError:
+            raise KeyError(f"no schema id for event type {event_type!r}") from None
+
+    def event_type_for(self, schema_id: int) -> str | None:
+        return self._types.get(schema_id)
+
+
+class EncodeError(ValueError):
+    """A record does not fit its event type's schema; `field` is a path such as meta.hop."""
+
+    def __init__(self, event_type: str, field: str | None, detail: str) -> None:
+        where = f"field {field!r}: " if field else ""
+        super().__init__(f"cannot encode {event_type}: {where}{detail}")
+        self.event_type = event_type
+        self.field = field
+        self.detail = detail
+
+
+class DecodeError(ValueError):
+    """A message is not a decodable event; `reason` is a short code for dead-letter headers."""
+
+    def __init__(
+        self,
+        reason: DecodeReason,
+        message: str,
+        *,
+        schema_id: int | None = None,
+        event_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.schema_id = schema_id
+        self.event_type = event_type
+
+
+class AvroCodec:
+    """Encodes and decodes events in the Confluent wire format: magic 0, schema id, Avro body.
+
+    Decoded records hold Avro base types (logical types are not applied): occurred_at stays
+    epoch millis and event_id a string, so records are JSON-friendly. Encoding accepts either
+    form. With validate=True every record is checked before writing; otherwise only records
+    fastavro rejects are diagnosed, which is cheaper but lets fastavro coerce, e.g. a float
+    into a long.
+    """
+
+    def __init__(self, store: SchemaStore, ids: SchemaIds, *, validate: bool = False) -> None:
+        self._store = store
+        self._ids = ids
+        self._validate = validate
+        self._writers: dict[str, tuple[bytes, ParsedSchema]] = {}
+        self._readers: dict[int, tuple[str, ParsedSchema]] = {}
+
+    def encode(self, event_type: str, record: Mapping[str, Any]) -> bytes:
+        """Serialize `record` as `event_type`; raises EncodeError naming the bad field."""
+        writer = self._writers.get(event_type) or self._writer_for(event_type)
+        header, schema = writer
+        if self._validate:
+            _raise_if_invalid(event_type, schema, record)
+        out = io.BytesIO()
+        out.write(header)
+        try:
+            schemaless_writer(out, schema, record, strict_allow_default=True)
+        except Exception as exc:
+            _raise_if_invalid(event_type, schema, record)
+            raise EncodeError(event_type, None, f"{type(exc).__name__}: {exc}") from exc
+        return out.getvalue()
+
+    def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        """Return (event_type, record) from one message; raises DecodeError with a reason."""
+        size = len(data)
+        if size < _HEADER.size:
+            what = "empty message" if size == 0 else f"message of {size} bytes"
+            raise DecodeError("empty", f"{what}: shorter than the 5-byte wire-format header")
+        magic, schema_id = _HEADER.unpack_from(data)
+        if magic != _MAGIC:
+            raise DecodeError(
+                "bad_magic",
+                f"magic byte is {magic}, expected {_MAGIC}: not Confluent wire format",
+            )
+        reader = self._readers.get(schema_id) or self._reader_for(schema_id)
+        event_type, schema = reader
+        body = io.BytesIO(data)
+        body.seek(_HEADER.size)
+        try:
+            record = schemaless_reader(body, schema, None)
+        except Exception as exc:
+            reason: DecodeReason = "truncated" if _runs_out(schema, data) else "corrupt"
+            raise DecodeError(
+                reason,
+                f"{event_type} (schema id {schema_id}): {reason} body: {type(exc).__name__}: {exc}",
+                schema_id=schema_id,
+                event_type=event_type,
+            ) from exc
+        if body.tell() != size:
+            raise DecodeError(
+                "corrupt",
+                f"{event_type} (schema id {schema_id}): {size - body.tell()} bytes after the record",
+                schema_id=schema_id,
+                event_type=event_type,
+            )
+        return event_type, record
+
+    def _writer_for(self, event_type: str) -> tuple[bytes, ParsedSchema]:
+        try:
+            schema_id = self._ids.id_for(event_type)
+            schema = self._store.schema(event_type)
+        except KeyError as exc:
+            raise EncodeError(event_type, None, str(exc.args[0])) from None
+        writer = (_HEADER.pack(_MAGIC, schema_id), schema)
+        self._writers[event_type] = writer
+        return writer
+
+    def _reader_for(self, schema_id: int) -> tuple[str, ParsedSchema]:
+        event_type = self._ids.event_type_for(schema_id)
+        if event_type is None:
+            raise DecodeError(
+                "unknown_schema_id", f"unknown schema id {schema_id}", schema_id=schema_id
+            )
+        try:
+            raw = self._store.raw(event_type)
+        except KeyError:
+            raise DecodeError(
+                "unknown_schema_id",
+                f"schema id {schema_id} is {event_type!r}, which has no local schema",
+                schema_id=schema_id,
+                event_type=event_type,
+            ) from None
+        reader = (event_type, parse_schema(_without_logical_types(raw), {}))
+        self._readers[schema_id] = reader
+        return reader
+
+
+def new_meta(
+    event_type: str,
+    saga_key: str,
+    producer: str,
+    *,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    traceparent: str | None = None,
+    hop: int = 0,
+    attempt: int = 1,
+    now_ms: int | None = None,
+) -> dict[str, Any]:
+    """EventMeta for a new event; correlation_id defaults to the new event's own id."""
+    event_id = str(uuid.uuid4())
+    return {
+        "event_id": event_id,
+        "event_type": event_type,
+        "saga_key": saga_key,
+        "occurred_at": time.time_ns() // 1_000_000 if now_ms is None else now_ms,
+        "producer": producer,
+        "correlation_id": event_id if correlation_id is None else correlation_id,
+        "causation_id": causation_id,
+        "traceparent": traceparent,
+        "hop": hop,
+        "attempt": attempt,
+    }
+
+
+def derive_meta(
+    parent_meta: Mapping[str, Any],
+    event_type: str,
+    producer: str,
+    *,
+    attempt: int | None = None,
+    now_ms: int | None = None,
+) -> dict[str, Any]:
+    """EventMeta for an event caused by `parent_meta`: same saga and trace, one hop further."""
+    return new_meta(
+        event_type,
+        parent_meta["saga_key"],
+        producer,
+        correlation_id=parent_meta["correlation_id"],
+        causation_id=parent_meta["event_id"],
+        traceparent=_child_traceparent(parent_meta.get("traceparent")),
+        hop=parent_meta.get("hop", 0) + 1,
+        attempt=parent_meta.get("attempt", 1) if attempt is None else attempt,
+        now_ms=now_ms,
+    )
+
+
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def _child_traceparent(parent: str | None) -> str:
+    """W3C traceparent of a child span: parent's trace id and flags, new span id.
+
+    A missing or invalid parent starts a new sampled trace, as W3C Trace Context says.
+    """
+    match = _TRACEPARENT.fullmatch(parent) if parent else None
+    if match and match[1] != "ff" and match[2].strip("0") and match[3].strip("0"):
+        return f"00-{match[2]}-{_random_hex(8)}-{match[4]}"
+    return f"00-{_random_hex(16)}-{_random_hex(8)}-01"
+
+
+def _random_hex(nbytes: int) -> str:
+    while True:
+        value = os.urandom(nbytes).hex()
+        if value.strip("0"):  # all-zero ids are invalid in W3C Trace Context
+            return value
+
+
+def _read_sources(directory: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    paths = sorted(directory.glob("*.avsc"))
+    if not paths:
+        raise ValueError(f"no .avsc files in {directory}; set ${SCHEMAS_DIR_ENV} or pass a dir")
+    sources: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for path in paths:
+        try:
+            schema = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: invalid JSON: {exc}") from exc
+        if not isinstance(schema, dict) or schema.get("type") != "record":
+            raise ValueError(f"{path}: must hold one Avro record schema")
+        if schema.get("name") != path.stem:
+            raise ValueError(
+                f"{path}: record is named {schema.get('name')!r}; the file must be named "
+                "after the record it holds"
+            )
+        sources[path.stem] = (path, schema)
+    return sources
+
+
+def _fullname(name: str, namespace: str | None) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def _references(schema: Any, namespace: str | None) -> Iterator[str]:
+    """Full names of the named types that `schema` refers to (not the ones it defines)."""
+    if isinstance(schema, str):
+        if schema not in _PRIMITIVES:
+            yield _fullname(schema, namespace)
+    elif isinstance(schema, list):
+        for branch in schema:
+            yield from _references(branch, namespace)
+    elif isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind in ("record", "error"):
+            inner = schema.get("namespace", namespace)
+            for field in schema.get("fields", []):
+                yield from _references(field["type"], inner)
+        elif kind == "array":
+            yield from _references(schema["items"], namespace)
+        elif kind == "map":
+            yield from _references(schema["values"], namespace)
+        elif kind not in ("enum", "fixed"):
+            yield from _references(kind, namespace)
+
+
+def _dependency_order(sources: dict[str, tuple[Path, dict[str, Any]]]) -> list[str]:
+    """Record names ordered so that every file comes after the files it refers to."""
+    by_fullname = {_fullname(s["name"], s.get("namespace")): n for n, (_, s) in sources.items()}
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            raise ValueError(f"{sources[name][0]}: schemas refer to each other in a cycle")
+        state[name] = "visiting"
+        path, schema = sources[name]
+        for ref in _references(schema, schema.get("namespace")):
+            dependency = by_fullname.get(ref)
+            if dependency is not None and dependency != name:
+                visit(dependency)
+        state[name] = "done"
+        order.append(name)
+
+    for name in sources:
+        visit(name)
+    return order
+
+
+def _inline(
+    schema: Any,
+    namespace: str | None,
+    fullnames: dict[str, str],
+    sources: dict[str, tuple[Path, dict[str, Any]]],
+    defined: set[str],
+) -> Any:
+    """Copy of `schema` with the first reference to each other file's record replaced by it."""
+    if isinstance(schema, str):
+        fullname = _fullname(schema, namespace)
+        if schema in _PRIMITIVES or fullname in defined or fullname not in fullnames:
+            return schema
+        definition = dict(sources[fullnames[fullname]][1])
+        definition.setdefault("namespace", "")
+        return _inline(definition, namespace, fullnames, sources, defined)
+    if isinstance(schema, list):
+        return [_inline(b, namespace, fullnames, sources, defined) for b in schema]
+    if not isinstance(schema, dict):
+        return schema
+    kind = schema.get("type")
+    out = dict(schema)
+    if kind in ("record", "error", "enum", "fixed"):
+        inner = schema.get("namespace", namespace)
+        defined.add(_fullname(schema["name"], inner))
+        if kind in ("record", "error"):
+            out["fields"] = [
+                {**f, "type": _inline(f["type"], inner, fullnames, sources, defined)}
+                for f in schema["fields"]
+            ]
+    elif kind == "array":
+        out["items"] = _inline(schema["items"], namespace, fullnames, sources, defined)
+    elif kind == "map":
+        out["values"] = _inline(schema["values"], namespace, fullnames, sources, defined)
+    else:
+        out["type"] = _inline(kind, namespace, fullnames, sources, defined)
+    return out
+
+
+def _is_event(schema: dict[str, Any], fullnames: dict[str, str]) -> bool:
+    fields = schema.get("fields") or [{}]
+    first = fields[0]
+    meta_type = first.get("type")
+    return (
+        first.get("name") == "meta"
+        and isinstance(meta_type, str)
+        and fullnames.get(_fullname(meta_type, schema.get("namespace"))) == META_RECORD
+    )
+
+
+def _without_logical_types(schema: Any) -> Any:
+    """Same wire format without logical types, so reading yields plain ints and strings."""
+    if isinstance(schema, list):
+        return [_without_logical_types(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if schema.get("type") in _PRIMITIVES and "logicalType" in schema:
+        return schema["type"]
+    out = dict(schema)
+    if "fields" in schema:
+        out["fields"] = [{**f, "type": _without_logical_types(f["type"])} for f in schema["fields"]]
+    for key in ("items", "values"):
+        if key in schema:
+            out[key] = _without_logical_types(schema[key])
+    if isinstance(schema.get("type"), dict | list):
+        out["type"] = _without_logical_types(schema["type"])
+    return out
+
+
+class _ShortReadSpy(io.BytesIO):
+    """BytesIO that notes whether a reader ever asked for more bytes than were left."""
+
+    ran_out = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        out = super().read(size)
+        if size is not None and len(out) < size:
+            self.ran_out = True
+        return out
+
+
+def _runs_out(schema: ParsedSchema, data: bytes) -> bool:
+    """Whether decoding fails because the body ends early (truncated) rather than is wrong."""
+    spy = _ShortReadSpy(data)
+    spy.seek(_HEADER.size)
+    try:
+        schemaless_reader(spy, schema, None)
+    except Exception:
+        return spy.ran_out
+    return False
+
+
+def _raise_if_invalid(event_type: str, schema: ParsedSchema, record: Any) -> None:
+    problem = _find_problem(schema, record, "", schema["__named_schemas"])
+    if problem is not None:
+        raise EncodeError(event_type, *problem)
+
+
+def _find_problem(
+    schema: Any, datum: Any, path: str, named: dict[str, Any]
+) -> tuple[str, str] | None:
+    """First (field path, what is wrong) where `datum` does not fit `schema`, or None."""
+    if isinstance(schema, list):
+        if any(_find_problem(branch, datum, path, named) is None for branch in schema):
+            return None
+        return path, f"{datum!r} matches no branch of {_type_names(schema)}"
+    if isinstance(schema, str) and schema not in _PRIMITIVES:
+        schema = named[schema]
+    if isinstance(schema, dict):
+        kind = schema["type"]
+        logical = schema.get("logicalType")
+        if kind in ("record", "error"):
+            return _find_record_problem(schema, datum, path, named)
+        if kind == "array":
+            if not isinstance(datum, list | tuple):
+                return path, f"expected a list, got {type(datum).__name__}"
+            for i, item in enumerate(datum):
+                problem = _find_problem(schema["items"], item, f"{path}[{i}]", named)
+                if problem is not None:
+                    return problem
+            return None
+        if kind == "map":
+            if not isinstance(datum, Mapping):
+                return path, f"expected a mapping, got {type(datum).__name__}"
+            for key, value in datum.items():
+                problem = _find_problem(schema["values"], value, f"{path}[{key!r}]", named)
+                if problem is not None:
+                    return problem
+            return None
+        if kind == "enum":
+            ok = datum in schema["symbols"]
+            return None if ok else (path, f"{datum!r} is not one of {schema['symbols']}")
+        if kind == "fixed":
+            ok = isinstance(datum, bytes) and len(datum) == schema["size"]
+            return None if ok else (path, f"expected {schema['size']} bytes, got {datum!r}")
+        if logical in ("timestamp-millis", "timestamp-micros") and isinstance(datum, dt.datetime):
+            return None
+        if logical == "uuid" and isinstance(datum, uuid.UUID):
+            return None
+        schema = kind
+    return _find_primitive_problem(schema, datum, path)
+
+
+def _find_record_problem(
+    schema: dict[str, Any], datum: Any, path: str, named: dict[str, Any]
+) -> tuple[str, str] | None:
+    if not isinstance(datum, Mapping):
+        return path, f"expected a record ({schema['name']}), got {type(datum).__name__}"
+    prefix = f"{path}." if path else ""
+    names = {f["name"] for f in schema["fields"]}
+    for key in datum:
+        if key not in names:
+            return f"{prefix}{key}", f"not a field of {schema['name']}"
+    for field in schema["fields"]:
+        name = field["name"]
+        if name not in datum:
+            if "default" in field:
+                continue
+            return f"{prefix}{name}", "missing and has no default"
+        problem = _find_problem(field["type"], datum[name], f"{prefix}{name}", named)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _find_primitive_problem(kind: str, datum: Any, path: str) -> tuple[str, str] | None:
+    expected: type | tuple[type, ...] = {
+        "null": type(None),
+        "boolean": bool,
+        "int": int,
+        "long": int,
+        "float": (int, float),
+        "double": (int, float),
+        "bytes": (bytes, bytearray),
+        "string": str,
+    }[kind]
+    if not isinstance(datum, expected) or (kind != "boolean" and isinstance(datum, bool)):
+        return path, f"{datum!r} ({type(datum).__name__}) is not an Avro {kind}"
+    if kind in ("int", "long"):
+        low, high = _INT_RANGE if kind == "int" else _LONG_RANGE
+        if not low <= datum <= high:
+            return path, f"{datum} is out of range for an Avro {kind}"
+    if kind == "string":
+        try:
+            datum.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return path, f"not encodable as UTF-8: {exc.reason}"
+    return None
+
+
+def _type_names(union: list[Any]) -> str:
+    names = [t if isinstance(t, str) else str(t.get("name", t.get("type"))) for t in union]
+    return "[" + ", ".join(names) + "]"

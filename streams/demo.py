@@ -1,0 +1,232 @@
+"""`sagastream demo`: broker, topics, worker processes, N orders, and a table of outcomes."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from streams.app import build_codec
+from streams.settings import Settings
+from streams.topology import load_topology
+from streams.worker import ROLES
+
+OUTCOMES = ("SagaCompleted", "SagaCompensated", "SagaFailed")
+
+
+@dataclass
+class WorkerSet:
+    """Worker processes started by the demo or a test, one per role (or role list)."""
+
+    settings: Settings
+    log_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, roles: list[str], extra_env: dict[str, str] | None = None) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **_settings_env(self.settings), **(extra_env or {})}
+        for role in roles:
+            log = open(self.log_dir / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
+            self.procs[role] = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", "--role", role],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def check_alive(self) -> None:
+        for role, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.log_dir / f"{role}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"worker {role} exited with {proc.returncode}:\n{tail}")
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Wait until every worker's consumer group is stable with partitions assigned."""
+        from confluent_kafka import ConsumerGroupState
+
+        from streams.admin import admin_client
+
+        admin = admin_client(self.settings)
+        groups = [self.settings.group(role.replace(",", "_")) for role in self.procs]
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            described = admin.describe_consumer_groups(groups, request_timeout=10)
+            ready = 0
+            for future in described.values():
+                try:
+                    group = future.result()
+                except Exception:
+                    continue
+                if group.state == ConsumerGroupState.STABLE and any(
+                    m.assignment.topic_partitions for m in group.members
+                ):
+                    ready += 1
+            if ready == len(groups):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers not ready after {timeout}s ({ready}/{len(groups)} groups); logs in {self.log_dir}")
+            time.sleep(0.5)
+
+    def kill(self, role: str) -> None:
+        """SIGKILL one worker (crash tests)."""
+        proc = self.procs.pop(role)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+
+def _settings_env(settings: Settings) -> dict[str, str]:
+    env = {
+        "SAGASTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "SAGASTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "SAGASTREAM_DATA_DIR": str(settings.data_dir),
+        "SAGASTREAM_PROCESSING_GUARANTEE": settings.processing_guarantee,
+    }
+    if settings.schema_registry_url:
+        env["SAGASTREAM_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
+    return env
+
+
+def order_fields(order_id: str, rng: random.Random) -> tuple[dict[str, Any], str]:
+    """An order and the outcome it is built to reach (a seeded mix of failures)."""
+    fields: dict[str, Any] = {
+        "order_id": order_id,
+        "customer_id": f"cust-{rng.randrange(1000)}",
+        "email": "buyer@example.com",
+        "amount_cents": rng.randrange(500, 50_000),
+        "currency": "EUR",
+        "card_token": "tok_visa",
+        "items": [{"sku": f"SKU-{rng.randrange(100)}", "quantity": rng.randrange(1, 4)}],
+        "shipping_address": "1 Main Street, Springfield",
+        "priority": "high" if rng.random() < 0.2 else "normal",
+        "has_app": rng.random() < 0.5,
+    }
+    roll = rng.random()
+    if roll < 0.10:
+        fields["card_token"] = "tok_decline"
+    elif roll < 0.18:
+        fields["items"].append({"sku": "OOS-42", "quantity": 1})
+    elif roll < 0.25:
+        fields["shipping_address"] = "Nowhere Lane 0"
+    else:
+        return fields, "SagaCompleted"
+    return fields, "SagaCompensated"
+
+
+def _progress(out: TextIO, done: int, total: int, started: float) -> None:
+    width = 30
+    filled = int(width * done / max(total, 1))
+    out.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} sagas ended  {time.monotonic() - started:5.1f}s")
+    out.flush()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def run_demo(orders: int, seed: int, timeout: float, keep: bool, out: TextIO = sys.stdout) -> int:
+    """Run the order saga demo end to end; returns the exit code (non-zero if any saga is stuck)."""
+    from streams import localkafka
+    from streams.admin import create_topics, delete_topics
+    from streams.client import EventClient
+
+    started_broker = False
+    env_settings = Settings()
+    bootstrap = env_settings.bootstrap_servers
+    if "SAGASTREAM_BOOTSTRAP_SERVERS" not in os.environ:
+        started_broker = not localkafka.status()["running"]
+        bootstrap = localkafka.start(log=lambda m: print(m, file=out))
+    prefix = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-"
+    settings = env_settings.model_copy(update={"bootstrap_servers": bootstrap, "topic_prefix": prefix})
+    topology = load_topology(settings.topology_file)
+    report = create_topics(settings, topology)
+    print(f"broker {bootstrap}: created {len(report.created)} topics with prefix {prefix}", file=out)
+    workers = WorkerSet(settings, settings.data_dir / "demo-logs" / prefix.rstrip("-"))
+    client = EventClient(settings, topology, build_codec(settings), "demo")
+    try:
+        t0 = time.monotonic()
+        workers.start(list(ROLES))
+        workers.wait_ready()
+        print(f"{len(ROLES)} worker processes ready in {time.monotonic() - t0:.1f}s", file=out)
+        rng = random.Random(seed)
+        expected: dict[str, str] = {}
+        sent_ms: dict[str, int] = {}
+        for i in range(orders):
+            order_id = f"order-{seed}-{i:05d}"
+            fields, expected[order_id] = order_fields(order_id, rng)
+            sent_ms[order_id] = client.publish("OrderPlaced", order_id, fields)["occurred_at"]
+        client.flush()
+        print(f"published {orders} orders", file=out)
+        results = _collect(client, settings.topic(topology.sagas["order"].outcome_topic), sent_ms, timeout, workers, out)
+    finally:
+        client.close()
+        workers.stop()
+        if not keep:
+            delete_topics(settings, prefix)
+            for path in settings.data_dir.glob(f"{prefix}*"):
+                shutil.rmtree(path, ignore_errors=True)
+        if started_broker:
+            localkafka.stop(log=lambda m: print(m, file=out))
+    return _report(results, expected, out)
+
+
+def _collect(client: Any, topic: str, sent_ms: dict[str, int], timeout: float, workers: WorkerSet, out: TextIO) -> dict[str, tuple[str, float]]:
+    results: dict[str, tuple[str, float]] = {}
+    started = time.monotonic()
+    last_check = started
+    for msg in client.stream([topic], timeout):
+        if msg.event_type in OUTCOMES and msg.record is not None:
+            key = msg.record["meta"]["saga_key"]
+            if key in sent_ms and key not in results:
+                results[key] = (msg.event_type, (msg.record["meta"]["occurred_at"] - sent_ms[key]) / 1000)
+                _progress(out, len(results), len(sent_ms), started)
+        if time.monotonic() - last_check > 2:
+            workers.check_alive()
+            last_check = time.monotonic()
+        if len(results) == len(sent_ms):
+            break
+    out.write("\n")
+    return results
+
+
+def _report(results: dict[str, tuple[str, float]], expected: dict[str, str], out: TextIO) -> int:
+    counts = {"completed": 0, "compensated": 0, "failed": 0}
+    names = dict(zip(OUTCOMES, counts, strict=True))
+    for outcome, _ in results.values():
+        counts[names[outcome]] += 1
+    stuck = len(expected) - len(results)
+    unexpected = sum(1 for k, (o, _) in results.items() if o != expected[k])
+    latencies = [lat for _, lat in results.values()]
+    print("\n  outcome        sagas", file=out)
+    print("  -------------  -----", file=out)
+    for name, n in [*counts.items(), ("stuck", stuck)]:
+        print(f"  {name:<13}  {n:5d}", file=out)
+    print(f"  {'total':<13}  {len(expected):5d}", file=out)
+    print(f"\n  saga latency  p50 {percentile(latencies, 0.5) * 1000:.0f} ms   p99 {percentile(latencies, 0.99) * 1000:.0f} ms", file=out)
+    if unexpected:
+        print(f"  {unexpected} sagas ended differently from what their order was built for", file=out)
+    return 1 if stuck or unexpected else 0

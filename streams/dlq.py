@@ -1,0 +1,45 @@
+"""Dead-letter records: the original bytes plus headers that say why and where from."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+HEADER_PREFIX = "dlq."
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a message came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+def dead_letter_headers(
+    origin: Origin, reason: str, error: str, worker: str, attempts: int = 1
+) -> list[tuple[str, bytes]]:
+    """Headers of a dead-lettered message; `reason` is a short code, `error` the human message."""
+    fields = {
+        "reason": reason,
+        "error": error,
+        "original.topic": origin.topic,
+        "original.partition": str(origin.partition),
+        "original.offset": str(origin.offset),
+        "original.timestamp": "" if origin.timestamp_ms is None else str(origin.timestamp_ms),
+        "failed.at": str(int(time.time() * 1000)),
+        "attempts": str(attempts),
+        "worker": worker,
+    }
+    return [(HEADER_PREFIX + k, v.encode()) for k, v in fields.items()]
+
+
+def read_dead_letter_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
+    """The dlq.* headers of a consumed message as a plain dict (prefix stripped)."""
+    return {
+        k[len(HEADER_PREFIX) :]: (v or b"").decode()
+        for k, v in headers or []
+        if k.startswith(HEADER_PREFIX)
+    }

@@ -1,0 +1,952 @@
+"""A real Apache Kafka (KRaft mode) on loopback, built from jars on Maven Central.
+
+No Docker and no Kafka tarball: ``mvn dependency:copy-dependencies`` fetches
+``org.apache.kafka:kafka_2.13`` plus a log4j2 binding into a per-user cache once,
+then the broker runs as a plain ``java -cp '<libs>/*' kafka.Kafka`` process.
+
+Single node (default)
+    one combined broker+controller, ``127.0.0.1:9092`` (controller on 9093);
+    ``SAGASTREAM_LOCAL_KAFKA_PORT`` moves both (controller = port + 1).
+Cluster (``cluster=True`` / ``--cluster``)
+    three combined nodes, brokers on 19092-19094, controllers on 19192-19194,
+    replication factor 3 and min.insync.replicas 2.
+
+Paths
+    cache:  ``$SAGASTREAM_CACHE_DIR`` or ``~/.cache/sagastream``
+    jars:   ``<cache>/kafka-4.1.1/libs``
+    data:   ``$SAGASTREAM_KAFKA_DATA_DIR`` or ``<cache>/data/single``;
+            cluster: ``<cache>/data/cluster/node-N``
+            (``$SAGASTREAM_KAFKA_DATA_DIR/cluster/node-N`` when that is set).
+    Each node directory holds ``server.properties``, ``log4j2.properties``,
+    ``server.log`` (broker log), ``kafka.out`` (JVM stdout/stderr), ``kafka.pid`` and
+    ``kafka-logs/`` (``log.dirs``, formatted once; data survives restarts).
+
+Command line: ``python -m streams.localkafka start|stop|status [--cluster]``
+(also ``scripts/kafka-local`` and ``sagastream broker ...``).
+
+Only the standard library is imported at module level so this works before the
+project's dependencies are installed; ``confluent_kafka`` is used, when importable,
+for a real metadata request during the readiness check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "KAFKA_VERSION",
+    "LocalKafkaError",
+    "NodeSpec",
+    "bootstrap_servers",
+    "cache_dir",
+    "ensure_kafka",
+    "main",
+    "new_cluster_id",
+    "node_specs",
+    "render_log4j2_properties",
+    "render_server_properties",
+    "server_properties",
+    "start",
+    "status",
+    "stop",
+]
+
+KAFKA_VERSION = "4.1.1"
+SCALA_VERSION = "2.13"
+MIN_JAVA_VERSION = 17
+
+DEFAULT_PORT = 9092
+CLUSTER_BROKER_PORTS = (19092, 19093, 19094)
+CLUSTER_CONTROLLER_PORTS = (19192, 19193, 19194)
+HOST = "127.0.0.1"
+
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 30.0
+KILL_TIMEOUT_S = 10.0
+
+JVM_HEAP_OPTS = ("-Xms256m", "-Xmx1g")
+JVM_OPTS = (
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+)
+
+INSTALL_HINT = (
+    "install a Java 17+ runtime and Maven, e.g. "
+    "`apt-get install openjdk-17-jre-headless maven` (Debian/Ubuntu) or "
+    "`brew install openjdk@17 maven` (macOS)"
+)
+
+ENV_CACHE_DIR = "SAGASTREAM_CACHE_DIR"
+ENV_DATA_DIR = "SAGASTREAM_KAFKA_DATA_DIR"
+ENV_PORT = "SAGASTREAM_LOCAL_KAFKA_PORT"
+
+# Keep byte-identical to scripts/kafka/pom.xml (a unit test checks this). The module
+# uses this copy so it also works where the scripts/ directory is not shipped.
+POM_XML = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<!--
+  Jars for a local Apache Kafka broker (KRaft), fetched from Maven Central.
+  Used by streams/localkafka.py, which embeds an identical copy of this file
+  (tests/unit/test_localkafka.py fails if the two drift apart).
+
+  Manual use:
+    mvn -q -f scripts/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=/some/libs
+-->
+<project xmlns="http://maven.apache.org/POM/4.0.0"
+         xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+         xsi:schemaLocation="http://maven.apache.org/POM/4.0.0 https://maven.apache.org/xsd/maven-4.0.0.xsd">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>dev.sagastream</groupId>
+  <artifactId>sagastream-local-kafka</artifactId>
+  <version>4.1.1</version>
+  <packaging>pom</packaging>
+
+  <properties>
+    <project.build.sourceEncoding>UTF-8</project.build.sourceEncoding>
+    <kafka.version>4.1.1</kafka.version>
+    <!-- Kafka 4.1 is built against log4j2 2.24.3 and slf4j-api 1.7.36. -->
+    <log4j.version>2.24.3</log4j.version>
+  </properties>
+
+  <dependencies>
+    <!-- Broker + controller (kafka.Kafka) and kafka.tools.StorageTool. -->
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>${kafka.version}</version>
+    </dependency>
+    <!-- kafka_2.13 only brings slf4j-api 1.7.x; the binding the Kafka distribution
+         ships for that API is log4j-slf4j-impl (log4j-slf4j2-impl is for slf4j 2.x). -->
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j-impl</artifactId>
+      <version>${log4j.version}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-core</artifactId>
+      <version>${log4j.version}</version>
+    </dependency>
+  </dependencies>
+
+  <build>
+    <pluginManagement>
+      <plugins>
+        <plugin>
+          <groupId>org.apache.maven.plugins</groupId>
+          <artifactId>maven-dependency-plugin</artifactId>
+          <version>3.8.1</version>
+        </plugin>
+      </plugins>
+    </pluginManagement>
+  </build>
+</project>
+"""
+
+# Jars that must be present for a download to count as complete.
+_REQUIRED_JARS = (
+    f"kafka_{SCALA_VERSION}-{KAFKA_VERSION}.jar",
+    f"kafka-clients-{KAFKA_VERSION}.jar",
+    f"kafka-server-{KAFKA_VERSION}.jar",
+    "log4j-core-",
+    "log4j-slf4j-impl-",
+)
+_MARKER = ".complete"
+
+Log = Callable[[str], object]
+
+# Popen objects of JVMs started by this process: kept so they are reaped (no zombies,
+# no ResourceWarning) when stop() runs in the same interpreter that called start().
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class LocalKafkaError(RuntimeError):
+    """The local Kafka could not be installed, started or stopped."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def cache_dir() -> Path:
+    """``$SAGASTREAM_CACHE_DIR`` or ``~/.cache/sagastream`` (not created)."""
+    env = os.environ.get(ENV_CACHE_DIR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "sagastream"
+
+
+def kafka_home() -> Path:
+    return cache_dir() / f"kafka-{KAFKA_VERSION}"
+
+
+def libs_dir() -> Path:
+    return kafka_home() / "libs"
+
+
+def data_root(cluster: bool = False) -> Path:
+    """Directory holding the node directories (single: the node directory itself)."""
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        base = Path(env).expanduser()
+        return base / "cluster" if cluster else base
+    return cache_dir() / "data" / ("cluster" if cluster else "single")
+
+
+def _single_port() -> int:
+    raw = os.environ.get(ENV_PORT, "").strip()
+    if not raw:
+        return DEFAULT_PORT
+    try:
+        port = int(raw)
+    except ValueError:
+        raise LocalKafkaError(f"{ENV_PORT}={raw!r} is not a port number") from None
+    if not 1 <= port <= 65534:
+        raise LocalKafkaError(f"{ENV_PORT}={port} is out of range (1-65534)")
+    return port
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One combined broker+controller process."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    data_dir: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def log_dirs(self) -> Path:
+        return self.data_dir / "kafka-logs"
+
+    @property
+    def meta_properties(self) -> Path:
+        return self.log_dirs / "meta.properties"
+
+    @property
+    def properties_file(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log4j_file(self) -> Path:
+        return self.data_dir / "log4j2.properties"
+
+    @property
+    def server_log(self) -> Path:
+        return self.data_dir / "server.log"
+
+    @property
+    def stdout_file(self) -> Path:
+        return self.data_dir / "kafka.out"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "kafka.pid"
+
+
+def node_specs(cluster: bool = False) -> list[NodeSpec]:
+    root = data_root(cluster)
+    if not cluster:
+        port = _single_port()
+        return [NodeSpec(1, port, port + 1, root)]
+    return [
+        NodeSpec(i, broker, controller, root / f"node-{i}")
+        for i, (broker, controller) in enumerate(
+            zip(CLUSTER_BROKER_PORTS, CLUSTER_CONTROLLER_PORTS, strict=True), start=1
+        )
+    ]
+
+
+def bootstrap_servers(cluster: bool = False) -> str:
+    return ",".join(n.bootstrap for n in node_specs(cluster))
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: a random UUID as 22 chars of unpadded base64url.
+
+    Like Kafka's ``Uuid.randomUuid()`` it never starts with ``-`` (that would be
+    parsed as an option by ``kafka-storage format -t``).
+    """
+    while True:
+        raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not raw.startswith("-"):
+            return raw
+
+
+def controller_quorum_voters(nodes: Sequence[NodeSpec]) -> str:
+    return ",".join(f"{n.node_id}@{HOST}:{n.controller_port}" for n in nodes)
+
+
+def server_properties(node: NodeSpec, nodes: Sequence[NodeSpec]) -> dict[str, str]:
+    """Broker settings for ``node`` in a quorum made of ``nodes`` (ordered)."""
+    replicas = len(nodes)
+    min_isr = 1 if replicas == 1 else 2
+    return {
+        "process.roles": "broker,controller",
+        "node.id": str(node.node_id),
+        "controller.quorum.voters": controller_quorum_voters(nodes),
+        "listeners": f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{node.port}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(node.log_dirs),
+        "num.partitions": "4",
+        "default.replication.factor": str(replicas),
+        "min.insync.replicas": str(min_isr),
+        "auto.create.topics.enable": "true",
+        "delete.topic.enable": "true",
+        "group.initial.rebalance.delay.ms": "0",
+        "offsets.topic.replication.factor": str(replicas),
+        "offsets.topic.num.partitions": "8",
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": str(min_isr),
+        "transaction.state.log.num.partitions": "8",
+        "share.coordinator.state.topic.replication.factor": str(replicas),
+        "share.coordinator.state.topic.min.isr": str(min_isr),
+        "share.coordinator.state.topic.num.partitions": "8",
+        "num.recovery.threads.per.data.dir": "1",
+        "num.network.threads": "3",
+        "num.io.threads": "8",
+    }
+
+
+def _escape_properties_value(value: str) -> str:
+    # java.util.Properties: backslash escapes; a leading space would be dropped.
+    value = value.replace("\\", "\\\\")
+    if value.startswith(" "):
+        value = "\\" + value
+    return value
+
+
+def render_server_properties(node: NodeSpec, nodes: Sequence[NodeSpec]) -> str:
+    lines = [
+        f"# Generated by streams/localkafka.py for Apache Kafka {KAFKA_VERSION}; "
+        "rewritten on every start.",
+    ]
+    lines += [
+        f"{key}={_escape_properties_value(value)}"
+        for key, value in server_properties(node, nodes).items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_log4j2_properties(node: NodeSpec) -> str:
+    log = str(node.server_log)
+    return "\n".join(
+        [
+            "# Generated by streams/localkafka.py: broker logs go to server.log, not stdout.",
+            "status = warn",
+            "name = sagastream-local-kafka",
+            # Keep logging while Kafka's own shutdown hook runs (log4j's hook would
+            # stop the appenders first and lose the shutdown messages).
+            "shutdownHook = disable",
+            "appender.server.type = RollingFile",
+            "appender.server.name = server",
+            f"appender.server.fileName = {log}",
+            f"appender.server.filePattern = {log}.%i",
+            "appender.server.layout.type = PatternLayout",
+            "appender.server.layout.pattern = [%d] %p %m (%c)%n",
+            "appender.server.policies.type = Policies",
+            "appender.server.policies.size.type = SizeBasedTriggeringPolicy",
+            "appender.server.policies.size.size = 50MB",
+            "appender.server.strategy.type = DefaultRolloverStrategy",
+            "appender.server.strategy.max = 3",
+            "rootLogger.level = INFO",
+            "rootLogger.appenderRef.server.ref = server",
+            "logger.request.name = kafka.request.logger",
+            "logger.request.level = WARN",
+            "logger.cleaner.name = kafka.log.LogCleaner",
+            "logger.cleaner.level = WARN",
+            "",
+        ]
+    )
+
+
+# ---------------------------------------------------------------------- tooling
+
+
+def _require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise LocalKafkaError(
+            f"`{tool}` was not found on PATH; the local Kafka {KAFKA_VERSION} needs it: "
+            f"{INSTALL_HINT}"
+        )
+    return path
+
+
+def _java_major(java: str) -> int | None:
+    try:
+        proc = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', proc.stderr + proc.stdout)
+    if not match:
+        return None
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8.0_392" style
+        major = int(match.group(2))
+    return major
+
+
+def _require_java() -> str:
+    java = _require("java")
+    major = _java_major(java)
+    if major is not None and major < MIN_JAVA_VERSION:
+        raise LocalKafkaError(
+            f"{java} is Java {major}; Kafka {KAFKA_VERSION} needs Java {MIN_JAVA_VERSION}+: "
+            f"{INSTALL_HINT}"
+        )
+    return java
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock, so concurrent start/stop/download calls serialise."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _libs_complete(libs: Path) -> bool:
+    if not (libs / _MARKER).is_file():
+        return False
+    names = [p.name for p in libs.glob("*.jar")]
+    return all(any(n.startswith(req) for n in names) for req in _REQUIRED_JARS)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _tail(path: Path, since: int = 0, lines: int = 20) -> str:
+    """The last lines written to ``path`` after byte offset ``since``; errors first."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(since if since <= _size(path) else 0)
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    all_lines = text.splitlines()
+    errors = [ln for ln in all_lines if " ERROR " in ln or " FATAL " in ln][-5:]
+    tail = all_lines[-lines:]
+    return "\n".join([*errors, *(["..."] if errors else []), *tail])
+
+
+def ensure_kafka(log: Log = print) -> Path:
+    """Directory with every jar the broker needs; downloads them on the first call.
+
+    The jars land in ``<cache>/kafka-4.1.1/libs`` via Maven (so ``~/.m2`` is reused).
+    A marker file is written only after a complete download, so an interrupted one
+    is redone on the next call.
+    """
+    libs = libs_dir()
+    if _libs_complete(libs):
+        return libs
+    home = kafka_home()
+    with _flock(home.parent / f".kafka-{KAFKA_VERSION}.lock"):
+        if _libs_complete(libs):  # another process finished it while we waited
+            return libs
+        mvn = _require("mvn")
+        _require("java")
+        home.mkdir(parents=True, exist_ok=True)
+        pom = home / "pom.xml"
+        pom.write_text(POM_XML)
+        partial = home / "libs.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={partial}",
+            "-DincludeScope=runtime",
+        ]
+        log(f"Downloading Apache Kafka {KAFKA_VERSION} jars from Maven Central into {libs} ...")
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        except OSError as exc:
+            raise LocalKafkaError(f"could not run {mvn}: {exc}") from exc
+        if proc.returncode != 0:
+            output = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+            raise LocalKafkaError(
+                f"`{' '.join(cmd)}` failed with exit code {proc.returncode}:\n{output}"
+            )
+        jars = sorted(p.name for p in partial.glob("*.jar"))
+        missing = [r for r in _REQUIRED_JARS if not any(j.startswith(r) for j in jars)]
+        if missing:
+            raise LocalKafkaError(f"Maven finished but {partial} lacks {missing}")
+        shutil.rmtree(libs, ignore_errors=True)
+        partial.rename(libs)
+        (libs / _MARKER).write_text(
+            json.dumps({"kafka_version": KAFKA_VERSION, "jars": jars}, indent=2) + "\n"
+        )
+        log(f"Downloaded {len(jars)} jars in {time.monotonic() - started:.1f}s")
+        return libs
+
+
+# -------------------------------------------------------------------- processes
+
+
+def _pid_alive(pid: int) -> bool:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        return child.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie answers kill(0) but is gone for our purposes
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass
+    return True
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    except FileNotFoundError:
+        if Path("/proc/self").exists():
+            return None  # Linux: the process is gone
+    except OSError:
+        return None
+    try:  # no procfs (macOS)
+        out = subprocess.run(
+            ["ps", "-o", "command=", "-p", str(pid)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        return None
+    return out.split() if out else None
+
+
+def _is_node_process(pid: int, node: NodeSpec) -> bool:
+    args = _cmdline(pid)
+    if not args:
+        return False
+    return "kafka.Kafka" in args and str(node.properties_file) in args
+
+
+def _scan_for_node(node: NodeSpec) -> int | None:
+    """Find a JVM for ``node`` whose pid file was lost (Linux only)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            pid = int(entry.name)
+            if pid != os.getpid() and _is_node_process(pid, node) and _pid_alive(pid):
+                return pid
+    return None
+
+
+def _node_pid(node: NodeSpec) -> int | None:
+    """Pid of the live JVM of ``node``; drops a stale pid file, adopts a lost JVM."""
+    pid: int | None = None
+    try:
+        pid = int(node.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    if pid is not None and _pid_alive(pid) and _is_node_process(pid, node):
+        return pid
+    with contextlib.suppress(OSError):
+        node.pid_file.unlink()
+    found = _scan_for_node(node)
+    if found is not None:
+        node.pid_file.write_text(f"{found}\n")
+    return found
+
+
+def _port_open(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:
+            own_group = os.getpgid(pid) == pid
+        except ProcessLookupError:
+            return
+        if own_group:  # started with start_new_session: take the whole group
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+def _wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    remaining = [p for p in pids if _pid_alive(p)]
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.1)
+        remaining = [p for p in remaining if _pid_alive(p)]
+    return remaining
+
+
+def _terminate(pids: Sequence[int], timeout: float, log: Log) -> None:
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    stubborn = _wait_gone(pids, timeout)
+    if stubborn:
+        log(f"Kafka JVM(s) {stubborn} still alive after {timeout:.0f}s; sending SIGKILL")
+        for pid in stubborn:
+            _signal(pid, signal.SIGKILL)
+        left = _wait_gone(stubborn, KILL_TIMEOUT_S)
+        if left:
+            raise LocalKafkaError(f"Kafka JVM(s) {left} survived SIGKILL")
+    for pid in pids:
+        _CHILDREN.pop(pid, None)
+
+
+def _java_cmd(java: str, libs: Path, node: NodeSpec, main_class: str, *args: str) -> list[str]:
+    return [
+        java,
+        *JVM_HEAP_OPTS,
+        *JVM_OPTS,
+        f"-Dlog4j2.configurationFile={node.log4j_file}",
+        f"-Dkafka.logs.dir={node.data_dir}",
+        "-cp",
+        f"{libs}{os.sep}*",
+        main_class,
+        *args,
+    ]
+
+
+def _cluster_id(root: Path) -> str:
+    path = root / "cluster.id"
+    try:
+        existing = path.read_text().strip()
+    except OSError:
+        existing = ""
+    if existing:
+        return existing
+    cid = new_cluster_id()
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(cid + "\n")
+    return cid
+
+
+def _write_configs(node: NodeSpec, nodes: Sequence[NodeSpec]) -> None:
+    node.data_dir.mkdir(parents=True, exist_ok=True)
+    node.properties_file.write_text(render_server_properties(node, nodes))
+    node.log4j_file.write_text(render_log4j2_properties(node))
+
+
+def _format_storage(
+    to_format: Sequence[NodeSpec], cluster_id: str, java: str, libs: Path, log: Log
+) -> None:
+    """``kafka-storage format`` for nodes without meta.properties, in parallel."""
+    procs: list[tuple[NodeSpec, subprocess.Popen[str]]] = []
+    for node in to_format:
+        log(f"Formatting KRaft storage of node {node.node_id} in {node.log_dirs}")
+        cmd = _java_cmd(java, libs, node, "kafka.tools.StorageTool")
+        # A short-lived tool: the C1 JIT alone starts faster.
+        cmd[1:1] = ["-XX:TieredStopAtLevel=1"]
+        cmd += ["format", "--cluster-id", cluster_id, "--config", str(node.properties_file)]
+        cmd += ["--ignore-formatted"]
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=node.data_dir,
+        )
+        procs.append((node, proc))
+    failures = []
+    for node, proc in procs:
+        output, _ = proc.communicate()
+        if proc.returncode != 0 or not node.meta_properties.is_file():
+            failures.append(
+                f"formatting {node.log_dirs} failed (exit code {proc.returncode}):\n"
+                f"{output.strip()}"
+            )
+    if failures:
+        raise LocalKafkaError("\n".join(failures))
+
+
+def _launch(node: NodeSpec, java: str, libs: Path) -> int:
+    cmd = _java_cmd(java, libs, node, "kafka.Kafka", str(node.properties_file))
+    with node.stdout_file.open("ab") as out:
+        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {cmd}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=node.data_dir,
+            start_new_session=True,
+            close_fds=True,
+        )
+    _CHILDREN[proc.pid] = proc
+    node.pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def _metadata_brokers(bootstrap: str, timeout: float) -> int | None:
+    """Broker count from a real metadata request, or None when it failed.
+
+    Returns -1 when confluent_kafka is not installed (caller relies on TCP only).
+    """
+    try:
+        from confluent_kafka.admin import AdminClient
+    except ImportError:
+        return -1
+    admin = AdminClient(
+        {
+            "bootstrap.servers": bootstrap,
+            "log_level": 0,  # no "connection refused" noise on stderr while it boots
+            "socket.connection.setup.timeout.ms": 2000,
+        }
+    )
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except Exception:
+        return None
+    return len(metadata.brokers)
+
+
+def _wait_ready(
+    nodes: Sequence[NodeSpec],
+    pids: dict[int, int],
+    bootstrap: str,
+    timeout: float,
+    log_offsets: dict[Path, int] | None = None,
+) -> None:
+    offsets = log_offsets or {}
+    deadline = time.monotonic() + timeout
+    while True:
+        for node in nodes:
+            pid = pids[node.node_id]
+            if not _pid_alive(pid):
+                child = _CHILDREN.get(pid)
+                code = child.returncode if child is not None else None
+                raise LocalKafkaError(
+                    f"Kafka node {node.node_id} (pid {pid}) exited during startup"
+                    f"{'' if code is None else f' with exit code {code}'}; see "
+                    f"{node.server_log} and {node.stdout_file}\n"
+                    f"{_tail(node.server_log, offsets.get(node.server_log, 0))}\n"
+                    f"{_tail(node.stdout_file, offsets.get(node.stdout_file, 0), lines=10)}"
+                )
+        left = deadline - time.monotonic()
+        if all(_port_open(n.port) for n in nodes):
+            brokers = _metadata_brokers(bootstrap, timeout=max(0.5, min(5.0, left)))
+            if brokers == -1 or (brokers is not None and brokers >= len(nodes)):
+                return
+        if time.monotonic() >= deadline:
+            logs = ", ".join(str(n.server_log) for n in nodes)
+            raise LocalKafkaError(
+                f"Kafka at {bootstrap} did not answer metadata requests within "
+                f"{timeout:.0f}s; see {logs}\n"
+                f"{_tail(nodes[0].server_log, offsets.get(nodes[0].server_log, 0))}"
+            )
+        time.sleep(0.25)
+
+
+# --------------------------------------------------------------------- public API
+
+
+def start(cluster: bool = False, log: Log = print, timeout: float = START_TIMEOUT_S) -> str:
+    """Start the local Kafka (single node or 3-node cluster); return bootstrap servers.
+
+    Idempotent: when it already runs and answers, returns at once. Downloads the
+    jars on first use and formats storage once; later starts keep topics and data.
+    """
+    nodes = node_specs(cluster)
+    bootstrap = bootstrap_servers(cluster)
+    root = data_root(cluster)
+    with _flock(root / ".lock"):
+        running = {n.node_id: _node_pid(n) for n in nodes}
+        if all(running.values()):
+            if all(_port_open(n.port) for n in nodes):
+                brokers = _metadata_brokers(bootstrap, timeout=5.0)
+                if brokers == -1 or (brokers is not None and brokers >= len(nodes)):
+                    log(f"Kafka {KAFKA_VERSION} already running at {bootstrap}")
+                    return bootstrap
+            # JVMs alive but not answering yet (e.g. still booting): wait for them.
+            pids = {k: v for k, v in running.items() if v is not None}
+            _wait_ready(nodes, pids, bootstrap, timeout)
+            return bootstrap
+
+        to_start = [n for n in nodes if running[n.node_id] is None]
+        java = _require_java()
+        for node in to_start:
+            busy = [p for p in (node.port, node.controller_port) if _port_open(p)]
+            if busy:
+                hint = f" (set {ENV_PORT} to use another port)" if not cluster else ""
+                raise LocalKafkaError(
+                    f"port(s) {busy} on {HOST} are already in use by a process this tool "
+                    f"did not start{hint}"
+                )
+        libs = ensure_kafka(log)
+        cluster_id = _cluster_id(root)
+        for node in nodes:
+            _write_configs(node, nodes)
+        _format_storage(
+            [n for n in to_start if not n.meta_properties.is_file()], cluster_id, java, libs, log
+        )
+
+        started = time.monotonic()
+        launched: list[int] = []
+        pids: dict[int, int] = {}
+        offsets = {p: _size(p) for n in nodes for p in (n.server_log, n.stdout_file)}
+        try:
+            for node in nodes:
+                pid = running[node.node_id]
+                if pid is None:
+                    pid = _launch(node, java, libs)
+                    launched.append(pid)
+                pids[node.node_id] = pid
+            log(
+                f"Starting Kafka {KAFKA_VERSION} ({'3-node cluster' if cluster else 'single node'})"
+                f" at {bootstrap}, pid(s) {list(pids.values())}, data in {root}"
+            )
+            _wait_ready(nodes, pids, bootstrap, timeout, offsets)
+        except BaseException:
+            if launched:
+                with contextlib.suppress(Exception):
+                    _terminate(launched, 5.0, log)
+                for node in to_start:
+                    with contextlib.suppress(OSError):
+                        node.pid_file.unlink()
+            raise
+        log(f"Kafka ready at {bootstrap} after {time.monotonic() - started:.1f}s")
+        return bootstrap
+
+
+def stop(cluster: bool = False, log: Log = print, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM the node JVM(s), wait up to ``timeout`` s, then SIGKILL what is left."""
+    nodes = node_specs(cluster)
+    root = data_root(cluster)
+    with _flock(root / ".lock"):
+        pids = [pid for pid in (_node_pid(n) for n in nodes) if pid is not None]
+        if not pids:
+            log(f"Kafka ({'cluster' if cluster else 'single node'}) is not running")
+            return
+        started = time.monotonic()
+        # All nodes at once: each broker's controlled shutdown still finds a quorum.
+        _terminate(pids, timeout, log)
+        for node in nodes:
+            with contextlib.suppress(OSError):
+                node.pid_file.unlink()
+        log(f"Kafka stopped (pid(s) {pids}) in {time.monotonic() - started:.1f}s")
+
+
+def status(cluster: bool = False) -> dict[str, object]:
+    """Whether every node JVM is alive and its broker port accepts connections."""
+    nodes = node_specs(cluster)
+    pids = [_node_pid(n) for n in nodes]
+    running = all(pids) and all(_port_open(n.port) for n in nodes)
+    return {
+        "running": running,
+        "bootstrap": bootstrap_servers(cluster),
+        "pids": [p for p in pids if p is not None],
+        "version": KAFKA_VERSION,
+        "data_dir": str(data_root(cluster)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--cluster",
+        action="store_true",
+        help="3-node KRaft cluster on 127.0.0.1:19092-19094 instead of one node",
+    )
+    parser = argparse.ArgumentParser(
+        prog="kafka-local",
+        description=f"Local Apache Kafka {KAFKA_VERSION} (KRaft) on loopback, "
+        "jars from Maven Central.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_start = sub.add_parser(
+        "start", parents=[common], help="start (idempotent); prints the bootstrap servers"
+    )
+    p_start.add_argument(
+        "--timeout", type=float, default=START_TIMEOUT_S, help="readiness timeout, seconds"
+    )
+    p_stop = sub.add_parser("stop", parents=[common], help="stop; data is kept")
+    p_stop.add_argument(
+        "--timeout",
+        type=float,
+        default=STOP_TIMEOUT_S,
+        help="seconds to wait after SIGTERM before SIGKILL",
+    )
+    sub.add_parser(
+        "status", parents=[common], help="print status as JSON; exit code 3 when not running"
+    )
+    args = parser.parse_args(argv)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        if args.command == "start":
+            print(start(cluster=args.cluster, log=log, timeout=args.timeout), flush=True)
+            return 0
+        if args.command == "stop":
+            stop(cluster=args.cluster, log=log, timeout=args.timeout)
+            return 0
+        info = status(cluster=args.cluster)
+        print(json.dumps(info, indent=2), flush=True)
+        return 0 if info["running"] else 3
+    except LocalKafkaError as exc:
+        print(f"kafka-local: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,679 @@
+"""A real Confluent-compatible schema registry on loopback: Apicurio Registry from Maven Central.
+
+No Docker: ``mvn dependency:copy`` fetches the Quarkus distribution
+``io.apicurio:apicurio-registry-app:2.6.13.Final:tar.gz:all`` (runner jar + ``lib/``)
+into a per-user cache once; the registry then runs as a plain
+``java -jar apicurio-registry-app-2.6.13.Final-runner.jar`` process with its
+in-memory (H2) storage, so it needs neither Kafka nor a database, and every start
+begins empty.
+
+Clients (``confluent_kafka.schema_registry.SchemaRegistryClient``, the Confluent
+serializers) talk to its Confluent-compatible API at
+``http://127.0.0.1:8081/apis/ccompat/v7`` (``SAGASTREAM_LOCAL_REGISTRY_PORT`` moves
+it). On a fresh start the global compatibility level is set to ``BACKWARD``, the
+Confluent default (Apicurio's own default is ``NONE``).
+
+Why 2.6.13.Final and not 3.x: the 3.3.x distributions are compiled for Java 21
+(this project's machines have Java 17), and the 3.0.9 distribution cannot be
+resolved by Maven because its parent POM ``io.apicurio:apicurio-registry:3.0.9``
+is not on the reachable Central. See ``docs/registry-findings.md``.
+
+Paths
+    cache:  ``$SAGASTREAM_CACHE_DIR`` or ``~/.cache/sagastream``
+    dist:   ``<cache>/apicurio-registry-2.6.13.Final/dist`` (``.complete`` marker)
+    run:    ``<cache>/registry/registry-<port>.pid`` and ``registry-<port>.log``
+            (JVM stdout/stderr, i.e. the registry's log)
+
+Command line: ``python -m streams.localregistry start|stop|status [--port N]``.
+
+Only the standard library is imported, so this works before the project's
+dependencies are installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+__all__ = [
+    "CCOMPAT_PATH",
+    "DEFAULT_PORT",
+    "LocalRegistryError",
+    "REGISTRY_COORDINATES",
+    "REGISTRY_NAME",
+    "REGISTRY_VERSION",
+    "base_url",
+    "cache_dir",
+    "ensure_registry",
+    "main",
+    "parse_java_major",
+    "registry_command",
+    "registry_port",
+    "start",
+    "status",
+    "stop",
+]
+
+REGISTRY_NAME = "Apicurio Registry"
+REGISTRY_VERSION = "2.6.13.Final"
+REGISTRY_GROUP_ID = "io.apicurio"
+REGISTRY_ARTIFACT_ID = "apicurio-registry-app"
+# groupId:artifactId:version:type:classifier, as dependency:copy -Dartifact takes it.
+REGISTRY_COORDINATES = f"{REGISTRY_GROUP_ID}:{REGISTRY_ARTIFACT_ID}:{REGISTRY_VERSION}:tar.gz:all"
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+TARBALL_NAME = f"{REGISTRY_ARTIFACT_ID}-{REGISTRY_VERSION}-all.tar.gz"
+RUNNER_JAR = f"{REGISTRY_ARTIFACT_ID}-{REGISTRY_VERSION}-runner.jar"
+MIN_JAVA_VERSION = 17  # Quarkus 3.15, which this release is built on
+
+CCOMPAT_PATH = "/apis/ccompat/v7"
+DEFAULT_PORT = 8081
+HOST = "127.0.0.1"
+DEFAULT_COMPATIBILITY = "BACKWARD"
+
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 20.0
+KILL_TIMEOUT_S = 10.0
+
+JVM_OPTS = (
+    "-Xms64m",
+    "-Xmx512m",
+    "-XX:+UseSerialGC",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+)
+
+INSTALL_HINT = (
+    "install a Java 17+ runtime and Maven, e.g. "
+    "`apt-get install openjdk-17-jre-headless maven` (Debian/Ubuntu) or "
+    "`brew install openjdk@17 maven` (macOS)"
+)
+
+ENV_CACHE_DIR = "SAGASTREAM_CACHE_DIR"
+ENV_PORT = "SAGASTREAM_LOCAL_REGISTRY_PORT"
+
+_MARKER = ".complete"
+_MIN_LIB_JARS = 100  # the 2.6.13.Final distribution ships 309
+
+Log = Callable[[str], object]
+
+# Popen objects of JVMs started by this process, so stop() in the same interpreter reaps them.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class LocalRegistryError(RuntimeError):
+    """The local schema registry could not be installed, started or stopped."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def cache_dir() -> Path:
+    """``$SAGASTREAM_CACHE_DIR`` or ``~/.cache/sagastream`` (not created)."""
+    env = os.environ.get(ENV_CACHE_DIR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "sagastream"
+
+
+def registry_home() -> Path:
+    return cache_dir() / f"apicurio-registry-{REGISTRY_VERSION}"
+
+
+def dist_dir() -> Path:
+    """The unpacked distribution: the runner jar and ``lib/``."""
+    return registry_home() / "dist"
+
+
+def run_dir() -> Path:
+    return cache_dir() / "registry"
+
+
+def pid_file(port: int) -> Path:
+    return run_dir() / f"registry-{port}.pid"
+
+
+def log_file(port: int) -> Path:
+    return run_dir() / f"registry-{port}.log"
+
+
+def registry_port() -> int:
+    """``$SAGASTREAM_LOCAL_REGISTRY_PORT`` or 8081."""
+    raw = os.environ.get(ENV_PORT, "").strip()
+    if not raw:
+        return DEFAULT_PORT
+    try:
+        port = int(raw)
+    except ValueError:
+        raise LocalRegistryError(f"{ENV_PORT}={raw!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise LocalRegistryError(f"{ENV_PORT}={port} is out of range (1-65535)")
+    return port
+
+
+def base_url(port: int | None = None) -> str:
+    """The Confluent-compatible base URL, e.g. ``http://127.0.0.1:8081/apis/ccompat/v7``."""
+    return f"http://{HOST}:{registry_port() if port is None else port}{CCOMPAT_PATH}"
+
+
+# ---------------------------------------------------------------------- tooling
+
+
+def _require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise LocalRegistryError(
+            f"`{tool}` was not found on PATH; the local {REGISTRY_NAME} {REGISTRY_VERSION} "
+            f"needs it: {INSTALL_HINT}"
+        )
+    return path
+
+
+def parse_java_major(version_output: str) -> int | None:
+    """Major version from ``java -version`` output (``17.0.15`` -> 17, ``1.8.0_392`` -> 8)."""
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', version_output)
+    if not match:
+        return None
+    major = int(match.group(1))
+    if major == 1 and match.group(2):
+        major = int(match.group(2))
+    return major
+
+
+def _require_java() -> str:
+    java = _require("java")
+    try:
+        proc = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return java  # let the launch itself report what is wrong
+    major = parse_java_major(proc.stderr + proc.stdout)
+    if major is not None and major < MIN_JAVA_VERSION:
+        raise LocalRegistryError(
+            f"{java} is Java {major}; {REGISTRY_NAME} {REGISTRY_VERSION} needs Java "
+            f"{MIN_JAVA_VERSION}+: {INSTALL_HINT}"
+        )
+    return java
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock, so concurrent start/stop/download calls serialise."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------- download
+
+
+def _dist_complete(dist: Path) -> bool:
+    if not (dist / _MARKER).is_file() or not (dist / RUNNER_JAR).is_file():
+        return False
+    return sum(1 for _ in (dist / "lib").glob("*.jar")) >= _MIN_LIB_JARS
+
+
+def _extract(tarball: Path, dest: Path) -> None:
+    with tarfile.open(tarball, "r:gz") as archive:
+        if hasattr(tarfile, "data_filter"):  # 3.11.4+: refuses absolute/.. paths, no chown
+            archive.extractall(dest, filter="data")
+            return
+        root = dest.resolve()
+        for member in archive.getmembers():
+            target = (dest / member.name).resolve()
+            if root != target and root not in target.parents:
+                raise LocalRegistryError(f"{tarball} has an unsafe entry: {member.name!r}")
+            if not (member.isfile() or member.isdir()):
+                raise LocalRegistryError(f"{tarball} has an unexpected entry: {member.name!r}")
+        archive.extractall(dest)  # noqa: S202 - every member was checked above
+
+
+def ensure_registry(log: Log = print) -> Path:
+    """Directory of the unpacked distribution; downloads it with Maven on the first call.
+
+    Maven puts the tarball (about 142 MB) in the local repository (``~/.m2``, so it is
+    reused); it is unpacked into ``<cache>/apicurio-registry-<version>/dist`` and a
+    marker file is written only after a complete unpack, so an interrupted one is redone.
+    """
+    dist = dist_dir()
+    if _dist_complete(dist):
+        return dist
+    home = registry_home()
+    with _flock(home.parent / f".apicurio-registry-{REGISTRY_VERSION}.lock"):
+        if _dist_complete(dist):  # another process finished it while we waited
+            return dist
+        mvn = _require("mvn")
+        _require("java")
+        home.mkdir(parents=True, exist_ok=True)
+        download = home / "download"
+        partial = home / "dist.partial"
+        shutil.rmtree(download, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            f"{DEPENDENCY_PLUGIN}:copy",
+            f"-Dartifact={REGISTRY_COORDINATES}",
+            f"-DoutputDirectory={download}",
+        ]
+        log(f"Downloading {REGISTRY_NAME} {REGISTRY_VERSION} ({REGISTRY_COORDINATES}) with Maven ...")
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=home)
+        except OSError as exc:
+            raise LocalRegistryError(f"could not run {mvn}: {exc}") from exc
+        if proc.returncode != 0:
+            output = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+            raise LocalRegistryError(
+                f"`{' '.join(cmd)}` failed with exit code {proc.returncode}:\n{output}"
+            )
+        tarball = download / TARBALL_NAME
+        if not tarball.is_file():
+            raise LocalRegistryError(f"Maven finished but {tarball} is missing")
+        size = tarball.stat().st_size
+        try:
+            _extract(tarball, partial)
+        except (OSError, tarfile.TarError) as exc:
+            raise LocalRegistryError(f"could not unpack {tarball}: {exc}") from exc
+        jars = sum(1 for _ in (partial / "lib").glob("*.jar"))
+        if not (partial / RUNNER_JAR).is_file() or jars < _MIN_LIB_JARS:
+            raise LocalRegistryError(
+                f"{tarball} unpacked to {partial} without {RUNNER_JAR} or its lib/ jars"
+            )
+        shutil.rmtree(dist, ignore_errors=True)
+        partial.rename(dist)
+        shutil.rmtree(download, ignore_errors=True)
+        (dist / _MARKER).write_text(
+            json.dumps(
+                {
+                    "registry": REGISTRY_NAME,
+                    "version": REGISTRY_VERSION,
+                    "coordinates": REGISTRY_COORDINATES,
+                    "tarball_bytes": size,
+                    "lib_jars": jars,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        log(
+            f"{REGISTRY_NAME} {REGISTRY_VERSION} ready in {dist} "
+            f"({size / 1e6:.0f} MB, {jars} jars) after {time.monotonic() - started:.1f}s"
+        )
+        return dist
+
+
+# -------------------------------------------------------------------- processes
+
+
+def registry_command(java: str, dist: Path, port: int) -> list[str]:
+    """The ``java`` command line of a registry listening on ``127.0.0.1:port``."""
+    return [
+        java,
+        *JVM_OPTS,
+        f"-Dquarkus.http.host={HOST}",
+        f"-Dquarkus.http.port={port}",
+        "-Dquarkus.http.access-log.enabled=false",
+        # Let tests clean up (the ccompat DELETE endpoints; off by default in Apicurio).
+        "-Dregistry.rest.artifact.deletion.enabled=true",
+        "-jar",
+        str(dist / RUNNER_JAR),
+    ]
+
+
+def _pid_alive(pid: int) -> bool:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        _CHILDREN.pop(pid, None)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie answers kill(0) but is gone for our purposes
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass
+    return True
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    except FileNotFoundError:
+        if Path("/proc/self").exists():
+            return None  # Linux: the process is gone
+    except OSError:
+        return None
+    try:  # no procfs (macOS)
+        out = subprocess.run(
+            ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        return None
+    return out.split() if out else None
+
+
+def _is_registry_process(pid: int, port: int) -> bool:
+    args = _cmdline(pid)
+    if not args:
+        return False
+    return f"-Dquarkus.http.port={port}" in args and str(dist_dir() / RUNNER_JAR) in args
+
+
+def _scan_for_registry(port: int) -> int | None:
+    """Find our registry JVM on ``port`` whose pid file was lost (Linux only)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            pid = int(entry.name)
+            if pid != os.getpid() and _is_registry_process(pid, port) and _pid_alive(pid):
+                return pid
+    return None
+
+
+def _registry_pid(port: int) -> int | None:
+    """Pid of the live registry JVM on ``port``; drops a stale pid file, adopts a lost JVM."""
+    path = pid_file(port)
+    try:
+        pid: int | None = int(path.read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    if pid is not None and _pid_alive(pid) and _is_registry_process(pid, port):
+        return pid
+    with contextlib.suppress(OSError):
+        path.unlink()
+    found = _scan_for_registry(port)
+    if found is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{found}\n")
+    return found
+
+
+def _port_open(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+
+
+def _http(method: str, url: str, body: dict[str, object] | None = None, timeout: float = 5.0):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Accept", "application/vnd.schemaregistry.v1+json, application/json")
+    if data is not None:
+        request.add_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+    with _OPENER.open(request, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def _answers(url: str, timeout: float = 2.0) -> bool:
+    """True when ``GET <url>/subjects`` returns 200."""
+    try:
+        status_code, _ = _http("GET", f"{url}/subjects", timeout=timeout)
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+    return status_code == 200
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:
+            own_group = os.getpgid(pid) == pid
+        except ProcessLookupError:
+            return
+        if own_group:  # started with start_new_session: take the whole group
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _terminate(pid: int, timeout: float, log: Log) -> None:
+    _signal(pid, signal.SIGTERM)
+    if _wait_gone(pid, timeout):
+        return
+    log(f"{REGISTRY_NAME} JVM {pid} still alive after {timeout:.0f}s; sending SIGKILL")
+    _signal(pid, signal.SIGKILL)
+    if not _wait_gone(pid, KILL_TIMEOUT_S):
+        raise LocalRegistryError(f"{REGISTRY_NAME} JVM {pid} survived SIGKILL")
+
+
+def _launch(cmd: list[str], port: int) -> int:
+    run_dir().mkdir(parents=True, exist_ok=True)
+    with log_file(port).open("ab") as out:
+        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {cmd}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=run_dir(),
+            start_new_session=True,
+            close_fds=True,
+        )
+    _CHILDREN[proc.pid] = proc
+    pid_file(port).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def _wait_ready(pid: int, port: int, timeout: float) -> None:
+    url = base_url(port)
+    deadline = time.monotonic() + timeout
+    while True:
+        if not _pid_alive(pid):
+            child = _CHILDREN.get(pid)
+            code = child.returncode if child is not None else None
+            raise LocalRegistryError(
+                f"{REGISTRY_NAME} (pid {pid}) exited during startup"
+                f"{'' if code is None else f' with exit code {code}'}; see {log_file(port)}\n"
+                f"{_tail(log_file(port))}"
+            )
+        if _answers(url):
+            return
+        if time.monotonic() >= deadline:
+            raise LocalRegistryError(
+                f"{REGISTRY_NAME} at {url} did not answer GET /subjects within {timeout:.0f}s "
+                f"(pid {pid} is still running); see {log_file(port)}\n{_tail(log_file(port))}"
+            )
+        time.sleep(0.25)
+
+
+def _set_global_compatibility(url: str, level: str) -> None:
+    try:
+        _http("PUT", f"{url}/config", {"compatibility": level})
+    except (OSError, urllib.error.URLError) as exc:
+        raise LocalRegistryError(f"PUT {url}/config {level} failed: {exc}") from exc
+
+
+# --------------------------------------------------------------------- public API
+
+
+def start(
+    log: Log = print,
+    port: int | None = None,
+    timeout: float = START_TIMEOUT_S,
+    compatibility: str | None = DEFAULT_COMPATIBILITY,
+) -> str:
+    """Start the registry (idempotent); return its Confluent-compatible base URL.
+
+    Downloads the distribution on first use. A freshly started registry is empty
+    (in-memory storage) and gets the global compatibility level ``compatibility``
+    (``BACKWARD`` like Confluent; ``None`` keeps Apicurio's ``NONE``). When it already
+    runs, nothing is changed and the URL is returned once it answers.
+    """
+    port = registry_port() if port is None else port
+    url = base_url(port)
+    with _flock(run_dir() / f"registry-{port}.lock"):
+        pid = _registry_pid(port)
+        if pid is not None:
+            if not _answers(url):  # alive but still booting
+                _wait_ready(pid, port, timeout)
+            log(f"{REGISTRY_NAME} {REGISTRY_VERSION} already running at {url} (pid {pid})")
+            return url
+        if _port_open(port):
+            raise LocalRegistryError(
+                f"port {port} on {HOST} is already in use by a process this tool did not "
+                f"start (set {ENV_PORT} to use another port)"
+            )
+        java = _require_java()
+        dist = ensure_registry(log)
+        started = time.monotonic()
+        pid = _launch(registry_command(java, dist, port), port)
+        log(f"Starting {REGISTRY_NAME} {REGISTRY_VERSION} at {url}, pid {pid}, log {log_file(port)}")
+        try:
+            _wait_ready(pid, port, timeout)
+            if compatibility:
+                _set_global_compatibility(url, compatibility)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                _terminate(pid, 5.0, log)
+            with contextlib.suppress(OSError):
+                pid_file(port).unlink()
+            raise
+        log(f"{REGISTRY_NAME} ready at {url} after {time.monotonic() - started:.1f}s")
+        return url
+
+
+def stop(log: Log = print, port: int | None = None, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM the registry JVM, wait up to ``timeout`` s, then SIGKILL it. Data is lost."""
+    port = registry_port() if port is None else port
+    with _flock(run_dir() / f"registry-{port}.lock"):
+        pid = _registry_pid(port)
+        if pid is None:
+            log(f"{REGISTRY_NAME} on port {port} is not running")
+            return
+        started = time.monotonic()
+        _terminate(pid, timeout, log)
+        _CHILDREN.pop(pid, None)
+        with contextlib.suppress(OSError):
+            pid_file(port).unlink()
+        log(f"{REGISTRY_NAME} stopped (pid {pid}) in {time.monotonic() - started:.1f}s")
+
+
+def status(port: int | None = None) -> dict[str, object]:
+    """Whether the registry JVM on ``port`` is alive and its API answers."""
+    port = registry_port() if port is None else port
+    url = base_url(port)
+    pid = _registry_pid(port)
+    answering = pid is not None and _answers(url)
+    return {
+        "running": answering,
+        "pid": pid,
+        "url": url,
+        "port": port,
+        "registry": REGISTRY_NAME,
+        "version": REGISTRY_VERSION,
+        "log_file": str(log_file(port)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"HTTP port (default ${ENV_PORT} or {DEFAULT_PORT})",
+    )
+    parser = argparse.ArgumentParser(
+        prog="registry-local",
+        description=f"Local {REGISTRY_NAME} {REGISTRY_VERSION} (Confluent-compatible API, "
+        "in-memory storage) on loopback, from Maven Central.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_start = sub.add_parser(
+        "start", parents=[common], help="start (idempotent); prints the ccompat base URL"
+    )
+    p_start.add_argument(
+        "--timeout", type=float, default=START_TIMEOUT_S, help="readiness timeout, seconds"
+    )
+    p_start.add_argument(
+        "--compatibility",
+        default=DEFAULT_COMPATIBILITY,
+        help="global compatibility level set on a fresh start ('' keeps Apicurio's NONE)",
+    )
+    p_stop = sub.add_parser("stop", parents=[common], help="stop (schemas are lost)")
+    p_stop.add_argument(
+        "--timeout", type=float, default=STOP_TIMEOUT_S, help="seconds before SIGKILL"
+    )
+    sub.add_parser(
+        "status", parents=[common], help="print status as JSON; exit code 3 when not running"
+    )
+    args = parser.parse_args(argv)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        if args.command == "start":
+            url = start(
+                log=log, port=args.port, timeout=args.timeout, compatibility=args.compatibility
+            )
+            print(url, flush=True)
+            return 0
+        if args.command == "stop":
+            stop(log=log, port=args.port, timeout=args.timeout)
+            return 0
+        info = status(port=args.port)
+        print(json.dumps(info, indent=2), flush=True)
+        return 0 if info["running"] else 3
+    except LocalRegistryError as exc:
+        print(f"registry-local: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""Prometheus metrics of one worker, in one object built from a registry that is passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    consumed: Counter
+    produced: Counter
+    dead_letters: Counter
+    outcomes: Counter
+    saga_seconds: Histogram
+    timers_fired: Counter
+    up: Gauge
+
+    @classmethod
+    def create(cls, role: str, registry: CollectorRegistry | None = None) -> Metrics:
+        reg = registry or CollectorRegistry()
+        metrics = cls(
+            registry=reg,
+            consumed=Counter("sagastream_events_consumed", "Events consumed", ["role", "event_type"], registry=reg),
+            produced=Counter("sagastream_events_produced", "Events produced", ["role", "event_type"], registry=reg),
+            dead_letters=Counter(
+                "sagastream_dead_letters", "Inputs sent to a DLQ", ["role", "topic", "reason"], registry=reg
+            ),
+            outcomes=Counter("sagastream_saga_outcomes", "Sagas ended", ["saga", "status"], registry=reg),
+            saga_seconds=Histogram(
+                "sagastream_saga_seconds",
+                "Saga duration from start event to terminal state",
+                ["saga", "status"],
+                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+                registry=reg,
+            ),
+            timers_fired=Counter("sagastream_timers_fired", "Durable timers fired", ["kind"], registry=reg),
+            up=Gauge("sagastream_worker_up", "1 while the worker runs", ["role"], registry=reg),
+        )
+        metrics.up.labels(role).set(1)
+        return metrics
+
+    def serve(self, port: int) -> None:
+        """Expose /metrics on a port (0 = disabled)."""
+        if port:
+            start_http_server(port, registry=self.registry)

@@ -1,0 +1,410 @@
+"""The pure saga core: decide(definition, state, event, now) -> Decision. No Kafka, faust or I/O."""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.topology import TIMER_EVENT, RetryPolicy, SagaSpec
+
+RUNNING, COMPENSATING = "running", "compensating"
+COMPLETED, COMPENSATED, FAILED = "completed", "compensated", "failed"
+TERMINAL = frozenset({COMPLETED, COMPENSATED, FAILED})
+
+# step states
+PENDING, STARTED, WAITING_RETRY, SUCCEEDED = "pending", "running", "waiting_retry", "succeeded"
+STEP_FAILED, SKIPPED, CANCELLED = "failed", "skipped", "cancelled"
+UNDOING, UNDONE, UNDO_FAILED = "compensating", "compensated", "compensation_failed"
+
+SEEN_LIMIT = 64
+
+
+@dataclass(frozen=True)
+class Event:
+    """What decide consumes: a decoded event (or a fired timer) reduced to what the core needs."""
+
+    event_type: str
+    event_id: str
+    fields: dict[str, Any]
+    attempt: int = 1
+    hop: int = 0
+    correlation_id: str | None = None
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True)
+class Command:
+    """An event to produce: its type, its payload (meta is added by the runtime) and attempt."""
+
+    event_type: str
+    fields: dict[str, Any]
+    attempt: int = 1
+    step: str | None = None
+
+
+@dataclass(frozen=True)
+class Timer:
+    """A durable timer: due time, kind (step_timeout, retry, deadline, undo_timeout, undo_retry)."""
+
+    due_ms: int
+    kind: str
+    step: str
+    attempt: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}|{self.step}|{self.attempt}"
+
+
+@dataclass
+class Decision:
+    """The new state (None: nothing to store), what to send, the timers armed, and why to DLQ."""
+
+    state: dict[str, Any] | None
+    commands: list[Command] = field(default_factory=list)
+    timers: list[Timer] = field(default_factory=list)
+    dead_letter: str | None = None
+    duplicate: bool = False
+    lifecycle: list[tuple[str, str | None]] = field(default_factory=list)
+
+
+def timer_event(timer: Timer, event_id: str) -> Event:
+    """The event a fired timer delivers to decide."""
+    return Event(
+        TIMER_EVENT,
+        event_id,
+        {"kind": timer.kind, "step": timer.step, "attempt": timer.attempt, "due_ms": timer.due_ms},
+    )
+
+
+def backoff_ms(policy: RetryPolicy, attempt: int, rng: random.Random) -> int:
+    """Full-jitter exponential backoff after `attempt` failed: uniform in [0, min(cap, base*m^(n-1))]."""
+    ceiling = min(policy.max_backoff_ms, policy.initial_backoff_ms * policy.multiplier ** (attempt - 1))
+    return int(rng.uniform(0, ceiling))
+
+
+def idempotency_key(saga: str, key: str, step: str, undo: bool = False) -> str:
+    """Stable per saga and step, so a retried side effect can never happen twice."""
+    return f"{saga}:{key}:{step}:undo" if undo else f"{saga}:{key}:{step}"
+
+
+class _Run:
+    """One decide call: a working copy of the state plus what it emits."""
+
+    def __init__(self, saga_type: str, spec: SagaSpec, state: dict[str, Any], now: int) -> None:
+        self.saga_type = saga_type
+        self.spec = spec
+        self.s = state
+        self.now = now
+        self.out = Decision(state)
+        self._rng = random.Random(f"{state['key']}:{len(state['seen'])}:{now}")
+
+    # -- emitting -------------------------------------------------------------------------
+    def emit(self, event_type: str, fields: dict[str, Any], attempt: int = 1, step: str | None = None) -> None:
+        self.out.commands.append(Command(event_type, fields, attempt, step))
+
+    def arm(self, delay_ms: int, kind: str, step: str, attempt: int) -> None:
+        timer = Timer(self.now + delay_ms, kind, step, attempt)
+        self.s["timers"][timer.key] = timer.due_ms
+        self.out.timers.append(timer)
+
+    def disarm(self, kind: str, step: str, attempt: int) -> None:
+        self.s["timers"].pop(f"{kind}|{step}|{attempt}", None)
+
+    def note(self, what: str, step: str | None = None) -> None:
+        self.out.lifecycle.append((what, step))
+
+    # -- forward path ---------------------------------------------------------------------
+    def step(self, name: str) -> dict[str, Any]:
+        return self.s["steps"][name]
+
+    def send_step(self, name: str) -> None:
+        spec = self.spec.steps[name]
+        st = self.step(name)
+        st["st"] = STARTED
+        fields = {**self.s["ctx"], **spec.params}
+        fields["idempotency_key"] = idempotency_key(self.saga_type, self.s["key"], name)
+        self.emit(spec.command, fields, st["a"], name)
+        self.arm(spec.timeout_ms, "step_timeout", name, st["a"])
+        self.note("step_started", name)
+
+    def start_ready(self) -> None:
+        if self.s["status"] != RUNNING:
+            return
+        for name, spec in self.spec.steps.items():
+            st = self.step(name)
+            if st["st"] == PENDING and all(
+                self.step(d)["st"] in (SUCCEEDED, SKIPPED) for d in spec.depends_on
+            ):
+                st["a"] = 1
+                self.send_step(name)
+        if all(st["st"] in (SUCCEEDED, SKIPPED) for st in self.s["steps"].values()):
+            self.finish(COMPLETED)
+
+    def step_succeeded(self, name: str, fields: dict[str, Any]) -> None:
+        st = self.step(name)
+        self.disarm("step_timeout", name, st["a"])
+        self.disarm("retry", name, st["a"])
+        st["st"] = SUCCEEDED
+        self.s["order"].append(name)
+        self.s["ctx"].update(fields)
+        self.note("step_succeeded", name)
+        if self.s["status"] == RUNNING:
+            self.start_ready()
+        else:
+            # a success after the saga gave up: its side effect happened, so undo it too
+            self.compensate_next()
+
+    def step_failed(self, name: str, reason: str, retry_on: str) -> None:
+        spec, st = self.spec.steps[name], self.step(name)
+        self.disarm("step_timeout", name, st["a"])
+        if self.s["status"] == RUNNING and retry_on in spec.retry.on and st["a"] < spec.retry.max_attempts:
+            st["st"] = WAITING_RETRY
+            self.arm(backoff_ms(spec.retry, st["a"], self._rng), "retry", name, st["a"])
+            self.note("step_retry_scheduled", name)
+            return
+        self.note("step_failed", name)
+        if spec.optional:
+            st["st"] = SKIPPED
+            if self.s["status"] == RUNNING:
+                self.start_ready()
+            else:
+                self.compensate_next()
+            return
+        st["st"] = STEP_FAILED
+        if self.s["status"] == RUNNING:
+            self.begin_compensation(f"{name}: {reason}", name)
+        else:
+            self.compensate_next()
+
+    # -- compensation ---------------------------------------------------------------------
+    def begin_compensation(self, reason: str, failed_step: str) -> None:
+        self.s["status"] = COMPENSATING
+        self.s["reason"], self.s["failed_step"] = reason, failed_step
+        self.disarm("deadline", "", 0)
+        self.note("compensating", failed_step)
+        for name, st in self.s["steps"].items():
+            if st["st"] in (PENDING, WAITING_RETRY):
+                self.disarm("retry", name, st["a"])
+                st["st"] = CANCELLED
+        self.compensate_next()
+
+    def compensate_next(self) -> None:
+        """Undo one completed step at a time, in reverse completion order; end when none is left."""
+        steps = self.s["steps"]
+        if any(st["st"] == UNDOING for st in steps.values()):
+            return
+        for name in reversed(self.s["order"]):
+            if steps[name]["st"] != SUCCEEDED:
+                continue
+            comp = self.spec.steps[name].compensation
+            if comp is None:
+                steps[name]["st"] = UNDONE
+                self.s["undone"].append(name)
+                continue
+            steps[name]["st"] = UNDOING
+            steps[name]["ca"] = 1
+            self.send_undo(name)
+            return
+        if self.s["status"] == COMPENSATING and not any(st["st"] == STARTED for st in steps.values()):
+            failed = any(st["st"] == UNDO_FAILED for st in steps.values())
+            self.finish(FAILED if failed else COMPENSATED)
+
+    def send_undo(self, name: str) -> None:
+        comp = self.spec.steps[name].compensation
+        assert comp is not None
+        st = self.step(name)
+        fields = {**self.s["ctx"], "step": name}
+        fields["idempotency_key"] = idempotency_key(self.saga_type, self.s["key"], name, undo=True)
+        self.emit(comp.command, fields, st["ca"], name)
+        self.arm(comp.timeout_ms, "undo_timeout", name, st["ca"])
+        self.note("compensation_started", name)
+
+    def undo_result(self, name: str, ok: bool, reason: str, retry_on: str) -> None:
+        comp = self.spec.steps[name].compensation
+        assert comp is not None
+        st = self.step(name)
+        self.disarm("undo_timeout", name, st["ca"])
+        if ok:
+            st["st"] = UNDONE
+            self.s["undone"].append(name)
+            self.note("step_compensated", name)
+        elif retry_on in comp.retry.on and st["ca"] < comp.retry.max_attempts:
+            self.arm(backoff_ms(comp.retry, st["ca"], self._rng), "undo_retry", name, st["ca"])
+            self.note("compensation_retry_scheduled", name)
+            return
+        else:
+            st["st"] = UNDO_FAILED
+            self.s["undo_errors"].append(f"{name}: {reason}")
+            self.note("compensation_failed", name)
+        self.compensate_next()
+
+    # -- the end --------------------------------------------------------------------------
+    def finish(self, status: str) -> None:
+        if self.s["status"] in TERMINAL:
+            return
+        self.s["status"] = status
+        self.s["ended"] = self.now
+        self.s["timers"].clear()
+        self.note(status)
+        saga = self.saga_type
+        if status == COMPLETED:
+            self.emit("SagaCompleted", {"saga_type": saga, "completed_steps": list(self.s["order"])})
+        elif status == COMPENSATED:
+            self.emit(
+                "SagaCompensated",
+                {
+                    "saga_type": saga,
+                    "reason": self.s["reason"] or "",
+                    "failed_step": self.s["failed_step"] or "",
+                    "compensated_steps": list(self.s["undone"]),
+                },
+            )
+        else:
+            reason = "; ".join([self.s["reason"] or "", *self.s["undo_errors"]]).strip("; ")
+            self.emit("SagaFailed", {"saga_type": saga, "reason": reason, "failed_step": self.s["failed_step"]})
+            self.out.dead_letter = f"saga {saga} {self.s['key']} failed: {reason}"
+        notify = self.spec.notify
+        if notify is not None:
+            fields = {**self.s["ctx"], **notify.params, "template": notify.templates[status], "outcome": status}
+            fields["idempotency_key"] = idempotency_key(saga, self.s["key"], "notify")
+            self.emit(notify.command, fields)
+
+
+def new_state(saga_type: str, spec: SagaSpec, key: str, event: Event, now: int) -> dict[str, Any]:
+    """The state of a saga that its start event has just created."""
+    return {
+        "v": 1,
+        "saga": saga_type,
+        "key": key,
+        "status": RUNNING,
+        "ctx": dict(event.fields),
+        "steps": {name: {"st": PENDING, "a": 0, "ca": 0} for name in spec.steps},
+        "order": [],
+        "undone": [],
+        "undo_errors": [],
+        "seen": [],
+        "timers": {},
+        "started": now,
+        "ended": None,
+        "reason": None,
+        "failed_step": None,
+        "corr": event.correlation_id,
+        "tp": event.traceparent,
+    }
+
+
+def _route(spec: SagaSpec, event_type: str) -> tuple[str, str] | None:
+    """(step, role) of a result event type: role is ok, fail, undo_ok or undo_fail."""
+    for name, step in spec.steps.items():
+        if event_type == step.success:
+            return name, "ok"
+        if event_type in step.failure:
+            return name, "fail"
+        comp = step.compensation
+        if comp and event_type == comp.success:
+            return name, "undo_ok"
+        if comp and event_type in comp.failure:
+            return name, "undo_fail"
+    return None
+
+
+def _undo_step_of(spec: SagaSpec, fields: dict[str, Any]) -> str | None:
+    """A generic compensation failure names the step (or the undo command) it is about."""
+    named = fields.get("step")
+    for name, step in spec.steps.items():
+        if named == name or (step.compensation and named == step.compensation.command):
+            return name
+    return None
+
+
+def decide(
+    definition: tuple[str, SagaSpec], state: dict[str, Any] | None, event: Event, now: int
+) -> Decision:
+    """Apply one event to one saga's state. Pure: the same inputs always give the same decision."""
+    saga_type, spec = definition
+    if event.hop > spec.max_hops:
+        return Decision(None, dead_letter=f"hop limit exceeded ({event.hop} > {spec.max_hops})")
+    if state is None:
+        if event.event_type != spec.start_event:
+            return Decision(None, dead_letter=f"no saga found for {event.event_type}")
+        key = str(event.fields[spec.key_field])
+        run = _Run(saga_type, spec, new_state(saga_type, spec, key, event, now), now)
+        run.s["seen"].append(event.event_id)
+        run.note("started")
+        run.arm(spec.deadline_ms, "deadline", "", 0)
+        run.start_ready()
+        return run.out
+    if event.event_id in state["seen"]:
+        return Decision(None, duplicate=True)
+    run = _Run(saga_type, spec, copy.deepcopy(state), now)
+    s = run.s
+    s["seen"].append(event.event_id)
+    del s["seen"][:-SEEN_LIMIT]
+    if event.event_type == spec.start_event:
+        run.out.dead_letter = f"saga {saga_type} {s['key']} already started"
+        return run.out
+    if event.event_type == TIMER_EVENT:
+        _on_timer(run, event.fields)
+        return run.out
+    routed = _route(spec, event.event_type)
+    if routed is None:
+        run.out.dead_letter = f"{event.event_type} is not part of saga {saga_type}"
+        return run.out
+    name, role = routed
+    if role == "undo_fail" and (named := _undo_step_of(spec, event.fields)):
+        name = named
+    st = s["steps"][name]
+    reason = str(event.fields.get("reason") or event.event_type)
+    if role == "ok":
+        # An earlier attempt's success counts: the retry reused its idempotency key.
+        if st["st"] in (STARTED, WAITING_RETRY, STEP_FAILED, CANCELLED) and st["a"] > 0:
+            if event.attempt != st["a"]:
+                run.note("stale_success_accepted", name)
+            run.disarm("retry", name, st["a"])
+            run.step_succeeded(name, _payload(event.fields))
+    elif role == "fail":
+        if st["st"] == STARTED and event.attempt == st["a"]:
+            run.step_failed(name, reason, "failure")
+        elif event.attempt != st["a"]:
+            run.note("stale_result_ignored", name)
+    elif st["st"] == UNDOING and event.attempt == st["ca"]:
+        run.undo_result(name, role == "undo_ok", reason, "failure")
+    return run.out
+
+
+def _on_timer(run: _Run, fields: dict[str, Any]) -> None:
+    s = run.s
+    kind, name, attempt = fields["kind"], fields["step"], int(fields["attempt"])
+    if s["timers"].pop(f"{kind}|{name}|{attempt}", None) is None:
+        return  # already disarmed: the thing it guarded has happened
+    if kind == "deadline":
+        if s["status"] == RUNNING:
+            run.begin_compensation("saga deadline exceeded", "")
+        return
+    st = s["steps"][name]
+    if kind == "step_timeout" and st["st"] == STARTED and st["a"] == attempt:
+        run.step_failed(name, f"timed out after {run.spec.steps[name].timeout_ms} ms", "timeout")
+    elif kind == "retry" and st["st"] == WAITING_RETRY and st["a"] == attempt:
+        st["a"] = attempt + 1
+        run.send_step(name)
+    elif kind == "undo_timeout" and st["st"] == UNDOING and st["ca"] == attempt:
+        run.undo_result(name, False, "compensation timed out", "timeout")
+    elif kind == "undo_retry" and st["st"] == UNDOING and st["ca"] == attempt:
+        st["ca"] = attempt + 1
+        run.send_undo(name)
+
+
+def _payload(fields: dict[str, Any]) -> dict[str, Any]:
+    """What a step result adds to the saga context (ids other steps or undos need)."""
+    return {k: v for k, v in fields.items() if k not in ("meta", "reason", "step")}
+
+
+def saga_for(specs: dict[str, SagaSpec], event_type: str) -> tuple[str, SagaSpec] | None:
+    """The saga an event type belongs to (start or result event)."""
+    for name, spec in specs.items():
+        if event_type == spec.start_event or _route(spec, event_type):
+            return name, spec
+    return None
