@@ -235,6 +235,15 @@ class SagaFailed(Event):
     failed_step: str | None = None
 
 
+class TimerFired(Event):
+    """A durable saga timer came due; the orchestrator sends it to itself on the timer topic."""
+
+    kind: str
+    step: str
+    attempt: AvroInt
+    due_ms: AvroLong
+
+
 MODELS: dict[str, type[Event]] = {
     model.__name__: model
     for model in (
@@ -260,5 +269,6 @@ MODELS: dict[str, type[Event]] = {
         SagaCompleted,
         SagaCompensated,
         SagaFailed,
+        TimerFired,
     )
 }

@@ -734,15 +734,16 @@ def _launch(node: NodeSpec, java: str, libs: Path) -> int:
     return proc.pid
 
 
-def _metadata_brokers(bootstrap: str, timeout: float) -> int | None:
-    """Broker count from a real metadata request, or None when it failed.
+def _metadata_ready(bootstrap: str, expected_brokers: int, timeout: float) -> bool:
+    """A real metadata request succeeds, lists every broker, and no partition is
+    under-replicated (after a cluster restart followers may still be catching up).
 
-    Returns -1 when confluent_kafka is not installed (caller relies on TCP only).
+    Without confluent_kafka (deps not installed yet) the TCP check has to do.
     """
     try:
         from confluent_kafka.admin import AdminClient
     except ImportError:
-        return -1
+        return True
     admin = AdminClient(
         {
             "bootstrap.servers": bootstrap,
@@ -753,8 +754,14 @@ def _metadata_brokers(bootstrap: str, timeout: float) -> int | None:
     try:
         metadata = admin.list_topics(timeout=timeout)
     except Exception:
-        return None
-    return len(metadata.brokers)
+        return False
+    if len(metadata.brokers) < expected_brokers:
+        return False
+    return all(
+        len(partition.isrs) >= len(partition.replicas)
+        for topic in metadata.topics.values()
+        for partition in topic.partitions.values()
+    )
 
 
 def _wait_ready(
@@ -780,14 +787,15 @@ def _wait_ready(
                     f"{_tail(node.stdout_file, offsets.get(node.stdout_file, 0), lines=10)}"
                 )
         left = deadline - time.monotonic()
-        if all(_port_open(n.port) for n in nodes):
-            brokers = _metadata_brokers(bootstrap, timeout=max(0.5, min(5.0, left)))
-            if brokers == -1 or (brokers is not None and brokers >= len(nodes)):
-                return
+        if all(_port_open(n.port) for n in nodes) and _metadata_ready(
+            bootstrap, len(nodes), timeout=max(0.5, min(5.0, left))
+        ):
+            return
         if time.monotonic() >= deadline:
             logs = ", ".join(str(n.server_log) for n in nodes)
             raise LocalKafkaError(
-                f"Kafka at {bootstrap} did not answer metadata requests within "
+                f"Kafka at {bootstrap} was not ready (metadata listing every broker, no "
+                f"under-replicated partition) within "
                 f"{timeout:.0f}s; see {logs}\n"
                 f"{_tail(nodes[0].server_log, offsets.get(nodes[0].server_log, 0))}"
             )
@@ -809,11 +817,11 @@ def start(cluster: bool = False, log: Log = print, timeout: float = START_TIMEOU
     with _flock(root / ".lock"):
         running = {n.node_id: _node_pid(n) for n in nodes}
         if all(running.values()):
-            if all(_port_open(n.port) for n in nodes):
-                brokers = _metadata_brokers(bootstrap, timeout=5.0)
-                if brokers == -1 or (brokers is not None and brokers >= len(nodes)):
-                    log(f"Kafka {KAFKA_VERSION} already running at {bootstrap}")
-                    return bootstrap
+            if all(_port_open(n.port) for n in nodes) and _metadata_ready(
+                bootstrap, len(nodes), timeout=5.0
+            ):
+                log(f"Kafka {KAFKA_VERSION} already running at {bootstrap}")
+                return bootstrap
             # JVMs alive but not answering yet (e.g. still booting): wait for them.
             pids = {k: v for k, v in running.items() if v is not None}
             _wait_ready(nodes, pids, bootstrap, timeout)

@@ -284,7 +284,7 @@ def ensure_registry(log: Log = print) -> Path:
             f"-Dartifact={REGISTRY_COORDINATES}",
             f"-DoutputDirectory={download}",
         ]
-        log(f"Downloading {REGISTRY_NAME} {REGISTRY_VERSION} ({REGISTRY_COORDINATES}) with Maven ...")
+        log(f"Downloading {REGISTRY_NAME} ({REGISTRY_COORDINATES}) with Maven ...")
         started = time.monotonic()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=home)
@@ -438,7 +438,9 @@ def _port_open(port: int, timeout: float = 0.5) -> bool:
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
 
 
-def _http(method: str, url: str, body: dict[str, object] | None = None, timeout: float = 5.0):
+def _http(
+    method: str, url: str, body: dict[str, object] | None = None, timeout: float = 5.0
+) -> tuple[int, bytes]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Accept", "application/vnd.schemaregistry.v1+json, application/json")
@@ -511,8 +513,8 @@ def _wait_ready(pid: int, port: int, timeout: float) -> None:
     url = base_url(port)
     deadline = time.monotonic() + timeout
     while True:
+        child = _CHILDREN.get(pid)  # fetched first: _pid_alive drops a finished child
         if not _pid_alive(pid):
-            child = _CHILDREN.get(pid)
             code = child.returncode if child is not None else None
             raise LocalRegistryError(
                 f"{REGISTRY_NAME} (pid {pid}) exited during startup"
@@ -570,7 +572,8 @@ def start(
         dist = ensure_registry(log)
         started = time.monotonic()
         pid = _launch(registry_command(java, dist, port), port)
-        log(f"Starting {REGISTRY_NAME} {REGISTRY_VERSION} at {url}, pid {pid}, log {log_file(port)}")
+        log(f"Starting {REGISTRY_NAME} {REGISTRY_VERSION} at {url} (pid {pid})")
+        log(f"  log: {log_file(port)}")
         try:
             _wait_ready(pid, port, timeout)
             if compatibility:

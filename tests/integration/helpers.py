@@ -1,0 +1,51 @@
+"""Reading what the workers wrote: outputs by type, dead letters, and saga state from the changelog."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from streams.client import Received
+from streams.demo import order_fields
+
+OUTCOMES = ("SagaCompleted", "SagaCompensated", "SagaFailed")
+
+
+def place_order(ns: Any, order_id: str, **overrides: Any) -> dict[str, Any]:
+    fields, _ = order_fields(order_id, random.Random(order_id))
+    fields.update(overrides)
+    ns.client.publish("OrderPlaced", order_id, fields)
+    ns.client.flush()
+    return fields
+
+
+def wait_outcomes(ns: Any, keys: set[str], timeout: float = 60.0) -> dict[str, Received]:
+    """The outcome event of each saga key, waiting until all have ended."""
+    found: dict[str, Received] = {}
+
+    def done(msgs: list[Received]) -> bool:
+        for m in msgs:
+            if m.event_type in OUTCOMES and m.key and m.key.decode() in keys:
+                found.setdefault(m.key.decode(), m)
+        return set(found) == keys
+
+    ns.client.read([ns.topic(ns.topology.sagas["order"].outcome_topic)], done, timeout)
+    assert set(found) == keys, f"sagas without an outcome after {timeout}s: {sorted(keys - set(found))}"
+    return found
+
+
+def events_for(ns: Any, topics: list[str], key: str, until: Any = None, timeout: float = 20.0) -> list[Received]:
+    """Every decodable event of one saga key on the given logical topics, in offset order per topic."""
+    physical = [ns.topic(t) for t in topics]
+    msgs = ns.client.read(physical, until or (lambda m: False), timeout)
+    return [m for m in msgs if m.key == key.encode() and m.event_type]
+
+
+def saga_state(ns: Any, key: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The last state the orchestrator wrote for a saga, read back from its changelog topic."""
+    changelog = f"{ns.settings.group('orchestrator')}-sagas-changelog"
+    msgs = ns.client.read([changelog], lambda m: False, timeout)
+    values = [m.value for m in msgs if m.key == key.encode() and m.value]
+    assert values, f"no state for {key} in {changelog}"
+    return json.loads(values[-1])

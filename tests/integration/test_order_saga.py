@@ -1,0 +1,77 @@
+"""The order saga end to end through a real broker and real worker processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.helpers import events_for, place_order, saga_state, wait_outcomes
+
+pytestmark = pytest.mark.integration
+
+COMMANDS = ["payments.commands", "inventory.commands", "shipping.commands", "notifications.commands"]
+RESULTS = ["payments.events", "inventory.events", "shipping.events", "notifications.events"]
+
+
+def test_happy_path_completes_and_notifies(ns, workers):
+    place_order(ns, "order-ok-1")
+    outcome = wait_outcomes(ns, {"order-ok-1"})["order-ok-1"]
+    assert outcome.event_type == "SagaCompleted"
+    assert sorted(outcome.record["completed_steps"]) == ["inventory", "payment", "shipping"]
+
+    def notified(msgs):
+        return any(m.event_type == "NotificationSent" and m.key == b"order-ok-1" for m in msgs)
+
+    events = events_for(ns, COMMANDS + RESULTS, "order-ok-1", until=notified)
+    types = [m.event_type for m in events]
+    for expected in ["ChargePayment", "ReserveInventory", "CreateShipment", "SendNotification",
+                     "PaymentCharged", "InventoryReserved", "ShipmentCreated", "NotificationSent"]:
+        assert types.count(expected) == 1, (expected, types)
+    assert not {"RefundPayment", "ReleaseInventory", "CancelShipment"} & set(types)
+    charge = next(m for m in events if m.event_type == "ChargePayment").record
+    assert charge["idempotency_key"] == "order:order-ok-1:payment"
+    assert charge["meta"]["hop"] == 1 and charge["meta"]["attempt"] == 1
+    note = next(m for m in events if m.event_type == "SendNotification").record
+    assert note["template"] == "order_completed" and note["outcome"] == "completed"
+
+    state = saga_state(ns, "order-ok-1")
+    assert state["status"] == "completed"
+    assert {s["st"] for s in state["steps"].values()} == {"succeeded"}
+    assert state["timers"] == {}
+    assert state["ctx"]["payment_id"].startswith("pay_")
+
+
+def test_payment_failure_compensates_completed_steps_in_reverse_order(ns, workers):
+    place_order(ns, "order-declined-1", card_token="tok_decline")
+    outcome = wait_outcomes(ns, {"order-declined-1"})["order-declined-1"]
+    assert outcome.event_type == "SagaCompensated"
+    assert outcome.record["failed_step"] == "payment"
+    assert "card declined" in outcome.record["reason"]
+
+    state = saga_state(ns, "order-declined-1")
+    assert state["status"] == "compensated"
+    assert state["steps"]["payment"]["st"] == "failed"
+    succeeded = [s for s in state["order"] if s != "payment"]
+    assert sorted(succeeded) == ["inventory", "shipping"]
+    # undone in reverse completion order
+    assert state["undone"] == list(reversed(succeeded))
+
+    events = events_for(ns, COMMANDS, "order-declined-1", until=lambda m: len(m) >= 6)
+    undo = [m.event_type for m in events if m.event_type in ("ReleaseInventory", "CancelShipment", "RefundPayment")]
+    expected = {"inventory": "ReleaseInventory", "shipping": "CancelShipment"}
+    assert undo == [expected[s] for s in reversed(succeeded)]
+    release = next(m for m in events if m.event_type == "ReleaseInventory").record
+    assert release["reservation_id"] == state["ctx"]["reservation_id"]
+    note = next(m for m in events if m.event_type == "SendNotification").record
+    assert note["template"] == "order_cancelled"
+
+
+def test_many_orders_reach_the_outcome_they_were_built_for(ns, workers):
+    keys = {f"order-mix-{i}" for i in range(30)}
+    expectations = {}
+    for key in sorted(keys):
+        fields = place_order(ns, key)
+        bad = fields["card_token"] == "tok_decline" or "nowhere" in fields["shipping_address"].lower() \
+            or any(i["sku"].startswith("OOS-") for i in fields["items"])
+        expectations[key] = "SagaCompensated" if bad else "SagaCompleted"
+    outcomes = wait_outcomes(ns, keys, timeout=90)
+    assert {k: m.event_type for k, m in outcomes.items()} == expectations
