@@ -21,9 +21,7 @@ from fastavro.schema import SchemaParseException, UnknownType
 SCHEMAS_DIR_ENV = "SAGASTREAM_SCHEMAS_DIR"
 META_RECORD = "EventMeta"
 
-_PRIMITIVES = frozenset(
-    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-)
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _HEADER = struct.Struct(">BI")
 _MAGIC = 0
 _INT_RANGE = (-(2**31), 2**31 - 1)
@@ -202,7 +200,8 @@ class AvroCodec:
         if body.tell() != size:
             raise DecodeError(
                 "corrupt",
-                f"{event_type} (schema id {schema_id}): {size - body.tell()} bytes after the record",
+                f"{event_type} (schema id {schema_id}): "
+                f"{size - body.tell()} unread bytes after the record",
                 schema_id=schema_id,
                 event_type=event_type,
             )

@@ -151,6 +151,11 @@ def log_file(port: int) -> Path:
     return run_dir() / f"registry-{port}.log"
 
 
+def db_path(port: int) -> Path:
+    """H2 database of a persistent registry (``--persist``); H2 adds ``.mv.db``."""
+    return run_dir() / f"data-{port}" / "registry"
+
+
 def registry_port() -> int:
     """``$SAGASTREAM_LOCAL_REGISTRY_PORT`` or 8081."""
     raw = os.environ.get(ENV_PORT, "").strip()
@@ -334,9 +339,13 @@ def ensure_registry(log: Log = print) -> Path:
 # -------------------------------------------------------------------- processes
 
 
-def registry_command(java: str, dist: Path, port: int) -> list[str]:
-    """The ``java`` command line of a registry listening on ``127.0.0.1:port``."""
-    return [
+def registry_command(java: str, dist: Path, port: int, db_path: Path | None = None) -> list[str]:
+    """The ``java`` command line of a registry listening on ``127.0.0.1:port``.
+
+    Storage is Apicurio's in-memory H2 database unless ``db_path`` is given: then the
+    same H2 storage lives in the file ``<db_path>.mv.db`` and survives restarts.
+    """
+    cmd = [
         java,
         *JVM_OPTS,
         f"-Dquarkus.http.host={HOST}",
@@ -344,9 +353,10 @@ def registry_command(java: str, dist: Path, port: int) -> list[str]:
         "-Dquarkus.http.access-log.enabled=false",
         # Let tests clean up (the ccompat DELETE endpoints; off by default in Apicurio).
         "-Dregistry.rest.artifact.deletion.enabled=true",
-        "-jar",
-        str(dist / RUNNER_JAR),
     ]
+    if db_path is not None:
+        cmd.append(f"-Dquarkus.datasource.jdbc.url=jdbc:h2:file:{db_path}")
+    return [*cmd, "-jar", str(dist / RUNNER_JAR)]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -546,13 +556,16 @@ def start(
     port: int | None = None,
     timeout: float = START_TIMEOUT_S,
     compatibility: str | None = DEFAULT_COMPATIBILITY,
+    persist: bool = False,
 ) -> str:
     """Start the registry (idempotent); return its Confluent-compatible base URL.
 
-    Downloads the distribution on first use. A freshly started registry is empty
-    (in-memory storage) and gets the global compatibility level ``compatibility``
-    (``BACKWARD`` like Confluent; ``None`` keeps Apicurio's ``NONE``). When it already
-    runs, nothing is changed and the URL is returned once it answers.
+    Downloads the distribution on first use. By default storage is in memory: every
+    start begins empty. ``persist=True`` keeps schemas (and their ids) in an H2 file,
+    ``db_path(port)``, across restarts, like the local Kafka keeps its topics. A new
+    (empty) registry gets the global compatibility level ``compatibility`` (``BACKWARD``
+    like Confluent; ``None`` keeps Apicurio's ``NONE``). When it already runs, nothing
+    is changed (not even the storage kind) and the URL is returned once it answers.
     """
     port = registry_port() if port is None else port
     url = base_url(port)
@@ -570,13 +583,18 @@ def start(
             )
         java = _require_java()
         dist = ensure_registry(log)
+        db = db_path(port) if persist else None
+        fresh = db is None or not db.with_name(db.name + ".mv.db").exists()
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        pid = _launch(registry_command(java, dist, port), port)
-        log(f"Starting {REGISTRY_NAME} {REGISTRY_VERSION} at {url} (pid {pid})")
+        pid = _launch(registry_command(java, dist, port, db), port)
+        storage = "in memory" if db is None else f"in {db}.mv.db"
+        log(f"Starting {REGISTRY_NAME} {REGISTRY_VERSION} at {url} (pid {pid}), storage {storage}")
         log(f"  log: {log_file(port)}")
         try:
             _wait_ready(pid, port, timeout)
-            if compatibility:
+            if compatibility and fresh:
                 _set_global_compatibility(url, compatibility)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -589,7 +607,10 @@ def start(
 
 
 def stop(log: Log = print, port: int | None = None, timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the registry JVM, wait up to ``timeout`` s, then SIGKILL it. Data is lost."""
+    """SIGTERM the registry JVM, wait up to ``timeout`` s, then SIGKILL it.
+
+    In-memory schemas are lost; a ``persist=True`` registry keeps its H2 file.
+    """
     port = registry_port() if port is None else port
     with _flock(run_dir() / f"registry-{port}.lock"):
         pid = _registry_pid(port)
@@ -642,11 +663,18 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=START_TIMEOUT_S, help="readiness timeout, seconds"
     )
     p_start.add_argument(
+        "--persist",
+        action="store_true",
+        help="keep schemas in an H2 file under the cache across restarts (default: memory)",
+    )
+    p_start.add_argument(
         "--compatibility",
         default=DEFAULT_COMPATIBILITY,
         help="global compatibility level set on a fresh start ('' keeps Apicurio's NONE)",
     )
-    p_stop = sub.add_parser("stop", parents=[common], help="stop (schemas are lost)")
+    p_stop = sub.add_parser(
+        "stop", parents=[common], help="stop (in-memory schemas are lost; --persist ones kept)"
+    )
     p_stop.add_argument(
         "--timeout", type=float, default=STOP_TIMEOUT_S, help="seconds before SIGKILL"
     )
@@ -661,7 +689,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             url = start(
-                log=log, port=args.port, timeout=args.timeout, compatibility=args.compatibility
+                log=log,
+                port=args.port,
+                timeout=args.timeout,
+                compatibility=args.compatibility,
+                persist=args.persist,
             )
             print(url, flush=True)
             return 0

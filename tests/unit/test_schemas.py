@@ -111,9 +111,7 @@ def test_every_schema_has_a_model_and_every_model_a_schema() -> None:
     models = {
         name
         for name, obj in vars(events).items()
-        if isinstance(obj, type)
-        and issubclass(obj, AvroRecord)
-        and obj not in (AvroRecord, Event)
+        if isinstance(obj, type) and issubclass(obj, AvroRecord) and obj not in (AvroRecord, Event)
     }
     assert set(RECORD_NAMES) == models
     assert sorted(MODELS) == EVENT_TYPES == sorted(set(RECORD_NAMES) - SHARED_RECORDS)

@@ -1,0 +1,355 @@
+"""AvroCodec wire format and errors, schema loading, schema ids and EventMeta derivation."""
+
+import datetime as dt
+import json
+import re
+import struct
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.codec import (
+    SCHEMAS_DIR_ENV,
+    AvroCodec,
+    DecodeError,
+    EncodeError,
+    LocalSchemaIds,
+    SchemaStore,
+    derive_meta,
+    new_meta,
+)
+
+STORE = SchemaStore(Path(__file__).parents[2] / "schemas")
+IDS = LocalSchemaIds(STORE)
+CODEC = AvroCodec(STORE, IDS)
+TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+class FixedIds:
+    """A SchemaIds with hand-picked ids, standing in for a schema registry."""
+
+    def __init__(self, ids: dict[str, int]) -> None:
+        self._ids = ids
+
+    def id_for(self, event_type: str) -> int:
+        return self._ids[event_type]
+
+    def event_type_for(self, schema_id: int) -> str | None:
+        return next((t for t, i in self._ids.items() if i == schema_id), None)
+
+
+def order_placed(**changes: Any) -> dict[str, Any]:
+    record = {
+        "meta": new_meta("OrderPlaced", "order-1", "shop", now_ms=1_700_000_000_123),
+        "order_id": "order-1",
+        "customer_id": "cust-1",
+        "email": "a@example.com",
+        "amount_cents": 1299,
+        "currency": "EUR",
+        "card_token": "tok_1",
+        "items": [{"sku": "sku-1", "quantity": 2}],
+        "shipping_address": "1 Main Street",
+        "priority": "normal",
+        "has_app": False,
+    }
+    return record | changes
+
+
+def payment_refunded(payment_id: str | None) -> dict[str, Any]:
+    meta = new_meta("PaymentRefunded", "order-1", "payments")
+    return {"meta": meta, "order_id": "order-1", "payment_id": payment_id}
+
+
+# wire format
+
+
+def test_header_is_magic_zero_then_schema_id() -> None:
+    data = CODEC.encode("OrderPlaced", order_placed())
+    assert data[0] == 0
+    assert data[1:5] == struct.pack(">I", IDS.id_for("OrderPlaced"))
+
+
+def test_schema_id_is_four_bytes_big_endian() -> None:
+    codec = AvroCodec(STORE, FixedIds({"PaymentRefunded": 0x01020304}))
+    record = payment_refunded("pay-1")
+    data = codec.encode("PaymentRefunded", record)
+    assert data[:5] == b"\x00\x01\x02\x03\x04"
+    assert codec.decode(data) == ("PaymentRefunded", record)
+
+
+def test_defaults_are_filled_in_and_decoded_records_are_json_friendly() -> None:
+    full = order_placed()
+    record = {k: v for k, v in full.items() if k not in ("priority", "has_app")}
+    _, decoded = CODEC.decode(CODEC.encode("OrderPlaced", record))
+    assert decoded == full
+    assert json.loads(json.dumps(decoded)) == decoded
+
+
+def test_encode_accepts_datetime_and_uuid_and_decode_returns_millis_and_str() -> None:
+    event_id = uuid.uuid4()
+    record = order_placed()
+    record["meta"] = record["meta"] | {
+        "event_id": event_id,
+        "occurred_at": dt.datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=dt.UTC),
+    }
+    _, decoded = CODEC.decode(CODEC.encode("OrderPlaced", record))
+    assert decoded["meta"]["occurred_at"] == 1_700_000_000_123
+    assert decoded["meta"]["event_id"] == str(event_id)
+
+
+# decode errors
+
+
+def _reason(data: bytes) -> str:
+    with pytest.raises(DecodeError) as caught:
+        CODEC.decode(data)
+    return caught.value.reason
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", b"\x00\x00\x00\x01"])
+def test_decode_of_empty_or_headerless_message(data: bytes) -> None:
+    assert _reason(data) == "empty"
+
+
+@pytest.mark.parametrize("data", [b"\x01\x00\x00\x00\x01\x00", b'{"order_id": "order-1"}'])
+def test_decode_of_wrong_magic_byte(data: bytes) -> None:
+    assert _reason(data) == "bad_magic"
+
+
+@pytest.mark.parametrize("schema_id", [0, 9999, 2**32 - 1])
+def test_decode_of_unknown_schema_id(schema_id: int) -> None:
+    body = CODEC.encode("OrderPlaced", order_placed())[5:]
+    with pytest.raises(DecodeError) as caught:
+        CODEC.decode(struct.pack(">BI", 0, schema_id) + body)
+    assert caught.value.reason == "unknown_schema_id"
+    assert caught.value.schema_id == schema_id
+    assert str(schema_id) in str(caught.value)
+
+
+def test_decode_of_every_truncation_is_truncated() -> None:
+    data = CODEC.encode("OrderPlaced", order_placed())
+    for end in range(5, len(data)):
+        with pytest.raises(DecodeError) as caught:
+            CODEC.decode(data[:end])
+        assert caught.value.reason == "truncated", end
+        assert caught.value.event_type == "OrderPlaced"
+
+
+def test_decode_of_trailing_bytes_is_corrupt() -> None:
+    data = CODEC.encode("OrderPlaced", order_placed())
+    assert _reason(data + b"\x00") == "corrupt"
+
+
+def test_decode_of_invalid_utf8_is_corrupt() -> None:
+    data = CODEC.encode("OrderPlaced", order_placed(order_id="zzzz"))
+    assert _reason(data.replace(b"zzzz", b"\xff\xfe\xff\xfe")) == "corrupt"
+
+
+def test_decode_of_bad_union_branch_is_corrupt_even_as_the_last_byte() -> None:
+    data = CODEC.encode("PaymentRefunded", payment_refunded(None))
+    assert data.endswith(b"\x00")  # union branch 0: null
+    assert _reason(data[:-1] + b"\x04") == "corrupt"  # branch 2 of a 2-branch union
+
+
+def test_decode_error_is_a_value_error_with_a_message() -> None:
+    with pytest.raises(ValueError, match="magic byte is 1"):
+        CODEC.decode(b"\x01\x00\x00\x00\x01")
+
+
+# encode errors
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        (order_placed(amount_cents="12"), "amount_cents"),
+        (order_placed(items=[{"sku": "s", "quantity": None}]), "items[0].quantity"),
+        (order_placed(has_ap=True), "has_ap"),
+        ({k: v for k, v in order_placed().items() if k != "email"}, "email"),
+        (order_placed(email="\ud800"), "email"),
+        (
+            order_placed(meta={**new_meta("OrderPlaced", "k", "p"), "causation_id": 7}),
+            "meta.causation_id",
+        ),
+    ],
+)
+def test_encode_error_names_event_type_and_field(record: dict[str, Any], field: str) -> None:
+    with pytest.raises(EncodeError) as caught:
+        CODEC.encode("OrderPlaced", record)
+    assert caught.value.event_type == "OrderPlaced"
+    assert caught.value.field == field
+    assert "OrderPlaced" in str(caught.value)
+    assert field in str(caught.value)
+
+
+def test_encode_of_unknown_event_type() -> None:
+    with pytest.raises(EncodeError, match="NoSuchEvent"):
+        CODEC.encode("NoSuchEvent", order_placed())
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        (order_placed(amount_cents=12.5), "amount_cents"),
+        (order_placed(has_app=1), "has_app"),
+        (order_placed(meta={**new_meta("OrderPlaced", "k", "p"), "hop": 2**31}), "meta.hop"),
+    ],
+)
+def test_validating_codec_rejects_what_fastavro_would_coerce(
+    record: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(EncodeError) as caught:
+        AvroCodec(STORE, IDS, validate=True).encode("OrderPlaced", record)
+    assert caught.value.field == field
+
+
+def test_validating_codec_encodes_the_same_bytes() -> None:
+    record = order_placed()
+    assert AvroCodec(STORE, IDS, validate=True).encode("OrderPlaced", record) == CODEC.encode(
+        "OrderPlaced", record
+    )
+
+
+# schema ids
+
+
+def test_local_schema_ids_are_one_to_n_by_sorted_event_type() -> None:
+    event_types = STORE.event_types()
+    assert event_types == sorted(event_types)
+    assert [IDS.id_for(t) for t in event_types] == list(range(1, len(event_types) + 1))
+    assert all(IDS.event_type_for(IDS.id_for(t)) == t for t in event_types)
+    assert IDS.event_type_for(0) is None
+    assert IDS.event_type_for(len(event_types) + 1) is None
+    with pytest.raises(KeyError):
+        IDS.id_for("EventMeta")
+
+
+def test_local_schema_ids_are_deterministic() -> None:
+    other = LocalSchemaIds(SchemaStore(STORE.directory))
+    assert [other.id_for(t) for t in STORE.event_types()] == [
+        IDS.id_for(t) for t in STORE.event_types()
+    ]
+
+
+# schema store
+
+
+def _write(directory: Path, schema: dict[str, Any]) -> None:
+    (directory / f"{schema['name']}.avsc").write_text(json.dumps(schema))
+
+
+def _record(name: str, *fields: tuple[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "record",
+        "name": name,
+        "namespace": "test",
+        "fields": [{"name": n, "type": t} for n, t in fields],
+    }
+
+
+def test_store_resolves_references_whatever_the_file_order(tmp_path: Path) -> None:
+    _write(tmp_path, _record("Zmeta", ("id", "string")))
+    _write(tmp_path, _record("Yitem", ("sku", "string"), ("meta", "Zmeta")))
+    _write(
+        tmp_path,
+        _record("Aevent", ("meta", "Zmeta"), ("items", {"type": "array", "items": "Yitem"})),
+    )
+    store = SchemaStore(tmp_path)
+    raw = json.dumps(store.raw("Aevent"))
+    assert raw.count('"name": "Zmeta"') == 1 and raw.count('"name": "Yitem"') == 1
+    assert store.schema("Aevent")["name"] == "test.Aevent"
+    assert store.event_types() == []  # no EventMeta here, so nothing is an event
+
+
+def test_store_rejects_a_file_named_unlike_its_record(tmp_path: Path) -> None:
+    (tmp_path / "Other.avsc").write_text(json.dumps(_record("Thing", ("a", "string"))))
+    with pytest.raises(ValueError, match=r"Other\.avsc.*'Thing'"):
+        SchemaStore(tmp_path)
+
+
+def test_store_names_the_file_with_an_unknown_type(tmp_path: Path) -> None:
+    _write(tmp_path, _record("Thing", ("a", "Missing")))
+    with pytest.raises(ValueError, match=r"Thing\.avsc.*Missing"):
+        SchemaStore(tmp_path)
+
+
+def test_store_raw_is_a_copy() -> None:
+    STORE.raw("OrderPlaced")["fields"].clear()
+    assert STORE.raw("OrderPlaced")["fields"]
+
+
+def test_default_dir_is_the_repo_schemas_dir_unless_overridden(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(SCHEMAS_DIR_ENV, raising=False)
+    assert SchemaStore.default_dir() == STORE.directory.resolve()
+    monkeypatch.setenv(SCHEMAS_DIR_ENV, str(tmp_path))
+    assert SchemaStore.default_dir() == tmp_path
+
+
+# EventMeta
+
+
+def test_new_meta_is_a_valid_root_envelope() -> None:
+    meta = new_meta("OrderPlaced", "order-1", "shop", now_ms=42)
+    assert uuid.UUID(meta["event_id"]).version == 4
+    assert meta["correlation_id"] == meta["event_id"]
+    assert (meta["causation_id"], meta["traceparent"], meta["hop"], meta["attempt"]) == (
+        None,
+        None,
+        0,
+        1,
+    )
+    assert meta["occurred_at"] == 42
+    assert new_meta("X", "k", "p", correlation_id="c")["correlation_id"] == "c"
+
+
+def test_derive_meta_follows_the_parent() -> None:
+    parent = new_meta("OrderPlaced", "order-1", "shop", attempt=3, hop=4)
+    parent["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+    child = derive_meta(parent, "ChargePayment", "orchestrator", now_ms=7)
+    assert child["event_type"] == "ChargePayment" and child["producer"] == "orchestrator"
+    assert child["saga_key"] == "order-1"
+    assert child["correlation_id"] == parent["correlation_id"]
+    assert child["causation_id"] == parent["event_id"]
+    assert child["event_id"] != parent["event_id"]
+    assert child["hop"] == 5
+    assert child["attempt"] == 3
+    assert child["occurred_at"] == 7
+    assert derive_meta(parent, "ChargePayment", "o", attempt=1)["attempt"] == 1
+    match = TRACEPARENT.fullmatch(child["traceparent"])
+    assert match is not None
+    assert match[1] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert match[2] != "00f067aa0ba902b7"
+    assert match[3] == "00"
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        None,
+        "",
+        "garbage",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+    ],
+)
+def test_derive_meta_starts_a_fresh_trace_without_a_valid_parent(traceparent: str | None) -> None:
+    parent = new_meta("OrderPlaced", "order-1", "shop", traceparent=traceparent)
+    child = derive_meta(parent, "ChargePayment", "orchestrator")
+    match = TRACEPARENT.fullmatch(child["traceparent"])
+    assert match is not None
+    assert match[1].strip("0") and match[2].strip("0")
+    assert match[3] == "01"
+    assert traceparent is None or match[1] not in traceparent
+
+
+def test_derived_envelopes_encode() -> None:
+    root = new_meta("OrderPlaced", "order-1", "shop")
+    child = derive_meta(derive_meta(root, "ChargePayment", "o"), "PaymentFailed", "payments")
+    record = {"meta": child, "order_id": "order-1", "reason": "card declined"}
+    assert CODEC.decode(CODEC.encode("PaymentFailed", record)) == ("PaymentFailed", record)
