@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import SchemaParseException, UnknownType
@@ -22,6 +22,16 @@ SCHEMAS_DIR_ENV = "SAGASTREAM_SCHEMAS_DIR"
 META_RECORD = "EventMeta"
 
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+_PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "null": type(None),
+    "boolean": bool,
+    "int": int,
+    "long": int,
+    "float": (int, float),
+    "double": (int, float),
+    "bytes": (bytes, bytearray),
+    "string": str,
+}
 _HEADER = struct.Struct(">BI")
 _MAGIC = 0
 _INT_RANGE = (-(2**31), 2**31 - 1)
@@ -42,7 +52,7 @@ class SchemaStore:
         for name in _dependency_order(sources):
             path, schema = sources[name]
             try:
-                self._parsed[name] = parse_schema(schema, named)
+                self._parsed[name] = _parse(schema, named)
             except (SchemaParseException, UnknownType) as exc:
                 raise ValueError(f"{path}: invalid Avro schema: {exc}") from exc
         fullnames = {_fullname(s["name"], s.get("namespace")): n for n, (_, s) in sources.items()}
@@ -188,7 +198,7 @@ class AvroCodec:
         body = io.BytesIO(data)
         body.seek(_HEADER.size)
         try:
-            record = schemaless_reader(body, schema, None)
+            record = cast(dict[str, Any], schemaless_reader(body, schema, None))
         except Exception as exc:
             reason: DecodeReason = "truncated" if _runs_out(schema, data) else "corrupt"
             raise DecodeError(
@@ -232,7 +242,7 @@ class AvroCodec:
                 schema_id=schema_id,
                 event_type=event_type,
             ) from None
-        reader = (event_type, parse_schema(_without_logical_types(raw), {}))
+        reader = (event_type, _parse(_without_logical_types(raw), {}))
         self._readers[schema_id] = reader
         return reader
 
@@ -327,6 +337,10 @@ def _read_sources(directory: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
             )
         sources[path.stem] = (path, schema)
     return sources
+
+
+def _parse(schema: dict[str, Any], named: dict[str, Any]) -> ParsedSchema:
+    return cast(ParsedSchema, parse_schema(schema, named))
 
 
 def _fullname(name: str, namespace: str | None) -> str:
@@ -545,17 +559,7 @@ def _find_record_problem(
 
 
 def _find_primitive_problem(kind: str, datum: Any, path: str) -> tuple[str, str] | None:
-    expected: type | tuple[type, ...] = {
-        "null": type(None),
-        "boolean": bool,
-        "int": int,
-        "long": int,
-        "float": (int, float),
-        "double": (int, float),
-        "bytes": (bytes, bytearray),
-        "string": str,
-    }[kind]
-    if not isinstance(datum, expected) or (kind != "boolean" and isinstance(datum, bool)):
+    if not _has_type(datum, kind):
         return path, f"{datum!r} ({type(datum).__name__}) is not an Avro {kind}"
     if kind in ("int", "long"):
         low, high = _INT_RANGE if kind == "int" else _LONG_RANGE
@@ -567,6 +571,11 @@ def _find_primitive_problem(kind: str, datum: Any, path: str) -> tuple[str, str]
         except UnicodeEncodeError as exc:
             return path, f"not encodable as UTF-8: {exc.reason}"
     return None
+
+
+def _has_type(datum: Any, kind: str) -> bool:
+    """isinstance for an Avro primitive; bool is an int to Python but not to Avro."""
+    return isinstance(datum, _PYTHON_TYPES[kind]) and (kind == "boolean" or type(datum) is not bool)
 
 
 def _type_names(union: list[Any]) -> str:

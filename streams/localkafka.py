@@ -734,34 +734,38 @@ def _launch(node: NodeSpec, java: str, libs: Path) -> int:
     return proc.pid
 
 
-def _metadata_ready(bootstrap: str, expected_brokers: int, timeout: float) -> bool:
-    """A real metadata request succeeds, lists every broker, and no partition is
-    under-replicated (after a cluster restart followers may still be catching up).
+def _metadata_ready(bootstraps: Sequence[str], timeout: float) -> bool:
+    """Every broker answers a real metadata request listing all the brokers, with no
+    under-replicated partition (after a cluster restart followers catch up first).
 
+    Each broker is asked on its own: their metadata caches converge independently.
     Without confluent_kafka (deps not installed yet) the TCP check has to do.
     """
     try:
         from confluent_kafka.admin import AdminClient
     except ImportError:
         return True
-    admin = AdminClient(
-        {
-            "bootstrap.servers": bootstrap,
-            "log_level": 0,  # no "connection refused" noise on stderr while it boots
-            "socket.connection.setup.timeout.ms": 2000,
-        }
-    )
-    try:
-        metadata = admin.list_topics(timeout=timeout)
-    except Exception:
-        return False
-    if len(metadata.brokers) < expected_brokers:
-        return False
-    return all(
-        len(partition.isrs) >= len(partition.replicas)
-        for topic in metadata.topics.values()
-        for partition in topic.partitions.values()
-    )
+    for bootstrap in bootstraps:
+        admin = AdminClient(
+            {
+                "bootstrap.servers": bootstrap,
+                "log_level": 0,  # no "connection refused" noise on stderr while it boots
+                "socket.connection.setup.timeout.ms": 2000,
+            }
+        )
+        try:
+            metadata = admin.list_topics(timeout=timeout)
+        except Exception:
+            return False
+        if len(metadata.brokers) < len(bootstraps):
+            return False
+        if any(
+            len(partition.isrs) < len(partition.replicas)
+            for topic in metadata.topics.values()
+            for partition in topic.partitions.values()
+        ):
+            return False
+    return True
 
 
 def _wait_ready(
@@ -788,7 +792,7 @@ def _wait_ready(
                 )
         left = deadline - time.monotonic()
         if all(_port_open(n.port) for n in nodes) and _metadata_ready(
-            bootstrap, len(nodes), timeout=max(0.5, min(5.0, left))
+            [n.bootstrap for n in nodes], timeout=max(0.5, min(5.0, left))
         ):
             return
         if time.monotonic() >= deadline:
@@ -818,13 +822,13 @@ def start(cluster: bool = False, log: Log = print, timeout: float = START_TIMEOU
         running = {n.node_id: _node_pid(n) for n in nodes}
         if all(running.values()):
             if all(_port_open(n.port) for n in nodes) and _metadata_ready(
-                bootstrap, len(nodes), timeout=5.0
+                [n.bootstrap for n in nodes], timeout=5.0
             ):
                 log(f"Kafka {KAFKA_VERSION} already running at {bootstrap}")
                 return bootstrap
             # JVMs alive but not answering yet (e.g. still booting): wait for them.
-            pids = {k: v for k, v in running.items() if v is not None}
-            _wait_ready(nodes, pids, bootstrap, timeout)
+            live = {k: v for k, v in running.items() if v is not None}
+            _wait_ready(nodes, live, bootstrap, timeout)
             return bootstrap
 
         to_start = [n for n in nodes if running[n.node_id] is None]
@@ -905,6 +909,15 @@ def status(cluster: bool = False) -> dict[str, object]:
     }
 
 
+def _emit(text: str) -> None:
+    """Print to stdout; a closed pipe (``kafka-local status | head -1``) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -941,13 +954,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "start":
-            print(start(cluster=args.cluster, log=log, timeout=args.timeout), flush=True)
+            _emit(start(cluster=args.cluster, log=log, timeout=args.timeout))
             return 0
         if args.command == "stop":
             stop(cluster=args.cluster, log=log, timeout=args.timeout)
             return 0
         info = status(cluster=args.cluster)
-        print(json.dumps(info, indent=2), flush=True)
+        _emit(json.dumps(info, indent=2))
         return 0 if info["running"] else 3
     except LocalKafkaError as exc:
         print(f"kafka-local: error: {exc}", file=sys.stderr, flush=True)

@@ -5,7 +5,8 @@ No Docker: ``mvn dependency:copy`` fetches the Quarkus distribution
 into a per-user cache once; the registry then runs as a plain
 ``java -jar apicurio-registry-app-2.6.13.Final-runner.jar`` process with its
 in-memory (H2) storage, so it needs neither Kafka nor a database, and every start
-begins empty.
+begins empty. ``--persist`` (``start(persist=True)``) puts the same H2 storage in a
+file instead, so schemas and their ids survive restarts.
 
 Clients (``confluent_kafka.schema_registry.SchemaRegistryClient``, the Confluent
 serializers) talk to its Confluent-compatible API at
@@ -23,6 +24,7 @@ Paths
     dist:   ``<cache>/apicurio-registry-2.6.13.Final/dist`` (``.complete`` marker)
     run:    ``<cache>/registry/registry-<port>.pid`` and ``registry-<port>.log``
             (JVM stdout/stderr, i.e. the registry's log)
+    data:   ``<cache>/registry/data-<port>/registry.mv.db`` (only with ``--persist``)
 
 Command line: ``python -m streams.localregistry start|stop|status [--port N]``.
 
@@ -631,11 +633,17 @@ def status(port: int | None = None) -> dict[str, object]:
     url = base_url(port)
     pid = _registry_pid(port)
     answering = pid is not None and _answers(url)
+    storage = None
+    if pid is not None:
+        prefix = "-Dquarkus.datasource.jdbc.url=jdbc:h2:file:"
+        files = [a[len(prefix) :] + ".mv.db" for a in _cmdline(pid) or [] if a.startswith(prefix)]
+        storage = files[0] if files else "memory"
     return {
         "running": answering,
         "pid": pid,
         "url": url,
         "port": port,
+        "storage": storage,
         "registry": REGISTRY_NAME,
         "version": REGISTRY_VERSION,
         "log_file": str(log_file(port)),

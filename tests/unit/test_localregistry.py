@@ -118,6 +118,16 @@ def test_registry_command(tmp_path: Path) -> None:
     assert all(a.startswith("-") for a in cmd[1 : cmd.index("-jar")])
 
 
+def test_registry_command_persistent_storage(tmp_path: Path) -> None:
+    db = tmp_path / "data-8081" / "registry"
+    cmd = lr.registry_command("java", tmp_path / "dist", 8081, db)
+    assert f"-Dquarkus.datasource.jdbc.url=jdbc:h2:file:{db}" in cmd
+    assert cmd.index(f"-Dquarkus.datasource.jdbc.url=jdbc:h2:file:{db}") < cmd.index("-jar")
+    memory = lr.registry_command("java", tmp_path / "dist", 8081)
+    assert not any("datasource" in a for a in memory)
+    assert lr.db_path(8081) == lr.run_dir() / "data-8081" / "registry"
+
+
 def test_registry_command_is_recognised_as_ours(
     monkeypatch: pytest.MonkeyPatch, _isolated_env: Path
 ) -> None:
