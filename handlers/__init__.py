@@ -1,6 +1,9 @@
 """Stateless handler agents: simulated external services behind Kafka command topics."""
 
 from handlers.base import Behaviour, SimulatedService
+from handlers.credit import CreditService
+from handlers.disbursement import DisbursementService
+from handlers.documents import DocumentService
 from handlers.inventory import InventoryService
 from handlers.notification import NotificationService
 from handlers.payment import PaymentService
@@ -11,6 +14,9 @@ SERVICES: dict[str, type[SimulatedService]] = {
     "inventory": InventoryService,
     "shipping": ShippingService,
     "notification": NotificationService,
+    "credit": CreditService,
+    "documents": DocumentService,
+    "disbursement": DisbursementService,
 }
 
 __all__ = ["SERVICES", "Behaviour", "SimulatedService"]

@@ -33,7 +33,9 @@ def install_handler(rt: Runtime, role: str) -> None:
         command_type, record = decoded
         rt.metrics.consumed.labels(role, command_type).inc()
         if command_type not in service.operations:
-            await rt.dead_letter(event, "unsupported_command", f"{role} cannot handle {command_type}")
+            await rt.dead_letter(
+                event, "unsupported_command", f"{role} cannot handle {command_type}"
+            )
             return
         result_type, fields = await service.handle(command_type, record)
         meta = record["meta"]

@@ -21,7 +21,10 @@ class InventoryService(SimulatedService):
             reason = "out of stock: " + ", ".join(missing)
             return "InventoryFailed", {"order_id": cmd["order_id"], "reason": reason}
         if self.injected_failure(rng):
-            return "InventoryFailed", {"order_id": cmd["order_id"], "reason": "warehouse unavailable"}
+            return "InventoryFailed", {
+                "order_id": cmd["order_id"],
+                "reason": "warehouse unavailable",
+            }
         reservation = short_id("res", cmd["idempotency_key"])
         return "InventoryReserved", {"order_id": cmd["order_id"], "reservation_id": reservation}
 

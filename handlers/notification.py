@@ -1,4 +1,4 @@
-"""The notification service: sends a message on one channel per command."""
+"""The notification service: sends a message on one channel (email, sms, push) per command."""
 
 from __future__ import annotations
 
@@ -16,8 +16,15 @@ class NotificationService(SimulatedService):
         self.operations = {"SendNotification": self.send}
 
     def send(self, cmd: dict[str, Any], rng: random.Random) -> Result:
-        return "NotificationSent", {
+        """Each channel is its own command and idempotency key, so each can fail on its own."""
+        fields = {
             "customer_id": cmd["customer_id"],
             "channel": cmd["channel"],
             "template": cmd["template"],
         }
+        if self.injected_failure(rng):
+            return "NotificationFailed", {
+                **fields,
+                "reason": f"{cmd['channel']} provider unavailable",
+            }
+        return "NotificationSent", fields

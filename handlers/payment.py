@@ -19,7 +19,10 @@ class PaymentService(SimulatedService):
         if cmd["card_token"] == "tok_decline":
             return "PaymentFailed", {"order_id": cmd["order_id"], "reason": "card declined"}
         if cmd["amount_cents"] <= 0:
-            return "PaymentFailed", {"order_id": cmd["order_id"], "reason": "amount must be positive"}
+            return "PaymentFailed", {
+                "order_id": cmd["order_id"],
+                "reason": "amount must be positive",
+            }
         if self.injected_failure(rng):
             return "PaymentFailed", {"order_id": cmd["order_id"], "reason": "payment gateway error"}
         payment_id = short_id("pay", cmd["idempotency_key"])

@@ -17,11 +17,17 @@ class ShippingService(SimulatedService):
 
     def create(self, cmd: dict[str, Any], rng: random.Random) -> Result:
         if "nowhere" in cmd["shipping_address"].lower():
-            return "ShipmentFailed", {"order_id": cmd["order_id"], "reason": "address undeliverable"}
+            return "ShipmentFailed", {
+                "order_id": cmd["order_id"],
+                "reason": "address undeliverable",
+            }
         if self.injected_failure(rng):
             return "ShipmentFailed", {"order_id": cmd["order_id"], "reason": "carrier unavailable"}
         shipment = short_id("shp", cmd["idempotency_key"])
         return "ShipmentCreated", {"order_id": cmd["order_id"], "shipment_id": shipment}
 
     def cancel(self, cmd: dict[str, Any], rng: random.Random) -> Result:
-        return "ShipmentCancelled", {"order_id": cmd["order_id"], "shipment_id": cmd.get("shipment_id")}
+        return "ShipmentCancelled", {
+            "order_id": cmd["order_id"],
+            "shipment_id": cmd.get("shipment_id"),
+        }

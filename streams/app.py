@@ -10,7 +10,14 @@ from typing import Any
 import faust
 from faust.types import EventT
 
-from streams.codec import AvroCodec, DecodeError, EncodeError, LocalSchemaIds, SchemaStore, derive_meta
+from streams.codec import (
+    AvroCodec,
+    DecodeError,
+    EncodeError,
+    LocalSchemaIds,
+    SchemaStore,
+    derive_meta,
+)
 from streams.dlq import Origin, dead_letter_headers
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -72,7 +79,9 @@ class Runtime:
 
     def schema_fields(self, event_type: str) -> tuple[str, ...]:
         if event_type not in self._fields:
-            self._fields[event_type] = tuple(f["name"] for f in self.store.raw(event_type)["fields"])
+            self._fields[event_type] = tuple(
+                f["name"] for f in self.store.raw(event_type)["fields"]
+            )
         return self._fields[event_type]
 
     async def decode(self, event: EventT) -> tuple[str, dict[str, Any]] | None:
@@ -96,11 +105,19 @@ class Runtime:
         return self.codec.encode(event_type, record)
 
     async def emit(
-        self, event_type: str, key: bytes, fields: dict[str, Any], parent: dict[str, Any], attempt: int
+        self,
+        event_type: str,
+        key: bytes,
+        fields: dict[str, Any],
+        parent: dict[str, Any],
+        attempt: int,
     ) -> None:
         """Produce an event caused by `parent`; awaiting only queues it (the producer batches)."""
         meta = derive_meta(parent, event_type, self.producer_name, attempt=attempt, now_ms=now_ms())
-        headers = [("event_type", event_type.encode()), ("traceparent", meta["traceparent"].encode())]
+        headers = [
+            ("event_type", event_type.encode()),
+            ("traceparent", meta["traceparent"].encode()),
+        ]
         topic = self.topic(self.topology.event_topic(event_type))
         await topic.send(key=key, value=self.encode(event_type, fields, meta), headers=headers)
         self.metrics.produced.labels(self.role, event_type).inc()
@@ -114,7 +131,9 @@ class Runtime:
         headers = dead_letter_headers(origin, reason, error, self.producer_name, attempts)
         await self.topic(dlq).send(key=event.key, value=event.value, headers=headers)
         self.metrics.dead_letters.labels(self.role, topic, reason).inc()
-        log.warning("dead-lettered %s[%s]@%s to %s: %s", msg.topic, msg.partition, msg.offset, dlq, error)
+        log.warning(
+            "dead-lettered %s[%s]@%s to %s: %s", msg.topic, msg.partition, msg.offset, dlq, error
+        )
 
 
 def make_runtime(settings: Settings, role: str, guarantee: str | None = None) -> Runtime:
@@ -152,7 +171,9 @@ def _credentials(settings: Settings) -> Any:
         return None
     import ssl
 
-    context = ssl.create_default_context(cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
+    context = ssl.create_default_context(
+        cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
+    )
     if settings.security_protocol.startswith("SASL"):
         return faust.SASLCredentials(
             username=settings.sasl_username,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,22 +33,41 @@ class Received:
 class EventClient:
     """Publishes events to their topology topic and reads topics from the beginning."""
 
-    def __init__(self, settings: Settings, topology: Topology, codec: AvroCodec, producer_name: str = "client") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topology: Topology,
+        codec: AvroCodec,
+        producer_name: str = "client",
+    ) -> None:
         self.settings = settings
         self.topology = topology
         self.codec = codec
         self.producer_name = producer_name
         self._producer = Producer(settings.producer_config())
 
-    def publish(self, event_type: str, key: str, fields: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    def publish(
+        self, event_type: str, key: str, fields: dict[str, Any], **meta: Any
+    ) -> dict[str, Any]:
         """Encode and queue one event keyed by `key`; returns its EventMeta."""
         record = dict(fields)
         record["meta"] = new_meta(event_type, key, self.producer_name, **meta)
         topic = self.settings.topic(self.topology.event_topic(event_type))
-        self.publish_raw(topic, key.encode(), self.codec.encode(event_type, record), [("event_type", event_type.encode())])
+        self.publish_raw(
+            topic,
+            key.encode(),
+            self.codec.encode(event_type, record),
+            [("event_type", event_type.encode())],
+        )
         return record["meta"]
 
-    def publish_raw(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+    def publish_raw(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         while True:
             try:
                 self._producer.produce(topic, key=key, value=value, headers=headers or [])
@@ -60,7 +80,9 @@ class EventClient:
         if self._producer.flush(timeout):
             raise KafkaException(f"{len(self._producer)} messages not delivered within {timeout}s")
 
-    def read(self, topics: list[str], until: Callable[[list[Received]], bool], timeout: float = 60.0) -> list[Received]:
+    def read(
+        self, topics: list[str], until: Callable[[list[Received]], bool], timeout: float = 60.0
+    ) -> list[Received]:
         """Read physical topics from the beginning until `until(messages)` holds or time runs out."""
         out: list[Received] = []
         for message in self.stream(topics, timeout):
@@ -95,13 +117,17 @@ class EventClient:
                 if msg is None or msg.error():
                     continue
                 event_type, record = None, None
-                try:
+                with contextlib.suppress(DecodeError):  # raw bytes are still yielded
                     event_type, record = self.codec.decode(msg.value())
-                except DecodeError:
-                    pass
                 yield Received(
-                    msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                    list(msg.headers() or []), event_type, record,
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    msg.key(),
+                    msg.value(),
+                    list(msg.headers() or []),
+                    event_type,
+                    record,
                 )
         finally:
             consumer.close()

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from streams.app import build_codec
 from streams.settings import Settings
 from streams.topology import load_topology
-from streams.worker import ROLES
+from streams.worker import group_role
 
 OUTCOMES = ("SagaCompleted", "SagaCompensated", "SagaFailed")
 
@@ -55,7 +55,8 @@ class WorkerSet:
         from streams.admin import admin_client
 
         admin = admin_client(self.settings)
-        groups = [self.settings.group(role.replace(",", "_")) for role in self.procs]
+        topology = load_topology(self.settings.topology_file)
+        groups = [self.settings.group(group_role(role.split(","), topology)) for role in self.procs]
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
@@ -73,7 +74,9 @@ class WorkerSet:
             if ready == len(groups):
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"workers not ready after {timeout}s ({ready}/{len(groups)} groups); logs in {self.log_dir}")
+                raise TimeoutError(
+                    f"workers not ready after {timeout}s ({ready}/{len(groups)} groups); logs in {self.log_dir}"
+                )
             time.sleep(0.5)
 
     def kill(self, role: str) -> None:
@@ -102,6 +105,7 @@ def _settings_env(settings: Settings) -> dict[str, str]:
         "SAGASTREAM_TOPIC_PREFIX": settings.topic_prefix,
         "SAGASTREAM_DATA_DIR": str(settings.data_dir),
         "SAGASTREAM_PROCESSING_GUARANTEE": settings.processing_guarantee,
+        "SAGASTREAM_TOPOLOGY_FILE": str(settings.topology_file),
     }
     if settings.schema_registry_url:
         env["SAGASTREAM_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
@@ -137,7 +141,9 @@ def order_fields(order_id: str, rng: random.Random) -> tuple[dict[str, Any], str
 def _progress(out: TextIO, done: int, total: int, started: float) -> None:
     width = 30
     filled = int(width * done / max(total, 1))
-    out.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} sagas ended  {time.monotonic() - started:5.1f}s")
+    out.write(
+        f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} sagas ended  {time.monotonic() - started:5.1f}s"
+    )
     out.flush()
 
 
@@ -161,17 +167,22 @@ def run_demo(orders: int, seed: int, timeout: float, keep: bool, out: TextIO = s
         started_broker = not localkafka.status()["running"]
         bootstrap = localkafka.start(log=lambda m: print(m, file=out))
     prefix = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-"
-    settings = env_settings.model_copy(update={"bootstrap_servers": bootstrap, "topic_prefix": prefix})
+    settings = env_settings.model_copy(
+        update={"bootstrap_servers": bootstrap, "topic_prefix": prefix}
+    )
     topology = load_topology(settings.topology_file)
     report = create_topics(settings, topology)
-    print(f"broker {bootstrap}: created {len(report.created)} topics with prefix {prefix}", file=out)
+    print(
+        f"broker {bootstrap}: created {len(report.created)} topics with prefix {prefix}", file=out
+    )
     workers = WorkerSet(settings, settings.data_dir / "demo-logs" / prefix.rstrip("-"))
     client = EventClient(settings, topology, build_codec(settings), "demo")
     try:
         t0 = time.monotonic()
-        workers.start(list(ROLES))
+        roles = ["orchestrator", *topology.handlers_for("order")]
+        workers.start(roles)
         workers.wait_ready()
-        print(f"{len(ROLES)} worker processes ready in {time.monotonic() - t0:.1f}s", file=out)
+        print(f"{len(roles)} worker processes ready in {time.monotonic() - t0:.1f}s", file=out)
         rng = random.Random(seed)
         expected: dict[str, str] = {}
         sent_ms: dict[str, int] = {}
@@ -181,7 +192,14 @@ def run_demo(orders: int, seed: int, timeout: float, keep: bool, out: TextIO = s
             sent_ms[order_id] = client.publish("OrderPlaced", order_id, fields)["occurred_at"]
         client.flush()
         print(f"published {orders} orders", file=out)
-        results = _collect(client, settings.topic(topology.sagas["order"].outcome_topic), sent_ms, timeout, workers, out)
+        results = _collect(
+            client,
+            settings.topic(topology.sagas["order"].outcome_topic),
+            sent_ms,
+            timeout,
+            workers,
+            out,
+        )
     finally:
         client.close()
         workers.stop()
@@ -194,7 +212,14 @@ def run_demo(orders: int, seed: int, timeout: float, keep: bool, out: TextIO = s
     return _report(results, expected, out)
 
 
-def _collect(client: Any, topic: str, sent_ms: dict[str, int], timeout: float, workers: WorkerSet, out: TextIO) -> dict[str, tuple[str, float]]:
+def _collect(
+    client: Any,
+    topic: str,
+    sent_ms: dict[str, int],
+    timeout: float,
+    workers: WorkerSet,
+    out: TextIO,
+) -> dict[str, tuple[str, float]]:
     results: dict[str, tuple[str, float]] = {}
     started = time.monotonic()
     last_check = started
@@ -202,7 +227,10 @@ def _collect(client: Any, topic: str, sent_ms: dict[str, int], timeout: float, w
         if msg.event_type in OUTCOMES and msg.record is not None:
             key = msg.record["meta"]["saga_key"]
             if key in sent_ms and key not in results:
-                results[key] = (msg.event_type, (msg.record["meta"]["occurred_at"] - sent_ms[key]) / 1000)
+                results[key] = (
+                    msg.event_type,
+                    (msg.record["meta"]["occurred_at"] - sent_ms[key]) / 1000,
+                )
                 _progress(out, len(results), len(sent_ms), started)
         if time.monotonic() - last_check > 2:
             workers.check_alive()
@@ -226,7 +254,12 @@ def _report(results: dict[str, tuple[str, float]], expected: dict[str, str], out
     for name, n in [*counts.items(), ("stuck", stuck)]:
         print(f"  {name:<13}  {n:5d}", file=out)
     print(f"  {'total':<13}  {len(expected):5d}", file=out)
-    print(f"\n  saga latency  p50 {percentile(latencies, 0.5) * 1000:.0f} ms   p99 {percentile(latencies, 0.99) * 1000:.0f} ms", file=out)
+    print(
+        f"\n  saga latency  p50 {percentile(latencies, 0.5) * 1000:.0f} ms   p99 {percentile(latencies, 0.99) * 1000:.0f} ms",
+        file=out,
+    )
     if unexpected:
-        print(f"  {unexpected} sagas ended differently from what their order was built for", file=out)
+        print(
+            f"  {unexpected} sagas ended differently from what their order was built for", file=out
+        )
     return 1 if stuck or unexpected else 0

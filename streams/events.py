@@ -244,6 +244,145 @@ class TimerFired(Event):
     due_ms: AvroLong
 
 
+class LoanApplied(Event):
+    """An applicant asked for a loan; starts a loan saga."""
+
+    loan_id: str
+    customer_id: str
+    email: str
+    amount_cents: AvroLong
+    term_months: AvroInt
+    iban: str
+
+
+class CheckCredit(Event):
+    """Ask the credit bureau for a decision."""
+
+    idempotency_key: str
+    loan_id: str
+    customer_id: str
+    amount_cents: AvroLong
+
+
+class CreditApproved(Event):
+    """The credit check passed."""
+
+    loan_id: str
+    credit_score: AvroInt
+
+
+class CreditRejected(Event):
+    """The credit check failed."""
+
+    loan_id: str
+    reason: str
+
+
+class VerifyDocuments(Event):
+    """Verify the applicant's documents."""
+
+    idempotency_key: str
+    loan_id: str
+    customer_id: str
+
+
+class DocumentsVerified(Event):
+    """The documents are in order."""
+
+    loan_id: str
+
+
+class DocumentsRejected(Event):
+    """The documents are not acceptable."""
+
+    loan_id: str
+    reason: str
+
+
+class RequestReview(Event):
+    """Put a case in the human reviewers' queue."""
+
+    idempotency_key: str
+    loan_id: str
+    customer_id: str
+    amount_cents: AvroLong
+    credit_score: AvroInt
+
+
+class DisburseLoan(Event):
+    """Pay the loan out."""
+
+    idempotency_key: str
+    loan_id: str
+    amount_cents: AvroLong
+    iban: str
+
+
+class LoanDisbursed(Event):
+    """The money was sent."""
+
+    loan_id: str
+    transfer_id: str
+
+
+class DisbursementFailed(Event):
+    """The money could not be sent."""
+
+    loan_id: str
+    reason: str
+
+
+class ReverseDisbursement(Event):
+    """Undo a disbursement."""
+
+    idempotency_key: str
+    loan_id: str
+    transfer_id: str | None = None
+
+
+class DisbursementReversed(Event):
+    """A disbursement was undone."""
+
+    loan_id: str
+    transfer_id: str | None = None
+
+
+class StepSignal(Event):
+    """A decision from outside (a human) for a step waiting on one, in any saga."""
+
+    saga_type: str
+    step: str
+    outcome: str
+    note: str | None = None
+    decided_by: str
+
+
+class StepEscalated(Event):
+    """A human step waited past its timeout; someone should look at it."""
+
+    saga_type: str
+    step: str
+    waited_ms: AvroLong
+
+
+class SagaLifecycle(Event):
+    """One entry of a saga's audit trail."""
+
+    saga_type: str
+    what: str
+    step: str | None = None
+    status: str
+
+
+class NotificationFailed(Event):
+    """A notification could not be sent on one channel."""
+
+    customer_id: str
+    channel: str
+    template: str
+    reason: str
+
+
 MODELS: dict[str, type[Event]] = {
     model.__name__: model
     for model in (
@@ -270,5 +409,22 @@ MODELS: dict[str, type[Event]] = {
         SagaCompensated,
         SagaFailed,
         TimerFired,
+        LoanApplied,
+        CheckCredit,
+        CreditApproved,
+        CreditRejected,
+        VerifyDocuments,
+        DocumentsVerified,
+        DocumentsRejected,
+        RequestReview,
+        DisburseLoan,
+        LoanDisbursed,
+        DisbursementFailed,
+        ReverseDisbursement,
+        DisbursementReversed,
+        StepSignal,
+        StepEscalated,
+        SagaLifecycle,
+        NotificationFailed,
     )
 }

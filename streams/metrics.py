@@ -23,12 +23,27 @@ class Metrics:
         reg = registry or CollectorRegistry()
         metrics = cls(
             registry=reg,
-            consumed=Counter("sagastream_events_consumed", "Events consumed", ["role", "event_type"], registry=reg),
-            produced=Counter("sagastream_events_produced", "Events produced", ["role", "event_type"], registry=reg),
-            dead_letters=Counter(
-                "sagastream_dead_letters", "Inputs sent to a DLQ", ["role", "topic", "reason"], registry=reg
+            consumed=Counter(
+                "sagastream_events_consumed",
+                "Events consumed",
+                ["role", "event_type"],
+                registry=reg,
             ),
-            outcomes=Counter("sagastream_saga_outcomes", "Sagas ended", ["saga", "status"], registry=reg),
+            produced=Counter(
+                "sagastream_events_produced",
+                "Events produced",
+                ["role", "event_type"],
+                registry=reg,
+            ),
+            dead_letters=Counter(
+                "sagastream_dead_letters",
+                "Inputs sent to a DLQ",
+                ["role", "topic", "reason"],
+                registry=reg,
+            ),
+            outcomes=Counter(
+                "sagastream_saga_outcomes", "Sagas ended", ["saga", "status"], registry=reg
+            ),
             saga_seconds=Histogram(
                 "sagastream_saga_seconds",
                 "Saga duration from start event to terminal state",
@@ -36,7 +51,9 @@ class Metrics:
                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
                 registry=reg,
             ),
-            timers_fired=Counter("sagastream_timers_fired", "Durable timers fired", ["kind"], registry=reg),
+            timers_fired=Counter(
+                "sagastream_timers_fired", "Durable timers fired", ["kind"], registry=reg
+            ),
             up=Gauge("sagastream_worker_up", "1 while the worker runs", ["role"], registry=reg),
         )
         metrics.up.labels(role).set(1)

@@ -11,6 +11,7 @@ from faust.types import EventT
 from streams.app import RAW, STORE_OPTIONS, Runtime, now_ms
 from streams.saga import TERMINAL, Event, decide, saga_for
 from streams.timers import TimerFirer, index_key
+from streams.topology import LIFECYCLE_EVENT
 
 log = logging.getLogger("sagastream.orchestrator")
 
@@ -35,6 +36,7 @@ def install_orchestrator(rt: Runtime) -> None:
     sagas = app.Table("sagas", help="saga state by saga key", **table_args)
     timer_index = app.Table("timer-index", help="armed timers by due time", **table_args)
     firer = TimerFirer(rt, timer_index, {rt.settings.topic(t) for t in inputs})
+    audit = LIFECYCLE_EVENT in topo.events
 
     async def handle(event: EventT) -> None:
         decoded = await rt.decode(event)
@@ -45,7 +47,9 @@ def install_orchestrator(rt: Runtime) -> None:
         meta = record.pop("meta")
         key: bytes | None = event.key
         if not key:
-            await rt.dead_letter(event, "missing_key", f"{event_type} has no message key (saga key)")
+            await rt.dead_letter(
+                event, "missing_key", f"{event_type} has no message key (saga key)"
+            )
             return
         raw = sagas.get(key)
         state = json.loads(raw) if raw else None
@@ -54,7 +58,9 @@ def install_orchestrator(rt: Runtime) -> None:
         elif (found := saga_for(topo.sagas, event_type)) is not None:
             definition = found
         else:
-            await rt.dead_letter(event, "no_saga", f"{event_type} starts no saga and none is running")
+            await rt.dead_letter(
+                event, "no_saga", f"{event_type} starts no saga and none is running"
+            )
             return
         incoming = Event(
             event_type,
@@ -78,9 +84,22 @@ def install_orchestrator(rt: Runtime) -> None:
             parent = meta
         for command in decision.commands:
             await rt.emit(command.event_type, key, command.fields, parent, command.attempt)
+        if audit and new is not None:
+            for what, step in decision.lifecycle:
+                entry = {
+                    "saga_type": new["saga"],
+                    "what": what,
+                    "step": step,
+                    "status": new["status"],
+                }
+                await rt.emit(LIFECYCLE_EVENT, key, entry, parent, 1)
         if decision.dead_letter:
             await rt.dead_letter(event, "saga", decision.dead_letter)
-        if new is not None and new["status"] in TERMINAL and (state is None or state["status"] not in TERMINAL):
+        if (
+            new is not None
+            and new["status"] in TERMINAL
+            and (state is None or state["status"] not in TERMINAL)
+        ):
             rt.metrics.outcomes.labels(new["saga"], new["status"]).inc()
             rt.metrics.saga_seconds.labels(new["saga"], new["status"]).observe(
                 (new["ended"] - new["started"]) / 1000

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.topology import TIMER_EVENT, RetryPolicy, SagaSpec
+from streams.topology import SIGNAL_EVENT, TIMER_EVENT, RetryPolicy, SagaSpec
 
 RUNNING, COMPENSATING = "running", "compensating"
 COMPLETED, COMPENSATED, FAILED = "completed", "compensated", "failed"
@@ -80,9 +80,10 @@ def timer_event(timer: Timer, event_id: str) -> Event:
 
 
 def backoff_ms(policy: RetryPolicy, attempt: int, rng: random.Random) -> int:
-    """Full-jitter exponential backoff after `attempt` failed: uniform in [0, min(cap, base*m^(n-1))]."""
+    """Exponential backoff after `attempt` failed: min(cap, base*m^(n-1)), by default full-jittered
+    (uniform in [0, that]) so retries of many sagas do not arrive together."""
     ceiling = min(policy.max_backoff_ms, policy.initial_backoff_ms * policy.multiplier ** (attempt - 1))
-    return int(rng.uniform(0, ceiling))
+    return int(ceiling if policy.jitter == "none" else rng.uniform(0, ceiling))
 
 
 def idempotency_key(saga: str, key: str, step: str, undo: bool = False) -> str:
@@ -124,9 +125,10 @@ class _Run:
         spec = self.spec.steps[name]
         st = self.step(name)
         st["st"] = STARTED
-        fields = {**self.s["ctx"], **spec.params}
-        fields["idempotency_key"] = idempotency_key(self.saga_type, self.s["key"], name)
-        self.emit(spec.command, fields, st["a"], name)
+        if spec.command:
+            fields = {**self.s["ctx"], **spec.params}
+            fields["idempotency_key"] = idempotency_key(self.saga_type, self.s["key"], name)
+            self.emit(spec.command, fields, st["a"], name)
         self.arm(spec.timeout_ms, "step_timeout", name, st["a"])
         self.note("step_started", name)
 
@@ -228,6 +230,10 @@ class _Run:
         st = self.step(name)
         self.disarm("undo_timeout", name, st["ca"])
         if ok:
+            self.disarm("undo_retry", name, st["ca"])
+            if st["st"] == UNDO_FAILED:  # its last attempt had timed out, but the undo happened
+                errors = self.s["undo_errors"]
+                errors[:] = [e for e in errors if not e.startswith(f"{name}: ")]
             st["st"] = UNDONE
             self.s["undone"].append(name)
             self.note("step_compensated", name)
@@ -239,6 +245,12 @@ class _Run:
             st["st"] = UNDO_FAILED
             self.s["undo_errors"].append(f"{name}: {reason}")
             self.note("compensation_failed", name)
+            if self.s["status"] in TERMINAL:
+                # undoing a late success of an ended saga: its outcome stays, a person must know
+                self.out.dead_letter = (
+                    f"saga {self.saga_type} {self.s['key']} ended {self.s['status']}, "
+                    f"then compensating its late step {name} failed: {reason}"
+                )
         self.compensate_next()
 
     # -- the end --------------------------------------------------------------------------
@@ -267,10 +279,15 @@ class _Run:
             self.emit("SagaFailed", {"saga_type": saga, "reason": reason, "failed_step": self.s["failed_step"]})
             self.out.dead_letter = f"saga {saga} {self.s['key']} failed: {reason}"
         notify = self.spec.notify
-        if notify is not None:
-            fields = {**self.s["ctx"], **notify.params, "template": notify.templates[status], "outcome": status}
-            fields["idempotency_key"] = idempotency_key(saga, self.s["key"], "notify")
-            self.emit(notify.command, fields)
+        if notify is None:
+            return
+        ctx = self.s["ctx"]
+        for rule in notify.rules:
+            if all(ctx.get(k) == v for k, v in rule.when.items()):
+                fields = {**ctx, **notify.params, "template": notify.templates[status], "outcome": status}
+                fields["channel"] = rule.channel
+                fields["idempotency_key"] = idempotency_key(saga, self.s["key"], f"notify-{rule.channel}")
+                self.emit(notify.command, fields)
 
 
 def new_state(saga_type: str, spec: SagaSpec, key: str, event: Event, now: int) -> dict[str, Any]:
@@ -349,6 +366,9 @@ def decide(
     if event.event_type == TIMER_EVENT:
         _on_timer(run, event.fields)
         return run.out
+    if event.event_type == SIGNAL_EVENT:
+        _on_signal(run, event.fields)
+        return run.out
     routed = _route(spec, event.event_type)
     if routed is None:
         run.out.dead_letter = f"{event.event_type} is not part of saga {saga_type}"
@@ -359,8 +379,11 @@ def decide(
     st = s["steps"][name]
     reason = str(event.fields.get("reason") or event.event_type)
     if role == "ok":
-        # An earlier attempt's success counts: the retry reused its idempotency key.
-        if st["st"] in (STARTED, WAITING_RETRY, STEP_FAILED, CANCELLED) and st["a"] > 0:
+        # An earlier attempt's success counts: the retry reused its idempotency key. So does a
+        # success after the step was given up on (timed out, cancelled, skipped as optional):
+        # the side effect happened, so it is recorded and compensated unless the saga completed.
+        given_up = (STEP_FAILED, CANCELLED) if s["status"] == COMPLETED else (STEP_FAILED, CANCELLED, SKIPPED)
+        if st["st"] in (STARTED, WAITING_RETRY, *given_up) and st["a"] > 0:
             if event.attempt != st["a"]:
                 run.note("stale_success_accepted", name)
             run.disarm("retry", name, st["a"])
@@ -370,8 +393,15 @@ def decide(
             run.step_failed(name, reason, "failure")
         elif event.attempt != st["a"]:
             run.note("stale_result_ignored", name)
+    elif role == "undo_ok":
+        # As for steps: an earlier attempt's success counts (the undo's idempotency key is stable),
+        # even after the last attempt timed out.
+        if st["st"] in (UNDOING, UNDO_FAILED) and 0 < event.attempt <= st["ca"]:
+            if event.attempt != st["ca"]:
+                run.note("stale_success_accepted", name)
+            run.undo_result(name, True, reason, "failure")
     elif st["st"] == UNDOING and event.attempt == st["ca"]:
-        run.undo_result(name, role == "undo_ok", reason, "failure")
+        run.undo_result(name, False, reason, "failure")
     return run.out
 
 
@@ -385,8 +415,13 @@ def _on_timer(run: _Run, fields: dict[str, Any]) -> None:
             run.begin_compensation("saga deadline exceeded", "")
         return
     st = s["steps"][name]
-    if kind == "step_timeout" and st["st"] == STARTED and st["a"] == attempt:
-        run.step_failed(name, f"timed out after {run.spec.steps[name].timeout_ms} ms", "timeout")
+    spec = run.spec.steps[name]
+    if kind == "step_timeout" and st["st"] == STARTED and st["a"] == attempt and spec.escalation:
+        # a person is slow: say so and keep waiting (the saga deadline still bounds it)
+        run.emit(spec.escalation, {"saga_type": run.saga_type, "step": name, "waited_ms": spec.timeout_ms})
+        run.note("step_escalated", name)
+    elif kind == "step_timeout" and st["st"] == STARTED and st["a"] == attempt:
+        run.step_failed(name, f"timed out after {spec.timeout_ms} ms", "timeout")
     elif kind == "retry" and st["st"] == WAITING_RETRY and st["a"] == attempt:
         st["a"] = attempt + 1
         run.send_step(name)
@@ -395,6 +430,30 @@ def _on_timer(run: _Run, fields: dict[str, Any]) -> None:
     elif kind == "undo_retry" and st["st"] == UNDOING and st["ca"] == attempt:
         st["ca"] = attempt + 1
         run.send_undo(name)
+
+
+def _on_signal(run: _Run, fields: dict[str, Any]) -> None:
+    """A human decision for a waiting step; anything that does not fit goes to the DLQ."""
+    name, outcome = fields.get("step"), fields.get("outcome")
+    spec = run.spec.steps.get(name) if isinstance(name, str) else None
+    if fields.get("saga_type") != run.saga_type or spec is None or not spec.human:
+        run.out.dead_letter = (
+            f"signal for {fields.get('saga_type')}/{name}: saga {run.s['key']} is a "
+            f"{run.saga_type} saga with no human step of that name"
+        )
+        return
+    if outcome not in ("approved", "rejected"):
+        run.out.dead_letter = f"signal outcome must be approved or rejected, not {outcome!r}"
+        return
+    st = run.s["steps"][name]
+    if st["st"] != STARTED:
+        run.note("signal_ignored", name)  # not waiting (yet, or any more): a late or repeated decision
+        return
+    note = fields.get("note") or ""
+    if outcome == "approved":
+        run.step_succeeded(name, {f"{name}_note": note, f"{name}_by": fields.get("decided_by", "")})
+    else:
+        run.step_failed(name, f"rejected by {fields.get('decided_by', 'a person')}: {note}".rstrip(": "), "signal")
 
 
 def _payload(fields: dict[str, Any]) -> dict[str, Any]:

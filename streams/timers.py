@@ -59,7 +59,7 @@ class TimerFirer:
             db = dbs.get(partition)
             if db is None:
                 continue
-            for raw in db.keys():
+            for raw in db.keys():  # noqa: SIM118 - a RocksDB handle, keys in sorted order
                 if int(raw[:13]) > now or len(out) >= MAX_PER_TICK:
                     break
                 out.append(raw)
@@ -67,7 +67,11 @@ class TimerFirer:
 
     async def fire_due(self, now: int) -> int:
         """Produce a TimerFired event for each due timer not fired in the last few seconds."""
-        keys = [k for k in self.due(now) if now - self._fired.get(k, -REFIRE_AFTER_MS) >= REFIRE_AFTER_MS]
+        keys = [
+            k
+            for k in self.due(now)
+            if now - self._fired.get(k, -REFIRE_AFTER_MS) >= REFIRE_AFTER_MS
+        ]
         self._fired = {k: t for k, t in self._fired.items() if now - t < REFIRE_AFTER_MS}
         if not keys:
             return 0
@@ -80,7 +84,9 @@ class TimerFirer:
             fields = {"kind": kind, "step": step, "attempt": attempt, "due_ms": due}
             value = self.rt.encode("TimerFired", fields, meta)
             topic = settings.topic(topo.event_topic("TimerFired"))
-            producer.produce(topic, key=saga_key, value=value, headers=[("event_type", b"TimerFired")])
+            producer.produce(
+                topic, key=saga_key, value=value, headers=[("event_type", b"TimerFired")]
+            )
             self._fired[raw] = now
             self.rt.metrics.timers_fired.labels(kind).inc()
         await asyncio.to_thread(producer.flush, 10)

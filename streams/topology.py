@@ -9,8 +9,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
 TIMER_EVENT = "TimerFired"
+SIGNAL_EVENT = "StepSignal"
+LIFECYCLE_EVENT = "SagaLifecycle"
+OUTCOME_EVENTS = ("SagaCompleted", "SagaCompensated", "SagaFailed")
+# events the engine itself consumes or produces, declared in topology.yaml like any other
+ENGINE_INPUTS = (TIMER_EVENT, SIGNAL_EVENT)
+ENGINE_EVENTS = (*ENGINE_INPUTS, LIFECYCLE_EVENT, *OUTCOME_EVENTS)
 
 
 class TopologyError(ValueError):
@@ -62,6 +67,7 @@ class RetryPolicy(_Model):
     multiplier: float = Field(default=2.0, ge=1.0)
     max_backoff_ms: int = Field(default=10_000, ge=0)
     on: tuple[Literal["timeout", "failure"], ...] = ("timeout",)
+    jitter: Literal["full", "none"] = "full"
 
 
 class CompensationSpec(_Model):
@@ -73,9 +79,13 @@ class CompensationSpec(_Model):
 
 
 class StepSpec(_Model):
-    command: str
-    success: str
+    """A step: a command answered by a success or failure event, or a human decision (signal)."""
+
+    command: str | None = None
+    success: str | None = None
     failure: tuple[str, ...] = ()
+    human: bool = False
+    escalation: str | None = None
     depends_on: tuple[str, ...] = ()
     optional: bool = False
     timeout_ms: int = Field(default=30_000, ge=1)
@@ -83,11 +93,29 @@ class StepSpec(_Model):
     params: dict[str, Any] = Field(default_factory=dict)
     compensation: CompensationSpec | None = None
 
+    @model_validator(mode="after")
+    def _answered_somehow(self) -> StepSpec:
+        if not self.human and (self.command is None or self.success is None):
+            raise ValueError("a step needs 'command' and 'success', unless it is 'human: true'")
+        if self.escalation and not self.human:
+            raise ValueError("'escalation' is for human steps; other steps time out and retry")
+        return self
+
+
+class NotifyRule(_Model):
+    """One row of the notification decision table: a channel, sent when every `when` matches."""
+
+    channel: str
+    when: dict[str, Any] = Field(default_factory=dict)
+
 
 class NotifySpec(_Model):
+    """Notifications when a saga ends: one independent command per matching channel rule."""
+
     command: str
     params: dict[str, Any] = Field(default_factory=dict)
     templates: dict[Literal["completed", "compensated", "failed"], str]
+    rules: tuple[NotifyRule, ...] = (NotifyRule(channel="email"),)
 
 
 class SagaSpec(_Model):
@@ -129,27 +157,31 @@ class Topology(_Model):
             for topic in self.events[event].all_topics:
                 if topic not in names:
                     names.append(topic)
-        for topic in (spec.outcome_topic, self.event_topic(TIMER_EVENT)):
+        engine = [self.event_topic(e) for e in ENGINE_EVENTS if e in self.events]
+        for topic in (spec.outcome_topic, *engine):
             if topic not in names:
                 names.append(topic)
         return names
+
+    def handlers_for(self, saga: str) -> list[str]:
+        """The handlers a saga sends commands to."""
+        topics = set(self.saga_topics(saga))
+        return [name for name, h in self.handlers.items() if h.consumes in topics]
 
     def orchestrator_inputs(self) -> list[str]:
         """Topics the orchestrator consumes: start events, step results and its timer topics."""
         names: list[str] = []
         for spec in self.sagas.values():
-            inputs = [spec.start_event]
+            inputs = [spec.start_event, *(e for e in ENGINE_INPUTS if e in self.events)]
             for step in spec.steps.values():
-                inputs += [step.success, *step.failure]
+                inputs += [step.success] if step.success else []
+                inputs += step.failure
                 if step.compensation:
                     inputs += [step.compensation.success, *step.compensation.failure]
             for event in inputs:
                 for topic in self.events[event].all_topics:
                     if topic not in names:
                         names.append(topic)
-        timer_topic = self.event_topic(TIMER_EVENT)
-        if self.sagas and timer_topic not in names:
-            names.append(timer_topic)
         return names
 
     def all_topic_configs(self) -> list[tuple[str, int, dict[str, str]]]:
@@ -160,14 +192,17 @@ class Topology(_Model):
             retention = t.retention_ms if t.retention_ms is not None else self.defaults.retention_ms
             conf = {"cleanup.policy": "compact"} if t.compact else {"retention.ms": str(retention)}
             out.append((t.name, parts, conf))
-            out.append((self.dlq(t.name), parts, {"retention.ms": str(self.defaults.dlq_retention_ms)}))
+            out.append(
+                (self.dlq(t.name), parts, {"retention.ms": str(self.defaults.dlq_retention_ms)})
+            )
         return out
 
 
 def _saga_event_types(spec: SagaSpec) -> list[str]:
     events = [spec.start_event]
     for step in spec.steps.values():
-        events += [step.command, step.success, *step.failure]
+        events += [e for e in (step.command, step.success, step.escalation) if e]
+        events += step.failure
         if step.compensation:
             c = step.compensation
             events += [c.command, c.success, *c.failure]
@@ -180,15 +215,20 @@ def _check(topology: Topology, schemas_dir: Path | None) -> list[tuple[str, str]
     """Cross-reference checks pydantic cannot do alone: (field path, why) per problem."""
     problems: list[tuple[str, str]] = []
     topics = topology.topic_map
-    if topology.sagas and TIMER_EVENT not in topology.events:
-        problems.append(("events", f"sagas need the {TIMER_EVENT} event (their durable timers)"))
+    if topology.sagas:
+        for engine_event in (TIMER_EVENT, *OUTCOME_EVENTS):
+            if engine_event not in topology.events:
+                problems.append(("events", f"sagas need the {engine_event} event declared"))
     for name, event in topology.events.items():
         for topic in event.all_topics:
             if topic not in topics:
                 problems.append((f"events.{name}.topic", f"unknown topic '{topic}'"))
         if schemas_dir is not None and not (schemas_dir / f"{event.schema_name}.avsc").is_file():
             problems.append(
-                (f"events.{name}.schema", f"no schema file {event.schema_name}.avsc in {schemas_dir}")
+                (
+                    f"events.{name}.schema",
+                    f"no schema file {event.schema_name}.avsc in {schemas_dir}",
+                )
             )
     for name, handler in topology.handlers.items():
         for field in ("consumes", "produces"):
@@ -202,7 +242,11 @@ def _check(topology: Topology, schemas_dir: Path | None) -> list[tuple[str, str]
         refs: list[tuple[str, str]] = [(f"{base}.start_event", saga.start_event)]
         for step_name, step in saga.steps.items():
             sp = f"{base}.steps.{step_name}"
-            refs += [(f"{sp}.command", step.command), (f"{sp}.success", step.success)]
+            refs += [
+                (f"{sp}.{k}", e)
+                for k in ("command", "success", "escalation")
+                if (e := getattr(step, k))
+            ]
             refs += [(f"{sp}.failure", f) for f in step.failure]
             if step.compensation:
                 c = step.compensation

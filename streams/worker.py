@@ -1,4 +1,4 @@
-"""A consumer-group worker process for one or more roles."""
+"""A consumer-group worker process for one or more roles (the orchestrator, or handlers)."""
 
 from __future__ import annotations
 
@@ -6,42 +6,55 @@ import logging
 
 from streams.app import Runtime, make_runtime
 from streams.settings import Settings
+from streams.topology import Topology, load_topology
 
-HANDLER_ROLES = ("payment", "inventory", "shipping", "notification")
-ROLES = ("orchestrator", *HANDLER_ROLES)
+ORCHESTRATOR = "orchestrator"
 
 
-def parse_roles(spec: str) -> list[str]:
+def roles_of(topology: Topology) -> list[str]:
+    """Every role a worker can run: the orchestrator and each handler in topology.yaml."""
+    return [ORCHESTRATOR, *topology.handlers]
+
+
+def parse_roles(spec: str, topology: Topology) -> list[str]:
     """'all', one role, or a comma-separated list of roles."""
-    roles = list(ROLES) if spec == "all" else [r.strip() for r in spec.split(",") if r.strip()]
-    unknown = [r for r in roles if r not in ROLES]
+    known = roles_of(topology)
+    roles = known if spec == "all" else [r.strip() for r in spec.split(",") if r.strip()]
+    unknown = [r for r in roles if r not in known]
     if unknown or not roles:
-        raise ValueError(f"unknown role(s) {', '.join(unknown) or spec!r}; choose from all, {', '.join(ROLES)}")
+        raise ValueError(
+            f"unknown role(s) {', '.join(unknown) or spec!r}; choose from all, {', '.join(known)}"
+        )
     return roles
 
 
+def group_role(roles: list[str], topology: Topology) -> str:
+    """The name a worker's consumer group is derived from."""
+    return "all" if sorted(roles) == sorted(roles_of(topology)) else "_".join(roles)
+
+
 def build_worker(settings: Settings, roles: list[str]) -> Runtime:
-    """A faust app with the agents of the given roles; its consumer group is named after them."""
+    """A faust app with the agents of the given roles."""
     from handlers.agent import install_handler
     from streams.orchestrator import install_orchestrator
 
-    name = "all" if sorted(roles) == sorted(ROLES) else "_".join(roles)
+    topology = load_topology(settings.topology_file)
     # Handlers are at-least-once with idempotency keys; only the orchestrator needs transactions.
-    guarantee = None if "orchestrator" in roles else "at_least_once"
-    rt = make_runtime(settings, name, guarantee)
-    if "orchestrator" in roles:
-        install_orchestrator(rt)
+    guarantee = None if ORCHESTRATOR in roles else "at_least_once"
+    rt = make_runtime(settings, group_role(roles, topology), guarantee)
     for role in roles:
-        if role in HANDLER_ROLES:
+        if role == ORCHESTRATOR:
+            install_orchestrator(rt)
+        else:
             install_handler(rt, role)
     return rt
 
 
-def run_worker(settings: Settings, roles: list[str], loglevel: str = "warning") -> None:
+def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> None:
     """Run until SIGTERM/SIGINT; faust's Worker stops the consumer cleanly (leaves the group)."""
     from faust.worker import Worker
 
-    rt = build_worker(settings, roles)
+    rt = build_worker(settings, parse_roles(spec, load_topology(settings.topology_file)))
     rt.metrics.serve(settings.metrics_port)
     logging.basicConfig(level=loglevel.upper())
     Worker(rt.app, loglevel=loglevel, quiet=True).execute_from_commandline()

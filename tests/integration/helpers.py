@@ -31,11 +31,15 @@ def wait_outcomes(ns: Any, keys: set[str], timeout: float = 60.0) -> dict[str, R
         return set(found) == keys
 
     ns.client.read([ns.topic(ns.topology.sagas["order"].outcome_topic)], done, timeout)
-    assert set(found) == keys, f"sagas without an outcome after {timeout}s: {sorted(keys - set(found))}"
+    assert set(found) == keys, (
+        f"sagas without an outcome after {timeout}s: {sorted(keys - set(found))}"
+    )
     return found
 
 
-def events_for(ns: Any, topics: list[str], key: str, until: Any = None, timeout: float = 20.0) -> list[Received]:
+def events_for(
+    ns: Any, topics: list[str], key: str, until: Any = None, timeout: float = 20.0
+) -> list[Received]:
     """Every decodable event of one saga key on the given logical topics, in offset order per topic."""
     physical = [ns.topic(t) for t in topics]
     msgs = ns.client.read(physical, until or (lambda m: False), timeout)

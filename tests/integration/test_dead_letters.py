@@ -41,7 +41,11 @@ def test_undecodable_input_is_dead_lettered_and_processing_continues(ns, workers
         assert headers["worker"] == "sagastream-orchestrator"
         assert headers["error"]
     reasons = {k: read_dead_letter_headers(m.headers)["reason"] for k, m in letters.items()}
-    assert reasons == {b"bad-garbage": "bad_magic", b"bad-unknown-id": "unknown_schema_id", b"bad-empty": "empty"}
+    assert reasons == {
+        b"bad-garbage": "bad_magic",
+        b"bad-unknown-id": "unknown_schema_id",
+        b"bad-empty": "empty",
+    }
 
 
 def test_command_a_handler_does_not_handle_is_dead_lettered(ns, workers):
@@ -50,7 +54,11 @@ def test_command_a_handler_does_not_handle_is_dead_lettered(ns, workers):
     from streams.codec import new_meta
 
     record["meta"] = new_meta("PaymentFailed", "order-wrong-topic", "test")
-    ns.client.publish_raw(ns.topic("payments.commands"), b"order-wrong-topic", ns.client.codec.encode("PaymentFailed", record))
+    ns.client.publish_raw(
+        ns.topic("payments.commands"),
+        b"order-wrong-topic",
+        ns.client.codec.encode("PaymentFailed", record),
+    )
     letter = _dead_letters(ns, "payments.commands", 1)[0]
     headers = read_dead_letter_headers(letter.headers)
     assert headers["reason"] == "undeclared_event_type"

@@ -21,12 +21,16 @@ def test_repeated_charge_with_same_key_charges_once(ns, workers, tmp_path):
     }
     for attempt in (1, 2):
         record = dict(command, meta=new_meta("ChargePayment", "dup-1", "test", attempt=attempt))
-        ns.client.publish_raw(ns.topic("payments.commands"), b"dup-1", ns.client.codec.encode("ChargePayment", record))
+        ns.client.publish_raw(
+            ns.topic("payments.commands"), b"dup-1", ns.client.codec.encode("ChargePayment", record)
+        )
     ns.client.flush()
     msgs = ns.client.read([ns.topic("payments.events")], lambda m: len(m) >= 2, 30)
     charged = [m.record for m in msgs if m.event_type == "PaymentCharged"]
     assert len(charged) == 2
     assert charged[0]["payment_id"] == charged[1]["payment_id"]
     assert [c["meta"]["attempt"] for c in charged] == [1, 2]
-    ledger = IdempotencyLedger(ns.settings.data_dir / "external" / f"{ns.settings.topic_prefix}payment.sqlite")
+    ledger = IdempotencyLedger(
+        ns.settings.data_dir / "external" / f"{ns.settings.topic_prefix}payment.sqlite"
+    )
     assert ledger.effects("order:dup-1:") == {"order:dup-1:payment": 2}
