@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from streams.codec import (
     DecodeError,
     EncodeError,
     LocalSchemaIds,
+    RegistryUnavailable,
     SchemaStore,
     derive_meta,
 )
@@ -85,13 +87,40 @@ class Runtime:
         return self._fields[event_type]
 
     async def decode(self, event: EventT) -> tuple[str, dict[str, Any]] | None:
-        """Decode an input; undecodable or undeclared input is dead-lettered (returns None)."""
+        """Decode an input; undecodable or undeclared input is dead-lettered (returns None).
+
+        While the schema registry cannot be reached the input waits and is retried with
+        backoff (blocking its agent), never dead-lettered. The first input also resolves
+        the ids of every event type, so producing needs no registry afterwards.
+        """
         topic = self.logical(event.message.topic)
-        try:
-            event_type, record = self.codec.decode(event.value)
-        except DecodeError as exc:
-            await self.dead_letter(event, exc.reason, str(exc))
-            return None
+
+        def attempt() -> tuple[str, dict[str, Any]]:
+            self.codec.prepare(self.topology.events)
+            return self.codec.decode(event.value)
+
+        failures = 0
+        while True:
+            try:
+                # retries run off the event loop: a hanging registry must not stop heartbeats
+                event_type, record = await asyncio.to_thread(attempt) if failures else attempt()
+                break
+            except DecodeError as exc:
+                await self.dead_letter(event, exc.reason, str(exc))
+                return None
+            except RegistryUnavailable as exc:
+                from streams.registry import retry_delay
+
+                delay = retry_delay(failures)
+                failures += 1
+                self.metrics.registry_up.labels(self.role).set(0)
+                self.metrics.registry_retries.labels(self.role).inc()
+                where = f"{event.message.topic}[{event.message.partition}]@{event.message.offset}"
+                log.warning("%s; %s waits, retry %d in %.1fs", exc, where, failures, delay)
+                await asyncio.sleep(delay)
+        if failures:
+            self.metrics.registry_up.labels(self.role).set(1)
+            log.warning("schema registry reachable again after %d retries", failures)
         spec = self.topology.events.get(event_type)
         if spec is None or topic not in spec.all_topics:
             why = f"{event_type} is not declared for topic {topic}"

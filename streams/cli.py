@@ -40,6 +40,45 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.orders, args.seed, args.timeout, args.keep)
 
 
+def _schemas(args: argparse.Namespace) -> int:
+    from streams.codec import SchemaStore
+    from streams.registry import (
+        Registry,
+        check_subjects,
+        plan_subjects,
+        register_subjects,
+        report,
+    )
+    from streams.topology import load_topology
+
+    settings = Settings()
+    url = args.url or settings.schema_registry_url
+    if not url:
+        raise ValueError(
+            "no schema registry: set SAGASTREAM_SCHEMA_REGISTRY_URL or pass --url "
+            "(`sagastream registry start` runs one locally)"
+        )
+    store = SchemaStore(args.schemas or SchemaStore.default_dir())
+    topology = load_topology(settings.topology_file, store.directory)
+    subjects = plan_subjects(topology, store, settings)
+    checking = args.action == "check"
+    outcomes = (check_subjects if checking else register_subjects)(Registry(url), subjects)
+    print(f"schema registry {url}: {len(subjects)} subjects, schemas from {store.directory}")
+    print("\n".join(report(outcomes, checking)))
+    return 1 if any(o.failed for o in outcomes) else 0
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from streams import localregistry
+
+    argv = [args.action] + ([] if args.port is None else ["--port", str(args.port)])
+    if args.persist:
+        if args.action != "start":
+            raise ValueError("--persist applies to `registry start` only")
+        argv.append("--persist")
+    return localregistry.main(argv)
+
+
 def _client(settings: Settings):  # noqa: ANN202
     from streams.app import build_codec
     from streams.client import EventClient
@@ -111,6 +150,27 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8088)
     a.set_defaults(func=_api)
+
+    sc = sub.add_parser(
+        "schemas",
+        help="register the topology's schemas in the schema registry, or check them against it",
+        description="Subjects are <topic>-<record full name> (TopicRecordNameStrategy) with the "
+        "topic prefix applied; compatibility levels come from topology.yaml schema_registry. "
+        "register: idempotent; exit 1 if the registry refuses a schema. "
+        "check: changes nothing; exit 1 if a local schema is incompatible.",
+    )
+    sc.add_argument("action", choices=["register", "check"])
+    sc.add_argument("--url", default=None, help="default: $SAGASTREAM_SCHEMA_REGISTRY_URL")
+    sc.add_argument("--schemas", default=None, help="schema directory (default: schemas/)")
+    sc.set_defaults(func=_schemas)
+
+    r = sub.add_parser(
+        "registry", help="the local schema registry (Apicurio Registry from Maven Central)"
+    )
+    r.add_argument("action", choices=["start", "stop", "status"])
+    r.add_argument("--port", type=int, default=None, help="default: 8081")
+    r.add_argument("--persist", action="store_true", help="keep schemas across restarts")
+    r.set_defaults(func=_registry)
 
     b = sub.add_parser("broker", help="the local Apache Kafka (from Maven Central)")
     b.add_argument("action", choices=["start", "stop", "status"])

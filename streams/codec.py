@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -11,11 +13,12 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.read import SchemaResolutionError
 from fastavro.schema import SchemaParseException, UnknownType
 
 SCHEMAS_DIR_ENV = "SAGASTREAM_SCHEMAS_DIR"
@@ -38,7 +41,9 @@ _INT_RANGE = (-(2**31), 2**31 - 1)
 _LONG_RANGE = (-(2**63), 2**63 - 1)
 
 ParsedSchema = dict[str, Any]
-DecodeReason = Literal["empty", "bad_magic", "unknown_schema_id", "truncated", "corrupt"]
+DecodeReason = Literal[
+    "empty", "bad_magic", "unknown_schema_id", "incompatible_schema", "truncated", "corrupt"
+]
 
 
 class SchemaStore:
@@ -88,28 +93,74 @@ class SchemaStore:
         except KeyError:
             raise KeyError(self._unknown(name)) from None
 
+    def fullname(self, name: str) -> str:
+        """The record's full name (namespace.name), as registries and schema resolution see it."""
+        raw = self._raw.get(name)
+        if raw is None:
+            raise KeyError(self._unknown(name))
+        return _fullname(raw["name"], raw.get("namespace"))
+
+    def canonical(self, name: str) -> str:
+        """raw(name) as canonical JSON text (sorted keys, no whitespace).
+
+        This is the exact text sent to a schema registry: registries that compare text
+        (Apicurio) give a new id to the same schema formatted differently.
+        """
+        return canonical_json(self.raw(name))
+
     def _unknown(self, name: str) -> str:
         return f"no schema named {name!r} in {self.directory}; known: {', '.join(self._parsed)}"
 
 
+def canonical_json(schema: Any) -> str:
+    """One JSON text per schema, whatever its key order or formatting."""
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
 class SchemaIds(Protocol):
-    """Maps event types to wire-format schema ids and back (a schema registry, or a stand-in)."""
+    """Wire-format schema ids: a schema registry, or the local stand-in.
 
-    def id_for(self, event_type: str) -> int: ...
+    Either method may raise RegistryUnavailable; that is a reason to retry, never to
+    dead-letter.
+    """
 
-    def event_type_for(self, schema_id: int) -> str | None: ...
+    def id_for(self, event_type: str) -> int:
+        """The id a producer writes for the event type's local schema; KeyError if it has none."""
+        ...
+
+    def writer_schema(self, schema_id: int) -> dict[str, Any] | None:
+        """The schema JSON an id stands for (what the producer wrote with); None if unknown."""
+        ...
+
+
+class RegistryUnavailable(RuntimeError):
+    """The schema registry could not be asked (unreachable, timing out, failing): retry later."""
 
 
 class LocalSchemaIds:
-    """Stand-in for the schema registry until it lands: ids 1..N by sorted event type name.
+    """Stand-in for a schema registry: an id per event type, from a hash of its record name.
 
-    The ids depend on the set of schemas, so producer and consumer must share one schemas/
-    directory; adding an event type renumbers every type sorted after it.
+    Ids depend only on each record's full name, so adding or removing a schema never
+    renumbers the others and old messages stay readable on replay. Two names with the
+    same hash are refused when the ids are built. Producer and consumer must share the
+    schema files: the id says which record, not which version of it.
     """
 
     def __init__(self, store: SchemaStore) -> None:
-        self._ids = {t: i for i, t in enumerate(store.event_types(), start=1)}
-        self._types = {i: t for t, i in self._ids.items()}
+        self._store = store
+        self._ids: dict[str, int] = {}
+        self._types: dict[int, str] = {}
+        for event_type in store.event_types():
+            fullname = store.fullname(event_type)
+            schema_id = local_schema_id(fullname)
+            clash = self._types.get(schema_id)
+            if clash is not None:
+                raise ValueError(
+                    f"{store.directory}: records {store.fullname(clash)} and {fullname} hash to "
+                    f"the same local schema id {schema_id}; rename one, or use a schema registry"
+                )
+            self._ids[event_type] = schema_id
+            self._types[schema_id] = event_type
 
     def id_for(self, event_type: str) -> int:
         try:
@@ -119,6 +170,16 @@ class LocalSchemaIds:
 
     def event_type_for(self, schema_id: int) -> str | None:
         return self._types.get(schema_id)
+
+    def writer_schema(self, schema_id: int) -> dict[str, Any] | None:
+        event_type = self._types.get(schema_id)
+        return None if event_type is None else self._store.raw(event_type)
+
+
+def local_schema_id(fullname: str) -> int:
+    """A positive 31-bit id from a record's full name (Confluent ids are Java ints)."""
+    digest = hashlib.sha256(fullname.encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF or 1
 
 
 class EncodeError(ValueError):
@@ -152,11 +213,14 @@ class DecodeError(ValueError):
 class AvroCodec:
     """Encodes and decodes events in the Confluent wire format: magic 0, schema id, Avro body.
 
-    Decoded records hold Avro base types (logical types are not applied): occurred_at stays
-    epoch millis and event_id a string, so records are JSON-friendly. Encoding accepts either
-    form. With validate=True every record is checked before writing; otherwise only records
-    fastavro rejects are diagnosed, which is cheaper but lets fastavro coerce, e.g. a float
-    into a long.
+    Decoding reads the body with the writer's schema (what the id stands for) resolved to
+    the reader's (the local schema of the same record name), so a consumer reads events
+    written with an older or newer compatible version of a schema. Decoded records hold
+    Avro base types (logical types are not applied): occurred_at stays epoch millis and
+    event_id a string, so records are JSON-friendly. Encoding accepts either form. With
+    validate=True every record is checked before writing; otherwise only records fastavro
+    rejects are diagnosed, which is cheaper but lets fastavro coerce, e.g. a float into a
+    long. Schemas are looked up once per event type and once per id, then cached.
     """
 
     def __init__(self, store: SchemaStore, ids: SchemaIds, *, validate: bool = False) -> None:
@@ -164,7 +228,23 @@ class AvroCodec:
         self._ids = ids
         self._validate = validate
         self._writers: dict[str, tuple[bytes, ParsedSchema]] = {}
-        self._readers: dict[int, tuple[str, ParsedSchema]] = {}
+        self._readers: dict[int, tuple[str, ParsedSchema, ParsedSchema | None]] = {}
+        self._by_fullname = {store.fullname(t): t for t in store.event_types()}
+        self._prepared = False
+
+    def prepare(self, event_types: Iterable[str]) -> None:
+        """Resolve the ids of these event types now, so producing later needs no registry.
+
+        A no-op once it has succeeded. Raises RegistryUnavailable; any other problem with
+        an event type is left for encode to report when that type is produced.
+        """
+        if self._prepared:
+            return
+        for event_type in event_types:
+            if event_type not in self._writers:
+                with contextlib.suppress(EncodeError):
+                    self._writer_for(event_type)
+        self._prepared = True
 
     def encode(self, event_type: str, record: Mapping[str, Any]) -> bytes:
         """Serialize `record` as `event_type`; raises EncodeError naming the bad field."""
@@ -182,7 +262,10 @@ class AvroCodec:
         return out.getvalue()
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
-        """Return (event_type, record) from one message; raises DecodeError with a reason."""
+        """Return (event_type, record) from one message; raises DecodeError with a reason.
+
+        Raises RegistryUnavailable when the writer's schema had to be fetched and could not be.
+        """
         size = len(data)
         if size < _HEADER.size:
             what = "empty message" if size == 0 else f"message of {size} bytes"
@@ -193,14 +276,21 @@ class AvroCodec:
                 "bad_magic",
                 f"magic byte is {magic}, expected {_MAGIC}: not Confluent wire format",
             )
-        reader = self._readers.get(schema_id) or self._reader_for(schema_id)
-        event_type, schema = reader
+        event_type, writer, reader = self._readers.get(schema_id) or self._reader_for(schema_id)
         body = io.BytesIO(data)
         body.seek(_HEADER.size)
         try:
-            record = cast(dict[str, Any], schemaless_reader(body, schema, None))
+            record = cast(dict[str, Any], schemaless_reader(body, writer, reader))
+        except SchemaResolutionError as exc:
+            raise DecodeError(
+                "incompatible_schema",
+                f"{event_type} (schema id {schema_id}): the writer's schema does not resolve "
+                f"to the local one: {exc}",
+                schema_id=schema_id,
+                event_type=event_type,
+            ) from exc
         except Exception as exc:
-            reason: DecodeReason = "truncated" if _runs_out(schema, data) else "corrupt"
+            reason: DecodeReason = "truncated" if _runs_out(writer, reader, data) else "corrupt"
             raise DecodeError(
                 reason,
                 f"{event_type} (schema id {schema_id}): {reason} body: {type(exc).__name__}: {exc}",
@@ -219,32 +309,45 @@ class AvroCodec:
 
     def _writer_for(self, event_type: str) -> tuple[bytes, ParsedSchema]:
         try:
-            schema_id = self._ids.id_for(event_type)
             schema = self._store.schema(event_type)
+            schema_id = self._ids.id_for(event_type)
         except KeyError as exc:
             raise EncodeError(event_type, None, str(exc.args[0])) from None
         writer = (_HEADER.pack(_MAGIC, schema_id), schema)
         self._writers[event_type] = writer
         return writer
 
-    def _reader_for(self, schema_id: int) -> tuple[str, ParsedSchema]:
-        event_type = self._ids.event_type_for(schema_id)
-        if event_type is None:
+    def _reader_for(self, schema_id: int) -> tuple[str, ParsedSchema, ParsedSchema | None]:
+        written = self._ids.writer_schema(schema_id)
+        if written is None:
             raise DecodeError(
                 "unknown_schema_id", f"unknown schema id {schema_id}", schema_id=schema_id
             )
-        try:
-            raw = self._store.raw(event_type)
-        except KeyError:
+        fullname = _fullname(str(written.get("name")), written.get("namespace"))
+        event_type = self._by_fullname.get(fullname)
+        if event_type is None:
             raise DecodeError(
                 "unknown_schema_id",
-                f"schema id {schema_id} is {event_type!r}, which has no local schema",
+                f"schema id {schema_id} is {fullname}, which has no local schema",
                 schema_id=schema_id,
-                event_type=event_type,
-            ) from None
-        reader = (event_type, _parse(_without_logical_types(raw), {}))
-        self._readers[schema_id] = reader
-        return reader
+            )
+        local = self._store.raw(event_type)
+        reader = _parse(_without_logical_types(local), {})
+        if canonical_json(written) == canonical_json(local):
+            decoder = (event_type, reader, None)
+        else:
+            try:
+                writer = _parse(_without_logical_types(written), {})
+            except (SchemaParseException, UnknownType, TypeError, KeyError) as exc:
+                raise DecodeError(
+                    "incompatible_schema",
+                    f"schema id {schema_id} ({fullname}) is not a usable Avro schema: {exc}",
+                    schema_id=schema_id,
+                    event_type=event_type,
+                ) from exc
+            decoder = (event_type, writer, reader)
+        self._readers[schema_id] = decoder
+        return decoder
 
 
 def new_meta(
@@ -474,12 +577,12 @@ class _ShortReadSpy(io.BytesIO):
         return out
 
 
-def _runs_out(schema: ParsedSchema, data: bytes) -> bool:
+def _runs_out(writer: ParsedSchema, reader: ParsedSchema | None, data: bytes) -> bool:
     """Whether decoding fails because the body ends early (truncated) rather than is wrong."""
     spy = _ShortReadSpy(data)
     spy.seek(_HEADER.size)
     try:
-        schemaless_reader(spy, schema, None)
+        schemaless_reader(spy, writer, reader)
     except Exception:
         return spy.ran_out
     return False

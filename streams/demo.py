@@ -156,28 +156,45 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_demo(orders: int, seed: int, timeout: float, keep: bool, out: TextIO = sys.stdout) -> int:
     """Run the order saga demo end to end; returns the exit code (non-zero if any saga is stuck)."""
-    from streams import localkafka
+    from streams import localkafka, localregistry
     from streams.admin import create_topics, delete_topics
     from streams.client import EventClient
+    from streams.codec import SchemaStore
+    from streams.registry import Registry, delete_subjects, plan_subjects, register_subjects
 
-    started_broker = False
+    started_broker = started_registry = False
     env_settings = Settings()
     bootstrap = env_settings.bootstrap_servers
+    registry_url = env_settings.schema_registry_url
     if "SAGASTREAM_BOOTSTRAP_SERVERS" not in os.environ:
         started_broker = not localkafka.status()["running"]
         bootstrap = localkafka.start(log=lambda m: print(m, file=out))
+    if not registry_url:
+        started_registry = not localregistry.status()["running"]
+        registry_url = localregistry.start(log=lambda m: print(m, file=out))
     prefix = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-"
     settings = env_settings.model_copy(
-        update={"bootstrap_servers": bootstrap, "topic_prefix": prefix}
+        update={
+            "bootstrap_servers": bootstrap,
+            "topic_prefix": prefix,
+            "schema_registry_url": registry_url,
+        }
     )
     topology = load_topology(settings.topology_file)
     report = create_topics(settings, topology)
     print(
         f"broker {bootstrap}: created {len(report.created)} topics with prefix {prefix}", file=out
     )
+    registry = Registry(registry_url)
+    subjects = plan_subjects(topology, SchemaStore(SchemaStore.default_dir()), settings)
     workers = WorkerSet(settings, settings.data_dir / "demo-logs" / prefix.rstrip("-"))
     client = EventClient(settings, topology, build_codec(settings), "demo")
     try:
+        registered = register_subjects(registry, subjects)
+        if any(o.failed for o in registered):
+            refused = ", ".join(o.subject.name for o in registered if o.failed)
+            raise RuntimeError(f"schema registry {registry_url} refused schemas for {refused}")
+        print(f"schema registry {registry_url}: registered {len(subjects)} subjects", file=out)
         t0 = time.monotonic()
         roles = ["orchestrator", *topology.handlers_for("order")]
         workers.start(roles)
@@ -207,8 +224,18 @@ def run_demo(orders: int, seed: int, timeout: float, keep: bool, out: TextIO = s
             delete_topics(settings, prefix)
             for path in settings.data_dir.glob(f"{prefix}*"):
                 shutil.rmtree(path, ignore_errors=True)
+            if not started_registry:
+                delete_subjects(registry, subjects)
         if started_broker:
             localkafka.stop(log=lambda m: print(m, file=out))
+        if started_registry and keep:
+            print(
+                f"schema registry left running at {registry_url}: the kept topics' schema ids "
+                "live only in its memory (`sagastream registry stop` when done)",
+                file=out,
+            )
+        elif started_registry:
+            localregistry.stop(log=lambda m: print(m, file=out))
     return _report(results, expected, out)
 
 

@@ -17,6 +17,8 @@ class Metrics:
     saga_seconds: Histogram
     timers_fired: Counter
     up: Gauge
+    registry_up: Gauge
+    registry_retries: Counter
 
     @classmethod
     def create(cls, role: str, registry: CollectorRegistry | None = None) -> Metrics:
@@ -55,8 +57,21 @@ class Metrics:
                 "sagastream_timers_fired", "Durable timers fired", ["kind"], registry=reg
             ),
             up=Gauge("sagastream_worker_up", "1 while the worker runs", ["role"], registry=reg),
+            registry_up=Gauge(
+                "sagastream_registry_up",
+                "0 while the schema registry cannot be reached (inputs wait), else 1",
+                ["role"],
+                registry=reg,
+            ),
+            registry_retries=Counter(
+                "sagastream_registry_retries",
+                "Inputs retried because the schema registry could not be reached",
+                ["role"],
+                registry=reg,
+            ),
         )
         metrics.up.labels(role).set(1)
+        metrics.registry_up.labels(role).set(1)
         return metrics
 
     def serve(self, port: int) -> None:

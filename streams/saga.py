@@ -337,6 +337,12 @@ def _undo_step_of(spec: SagaSpec, fields: dict[str, Any]) -> str | None:
     return None
 
 
+def _shared(spec: SagaSpec, failure: str) -> bool:
+    """Whether several steps' compensations report failure with this one event type."""
+    comps = [s.compensation for s in spec.steps.values() if s.compensation]
+    return sum(failure in c.failure for c in comps) > 1
+
+
 def decide(
     definition: tuple[str, SagaSpec], state: dict[str, Any] | None, event: Event, now: int
 ) -> Decision:
@@ -374,16 +380,24 @@ def decide(
         run.out.dead_letter = f"{event.event_type} is not part of saga {saga_type}"
         return run.out
     name, role = routed
-    if role == "undo_fail" and (named := _undo_step_of(spec, event.fields)):
-        name = named
+    if role == "undo_fail":
+        named = _undo_step_of(spec, event.fields)
+        if named is None and _shared(spec, event.event_type):
+            # guessing would fail (or, later, retry) the wrong step's undo
+            run.out.dead_letter = (
+                f"{event.event_type} names no step of saga {saga_type} "
+                f"(step={event.fields.get('step')!r}), so whose undo failed is unknown"
+            )
+            return run.out
+        name = named or name
     st = s["steps"][name]
     reason = str(event.fields.get("reason") or event.event_type)
     if role == "ok":
         # An earlier attempt's success counts: the retry reused its idempotency key. So does a
         # success after the step was given up on (timed out, cancelled, skipped as optional):
         # the side effect happened, so it is recorded and compensated unless the saga completed.
-        given_up = (STEP_FAILED, CANCELLED) if s["status"] == COMPLETED else (STEP_FAILED, CANCELLED, SKIPPED)
-        if st["st"] in (STARTED, WAITING_RETRY, *given_up) and st["a"] > 0:
+        given_up = {STEP_FAILED, CANCELLED} if s["status"] == COMPLETED else {STEP_FAILED, CANCELLED, SKIPPED}
+        if (st["st"] in given_up or st["st"] in (STARTED, WAITING_RETRY)) and st["a"] > 0:
             if event.attempt != st["a"]:
                 run.note("stale_success_accepted", name)
             run.disarm("retry", name, st["a"])

@@ -128,12 +128,35 @@ class SagaSpec(_Model):
     notify: NotifySpec | None = None
 
 
+CompatibilityLevel = Literal[
+    "NONE",
+    "BACKWARD",
+    "BACKWARD_TRANSITIVE",
+    "FORWARD",
+    "FORWARD_TRANSITIVE",
+    "FULL",
+    "FULL_TRANSITIVE",
+]
+
+
+class SchemaRegistrySpec(_Model):
+    """Compatibility levels `sagastream schemas register` sets, per subject.
+
+    Subjects are `<topic>-<record full name>` (TopicRecordNameStrategy); `overrides` keys
+    use the logical topic, e.g. `orders.events-sagastream.OrderPlaced: FULL`.
+    """
+
+    compatibility: CompatibilityLevel = "BACKWARD"
+    overrides: dict[str, CompatibilityLevel] = Field(default_factory=dict)
+
+
 class Topology(_Model):
     defaults: Defaults = Defaults()
     topics: tuple[TopicSpec, ...]
     events: dict[str, EventSpec]
     handlers: dict[str, HandlerSpec] = Field(default_factory=dict)
     sagas: dict[str, SagaSpec] = Field(default_factory=dict)
+    schema_registry: SchemaRegistrySpec = SchemaRegistrySpec()
 
     @cached_property
     def topic_map(self) -> dict[str, TopicSpec]:
@@ -230,6 +253,17 @@ def _check(topology: Topology, schemas_dir: Path | None) -> list[tuple[str, str]
                     f"no schema file {event.schema_name}.avsc in {schemas_dir}",
                 )
             )
+    for key in topology.schema_registry.overrides:
+        topic, _, record = key.rpartition("-")
+        declared = [e.schema_name for e in topology.events.values() if topic in e.all_topics]
+        if record.rpartition(".")[2] not in declared:
+            problems.append(
+                (
+                    f"schema_registry.overrides.{key}",
+                    "not a subject: keys are <topic>-<record full name> of an event declared "
+                    f"on that topic, e.g. {_example_subject(topology)}",
+                )
+            )
     for name, handler in topology.handlers.items():
         for field in ("consumes", "produces"):
             topic = getattr(handler, field)
@@ -272,6 +306,12 @@ def _check(topology: Topology, schemas_dir: Path | None) -> list[tuple[str, str]
                     (base, f"topics of one saga must have the same partition count ({detail})")
                 )
     return problems
+
+
+def _example_subject(topology: Topology) -> str:
+    for event in topology.events.values():
+        return f"{event.all_topics[0]}-<namespace>.{event.schema_name}"
+    return "<topic>-<namespace>.<Record>"
 
 
 def _find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:

@@ -3,7 +3,9 @@
 - `local` (default): real Apache Kafka from Maven Central on 127.0.0.1 (streams.localkafka);
 - `testcontainers`: Kafka in a container; needs a Docker engine;
 - `host:port[,host:port]`: an existing cluster.
-Each test gets a unique topic prefix and consumer groups (see `ns`).
+One schema registry fixture: SAGASTREAM_SCHEMA_REGISTRY_URL, else the local Apicurio Registry
+(streams.localregistry). Each test gets a unique topic prefix, consumer groups and schema
+subjects (see `ns`).
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from streams.app import build_codec
 from streams.client import EventClient
+from streams.codec import SchemaStore
 from streams.demo import WorkerSet
 from streams.settings import Settings
 from streams.topology import Topology, load_topology
@@ -79,6 +84,38 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         stop()
 
 
+@dataclass(frozen=True)
+class SchemaRegistry:
+    backend: str
+    url: str
+
+
+@pytest.fixture(scope="session")
+def registry(request: pytest.FixtureRequest) -> Iterator[SchemaRegistry]:
+    """SAGASTREAM_SCHEMA_REGISTRY_URL, or the local Apicurio Registry (started if not running)."""
+    url = os.environ.get("SAGASTREAM_SCHEMA_REGISTRY_URL")
+    stop = None
+    if url:
+        found = SchemaRegistry("external schema registry", url)
+    else:
+        from streams import localregistry
+
+        was_running = localregistry.status()["running"]
+        name = f"local {localregistry.REGISTRY_NAME} {localregistry.REGISTRY_VERSION}"
+        found = SchemaRegistry(f"{name} (Maven Central)", localregistry.start(log=lambda m: None))
+        if not was_running:
+            stop = localregistry.stop
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    line = f"integration schema registry: {found.backend} at {found.url}"
+    if reporter is not None:
+        reporter.write_line(line)
+    else:
+        print(line)
+    yield found
+    if stop is not None:
+        stop(log=lambda m: None)
+
+
 @dataclass
 class Namespace:
     """A test's private world: settings with a unique prefix, its topology, a client."""
@@ -92,17 +129,42 @@ class Namespace:
 
 
 @pytest.fixture
-def ns(broker: Broker, tmp_path: Path) -> Iterator[Namespace]:
+def topology_patch() -> Callable[[dict[str, Any]], None] | None:
+    """Override in a test module to change topology.yaml (e.g. short timeouts) for its tests."""
+    return None
+
+
+@pytest.fixture
+def ns(
+    broker: Broker, registry: SchemaRegistry, tmp_path: Path, topology_patch: Any
+) -> Iterator[Namespace]:
     from streams.admin import create_topics, delete_topics
+    from streams.registry import Registry, delete_subjects, plan_subjects, register_subjects
 
     prefix = f"t{uuid.uuid4().hex[:10]}-"
-    settings = Settings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix, data_dir=tmp_path / "data")
+    settings = Settings(
+        bootstrap_servers=broker.bootstrap,
+        schema_registry_url=registry.url,
+        topic_prefix=prefix,
+        data_dir=tmp_path / "data",
+    )
+    if topology_patch is not None:
+        data = yaml.safe_load(settings.topology_file.read_text())
+        topology_patch(data)
+        patched = tmp_path / "topology.yaml"
+        patched.write_text(yaml.safe_dump(data))
+        settings = settings.model_copy(update={"topology_file": patched})
     topology = load_topology(settings.topology_file)
     create_topics(settings, topology)
+    schemas = Registry(registry.url)
+    subjects = plan_subjects(topology, SchemaStore(SchemaStore.default_dir()), settings)
+    refused = [o for o in register_subjects(schemas, subjects) if o.failed]
+    assert not refused, f"the registry refused {refused}"
     client = EventClient(settings, topology, build_codec(settings), "test")
     yield Namespace(settings, topology, client)
     client.close()
     delete_topics(settings, prefix)
+    delete_subjects(schemas, subjects)
 
 
 @pytest.fixture

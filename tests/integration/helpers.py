@@ -12,15 +12,22 @@ from streams.demo import order_fields
 OUTCOMES = ("SagaCompleted", "SagaCompensated", "SagaFailed")
 
 
-def place_order(ns: Any, order_id: str, **overrides: Any) -> dict[str, Any]:
-    fields, _ = order_fields(order_id, random.Random(order_id))
+def place_order(ns: Any, order_id: str, mixed: bool = False, **overrides: Any) -> dict[str, Any]:
+    """Publish an OrderPlaced: a good order, or with `mixed` the demo's seeded mix of failures."""
+    rng = random.Random(order_id)
+    fields, _ = order_fields(order_id, rng)
+    if not mixed:
+        fields.update(card_token="tok_visa", shipping_address="1 Main Street")
+        fields["items"] = [i for i in fields["items"] if not i["sku"].startswith("OOS-")]
     fields.update(overrides)
     ns.client.publish("OrderPlaced", order_id, fields)
     ns.client.flush()
     return fields
 
 
-def wait_outcomes(ns: Any, keys: set[str], timeout: float = 60.0) -> dict[str, Received]:
+def wait_outcomes(
+    ns: Any, keys: set[str], timeout: float = 60.0, topic: str = "sagas.outcomes"
+) -> dict[str, Received]:
     """The outcome event of each saga key, waiting until all have ended."""
     found: dict[str, Received] = {}
 
@@ -30,7 +37,7 @@ def wait_outcomes(ns: Any, keys: set[str], timeout: float = 60.0) -> dict[str, R
                 found.setdefault(m.key.decode(), m)
         return set(found) == keys
 
-    ns.client.read([ns.topic(ns.topology.sagas["order"].outcome_topic)], done, timeout)
+    ns.client.read([ns.topic(topic)], done, timeout)
     assert set(found) == keys, (
         f"sagas without an outcome after {timeout}s: {sorted(keys - set(found))}"
     )
@@ -53,3 +60,17 @@ def saga_state(ns: Any, key: str, timeout: float = 10.0) -> dict[str, Any]:
     values = [m.value for m in msgs if m.key == key.encode() and m.value]
     assert values, f"no state for {key} in {changelog}"
     return json.loads(values[-1])
+
+
+def lifecycle(ns: Any, key: str, until: str, timeout: float = 30.0) -> list[tuple[str, str | None]]:
+    """A saga's audit trail as (what, step) pairs, read until an entry `until` appears."""
+
+    def reached(msgs: list[Received]) -> bool:
+        return any(m.key == key.encode() and m.record and m.record["what"] == until for m in msgs)
+
+    msgs = ns.client.read([ns.topic("sagas.lifecycle")], reached, timeout)
+    trail = [
+        (m.record["what"], m.record["step"]) for m in msgs if m.key == key.encode() and m.record
+    ]
+    assert any(what == until for what, _ in trail), f"no {until} in the trail of {key}: {trail}"
+    return trail

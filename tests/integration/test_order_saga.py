@@ -101,7 +101,7 @@ def test_many_orders_reach_the_outcome_they_were_built_for(ns, workers):
     keys = {f"order-mix-{i}" for i in range(30)}
     expectations = {}
     for key in sorted(keys):
-        fields = place_order(ns, key)
+        fields = place_order(ns, key, mixed=True)
         bad = (
             fields["card_token"] == "tok_decline"
             or "nowhere" in fields["shipping_address"].lower()

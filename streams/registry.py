@@ -1,0 +1,440 @@
+"""sagastream's side of a Confluent-compatible schema registry: subjects, register, check, ids.
+
+Subjects follow Confluent's TopicRecordNameStrategy, ``<topic>-<record full name>`` (e.g.
+``orders.events-sagastream.OrderPlaced``), with the physical topic (settings' prefix
+applied): one topic carries several event types, each evolving on its own, and an event
+type declared on several topics has a subject per topic. Schemas are sent as the
+self-contained canonical JSON of ``SchemaStore.canonical`` so the same schema is always
+the same text (Apicurio compares text). Compatibility is ``schema_registry.compatibility``
+of topology.yaml (BACKWARD by default), overridden per ``<logical topic>-<record>``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from streams.codec import DecodeError, RegistryUnavailable, SchemaStore
+from streams.settings import Settings
+from streams.topology import Topology, load_topology
+
+with warnings.catch_warnings():
+    # the client imports authlib, which warns about httpx on import; authlib.deprecate
+    # turns its own warnings on when imported, so import it first, then silence them
+    import authlib.deprecate  # noqa: F401
+
+    warnings.simplefilter("ignore")
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 30.0
+# An unknown id is remembered this long, so a burst of bad messages costs one request.
+UNKNOWN_ID_TTL_S = 30.0
+_UNKNOWN_IDS_MAX = 1024
+_CONCURRENT_REQUESTS = 8
+# 40401 subject, 40402 version, 40403 schema (Confluent, Apicurio), 40408 no subject-level
+# compatibility (Confluent), 40400 (confluent-kafka's mock client)
+_NOT_FOUND_CODES = frozenset({40400, 40401, 40402, 40403, 40408})
+
+T = TypeVar("T")
+
+
+def subject_name(topic: str, record: str) -> str:
+    """TopicRecordNameStrategy: ``<topic>-<record full name>``."""
+    return f"{topic}-{record}"
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds to wait after `failures` failed registry attempts: 0.5 s doubling, at most 30 s."""
+    return min(RETRY_MAX_S, RETRY_INITIAL_S * 2 ** min(failures, 16))
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One subject to register: an event type's schema on one topic."""
+
+    name: str
+    topic: str
+    event_type: str
+    record: str
+    compatibility: str
+    schema: str
+
+
+def plan_subjects(topology: Topology, store: SchemaStore, settings: Settings) -> list[Subject]:
+    """Every subject of the topology's events, sorted by name, with its compatibility level."""
+    spec = topology.schema_registry
+    subjects: list[Subject] = []
+    for event_type, event in topology.events.items():
+        record = store.fullname(event.schema_name)
+        text = store.canonical(event.schema_name)
+        for topic in event.all_topics:
+            level = spec.overrides.get(subject_name(topic, record), spec.compatibility)
+            subjects.append(
+                Subject(
+                    subject_name(settings.topic(topic), record),
+                    topic,
+                    event_type,
+                    record,
+                    level,
+                    text,
+                )
+            )
+    logical = {subject_name(s.topic, s.record) for s in subjects}
+    unknown = sorted(set(spec.overrides) - logical)
+    if unknown:
+        example = min(logical)
+        raise ValueError(
+            f"{settings.topology_file}: schema_registry.overrides: {', '.join(unknown)} "
+            f"names no subject; keys are <logical topic>-<record full name>, e.g. {example}"
+        )
+    return sorted(subjects, key=lambda s: s.name)
+
+
+@dataclass(frozen=True)
+class Registered:
+    schema_id: int
+    version: int | None
+
+
+class SchemaRejected(ValueError):
+    """The registry refused a schema (incompatible with the subject, or not valid Avro)."""
+
+    def __init__(self, subject: str, reason: str) -> None:
+        super().__init__(f"registry refused the schema for {subject}: {reason}")
+        self.subject = subject
+        self.reason = reason
+
+
+class Registry:
+    """The registry calls sagastream makes, with errors mapped to what callers act on.
+
+    Unreachable, timing out or failing (5xx) raises RegistryUnavailable; "not found"
+    answers become None. The client does not retry or sleep (callers back off without
+    blocking), and caches schemas by id and lookups.
+    """
+
+    def __init__(self, url: str, *, client: Any = None, timeout: float = 5.0) -> None:
+        self.url = url
+        self._client = client or SchemaRegistryClient.new_client(
+            {"url": url, "max.retries": 0, "timeout": timeout}
+        )
+
+    def schema(self, schema_id: int) -> Schema | None:
+        """The schema with this id; None if the registry has none."""
+        try:
+            return self._call(self._client.get_schema, schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404 and exc.error_code in _NOT_FOUND_CODES:
+                return None
+            # anything else (a RESTEasy 404 for a wrong URL path, 401) must not dead-letter input
+            raise RegistryUnavailable(
+                f"schema registry at {self.url} answered {exc} for schema id {schema_id}; "
+                "check SAGASTREAM_SCHEMA_REGISTRY_URL and its credentials"
+            ) from exc
+
+    def lookup(self, subject: str, text: str) -> tuple[Registered | None, bool]:
+        """This exact schema text's id and version under the subject, and whether the subject exists."""
+        try:
+            found = self._call(self._client.lookup_schema, subject, Schema(text, "AVRO"))
+        except SchemaRegistryError as exc:
+            if exc.http_status_code != 404 or exc.error_code not in _NOT_FOUND_CODES:
+                raise
+            if exc.error_code == 40401:
+                return None, False
+            if exc.error_code == 40403:
+                return None, True
+            return None, self.latest(subject) is not None  # an answer that does not say which
+        return Registered(found.schema_id, found.version), True
+
+    def latest(self, subject: str) -> tuple[Registered, str] | None:
+        """The subject's latest version and its schema text; None for an unknown subject."""
+        found = self._maybe(self._client.get_latest_version, subject)
+        if found is None:
+            return None
+        return Registered(found.schema_id, found.version), found.schema.schema_str
+
+    def register(self, subject: str, text: str) -> int:
+        """Register the schema under the subject (same text: same id); SchemaRejected if refused."""
+        try:
+            return int(self._call(self._client.register_schema, subject, Schema(text, "AVRO")))
+        except SchemaRegistryError as exc:
+            if exc.http_status_code in (409, 422):
+                raise SchemaRejected(subject, exc.error_message) from exc
+            raise
+
+    def compatibility(self, subject: str) -> str | None:
+        """The subject's own compatibility level; None when it has none (or does not exist)."""
+        level = self._maybe(self._client.get_compatibility, subject)
+        return None if level is None else str(level)
+
+    def set_compatibility(self, subject: str, level: str) -> None:
+        self._call(self._client.set_compatibility, subject, level)
+
+    def delete(self, subject: str) -> None:
+        """Delete the subject for good (soft, then permanent, as both registries require)."""
+        if self._maybe(self._client.delete_subject, subject) is not None:
+            self._maybe(self._client.delete_subject, subject, True)
+
+    def compatible(self, subject: str, text: str) -> tuple[bool, str]:
+        """Whether the registry would accept the schema as the subject's next version, and why not."""
+        schema = Schema(text, "AVRO")
+        if self._call(self._client.test_compatibility, subject, schema):
+            return True, ""
+        return False, self._incompatibility_reason(subject, schema)
+
+    def _incompatibility_reason(self, subject: str, schema: Schema) -> str:
+        # test_compatibility drops the verbose answer; ask for it directly. The reason is a
+        # courtesy: without it the verdict still stands.
+        try:
+            answer = self._client._rest_client.post(
+                f"compatibility/subjects/{quote(subject, safe='')}/versions/latest?verbose=true",
+                body=schema.to_dict(),
+            )
+        except Exception:
+            return ""
+        reasons = answer.get("messages") or answer.get("reason") or ""
+        return "; ".join(reasons) if isinstance(reasons, list) else str(reasons)
+
+    def _maybe(self, call: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return self._call(call, *args)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404 and exc.error_code in _NOT_FOUND_CODES:
+                return None
+            raise
+
+    def _call(self, call: Callable[..., T], *args: Any) -> T:
+        try:
+            return call(*args)
+        except (httpx.TransportError, OSError) as exc:
+            raise RegistryUnavailable(
+                f"schema registry at {self.url} is unreachable: {type(exc).__name__}: {exc}"
+            ) from exc
+        except SchemaRegistryError as exc:
+            if exc.http_status_code >= 500 or exc.http_status_code in (408, 429):
+                raise RegistryUnavailable(f"schema registry at {self.url} failed: {exc}") from exc
+            raise
+
+
+# ------------------------------------------------------------------ register and check
+
+Action = Literal[
+    "registered", "new version", "unchanged", "rejected", "new", "compatible", "incompatible"
+]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What `schemas register` did, or `schemas check` found, for one subject."""
+
+    subject: Subject
+    action: Action
+    schema_id: int | None = None
+    version: int | None = None
+    level_was: str | None = None
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.action in ("rejected", "incompatible")
+
+
+def register_subjects(registry: Registry, subjects: Iterable[Subject]) -> list[Outcome]:
+    """Register every subject and set its compatibility; a second run changes nothing.
+
+    The level is set before a new version is registered, so the registry checks the
+    version against the level topology.yaml asks for.
+    """
+
+    def register(subject: Subject) -> Outcome:
+        found, exists = registry.lookup(subject.name, subject.schema)
+        level = registry.compatibility(subject.name) if exists else subject.compatibility
+        if level != subject.compatibility or not exists:
+            registry.set_compatibility(subject.name, subject.compatibility)
+        was = None if level == subject.compatibility else (level or "unset")
+        if found is not None:
+            return Outcome(subject, "unchanged", found.schema_id, found.version, was)
+        try:
+            schema_id = registry.register(subject.name, subject.schema)
+        except SchemaRejected as exc:
+            return Outcome(subject, "rejected", level_was=was, detail=exc.reason)
+        if not exists:
+            return Outcome(subject, "registered", schema_id, 1)
+        now, _ = registry.lookup(subject.name, subject.schema)
+        version = None if now is None else now.version
+        return Outcome(subject, "new version", schema_id, version, was)
+
+    return _per_subject(subjects, register)
+
+
+def check_subjects(registry: Registry, subjects: Iterable[Subject]) -> list[Outcome]:
+    """Compare local schemas with the registry without changing it."""
+
+    def check(subject: Subject) -> Outcome:
+        found, exists = registry.lookup(subject.name, subject.schema)
+        if not exists:
+            return Outcome(subject, "new")
+        level = registry.compatibility(subject.name)
+        differs = None if level == subject.compatibility else (level or "unset")
+        if found is not None:
+            return Outcome(subject, "unchanged", found.schema_id, found.version, differs)
+        latest = registry.latest(subject.name)
+        version = None if latest is None else latest[0].version
+        ok, reason = registry.compatible(subject.name, subject.schema)
+        kind: Action = "compatible" if ok else "incompatible"
+        return Outcome(subject, kind, None, version, differs, reason)
+
+    return _per_subject(subjects, check)
+
+
+def delete_subjects(registry: Registry, subjects: Iterable[Subject]) -> None:
+    """Delete the subjects for good, concurrently (demo and test clean-up)."""
+    with ThreadPoolExecutor(max_workers=_CONCURRENT_REQUESTS) as pool:
+        list(pool.map(lambda subject: registry.delete(subject.name), subjects))
+
+
+def _per_subject(subjects: Iterable[Subject], work: Callable[[Subject], Outcome]) -> list[Outcome]:
+    """work(subject) for every subject, concurrently, in the subjects' order.
+
+    Subjects with the same schema text (one event on several topics) go one after the
+    other: a registry may race when it stores the same new content twice at once.
+    """
+    ordered = list(subjects)
+    groups: dict[str, list[Subject]] = {}
+    for subject in ordered:
+        groups.setdefault(subject.schema, []).append(subject)
+    with ThreadPoolExecutor(max_workers=_CONCURRENT_REQUESTS) as pool:
+        done = pool.map(lambda group: [work(s) for s in group], groups.values())
+        by_name = {o.subject.name: o for outcomes in done for o in outcomes}
+    return [by_name[s.name] for s in ordered]
+
+
+def report(outcomes: list[Outcome], checking: bool) -> list[str]:
+    """Human-readable lines, one per subject, then a summary."""
+    lines: list[str] = []
+    width = max((len(o.subject.name) for o in outcomes), default=0)
+    for o in outcomes:
+        where = f"{o.subject.name:<{width}}"
+        ids = f"id {o.schema_id} v{o.version}" if o.schema_id is not None else ""
+        level = o.subject.compatibility
+        if o.level_was is not None:
+            level += f" (registry has {o.level_was})" if checking else f" (was {o.level_was})"
+        if o.action == "unchanged":
+            what = "registered" if checking else "unchanged"
+            text = f"{what:<12} {where}  {ids}  {level}"
+        elif o.action in ("registered", "new version"):
+            text = f"{o.action:<12} {where}  {ids}  {level}"
+        elif o.action == "new":
+            text = f"{'new':<12} {where}  not in the registry yet  {level}"
+        elif o.action == "compatible":
+            text = f"{'compatible':<12} {where}  change accepted after v{o.version} under {level}"
+        else:
+            label = "INCOMPATIBLE" if o.action == "incompatible" else "REJECTED"
+            after = f" with v{o.version}" if o.version is not None else ""
+            text = f"{label:<12} {where}  incompatible{after} under {level}: {o.detail}"
+        lines.append("  " + text.rstrip())
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        key = "registered" if checking and o.action == "unchanged" else o.action
+        counts[key] = counts.get(key, 0) + 1
+    lines.append(", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "no subjects")
+    return lines
+
+
+# ---------------------------------------------------------------------- codec ids
+
+
+class RegistrySchemaIds:
+    """SchemaIds from the registry: register-or-lookup per event type, fetch by id; all cached.
+
+    A producer's id comes from the subject of the event's (first) topic; registries give
+    the same schema text the same id under every subject. Fetched schemas are kept for
+    good (an id never changes meaning), unknown ids for UNKNOWN_ID_TTL_S.
+    """
+
+    def __init__(
+        self,
+        store: SchemaStore,
+        settings: Settings,
+        *,
+        topology: Topology | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        if registry is None and not settings.schema_registry_url:
+            raise ValueError("RegistrySchemaIds needs SAGASTREAM_SCHEMA_REGISTRY_URL")
+        self._store = store
+        self._settings = settings
+        self._topology = topology or load_topology(settings.topology_file, store.directory)
+        self._registry = registry or Registry(str(settings.schema_registry_url))
+        self._ids: dict[str, int] = {}
+        self._schemas: dict[int, dict[str, Any]] = {}
+        self._unknown: dict[int, float] = {}
+
+    def id_for(self, event_type: str) -> int:
+        cached = self._ids.get(event_type)
+        if cached is not None:
+            return cached
+        event = self._topology.events.get(event_type)
+        if event is None:
+            raise KeyError(
+                f"event type {event_type!r} is not declared in {self._settings.topology_file}, "
+                "so it has no topic and no subject"
+            )
+        text = self._store.canonical(event.schema_name)
+        topic = self._settings.topic(event.all_topics[0])
+        subject = subject_name(topic, self._store.fullname(event.schema_name))
+        found, _ = self._registry.lookup(subject, text)
+        if found is not None:
+            schema_id = found.schema_id
+        else:
+            try:
+                schema_id = self._registry.register(subject, text)
+            except SchemaRejected as exc:
+                raise KeyError(f"{exc}; run `sagastream schemas check`") from None
+        self._ids[event_type] = schema_id
+        self._schemas.setdefault(schema_id, json.loads(text))
+        return schema_id
+
+    def writer_schema(self, schema_id: int) -> dict[str, Any] | None:
+        cached = self._schemas.get(schema_id)
+        if cached is not None:
+            return cached
+        seen = self._unknown.get(schema_id)
+        if seen is not None and time.monotonic() - seen < UNKNOWN_ID_TTL_S:
+            return None
+        schema = self._registry.schema(schema_id)
+        if schema is None:
+            if len(self._unknown) >= _UNKNOWN_IDS_MAX:
+                self._unknown.clear()
+            self._unknown[schema_id] = time.monotonic()
+            return None
+        parsed = _record_schema(schema)
+        if parsed is None:
+            raise DecodeError(
+                "unknown_schema_id",
+                f"schema id {schema_id} is a {schema.schema_type or 'AVRO'} schema that is not "
+                "a self-contained Avro record",
+                schema_id=schema_id,
+            )
+        self._schemas[schema_id] = parsed
+        return parsed
+
+
+def _record_schema(schema: Schema) -> dict[str, Any] | None:
+    if (schema.schema_type or "AVRO") != "AVRO" or schema.references:
+        return None
+    try:
+        parsed = json.loads(schema.schema_str or "")
+    except json.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) and parsed.get("type") == "record" else None

@@ -1,0 +1,103 @@
+"""Durable timers against the real broker: timeouts with no traffic, retries across a SIGKILL."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from streams.demo import WorkerSet
+from tests.integration.conftest import HANDLERS
+from tests.integration.helpers import lifecycle, place_order, wait_outcomes
+
+pytestmark = pytest.mark.integration
+
+
+def _steps(data, **changes):
+    steps = data["sagas"]["order"]["steps"]
+    for name, spec in changes.items():
+        steps[name].update(spec)
+
+
+@pytest.fixture
+def topology_patch():
+    def patch(data):
+        _steps(
+            data,
+            payment={
+                "timeout_ms": 1000,
+                "retry": {"max_attempts": 2, "initial_backoff_ms": 300, "jitter": "none"},
+            },
+            inventory={"timeout_ms": 6000, "retry": {"max_attempts": 1}},
+            shipping={"timeout_ms": 6000, "retry": {"max_attempts": 1}},
+        )
+
+    return patch
+
+
+@pytest.fixture
+def orchestrator_only(ns, tmp_path):
+    ws = WorkerSet(ns.settings, tmp_path / "logs")
+    ws.start(["orchestrator"])
+    try:
+        ws.wait_ready()
+        yield ws
+    finally:
+        ws.stop()
+
+
+def test_step_timeout_fires_with_no_other_traffic(ns, orchestrator_only):
+    place_order(ns, "order-silent")
+    outcome = wait_outcomes(ns, {"order-silent"}, timeout=40)["order-silent"]
+    assert outcome.event_type == "SagaCompensated"
+    assert outcome.record["failed_step"] == "payment"
+    assert "timed out after 1000 ms" in outcome.record["reason"]
+
+    charges = ns.client.read([ns.topic("payments.commands")], lambda m: len(m) >= 2, timeout=10)
+    assert [m.record["meta"]["attempt"] for m in charges] == [1, 2]
+    assert {m.record["idempotency_key"] for m in charges} == {"order:order-silent:payment"}
+    trail = lifecycle(ns, "order-silent", until="compensated")
+    assert ("step_retry_scheduled", "payment") in trail
+    assert ("step_failed", "payment") in trail
+    assert trail[-1] == ("compensated", None)
+
+
+class TestRetryAcrossCrash:
+    @pytest.fixture
+    def topology_patch(self):
+        def patch(data):
+            # attempt 1 times out at once; its 6 s backoff spans the crash; later attempts leave
+            # the handlers (started after the retry) a generous window to answer
+            retry = {"max_attempts": 8, "initial_backoff_ms": 6000, "max_backoff_ms": 6000, "jitter": "none"}
+            _steps(
+                data,
+                payment={"timeout_ms": 1000, "retry": retry},
+                inventory={"timeout_ms": 60000},
+                shipping={"timeout_ms": 60000},
+            )
+
+        return patch
+
+    def test_retry_backoff_survives_a_sigkilled_worker(self, ns, orchestrator_only, tmp_path):
+        place_order(ns, "order-crash")
+        trail = lifecycle(ns, "order-crash", until="step_retry_scheduled", timeout=30)
+        assert ("step_retry_scheduled", "payment") in trail
+        orchestrator_only.kill("orchestrator")
+        killed_at = time.time() * 1000
+
+        restarted = WorkerSet(ns.settings, tmp_path / "logs-after")
+        restarted.start(["orchestrator"])
+        try:
+
+            def retried(msgs):
+                return any(m.record and m.record["meta"]["attempt"] == 2 for m in msgs)
+
+            charges = ns.client.read([ns.topic("payments.commands")], retried, timeout=60)
+            retry = next(m for m in charges if m.record and m.record["meta"]["attempt"] == 2)
+            # the backoff was armed before the crash; only the new process can have fired it
+            assert retry.record["meta"]["occurred_at"] > killed_at
+            restarted.start([HANDLERS])
+            outcome = wait_outcomes(ns, {"order-crash"}, timeout=60)["order-crash"]
+            assert outcome.event_type == "SagaCompleted", outcome.record
+        finally:
+            restarted.stop()
