@@ -139,11 +139,14 @@ def order_fields(order_id: str, rng: random.Random) -> tuple[dict[str, Any], str
 
 
 def _progress(out: TextIO, done: int, total: int, started: float) -> None:
+    """A progress bar redrawn in place on a terminal; elsewhere (CI, a pipe) a line per 10%."""
     width = 30
     filled = int(width * done / max(total, 1))
-    out.write(
-        f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} sagas ended  {time.monotonic() - started:5.1f}s"
-    )
+    line = f"  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} sagas ended  {time.monotonic() - started:5.1f}s"
+    if out.isatty():
+        out.write("\r" + line)
+    elif done == total or done % max(1, total // 10) == 0:
+        out.write(line + "\n")
     out.flush()
 
 
