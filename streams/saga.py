@@ -99,12 +99,13 @@ class _Run:
         self.s = state
         self.now = now
         self.out = Decision(state)
+        self._seed = f"{state['key']}:{len(state['seen'])}:{now}"
         self._random: random.Random | None = None
 
     def rng(self) -> random.Random:
         """Jitter that is a function of the inputs, so decide stays deterministic (seeded lazily)."""
         if self._random is None:
-            self._random = random.Random(f"{self.s['key']}:{len(self.s['seen'])}:{self.now}")
+            self._random = random.Random(self._seed)
         return self._random
 
     # -- emitting -------------------------------------------------------------------------
@@ -430,8 +431,8 @@ def _copy(state: dict[str, Any]) -> dict[str, Any]:
     out["ctx"] = dict(state["ctx"])
     out["steps"] = {name: dict(st) for name, st in state["steps"].items()}
     out["timers"] = dict(state["timers"])
-    for field in ("order", "undone", "undo_errors", "seen"):
-        out[field] = list(state[field])
+    for name in ("order", "undone", "undo_errors", "seen"):
+        out[name] = list(state[name])
     return out
 
 
