@@ -354,11 +354,15 @@ def decide(
 ) -> Decision:
     """Apply one event to one saga's state. Pure: the same inputs always give the same decision."""
     saga_type, spec = definition
+    if state is not None and event.event_id in state["seen"]:
+        return Decision(None, duplicate=True)
     if event.hop > spec.max_hops:
         return Decision(None, dead_letter=f"hop limit exceeded ({event.hop} > {spec.max_hops})")
     if state is None:
         if event.event_type != spec.start_event:
             return Decision(None, dead_letter=f"no saga found for {event.event_type}")
+        if event.fields.get(spec.key_field) in (None, ""):
+            return Decision(None, dead_letter=f"{event.event_type} has no {spec.key_field} (the saga key)")
         key = str(event.fields[spec.key_field])
         run = _Run(saga_type, spec, new_state(saga_type, spec, key, event, now), now)
         run.s["seen"].append(event.event_id)
@@ -366,8 +370,6 @@ def decide(
         run.arm(spec.deadline_ms, "deadline", "", 0)
         run.start_ready()
         return run.out
-    if event.event_id in state["seen"]:
-        return Decision(None, duplicate=True)
     run = _Run(saga_type, spec, _copy(state), now)
     s = run.s
     s["seen"].append(event.event_id)

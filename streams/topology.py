@@ -245,7 +245,8 @@ def _check(topology: Topology, schemas_dir: Path | None) -> list[tuple[str, str]
     for name, event in topology.events.items():
         for topic in event.all_topics:
             if topic not in topics:
-                problems.append((f"events.{name}.topic", f"unknown topic '{topic}'"))
+                field = "topic" if event.topic else "topics"
+                problems.append((f"events.{name}.{field}", f"unknown topic '{topic}'"))
         if schemas_dir is not None and not (schemas_dir / f"{event.schema_name}.avsc").is_file():
             problems.append(
                 (

@@ -18,6 +18,7 @@ from streams.codec import (
     LocalSchemaIds,
     SchemaStore,
     derive_meta,
+    local_schema_id,
     new_meta,
 )
 
@@ -30,14 +31,16 @@ TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 class FixedIds:
     """A SchemaIds with hand-picked ids, standing in for a schema registry."""
 
-    def __init__(self, ids: dict[str, int]) -> None:
+    def __init__(self, ids: dict[str, int], store: SchemaStore = STORE) -> None:
         self._ids = ids
+        self._store = store
 
     def id_for(self, event_type: str) -> int:
         return self._ids[event_type]
 
-    def event_type_for(self, schema_id: int) -> str | None:
-        return next((t for t, i in self._ids.items() if i == schema_id), None)
+    def writer_schema(self, schema_id: int) -> dict[str, Any] | None:
+        event_type = next((t for t, i in self._ids.items() if i == schema_id), None)
+        return None if event_type is None else self._store.raw(event_type)
 
 
 def order_placed(**changes: Any) -> dict[str, Any]:
@@ -215,15 +218,40 @@ def test_validating_codec_encodes_the_same_bytes() -> None:
 # schema ids
 
 
-def test_local_schema_ids_are_one_to_n_by_sorted_event_type() -> None:
+def test_local_schema_ids_are_a_hash_of_the_record_name() -> None:
     event_types = STORE.event_types()
-    assert event_types == sorted(event_types)
-    assert [IDS.id_for(t) for t in event_types] == list(range(1, len(event_types) + 1))
+    ids = [IDS.id_for(t) for t in event_types]
+    assert ids == [local_schema_id(STORE.fullname(t)) for t in event_types]
+    assert len(set(ids)) == len(ids)
+    assert all(0 < i < 2**31 for i in ids)
     assert all(IDS.event_type_for(IDS.id_for(t)) == t for t in event_types)
-    assert IDS.event_type_for(0) is None
-    assert IDS.event_type_for(len(event_types) + 1) is None
+    assert IDS.writer_schema(IDS.id_for("OrderPlaced")) == STORE.raw("OrderPlaced")
+    assert IDS.event_type_for(0) is None and IDS.writer_schema(0) is None
     with pytest.raises(KeyError):
         IDS.id_for("EventMeta")
+
+
+def test_local_schema_ids_do_not_change_when_schemas_are_added(tmp_path: Path) -> None:
+    for path in STORE.directory.glob("*.avsc"):
+        (tmp_path / path.name).write_text(path.read_text())
+    extra = _record("AaaFirstEvent", ("meta", "EventMeta"), ("x", "string"))
+    extra["namespace"] = "sagastream"
+    _write(tmp_path, extra)
+    grown = LocalSchemaIds(SchemaStore(tmp_path))
+    assert grown.id_for("AaaFirstEvent") not in [IDS.id_for(t) for t in STORE.event_types()]
+    assert [grown.id_for(t) for t in STORE.event_types()] == [
+        IDS.id_for(t) for t in STORE.event_types()
+    ]
+
+
+def test_local_schema_ids_refuse_a_hash_collision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("EventMeta", "OrderItem", "OrderPlaced", "PaymentFailed"):
+        (tmp_path / f"{name}.avsc").write_text((STORE.directory / f"{name}.avsc").read_text())
+    monkeypatch.setattr("streams.codec.local_schema_id", lambda fullname: 7)
+    with pytest.raises(ValueError, match=r"sagastream\.OrderPlaced and sagastream\.PaymentFailed"):
+        LocalSchemaIds(SchemaStore(tmp_path))
 
 
 def test_local_schema_ids_are_deterministic() -> None:
@@ -353,3 +381,110 @@ def test_derived_envelopes_encode() -> None:
     child = derive_meta(derive_meta(root, "ChargePayment", "o"), "PaymentFailed", "payments")
     record = {"meta": child, "order_id": "order-1", "reason": "card declined"}
     assert CODEC.decode(CODEC.encode("PaymentFailed", record)) == ("PaymentFailed", record)
+
+
+# schema evolution: the writer's schema resolved to the reader's
+
+
+def _store_with(tmp_path: Path, name: str, change: Any) -> SchemaStore:
+    """A copy of the repo's schemas with one record's JSON changed by `change`."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for path in STORE.directory.glob("*.avsc"):
+        (tmp_path / path.name).write_text(path.read_text())
+    schema = json.loads((tmp_path / f"{name}.avsc").read_text())
+    change(schema)
+    (tmp_path / f"{name}.avsc").write_text(json.dumps(schema, indent=4))
+    return SchemaStore(tmp_path)
+
+
+def _add_gift_note(schema: dict[str, Any]) -> None:
+    schema["fields"].append({"name": "gift_note", "type": ["null", "string"], "default": None})
+
+
+def test_a_v1_reader_reads_a_v2_record_without_the_new_field(tmp_path: Path) -> None:
+    v2 = _store_with(tmp_path, "OrderPlaced", _add_gift_note)
+    ids = FixedIds({"OrderPlaced": 2}, v2)
+    v1_record = order_placed()
+    data = AvroCodec(v2, ids).encode("OrderPlaced", v1_record | {"gift_note": "for mum"})
+    assert AvroCodec(STORE, ids).decode(data) == ("OrderPlaced", v1_record)
+
+
+def test_a_v2_reader_reads_a_v1_record_with_the_default(tmp_path: Path) -> None:
+    v2 = _store_with(tmp_path, "OrderPlaced", _add_gift_note)
+    ids = FixedIds({"OrderPlaced": 1}, STORE)
+    v1_record = order_placed()
+    data = AvroCodec(STORE, ids).encode("OrderPlaced", v1_record)
+    assert AvroCodec(v2, ids).decode(data) == ("OrderPlaced", v1_record | {"gift_note": None})
+
+
+def test_a_writer_schema_that_does_not_resolve_is_incompatible(tmp_path: Path) -> None:
+    def add_required(schema: dict[str, Any]) -> None:
+        schema["fields"].append({"name": "loyalty_tier", "type": "string"})
+
+    v2 = _store_with(tmp_path, "OrderPlaced", add_required)
+    data = CODEC.encode("OrderPlaced", order_placed())
+    with pytest.raises(DecodeError) as caught:
+        AvroCodec(v2, FixedIds({"OrderPlaced": IDS.id_for("OrderPlaced")})).decode(data)
+    assert caught.value.reason == "incompatible_schema"
+    assert "loyalty_tier" in str(caught.value)
+
+
+def test_a_truncated_body_is_truncated_under_resolution_too(tmp_path: Path) -> None:
+    v2 = _store_with(tmp_path, "OrderPlaced", _add_gift_note)
+    ids = FixedIds({"OrderPlaced": 2}, v2)
+    data = AvroCodec(v2, ids).encode("OrderPlaced", order_placed(gift_note="x"))
+    with pytest.raises(DecodeError) as caught:
+        AvroCodec(STORE, ids).decode(data[:-3])
+    assert caught.value.reason == "truncated"
+
+
+def test_a_writer_record_with_no_local_schema_is_an_unknown_id(tmp_path: Path) -> None:
+    schema = json.loads((STORE.directory / "OrderPlaced.avsc").read_text())
+    schema["name"] = "OrderPlacedV9"
+    other = _store_with(tmp_path, "EventMeta", lambda s: None)
+    (other.directory / "OrderPlacedV9.avsc").write_text(json.dumps(schema))
+    other = SchemaStore(other.directory)
+    ids = FixedIds({"OrderPlacedV9": 5}, other)
+    data = AvroCodec(other, ids).encode("OrderPlacedV9", order_placed())
+    with pytest.raises(DecodeError) as caught:
+        AvroCodec(STORE, ids).decode(data)
+    assert caught.value.reason == "unknown_schema_id"
+    assert "sagastream.OrderPlacedV9" in str(caught.value)
+
+
+def test_canonical_text_ignores_formatting_and_key_order(tmp_path: Path) -> None:
+    def reorder(schema: dict[str, Any]) -> None:
+        items = list(schema.items())
+        schema.clear()
+        schema.update(reversed(items))
+
+    reformatted = _store_with(tmp_path, "OrderPlaced", reorder)
+    assert reformatted.canonical("OrderPlaced") == STORE.canonical("OrderPlaced")
+    assert json.loads(STORE.canonical("OrderPlaced")) == STORE.raw("OrderPlaced")
+    assert "\n" not in STORE.canonical("OrderPlaced") and '", "' not in STORE.canonical(
+        "OrderPlaced"
+    )
+
+
+def test_decoding_looks_each_id_up_once() -> None:
+    class CountingIds(FixedIds):
+        calls = 0
+
+        def writer_schema(self, schema_id: int) -> dict[str, Any] | None:
+            self.calls += 1
+            return super().writer_schema(schema_id)
+
+    ids = CountingIds({"OrderPlaced": 3})
+    codec = AvroCodec(STORE, ids)
+    data = codec.encode("OrderPlaced", order_placed())
+    for _ in range(3):
+        codec.decode(data)
+    assert ids.calls == 1
+
+
+def test_prepare_resolves_ids_and_leaves_errors_to_encode() -> None:
+    codec = AvroCodec(STORE, FixedIds({"OrderPlaced": 3}))
+    codec.prepare(["OrderPlaced", "PaymentFailed"])
+    assert codec.encode("OrderPlaced", order_placed())[1:5] == struct.pack(">I", 3)
+    with pytest.raises(EncodeError, match="PaymentFailed"):
+        codec.encode("PaymentFailed", {})

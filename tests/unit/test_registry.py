@@ -1,0 +1,467 @@
+"""The registry side without a registry: confluent-kafka's mock client plus what it lacks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from streams import cli
+from streams.app import Runtime
+from streams.codec import AvroCodec, DecodeError, RegistryUnavailable, SchemaStore, new_meta
+from streams.metrics import Metrics
+from streams.registry import (
+    Registry,
+    RegistrySchemaIds,
+    Schema,
+    SchemaRegistryClient,
+    SchemaRegistryError,
+    check_subjects,
+    plan_subjects,
+    register_subjects,
+    report,
+    retry_delay,
+    subject_name,
+)
+from streams.settings import Settings
+from streams.topology import TopologyError, load_topology, parse_topology
+
+STORE = SchemaStore(SchemaStore.default_dir())
+SETTINGS = Settings(topic_prefix="p-", schema_registry_url="mock://unit")
+TOPOLOGY = load_topology(SETTINGS.topology_file, STORE.directory)
+# confluent-kafka's in-memory client for mock:// URLs (the class itself is not exported)
+MockSchemaRegistryClient = type(SchemaRegistryClient.new_client({"url": "mock://unit"}))
+
+
+class FakeRegistryClient(MockSchemaRegistryClient):
+    """The mock client plus compatibility levels and a BACKWARD check it does not have.
+
+    The check is the part of BACKWARD these tests need: a new field must have a default
+    and a kept field must keep its type.
+    """
+
+    def __init__(self) -> None:
+        super().__init__({"url": "mock://unit", "max.retries": 0})
+        self.levels: dict[str, str] = {}
+        self.calls: list[str] = []
+
+    def get_compatibility(self, subject_name: str | None = None) -> str:
+        self.calls.append("get_compatibility")
+        if subject_name not in self.levels:
+            raise SchemaRegistryError(404, 40408, "no subject-level compatibility")
+        return self.levels[subject_name]
+
+    def set_compatibility(self, subject_name: str | None = None, level: str | None = None) -> Any:
+        self.calls.append("set_compatibility")
+        self.levels[str(subject_name)] = str(level)
+        return {"compatibility": level}
+
+    def test_compatibility(self, subject_name: str, schema: Schema, *args: Any, **kw: Any) -> bool:
+        latest = self._store.get_latest_version(subject_name)
+        return latest is None or _backward(latest.schema.schema_str, schema.schema_str)
+
+    def register_schema(self, subject_name: str, schema: Schema, normalize: bool = False) -> int:
+        self.calls.append("register_schema")
+        known = self._store.get_registered_schema_by_schema(subject_name, schema)
+        if known is None and not self.test_compatibility(subject_name, schema):
+            raise SchemaRegistryError(409, 409, "Incompatible artifact")
+        return super().register_schema(subject_name, schema, normalize)
+
+    def get_schema(self, schema_id: int, *args: Any, **kw: Any) -> Schema:
+        self.calls.append("get_schema")
+        return super().get_schema(schema_id, *args, **kw)
+
+    def lookup_schema(self, subject_name: str, schema: Schema, *args: Any, **kw: Any) -> Any:
+        self.calls.append("lookup_schema")
+        if not self._store.get_versions(subject_name):
+            raise SchemaRegistryError(404, 40401, "Subject not found")
+        return super().lookup_schema(subject_name, schema, *args, **kw)
+
+
+def _backward(old_text: str, new_text: str) -> bool:
+    old = {f["name"]: f for f in json.loads(old_text)["fields"]}
+    for field in json.loads(new_text)["fields"]:
+        kept = old.get(field["name"])
+        if kept is None and "default" not in field:
+            return False
+        if kept is not None and kept["type"] != field["type"]:
+            return False
+    return True
+
+
+def _store_with(directory: Path, change: Any) -> SchemaStore:
+    """The repo's schemas with OrderPlaced's JSON changed by `change`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in STORE.directory.glob("*.avsc"):
+        (directory / path.name).write_text(path.read_text())
+    schema = json.loads((directory / "OrderPlaced.avsc").read_text())
+    change(schema)
+    (directory / "OrderPlaced.avsc").write_text(json.dumps(schema, indent=2))
+    return SchemaStore(directory)
+
+
+def _add_gift_note(schema: dict[str, Any]) -> None:
+    schema["fields"].append({"name": "gift_note", "type": ["null", "string"], "default": None})
+
+
+def _add_required_field(schema: dict[str, Any]) -> None:
+    schema["fields"].append({"name": "loyalty_tier", "type": "string"})
+
+
+def _order(**extra: Any) -> dict[str, Any]:
+    return {
+        "meta": new_meta("OrderPlaced", "order-1", "shop", now_ms=1),
+        "order_id": "order-1",
+        "customer_id": "c",
+        "email": "a@example.com",
+        "amount_cents": 100,
+        "currency": "EUR",
+        "card_token": "tok",
+        "items": [{"sku": "s", "quantity": 1}],
+        "shipping_address": "here",
+        "priority": "normal",
+        "has_app": False,
+        **extra,
+    }
+
+
+def _codec(store: SchemaStore, client: Any) -> AvroCodec:
+    ids = RegistrySchemaIds(
+        store, SETTINGS, topology=TOPOLOGY, registry=Registry("mock://unit", client=client)
+    )
+    return AvroCodec(store, ids)
+
+
+@pytest.fixture
+def client() -> FakeRegistryClient:
+    return FakeRegistryClient()
+
+
+# subjects
+
+
+def test_subjects_are_prefixed_topic_dash_record_full_name() -> None:
+    subjects = {s.name: s for s in plan_subjects(TOPOLOGY, STORE, SETTINGS)}
+    placed = subjects["p-orders.events-sagastream.OrderPlaced"]
+    assert (placed.topic, placed.event_type, placed.record) == (
+        "orders.events",
+        "OrderPlaced",
+        "sagastream.OrderPlaced",
+    )
+    assert placed.schema == STORE.canonical("OrderPlaced")
+    assert subject_name("orders.events", "sagastream.OrderPlaced") == (
+        "orders.events-sagastream.OrderPlaced"
+    )
+
+
+def test_an_event_on_several_topics_has_a_subject_per_topic() -> None:
+    subjects = plan_subjects(TOPOLOGY, STORE, SETTINGS)
+    topics = TOPOLOGY.events["CompensationFailed"].all_topics
+    assert len(topics) > 1
+    assert sorted(s.topic for s in subjects if s.event_type == "CompensationFailed") == sorted(
+        topics
+    )
+    assert len(subjects) == sum(len(e.all_topics) for e in TOPOLOGY.events.values())
+
+
+def test_compatibility_is_backward_unless_overridden() -> None:
+    levels = {s.name: s.compatibility for s in plan_subjects(TOPOLOGY, STORE, SETTINGS)}
+    assert levels.pop("p-sagas.outcomes-sagastream.SagaCompleted") == "FULL"
+    assert set(levels.values()) == {"BACKWARD"}
+
+
+def _topology(registry_section: dict[str, Any]) -> Any:
+    data = {
+        "topics": [{"name": "orders.events"}, {"name": "payments.events"}],
+        "events": {
+            "OrderPlaced": {"schema": "OrderPlaced", "topic": "orders.events"},
+            "PaymentFailed": {"schema": "PaymentFailed", "topic": "payments.events"},
+        },
+        "schema_registry": registry_section,
+    }
+    return parse_topology(data, "test.yaml", STORE.directory)
+
+
+def test_overrides_and_the_default_level_come_from_the_topology() -> None:
+    topology = _topology(
+        {"compatibility": "FORWARD", "overrides": {"orders.events-sagastream.OrderPlaced": "NONE"}}
+    )
+    levels = {s.event_type: s.compatibility for s in plan_subjects(topology, STORE, SETTINGS)}
+    assert levels == {"OrderPlaced": "NONE", "PaymentFailed": "FORWARD"}
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"compatibility": "SIDEWAYS"}, "schema_registry.compatibility"),
+        ({"overrides": {"orders.events-sagastream.OrderPlaced": "full"}}, "overrides"),
+        ({"overrides": {"nope.events-sagastream.OrderPlaced": "FULL"}}, "not a subject"),
+        ({"overrides": {"orders.events-sagastream.PaymentFailed": "FULL"}}, "not a subject"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_bad_registry_sections_are_refused(section: dict[str, Any], message: str) -> None:
+    with pytest.raises(TopologyError, match=message):
+        _topology(section)
+
+
+def test_an_override_with_the_wrong_namespace_names_no_subject() -> None:
+    topology = _topology({"overrides": {"orders.events-other.OrderPlaced": "FULL"}})
+    with pytest.raises(ValueError, match=r"orders\.events-other\.OrderPlaced names no subject"):
+        plan_subjects(topology, STORE, SETTINGS)
+
+
+# register and check
+
+
+def test_register_twice_is_a_no_op(client: FakeRegistryClient) -> None:
+    registry = Registry("mock://unit", client=client)
+    subjects = plan_subjects(TOPOLOGY, STORE, SETTINGS)
+    first = register_subjects(registry, subjects)
+    assert {o.action for o in first} == {"registered"}
+    assert all(client.levels[o.subject.name] == o.subject.compatibility for o in first)
+    client.calls.clear()
+    second = register_subjects(registry, subjects)
+    assert {o.action for o in second} == {"unchanged"}
+    assert [o.schema_id for o in second] == [o.schema_id for o in first]
+    assert {client.get_versions(s.name)[0] for s in subjects} == {1}
+    assert "register_schema" not in client.calls and "set_compatibility" not in client.calls
+    assert report(second, checking=False)[-1] == f"{len(subjects)} unchanged"
+
+
+def test_register_adds_a_compatible_version_and_refuses_an_incompatible_one(
+    client: FakeRegistryClient, tmp_path: Path
+) -> None:
+    registry = Registry("mock://unit", client=client)
+    register_subjects(registry, plan_subjects(TOPOLOGY, STORE, SETTINGS))
+    v2 = _store_with(tmp_path / "v2", _add_gift_note)
+    outcomes = {o.subject.event_type: o for o in register_subjects(registry, _plan(v2))}
+    assert outcomes["OrderPlaced"].action == "new version"
+    assert outcomes["OrderPlaced"].version == 2
+    assert outcomes["PaymentFailed"].action == "unchanged"
+    bad = _store_with(tmp_path / "bad", _add_required_field)
+    rejected = {o.subject.event_type: o for o in register_subjects(registry, _plan(bad))}
+    assert rejected["OrderPlaced"].failed and rejected["OrderPlaced"].action == "rejected"
+    assert "Incompatible" in rejected["OrderPlaced"].detail
+
+
+def test_register_restores_a_changed_level(client: FakeRegistryClient) -> None:
+    registry = Registry("mock://unit", client=client)
+    subjects = plan_subjects(TOPOLOGY, STORE, SETTINGS)
+    register_subjects(registry, subjects)
+    client.levels["p-orders.events-sagastream.OrderPlaced"] = "NONE"
+    outcomes = {o.subject.event_type: o for o in register_subjects(registry, subjects)}
+    assert outcomes["OrderPlaced"].level_was == "NONE"
+    assert client.levels["p-orders.events-sagastream.OrderPlaced"] == "BACKWARD"
+    line = next(x for x in report(list(outcomes.values()), False) if "OrderPlaced" in x)
+    assert "BACKWARD (was NONE)" in line
+
+
+def _plan(store: SchemaStore) -> list[Any]:
+    return plan_subjects(load_topology(SETTINGS.topology_file, store.directory), store, SETTINGS)
+
+
+def test_check_says_registered_new_compatible_or_incompatible(
+    client: FakeRegistryClient, tmp_path: Path
+) -> None:
+    registry = Registry("mock://unit", client=client)
+    subjects = plan_subjects(TOPOLOGY, STORE, SETTINGS)
+    assert {o.action for o in check_subjects(registry, subjects)} == {"new"}
+    register_subjects(registry, subjects)
+    assert {o.action for o in check_subjects(registry, subjects)} == {"unchanged"}
+    compatible = {
+        o.subject.event_type: o
+        for o in check_subjects(registry, _plan(_store_with(tmp_path / "v2", _add_gift_note)))
+    }
+    assert compatible["OrderPlaced"].action == "compatible" and not compatible["OrderPlaced"].failed
+    bad = {
+        o.subject.event_type: o
+        for o in check_subjects(registry, _plan(_store_with(tmp_path / "bad", _add_required_field)))
+    }
+    assert bad["OrderPlaced"].action == "incompatible" and bad["OrderPlaced"].failed
+    assert client.get_versions("p-orders.events-sagastream.OrderPlaced") == [1]
+
+
+def _cli(client: FakeRegistryClient, monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
+    monkeypatch.setattr("streams.registry.SchemaRegistryClient.new_client", lambda conf: client)
+    monkeypatch.setenv("SAGASTREAM_TOPIC_PREFIX", "p-")
+    return cli.main(["schemas", *argv, "--url", "mock://unit"])
+
+
+def test_cli_check_exits_one_on_an_incompatible_schema(
+    client: FakeRegistryClient,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _cli(client, monkeypatch, "check") == 0
+    assert _cli(client, monkeypatch, "register") == 0
+    out = capsys.readouterr().out
+    assert "registered   p-orders.events-sagastream.OrderPlaced" in out
+    v2 = str(_store_with(tmp_path / "v2", _add_gift_note).directory)
+    assert _cli(client, monkeypatch, "check", "--schemas", v2) == 0
+    assert "compatible   p-orders.events-sagastream.OrderPlaced" in capsys.readouterr().out
+    bad = str(_store_with(tmp_path / "bad", _add_required_field).directory)
+    assert _cli(client, monkeypatch, "check", "--schemas", bad) == 1
+    out = capsys.readouterr().out
+    assert "INCOMPATIBLE p-orders.events-sagastream.OrderPlaced" in out
+    assert "1 incompatible" in out.splitlines()[-1]
+    assert _cli(client, monkeypatch, "register", "--schemas", bad) == 1
+
+
+def test_cli_without_a_registry_url_says_how_to_get_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("SAGASTREAM_SCHEMA_REGISTRY_URL", raising=False)
+    assert cli.main(["schemas", "check"]) == 2
+    assert "SAGASTREAM_SCHEMA_REGISTRY_URL" in capsys.readouterr().err
+
+
+def test_cli_with_the_registry_down_exits_two(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["schemas", "register", "--url", "http://127.0.0.1:1/apis/ccompat/v7"]) == 2
+    assert "unreachable" in capsys.readouterr().err
+
+
+# the codec on the registry
+
+
+def test_producer_ids_are_registered_once_and_cached(client: FakeRegistryClient) -> None:
+    codec = _codec(STORE, client)
+    data = codec.encode("OrderPlaced", _order())
+    codec.encode("OrderPlaced", _order())
+    assert client.calls.count("register_schema") == 1
+    (schema_id,) = struct.unpack(">I", data[1:5])
+    assert client.get_schema(schema_id).schema_str == STORE.canonical("OrderPlaced")
+    client.calls.clear()
+    assert codec.decode(data)[0] == "OrderPlaced"
+    assert client.calls == []  # its own schema: known without asking
+
+
+def test_consumers_fetch_a_writer_schema_once(client: FakeRegistryClient) -> None:
+    data = _codec(STORE, client).encode("OrderPlaced", _order())
+    consumer = _codec(STORE, client)
+    client.calls.clear()
+    for _ in range(3):
+        assert consumer.decode(data)[1] == _order() | {"meta": consumer.decode(data)[1]["meta"]}
+    assert client.calls == ["get_schema"]
+
+
+def test_v2_records_are_read_by_a_v1_consumer_and_v1_records_by_a_v2_one(
+    client: FakeRegistryClient, tmp_path: Path
+) -> None:
+    v2 = _store_with(tmp_path, _add_gift_note)
+    v1_record = _order()
+    v2_record = v1_record | {"gift_note": "for mum"}
+    v1_data = _codec(STORE, client).encode("OrderPlaced", v1_record)
+    v2_data = _codec(v2, client).encode("OrderPlaced", v2_record)
+    assert v1_data[1:5] != v2_data[1:5]
+    assert _codec(STORE, client).decode(v2_data) == ("OrderPlaced", v1_record)
+    assert _codec(v2, client).decode(v1_data) == ("OrderPlaced", v1_record | {"gift_note": None})
+
+
+def test_an_unknown_id_is_a_decode_error_and_asked_for_once(client: FakeRegistryClient) -> None:
+    codec = _codec(STORE, client)
+    for _ in range(3):
+        with pytest.raises(DecodeError) as caught:
+            codec.decode(struct.pack(">BI", 0, 4242) + b"\x00")
+        assert caught.value.reason == "unknown_schema_id"
+    assert client.calls.count("get_schema") == 1
+
+
+def test_an_unreachable_registry_is_unavailable_not_a_decode_error() -> None:
+    registry = Registry("http://127.0.0.1:1/apis/ccompat/v7")
+    codec = AvroCodec(
+        STORE, RegistrySchemaIds(STORE, SETTINGS, topology=TOPOLOGY, registry=registry)
+    )
+    with pytest.raises(RegistryUnavailable, match="unreachable"):
+        codec.decode(struct.pack(">BI", 0, 7) + b"\x00")
+    with pytest.raises(RegistryUnavailable):
+        codec.encode("OrderPlaced", _order())
+    assert not isinstance(RegistryUnavailable("x"), DecodeError)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(500, 50001), (503, -1), (404, 404), (401, 40101)],
+)
+def test_failing_or_misaddressed_registries_are_unavailable(
+    client: FakeRegistryClient, status: int, code: int
+) -> None:
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise SchemaRegistryError(status, code, "boom")
+
+    client.get_schema = broken  # type: ignore[method-assign]
+    with pytest.raises(RegistryUnavailable):
+        _codec(STORE, client).decode(struct.pack(">BI", 0, 7) + b"\x00")
+
+
+def test_a_non_avro_schema_id_is_dead_lettered(client: FakeRegistryClient) -> None:
+    schema_id = client.register_schema("other", Schema('{"type": "object"}', "JSON"))
+    with pytest.raises(DecodeError) as caught:
+        _codec(STORE, client).decode(struct.pack(">BI", 0, schema_id) + b"\x00")
+    assert caught.value.reason == "unknown_schema_id"
+    assert "JSON" in str(caught.value)
+
+
+def test_retry_delay_doubles_from_half_a_second_to_thirty() -> None:
+    assert [retry_delay(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert retry_delay(10_000) == 30
+
+
+# the worker's decode while the registry is away
+
+
+class FlakyIds:
+    """Local-like ids whose first `failures` writer-schema fetches find no registry."""
+
+    def __init__(self, metrics: Metrics, failures: int) -> None:
+        self.metrics = metrics
+        self.failures = failures
+        self.up_seen: list[float] = []
+
+    def id_for(self, event_type: str) -> int:
+        return 7
+
+    def writer_schema(self, schema_id: int) -> dict[str, Any] | None:
+        self.up_seen.append(
+            self.metrics.registry.get_sample_value("sagastream_registry_up", {"role": "t"})
+        )
+        if self.failures:
+            self.failures -= 1
+            raise RegistryUnavailable("schema registry at http://x is unreachable")
+        return STORE.raw("OrderPlaced")
+
+
+def test_runtime_decode_waits_for_the_registry_instead_of_dead_lettering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    metrics = Metrics.create("t")
+    ids = FlakyIds(metrics, failures=3)
+    codec = AvroCodec(STORE, ids)
+    data = AvroCodec(STORE, FlakyIds(metrics, 0)).encode("OrderPlaced", _order())
+    sleeps: list[float] = []
+
+    async def no_sleep(delay: float) -> None:
+        sleeps.append(delay)
+
+    monkeypatch.setattr("streams.app.asyncio.sleep", no_sleep)
+    dead: list[str] = []
+    rt = Runtime(SETTINGS, TOPOLOGY, STORE, codec, None, "t", metrics)  # type: ignore[arg-type]
+
+    async def dead_letter(event: Any, reason: str, error: str, attempts: int = 1) -> None:
+        dead.append(reason)
+
+    monkeypatch.setattr(rt, "dead_letter", dead_letter)
+    message = SimpleNamespace(topic="p-orders.events", partition=0, offset=5)
+    decoded = asyncio.run(rt.decode(SimpleNamespace(message=message, value=data, key=b"k")))
+    assert decoded is not None and decoded[0] == "OrderPlaced"
+    assert dead == [] and sleeps == [0.5, 1, 2]
+    assert ids.up_seen == [1, 0, 0, 0]
+    sample = metrics.registry.get_sample_value
+    assert sample("sagastream_registry_retries_total", {"role": "t"}) == 3
+    assert sample("sagastream_registry_up", {"role": "t"}) == 1

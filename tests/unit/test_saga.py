@@ -1,0 +1,696 @@
+"""Example-based tests of the pure saga core: one scenario per rule of DESIGN.md "The saga core"."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.saga import (
+    CANCELLED,
+    COMPENSATED,
+    COMPENSATING,
+    COMPLETED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+    STARTED,
+    STEP_FAILED,
+    SUCCEEDED,
+    UNDO_FAILED,
+    UNDOING,
+    UNDONE,
+    WAITING_RETRY,
+    Decision,
+    Event,
+    Timer,
+    backoff_ms,
+    decide,
+    idempotency_key,
+    saga_for,
+    timer_event,
+)
+from streams.topology import CompensationSpec, RetryPolicy, SagaSpec, StepSpec, load_topology
+
+ROOT = Path(__file__).resolve().parents[2]
+UNDO_RETRY = RetryPolicy(max_attempts=2, initial_backoff_ms=100, on=("timeout", "failure"))
+
+
+def step(
+    name: str,
+    *deps: str,
+    optional: bool = False,
+    retry: RetryPolicy | None = None,
+    undo: bool = True,
+    timeout_ms: int = 1_000,
+) -> StepSpec:
+    """A step X: DoX answered by XDone or XFailed, undone by UndoX (XUndone / CompensationFailed)."""
+    compensation = None
+    if undo:
+        compensation = CompensationSpec(
+            command=f"Undo{name}",
+            success=f"{name}Undone",
+            failure=("CompensationFailed",),
+            timeout_ms=500,
+            retry=UNDO_RETRY,
+        )
+    return StepSpec(
+        command=f"Do{name}",
+        success=f"{name}Done",
+        failure=(f"{name}Failed",),
+        depends_on=deps,
+        optional=optional,
+        timeout_ms=timeout_ms,
+        retry=retry or RetryPolicy(),
+        compensation=compensation,
+    )
+
+
+def saga(*steps: tuple[str, StepSpec], deadline_ms: int = 600_000) -> SagaSpec:
+    return SagaSpec(
+        start_event="Begin",
+        key_field="id",
+        outcome_topic="outcomes",
+        deadline_ms=deadline_ms,
+        max_hops=8,
+        steps=dict(steps),
+    )
+
+
+class Saga:
+    """Drives decide like the orchestrator does: keeps the state, advances time, fires timers."""
+
+    def __init__(self, spec: SagaSpec, name: str = "demo") -> None:
+        self.definition = (name, spec)
+        self.state: dict[str, Any] | None = None
+        self.now = 0
+        self.ids = 0
+        self.decisions: list[Decision] = []
+
+    def send(
+        self,
+        event_type: str,
+        fields: dict[str, Any] | None = None,
+        *,
+        attempt: int = 1,
+        at: int | None = None,
+        event_id: str | None = None,
+        hop: int = 0,
+    ) -> Decision:
+        self.ids += 1
+        event = Event(event_type, event_id or f"ev-{self.ids}", fields or {}, attempt, hop)
+        return self.deliver(event, at)
+
+    def start(self, **fields: Any) -> Decision:
+        return self.send("Begin", {"id": "k-1", **fields}, event_id="begin")
+
+    def deliver(self, event: Event, at: int | None = None) -> Decision:
+        if at is not None:
+            self.now = at
+        decision = decide(self.definition, self.state, event, self.now)
+        if decision.state is not None:
+            self.state = decision.state
+        self.decisions.append(decision)
+        return decision
+
+    def due(self, kind: str, step_name: str, attempt: int) -> int:
+        assert self.state is not None
+        return self.state["timers"][f"{kind}|{step_name}|{attempt}"]
+
+    def fire(self, kind: str, step_name: str, attempt: int) -> Decision:
+        due = self.due(kind, step_name, attempt)
+        timer = Timer(due, kind, step_name, attempt)
+        return self.deliver(timer_event(timer, f"timer-{kind}-{step_name}-{attempt}-{due}"), due)
+
+    @property
+    def status(self) -> str:
+        assert self.state is not None
+        return self.state["status"]
+
+    def st(self, step_name: str) -> str:
+        assert self.state is not None
+        return self.state["steps"][step_name]["st"]
+
+    def notes(self) -> list[tuple[str, str | None]]:
+        return [note for d in self.decisions for note in d.lifecycle]
+
+
+def sent(decision: Decision) -> list[tuple[str, str | None, int]]:
+    return [(c.event_type, c.step, c.attempt) for c in decision.commands]
+
+
+def diamond() -> SagaSpec:
+    """a and b run in parallel; c needs both."""
+    return saga(("a", step("a")), ("b", step("b")), ("c", step("c", "a", "b")))
+
+
+# -- fan-out and fan-in ---------------------------------------------------------------------------
+
+
+def test_fan_out_starts_every_ready_step_together() -> None:
+    s = Saga(diamond())
+    d = s.start()
+    assert sent(d) == [("Doa", "a", 1), ("Dob", "b", 1)]
+    assert s.status == RUNNING and s.st("c") == PENDING
+    assert {t.key for t in d.timers} == {"deadline||0", "step_timeout|a|1", "step_timeout|b|1"}
+    assert d.commands[0].fields["id"] == "k-1"  # the start event is the context of every command
+
+
+def test_fan_in_waits_for_every_dependency() -> None:
+    s = Saga(diamond())
+    s.start()
+    assert sent(s.send("bDone", {"b_ref": "B1"})) == []
+    assert s.st("c") == PENDING
+    d = s.send("aDone", {"a_ref": "A1"})
+    assert sent(d) == [("Doc", "c", 1)]
+    assert {"a_ref": "A1", "b_ref": "B1"}.items() <= d.commands[0].fields.items()
+    d = s.send("cDone")
+    assert s.status == COMPLETED
+    assert sent(d) == [("SagaCompleted", None, 1)]
+    assert d.commands[0].fields["completed_steps"] == ["b", "a", "c"]
+    assert s.state is not None and s.state["timers"] == {}
+
+
+def test_optional_step_failure_does_not_fail_the_saga() -> None:
+    spec = saga(("a", step("a")), ("b", step("b", optional=True)), ("c", step("c", "a", "b")))
+    s = Saga(spec)
+    s.start()
+    s.send("aDone")
+    d = s.send("bFailed", {"reason": "no loyalty account"})
+    assert s.st("b") == SKIPPED and s.status == RUNNING
+    assert sent(d) == [("Doc", "c", 1)]  # a skipped dependency counts as done
+    s.send("cDone")
+    assert s.status == COMPLETED
+
+
+def test_optional_step_timing_out_for_good_is_skipped() -> None:
+    s = Saga(saga(("a", step("a", optional=True))))
+    s.start()
+    d = s.fire("step_timeout", "a", 1)
+    assert s.st("a") == SKIPPED and s.status == COMPLETED
+    assert sent(d) == [("SagaCompleted", None, 1)]
+
+
+# -- retries --------------------------------------------------------------------------------------
+
+
+def test_retry_on_timeout_with_full_jitter_backoff() -> None:
+    policy = RetryPolicy(max_attempts=3, initial_backoff_ms=100, multiplier=2.0, max_backoff_ms=150)
+    s = Saga(saga(("a", step("a", retry=policy))))
+    first = s.start().commands[0]
+    assert s.due("step_timeout", "a", 1) == 1_000
+
+    d = s.fire("step_timeout", "a", 1)
+    assert sent(d) == [] and s.st("a") == WAITING_RETRY
+    assert 1_000 <= s.due("retry", "a", 1) <= 1_000 + 100  # min(150, 100 * 2^0)
+    d = s.fire("retry", "a", 1)
+    assert sent(d) == [("Doa", "a", 2)]
+    second = d.commands[0]
+
+    timed_out_at = s.due("step_timeout", "a", 2)
+    s.fire("step_timeout", "a", 2)
+    assert timed_out_at <= s.due("retry", "a", 2) <= timed_out_at + 150  # min(150, 100 * 2^1)
+    d = s.fire("retry", "a", 2)
+    assert sent(d) == [("Doa", "a", 3)]
+    third = d.commands[0]
+
+    key = first.fields["idempotency_key"]
+    assert key == second.fields["idempotency_key"] == third.fields["idempotency_key"]
+    assert key == idempotency_key("demo", "k-1", "a")
+    assert [first.attempt, second.attempt, third.attempt] == [1, 2, 3]
+
+
+def test_failure_is_retried_only_when_the_policy_says_so() -> None:
+    on_failure = RetryPolicy(max_attempts=2, initial_backoff_ms=0, on=("failure",))
+    s = Saga(saga(("a", step("a", retry=on_failure)), ("b", step("b"))))
+    s.start()
+    s.send("aFailed", {"reason": "busy"})
+    assert s.st("a") == WAITING_RETRY
+    assert sent(s.fire("retry", "a", 1)) == [("Doa", "a", 2)]
+    # the default policy retries timeouts only: b's failure ends the forward path at once
+    d = s.send("bFailed", {"reason": "declined"})
+    assert s.status == COMPENSATING and s.st("b") == STEP_FAILED
+    assert sent(d) == []  # nothing succeeded yet; a is still in flight
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 4, 8])
+def test_backoff_bounds(attempt: int) -> None:
+    policy = RetryPolicy(initial_backoff_ms=200, multiplier=2.0, max_backoff_ms=1_000)
+    ceiling = min(1_000, 200 * 2 ** (attempt - 1))
+    delays = [backoff_ms(policy, attempt, random.Random(seed)) for seed in range(200)]
+    assert all(0 <= delay <= ceiling for delay in delays)
+    assert max(delays) > ceiling * 0.9 and min(delays) < ceiling * 0.1  # the whole range is used
+
+
+def test_backoff_spreads_retries() -> None:
+    policy = RetryPolicy(initial_backoff_ms=1_000, multiplier=2.0, max_backoff_ms=10_000)
+    delays = {backoff_ms(policy, 3, random.Random(seed)) for seed in range(100)}
+    assert len(delays) > 50  # full jitter, not a fixed delay
+
+
+def test_retry_exhaustion_compensates() -> None:
+    policy = RetryPolicy(max_attempts=2, initial_backoff_ms=10)
+    s = Saga(saga(("a", step("a")), ("b", step("b", retry=policy))))
+    s.start()
+    s.send("aDone")
+    s.fire("step_timeout", "b", 1)
+    s.fire("retry", "b", 1)
+    d = s.fire("step_timeout", "b", 2)
+    assert s.status == COMPENSATING
+    assert s.state is not None and s.state["failed_step"] == "b"
+    assert "timed out" in s.state["reason"]
+    assert sent(d) == [("Undoa", "a", 1)]
+    d = s.send("aUndone")
+    assert s.status == COMPENSATED
+    assert sent(d) == [("SagaCompensated", None, 1)]
+    assert d.commands[0].fields["compensated_steps"] == ["a"]
+    assert d.dead_letter is None
+
+
+# -- stale and late results -----------------------------------------------------------------------
+
+
+def test_stale_failure_is_ignored() -> None:
+    s = Saga(saga(("a", step("a", retry=RetryPolicy(max_attempts=3)))))
+    s.start()
+    s.fire("step_timeout", "a", 1)
+    s.fire("retry", "a", 1)
+    d = s.send("aFailed", {"reason": "late answer to attempt 1"}, attempt=1)
+    assert sent(d) == [] and s.st("a") == STARTED and s.status == RUNNING
+    assert ("stale_result_ignored", "a") in d.lifecycle
+    s.send("aDone", attempt=2)
+    assert s.status == COMPLETED
+
+
+def test_success_of_an_earlier_attempt_is_accepted() -> None:
+    s = Saga(saga(("a", step("a", retry=RetryPolicy(max_attempts=3)))))
+    s.start()
+    s.fire("step_timeout", "a", 1)
+    s.fire("retry", "a", 1)
+    d = s.send("aDone", attempt=1)
+    assert s.status == COMPLETED
+    assert ("stale_success_accepted", "a") in d.lifecycle
+    assert s.state is not None and s.state["timers"] == {}
+
+
+def test_success_while_waiting_for_a_retry_cancels_the_retry() -> None:
+    s = Saga(saga(("a", step("a", retry=RetryPolicy(max_attempts=3))), ("b", step("b"))))
+    s.start()
+    s.fire("step_timeout", "a", 1)
+    s.send("aDone", attempt=1)
+    assert s.st("a") == SUCCEEDED
+    assert s.state is not None and "retry|a|1" not in s.state["timers"]
+
+
+def test_late_success_during_compensation_is_compensated() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b")), ("c", step("c"))))
+    s.start()
+    s.send("aDone")
+    d = s.send("cFailed", {"reason": "out of stock"})
+    assert sent(d) == [("Undoa", "a", 1)]  # b is still in flight: wait for it
+    d = s.send("bDone", {"b_ref": "B7"})
+    assert sent(d) == []  # one undo at a time: a's undo is in flight
+    d = s.send("aUndone")
+    assert sent(d) == [("Undob", "b", 1)]
+    assert d.commands[0].fields["b_ref"] == "B7"  # the undo gets what the step returned
+    d = s.send("bUndone")
+    assert s.status == COMPENSATED
+    assert d.commands[0].fields["compensated_steps"] == ["a", "b"]
+
+
+def test_saga_waits_for_in_flight_steps_before_ending() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b"))))
+    s.start()
+    s.send("aFailed")
+    assert s.status == COMPENSATING  # b may still succeed and then need undoing
+    d = s.fire("step_timeout", "b", 1)
+    assert s.status == COMPENSATED
+    assert sent(d) == [("SagaCompensated", None, 1)]
+
+
+def test_steps_waiting_for_a_retry_are_cancelled_by_compensation() -> None:
+    s = Saga(saga(("a", step("a", retry=RetryPolicy(max_attempts=3))), ("b", step("b"))))
+    s.start()
+    s.fire("step_timeout", "a", 1)
+    s.send("bFailed")
+    assert s.st("a") == CANCELLED and s.status == COMPENSATED
+    assert s.state is not None and s.state["timers"] == {}
+    # the timed-out attempt did its work after all: undone, though the saga has ended
+    d = s.send("aDone", attempt=1)
+    assert sent(d) == [("Undoa", "a", 1)] and s.status == COMPENSATED
+    d = s.send("aUndone")
+    assert s.st("a") == UNDONE and s.status == COMPENSATED and sent(d) == []
+
+
+def test_late_undo_failing_after_the_end_goes_to_the_dead_letter_topic() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b"))))
+    s.start()
+    s.fire("step_timeout", "a", 1)
+    s.send("bFailed")
+    assert s.status == COMPENSATED
+    s.send("aDone")
+    s.send("CompensationFailed", {"step": "a", "reason": "refund rejected"})
+    s.fire("undo_retry", "a", 1)
+    d = s.send("CompensationFailed", {"step": "a", "reason": "refund rejected"}, attempt=2)
+    assert s.st("a") == UNDO_FAILED
+    assert s.status == COMPENSATED  # an outcome once published is never taken back
+    assert d.dead_letter is not None and "a" in d.dead_letter and "refund rejected" in d.dead_letter
+
+
+def test_skipped_optional_step_that_succeeds_late_is_compensated() -> None:
+    s = Saga(saga(("a", step("a", optional=True)), ("b", step("b"))))
+    s.start()
+    s.fire("step_timeout", "a", 1)
+    assert s.st("a") == SKIPPED
+    s.send("aDone")  # it did happen: from now on it is a completed step like any other
+    assert s.st("a") == SUCCEEDED and s.status == RUNNING
+    d = s.send("bFailed")
+    assert sent(d) == [("Undoa", "a", 1)]
+    s.send("aUndone")
+    assert s.status == COMPENSATED
+
+
+def test_skipped_optional_step_that_succeeds_after_completion_changes_nothing() -> None:
+    s = Saga(saga(("a", step("a", optional=True)), ("b", step("b"))))
+    s.start()
+    s.fire("step_timeout", "a", 1)
+    s.send("bDone")
+    assert s.status == COMPLETED
+    d = s.send("aDone")
+    assert sent(d) == [] and s.status == COMPLETED and s.st("a") == SKIPPED
+
+
+# -- compensation ---------------------------------------------------------------------------------
+
+
+def test_compensation_is_sequential_in_reverse_completion_order() -> None:
+    spec = saga(
+        ("a", step("a")),
+        ("b", step("b")),
+        ("c", step("c", undo=False)),
+        ("d", step("d")),
+        ("e", step("e", "a", "b", "c", "d")),
+    )
+    s = Saga(spec)
+    s.start()
+    for name in ("b", "d", "c", "a"):  # completion order differs from declaration order
+        s.send(f"{name}Done")
+    d = s.send("eFailed", {"reason": "rejected"})
+    assert sent(d) == [("Undoa", "a", 1)]  # one undo in flight at a time
+    d = s.send("aUndone")
+    # c has nothing to undo, so it is passed over in order and d's undo goes out
+    assert sent(d) == [("Undod", "d", 1)]
+    d = s.send("dUndone")
+    assert sent(d) == [("Undob", "b", 1)]
+    d = s.send("bUndone")
+    assert s.status == COMPENSATED
+    assert d.commands[0].fields["compensated_steps"] == ["a", "c", "d", "b"]
+    assert s.state is not None and s.state["undone"] == ["a", "c", "d", "b"]
+
+
+def test_compensation_failure_is_retried_then_the_saga_fails() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b")), ("c", step("c"))))
+    s.start()
+    s.send("aDone")
+    s.send("bDone")
+    assert sent(s.send("cFailed", {"reason": "no stock"})) == [("Undob", "b", 1)]
+    d = s.send("CompensationFailed", {"step": "b", "reason": "gateway down"})
+    assert sent(d) == [] and s.st("b") == UNDOING
+    assert 0 <= s.due("undo_retry", "b", 1) - s.now <= 100
+    d = s.fire("undo_retry", "b", 1)
+    assert sent(d) == [("Undob", "b", 2)]
+    key = d.commands[0].fields["idempotency_key"]
+    assert (
+        key == idempotency_key("demo", "k-1", "b", undo=True) != idempotency_key("demo", "k-1", "b")
+    )
+    # the generic failure event may name the undo command instead of the step
+    d = s.send("CompensationFailed", {"step": "Undob", "reason": "gateway down"}, attempt=2)
+    assert s.st("b") == UNDO_FAILED
+    assert sent(d) == [("Undoa", "a", 1)]  # a failed undo does not stop the others
+    assert s.status == COMPENSATING and d.dead_letter is None
+    d = s.send("aUndone")
+    assert s.status == FAILED
+    assert sent(d) == [("SagaFailed", None, 1)]
+    assert "no stock" in d.commands[0].fields["reason"]
+    assert "b: gateway down" in d.commands[0].fields["reason"]
+    assert d.dead_letter is not None and "gateway down" in d.dead_letter
+
+
+def test_undo_timeouts_are_retried_like_failures() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b"))))
+    s.start()
+    s.send("aDone")
+    s.send("bFailed")
+    s.fire("undo_timeout", "a", 1)
+    assert sent(s.fire("undo_retry", "a", 1)) == [("Undoa", "a", 2)]
+    d = s.fire("undo_timeout", "a", 2)
+    assert s.status == FAILED and d.dead_letter is not None
+
+
+def test_undo_success_of_an_earlier_attempt_is_accepted() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b"))))
+    s.start()
+    s.send("aDone")
+    s.send("bFailed")
+    s.fire("undo_timeout", "a", 1)
+    s.fire("undo_retry", "a", 1)
+    d = s.send("aUndone", attempt=1)  # same idempotency key: the refund happened once
+    assert s.status == COMPENSATED and ("stale_success_accepted", "a") in d.lifecycle
+
+
+def test_undo_success_after_the_last_attempt_timed_out_is_accepted() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b")), ("c", step("c"))))
+    s.start()
+    s.send("aDone")
+    s.send("bDone")
+    s.send("cFailed")
+    s.fire("undo_timeout", "b", 1)
+    s.fire("undo_retry", "b", 1)
+    s.fire("undo_timeout", "b", 2)
+    assert s.st("b") == UNDO_FAILED and s.status == COMPENSATING
+    s.send("bUndone", attempt=2)  # slow, not failed: the saga has not ended yet
+    assert s.st("b") == UNDONE
+    s.send("aUndone")
+    assert s.status == COMPENSATED
+    assert s.state is not None and s.state["undo_errors"] == []
+
+
+def test_stale_undo_failure_is_ignored() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b"))))
+    s.start()
+    s.send("aDone")
+    s.send("bFailed")
+    s.fire("undo_timeout", "a", 1)
+    s.fire("undo_retry", "a", 1)
+    d = s.send("CompensationFailed", {"step": "a", "reason": "late"}, attempt=1)
+    assert sent(d) == [] and s.st("a") == UNDOING
+
+
+def test_generic_undo_failure_naming_no_step_is_dead_lettered() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b")), ("c", step("c"))))
+    s.start()
+    s.send("aDone")
+    s.send("bDone")
+    s.send("cFailed")
+    d = s.send("CompensationFailed", {"step": "warehouse", "reason": "?"})
+    assert d.dead_letter is not None and "warehouse" in d.dead_letter
+    assert s.st("b") == UNDOING and s.st("a") == SUCCEEDED  # nobody's undo was failed
+
+
+def test_deadline_compensates() -> None:
+    spec = saga(("a", step("a")), ("b", step("b", timeout_ms=60_000)), deadline_ms=5_000)
+    s = Saga(spec)
+    s.start()
+    s.send("aDone", at=100)
+    d = s.fire("deadline", "", 0)
+    assert s.now == 5_000
+    assert s.status == COMPENSATING
+    assert s.state is not None and s.state["reason"] == "saga deadline exceeded"
+    assert sent(d) == [("Undoa", "a", 1)]
+    s.send("aUndone")
+    assert s.status == COMPENSATING  # b is still in flight
+    d = s.fire("step_timeout", "b", 1)
+    assert s.status == COMPENSATED
+
+
+def test_deadline_is_disarmed_when_the_saga_ends() -> None:
+    s = Saga(saga(("a", step("a")), deadline_ms=5_000))
+    s.start()
+    s.send("aDone")
+    assert s.state is not None and s.state["timers"] == {}
+    d = s.deliver(timer_event(Timer(5_000, "deadline", "", 0), "late-deadline"), 5_000)
+    assert sent(d) == [] and s.status == COMPLETED
+
+
+def test_timer_that_was_disarmed_does_nothing() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b"))))
+    s.start()
+    due = s.due("step_timeout", "a", 1)
+    s.send("aDone")
+    d = s.deliver(timer_event(Timer(due, "step_timeout", "a", 1), "stale-timer"), due)
+    assert sent(d) == [] and s.st("a") == SUCCEEDED and s.status == RUNNING
+
+
+# -- what must not be processed -------------------------------------------------------------------
+
+
+def test_duplicate_event_is_ignored() -> None:
+    s = Saga(diamond())
+    s.start()
+    s.send("aDone", event_id="x-1")
+    before = s.state
+    d = s.send("aDone", event_id="x-1")
+    assert d.duplicate and d.state is None and d.commands == [] and d.timers == []
+    assert s.state == before
+
+
+def test_duplicate_timer_is_ignored() -> None:
+    s = Saga(saga(("a", step("a", retry=RetryPolicy(max_attempts=3)))))
+    s.start()
+    timer = Timer(s.due("step_timeout", "a", 1), "step_timeout", "a", 1)
+    s.deliver(timer_event(timer, "t-1"), timer.due_ms)
+    assert s.deliver(timer_event(timer, "t-1"), timer.due_ms).duplicate
+
+
+def test_start_event_twice_goes_to_the_dead_letter_topic() -> None:
+    s = Saga(diamond())
+    s.start()
+    d = s.send("Begin", {"id": "k-1"}, event_id="begin-again")
+    assert d.dead_letter is not None and "already started" in d.dead_letter
+    assert d.commands == [] and s.status == RUNNING
+    assert s.send("Begin", {"id": "k-1"}, event_id="begin-again").duplicate
+
+
+def test_result_without_a_saga_goes_to_the_dead_letter_topic() -> None:
+    s = Saga(diamond())
+    d = s.send("aDone")
+    assert d.state is None and d.commands == [] and d.dead_letter is not None
+
+
+def test_foreign_event_goes_to_the_dead_letter_topic() -> None:
+    s = Saga(diamond())
+    s.start()
+    d = s.send("SomethingElse")
+    assert d.dead_letter is not None and "not part of saga demo" in d.dead_letter
+    assert d.commands == [] and s.status == RUNNING
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_hop_limit_goes_to_the_dead_letter_topic(started: bool) -> None:
+    s = Saga(diamond())  # max_hops=8
+    if started:
+        s.start()
+    before = s.state
+    d = s.send("aDone" if started else "Begin", {"id": "k-1"}, hop=9)
+    assert d.state is None and d.commands == []
+    assert d.dead_letter == "hop limit exceeded (9 > 8)"
+    assert s.state == before
+
+
+def test_hop_count_at_the_limit_is_processed() -> None:
+    s = Saga(diamond())
+    s.start()
+    d = s.send("aDone", hop=8)
+    assert d.dead_letter is None and s.st("a") == SUCCEEDED
+
+
+def test_decide_does_not_mutate_its_input() -> None:
+    s = Saga(diamond())
+    s.start()
+    assert s.state is not None
+    frozen = repr(s.state)
+    decide(s.definition, s.state, Event("aDone", "z", {"a_ref": 1}), 10)
+    assert repr(s.state) == frozen
+
+
+def test_idempotency_keys_are_stable_per_saga_and_step() -> None:
+    assert idempotency_key("order", "o-1", "payment") == "order:o-1:payment"
+    assert idempotency_key("order", "o-1", "payment", undo=True) == "order:o-1:payment:undo"
+    keys = {
+        idempotency_key("order", "o-1", "payment"),
+        idempotency_key("order", "o-2", "payment"),
+        idempotency_key("order", "o-1", "shipping"),
+        idempotency_key("loan", "o-1", "payment"),
+    }
+    assert len(keys) == 4
+
+
+# -- the order saga of topology.yaml --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def order() -> SagaSpec:
+    return load_topology(ROOT / "topology.yaml", ROOT / "schemas").sagas["order"]
+
+
+ORDER = {
+    "order_id": "o-42",
+    "customer_id": "c-1",
+    "email": "c1@example.com",
+    "amount_cents": 1999,
+    "currency": "EUR",
+    "card_token": "tok_ok",
+    "items": [{"sku": "sku-1", "quantity": 2}],
+    "shipping_address": "1 Main St",
+    "priority": "normal",
+    "has_app": False,
+}
+
+
+def test_order_saga_happy_path(order: SagaSpec) -> None:
+    s = Saga(order, "order")
+    d = s.send("OrderPlaced", ORDER)
+    assert sent(d) == [
+        ("ChargePayment", "payment", 1),
+        ("ReserveInventory", "inventory", 1),
+        ("CreateShipment", "shipping", 1),
+    ]
+    assert d.commands[0].fields["idempotency_key"] == "order:o-42:payment"
+    assert d.commands[0].fields["amount_cents"] == 1999
+    s.send("PaymentCharged", {"order_id": "o-42", "payment_id": "pay_1", "amount_cents": 1999})
+    s.send("ShipmentCreated", {"order_id": "o-42", "shipment_id": "shp_1"})
+    d = s.send("InventoryReserved", {"order_id": "o-42", "reservation_id": "res_1"})
+    assert s.status == COMPLETED
+    assert sent(d) == [("SagaCompleted", None, 1), ("SendNotification", None, 1)]
+    notify = d.commands[1].fields
+    assert notify["template"] == "order_completed" and notify["channel"] == "email"
+    assert notify["idempotency_key"].startswith("order:o-42:notify")
+
+
+def test_order_saga_notifies_every_matching_channel(order: SagaSpec) -> None:
+    s = Saga(order, "order")
+    s.send("OrderPlaced", {**ORDER, "priority": "high", "has_app": True})
+    d = s.send("PaymentFailed", {"order_id": "o-42", "reason": "card declined"})
+    assert s.status == COMPENSATING
+    s.fire("step_timeout", "inventory", 1)
+    d = s.send("ShipmentFailed", {"order_id": "o-42", "reason": "no courier"})
+    assert s.status == COMPENSATED
+    channels = [c.fields["channel"] for c in d.commands if c.event_type == "SendNotification"]
+    assert channels == ["email", "sms", "push"]
+    keys = {c.fields["idempotency_key"] for c in d.commands if c.event_type == "SendNotification"}
+    assert len(keys) == 3  # one side effect per channel
+
+
+def test_order_refund_failure_routes_by_step_field(order: SagaSpec) -> None:
+    s = Saga(order, "order")
+    s.send("OrderPlaced", ORDER)
+    s.send("PaymentCharged", {"order_id": "o-42", "payment_id": "pay_1", "amount_cents": 1999})
+    s.send("InventoryReserved", {"order_id": "o-42", "reservation_id": "res_1"})
+    d = s.send("ShipmentFailed", {"order_id": "o-42", "reason": "no courier"})
+    assert sent(d) == [("ReleaseInventory", "inventory", 1)]
+    assert d.commands[0].fields["reservation_id"] == "res_1"
+    # CompensationFailed routes to payment by type; the step field says it is about inventory
+    s.send("CompensationFailed", {"order_id": "o-42", "step": "inventory", "reason": "locked"})
+    assert s.st("inventory") == UNDOING and s.st("payment") == SUCCEEDED
+    assert s.state is not None and "undo_retry|inventory|1" in s.state["timers"]
+
+
+def test_saga_for_finds_the_saga_of_start_and_result_events(order: SagaSpec) -> None:
+    specs = {"order": order}
+    assert saga_for(specs, "OrderPlaced") == ("order", order)
+    assert saga_for(specs, "PaymentRefunded") == ("order", order)
+    assert saga_for(specs, "CompensationFailed") == ("order", order)
+    assert saga_for(specs, "SagaCompleted") is None

@@ -1,0 +1,442 @@
+"""Property-based tests of the saga core against a simulated world of handlers, timers and redelivery.
+
+A world runs one random saga (a random DAG of 1-5 steps) to quiescence: handler outcomes are drawn
+per command (success, failure, no answer, or an effect whose answer is lost), results are delivered
+in any order, late, or more than once, and timers fire when the world chooses or when nothing else
+is pending. Handlers keep a ledger by idempotency key, as the real ones do: a retry of a command
+whose earlier attempt had an effect answers success without a second effect.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import event as note_coverage
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.saga import (
+    COMPENSATED,
+    COMPLETED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+    STARTED,
+    SUCCEEDED,
+    TERMINAL,
+    UNDO_FAILED,
+    UNDOING,
+    UNDONE,
+    WAITING_RETRY,
+    Command,
+    Event,
+    Timer,
+    backoff_ms,
+    decide,
+    timer_event,
+)
+from streams.topology import CompensationSpec, NotifySpec, RetryPolicy, SagaSpec, StepSpec
+
+NAMES = ("a", "b", "c", "d", "e")
+STEP_TIMEOUT_MS, UNDO_TIMEOUT_MS = 1_000, 800
+MAX_DELIVERIES = 600
+SAGA_END = {"SagaCompleted": COMPLETED, "SagaCompensated": COMPENSATED, "SagaFailed": FAILED}
+# handler behaviour per command: answer ok (effect), answer failure (no effect), no answer and no
+# effect (handler down), or an effect whose answer is lost. Listed so shrinking goes towards "ok".
+FORWARD = ("ok", "ok", "ok", "fail", "silent", "lost")
+REPEAT = ("ok", "ok", "silent")  # a retry after an effect: the ledger answers, unless down
+DELAYS = (0, 5, 50, 400, 1_500)
+INTERESTING = {
+    "stale_success_accepted",
+    "step_retry_scheduled",
+    "compensation_retry_scheduled",
+    "compensation_failed",
+    "step_failed",
+}
+
+
+def _policy(draw: st.DrawFn, max_attempts: int) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=draw(st.integers(1, max_attempts)),
+        initial_backoff_ms=draw(st.integers(0, 300)),
+        multiplier=draw(st.sampled_from((1.0, 1.5, 2.0, 3.0))),
+        max_backoff_ms=draw(st.integers(0, 2_000)),
+        on=tuple(draw(st.lists(st.sampled_from(("timeout", "failure")), unique=True))),
+        jitter=draw(st.sampled_from(("full", "full", "none"))),
+    )
+
+
+@st.composite
+def saga_specs(draw: st.DrawFn) -> SagaSpec:
+    """A random acyclic saga: step i may depend only on steps before it."""
+    steps: dict[str, StepSpec] = {}
+    for i in range(draw(st.integers(1, 5))):
+        name = NAMES[i]
+        deps = draw(st.lists(st.sampled_from(NAMES[:i]), unique=True)) if i else []
+        compensation = None
+        if draw(st.booleans()):
+            compensation = CompensationSpec(
+                command=f"Undo_{name}",
+                success=f"Undone_{name}",
+                failure=("CompensationFailed",),  # shared by all steps: the `step` field routes it
+                timeout_ms=UNDO_TIMEOUT_MS,
+                retry=_policy(draw, 3),
+            )
+        steps[name] = StepSpec(
+            command=f"Do_{name}",
+            success=f"Done_{name}",
+            failure=(f"Failed_{name}",),
+            depends_on=tuple(deps),
+            optional=draw(st.booleans()),
+            timeout_ms=STEP_TIMEOUT_MS,
+            retry=_policy(draw, 3),
+            compensation=compensation,
+        )
+    notify = None
+    if draw(st.booleans()):
+        templates = {COMPLETED: "done", COMPENSATED: "undone", FAILED: "broken"}
+        notify = NotifySpec(command="Notify", templates=templates)
+    return SagaSpec(
+        start_event="Start",
+        key_field="id",
+        outcome_topic="outcomes",
+        deadline_ms=draw(st.sampled_from((10**9, 10**9, 2_500, 6_000))),
+        steps=steps,
+        notify=notify,
+    )
+
+
+@dataclass
+class World:
+    """Handlers, the timer firer and the broker around one saga; checks invariants as it goes."""
+
+    spec: SagaSpec
+    data: st.DataObject
+    dup_budget: int
+    now: int = 0
+    state: dict[str, Any] | None = None
+    pending: list[Event] = field(default_factory=list)
+    delivered: list[Event] = field(default_factory=list)
+    trace: list[tuple[int, Event, bool]] = field(default_factory=list)
+    ledger: set[str] = field(default_factory=set)  # idempotency keys whose effect happened
+    effects: Counter[str] = field(default_factory=Counter)
+    undo_effects: Counter[str] = field(default_factory=Counter)
+    commands: list[Command] = field(default_factory=list)
+    dead_letters: list[str] = field(default_factory=list)
+    successes_told: set[str] = field(default_factory=set)
+    order_when_compensating: list[str] | None = None
+    failed_at_end: set[str] = field(default_factory=set)
+    end_dead_letter: str | None = None
+    late_undo_failures: int = 0
+    undos_told: set[str] = field(default_factory=set)
+    notes: Counter[str] = field(default_factory=Counter)
+    ids: int = 0
+
+    @property
+    def definition(self) -> tuple[str, SagaSpec]:
+        return "sim", self.spec
+
+    def draw(self, strategy: st.SearchStrategy[Any]) -> Any:
+        return self.data.draw(strategy)
+
+    def new_id(self) -> str:
+        self.ids += 1
+        return f"ev{self.ids}"
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> None:
+        self.deliver(Event("Start", "start", {"id": "k1", "amount": 5}), duplicate=False)
+        for _ in range(MAX_DELIVERIES):
+            timers = self.state["timers"] if self.state else {}
+            if not self.pending and not timers:
+                return
+            choices = []
+            if self.pending:
+                choices.append("result")
+            if timers:
+                choices.append("timer")
+            if self.dup_budget and self.delivered:
+                choices.append("duplicate")
+            choice = self.draw(st.sampled_from(choices)) if len(choices) > 1 else choices[0]
+            if choice == "result":
+                event = self.pending.pop(self.draw(st.integers(0, len(self.pending) - 1)))
+                self.now += self.draw(st.sampled_from(DELAYS))
+                self.deliver(event, duplicate=False)
+            elif choice == "timer":
+                key, due = min(timers.items(), key=lambda kv: (kv[1], kv[0]))
+                kind, step, attempt = key.split("|")
+                self.now = max(self.now, due)
+                timer = Timer(due, kind, step, int(attempt))
+                self.deliver(timer_event(timer, f"timer:{key}|{due}"), duplicate=False)
+            else:
+                self.dup_budget -= 1
+                event = self.draw(st.sampled_from(self.delivered))
+                self.deliver(event, duplicate=True)
+        raise AssertionError(f"no quiescence after {MAX_DELIVERIES} deliveries: {self.state}")
+
+    def deliver(self, event: Event, duplicate: bool) -> None:
+        before = copy.deepcopy(self.state)
+        if event.event_type.startswith("Done_") and not duplicate:
+            self.successes_told.add(event.event_type.removeprefix("Done_"))
+        if event.event_type.startswith("Undone_") and not duplicate:
+            self.undos_told.add(event.event_type.removeprefix("Undone_"))
+        decision = decide(self.definition, self.state, event, self.now)
+        assert self.state == before, "decide mutated the state it was given"
+        self.trace.append((self.now, event, duplicate))
+        if not duplicate:
+            self.delivered.append(event)
+        if decision.duplicate:
+            assert decision.state is None and not decision.commands and not decision.timers
+            return
+        self.notes.update(what for what, _ in decision.lifecycle)
+        if decision.dead_letter:
+            self.dead_letters.append(decision.dead_letter)
+        if decision.state is None:
+            return
+        old_status = before["status"] if before else None
+        self.state = decision.state
+        self.check_state(old_status)
+        if old_status in TERMINAL:
+            assert before is not None
+            newly = {
+                n
+                for n, st_ in self.state["steps"].items()
+                if st_["st"] == UNDO_FAILED and before["steps"][n]["st"] != UNDO_FAILED
+            }
+            if newly:
+                assert decision.dead_letter, "a late compensation failed after the end, unreported"
+                self.late_undo_failures += 1
+        elif self.state["status"] in TERMINAL:
+            self.failed_at_end = {
+                n for n, st_ in self.state["steps"].items() if st_["st"] == UNDO_FAILED
+            }
+            self.end_dead_letter = decision.dead_letter
+        for command in decision.commands:
+            self.check_command(command)
+            self.commands.append(command)
+            self.handle(command)
+
+    # -- invariants checked after every step --------------------------------------------------
+    def check_state(self, old_status: str | None) -> None:
+        s = self.state
+        assert s is not None
+        if old_status in TERMINAL:
+            assert s["status"] == old_status, f"left terminal state {old_status} for {s['status']}"
+        if old_status == RUNNING and s["status"] not in (RUNNING, COMPLETED):
+            self.order_when_compensating = list(s["order"])
+        steps = s["steps"]
+        undoing = [n for n, st_ in steps.items() if st_["st"] == UNDOING]
+        assert len(undoing) <= 1, f"undos in flight together: {undoing}"
+        if s["status"] == RUNNING:
+            # fan-out: nothing that could start is left waiting
+            for name, step in self.spec.steps.items():
+                if steps[name]["st"] == PENDING:
+                    assert not all(steps[d]["st"] in (SUCCEEDED, SKIPPED) for d in step.depends_on)
+        assert len(s["undone"]) == len(set(s["undone"])), "a step was compensated twice"
+        assert set(s["order"]) >= set(s["undone"]), "compensated a step that never succeeded"
+        assert len(s["order"]) == len(set(s["order"])), "a step completed twice"
+
+    def check_command(self, command: Command) -> None:
+        s = self.state
+        assert s is not None
+        if command.event_type in SAGA_END:
+            assert SAGA_END[command.event_type] == s["status"]
+            return
+        if command.step is None:
+            assert command.event_type == "Notify"
+            return
+        step = self.spec.steps[command.step]
+        same = [
+            c
+            for c in self.commands
+            if (c.event_type, c.step, c.attempt)
+            == (command.event_type, command.step, command.attempt)
+        ]
+        assert not same, f"command sent twice: {command}"
+        earlier = [c for c in self.commands if c.event_type == command.event_type]
+        assert command.attempt == len(earlier) + 1, f"attempts must count up by one: {command}"
+        key = command.fields["idempotency_key"]
+        assert all(c.fields["idempotency_key"] == key for c in earlier), "idempotency key changed"
+        if command.event_type == step.command:
+            assert command.attempt <= step.retry.max_attempts
+            assert s["status"] == RUNNING, "a step started or retried after compensation began"
+            for dep in step.depends_on:
+                assert s["steps"][dep]["st"] in (SUCCEEDED, SKIPPED), "started before a dependency"
+        else:
+            assert step.compensation is not None
+            assert command.event_type == step.compensation.command
+            assert command.attempt <= step.compensation.retry.max_attempts
+            assert command.step in self.successes_told, "undo of a step that never reported success"
+            assert self.effects[command.step] == 1, "undo of a step that had no effect"
+            forward_key = next(
+                c.fields["idempotency_key"] for c in self.commands if c.event_type == step.command
+            )
+            assert key != forward_key, "the undo must not reuse the step's idempotency key"
+
+    # -- the handlers -------------------------------------------------------------------------
+    def handle(self, command: Command) -> None:
+        if command.step is None:
+            return  # outcome events and notifications: nobody answers the saga
+        name = command.step
+        step = self.spec.steps[name]
+        key = command.fields["idempotency_key"]
+        undo = command.event_type != step.command
+        outcome = self.draw(st.sampled_from(REPEAT if key in self.ledger else FORWARD))
+        if outcome in ("ok", "lost") and key not in self.ledger:
+            self.ledger.add(key)
+            (self.undo_effects if undo else self.effects)[name] += 1
+        if outcome in ("silent", "lost"):
+            return
+        if outcome == "ok":
+            event_type = step.compensation.success if undo and step.compensation else step.success
+            fields: dict[str, Any] = {f"{name}_ref": f"ref-{name}"}
+        elif undo:
+            event_type = "CompensationFailed"
+            # the step, its undo command, or (rarely) a name no step has: that one is DLQed
+            named = self.draw(st.sampled_from((name, command.event_type, name, "nobody")))
+            fields = {"step": named, "reason": "undo refused"}
+        else:
+            event_type, fields = f"Failed_{name}", {"reason": "refused"}
+        self.pending.append(Event(event_type, self.new_id(), fields, attempt=command.attempt))
+
+    # -- invariants at quiescence -------------------------------------------------------------
+    def check_end(self) -> None:
+        s = self.state
+        assert s is not None
+        status = s["status"]
+        assert status in TERMINAL, f"quiescent but not terminal: {status}"
+        assert not s["timers"]
+        steps = s["steps"]
+        live = {n for n, st_ in steps.items() if st_["st"] in (STARTED, WAITING_RETRY, UNDOING)}
+        assert not live, f"steps still in flight at the end: {live}"
+        ends = [c.event_type for c in self.commands if c.event_type in SAGA_END]
+        assert ends == [next(k for k, v in SAGA_END.items() if v == status)], ends
+        assert all(n <= 1 for n in self.effects.values()), f"a side effect twice: {self.effects}"
+        assert all(n <= 1 for n in self.undo_effects.values()), f"undone twice: {self.undo_effects}"
+        undo_types = {s_.compensation.command for s_ in self.spec.steps.values() if s_.compensation}
+        undos = [c for c in self.commands if c.event_type in undo_types]
+        if status == COMPLETED:
+            assert not undos and not s["undone"] and self.order_when_compensating is None
+            for name, step in self.spec.steps.items():
+                assert step.optional or steps[name]["st"] == SUCCEEDED
+                assert step.optional or self.effects[name] == 1
+            assert not self.dead_letters and self.end_dead_letter is None
+            return
+        # FAILED exactly when a compensation had failed for good when the saga ended (a late
+        # answer may still turn it into a success afterwards, but an outcome is never taken back)
+        assert (status == FAILED) == bool(self.failed_at_end), self.failed_at_end
+        # ...and then, and only then, the saga itself goes to the dead-letter topic
+        assert (status == FAILED) == (self.end_dead_letter is not None), self.end_dead_letter
+        # nothing the saga heard of is left behind: each success it was told of is undone
+        for name in self.successes_told:
+            spec = self.spec.steps[name]
+            if spec.compensation is None:
+                assert steps[name]["st"] == UNDONE, f"{name}: {steps[name]}"
+            else:
+                assert steps[name]["st"] in (UNDONE, UNDO_FAILED), f"{name}: {steps[name]}"
+                assert self.undo_effects[name] == 1 or steps[name]["st"] == UNDO_FAILED
+        # an undo the saga was told had succeeded (maybe by an earlier attempt) is not a failure
+        for name in self.undos_told:
+            assert steps[name]["st"] == UNDONE, f"told {name} was undone, but: {steps[name]}"
+        # compensation order: reverse completion order for what succeeded before it began
+        before = self.order_when_compensating or []
+        first_undos = [c.step for c in undos if c.attempt == 1]
+        expected = [n for n in reversed(before) if self.spec.steps[n].compensation]
+        assert [n for n in first_undos if n in before] == expected
+
+
+def _replay(
+    spec: SagaSpec, trace: list[tuple[int, Event]], twice: bool
+) -> tuple[dict[str, Any] | None, list[tuple[str, str | None, int]]]:
+    state: dict[str, Any] | None = None
+    sent: list[tuple[str, str | None, int]] = []
+    for now, event in trace:
+        decision = decide(("sim", spec), state, event, now)
+        if decision.state is not None:
+            state = decision.state
+        sent += [(c.event_type, c.step, c.attempt) for c in decision.commands]
+        if twice:
+            again = decide(("sim", spec), state, event, now)
+            assert again.duplicate and not again.commands and again.state is None
+    return state, sent
+
+
+def _outcome(state: dict[str, Any] | None) -> dict[str, Any]:
+    assert state is not None
+    return {k: v for k, v in state.items() if k != "seen"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=saga_specs(), data=st.data(), dups=st.integers(0, 6))
+def test_every_saga_ends_once_and_leaves_nothing_behind(
+    spec: SagaSpec, data: st.DataObject, dups: int
+) -> None:
+    """Terminal exactly once, compensation sequential and in reverse order, no double effects."""
+    world = World(spec, data, dups)
+    world.run()
+    world.check_end()
+    # coverage of the interesting paths, shown by --hypothesis-show-statistics
+    note_coverage(f"ended {world.state['status'] if world.state else None}")
+    for note in sorted(INTERESTING & set(world.notes)):
+        note_coverage(note)
+    if world.state and world.state["reason"] == "saga deadline exceeded":
+        note_coverage("deadline fired")
+    if world.late_undo_failures:
+        note_coverage("late compensation failed after the end")
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=saga_specs(), data=st.data(), dups=st.integers(0, 6))
+def test_duplicate_delivery_changes_nothing(spec: SagaSpec, data: st.DataObject, dups: int) -> None:
+    """The same schedule with each event delivered twice, or without the stray duplicates, ends
+    in the same state with the same commands."""
+    world = World(spec, data, dups)
+    world.run()
+    sent = [(c.event_type, c.step, c.attempt) for c in world.commands]
+    originals = [(now, event) for now, event, dup in world.trace if not dup]
+    once, once_sent = _replay(spec, originals, twice=False)
+    twice, twice_sent = _replay(spec, originals, twice=True)
+    assert once == twice and once_sent == twice_sent
+    assert _outcome(once) == _outcome(world.state)
+    assert once_sent == sent
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    initial=st.integers(0, 10_000),
+    multiplier=st.floats(1.0, 10.0),
+    cap=st.integers(0, 100_000),
+    attempt=st.integers(1, 40),
+    seed=st.integers(0, 2**32),
+    jitter=st.sampled_from(("full", "none")),
+)
+def test_backoff_is_exponential_under_the_cap(
+    initial: int, multiplier: float, cap: int, attempt: int, seed: int, jitter: str
+) -> None:
+    policy = RetryPolicy(
+        initial_backoff_ms=initial, multiplier=multiplier, max_backoff_ms=cap, jitter=jitter
+    )
+    delay = backoff_ms(policy, attempt, random.Random(seed))
+    ceiling = min(cap, initial * multiplier ** (attempt - 1))
+    assert isinstance(delay, int)
+    if jitter == "full":
+        assert 0 <= delay <= ceiling
+    else:
+        assert delay == int(ceiling)
+
+
+@settings(max_examples=200, deadline=None)
+@given(spec=saga_specs(), data=st.data())
+def test_decide_is_deterministic(spec: SagaSpec, data: st.DataObject) -> None:
+    """Replaying a recorded schedule gives the same states and commands (timers included)."""
+    world = World(spec, data, dup_budget=0)
+    world.run()
+    trace = [(now, event) for now, event, _ in world.trace]
+    first = _replay(spec, trace, twice=False)
+    assert first == _replay(spec, trace, twice=False)
+    assert _outcome(first[0]) == _outcome(world.state)
