@@ -39,7 +39,7 @@ def install_handler(rt: Runtime, role: str) -> None:
             return
         result_type, fields = await service.handle(command_type, record)
         meta = record["meta"]
-        await rt.emit(result_type, event.key, fields, meta, meta["attempt"])
+        await rt.emit(result_type, bytes(event.key or b""), fields, meta, meta["attempt"])
 
     @rt.app.agent(rt.topic(spec.consumes), name=f"{role}-handler")
     async def run(stream: Any) -> None:

@@ -27,7 +27,12 @@ from streams.topology import Topology, load_topology
 
 log = logging.getLogger("sagastream")
 
-RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
 # RocksDB per partition; small buffers, since sagas keep compact values
 STORE_OPTIONS = {
     "driver": "rocksdict",

@@ -66,7 +66,7 @@ class EventClient:
         topic: str,
         key: bytes | None,
         value: bytes,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
         while True:
             try:
@@ -118,14 +118,17 @@ class EventClient:
                     continue
                 event_type, record = None, None
                 with contextlib.suppress(DecodeError):  # raw bytes are still yielded
-                    event_type, record = self.codec.decode(msg.value())
+                    event_type, record = self.codec.decode(msg.value() or b"")
                 yield Received(
-                    msg.topic(),
-                    msg.partition(),
-                    msg.offset(),
+                    msg.topic() or "",
+                    msg.partition() or 0,
+                    msg.offset() or 0,
                     msg.key(),
                     msg.value(),
-                    list(msg.headers() or []),
+                    [
+                        (str(k), v if isinstance(v, bytes) else (v or "").encode())
+                        for k, v in list(msg.headers() or [])
+                    ],
                     event_type,
                     record,
                 )

@@ -81,7 +81,9 @@ def timer_event(timer: Timer, event_id: str) -> Event:
 def backoff_ms(policy: RetryPolicy, attempt: int, rng: random.Random) -> int:
     """Exponential backoff after `attempt` failed: min(cap, base*m^(n-1)), by default full-jittered
     (uniform in [0, that]) so retries of many sagas do not arrive together."""
-    ceiling = min(policy.max_backoff_ms, policy.initial_backoff_ms * policy.multiplier ** (attempt - 1))
+    ceiling = min(
+        policy.max_backoff_ms, policy.initial_backoff_ms * policy.multiplier ** (attempt - 1)
+    )
     return int(ceiling if policy.jitter == "none" else rng.uniform(0, ceiling))
 
 
@@ -109,7 +111,9 @@ class _Run:
         return self._random
 
     # -- emitting -------------------------------------------------------------------------
-    def emit(self, event_type: str, fields: dict[str, Any], attempt: int = 1, step: str | None = None) -> None:
+    def emit(
+        self, event_type: str, fields: dict[str, Any], attempt: int = 1, step: str | None = None
+    ) -> None:
         self.out.commands.append(Command(event_type, fields, attempt, step))
 
     def arm(self, delay_ms: int, kind: str, step: str, attempt: int) -> None:
@@ -168,7 +172,11 @@ class _Run:
     def step_failed(self, name: str, reason: str, retry_on: str) -> None:
         spec, st = self.spec.steps[name], self.step(name)
         self.disarm("step_timeout", name, st["a"])
-        if self.s["status"] == RUNNING and retry_on in spec.retry.on and st["a"] < spec.retry.max_attempts:
+        if (
+            self.s["status"] == RUNNING
+            and retry_on in spec.retry.on
+            and st["a"] < spec.retry.max_attempts
+        ):
             st["st"] = WAITING_RETRY
             self.arm(backoff_ms(spec.retry, st["a"], self.rng()), "retry", name, st["a"])
             self.note("step_retry_scheduled", name)
@@ -216,7 +224,9 @@ class _Run:
             steps[name]["ca"] = 1
             self.send_undo(name)
             return
-        if self.s["status"] == COMPENSATING and not any(st["st"] == STARTED for st in steps.values()):
+        if self.s["status"] == COMPENSATING and not any(
+            st["st"] == STARTED for st in steps.values()
+        ):
             failed = any(st["st"] == UNDO_FAILED for st in steps.values())
             self.finish(FAILED if failed else COMPENSATED)
 
@@ -269,7 +279,9 @@ class _Run:
         self.note(status)
         saga = self.saga_type
         if status == COMPLETED:
-            self.emit("SagaCompleted", {"saga_type": saga, "completed_steps": list(self.s["order"])})
+            self.emit(
+                "SagaCompleted", {"saga_type": saga, "completed_steps": list(self.s["order"])}
+            )
         elif status == COMPENSATED:
             self.emit(
                 "SagaCompensated",
@@ -282,7 +294,10 @@ class _Run:
             )
         else:
             reason = "; ".join([self.s["reason"] or "", *self.s["undo_errors"]]).strip("; ")
-            self.emit("SagaFailed", {"saga_type": saga, "reason": reason, "failed_step": self.s["failed_step"]})
+            self.emit(
+                "SagaFailed",
+                {"saga_type": saga, "reason": reason, "failed_step": self.s["failed_step"]},
+            )
             self.out.dead_letter = f"saga {saga} {self.s['key']} failed: {reason}"
         notify = self.spec.notify
         if notify is None:
@@ -290,9 +305,16 @@ class _Run:
         ctx = self.s["ctx"]
         for rule in notify.rules:
             if all(ctx.get(k) == v for k, v in rule.when.items()):
-                fields = {**ctx, **notify.params, "template": notify.templates[status], "outcome": status}
+                fields = {
+                    **ctx,
+                    **notify.params,
+                    "template": notify.templates[status],
+                    "outcome": status,
+                }  # type: ignore[index]
                 fields["channel"] = rule.channel
-                fields["idempotency_key"] = idempotency_key(saga, self.s["key"], f"notify-{rule.channel}")
+                fields["idempotency_key"] = idempotency_key(
+                    saga, self.s["key"], f"notify-{rule.channel}"
+                )
                 self.emit(notify.command, fields)
 
 
@@ -362,7 +384,9 @@ def decide(
         if event.event_type != spec.start_event:
             return Decision(None, dead_letter=f"no saga found for {event.event_type}")
         if event.fields.get(spec.key_field) in (None, ""):
-            return Decision(None, dead_letter=f"{event.event_type} has no {spec.key_field} (the saga key)")
+            return Decision(
+                None, dead_letter=f"{event.event_type} has no {spec.key_field} (the saga key)"
+            )
         key = str(event.fields[spec.key_field])
         run = _Run(saga_type, spec, new_state(saga_type, spec, key, event, now), now)
         run.s["seen"].append(event.event_id)
@@ -404,7 +428,11 @@ def decide(
         # An earlier attempt's success counts: the retry reused its idempotency key. So does a
         # success after the step was given up on (timed out, cancelled, skipped as optional):
         # the side effect happened, so it is recorded and compensated unless the saga completed.
-        given_up = {STEP_FAILED, CANCELLED} if s["status"] == COMPLETED else {STEP_FAILED, CANCELLED, SKIPPED}
+        given_up = (
+            {STEP_FAILED, CANCELLED}
+            if s["status"] == COMPLETED
+            else {STEP_FAILED, CANCELLED, SKIPPED}
+        )
         if (st["st"] in given_up or st["st"] in (STARTED, WAITING_RETRY)) and st["a"] > 0:
             if event.attempt != st["a"]:
                 run.note("stale_success_accepted", name)
@@ -451,7 +479,10 @@ def _on_timer(run: _Run, fields: dict[str, Any]) -> None:
     spec = run.spec.steps[name]
     if kind == "step_timeout" and st["st"] == STARTED and st["a"] == attempt and spec.escalation:
         # a person is slow: say so and keep waiting (the saga deadline still bounds it)
-        run.emit(spec.escalation, {"saga_type": run.saga_type, "step": name, "waited_ms": spec.timeout_ms})
+        run.emit(
+            spec.escalation,
+            {"saga_type": run.saga_type, "step": name, "waited_ms": spec.timeout_ms},
+        )
         run.note("step_escalated", name)
     elif kind == "step_timeout" and st["st"] == STARTED and st["a"] == attempt:
         run.step_failed(name, f"timed out after {spec.timeout_ms} ms", "timeout")
@@ -469,7 +500,12 @@ def _on_signal(run: _Run, fields: dict[str, Any]) -> None:
     """A human decision for a waiting step; anything that does not fit goes to the DLQ."""
     name, outcome = fields.get("step"), fields.get("outcome")
     spec = run.spec.steps.get(name) if isinstance(name, str) else None
-    if fields.get("saga_type") != run.saga_type or spec is None or not spec.human:
+    if (
+        not isinstance(name, str)
+        or spec is None
+        or fields.get("saga_type") != run.saga_type
+        or not spec.human
+    ):
         run.out.dead_letter = (
             f"signal for {fields.get('saga_type')}/{name}: saga {run.s['key']} is a "
             f"{run.saga_type} saga with no human step of that name"
@@ -480,13 +516,19 @@ def _on_signal(run: _Run, fields: dict[str, Any]) -> None:
         return
     st = run.s["steps"][name]
     if st["st"] != STARTED:
-        run.note("signal_ignored", name)  # not waiting (yet, or any more): a late or repeated decision
+        run.note(
+            "signal_ignored", name
+        )  # not waiting (yet, or any more): a late or repeated decision
         return
     note = fields.get("note") or ""
     if outcome == "approved":
         run.step_succeeded(name, {f"{name}_note": note, f"{name}_by": fields.get("decided_by", "")})
     else:
-        run.step_failed(name, f"rejected by {fields.get('decided_by', 'a person')}: {note}".rstrip(": "), "signal")
+        run.step_failed(
+            name,
+            f"rejected by {fields.get('decided_by', 'a person')}: {note}".rstrip(": "),
+            "signal",
+        )
 
 
 def _payload(fields: dict[str, Any]) -> dict[str, Any]:

@@ -293,9 +293,9 @@ def _check(topology: Topology, schemas_dir: Path | None) -> list[tuple[str, str]
                     problems.append((f"{sp}.depends_on", f"depends on unknown step '{dep}'"))
         if saga.notify:
             refs.append((f"{base}.notify.command", saga.notify.command))
-        for path, event in refs:
-            if event not in topology.events:
-                problems.append((path, f"event '{event}' is not declared under events (no schema)"))
+        for path, ref in refs:
+            if ref not in topology.events:
+                problems.append((path, f"event '{ref}' is not declared under events (no schema)"))
         cycle = _find_cycle({n: s.depends_on for n, s in saga.steps.items()})
         if cycle:
             problems.append((f"{base}.steps", "dependency cycle: " + " -> ".join(cycle)))
