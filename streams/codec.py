@@ -333,6 +333,7 @@ class AvroCodec:
             )
         local = self._store.raw(event_type)
         reader = _parse(_without_logical_types(local), {})
+        decoder: tuple[str, ParsedSchema, ParsedSchema | None]
         if canonical_json(written) == canonical_json(local):
             decoder = (event_type, reader, None)
         else:

@@ -118,9 +118,9 @@ class SchemaRejected(ValueError):
 class Registry:
     """The registry calls sagastream makes, with errors mapped to what callers act on.
 
-    Unreachable, timing out or failing (5xx) raises RegistryUnavailable; "not found"
-    answers become None. The client does not retry or sleep (callers back off without
-    blocking), and caches schemas by id and lookups.
+    Unreachable, timing out, failing (5xx) or refusing the credentials raises
+    RegistryUnavailable; "not found" answers become None. The client does not retry or
+    sleep (callers back off without blocking), and caches schemas by id and lookups.
     """
 
     def __init__(self, url: str, *, client: Any = None, timeout: float = 5.0) -> None:
@@ -143,7 +143,7 @@ class Registry:
             ) from exc
 
     def lookup(self, subject: str, text: str) -> tuple[Registered | None, bool]:
-        """This exact schema text's id and version under the subject, and whether the subject exists."""
+        """This exact text's id and version under the subject, and whether the subject exists."""
         try:
             found = self._call(self._client.lookup_schema, subject, Schema(text, "AVRO"))
         except SchemaRegistryError as exc:
@@ -186,7 +186,7 @@ class Registry:
             self._maybe(self._client.delete_subject, subject, True)
 
     def compatible(self, subject: str, text: str) -> tuple[bool, str]:
-        """Whether the registry would accept the schema as the subject's next version, and why not."""
+        """Whether the registry accepts the schema as the subject's next version, and why not."""
         schema = Schema(text, "AVRO")
         if self._call(self._client.test_compatibility, subject, schema):
             return True, ""
@@ -223,6 +223,10 @@ class Registry:
         except SchemaRegistryError as exc:
             if exc.http_status_code >= 500 or exc.http_status_code in (408, 429):
                 raise RegistryUnavailable(f"schema registry at {self.url} failed: {exc}") from exc
+            if exc.http_status_code in (401, 403):
+                raise RegistryUnavailable(
+                    f"schema registry at {self.url} refused the credentials: {exc}"
+                ) from exc
             raise
 
 
@@ -393,14 +397,17 @@ class RegistrySchemaIds:
         text = self._store.canonical(event.schema_name)
         topic = self._settings.topic(event.all_topics[0])
         subject = subject_name(topic, self._store.fullname(event.schema_name))
-        found, _ = self._registry.lookup(subject, text)
-        if found is not None:
-            schema_id = found.schema_id
-        else:
-            try:
-                schema_id = self._registry.register(subject, text)
-            except SchemaRejected as exc:
-                raise KeyError(f"{exc}; run `sagastream schemas check`") from None
+        try:
+            found, _ = self._registry.lookup(subject, text)
+            schema_id = found.schema_id if found else self._registry.register(subject, text)
+        except SchemaRejected as exc:
+            raise KeyError(f"{exc}; run `sagastream schemas check`") from None
+        except SchemaRegistryError as exc:
+            # e.g. a RESTEasy 404 for a URL without /apis/ccompat/v7: waiting beats dead-lettering
+            raise RegistryUnavailable(
+                f"schema registry at {self._registry.url} answered {exc} for {subject}; "
+                "check SAGASTREAM_SCHEMA_REGISTRY_URL"
+            ) from exc
         self._ids[event_type] = schema_id
         self._schemas.setdefault(schema_id, json.loads(text))
         return schema_id

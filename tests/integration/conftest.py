@@ -93,6 +93,8 @@ class SchemaRegistry:
 @pytest.fixture(scope="session")
 def registry(request: pytest.FixtureRequest) -> Iterator[SchemaRegistry]:
     """SAGASTREAM_SCHEMA_REGISTRY_URL, or the local Apicurio Registry (started if not running)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    say = reporter.write_line if reporter is not None else print
     url = os.environ.get("SAGASTREAM_SCHEMA_REGISTRY_URL")
     stop = None
     if url:
@@ -102,15 +104,11 @@ def registry(request: pytest.FixtureRequest) -> Iterator[SchemaRegistry]:
 
         was_running = localregistry.status()["running"]
         name = f"local {localregistry.REGISTRY_NAME} {localregistry.REGISTRY_VERSION}"
-        found = SchemaRegistry(f"{name} (Maven Central)", localregistry.start(log=lambda m: None))
+        # the first start downloads it (about 20 s): say so rather than look stuck
+        found = SchemaRegistry(f"{name} (Maven Central)", localregistry.start(log=say))
         if not was_running:
             stop = localregistry.stop
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = f"integration schema registry: {found.backend} at {found.url}"
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
-        print(line)
+    say(f"integration schema registry: {found.backend} at {found.url}")
     yield found
     if stop is not None:
         stop(log=lambda m: None)

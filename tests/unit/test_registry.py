@@ -385,19 +385,22 @@ def test_an_unreachable_registry_is_unavailable_not_a_decode_error() -> None:
     assert not isinstance(RegistryUnavailable("x"), DecodeError)
 
 
-@pytest.mark.parametrize(
-    ("status", "code"),
-    [(500, 50001), (503, -1), (404, 404), (401, 40101)],
-)
+@pytest.mark.parametrize(("status", "code"), [(500, 50001), (503, -1), (404, 404), (401, 40101)])
+@pytest.mark.parametrize("side", ["consumer", "producer"])
 def test_failing_or_misaddressed_registries_are_unavailable(
-    client: FakeRegistryClient, status: int, code: int
+    client: FakeRegistryClient, side: str, status: int, code: int
 ) -> None:
     def broken(*args: Any, **kw: Any) -> Any:
         raise SchemaRegistryError(status, code, "boom")
 
-    client.get_schema = broken  # type: ignore[method-assign]
+    codec = _codec(STORE, client)
     with pytest.raises(RegistryUnavailable):
-        _codec(STORE, client).decode(struct.pack(">BI", 0, 7) + b"\x00")
+        if side == "consumer":
+            client.get_schema = broken  # type: ignore[method-assign]
+            codec.decode(struct.pack(">BI", 0, 7) + b"\x00")
+        else:
+            client.lookup_schema = broken  # type: ignore[method-assign]
+            codec.encode("OrderPlaced", _order())
 
 
 def test_a_non_avro_schema_id_is_dead_lettered(client: FakeRegistryClient) -> None:
