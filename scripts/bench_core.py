@@ -45,9 +45,19 @@ def main() -> None:
     wire: list[bytes] = []
     for i in range(args.sagas):
         key = f"o-{i}"
-        wire.append(codec.encode("OrderPlaced", {**order, "order_id": key, "meta": new_meta("OrderPlaced", key, "bench")}))
+        wire.append(
+            codec.encode(
+                "OrderPlaced",
+                {**order, "order_id": key, "meta": new_meta("OrderPlaced", key, "bench")},
+            )
+        )
         for event_type, fields in results:
-            wire.append(codec.encode(event_type, {**fields, "order_id": key, "meta": new_meta(event_type, key, "bench")}))
+            wire.append(
+                codec.encode(
+                    event_type,
+                    {**fields, "order_id": key, "meta": new_meta(event_type, key, "bench")},
+                )
+            )
 
     started = time.perf_counter()
     decoded = [codec.decode(b) for b in wire]
@@ -71,7 +81,9 @@ def main() -> None:
     size = sum(len(s) for s in states.values()) / len(states)
     print(f"events {n}, sagas {args.sagas}, commands {commands}")
     print(f"decode              {n / t_decode:10.0f} events/s")
-    print(f"load+decide+store   {n / t_decide:10.0f} events/s  (state JSON, {size:.0f} bytes per saga)")
+    print(
+        f"load+decide+store   {n / t_decide:10.0f} events/s  (state JSON, {size:.0f} bytes per saga)"
+    )
 
 
 if __name__ == "__main__":

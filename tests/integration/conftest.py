@@ -58,18 +58,24 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         from streams import localkafka
 
         was_running = localkafka.status()["running"]
-        found = Broker("local Apache Kafka (Maven Central)", localkafka.start(), localkafka.KAFKA_VERSION)
+        found = Broker(
+            "local Apache Kafka (Maven Central)", localkafka.start(), localkafka.KAFKA_VERSION
+        )
         if not was_running:
             stop = localkafka.stop
     elif choice == "testcontainers":
         if not _docker_available():
-            pytest.fail("SAGASTREAM_TEST_BROKER=testcontainers needs a running Docker engine; none answered")
+            pytest.fail(
+                "SAGASTREAM_TEST_BROKER=testcontainers needs a running Docker engine; none answered"
+            )
         from testcontainers.kafka import KafkaContainer
 
         image = os.environ.get("SAGASTREAM_TEST_KAFKA_IMAGE", "apache/kafka:4.1.1")
         container = KafkaContainer(image).with_kraft()
         container.start()
-        found = Broker(f"testcontainers ({image})", container.get_bootstrap_server(), image.split(":")[-1])
+        found = Broker(
+            f"testcontainers ({image})", container.get_bootstrap_server(), image.split(":")[-1]
+        )
         stop = container.stop
     else:
         found = Broker("external cluster", choice, "unknown (external cluster)")

@@ -68,7 +68,12 @@ class TestRetryAcrossCrash:
         def patch(data):
             # attempt 1 times out at once; its 6 s backoff spans the crash; later attempts leave
             # the handlers (started after the retry) a generous window to answer
-            retry = {"max_attempts": 8, "initial_backoff_ms": 6000, "max_backoff_ms": 6000, "jitter": "none"}
+            retry = {
+                "max_attempts": 8,
+                "initial_backoff_ms": 6000,
+                "max_backoff_ms": 6000,
+                "jitter": "none",
+            }
             _steps(
                 data,
                 payment={"timeout_ms": 1000, "retry": retry},
