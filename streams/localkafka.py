@@ -24,9 +24,10 @@ Paths
 Command line: ``python -m streams.localkafka start|stop|status [--cluster]``
 (also ``scripts/kafka-local`` and ``sagastream broker ...``).
 
-Only the standard library is imported at module level so this works before the
-project's dependencies are installed; ``confluent_kafka`` is used, when importable,
-for a real metadata request during the readiness check.
+Only the standard library (and ``streams.localproc``, the process helpers this shares
+with ``streams.localregistry``, itself stdlib-only) is imported at module level so this
+works before the project's dependencies are installed; ``confluent_kafka`` is used, when
+importable, for a real metadata request during the readiness check.
 """
 
 from __future__ import annotations
@@ -34,20 +35,21 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import fcntl
 import json
 import os
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from streams import localproc
+from streams.localproc import ENV_CACHE_DIR as ENV_CACHE_DIR  # re-exported, like cache_dir
+from streams.localproc import INSTALL_HINT as INSTALL_HINT
+from streams.localproc import LocalToolError, Log, cache_dir
 
 __all__ = [
     "KAFKA_VERSION",
@@ -90,13 +92,6 @@ JVM_OPTS = (
     "-Djava.awt.headless=true",
 )
 
-INSTALL_HINT = (
-    "install a Java 17+ runtime and Maven, e.g. "
-    "`apt-get install openjdk-17-jre-headless maven` (Debian/Ubuntu) or "
-    "`brew install openjdk@17 maven` (macOS)"
-)
-
-ENV_CACHE_DIR = "SAGASTREAM_CACHE_DIR"
 ENV_DATA_DIR = "SAGASTREAM_KAFKA_DATA_DIR"
 ENV_PORT = "SAGASTREAM_LOCAL_KAFKA_PORT"
 
@@ -172,27 +167,14 @@ _REQUIRED_JARS = (
     "log4j-slf4j-impl-",
 )
 _MARKER = ".complete"
-
-Log = Callable[[str], object]
-
-# Popen objects of JVMs started by this process: kept so they are reaped (no zombies,
-# no ResourceWarning) when stop() runs in the same interpreter that called start().
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+_NEEDED_BY = f"Kafka {KAFKA_VERSION}"  # in messages: "the local Kafka 4.1.1 needs it"
 
 
-class LocalKafkaError(RuntimeError):
+class LocalKafkaError(LocalToolError):
     """The local Kafka could not be installed, started or stopped."""
 
 
 # --------------------------------------------------------------------------- paths
-
-
-def cache_dir() -> Path:
-    """``$SAGASTREAM_CACHE_DIR`` or ``~/.cache/sagastream`` (not created)."""
-    env = os.environ.get(ENV_CACHE_DIR)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "sagastream"
 
 
 def kafka_home() -> Path:
@@ -389,56 +371,7 @@ def render_log4j2_properties(node: NodeSpec) -> str:
     )
 
 
-# ---------------------------------------------------------------------- tooling
-
-
-def _require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise LocalKafkaError(
-            f"`{tool}` was not found on PATH; the local Kafka {KAFKA_VERSION} needs it: "
-            f"{INSTALL_HINT}"
-        )
-    return path
-
-
-def _java_major(java: str) -> int | None:
-    try:
-        proc = subprocess.run(
-            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', proc.stderr + proc.stdout)
-    if not match:
-        return None
-    major = int(match.group(1))
-    if major == 1 and match.group(2):  # "1.8.0_392" style
-        major = int(match.group(2))
-    return major
-
-
-def _require_java() -> str:
-    java = _require("java")
-    major = _java_major(java)
-    if major is not None and major < MIN_JAVA_VERSION:
-        raise LocalKafkaError(
-            f"{java} is Java {major}; Kafka {KAFKA_VERSION} needs Java {MIN_JAVA_VERSION}+: "
-            f"{INSTALL_HINT}"
-        )
-    return java
-
-
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock, so concurrent start/stop/download calls serialise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+# --------------------------------------------------------------------- download
 
 
 def _libs_complete(libs: Path) -> bool:
@@ -446,27 +379,6 @@ def _libs_complete(libs: Path) -> bool:
         return False
     names = [p.name for p in libs.glob("*.jar")]
     return all(any(n.startswith(req) for n in names) for req in _REQUIRED_JARS)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _tail(path: Path, since: int = 0, lines: int = 20) -> str:
-    """The last lines written to ``path`` after byte offset ``since``; errors first."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(since if since <= _size(path) else 0)
-            text = handle.read().decode(errors="replace")
-    except OSError:
-        return ""
-    all_lines = text.splitlines()
-    errors = [ln for ln in all_lines if " ERROR " in ln or " FATAL " in ln][-5:]
-    tail = all_lines[-lines:]
-    return "\n".join([*errors, *(["..."] if errors else []), *tail])
 
 
 def ensure_kafka(log: Log = print) -> Path:
@@ -480,11 +392,11 @@ def ensure_kafka(log: Log = print) -> Path:
     if _libs_complete(libs):
         return libs
     home = kafka_home()
-    with _flock(home.parent / f".kafka-{KAFKA_VERSION}.lock"):
+    with localproc.flock(home.parent / f".kafka-{KAFKA_VERSION}.lock"):
         if _libs_complete(libs):  # another process finished it while we waited
             return libs
-        mvn = _require("mvn")
-        _require("java")
+        mvn = localproc.require("mvn", _NEEDED_BY, LocalKafkaError)
+        localproc.require("java", _NEEDED_BY, LocalKafkaError)
         home.mkdir(parents=True, exist_ok=True)
         pom = home / "pom.xml"
         pom.write_text(POM_XML)
@@ -502,15 +414,7 @@ def ensure_kafka(log: Log = print) -> Path:
         ]
         log(f"Downloading Apache Kafka {KAFKA_VERSION} jars from Maven Central into {libs} ...")
         started = time.monotonic()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        except OSError as exc:
-            raise LocalKafkaError(f"could not run {mvn}: {exc}") from exc
-        if proc.returncode != 0:
-            output = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
-            raise LocalKafkaError(
-                f"`{' '.join(cmd)}` failed with exit code {proc.returncode}:\n{output}"
-            )
+        localproc.run_tool(cmd, LocalKafkaError)
         jars = sorted(p.name for p in partial.glob("*.jar"))
         missing = [r for r in _REQUIRED_JARS if not any(j.startswith(r) for j in jars)]
         if missing:
@@ -527,125 +431,20 @@ def ensure_kafka(log: Log = print) -> Path:
 # -------------------------------------------------------------------- processes
 
 
-def _pid_alive(pid: int) -> bool:
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        return child.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie answers kill(0) but is gone for our purposes
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    except (OSError, IndexError):
-        pass
-    return True
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-    except FileNotFoundError:
-        if Path("/proc/self").exists():
-            return None  # Linux: the process is gone
-    except OSError:
-        return None
-    try:  # no procfs (macOS)
-        out = subprocess.run(
-            ["ps", "-o", "command=", "-p", str(pid)],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        return None
-    return out.split() if out else None
-
-
 def _is_node_process(pid: int, node: NodeSpec) -> bool:
-    args = _cmdline(pid)
+    args = localproc.cmdline(pid)
     if not args:
         return False
     return "kafka.Kafka" in args and str(node.properties_file) in args
 
 
-def _scan_for_node(node: NodeSpec) -> int | None:
-    """Find a JVM for ``node`` whose pid file was lost (Linux only)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            pid = int(entry.name)
-            if pid != os.getpid() and _is_node_process(pid, node) and _pid_alive(pid):
-                return pid
-    return None
-
-
 def _node_pid(node: NodeSpec) -> int | None:
     """Pid of the live JVM of ``node``; drops a stale pid file, adopts a lost JVM."""
-    pid: int | None = None
-    try:
-        pid = int(node.pid_file.read_text().strip())
-    except (OSError, ValueError):
-        pid = None
-    if pid is not None and _pid_alive(pid) and _is_node_process(pid, node):
-        return pid
-    with contextlib.suppress(OSError):
-        node.pid_file.unlink()
-    found = _scan_for_node(node)
-    if found is not None:
-        node.pid_file.write_text(f"{found}\n")
-    return found
-
-
-def _port_open(port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        try:
-            own_group = os.getpgid(pid) == pid
-        except ProcessLookupError:
-            return
-        if own_group:  # started with start_new_session: take the whole group
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-
-
-def _wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    remaining = [p for p in pids if _pid_alive(p)]
-    while remaining and time.monotonic() < deadline:
-        time.sleep(0.1)
-        remaining = [p for p in remaining if _pid_alive(p)]
-    return remaining
+    return localproc.live_pid(node.pid_file, lambda pid: _is_node_process(pid, node))
 
 
 def _terminate(pids: Sequence[int], timeout: float, log: Log) -> None:
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    stubborn = _wait_gone(pids, timeout)
-    if stubborn:
-        log(f"Kafka JVM(s) {stubborn} still alive after {timeout:.0f}s; sending SIGKILL")
-        for pid in stubborn:
-            _signal(pid, signal.SIGKILL)
-        left = _wait_gone(stubborn, KILL_TIMEOUT_S)
-        if left:
-            raise LocalKafkaError(f"Kafka JVM(s) {left} survived SIGKILL")
-    for pid in pids:
-        _CHILDREN.pop(pid, None)
+    localproc.terminate(pids, timeout, log, "Kafka JVM(s)", LocalKafkaError, KILL_TIMEOUT_S)
 
 
 def _java_cmd(java: str, libs: Path, node: NodeSpec, main_class: str, *args: str) -> list[str]:
@@ -717,21 +516,7 @@ def _format_storage(
 
 def _launch(node: NodeSpec, java: str, libs: Path) -> int:
     cmd = _java_cmd(java, libs, node, "kafka.Kafka", str(node.properties_file))
-    with node.stdout_file.open("ab") as out:
-        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {cmd}\n".encode())
-        out.flush()
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=node.data_dir,
-            start_new_session=True,
-            close_fds=True,
-        )
-    _CHILDREN[proc.pid] = proc
-    node.pid_file.write_text(f"{proc.pid}\n")
-    return proc.pid
+    return localproc.spawn(cmd, node.stdout_file, node.data_dir, node.pid_file)
 
 
 def _metadata_ready(bootstraps: Sequence[str], timeout: float) -> bool:
@@ -780,18 +565,18 @@ def _wait_ready(
     while True:
         for node in nodes:
             pid = pids[node.node_id]
-            if not _pid_alive(pid):
-                child = _CHILDREN.get(pid)
+            child = localproc.CHILDREN.get(pid)  # fetched first: pid_alive drops a finished one
+            if not localproc.pid_alive(pid):
                 code = child.returncode if child is not None else None
                 raise LocalKafkaError(
                     f"Kafka node {node.node_id} (pid {pid}) exited during startup"
                     f"{'' if code is None else f' with exit code {code}'}; see "
                     f"{node.server_log} and {node.stdout_file}\n"
-                    f"{_tail(node.server_log, offsets.get(node.server_log, 0))}\n"
-                    f"{_tail(node.stdout_file, offsets.get(node.stdout_file, 0), lines=10)}"
+                    f"{localproc.tail(node.server_log, offsets.get(node.server_log, 0))}\n"
+                    f"{localproc.tail(node.stdout_file, offsets.get(node.stdout_file, 0), lines=10)}"
                 )
         left = deadline - time.monotonic()
-        if all(_port_open(n.port) for n in nodes) and _metadata_ready(
+        if all(localproc.port_open(HOST, n.port) for n in nodes) and _metadata_ready(
             [n.bootstrap for n in nodes], timeout=max(0.5, min(5.0, left))
         ):
             return
@@ -801,7 +586,7 @@ def _wait_ready(
                 f"Kafka at {bootstrap} was not ready (metadata listing every broker, no "
                 f"under-replicated partition) within "
                 f"{timeout:.0f}s; see {logs}\n"
-                f"{_tail(nodes[0].server_log, offsets.get(nodes[0].server_log, 0))}"
+                f"{localproc.tail(nodes[0].server_log, offsets.get(nodes[0].server_log, 0))}"
             )
         time.sleep(0.25)
 
@@ -818,10 +603,10 @@ def start(cluster: bool = False, log: Log = print, timeout: float = START_TIMEOU
     nodes = node_specs(cluster)
     bootstrap = bootstrap_servers(cluster)
     root = data_root(cluster)
-    with _flock(root / ".lock"):
+    with localproc.flock(root / ".lock"):
         running = {n.node_id: _node_pid(n) for n in nodes}
         if all(running.values()):
-            if all(_port_open(n.port) for n in nodes) and _metadata_ready(
+            if all(localproc.port_open(HOST, n.port) for n in nodes) and _metadata_ready(
                 [n.bootstrap for n in nodes], timeout=5.0
             ):
                 log(f"Kafka {KAFKA_VERSION} already running at {bootstrap}")
@@ -832,9 +617,9 @@ def start(cluster: bool = False, log: Log = print, timeout: float = START_TIMEOU
             return bootstrap
 
         to_start = [n for n in nodes if running[n.node_id] is None]
-        java = _require_java()
+        java = localproc.require_java(_NEEDED_BY, LocalKafkaError, MIN_JAVA_VERSION)
         for node in to_start:
-            busy = [p for p in (node.port, node.controller_port) if _port_open(p)]
+            busy = [p for p in (node.port, node.controller_port) if localproc.port_open(HOST, p)]
             if busy:
                 hint = f" (set {ENV_PORT} to use another port)" if not cluster else ""
                 raise LocalKafkaError(
@@ -852,7 +637,7 @@ def start(cluster: bool = False, log: Log = print, timeout: float = START_TIMEOU
         started = time.monotonic()
         launched: list[int] = []
         pids: dict[int, int] = {}
-        offsets = {p: _size(p) for n in nodes for p in (n.server_log, n.stdout_file)}
+        offsets = {p: localproc.file_size(p) for n in nodes for p in (n.server_log, n.stdout_file)}
         try:
             for node in nodes:
                 pid = running[node.node_id]
@@ -881,7 +666,7 @@ def stop(cluster: bool = False, log: Log = print, timeout: float = STOP_TIMEOUT_
     """SIGTERM the node JVM(s), wait up to ``timeout`` s, then SIGKILL what is left."""
     nodes = node_specs(cluster)
     root = data_root(cluster)
-    with _flock(root / ".lock"):
+    with localproc.flock(root / ".lock"):
         pids = [pid for pid in (_node_pid(n) for n in nodes) if pid is not None]
         if not pids:
             log(f"Kafka ({'cluster' if cluster else 'single node'}) is not running")
@@ -899,7 +684,7 @@ def status(cluster: bool = False) -> dict[str, object]:
     """Whether every node JVM is alive and its broker port accepts connections."""
     nodes = node_specs(cluster)
     pids = [_node_pid(n) for n in nodes]
-    running = all(pids) and all(_port_open(n.port) for n in nodes)
+    running = all(pids) and all(localproc.port_open(HOST, n.port) for n in nodes)
     return {
         "running": running,
         "bootstrap": bootstrap_servers(cluster),

@@ -28,29 +28,29 @@ Paths
 
 Command line: ``python -m streams.localregistry start|stop|status [--port N]``.
 
-Only the standard library is imported, so this works before the project's
-dependencies are installed.
+Only the standard library (and ``streams.localproc``, the process helpers this shares
+with ``streams.localkafka``, itself stdlib-only) is imported, so this works before the
+project's dependencies are installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
-import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from streams import localproc
+from streams.localproc import ENV_CACHE_DIR as ENV_CACHE_DIR  # re-exported, like cache_dir
+from streams.localproc import INSTALL_HINT as INSTALL_HINT
+from streams.localproc import LocalToolError, Log, cache_dir, parse_java_major
 
 __all__ = [
     "CCOMPAT_PATH",
@@ -99,37 +99,19 @@ JVM_OPTS = (
     "-Djava.awt.headless=true",
 )
 
-INSTALL_HINT = (
-    "install a Java 17+ runtime and Maven, e.g. "
-    "`apt-get install openjdk-17-jre-headless maven` (Debian/Ubuntu) or "
-    "`brew install openjdk@17 maven` (macOS)"
-)
-
-ENV_CACHE_DIR = "SAGASTREAM_CACHE_DIR"
 ENV_PORT = "SAGASTREAM_LOCAL_REGISTRY_PORT"
 
 _MARKER = ".complete"
 _MIN_LIB_JARS = 100  # the 2.6.13.Final distribution ships 309
-
-Log = Callable[[str], object]
-
-# Popen objects of JVMs started by this process, so stop() in the same interpreter reaps them.
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+_NEEDED_BY = f"{REGISTRY_NAME} {REGISTRY_VERSION}"  # "the local Apicurio Registry ... needs it"
+_LOG_TAIL_LINES = 25
 
 
-class LocalRegistryError(RuntimeError):
+class LocalRegistryError(LocalToolError):
     """The local schema registry could not be installed, started or stopped."""
 
 
 # --------------------------------------------------------------------------- paths
-
-
-def cache_dir() -> Path:
-    """``$SAGASTREAM_CACHE_DIR`` or ``~/.cache/sagastream`` (not created)."""
-    env = os.environ.get(ENV_CACHE_DIR)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "sagastream"
 
 
 def registry_home() -> Path:
@@ -177,67 +159,6 @@ def base_url(port: int | None = None) -> str:
     return f"http://{HOST}:{registry_port() if port is None else port}{CCOMPAT_PATH}"
 
 
-# ---------------------------------------------------------------------- tooling
-
-
-def _require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise LocalRegistryError(
-            f"`{tool}` was not found on PATH; the local {REGISTRY_NAME} {REGISTRY_VERSION} "
-            f"needs it: {INSTALL_HINT}"
-        )
-    return path
-
-
-def parse_java_major(version_output: str) -> int | None:
-    """Major version from ``java -version`` output (``17.0.15`` -> 17, ``1.8.0_392`` -> 8)."""
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', version_output)
-    if not match:
-        return None
-    major = int(match.group(1))
-    if major == 1 and match.group(2):
-        major = int(match.group(2))
-    return major
-
-
-def _require_java() -> str:
-    java = _require("java")
-    try:
-        proc = subprocess.run(
-            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return java  # let the launch itself report what is wrong
-    major = parse_java_major(proc.stderr + proc.stdout)
-    if major is not None and major < MIN_JAVA_VERSION:
-        raise LocalRegistryError(
-            f"{java} is Java {major}; {REGISTRY_NAME} {REGISTRY_VERSION} needs Java "
-            f"{MIN_JAVA_VERSION}+: {INSTALL_HINT}"
-        )
-    return java
-
-
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock, so concurrent start/stop/download calls serialise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 # --------------------------------------------------------------------- download
 
 
@@ -273,11 +194,11 @@ def ensure_registry(log: Log = print) -> Path:
     if _dist_complete(dist):
         return dist
     home = registry_home()
-    with _flock(home.parent / f".apicurio-registry-{REGISTRY_VERSION}.lock"):
+    with localproc.flock(home.parent / f".apicurio-registry-{REGISTRY_VERSION}.lock"):
         if _dist_complete(dist):  # another process finished it while we waited
             return dist
-        mvn = _require("mvn")
-        _require("java")
+        mvn = localproc.require("mvn", _NEEDED_BY, LocalRegistryError)
+        localproc.require("java", _NEEDED_BY, LocalRegistryError)
         home.mkdir(parents=True, exist_ok=True)
         download = home / "download"
         partial = home / "dist.partial"
@@ -293,15 +214,7 @@ def ensure_registry(log: Log = print) -> Path:
         ]
         log(f"Downloading {REGISTRY_NAME} ({REGISTRY_COORDINATES}) with Maven ...")
         started = time.monotonic()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=home)
-        except OSError as exc:
-            raise LocalRegistryError(f"could not run {mvn}: {exc}") from exc
-        if proc.returncode != 0:
-            output = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
-            raise LocalRegistryError(
-                f"`{' '.join(cmd)}` failed with exit code {proc.returncode}:\n{output}"
-            )
+        localproc.run_tool(cmd, LocalRegistryError, cwd=home)
         tarball = download / TARBALL_NAME
         if not tarball.is_file():
             raise LocalRegistryError(f"Maven finished but {tarball} is missing")
@@ -361,90 +274,16 @@ def registry_command(java: str, dist: Path, port: int, db_path: Path | None = No
     return [*cmd, "-jar", str(dist / RUNNER_JAR)]
 
 
-def _pid_alive(pid: int) -> bool:
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        if child.poll() is None:
-            return True
-        _CHILDREN.pop(pid, None)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie answers kill(0) but is gone for our purposes
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    except (OSError, IndexError):
-        pass
-    return True
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-    except FileNotFoundError:
-        if Path("/proc/self").exists():
-            return None  # Linux: the process is gone
-    except OSError:
-        return None
-    try:  # no procfs (macOS)
-        out = subprocess.run(
-            ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        return None
-    return out.split() if out else None
-
-
 def _is_registry_process(pid: int, port: int) -> bool:
-    args = _cmdline(pid)
+    args = localproc.cmdline(pid)
     if not args:
         return False
     return f"-Dquarkus.http.port={port}" in args and str(dist_dir() / RUNNER_JAR) in args
 
 
-def _scan_for_registry(port: int) -> int | None:
-    """Find our registry JVM on ``port`` whose pid file was lost (Linux only)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            pid = int(entry.name)
-            if pid != os.getpid() and _is_registry_process(pid, port) and _pid_alive(pid):
-                return pid
-    return None
-
-
 def _registry_pid(port: int) -> int | None:
     """Pid of the live registry JVM on ``port``; drops a stale pid file, adopts a lost JVM."""
-    path = pid_file(port)
-    try:
-        pid: int | None = int(path.read_text().strip())
-    except (OSError, ValueError):
-        pid = None
-    if pid is not None and _pid_alive(pid) and _is_registry_process(pid, port):
-        return pid
-    with contextlib.suppress(OSError):
-        path.unlink()
-    found = _scan_for_registry(port)
-    if found is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"{found}\n")
-    return found
-
-
-def _port_open(port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return localproc.live_pid(pid_file(port), lambda pid: _is_registry_process(pid, port))
 
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
@@ -471,74 +310,35 @@ def _answers(url: str, timeout: float = 2.0) -> bool:
     return status_code == 200
 
 
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        try:
-            own_group = os.getpgid(pid) == pid
-        except ProcessLookupError:
-            return
-        if own_group:  # started with start_new_session: take the whole group
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _pid_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def _terminate(pid: int, timeout: float, log: Log) -> None:
-    _signal(pid, signal.SIGTERM)
-    if _wait_gone(pid, timeout):
-        return
-    log(f"{REGISTRY_NAME} JVM {pid} still alive after {timeout:.0f}s; sending SIGKILL")
-    _signal(pid, signal.SIGKILL)
-    if not _wait_gone(pid, KILL_TIMEOUT_S):
-        raise LocalRegistryError(f"{REGISTRY_NAME} JVM {pid} survived SIGKILL")
+    localproc.terminate(
+        pid, timeout, log, f"{REGISTRY_NAME} JVM", LocalRegistryError, KILL_TIMEOUT_S
+    )
 
 
 def _launch(cmd: list[str], port: int) -> int:
-    run_dir().mkdir(parents=True, exist_ok=True)
-    with log_file(port).open("ab") as out:
-        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {cmd}\n".encode())
-        out.flush()
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=run_dir(),
-            start_new_session=True,
-            close_fds=True,
-        )
-    _CHILDREN[proc.pid] = proc
-    pid_file(port).write_text(f"{proc.pid}\n")
-    return proc.pid
+    return localproc.spawn(cmd, log_file(port), run_dir(), pid_file(port))
 
 
 def _wait_ready(pid: int, port: int, timeout: float) -> None:
     url = base_url(port)
     deadline = time.monotonic() + timeout
     while True:
-        child = _CHILDREN.get(pid)  # fetched first: _pid_alive drops a finished child
-        if not _pid_alive(pid):
+        child = localproc.CHILDREN.get(pid)  # fetched first: pid_alive drops a finished child
+        if not localproc.pid_alive(pid):
             code = child.returncode if child is not None else None
             raise LocalRegistryError(
                 f"{REGISTRY_NAME} (pid {pid}) exited during startup"
                 f"{'' if code is None else f' with exit code {code}'}; see {log_file(port)}\n"
-                f"{_tail(log_file(port))}"
+                f"{localproc.tail(log_file(port), lines=_LOG_TAIL_LINES)}"
             )
         if _answers(url):
             return
         if time.monotonic() >= deadline:
             raise LocalRegistryError(
                 f"{REGISTRY_NAME} at {url} did not answer GET /subjects within {timeout:.0f}s "
-                f"(pid {pid} is still running); see {log_file(port)}\n{_tail(log_file(port))}"
+                f"(pid {pid} is still running); see {log_file(port)}\n"
+                f"{localproc.tail(log_file(port), lines=_LOG_TAIL_LINES)}"
             )
         time.sleep(0.25)
 
@@ -571,19 +371,19 @@ def start(
     """
     port = registry_port() if port is None else port
     url = base_url(port)
-    with _flock(run_dir() / f"registry-{port}.lock"):
+    with localproc.flock(run_dir() / f"registry-{port}.lock"):
         pid = _registry_pid(port)
         if pid is not None:
             if not _answers(url):  # alive but still booting
                 _wait_ready(pid, port, timeout)
             log(f"{REGISTRY_NAME} {REGISTRY_VERSION} already running at {url} (pid {pid})")
             return url
-        if _port_open(port):
+        if localproc.port_open(HOST, port):
             raise LocalRegistryError(
                 f"port {port} on {HOST} is already in use by a process this tool did not "
                 f"start (set {ENV_PORT} to use another port)"
             )
-        java = _require_java()
+        java = localproc.require_java(_NEEDED_BY, LocalRegistryError, MIN_JAVA_VERSION)
         dist = ensure_registry(log)
         db = db_path(port) if persist else None
         fresh = db is None or not db.with_name(db.name + ".mv.db").exists()
@@ -614,14 +414,13 @@ def stop(log: Log = print, port: int | None = None, timeout: float = STOP_TIMEOU
     In-memory schemas are lost; a ``persist=True`` registry keeps its H2 file.
     """
     port = registry_port() if port is None else port
-    with _flock(run_dir() / f"registry-{port}.lock"):
+    with localproc.flock(run_dir() / f"registry-{port}.lock"):
         pid = _registry_pid(port)
         if pid is None:
             log(f"{REGISTRY_NAME} on port {port} is not running")
             return
         started = time.monotonic()
         _terminate(pid, timeout, log)
-        _CHILDREN.pop(pid, None)
         with contextlib.suppress(OSError):
             pid_file(port).unlink()
         log(f"{REGISTRY_NAME} stopped (pid {pid}) in {time.monotonic() - started:.1f}s")
@@ -636,7 +435,11 @@ def status(port: int | None = None) -> dict[str, object]:
     storage = None
     if pid is not None:
         prefix = "-Dquarkus.datasource.jdbc.url=jdbc:h2:file:"
-        files = [a[len(prefix) :] + ".mv.db" for a in _cmdline(pid) or [] if a.startswith(prefix)]
+        files = [
+            a[len(prefix) :] + ".mv.db"
+            for a in localproc.cmdline(pid) or []
+            if a.startswith(prefix)
+        ]
         storage = files[0] if files else "memory"
     return {
         "running": answering,

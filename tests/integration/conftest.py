@@ -10,6 +10,7 @@ subjects (see `ns`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -50,6 +51,24 @@ def _docker_available() -> bool:
         return False
 
 
+ANNOUNCED: list[str] = []
+
+
+def _announce(request: pytest.FixtureRequest, line: str, remember: bool = True) -> None:
+    """Say it now, past output capture, and again in the summary next to the test counts."""
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        (reporter.write_line if reporter else print)(line)
+    if remember:
+        ANNOUNCED.append(line)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in ANNOUNCED:
+        terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     choice = os.environ.get("SAGASTREAM_TEST_BROKER", "local")
@@ -79,12 +98,9 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         stop = container.stop
     else:
         found = Broker("external cluster", choice, "unknown (external cluster)")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = f"integration broker: {found.backend} at {found.bootstrap}, Kafka {found.version}"
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
-        print(line)
+    _announce(
+        request, f"integration broker: {found.backend} at {found.bootstrap}, Kafka {found.version}"
+    )
     yield found
     if stop is not None:
         stop()
@@ -99,8 +115,10 @@ class SchemaRegistry:
 @pytest.fixture(scope="session")
 def registry(request: pytest.FixtureRequest) -> Iterator[SchemaRegistry]:
     """SAGASTREAM_SCHEMA_REGISTRY_URL, or the local Apicurio Registry (started if not running)."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    say = reporter.write_line if reporter is not None else print
+
+    def say(message: str) -> None:
+        _announce(request, message, remember=False)
+
     url = os.environ.get("SAGASTREAM_SCHEMA_REGISTRY_URL")
     stop = None
     if url:
@@ -114,7 +132,7 @@ def registry(request: pytest.FixtureRequest) -> Iterator[SchemaRegistry]:
         found = SchemaRegistry(f"{name} (Maven Central)", localregistry.start(log=say))
         if not was_running:
             stop = localregistry.stop
-    say(f"integration schema registry: {found.backend} at {found.url}")
+    _announce(request, f"integration schema registry: {found.backend} at {found.url}")
     yield found
     if stop is not None:
         stop(log=lambda m: None)

@@ -38,11 +38,6 @@ def parse_properties(text: str) -> dict[str, str]:
 # ------------------------------------------------------------------ paths
 
 
-def test_cache_dir_defaults_to_home_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(lk.ENV_CACHE_DIR)
-    assert lk.cache_dir() == Path.home() / ".cache" / "sagastream"
-
-
 def test_cache_dir_env_override(_isolated_env: Path) -> None:
     assert lk.cache_dir() == _isolated_env
     assert lk.libs_dir() == _isolated_env / f"kafka-{lk.KAFKA_VERSION}" / "libs"
@@ -251,24 +246,6 @@ def test_incomplete_download_is_not_trusted() -> None:
     assert not lk._libs_complete(libs)
     (libs / ".complete").write_text("{}")
     assert not lk._libs_complete(libs)  # marker alone is not enough
-
-
-@pytest.mark.parametrize(
-    ("output", "major"),
-    [
-        ('openjdk version "17.0.15" 2025-04-15', 17),
-        ('openjdk version "21" 2023-09-19', 21),
-        ('java version "1.8.0_392"', 8),
-        ("garbage", None),
-    ],
-)
-def test_java_version_parsing(monkeypatch: pytest.MonkeyPatch, output: str, major: int) -> None:
-    class Done:
-        stdout = ""
-        stderr = output
-
-    monkeypatch.setattr(lk.subprocess, "run", lambda *a, **k: Done())
-    assert lk._java_major("java") == major
 
 
 def test_status_when_nothing_ever_ran() -> None:

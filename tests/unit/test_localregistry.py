@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from streams import localproc as lp
 from streams import localregistry as lr
 
 MODULE_PATH = Path(lr.__file__)
@@ -48,14 +49,29 @@ def _fake_dist(dist: Path, jars: int = lr._MIN_LIB_JARS, marker: bool = True) ->
 # ------------------------------------------------------------------ module
 
 
-def test_module_imports_only_the_standard_library() -> None:
-    tree = ast.parse(MODULE_PATH.read_text())
+def _top_level_imports(path: Path) -> set[str]:
+    """Top-level modules ``path`` imports, following this project's own ``streams.*`` ones."""
+    tree = ast.parse(path.read_text())
     top_level: set[str] = set()
     for node in tree.body:
         if isinstance(node, ast.Import):
-            top_level.update(alias.name.split(".")[0] for alias in node.names)
+            names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            top_level.add(node.module.split(".")[0])
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            if name.startswith("streams."):  # e.g. streams.localproc: check it in turn
+                top_level |= _top_level_imports(
+                    MODULE_PATH.parent / f"{name.removeprefix('streams.')}.py"
+                )
+            elif name != "streams":
+                top_level.add(name.split(".")[0])
+    return top_level
+
+
+def test_module_imports_only_the_standard_library() -> None:
+    top_level = _top_level_imports(MODULE_PATH)
     third_party = {m for m in top_level if m not in sys.stdlib_module_names and m != "__future__"}
     assert not third_party
 
@@ -69,11 +85,6 @@ def test_identity_constants() -> None:
 
 
 # ------------------------------------------------------------------ paths and ports
-
-
-def test_cache_dir_defaults_to_home_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(lr.ENV_CACHE_DIR)
-    assert lr.cache_dir() == Path.home() / ".cache" / "sagastream"
 
 
 def test_cache_dir_env_override(_isolated_env: Path) -> None:
@@ -132,25 +143,12 @@ def test_registry_command_is_recognised_as_ours(
     monkeypatch: pytest.MonkeyPatch, _isolated_env: Path
 ) -> None:
     cmd = lr.registry_command("java", lr.dist_dir(), 18181)
-    monkeypatch.setattr(lr, "_cmdline", lambda pid: cmd)
+    monkeypatch.setattr(lp, "cmdline", lambda pid: cmd)
     assert lr._is_registry_process(1234, 18181)
     assert not lr._is_registry_process(1234, 8081)
     other = lr.registry_command("java", Path("/elsewhere"), 18181)
-    monkeypatch.setattr(lr, "_cmdline", lambda pid: other)
+    monkeypatch.setattr(lp, "cmdline", lambda pid: other)
     assert not lr._is_registry_process(1234, 18181)
-
-
-@pytest.mark.parametrize(
-    ("output", "major"),
-    [
-        ('openjdk version "17.0.15" 2025-04-15', 17),
-        ('openjdk version "21" 2023-09-19', 21),
-        ('java version "1.8.0_392"', 8),
-        ("something else", None),
-    ],
-)
-def test_parse_java_major(output: str, major: int | None) -> None:
-    assert lr.parse_java_major(output) == major
 
 
 # ------------------------------------------------------------------ missing tools
@@ -158,8 +156,8 @@ def test_parse_java_major(output: str, major: int | None) -> None:
 
 def test_start_without_java_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lr.shutil, "which", lambda name: None)
-    monkeypatch.setattr(lr.subprocess, "run", _no_subprocess)
-    monkeypatch.setattr(lr.subprocess, "Popen", _no_subprocess)
+    monkeypatch.setattr(subprocess, "run", _no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", _no_subprocess)
     with pytest.raises(lr.LocalRegistryError) as err:
         lr.start(log=lambda m: None, port=_free_port())
     message = str(err.value)
@@ -174,15 +172,15 @@ def test_start_with_old_java_is_refused(monkeypatch: pytest.MonkeyPatch) -> None
         assert cmd == ["/usr/bin/java", "-version"]
         return subprocess.CompletedProcess(cmd, 0, "", 'openjdk version "11.0.22" 2024-01-16\n')
 
-    monkeypatch.setattr(lr.subprocess, "run", fake_run)
-    monkeypatch.setattr(lr.subprocess, "Popen", _no_subprocess)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "Popen", _no_subprocess)
     with pytest.raises(lr.LocalRegistryError, match=r"Java 11; .* needs Java 17\+"):
         lr.start(log=lambda m: None, port=_free_port())
 
 
 def test_ensure_registry_without_mvn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lr.shutil, "which", lambda name: None if name == "mvn" else "/x/java")
-    monkeypatch.setattr(lr.subprocess, "run", _no_subprocess)
+    monkeypatch.setattr(subprocess, "run", _no_subprocess)
     with pytest.raises(lr.LocalRegistryError, match="`mvn` was not found on PATH"):
         lr.ensure_registry(log=lambda m: None)
 
@@ -193,7 +191,7 @@ def test_ensure_registry_without_mvn(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_ensure_registry_reuses_a_complete_download(monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_dist(lr.dist_dir())
     monkeypatch.setattr(lr.shutil, "which", lambda name: None)  # not even looked up
-    monkeypatch.setattr(lr.subprocess, "run", _no_subprocess)
+    monkeypatch.setattr(subprocess, "run", _no_subprocess)
     assert lr.ensure_registry(log=lambda m: None) == lr.dist_dir()
 
 
@@ -218,7 +216,7 @@ def test_ensure_registry_runs_maven_then_unpacks(monkeypatch: pytest.MonkeyPatch
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(lr.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(lr.subprocess, "run", fake_mvn)
+    monkeypatch.setattr(subprocess, "run", fake_mvn)
     dist = lr.ensure_registry(log=lambda m: None)
     assert dist == lr.dist_dir()
     assert lr._dist_complete(dist)
@@ -230,7 +228,7 @@ def test_ensure_registry_runs_maven_then_unpacks(monkeypatch: pytest.MonkeyPatch
     assert marker["version"] == lr.REGISTRY_VERSION
     assert marker["lib_jars"] == lr._MIN_LIB_JARS
     # second call: nothing is downloaded
-    monkeypatch.setattr(lr.subprocess, "run", _no_subprocess)
+    monkeypatch.setattr(subprocess, "run", _no_subprocess)
     assert lr.ensure_registry(log=lambda m: None) == dist
 
 
@@ -239,7 +237,7 @@ def test_maven_failure_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
         return subprocess.CompletedProcess(cmd, 1, "", "[ERROR] Could not find artifact\n")
 
     monkeypatch.setattr(lr.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(lr.subprocess, "run", failing_mvn)
+    monkeypatch.setattr(subprocess, "run", failing_mvn)
     with pytest.raises(lr.LocalRegistryError, match="Could not find artifact"):
         lr.ensure_registry(log=lambda m: None)
     assert not lr._dist_complete(lr.dist_dir())
@@ -262,7 +260,7 @@ def test_extract_refuses_paths_outside_the_destination(tmp_path: Path) -> None:
 def test_process_that_dies_points_to_the_log(monkeypatch: pytest.MonkeyPatch) -> None:
     lr.run_dir().mkdir(parents=True)
     lr.log_file(18181).write_text("boom: UnsupportedClassVersionError\n")
-    monkeypatch.setattr(lr, "_pid_alive", lambda pid: False)
+    monkeypatch.setattr(lp, "pid_alive", lambda pid: False)
     with pytest.raises(lr.LocalRegistryError) as err:
         lr._wait_ready(4242, 18181, timeout=1)
     assert str(lr.log_file(18181)) in str(err.value)
@@ -270,34 +268,11 @@ def test_process_that_dies_points_to_the_log(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_registry_that_never_answers_points_to_the_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lr, "_pid_alive", lambda pid: True)
+    monkeypatch.setattr(lp, "pid_alive", lambda pid: True)
     monkeypatch.setattr(lr, "_answers", lambda url, timeout=2.0: False)
     with pytest.raises(lr.LocalRegistryError, match="did not answer GET /subjects") as err:
         lr._wait_ready(4242, 18181, timeout=0)
     assert str(lr.log_file(18181)) in str(err.value)
-
-
-def test_terminate_falls_back_to_sigkill() -> None:
-    code = (
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-        "print(1, flush=True); time.sleep(60)"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True
-    )
-    lr._CHILDREN[proc.pid] = proc
-    assert proc.stdout is not None and proc.stdout.readline()  # SIGTERM handler installed
-    messages: list[str] = []
-    try:
-        lr._terminate(proc.pid, 0.3, messages.append)
-        assert proc.poll() is not None
-        assert any("SIGKILL" in m for m in messages)
-    finally:
-        lr._CHILDREN.pop(proc.pid, None)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()
 
 
 # ------------------------------------------------------------------ status / CLI
