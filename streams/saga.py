@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from streams.topology import SIGNAL_EVENT, TIMER_EVENT, RetryPolicy, SagaSpec
 
@@ -303,14 +303,15 @@ class _Run:
         if notify is None:
             return
         ctx = self.s["ctx"]
+        templates: dict[str, str] = cast(dict[str, str], notify.templates)
         for rule in notify.rules:
             if all(ctx.get(k) == v for k, v in rule.when.items()):
                 fields = {
                     **ctx,
                     **notify.params,
-                    "template": notify.templates[status],
+                    "template": templates[status],
                     "outcome": status,
-                }  # type: ignore[index]
+                }
                 fields["channel"] = rule.channel
                 fields["idempotency_key"] = idempotency_key(
                     saga, self.s["key"], f"notify-{rule.channel}"
