@@ -136,4 +136,6 @@ class EventClient:
             consumer.close()
 
     def close(self) -> None:
+        """Deliver what is queued and let go of the broker connections."""
         self._producer.flush(10)
+        self._producer.close()
