@@ -191,6 +191,7 @@ def make_runtime(settings: Settings, role: str, guarantee: str | None = None) ->
         broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
         broker_commit_every=1000,
         broker_commit_interval=0.5,
+        producer_linger=0.005,  # batch the many small sends of one burst into fewer requests
         web_enabled=False,
         table_cleanup_interval=3600.0,
         key_serializer="raw",
