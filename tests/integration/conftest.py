@@ -190,12 +190,23 @@ def ns(
 
 
 @pytest.fixture
-def workers(ns: Namespace, tmp_path: Path) -> Iterator[WorkerSet]:
-    """An orchestrator process and a process with every handler, ready to consume."""
-    ws = WorkerSet(ns.settings, tmp_path / "logs")
-    ws.start(["orchestrator", HANDLERS])
-    try:
+def start_workers(ns: Namespace, tmp_path: Path) -> Iterator[Callable[..., WorkerSet]]:
+    """Start worker processes (one per role argument) and wait until they consume; stopped after."""
+    started: list[WorkerSet] = []
+
+    def start(*roles: str) -> WorkerSet:
+        ws = WorkerSet(ns.settings, tmp_path / f"logs-{len(started)}")
+        started.append(ws)
+        ws.start(list(roles))
         ws.wait_ready()
-        yield ws
-    finally:
+        return ws
+
+    yield start
+    for ws in started:
         ws.stop()
+
+
+@pytest.fixture
+def workers(start_workers: Callable[..., WorkerSet]) -> WorkerSet:
+    """An orchestrator process and a process with every order handler, ready to consume."""
+    return start_workers("orchestrator", HANDLERS)

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from streams.demo import WorkerSet, _settings_env
+from streams.demo import _settings_env
 from streams.signals import serve
 from tests.integration.helpers import lifecycle, wait_outcomes
 
@@ -31,14 +31,8 @@ def topology_patch():
 
 
 @pytest.fixture
-def loan_workers(ns, tmp_path):
-    ws = WorkerSet(ns.settings, tmp_path / "logs")
-    ws.start(["orchestrator", LOAN_HANDLERS])
-    try:
-        ws.wait_ready()
-        yield ws
-    finally:
-        ws.stop()
+def loan_workers(start_workers):
+    return start_workers("orchestrator", LOAN_HANDLERS)
 
 
 def apply(ns, loan_id, customer="cust-1"):

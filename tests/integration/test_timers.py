@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from streams.demo import WorkerSet
 from tests.integration.conftest import HANDLERS
 from tests.integration.helpers import lifecycle, place_order, wait_outcomes
 
@@ -36,14 +35,8 @@ def topology_patch():
 
 
 @pytest.fixture
-def orchestrator_only(ns, tmp_path):
-    ws = WorkerSet(ns.settings, tmp_path / "logs")
-    ws.start(["orchestrator"])
-    try:
-        ws.wait_ready()
-        yield ws
-    finally:
-        ws.stop()
+def orchestrator_only(start_workers):
+    return start_workers("orchestrator")
 
 
 def test_step_timeout_fires_with_no_other_traffic(ns, orchestrator_only):
@@ -83,26 +76,23 @@ class TestRetryAcrossCrash:
 
         return patch
 
-    def test_retry_backoff_survives_a_sigkilled_worker(self, ns, orchestrator_only, tmp_path):
+    def test_retry_backoff_survives_a_sigkilled_worker(self, ns, orchestrator_only, start_workers):
         place_order(ns, "order-crash")
         trail = lifecycle(ns, "order-crash", until="step_retry_scheduled", timeout=30)
         assert ("step_retry_scheduled", "payment") in trail
         orchestrator_only.kill("orchestrator")
         killed_at = time.time() * 1000
 
-        restarted = WorkerSet(ns.settings, tmp_path / "logs-after")
-        restarted.start(["orchestrator"])
-        try:
+        # a new process takes over the partitions and their RocksDB state; nothing answers yet
+        start_workers("orchestrator")
 
-            def retried(msgs):
-                return any(m.record and m.record["meta"]["attempt"] == 2 for m in msgs)
+        def retried(msgs):
+            return any(m.record and m.record["meta"]["attempt"] == 2 for m in msgs)
 
-            charges = ns.client.read([ns.topic("payments.commands")], retried, timeout=60)
-            retry = next(m for m in charges if m.record and m.record["meta"]["attempt"] == 2)
-            # the backoff was armed before the crash; only the new process can have fired it
-            assert retry.record["meta"]["occurred_at"] > killed_at
-            restarted.start([HANDLERS])
-            outcome = wait_outcomes(ns, {"order-crash"}, timeout=60)["order-crash"]
-            assert outcome.event_type == "SagaCompleted", outcome.record
-        finally:
-            restarted.stop()
+        charges = ns.client.read([ns.topic("payments.commands")], retried, timeout=60)
+        retry = next(m for m in charges if m.record and m.record["meta"]["attempt"] == 2)
+        # the backoff was armed before the crash; only the new process can have fired it
+        assert retry.record["meta"]["occurred_at"] > killed_at
+        start_workers(HANDLERS)
+        outcome = wait_outcomes(ns, {"order-crash"}, timeout=60)["order-crash"]
+        assert outcome.event_type == "SagaCompleted", outcome.record
