@@ -1,0 +1,71 @@
+"""The 3-broker local KRaft cluster (`sagastream broker start --cluster`), for reliability work."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams import localkafka
+from streams.localproc import pid_alive
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cluster(monkeypatch, tmp_path):
+    if localkafka.status(cluster=True)["running"]:
+        pytest.fail(
+            "a local 3-broker cluster is already running; stop it first (sagastream broker stop --cluster)"
+        )
+    monkeypatch.setenv(localkafka.ENV_DATA_DIR, str(tmp_path / "kafka"))
+    bootstrap = localkafka.start(cluster=True, log=lambda m: None)
+    pids = list(localkafka.status(cluster=True)["pids"])
+    try:
+        yield bootstrap, pids
+    finally:
+        localkafka.stop(cluster=True, log=lambda m: None)
+
+
+def test_cluster_replicates_to_three_brokers_and_stops_cleanly(cluster):
+    bootstrap, pids = cluster
+    assert bootstrap.count(",") == 2 and len(pids) == 3
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = f"rf3-{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(topic, num_partitions=2)])[topic].result(30)  # default RF is 3
+    metadata = admin.list_topics(topic, timeout=10)
+    assert len(metadata.brokers) == 3
+    for partition in metadata.topics[topic].partitions.values():
+        assert len(partition.replicas) == 3 and len(partition.isrs) == 3
+    configs = admin.describe_configs([_broker_resource(metadata)])
+    config = next(iter(configs.values())).result(10)
+    assert config["min.insync.replicas"].value == "2"
+
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    for i in range(10):
+        producer.produce(topic, key=b"k", value=str(i).encode())
+    assert producer.flush(30) == 0
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": topic, "auto.offset.reset": "earliest"}
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions])
+    values = []
+    while len(values) < 10:
+        msg = consumer.poll(10)
+        assert msg is not None, f"only {len(values)} of 10 messages came back"
+        if not msg.error():
+            values.append(int(msg.value()))
+    consumer.close()
+    assert sorted(values) == list(range(10))
+
+    localkafka.stop(cluster=True, log=lambda m: None)
+    assert not localkafka.status(cluster=True)["running"]
+    assert not [pid for pid in pids if pid_alive(pid)], "a broker JVM outlived stop"
+
+
+def _broker_resource(metadata):
+    from confluent_kafka.admin import ConfigResource
+
+    return ConfigResource(ConfigResource.Type.BROKER, str(next(iter(metadata.brokers))))
