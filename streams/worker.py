@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from streams.app import Runtime, make_runtime
+from streams.codec import RegistryUnavailable
 from streams.settings import Settings
 from streams.topology import Topology, load_topology
 
@@ -56,6 +58,9 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> None
 
     rt = build_worker(settings, parse_roles(spec, load_topology(settings.topology_file)))
     rt.metrics.serve(settings.metrics_port)
+    # learn every schema id before consuming; if the registry is down, the first input retries
+    with contextlib.suppress(RegistryUnavailable):
+        rt.codec.prepare(rt.topology.events)
 
     @rt.app.task
     async def log_at_the_level_asked() -> None:
