@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -51,13 +52,16 @@ def test_cluster_replicates_to_three_brokers_and_stops_cleanly(cluster):
         {"bootstrap.servers": bootstrap, "group.id": topic, "auto.offset.reset": "earliest"}
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions])
-    values = []
-    while len(values) < 10:
-        msg = consumer.poll(10)
-        assert msg is not None, f"only {len(values)} of 10 messages came back"
-        if not msg.error():
+    values, errors = [], []
+    deadline = time.monotonic() + 60
+    while len(values) < 10 and time.monotonic() < deadline:
+        msg = consumer.poll(1)
+        if msg is not None and msg.error():
+            errors.append(str(msg.error()))
+        elif msg is not None:
             values.append(int(msg.value()))
     consumer.close()
+    assert len(values) == 10, f"{len(values)} of 10 messages came back; errors: {errors[-3:]}"
     assert sorted(values) == list(range(10))
 
     localkafka.stop(cluster=True, log=lambda m: None)
