@@ -45,9 +45,15 @@ def test_cluster_replicates_to_three_brokers_and_stops_cleanly(cluster):
     assert config["min.insync.replicas"].value == "2"
 
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    failures: list[str] = []
+
+    def delivered(err, msg):
+        if err is not None:
+            failures.append(str(err))
+
     for i in range(10):
-        producer.produce(topic, key=b"k", value=str(i).encode())
-    assert producer.flush(30) == 0
+        producer.produce(topic, key=b"k", value=str(i).encode(), on_delivery=delivered)
+    assert producer.flush(60) == 0 and not failures, f"not delivered: {failures[:3]}"
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": topic, "auto.offset.reset": "earliest"}
     )
