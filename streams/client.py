@@ -102,16 +102,22 @@ class EventClient:
             }
         )
         try:
-            metadata = consumer.list_topics(timeout=10)
+            deadline = time.monotonic() + timeout
+            # a topic created a moment ago may not show its partitions yet: wait a little for them
+            give_up = time.monotonic() + min(10.0, timeout)
+            while True:
+                metadata = consumer.list_topics(timeout=10)
+                known = {t: metadata.topics[t].partitions for t in topics if t in metadata.topics}
+                if all(known.get(t) for t in topics) or time.monotonic() > give_up:
+                    break
+                time.sleep(0.2)
             consumer.assign(
                 [
                     TopicPartition(t, p, OFFSET_BEGINNING)
-                    for t in topics
-                    if t in metadata.topics
-                    for p in metadata.topics[t].partitions
+                    for t, parts in known.items()
+                    for p in parts
                 ]
             )
-            deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 msg = consumer.poll(0.2)
                 if msg is None or msg.error():

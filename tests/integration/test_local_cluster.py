@@ -36,7 +36,15 @@ def test_cluster_replicates_to_three_brokers_and_stops_cleanly(cluster):
     admin = AdminClient({"bootstrap.servers": bootstrap})
     topic = f"rf3-{uuid.uuid4().hex[:8]}"
     admin.create_topics([NewTopic(topic, num_partitions=2)])[topic].result(30)  # default RF is 3
-    metadata = admin.list_topics(topic, timeout=10)
+    # metadata may lag the creation by a moment: wait until both partitions have a leader
+    deadline = time.monotonic() + 30
+    while True:
+        metadata = admin.list_topics(topic, timeout=10)
+        partitions = metadata.topics[topic].partitions
+        if len(partitions) == 2 and all(p.leader >= 0 for p in partitions.values()):
+            break
+        assert time.monotonic() < deadline, f"topic {topic} has no leaders yet: {partitions}"
+        time.sleep(0.2)
     assert len(metadata.brokers) == 3
     for partition in metadata.topics[topic].partitions.values():
         assert len(partition.replicas) == 3 and len(partition.isrs) == 3
