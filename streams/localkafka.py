@@ -195,16 +195,8 @@ def data_root(cluster: bool = False) -> Path:
 
 
 def _single_port() -> int:
-    raw = os.environ.get(ENV_PORT, "").strip()
-    if not raw:
-        return DEFAULT_PORT
-    try:
-        port = int(raw)
-    except ValueError:
-        raise LocalKafkaError(f"{ENV_PORT}={raw!r} is not a port number") from None
-    if not 1 <= port <= 65534:
-        raise LocalKafkaError(f"{ENV_PORT}={port} is out of range (1-65534)")
-    return port
+    # the controller listens on the next port, hence 65534 at most
+    return localproc.env_port(ENV_PORT, DEFAULT_PORT, LocalKafkaError, highest=65534)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,20 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "sagastream"
 
 
+def env_port(name: str, default: int, error: type[Exception], highest: int = 65535) -> int:
+    """A port number from an environment variable, or `default` when it is unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise error(f"{name}={raw!r} is not a port number") from None
+    if not 1 <= port <= highest:
+        raise error(f"{name}={port} is out of range (1-{highest})")
+    return port
+
+
 def require(
     tool: str, needed_by: str, error: type[LocalToolError], hint: str = INSTALL_HINT
 ) -> str:

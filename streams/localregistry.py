@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import sys
 import tarfile
@@ -142,16 +141,7 @@ def db_path(port: int) -> Path:
 
 def registry_port() -> int:
     """``$SAGASTREAM_LOCAL_REGISTRY_PORT`` or 8081."""
-    raw = os.environ.get(ENV_PORT, "").strip()
-    if not raw:
-        return DEFAULT_PORT
-    try:
-        port = int(raw)
-    except ValueError:
-        raise LocalRegistryError(f"{ENV_PORT}={raw!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        raise LocalRegistryError(f"{ENV_PORT}={port} is out of range (1-65535)")
-    return port
+    return localproc.env_port(ENV_PORT, DEFAULT_PORT, LocalRegistryError)
 
 
 def base_url(port: int | None = None) -> str:
