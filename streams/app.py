@@ -14,7 +14,6 @@ from faust.types import EventT
 from streams.codec import (
     AvroCodec,
     DecodeError,
-    EncodeError,
     LocalSchemaIds,
     RegistryUnavailable,
     SchemaStore,
@@ -217,6 +216,3 @@ def _credentials(settings: Settings) -> Any:
             ssl_context=context if settings.security_protocol == "SASL_SSL" else None,
         )
     return faust.SSLCredentials(context)
-
-
-__all__ = ["Runtime", "make_runtime", "now_ms", "EncodeError"]
