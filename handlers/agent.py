@@ -9,7 +9,7 @@ from faust.types import EventT
 
 from handlers import SERVICES, Behaviour
 from handlers.ledger import IdempotencyLedger
-from streams.app import Runtime
+from streams.runtime.app import Runtime
 
 log = logging.getLogger("sagastream.handlers")
 

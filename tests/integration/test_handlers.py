@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from handlers.ledger import IdempotencyLedger
-from streams.codec import new_meta
+from streams.wire.codec import new_meta
 
 pytestmark = pytest.mark.integration
 

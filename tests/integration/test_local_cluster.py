@@ -9,8 +9,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams import localkafka
-from streams.localproc import pid_alive
+from streams.local import kafka as localkafka
+from streams.local.proc import pid_alive
 
 pytestmark = pytest.mark.integration
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from streams import cli
-from streams.admin import admin_client
-from streams.client import EventClient
-from streams.codec import AvroCodec, SchemaStore
-from streams.registry import Registry, RegistrySchemaIds, delete_subjects, plan_subjects
-from streams.settings import Settings
-from streams.topology import load_topology
+from streams.core.topology import load_topology
+from streams.ops import cli
+from streams.ops.admin import admin_client
+from streams.ops.client import EventClient
+from streams.runtime.settings import Settings
+from streams.wire.codec import AvroCodec, SchemaStore
+from streams.wire.registry import Registry, RegistrySchemaIds, delete_subjects, plan_subjects
 
 pytestmark = pytest.mark.integration
 

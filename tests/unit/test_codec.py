@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from streams.codec import (
+from streams.wire.codec import (
     SCHEMAS_DIR_ENV,
     AvroCodec,
     DecodeError,
@@ -249,7 +249,7 @@ def test_local_schema_ids_refuse_a_hash_collision(
 ) -> None:
     for name in ("EventMeta", "OrderItem", "OrderPlaced", "PaymentFailed"):
         (tmp_path / f"{name}.avsc").write_text((STORE.directory / f"{name}.avsc").read_text())
-    monkeypatch.setattr("streams.codec.local_schema_id", lambda fullname: 7)
+    monkeypatch.setattr("streams.wire.codec.local_schema_id", lambda fullname: 7)
     with pytest.raises(ValueError, match=r"sagastream\.OrderPlaced and sagastream\.PaymentFailed"):
         LocalSchemaIds(SchemaStore(tmp_path))
 

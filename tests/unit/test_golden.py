@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from streams.saga import Event, decide
-from streams.topology import TIMER_EVENT, Topology, load_topology
+from streams.core.saga import Event, decide
+from streams.core.topology import TIMER_EVENT, Topology, load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = sorted((Path(__file__).parent / "golden").glob("*.json"))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.saga import Event, Timer, decide, timer_event
-from streams.signals import SignalError, check_signal
-from streams.topology import Topology, load_topology
+from streams.core.saga import Event, Timer, decide, timer_event
+from streams.core.topology import Topology, load_topology
+from streams.ops.signals import SignalError, check_signal
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Unit tests for streams.localregistry: the pure parts only (no JVM, no mvn, no network)."""
+"""Unit tests for streams.local.registry: the pure parts only (no JVM, no mvn, no network)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from streams import localproc as lp
-from streams import localregistry as lr
+from streams.local import proc as lp
+from streams.local import registry as lr
 
 MODULE_PATH = Path(lr.__file__)
+SOURCE_ROOT = MODULE_PATH.parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -57,13 +58,18 @@ def _top_level_imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
+            # `from streams.local import proc` imports the module streams.local.proc
+            names = (
+                [f"{node.module}.{a.name}" for a in node.names]
+                if node.module == "streams.local"
+                else [node.module]
+            )
         else:
             continue
         for name in names:
-            if name.startswith("streams."):  # e.g. streams.localproc: check it in turn
+            if name.startswith("streams."):  # e.g. streams.local.proc: check it in turn
                 top_level |= _top_level_imports(
-                    MODULE_PATH.parent / f"{name.removeprefix('streams.')}.py"
+                    SOURCE_ROOT.joinpath(*name.split(".")).with_suffix(".py")
                 )
             elif name != "streams":
                 top_level.add(name.split(".")[0])

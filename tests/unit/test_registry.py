@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 
-from streams import cli
-from streams.app import Runtime
-from streams.codec import AvroCodec, DecodeError, RegistryUnavailable, SchemaStore, new_meta
-from streams.metrics import Metrics
-from streams.registry import (
+from streams.core.topology import TopologyError, load_topology, parse_topology
+from streams.ops import cli
+from streams.runtime.app import Runtime
+from streams.runtime.metrics import Metrics
+from streams.runtime.settings import Settings
+from streams.wire.codec import AvroCodec, DecodeError, RegistryUnavailable, SchemaStore, new_meta
+from streams.wire.registry import (
     Registry,
     RegistrySchemaIds,
     Schema,
@@ -28,8 +30,6 @@ from streams.registry import (
     retry_delay,
     subject_name,
 )
-from streams.settings import Settings
-from streams.topology import TopologyError, load_topology, parse_topology
 
 STORE = SchemaStore(SchemaStore.default_dir())
 SETTINGS = Settings(topic_prefix="p-", schema_registry_url="mock://unit")
@@ -288,7 +288,9 @@ def test_check_says_registered_new_compatible_or_incompatible(
 
 
 def _cli(client: FakeRegistryClient, monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
-    monkeypatch.setattr("streams.registry.SchemaRegistryClient.new_client", lambda conf: client)
+    monkeypatch.setattr(
+        "streams.wire.registry.SchemaRegistryClient.new_client", lambda conf: client
+    )
     monkeypatch.setenv("SAGASTREAM_TOPIC_PREFIX", "p-")
     return cli.main(["schemas", *argv, "--url", "mock://unit"])
 
@@ -452,7 +454,7 @@ def test_runtime_decode_waits_for_the_registry_instead_of_dead_lettering(
     async def no_sleep(delay: float) -> None:
         sleeps.append(delay)
 
-    monkeypatch.setattr("streams.app.asyncio.sleep", no_sleep)
+    monkeypatch.setattr("streams.runtime.app.asyncio.sleep", no_sleep)
     dead: list[str] = []
     rt = Runtime(SETTINGS, TOPOLOGY, STORE, codec, None, "t", metrics)  # type: ignore[arg-type]
 

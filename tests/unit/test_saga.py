@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streams.saga import (
+from streams.core.saga import (
     CANCELLED,
     COMPENSATED,
     COMPENSATING,
@@ -33,7 +33,7 @@ from streams.saga import (
     saga_for,
     timer_event,
 )
-from streams.topology import CompensationSpec, RetryPolicy, SagaSpec, StepSpec, load_topology
+from streams.core.topology import CompensationSpec, RetryPolicy, SagaSpec, StepSpec, load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 UNDO_RETRY = RetryPolicy(max_attempts=2, initial_backoff_ms=100, on=("timeout", "failure"))

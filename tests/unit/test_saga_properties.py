@@ -19,7 +19,7 @@ from hypothesis import event as note_coverage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.saga import (
+from streams.core.saga import (
     COMPENSATED,
     COMPLETED,
     FAILED,
@@ -40,7 +40,7 @@ from streams.saga import (
     decide,
     timer_event,
 )
-from streams.topology import CompensationSpec, NotifySpec, RetryPolicy, SagaSpec, StepSpec
+from streams.core.topology import CompensationSpec, NotifySpec, RetryPolicy, SagaSpec, StepSpec
 
 NAMES = ("a", "b", "c", "d", "e")
 STEP_TIMEOUT_MS, UNDO_TIMEOUT_MS = 1_000, 800

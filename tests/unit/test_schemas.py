@@ -13,9 +13,9 @@ from fastavro import parse_schema, schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams import events
-from streams.codec import AvroCodec, LocalSchemaIds, SchemaStore
-from streams.events import MODELS, AvroRecord, Event
+from streams.wire import models as events
+from streams.wire.codec import AvroCodec, LocalSchemaIds, SchemaStore
+from streams.wire.models import MODELS, AvroRecord, Event
 
 SCHEMAS_DIR = Path(__file__).parents[2] / "schemas"
 SHARED_RECORDS = {"EventMeta", "OrderItem"}

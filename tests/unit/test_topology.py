@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.topology import TopologyError, load_topology, parse_topology
+from streams.core.topology import TopologyError, load_topology, parse_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = ROOT / "topology.yaml"

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from streams.app import build_codec
-from streams.settings import Settings
-from streams.topology import load_topology
-from streams.worker import group_role
+from streams.core.topology import load_topology
+from streams.runtime.app import build_codec
+from streams.runtime.settings import Settings
+from streams.runtime.worker import group_role
 
 OUTCOMES = ("SagaCompleted", "SagaCompensated", "SagaFailed")
 
@@ -35,7 +35,7 @@ class WorkerSet:
         for role in roles:
             log = open(self.log_dir / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
             self.procs[role] = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "--role", role],
+                [sys.executable, "-m", "streams.ops.cli", "worker", "--role", role],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -52,7 +52,7 @@ class WorkerSet:
         """Wait until every worker's consumer group is stable with partitions assigned."""
         from confluent_kafka import ConsumerGroupState
 
-        from streams.admin import admin_client
+        from streams.ops.admin import admin_client
 
         admin = admin_client(self.settings)
         topology = load_topology(self.settings.topology_file)
@@ -159,11 +159,12 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_demo(orders: int, seed: int, timeout: float, keep: bool, out: TextIO = sys.stdout) -> int:
     """Run the order saga demo end to end; returns the exit code (non-zero if any saga is stuck)."""
-    from streams import localkafka, localregistry
-    from streams.admin import create_topics, delete_topics
-    from streams.client import EventClient
-    from streams.codec import SchemaStore
-    from streams.registry import Registry, delete_subjects, plan_subjects, register_subjects
+    from streams.local import kafka as localkafka
+    from streams.local import localregistry
+    from streams.ops.admin import create_topics, delete_topics
+    from streams.ops.client import EventClient
+    from streams.wire.codec import SchemaStore
+    from streams.wire.registry import Registry, delete_subjects, plan_subjects, register_subjects
 
     started_broker = started_registry = False
     env_settings = Settings()

@@ -15,7 +15,7 @@ import logging
 import uuid
 from typing import Any
 
-from streams.codec import new_meta
+from streams.wire.codec import new_meta
 
 log = logging.getLogger("sagastream.timers")
 

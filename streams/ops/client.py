@@ -11,9 +11,9 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
-from streams.codec import AvroCodec, DecodeError, new_meta
-from streams.settings import Settings
-from streams.topology import Topology
+from streams.core.topology import Topology
+from streams.runtime.settings import Settings
+from streams.wire.codec import AvroCodec, DecodeError, new_meta
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,10 @@ from typing import Any
 import faust
 from faust.types import EventT
 
-from streams.codec import (
+from streams.core.topology import Topology, load_topology
+from streams.runtime.metrics import Metrics
+from streams.runtime.settings import Settings
+from streams.wire.codec import (
     AvroCodec,
     DecodeError,
     LocalSchemaIds,
@@ -19,10 +22,7 @@ from streams.codec import (
     SchemaStore,
     derive_meta,
 )
-from streams.dlq import Origin, dead_letter_headers
-from streams.metrics import Metrics
-from streams.settings import Settings
-from streams.topology import Topology, load_topology
+from streams.wire.dlq import Origin, dead_letter_headers
 
 log = logging.getLogger("sagastream")
 
@@ -49,7 +49,7 @@ def build_codec(settings: Settings, store: SchemaStore | None = None) -> AvroCod
     """The codec every worker uses: schemas from schemas/, ids from the registry when configured."""
     store = store or SchemaStore(SchemaStore.default_dir())
     if settings.schema_registry_url:
-        from streams.registry import RegistrySchemaIds
+        from streams.wire.registry import RegistrySchemaIds
 
         return AvroCodec(store, RegistrySchemaIds(store, settings))
     return AvroCodec(store, LocalSchemaIds(store))
@@ -113,7 +113,7 @@ class Runtime:
                 await self.dead_letter(event, exc.reason, str(exc))
                 return None
             except RegistryUnavailable as exc:
-                from streams.registry import retry_delay
+                from streams.wire.registry import retry_delay
 
                 delay = retry_delay(failures)
                 failures += 1

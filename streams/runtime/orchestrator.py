@@ -8,10 +8,10 @@ from typing import Any
 
 from faust.types import EventT
 
-from streams.app import RAW, STORE_OPTIONS, Runtime, now_ms
-from streams.saga import TERMINAL, Event, decide, saga_for
-from streams.timers import TimerFirer, index_key
-from streams.topology import LIFECYCLE_EVENT
+from streams.core.saga import TERMINAL, Event, decide, saga_for
+from streams.core.topology import LIFECYCLE_EVENT
+from streams.runtime.app import RAW, STORE_OPTIONS, Runtime, now_ms
+from streams.runtime.timers import TimerFirer, index_key
 
 log = logging.getLogger("sagastream.orchestrator")
 

@@ -22,9 +22,9 @@ from urllib.parse import quote
 
 import httpx
 
-from streams.codec import DecodeError, RegistryUnavailable, SchemaStore
-from streams.settings import Settings
-from streams.topology import Topology, load_topology
+from streams.core.topology import Topology, load_topology
+from streams.runtime.settings import Settings
+from streams.wire.codec import DecodeError, RegistryUnavailable, SchemaStore
 
 with warnings.catch_warnings():
     # the client imports authlib, which warns about httpx on import; authlib.deprecate

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from streams.topology import SIGNAL_EVENT, TIMER_EVENT, RetryPolicy, SagaSpec
+from streams.core.topology import SIGNAL_EVENT, TIMER_EVENT, RetryPolicy, SagaSpec
 
 RUNNING, COMPENSATING = "running", "compensating"
 COMPLETED, COMPENSATED, FAILED = "completed", "compensated", "failed"

@@ -5,26 +5,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-from streams.settings import Settings
+from streams.runtime.settings import Settings
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from streams import localkafka
+    from streams.local import kafka as localkafka
 
     argv = [args.action] + (["--cluster"] if args.cluster else [])
     return localkafka.main(argv)
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from streams.worker import run_worker
+    from streams.runtime.worker import run_worker
 
     run_worker(Settings(), args.role, args.loglevel)
     return 0
 
 
 def _topics(args: argparse.Namespace) -> int:
-    from streams.admin import create_topics
-    from streams.topology import load_topology
+    from streams.core.topology import load_topology
+    from streams.ops.admin import create_topics
 
     settings = Settings()
     report = create_topics(settings, load_topology(settings.topology_file))
@@ -35,21 +35,21 @@ def _topics(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from streams.ops.demo import run_demo
 
     return run_demo(args.orders, args.seed, args.timeout, args.keep)
 
 
 def _schemas(args: argparse.Namespace) -> int:
-    from streams.codec import SchemaStore
-    from streams.registry import (
+    from streams.core.topology import load_topology
+    from streams.wire.codec import SchemaStore
+    from streams.wire.registry import (
         Registry,
         check_subjects,
         plan_subjects,
         register_subjects,
         report,
     )
-    from streams.topology import load_topology
 
     settings = Settings()
     url = args.url or settings.schema_registry_url
@@ -69,7 +69,7 @@ def _schemas(args: argparse.Namespace) -> int:
 
 
 def _registry(args: argparse.Namespace) -> int:
-    from streams import localregistry
+    from streams.local import registry as localregistry
 
     argv = [args.action] + ([] if args.port is None else ["--port", str(args.port)])
     if args.persist:
@@ -80,9 +80,9 @@ def _registry(args: argparse.Namespace) -> int:
 
 
 def _client(settings: Settings):  # noqa: ANN202
-    from streams.app import build_codec
-    from streams.client import EventClient
-    from streams.topology import load_topology
+    from streams.core.topology import load_topology
+    from streams.ops.client import EventClient
+    from streams.runtime.app import build_codec
 
     return EventClient(
         settings, load_topology(settings.topology_file), build_codec(settings), "sagastream-cli"
@@ -90,7 +90,7 @@ def _client(settings: Settings):  # noqa: ANN202
 
 
 def _signal(args: argparse.Namespace) -> int:
-    from streams.signals import send_signal
+    from streams.ops.signals import send_signal
 
     client = _client(Settings())
     meta = send_signal(client, args.saga, args.key, args.step, args.outcome, args.note, args.by)
@@ -101,7 +101,7 @@ def _signal(args: argparse.Namespace) -> int:
 
 
 def _api(args: argparse.Namespace) -> int:
-    from streams.signals import serve
+    from streams.ops.signals import serve
 
     server = serve(_client(Settings()), args.host, args.port)
     print(
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from streams.topology import TopologyError
+        from streams.core.topology import TopologyError
 
         if isinstance(exc, TopologyError | ValueError | RuntimeError | TimeoutError):
             print(f"sagastream {args.command}: {exc}", file=sys.stderr)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from streams.app import Runtime, make_runtime
-from streams.codec import RegistryUnavailable
-from streams.settings import Settings
-from streams.topology import Topology, load_topology
+from streams.core.topology import Topology, load_topology
+from streams.runtime.app import Runtime, make_runtime
+from streams.runtime.settings import Settings
+from streams.wire.codec import RegistryUnavailable
 
 ORCHESTRATOR = "orchestrator"
 
@@ -38,7 +38,7 @@ def group_role(roles: list[str], topology: Topology) -> str:
 def build_worker(settings: Settings, roles: list[str]) -> Runtime:
     """A faust app with the agents of the given roles."""
     from handlers.agent import install_handler
-    from streams.orchestrator import install_orchestrator
+    from streams.runtime.orchestrator import install_orchestrator
 
     topology = load_topology(settings.topology_file)
     # Handlers are at-least-once with idempotency keys; only the orchestrator needs transactions.

@@ -73,7 +73,7 @@ class SchemaStore:
     def default_dir(cls) -> Path:
         """The repository's schemas/ directory, unless $SAGASTREAM_SCHEMAS_DIR names another."""
         override = os.environ.get(SCHEMAS_DIR_ENV)
-        return Path(override) if override else Path(__file__).parent.parent / "schemas"
+        return Path(override) if override else Path(__file__).parents[2] / "schemas"
 
     def event_types(self) -> list[str]:
         """Sorted names of the records that are events (first field `meta` of type EventMeta)."""

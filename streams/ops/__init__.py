@@ -1,0 +1,1 @@
+"""What operators run: the CLI, demo, bench, topic admin, event client and signals."""

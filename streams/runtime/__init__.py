@@ -1,0 +1,1 @@
+"""The runtime: orchestrator and handler loops, state stores, worker process, settings, metrics."""

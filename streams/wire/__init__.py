@@ -1,0 +1,1 @@
+"""The wire format: Avro codec, schema registry, dead-letter headers and event models."""
