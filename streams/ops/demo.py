@@ -160,7 +160,7 @@ def percentile(values: list[float], q: float) -> float:
 def run_demo(orders: int, seed: int, timeout: float, keep: bool, out: TextIO = sys.stdout) -> int:
     """Run the order saga demo end to end; returns the exit code (non-zero if any saga is stuck)."""
     from streams.local import kafka as localkafka
-    from streams.local import localregistry
+    from streams.local import registry as localregistry
     from streams.ops.admin import create_topics, delete_topics
     from streams.ops.client import EventClient
     from streams.wire.codec import SchemaStore
