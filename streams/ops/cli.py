@@ -82,7 +82,7 @@ def _registry(args: argparse.Namespace) -> int:
 def _client(settings: Settings):  # noqa: ANN202
     from streams.core.topology import load_topology
     from streams.ops.client import EventClient
-    from streams.runtime.app import build_codec
+    from streams.wire.registry import build_codec
 
     return EventClient(
         settings, load_topology(settings.topology_file), build_codec(settings), "sagastream-cli"

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from streams.core.topology import load_topology
-from streams.runtime.app import build_codec
 from streams.runtime.settings import Settings
 from streams.runtime.worker import group_role
+from streams.wire.registry import build_codec
 
 OUTCOMES = ("SagaCompleted", "SagaCompensated", "SagaFailed")
 
@@ -104,7 +104,6 @@ def _settings_env(settings: Settings) -> dict[str, str]:
         "SAGASTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "SAGASTREAM_TOPIC_PREFIX": settings.topic_prefix,
         "SAGASTREAM_DATA_DIR": str(settings.data_dir),
-        "SAGASTREAM_PROCESSING_GUARANTEE": settings.processing_guarantee,
         "SAGASTREAM_TOPOLOGY_FILE": str(settings.topology_file),
     }
     if settings.schema_registry_url:

@@ -17,12 +17,12 @@ from streams.runtime.settings import Settings
 from streams.wire.codec import (
     AvroCodec,
     DecodeError,
-    LocalSchemaIds,
     RegistryUnavailable,
     SchemaStore,
     derive_meta,
 )
 from streams.wire.dlq import Origin, dead_letter_headers
+from streams.wire.registry import build_codec
 
 log = logging.getLogger("sagastream")
 
@@ -43,16 +43,6 @@ STORE_OPTIONS = {
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def build_codec(settings: Settings, store: SchemaStore | None = None) -> AvroCodec:
-    """The codec every worker uses: schemas from schemas/, ids from the registry when configured."""
-    store = store or SchemaStore(SchemaStore.default_dir())
-    if settings.schema_registry_url:
-        from streams.wire.registry import RegistrySchemaIds
-
-        return AvroCodec(store, RegistrySchemaIds(store, settings))
-    return AvroCodec(store, LocalSchemaIds(store))
 
 
 @dataclass
@@ -182,7 +172,7 @@ def make_runtime(settings: Settings, role: str, guarantee: str | None = None) ->
         broker_credentials=_credentials(settings),
         store="rocksdb://",
         datadir=str(datadir),
-        processing_guarantee=guarantee or settings.processing_guarantee,
+        processing_guarantee=guarantee or "exactly_once",
         topic_partitions=max(partitions, default=topology.defaults.partitions),
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",

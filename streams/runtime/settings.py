@@ -23,7 +23,6 @@ class Settings(BaseSettings):
     topology_file: Path = REPO_ROOT / "topology.yaml"
     topic_prefix: str = ""
     app_id: str = "sagastream"
-    processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -35,15 +34,24 @@ class Settings(BaseSettings):
     handler_latency_ms: int = Field(default=2, ge=0)
     handler_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     handler_seed: int = 7
-    timer_tick_ms: int = Field(default=500, ge=10)
+    timer_tick_ms: int = Field(default=100, ge=10)
+    commit_interval_ms: int = Field(default=100, ge=1)
+    handler_concurrency: int = Field(default=64, ge=1)
+    drain_timeout_s: float = Field(default=10.0, ge=0.0)
+    transaction_timeout_ms: int = Field(default=10_000, ge=1000)
+    instance_id: str | None = None
 
     def topic(self, name: str) -> str:
         """Physical topic name for a topology topic (adds the test/tenant prefix)."""
         return f"{self.topic_prefix}{name}"
 
     def group(self, role: str) -> str:
-        """Consumer group (faust app id) of one worker role."""
+        """Consumer group of one worker role (the orchestrator, or one handler role)."""
         return f"{self.topic_prefix}{self.app_id}-{role}"
+
+    def changelog_topic(self) -> str:
+        """The orchestrator's compacted state changelog: saga key -> saga state."""
+        return f"{self.group('orchestrator')}-sagas-changelog"
 
     def librdkafka(self) -> dict[str, Any]:
         """The confluent-kafka configuration dict for these settings (the one boundary)."""
@@ -62,7 +70,7 @@ class Settings(BaseSettings):
         return conf
 
     def producer_config(self) -> dict[str, Any]:
-        """An idempotent producer that partitions keys like the Java client and faust (murmur2).
+        """An idempotent producer (acks=all) that partitions keys like the Java client (murmur2).
 
         librdkafka's default (CRC32) would put a saga's start event on a different partition
         than the results the agents produce, splitting one saga across two state stores.
@@ -70,8 +78,35 @@ class Settings(BaseSettings):
         return {
             **self.librdkafka(),
             "enable.idempotence": True,
+            "acks": "all",
             "partitioner": "murmur2_random",
             "linger.ms": 5,
+        }
+
+    def transactional_producer_config(self, transactional_id: str) -> dict[str, Any]:
+        """The orchestrator's producer: outputs, changelog and input offsets in one transaction.
+
+        A short transaction timeout bounds how long a crashed process's open transaction can
+        hold back read_committed consumers when no successor with its id fences it sooner.
+        """
+        return {
+            **self.producer_config(),
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": self.transaction_timeout_ms,
+        }
+
+    def consumer_config(self, group: str, **extra: Any) -> dict[str, Any]:
+        """A consumer of committed data only, committing offsets itself, never automatically."""
+        return {
+            **self.librdkafka(),
+            "group.id": group,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": self.heartbeat_interval_ms,
+            **extra,
         }
 
 

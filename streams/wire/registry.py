@@ -24,7 +24,13 @@ import httpx
 
 from streams.core.topology import Topology, load_topology
 from streams.runtime.settings import Settings
-from streams.wire.codec import DecodeError, RegistryUnavailable, SchemaStore
+from streams.wire.codec import (
+    AvroCodec,
+    DecodeError,
+    LocalSchemaIds,
+    RegistryUnavailable,
+    SchemaStore,
+)
 
 with warnings.catch_warnings():
     # the client imports authlib, which warns about httpx on import; authlib.deprecate
@@ -445,3 +451,11 @@ def _record_schema(schema: Schema) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return parsed if isinstance(parsed, dict) and parsed.get("type") == "record" else None
+
+
+def build_codec(settings: Settings, store: SchemaStore | None = None) -> AvroCodec:
+    """The codec every worker uses: schemas from schemas/, ids from the registry when configured."""
+    store = store or SchemaStore(SchemaStore.default_dir())
+    if settings.schema_registry_url:
+        return AvroCodec(store, RegistrySchemaIds(store, settings))
+    return AvroCodec(store, LocalSchemaIds(store))

@@ -25,9 +25,9 @@ import yaml
 from streams.core.topology import Topology, load_topology
 from streams.ops.client import EventClient
 from streams.ops.demo import WorkerSet
-from streams.runtime.app import build_codec
 from streams.runtime.settings import Settings
 from streams.wire.codec import SchemaStore
+from streams.wire.registry import build_codec
 
 HANDLERS = "payment,inventory,shipping,notification"
 

@@ -1,0 +1,73 @@
+"""Turning what a loop decided into records to produce: event type + fields + parent meta -> bytes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from streams.core.topology import Topology
+from streams.runtime.inputs import OutRecord
+from streams.runtime.settings import Settings
+from streams.wire.codec import AvroCodec, SchemaStore, derive_meta
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Encoder:
+    """Encodes events caused by a parent event onto their topology topic (schema fields cached)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topology: Topology,
+        store: SchemaStore,
+        codec: AvroCodec,
+        producer: str,
+    ) -> None:
+        self.settings = settings
+        self.topology = topology
+        self.store = store
+        self.codec = codec
+        self.producer = producer
+        self._fields: dict[str, tuple[str, ...]] = {}
+        self._topics: dict[str, str] = {}
+
+    def _schema_fields(self, event_type: str) -> tuple[str, ...]:
+        names = self._fields.get(event_type)
+        if names is None:
+            schema = self.store.raw(self.topology.events[event_type].schema_name)
+            names = self._fields[event_type] = tuple(f["name"] for f in schema["fields"])
+        return names
+
+    def topic_of(self, event_type: str) -> str:
+        """The physical topic an event type is produced to."""
+        topic = self._topics.get(event_type)
+        if topic is None:
+            topic = self._topics[event_type] = self.settings.topic(
+                self.topology.event_topic(event_type)
+            )
+        return topic
+
+    def derived(
+        self,
+        event_type: str,
+        key: bytes,
+        fields: Mapping[str, Any],
+        parent: Mapping[str, Any],
+        attempt: int,
+        now: int | None = None,
+    ) -> OutRecord:
+        """The record of an event caused by `parent` (same saga and trace, one hop further)."""
+        meta = derive_meta(parent, event_type, self.producer, attempt=attempt, now_ms=now)
+        record = {name: fields[name] for name in self._schema_fields(event_type) if name in fields}
+        record["meta"] = meta
+        headers = [
+            ("event_type", event_type.encode()),
+            ("traceparent", meta["traceparent"].encode()),
+        ]
+        return OutRecord(
+            self.topic_of(event_type), key, self.codec.encode(event_type, record), headers
+        )
