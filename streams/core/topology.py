@@ -124,6 +124,8 @@ class SagaSpec(_Model):
     outcome_topic: str
     deadline_ms: int = Field(default=300_000, ge=1)
     max_hops: int = Field(default=32, ge=1)
+    # full: every change; outcomes: only a saga's start and end; off: no SagaLifecycle records
+    audit: Literal["full", "outcomes", "off"] = "full"
     steps: dict[str, StepSpec] = Field(min_length=1)
     notify: NotifySpec | None = None
 
@@ -192,10 +194,14 @@ class Topology(_Model):
         return [name for name, h in self.handlers.items() if h.consumes in topics]
 
     def orchestrator_inputs(self) -> list[str]:
-        """Topics the orchestrator consumes: start events, step results and its timer topics."""
+        """Topics the orchestrator consumes: start events, step results and signals.
+
+        Timers are not among them: the orchestrator fires them from its own state, inline.
+        """
         names: list[str] = []
         for spec in self.sagas.values():
             inputs = [spec.start_event, *(e for e in ENGINE_INPUTS if e in self.events)]
+            inputs = [e for e in inputs if e != TIMER_EVENT]
             for step in spec.steps.values():
                 inputs += [step.success] if step.success else []
                 inputs += step.failure

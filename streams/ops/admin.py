@@ -30,6 +30,13 @@ def create_topics(settings: Settings, topology: Topology, timeout: float = 30.0)
     metadata = admin.list_topics(timeout=timeout)
     replication = min(3, len(metadata.brokers))
     wanted = {settings.topic(n): (p, conf) for n, p, conf in topology.all_topic_configs()}
+    if topology.sagas:
+        inputs = topology.orchestrator_inputs()
+        # the orchestrator's state changelog: compacted, one partition per input partition
+        wanted[settings.changelog_topic()] = (
+            topology.partitions(inputs[0]),
+            {"cleanup.policy": "compact"},
+        )
     existing = sorted(t for t in wanted if t in metadata.topics)
     for name in existing:
         have = len(metadata.topics[name].partitions)

@@ -18,8 +18,7 @@ def _broker(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from streams.runtime.worker import run_worker
 
-    run_worker(Settings(), args.role, args.loglevel)
-    return 0
+    return run_worker(Settings(), args.role, args.loglevel)
 
 
 def _topics(args: argparse.Namespace) -> int:

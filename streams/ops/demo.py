@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from streams.core.topology import load_topology
 from streams.runtime.settings import Settings
-from streams.runtime.worker import group_role
+from streams.runtime.worker import parse_roles
 from streams.wire.registry import build_codec
 
 OUTCOMES = ("SagaCompleted", "SagaCompensated", "SagaFailed")
@@ -56,7 +56,9 @@ class WorkerSet:
 
         admin = admin_client(self.settings)
         topology = load_topology(self.settings.topology_file)
-        groups = [self.settings.group(group_role(role.split(","), topology)) for role in self.procs]
+        groups = sorted(
+            {self.settings.group(r) for spec in self.procs for r in parse_roles(spec, topology)}
+        )
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()

@@ -19,6 +19,8 @@ class Metrics:
     up: Gauge
     registry_up: Gauge
     registry_retries: Counter
+    transactions: Counter
+    restore_seconds: Gauge
 
     @classmethod
     def create(cls, role: str, registry: CollectorRegistry | None = None) -> Metrics:
@@ -69,10 +71,26 @@ class Metrics:
                 ["role"],
                 registry=reg,
             ),
+            transactions=Counter(
+                "sagastream_transactions",
+                "Orchestrator transactions by result (committed, aborted)",
+                ["result"],
+                registry=reg,
+            ),
+            restore_seconds=Gauge(
+                "sagastream_restore_seconds",
+                "How long the last restore of assigned partitions' stores took",
+                registry=reg,
+            ),
         )
         metrics.up.labels(role).set(1)
         metrics.registry_up.labels(role).set(1)
         return metrics
+
+    def produced_many(self, role: str, event_types: list[str]) -> None:
+        """Count a decision's outputs (one call per decision, not per event)."""
+        for event_type in event_types:
+            self.produced.labels(role, event_type).inc()
 
     def serve(self, port: int) -> None:
         """Expose /metrics on a port (0 = disabled)."""

@@ -1,69 +1,251 @@
-"""The orchestrator agent: load saga state, call decide, store it, send commands, arm timers."""
+"""The orchestrator loop: consume a batch, decide per partition in offset order, commit together.
+
+One consumer subscribes to every orchestrator input topic with the range assignor, so partition
+p of every (co-partitioned) input topic lands on the same process and one store per partition
+holds every saga whose key hashes there. Each event is read (`read_input`), decided by the pure
+core (`decide`), and its outputs are encoded and handed to the open `Checkpoint`; due timers are
+decided inline, from the stores' due-index and this transaction's states. Once per commit
+interval the Checkpoint commits outputs, changelog and input offsets in one transaction. An
+aborted transaction rewinds every partition to its committed offset; nothing of it was applied.
+"""
 
 from __future__ import annotations
 
-import json
+import fcntl
 import logging
-from typing import Any
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
 
-from faust.types import EventT
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from streams.core.saga import TERMINAL, Event, decide, saga_for
-from streams.core.topology import LIFECYCLE_EVENT
-from streams.runtime.app import RAW, STORE_OPTIONS, Runtime, now_ms
-from streams.runtime.timers import TimerFirer, index_key
+from streams.core.topology import LIFECYCLE_EVENT, TIMER_EVENT, Topology
+from streams.runtime.checkpoint import Checkpoint, ProducerFatal, TransactionFailed
+from streams.runtime.inputs import (
+    Decoded,
+    OutRecord,
+    Rejected,
+    Unavailable,
+    dead_letter,
+    read_input,
+)
+from streams.runtime.metrics import Metrics
+from streams.runtime.outputs import Encoder, now_ms
+from streams.runtime.restore import restore
+from streams.runtime.settings import Settings
+from streams.runtime.store import PartitionStore, RocksStore
+from streams.wire.codec import AvroCodec, SchemaStore
+from streams.wire.dlq import Origin, dead_letter_headers
+from streams.wire.registry import retry_delay
 
 log = logging.getLogger("sagastream.orchestrator")
 
+ROLE = "orchestrator"
+PRODUCER_NAME = "sagastream-orchestrator"
+BATCH = 1000
+MAX_RECORDS_PER_TRANSACTION = 20_000
+MAX_DUE_PER_TICK = 5_000
+OUTCOME_CHANGES = frozenset({"started", *TERMINAL})
 
-def _dumps(state: dict[str, Any]) -> bytes:
-    return json.dumps(state, separators=(",", ":")).encode()
 
+@dataclass
+class Instance:
+    """This process's slot: its data directory and its stable transactional id.
 
-def install_orchestrator(rt: Runtime) -> None:
-    """Register the orchestrator agent, its two tables and the timer tick on the runtime's app."""
-    topo, app = rt.topology, rt.app
-    inputs = topo.orchestrator_inputs()
-    partitions = topo.partitions(inputs[0])
-    source = app.topic(*[rt.settings.topic(t) for t in inputs], **RAW)
-    table_args: dict[str, Any] = {
-        "partitions": partitions,
-        "default": None,
-        "options": dict(STORE_OPTIONS),
-        "key_type": bytes,
-        "value_type": bytes,
-    }
-    sagas = app.Table("sagas", help="saga state by saga key", **table_args)
-    timer_index = app.Table("timer-index", help="armed timers by due time", **table_args)
-    firer = TimerFirer(rt, timer_index, {rt.settings.topic(t) for t in inputs})
-    audit = LIFECYCLE_EVENT in topo.events
+    A restarted process takes the slot its predecessor left (an flock dies with its process), so
+    it reuses the predecessor's stores and, by reusing its transactional id, fences it and aborts
+    its open transaction at once instead of after the transaction timeout.
+    """
 
-    async def handle(event: EventT) -> None:
-        decoded = await rt.decode(event)
-        if decoded is None:
-            return
-        event_type, record = decoded
-        rt.metrics.consumed.labels(rt.role, event_type).inc()
-        meta = record.pop("meta")
-        key: bytes | None = event.key
-        if not key:
-            await rt.dead_letter(
-                event, "missing_key", f"{event_type} has no message key (saga key)"
+    directory: Path
+    transactional_id: str
+    lock: IO[bytes]
+
+    @classmethod
+    def claim(cls, settings: Settings) -> Instance:
+        group = settings.group(ROLE)
+        base = settings.data_dir / group
+        base.mkdir(parents=True, exist_ok=True)
+        names = [settings.instance_id] if settings.instance_id else [f"{n}" for n in range(256)]
+        for name in names:
+            lock = open(base / f"instance-{name}.lock", "wb")  # noqa: SIM115 - held for life
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            txn = (
+                f"{group}-{name}"
+                if settings.instance_id
+                else f"{group}-{socket.gethostname()}-{name}"
             )
+            return cls(base / f"instance-{name}", txn, lock)
+        raise RuntimeError(
+            f"every instance slot in {base} is taken"
+            + (
+                f" (SAGASTREAM_INSTANCE_ID={settings.instance_id} is in use)"
+                if settings.instance_id
+                else ""
+            )
+        )
+
+
+class Orchestrator:
+    """The orchestrator role of one worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topology: Topology,
+        schemas: SchemaStore,
+        codec: AvroCodec,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.topology = topology
+        self.codec = codec
+        self.metrics = metrics
+        self.encoder = Encoder(settings, topology, schemas, codec, PRODUCER_NAME)
+        self.inputs = [settings.topic(t) for t in topology.orchestrator_inputs()]
+        self.timer_topic = (
+            topology.event_topic(TIMER_EVENT) if TIMER_EVENT in topology.events else None
+        )
+        self.instance = Instance.claim(settings)
+        self.stores: dict[int, PartitionStore] = {}
+        self.waiting: dict[tuple[str, int], tuple[float, int]] = {}
+        self._failures: dict[tuple[str, int], int] = {}
+        self.trail: dict[bytes, tuple[str, str, list[dict[str, Any]], dict[str, Any]]] = {}
+        self.ready = threading.Event()
+        self._consumer: Consumer | None = None
+        self._ckpt: Checkpoint | None = None
+
+    # -- the process ----------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Process until `stop` is set, then commit what is open and leave the group."""
+        while not stop.is_set():
+            try:
+                self._session(stop)
+            except (ProducerFatal, KafkaException) as exc:
+                log.error("orchestrator session failed (%s); rebuilding it and rejoining", exc)
+                self._close_stores()
+                stop.wait(1.0)
+
+    def _session(self, stop: threading.Event) -> None:
+        producer = Producer(
+            self.settings.transactional_producer_config(self.instance.transactional_id)
+        )
+        while not stop.is_set():
+            try:
+                producer.init_transactions(10)
+                break
+            except KafkaException as exc:
+                if exc.args[0].fatal():
+                    raise ProducerFatal(str(exc)) from exc
+                log.warning("waiting for the transaction coordinator: %s", exc.args[0])
+        else:
             return
-        raw = sagas.get(key)
-        state = json.loads(raw) if raw else None
+        ckpt = self._ckpt = Checkpoint(producer, self.settings.changelog_topic())
+        consumer = self._consumer = Consumer(
+            self.settings.consumer_config(
+                self.settings.group(ROLE), **{"partition.assignment.strategy": "range"}
+            )
+        )
+        consumer.subscribe(
+            self.inputs, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
+        )
+        log.info("orchestrator consuming %s", ", ".join(self.inputs))
+        interval = self.settings.commit_interval_ms / 1000
+        tick = self.settings.timer_tick_ms / 1000
+        next_tick = 0.0
+        try:
+            while not stop.is_set():
+                wait = interval - (time.monotonic() - ckpt.started) if ckpt.open else tick
+                msgs = consumer.consume(BATCH, max(0.0, min(wait, tick)))
+                for msg in msgs:
+                    self._handle(msg)
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + tick
+                    self._fire_due()
+                    self._resume_waiting()
+                if ckpt.open and (
+                    time.monotonic() - ckpt.started >= interval
+                    or ckpt.records >= MAX_RECORDS_PER_TRANSACTION
+                ):
+                    self._commit()
+            self._commit(self.settings.drain_timeout_s)
+        finally:
+            self.ready.clear()
+            consumer.close()
+            self._close_stores()
+            producer.flush(5)
+
+    # -- one input ------------------------------------------------------------------------
+    def _handle(self, msg: Message) -> None:
+        ckpt = self._ckpt
+        assert ckpt is not None
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer: %s", err)
+            return
+        where = (msg.topic() or "", msg.partition() or 0)
+        if where in self.waiting:
+            return  # its partition waits for the schema registry; this one is re-read later
+        got = read_input(msg, self.codec, self.topology, self.settings)
+        if isinstance(got, Unavailable):
+            self._wait_for_registry(msg, got)
+            return
+        if where in self._failures:
+            del self._failures[where]
+            self.metrics.registry_up.labels(ROLE).set(1)
+        ckpt.begin()
+        try:
+            if isinstance(got, Rejected):
+                self._dead_letter(msg, got)
+            else:
+                self._decide(where[1], got, msg)
+        except Exception as exc:  # a bug must not stop the partition: park the input
+            log.exception("orchestrator failed on %s[%d]@%d", *where, msg.offset())
+            self._dead_letter(msg, Rejected("processing_error", f"{type(exc).__name__}: {exc}"))
+        ckpt.consumed(msg)
+
+    def _decide(self, partition: int, got: Decoded, msg: Message | None) -> None:
+        ckpt = self._ckpt
+        assert ckpt is not None
+        store = self.stores[partition]
+        key, record = got.key, dict(got.record)
+        meta = record.pop("meta")
+        state = ckpt.state(partition, store, key)
         if state is not None:
-            definition = (state["saga"], topo.sagas[state["saga"]])
-        elif (found := saga_for(topo.sagas, event_type)) is not None:
+            definition = (state["saga"], self.topology.sagas[state["saga"]])
+        elif (found := saga_for(self.topology.sagas, got.event_type)) is not None:
             definition = found
         else:
-            await rt.dead_letter(
-                event, "no_saga", f"{event_type} starts no saga and none is running"
+            self._reject(
+                msg,
+                got,
+                partition,
+                "no_saga",
+                f"{got.event_type} starts no saga and none is running",
             )
             return
+        now = now_ms()
         incoming = Event(
-            event_type,
+            got.event_type,
             meta["event_id"],
             record,
             attempt=meta["attempt"],
@@ -71,66 +253,243 @@ def install_orchestrator(rt: Runtime) -> None:
             correlation_id=meta["correlation_id"],
             traceparent=meta["traceparent"],
         )
-        decision = decide(definition, state, incoming, now_ms())
+        decision = decide(definition, state, incoming, now)
         if decision.duplicate:
             return
         new = decision.state
+        parent = meta
         if new is not None:
-            sagas[key] = _dumps(new)
-            _sync_timers(timer_index, key, state["timers"] if state else {}, new["timers"])
-            parent = {**meta, "correlation_id": new["corr"] or meta["correlation_id"]}
-            parent["traceparent"] = new["tp"] or meta["traceparent"]
-        else:
-            parent = meta
-        for command in decision.commands:
-            await rt.emit(command.event_type, key, command.fields, parent, command.attempt)
-        if audit and new is not None:
-            for what, step in decision.lifecycle:
-                entry = {
-                    "saga_type": new["saga"],
-                    "what": what,
-                    "step": step,
-                    "status": new["status"],
-                }
-                await rt.emit(LIFECYCLE_EVENT, key, entry, parent, 1)
+            parent = {
+                **meta,
+                "correlation_id": new["corr"] or meta["correlation_id"],
+                "traceparent": new["tp"] or meta["traceparent"],
+            }
+        # encode everything first: a failure here must leave nothing half-sent
+        out = [
+            self.encoder.derived(c.event_type, key, c.fields, parent, c.attempt, now)
+            for c in decision.commands
+        ]
+        if new is not None:
+            ckpt.put_state(partition, store, key, state, new)
+            self._note_trail(key, definition[1].audit, new, decision.lifecycle, parent)
+        for rec in out:
+            ckpt.produce(rec)
+        self.metrics.produced_many(ROLE, [c.event_type for c in decision.commands])
         if decision.dead_letter:
-            await rt.dead_letter(event, "saga", decision.dead_letter)
+            self._reject(msg, got, partition, "saga", decision.dead_letter)
         if (
             new is not None
             and new["status"] in TERMINAL
             and (state is None or state["status"] not in TERMINAL)
         ):
-            rt.metrics.outcomes.labels(new["saga"], new["status"]).inc()
-            rt.metrics.saga_seconds.labels(new["saga"], new["status"]).observe(
+            self.metrics.outcomes.labels(new["saga"], new["status"]).inc()
+            self.metrics.saga_seconds.labels(new["saga"], new["status"]).observe(
                 (new["ended"] - new["started"]) / 1000
             )
 
-    @app.agent(source, name="orchestrator")
-    async def orchestrate(stream: Any) -> None:
-        async for event in stream.events():
-            try:
-                await handle(event)
-            except Exception as exc:  # a bug must not stop the partition: park the input
-                log.exception("orchestrator failed on %s", event.message.tp)
-                await rt.dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}")
+    def _note_trail(
+        self,
+        key: bytes,
+        audit: str,
+        state: dict[str, Any],
+        lifecycle: list[tuple[str, str | None]],
+        parent: dict[str, Any],
+    ) -> None:
+        """Audit: one SagaLifecycle record per saga per transaction, carrying its changes."""
+        if audit == "off" or LIFECYCLE_EVENT not in self.topology.events:
+            return
+        changes = [
+            {"what": what, "step": step}
+            for what, step in lifecycle
+            if audit == "full" or what in OUTCOME_CHANGES
+        ]
+        if not changes:
+            return
+        entry = self.trail.get(key)
+        if entry is None:
+            self.trail[key] = (state["saga"], state["status"], changes, parent)
+        else:
+            self.trail[key] = (entry[0], state["status"], entry[2] + changes, parent)
 
-    @app.timer(interval=rt.settings.timer_tick_ms / 1000)
-    async def tick() -> None:
+    def _reject(
+        self, msg: Message | None, got: Decoded, partition: int, reason: str, why: str
+    ) -> None:
+        if msg is not None:
+            self._dead_letter(msg, Rejected(reason, why))
+            return
+        # a fired timer has no input message: its DLQ record is the TimerFired event itself
+        timers = self.timer_topic or "sagas.timers"
+        topic = self.settings.topic(self.topology.dlq(timers))
+        value = self.codec.encode(TIMER_EVENT, got.record)
+        origin = Origin(self.settings.topic(timers), partition, -1, now_ms())
+        headers = dead_letter_headers(origin, reason, why, PRODUCER_NAME)
+        assert self._ckpt is not None
+        self._ckpt.produce(OutRecord(topic, got.key, value, headers))
+        self.metrics.dead_letters.labels(ROLE, self.timer_topic or "", reason).inc()
+        log.warning("dead-lettered a timer of %r to %s: %s", got.key, topic, why)
+
+    def _dead_letter(self, msg: Message, rejected: Rejected) -> None:
+        assert self._ckpt is not None
+        rec = dead_letter(msg, self.topology, self.settings, rejected, PRODUCER_NAME)
+        self._ckpt.produce(rec)
+        self.metrics.dead_letters.labels(ROLE, msg.topic() or "", rejected.reason).inc()
+        log.warning(
+            "dead-lettered %s[%s]@%s to %s: %s",
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            rec.topic,
+            rejected.error,
+        )
+
+    # -- timers ---------------------------------------------------------------------------
+    def _fire_due(self) -> None:
+        """Decide every timer due now, in this transaction; a fired timer is gone from state."""
+        ckpt = self._ckpt
+        assert ckpt is not None
+        now = now_ms()
+        for partition, store in list(self.stores.items()):
+            due = set(store.due(now, MAX_DUE_PER_TICK))
+            for key, touched in ckpt.pending_states(partition).items():
+                if touched.state is not None:
+                    due.update((d, t, key) for t, d in touched.state["timers"].items() if d <= now)
+            for due_ms, timer, key in sorted(due):
+                state = ckpt.state(partition, store, key)
+                if state is None or state["timers"].get(timer) != due_ms:
+                    continue  # disarmed, or fired already in this transaction
+                kind, step, attempt = timer.split("|")
+                event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{key.hex()}|{timer}|{due_ms}"))
+                meta = {
+                    "event_id": event_id,
+                    "event_type": TIMER_EVENT,
+                    "saga_key": key.decode(errors="replace"),
+                    "occurred_at": now,
+                    "producer": PRODUCER_NAME,
+                    "correlation_id": state.get("corr") or event_id,
+                    "causation_id": None,
+                    "traceparent": state.get("tp"),
+                    "hop": 0,
+                    "attempt": 1,
+                }
+                fields = {"kind": kind, "step": step, "attempt": int(attempt), "due_ms": due_ms}
+                ckpt.begin()
+                try:
+                    self._decide(
+                        partition, Decoded(TIMER_EVENT, {**fields, "meta": meta}, key), None
+                    )
+                except Exception:
+                    log.exception("firing timer %s of %r failed", timer, key)
+                    continue
+                self.metrics.timers_fired.labels(kind).inc()
+
+    # -- the schema registry is down --------------------------------------------------------
+    def _wait_for_registry(self, msg: Message, got: Unavailable) -> None:
+        """Only this partition waits: paused, rewound to this message, retried after a backoff."""
+        consumer = self._consumer
+        assert consumer is not None
+        where = (msg.topic() or "", msg.partition() or 0)
+        failures = self._failures.get(where, 0)
+        delay = retry_delay(failures)
+        self._failures[where] = failures + 1
+        tp = TopicPartition(where[0], where[1], msg.offset() or 0)
+        consumer.pause([tp])
+        consumer.seek(tp)
+        self.waiting[where] = (time.monotonic() + delay, failures + 1)
+        self.metrics.registry_up.labels(ROLE).set(0)
+        self.metrics.registry_retries.labels(ROLE).inc()
+        log.warning("%s; %s[%d]@%d waits, retry in %.1fs", got.error, *where, msg.offset(), delay)
+
+    def _resume_waiting(self) -> None:
+        if not self.waiting or self._consumer is None:
+            return
+        now = time.monotonic()
+        ready = [w for w, (at, _) in self.waiting.items() if at <= now]
+        for where in ready:
+            del self.waiting[where]
+        if ready:
+            self._consumer.resume([TopicPartition(t, p) for t, p in ready])
+
+    # -- commit and rebalance -------------------------------------------------------------
+    def _commit(self, timeout: float = 30.0) -> None:
+        ckpt, consumer = self._ckpt, self._consumer
+        assert ckpt is not None and consumer is not None
+        if not ckpt.open:
+            return
+        self._flush_trail()
         try:
-            await firer.fire_due(now_ms())
-        except Exception:  # the next tick tries again; a crash here would stop the worker
-            log.exception("firing due timers failed")
+            ckpt.commit(consumer, timeout)
+            self.metrics.transactions.labels("committed").inc()
+        except TransactionFailed as exc:
+            self.metrics.transactions.labels("aborted").inc()
+            log.warning("transaction aborted (%s); re-reading from the committed offsets", exc)
+            self._rewind()
+        self.trail.clear()
 
-    @app.task
-    async def started() -> None:
-        log.info("orchestrator consuming %s", ", ".join(rt.settings.topic(t) for t in inputs))
+    def _flush_trail(self) -> None:
+        ckpt = self._ckpt
+        assert ckpt is not None
+        for key, (saga, status, changes, parent) in self.trail.items():
+            fields = {"saga_type": saga, "status": status, "changes": changes}
+            ckpt.produce(self.encoder.derived(LIFECYCLE_EVENT, key, fields, parent, 1))
+        if self.trail:
+            self.metrics.produced_many(ROLE, [LIFECYCLE_EVENT] * len(self.trail))
 
+    def _rewind(self) -> None:
+        """After an abort: every assigned partition back to its committed offset."""
+        consumer = self._consumer
+        assert consumer is not None
+        self.trail.clear()
+        assigned = consumer.assignment()
+        if not assigned:
+            return
+        for tp in consumer.committed(assigned, timeout=30):
+            tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            consumer.seek(tp)
+        self.waiting.clear()
+        consumer.resume(assigned)
 
-def _sync_timers(index: Any, key: bytes, old: dict[str, int], new: dict[str, int]) -> None:
-    """Keep the due-time index equal to the timers armed in the saga state."""
-    for timer, due in old.items():
-        if new.get(timer) != due:
-            index.pop(index_key(due, key, timer), None)
-    for timer, due in new.items():
-        if old.get(timer) != due:
-            index[index_key(due, key, timer)] = b"1"
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = {tp.partition for tp in partitions} - set(self.stores)
+        # waits until no transaction of a previous owner is pending on these partitions, so
+        # the changelog below is final up to where our inputs start
+        consumer.committed(partitions, timeout=60)
+        opened = {p: RocksStore(self.instance.directory / f"p{p}") for p in sorted(numbers)}
+        started = time.monotonic()
+        for done in restore(self.settings, self.settings.changelog_topic(), opened):
+            log.info(
+                "partition %d restored: %d changelog records from %s",
+                done.partition,
+                done.records,
+                "the start"
+                if done.from_offset is None or done.from_offset < 0
+                else done.from_offset,
+            )
+        self.stores.update(opened)
+        self.metrics.restore_seconds.set(time.monotonic() - started)
+        self.ready.set()
+        log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._ckpt is not None and self._ckpt.open:
+            self._commit()
+        self._drop({tp.partition for tp in partitions})
+
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._ckpt is not None:
+            self._ckpt.abort()
+        self.trail.clear()
+        self._drop({tp.partition for tp in partitions})
+
+    def _drop(self, numbers: set[int]) -> None:
+        self.waiting = {w: v for w, v in self.waiting.items() if w[1] not in numbers}
+        for p in numbers:
+            store = self.stores.pop(p, None)
+            if store is not None:
+                store.close()
+        if not self.stores:
+            self.ready.clear()
+
+    def _close_stores(self) -> None:
+        for store in self.stores.values():
+            store.close()
+        self.stores.clear()

@@ -1,16 +1,32 @@
-"""A consumer-group worker process for one or more roles (the orchestrator, or handlers)."""
+"""A consumer-group worker process: the orchestrator and/or handler roles, each on its own thread.
+
+SIGTERM or SIGINT sets one stop event; every role stops fetching, commits what finished and
+leaves its group within `drain_timeout_s`. A role that has not ended a few seconds after that
+is abandoned and the process exits anyway: a worker never ignores SIGTERM.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 from streams.core.topology import Topology, load_topology
-from streams.runtime.app import Runtime, make_runtime
+from streams.runtime.metrics import Metrics
 from streams.runtime.settings import Settings
-from streams.wire.codec import RegistryUnavailable
+from streams.wire.codec import RegistryUnavailable, SchemaStore
+from streams.wire.registry import build_codec
+
+log = logging.getLogger("sagastream.worker")
 
 ORCHESTRATOR = "orchestrator"
+# past the drain bound, how long a role may take to close its clients before it is abandoned
+CLOSE_GRACE_S = 5.0
 
 
 def roles_of(topology: Topology) -> list[str]:
@@ -30,42 +46,73 @@ def parse_roles(spec: str, topology: Topology) -> list[str]:
     return roles
 
 
-def group_role(roles: list[str], topology: Topology) -> str:
-    """The name a worker's consumer group is derived from."""
-    return "all" if sorted(roles) == sorted(roles_of(topology)) else "_".join(roles)
-
-
-def build_worker(settings: Settings, roles: list[str]) -> Runtime:
-    """A faust app with the agents of the given roles."""
-    from handlers.agent import install_handler
-    from streams.runtime.orchestrator import install_orchestrator
-
+def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
+    """Run the roles of `spec` until SIGTERM/SIGINT; returns the exit code."""
+    logging.basicConfig(
+        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     topology = load_topology(settings.topology_file)
-    # Handlers are at-least-once with idempotency keys; only the orchestrator needs transactions.
-    guarantee = None if ORCHESTRATOR in roles else "at_least_once"
-    rt = make_runtime(settings, group_role(roles, topology), guarantee)
+    roles = parse_roles(spec, topology)
+    schemas = SchemaStore(SchemaStore.default_dir())
+    codec = build_codec(settings, schemas)
+    metrics = Metrics.create(",".join(roles))
+    metrics.serve(settings.metrics_port)
+    # learn every schema id before consuming; if the registry is down, inputs wait and retry
+    with contextlib.suppress(RegistryUnavailable):
+        codec.prepare(topology.events)
+
+    runners: dict[str, Callable[[threading.Event], None]] = {}
     for role in roles:
         if role == ORCHESTRATOR:
-            install_orchestrator(rt)
+            from streams.ops.admin import create_topics
+            from streams.runtime.orchestrator import Orchestrator
+
+            create_topics(settings, topology)  # idempotent; makes sure the changelog exists
+            runners[role] = Orchestrator(settings, topology, schemas, codec, metrics).run
         else:
-            install_handler(rt, role)
-    return rt
+            from handlers.agent import build_handler
+            from streams.runtime.handler_loop import HandlerLoop
 
+            call, commands = build_handler(settings, topology, role)
+            loop = HandlerLoop(settings, topology, schemas, codec, role, call, commands, metrics)
+            runners[role] = loop.run
 
-def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> None:
-    """Run until SIGTERM/SIGINT; faust's Worker stops the consumer cleanly (leaves the group)."""
-    from faust.worker import Worker
+    stop = threading.Event()
+    failed: list[str] = []
 
-    rt = build_worker(settings, parse_roles(spec, load_topology(settings.topology_file)))
-    rt.metrics.serve(settings.metrics_port)
-    # learn every schema id before consuming; if the registry is down, the first input retries
-    with contextlib.suppress(RegistryUnavailable):
-        rt.codec.prepare(rt.topology.events)
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)  # a second signal: the operator means it
+        log.warning("signal %d: draining (at most %.0fs)", signum, settings.drain_timeout_s)
+        stop.set()
 
-    @rt.app.task
-    async def log_at_the_level_asked() -> None:
-        # mode leaves the root logger at DEBUG and filters in its handler, so every debug call
-        # in aiokafka's and faust's send path built a record: about 10% of the orchestrator's CPU
-        logging.getLogger().setLevel(loglevel.upper())
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
-    Worker(rt.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    def guarded(role: str, run: Callable[[threading.Event], None]) -> None:
+        try:
+            run(stop)
+        except Exception:
+            log.exception("role %s failed; stopping the worker", role)
+            failed.append(role)
+            stop.set()
+
+    threads = [
+        threading.Thread(target=guarded, args=(role, run), name=role, daemon=True)
+        for role, run in runners.items()
+    ]
+    for thread in threads:
+        thread.start()
+    log.info("worker running %s", ", ".join(roles))
+    while not stop.is_set():
+        stop.wait(0.5)
+    deadline = time.monotonic() + settings.drain_timeout_s + CLOSE_GRACE_S
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threads if t.is_alive()]
+    metrics.up.labels(",".join(roles)).set(0)
+    if stuck:
+        log.error("roles %s did not stop within the drain bound; exiting anyway", stuck)
+        logging.shutdown()
+        os._exit(1)
+    return 1 if failed else 0

@@ -38,6 +38,9 @@ _PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
 _HEADER = struct.Struct(">BI")
 _MAGIC = 0
 _INT_RANGE = (-(2**31), 2**31 - 1)
+# Registries number schemas with Java ints; the header is read unsigned, so ids above this
+# exist nowhere, and asking would only earn an answer a registry may word as anything.
+_MAX_SCHEMA_ID = 2**31 - 1
 _LONG_RANGE = (-(2**63), 2**63 - 1)
 
 ParsedSchema = dict[str, Any]
@@ -318,6 +321,13 @@ class AvroCodec:
         return writer
 
     def _reader_for(self, schema_id: int) -> tuple[str, ParsedSchema, ParsedSchema | None]:
+        if schema_id > _MAX_SCHEMA_ID:
+            raise DecodeError(
+                "unknown_schema_id",
+                f"unknown schema id {schema_id}: above {_MAX_SCHEMA_ID}, the largest id a "
+                "schema registry gives",
+                schema_id=schema_id,
+            )
         written = self._ids.writer_schema(schema_id)
         if written is None:
             raise DecodeError(

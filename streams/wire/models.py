@@ -365,13 +365,19 @@ class StepEscalated(Event):
     waited_ms: AvroLong
 
 
-class SagaLifecycle(Event):
-    """One entry of a saga's audit trail."""
+class LifecycleChange(AvroRecord):
+    """One change of a saga's audit trail: what happened, and the step it is about."""
 
-    saga_type: str
     what: str
     step: str | None = None
+
+
+class SagaLifecycle(Event):
+    """A saga's audit trail: one record per saga per commit, with its changes in order."""
+
+    saga_type: str
     status: str
+    changes: list[LifecycleChange] = []
 
 
 class NotificationFailed(Event):

@@ -124,7 +124,7 @@ class SchemaRejected(ValueError):
 class Registry:
     """The registry calls sagastream makes, with errors mapped to what callers act on.
 
-    Unreachable, timing out, failing (5xx) or refusing the credentials raises
+    Unreachable, timing out, throttling, failing (5xx) or refusing the credentials raises
     RegistryUnavailable; "not found" answers become None. The client does not retry or
     sleep (callers back off without blocking), and caches schemas by id and lookups.
     """
@@ -134,19 +134,38 @@ class Registry:
         self._client = client or SchemaRegistryClient.new_client(
             {"url": url, "max.retries": 0, "timeout": timeout}
         )
+        self._addressed = False
 
     def schema(self, schema_id: int) -> Schema | None:
-        """The schema with this id; None if the registry has none."""
+        """The schema with this id; None if the registry says it has none.
+
+        Any refusal of the id (a 4xx other than credentials and throttling, which raise
+        RegistryUnavailable) means none: Apicurio, for one, answers an id it cannot parse
+        with a 404 of error code 0. A wrong URL path earns the same answer, so such a
+        refusal counts only once the URL has been seen to lead to a registry API.
+        """
         try:
             return self._call(self._client.get_schema, schema_id)
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404 and exc.error_code in _NOT_FOUND_CODES:
                 return None
-            # anything else (a RESTEasy 404 for a wrong URL path, 401) must not dead-letter input
+            if 400 <= exc.http_status_code < 500 and self._is_registry_api():
+                return None
             raise RegistryUnavailable(
                 f"schema registry at {self.url} answered {exc} for schema id {schema_id}; "
-                "check SAGASTREAM_SCHEMA_REGISTRY_URL and its credentials"
+                "check SAGASTREAM_SCHEMA_REGISTRY_URL (it ends in the API path, e.g. "
+                "/apis/ccompat/v7 for Apicurio)"
             ) from exc
+
+    def _is_registry_api(self) -> bool:
+        """Whether the URL answers as a registry API (lists schema types); kept once true."""
+        if not self._addressed:
+            try:
+                self._call(self._client.get_schema_types)
+            except SchemaRegistryError:
+                return False
+            self._addressed = True
+        return True
 
     def lookup(self, subject: str, text: str) -> tuple[Registered | None, bool]:
         """This exact text's id and version under the subject, and whether the subject exists."""

@@ -65,12 +65,17 @@ def saga_state(ns: Any, key: str, timeout: float = 10.0) -> dict[str, Any]:
 def lifecycle(ns: Any, key: str, until: str, timeout: float = 30.0) -> list[tuple[str, str | None]]:
     """A saga's audit trail as (what, step) pairs, read until an entry `until` appears."""
 
-    def reached(msgs: list[Received]) -> bool:
-        return any(m.key == key.encode() and m.record and m.record["what"] == until for m in msgs)
+    def changes(msgs: list[Received]) -> list[tuple[str, str | None]]:
+        return [
+            (c["what"], c["step"])
+            for m in msgs
+            if m.key == key.encode() and m.record
+            for c in m.record["changes"]
+        ]
 
-    msgs = ns.client.read([ns.topic("sagas.lifecycle")], reached, timeout)
-    trail = [
-        (m.record["what"], m.record["step"]) for m in msgs if m.key == key.encode() and m.record
-    ]
+    msgs = ns.client.read(
+        [ns.topic("sagas.lifecycle")], lambda ms: any(w == until for w, _ in changes(ms)), timeout
+    )
+    trail = changes(msgs)
     assert any(what == until for what, _ in trail), f"no {until} in the trail of {key}: {trail}"
     return trail

@@ -18,7 +18,7 @@ from streams.wire.codec import AvroCodec, LocalSchemaIds, SchemaStore
 from streams.wire.models import MODELS, AvroRecord, Event
 
 SCHEMAS_DIR = Path(__file__).parents[2] / "schemas"
-SHARED_RECORDS = {"EventMeta", "OrderItem"}
+SHARED_RECORDS = {"EventMeta", "LifecycleChange", "OrderItem"}
 STORE = SchemaStore(SCHEMAS_DIR)
 CODEC = AvroCodec(STORE, LocalSchemaIds(STORE))
 EVENT_TYPES = STORE.event_types()

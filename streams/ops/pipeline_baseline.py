@@ -1,0 +1,204 @@
+"""The physical limit `sagastream bench` compares against: the order saga's hops on plain Kafka.
+
+Raw bytes, no Avro, no saga state beyond a join counter, one process per role, like the
+sagastream workers: a start event goes to the orchestrator, which sends one command to each of
+the three step handlers and, per saga, as many filler records as sagastream writes to its
+lifecycle, changelog and timer topics; each handler answers its command with a result; when the
+three results are in, the orchestrator emits the outcome and a notification command, which the
+notification handler answers too. The orchestrator's outputs and input offsets commit in one
+transaction per commit interval (the design's runtime does the same); handlers produce through
+an idempotent producer and commit offsets automatically once a command's result is queued.
+
+One role per process: ``python -m streams.ops.pipeline_baseline ROLE --prefix P --filler K``,
+with the connection settings in the usual SAGASTREAM_* variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka.admin import NewTopic
+
+from streams.ops.admin import admin_client
+from streams.runtime.settings import Settings
+
+ORCHESTRATOR = "orchestrator"
+STEPS = ("payment", "inventory", "shipping")
+NOTIFY = "notification"
+HANDLERS = (*STEPS, NOTIFY)
+ROLES = (ORCHESTRATOR, *HANDLERS)
+PARTITIONS = 4
+READY = "baseline ready"
+
+RESULT = b"r" * 48
+FILLER = b"f" * 96
+
+
+@dataclass(frozen=True)
+class BaselineTopics:
+    """The pipeline's physical topic names under one prefix."""
+
+    prefix: str
+
+    @property
+    def start(self) -> str:
+        return f"{self.prefix}start"
+
+    @property
+    def outcomes(self) -> str:
+        return f"{self.prefix}outcomes"
+
+    @property
+    def lifecycle(self) -> str:
+        return f"{self.prefix}lifecycle"
+
+    def commands(self, role: str) -> str:
+        return f"{self.prefix}{role}.commands"
+
+    def results(self, role: str) -> str:
+        return f"{self.prefix}{role}.events"
+
+    def all(self) -> list[str]:
+        per_role = [t for role in HANDLERS for t in (self.commands(role), self.results(role))]
+        return [self.start, *per_role, self.outcomes, self.lifecycle]
+
+
+def create_baseline_topics(
+    settings: Settings, topics: BaselineTopics, timeout: float = 30.0
+) -> None:
+    """Create the pipeline's topics with the partition count of the order saga's topics."""
+    admin = admin_client(settings)
+    replication = min(3, len(admin.list_topics(timeout=timeout).brokers))
+    new = [
+        NewTopic(t, num_partitions=PARTITIONS, replication_factor=replication) for t in topics.all()
+    ]
+    for future in admin.create_topics(new, operation_timeout=timeout).values():
+        future.result()
+
+
+def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes) -> None:
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+def _batches(consumer: Consumer, stop: threading.Event) -> Iterator[list[Message]]:
+    """Batches of messages until `stop`; says READY once the consumer has partitions."""
+    announced = False
+    while not stop.is_set():
+        batch = []
+        for msg in consumer.consume(1000, 0.05):
+            error = msg.error()
+            if error is None:
+                batch.append(msg)
+            elif error.fatal():
+                raise RuntimeError(f"consumer error: {error}")
+        if not announced and consumer.assignment():
+            print(READY, flush=True)
+            announced = True
+        yield batch
+
+
+def run_orchestrator(
+    settings: Settings, topics: BaselineTopics, filler: int, stop: threading.Event
+) -> None:
+    """Fan out, join, emit; outputs and input offsets commit in one transaction per interval."""
+    group = f"{topics.prefix}baseline-{ORCHESTRATOR}"
+    consumer = Consumer(settings.consumer_config(group))
+    results = {topics.results(step) for step in STEPS}
+    consumer.subscribe([topics.start, *(topics.results(role) for role in HANDLERS)])
+    producer = Producer(settings.transactional_producer_config(f"{group}-tx"))
+    producer.init_transactions()
+    producer.begin_transaction()
+    # lifecycle/changelog-like writes: half when the saga starts, the rest when it ends
+    at_start, at_end = filler // 2, filler - filler // 2
+    joined: dict[bytes | None, int] = {}
+    interval = settings.commit_interval_ms / 1000
+    last_commit = time.monotonic()
+    pending = False
+    for batch in _batches(consumer, stop):
+        for msg in batch:
+            topic, key = msg.topic(), msg.key()
+            if topic == topics.start:
+                for step in STEPS:
+                    _produce(producer, topics.commands(step), key, msg.value() or b"")
+                for _ in range(at_start):
+                    _produce(producer, topics.lifecycle, key, FILLER)
+            elif topic in results:
+                seen = joined.get(key, 0) + 1
+                if seen < len(STEPS):
+                    joined[key] = seen
+                    continue
+                joined.pop(key, None)
+                _produce(producer, topics.outcomes, key, RESULT)
+                _produce(producer, topics.commands(NOTIFY), key, RESULT)
+                for _ in range(at_end):
+                    _produce(producer, topics.lifecycle, key, FILLER)
+            # a notification result ends nothing: the saga already has its outcome
+        pending = pending or bool(batch)
+        producer.poll(0)
+        if pending and time.monotonic() - last_commit >= interval:
+            _commit(consumer, producer)
+            pending, last_commit = False, time.monotonic()
+    if pending:
+        _commit(consumer, producer)
+    consumer.close()
+
+
+def _commit(consumer: Consumer, producer: Producer) -> None:
+    offsets = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
+    producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata())
+    producer.commit_transaction()
+    producer.begin_transaction()
+
+
+def run_handler(
+    settings: Settings, topics: BaselineTopics, role: str, stop: threading.Event
+) -> None:
+    """Answer every command with a result; offsets commit automatically once it is queued."""
+    consumer = Consumer(
+        settings.consumer_config(
+            f"{topics.prefix}baseline-{role}",
+            **{"enable.auto.commit": True, "auto.commit.interval.ms": settings.commit_interval_ms},
+        )
+    )
+    consumer.subscribe([topics.commands(role)])
+    producer = Producer(settings.producer_config())
+    for batch in _batches(consumer, stop):
+        for msg in batch:
+            _produce(producer, topics.results(role), msg.key(), RESULT)
+            consumer.store_offsets(msg)
+        producer.poll(0)
+    producer.flush(10)
+    consumer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streams.ops.pipeline_baseline")
+    parser.add_argument("role", choices=ROLES)
+    parser.add_argument("--prefix", required=True, help="the pipeline's topic prefix")
+    parser.add_argument("--filler", type=int, default=0, help="extra orchestrator writes per saga")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    settings, topics = Settings(), BaselineTopics(args.prefix)
+    if args.role == ORCHESTRATOR:
+        run_orchestrator(settings, topics, args.filler, stop)
+    else:
+        run_handler(settings, topics, args.role, stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

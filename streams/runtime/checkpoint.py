@@ -1,0 +1,232 @@
+"""The one place that commits: outputs, state changelog and input offsets in one Kafka transaction.
+
+A `Checkpoint` collects one commit interval's work: the records the orchestrator produced, the
+saga states it changed (coalesced per key: one changelog record per saga per transaction) and
+the input offsets it consumed. `commit` produces the changelog records, sends the offsets with
+the consumer's group metadata (so a fenced generation cannot commit), commits the transaction,
+and only then writes the states to each partition's store with the changelog offset they reach.
+`abort` forgets all of it; the caller re-reads from the last committed offsets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from streams.runtime.inputs import OutRecord
+from streams.runtime.store import PartitionStore, timers_of
+
+log = logging.getLogger("sagastream.orchestrator")
+
+
+class TransactionFailed(RuntimeError):
+    """The transaction was aborted; state was rolled back and inputs must be re-read."""
+
+
+class ProducerFatal(RuntimeError):
+    """The producer cannot go on (fenced, or a fatal error): rebuild it and rejoin."""
+
+
+@dataclass
+class Touched:
+    """A saga changed in this transaction: its committed timers and its newest state."""
+
+    committed_timers: dict[str, int]
+    state: dict[str, Any] | None
+
+
+@dataclass
+class PartitionWork:
+    """One partition's share of the open transaction."""
+
+    store: PartitionStore
+    touched: dict[bytes, Touched] = field(default_factory=dict)
+    changelog_offset: int = -1
+
+
+class Checkpoint:
+    """An open transaction of the orchestrator's producer, and what commits with it."""
+
+    def __init__(self, producer: Producer, changelog_topic: str) -> None:
+        self.producer = producer
+        self.changelog_topic = changelog_topic
+        self.open = False
+        self.started = 0.0
+        self.records = 0
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.work: dict[int, PartitionWork] = {}
+        self._delivery_error: KafkaError | None = None
+
+    # -- filling it -----------------------------------------------------------------------
+    def begin(self) -> None:
+        if not self.open:
+            self._call(self.producer.begin_transaction)
+            self.open = True
+            self.started = time.monotonic()
+
+    def state(
+        self, partition: int, store: PartitionStore, saga_key: bytes
+    ) -> dict[str, Any] | None:
+        """A saga's newest state: this transaction's, else the store's."""
+        work = self.work.get(partition)
+        if work is not None and (t := work.touched.get(saga_key)) is not None:
+            return t.state
+        raw = store.get(saga_key)
+        return json.loads(raw) if raw else None
+
+    def put_state(
+        self,
+        partition: int,
+        store: PartitionStore,
+        saga_key: bytes,
+        old: dict[str, Any] | None,
+        new: dict[str, Any] | None,
+    ) -> None:
+        """Record a saga's new state; `old` is what `state` returned before this decision."""
+        work = self.work.get(partition)
+        if work is None:
+            work = self.work[partition] = PartitionWork(store)
+        touched = work.touched.get(saga_key)
+        if touched is None:
+            work.touched[saga_key] = Touched(timers_of(old), new)
+        else:
+            touched.state = new
+
+    def produce(self, record: OutRecord) -> None:
+        self._produce(record.topic, record.key, record.value, record.headers, None)
+
+    def consumed(self, msg: Message) -> None:
+        """Input consumed: its offset commits with this transaction."""
+        self.offsets[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
+
+    def pending_states(self, partition: int) -> dict[bytes, Touched]:
+        work = self.work.get(partition)
+        return work.touched if work else {}
+
+    # -- ending it ------------------------------------------------------------------------
+    def commit(self, consumer: Consumer, timeout: float = 30.0) -> None:
+        """Changelog, offsets and outputs commit together; then the stores take the states."""
+        if not self.open:
+            return
+        encoded: dict[int, dict[bytes, bytes | None]] = {}
+        try:
+            for partition, work in self.work.items():
+                values = encoded[partition] = {
+                    k: None
+                    if t.state is None
+                    else json.dumps(t.state, separators=(",", ":")).encode()
+                    for k, t in work.touched.items()
+                }
+                for saga_key, value in values.items():
+                    self._produce(
+                        self.changelog_topic, saga_key, value, None, partition, self._note(work)
+                    )
+            if self.offsets:
+                offsets = [TopicPartition(t, p, o) for (t, p), o in self.offsets.items()]
+                self._call(
+                    self.producer.send_offsets_to_transaction,
+                    offsets,
+                    consumer.consumer_group_metadata(),
+                    timeout,
+                )
+            self._commit_retrying(timeout)
+        except KafkaException as exc:
+            self.abort()
+            raise TransactionFailed(str(exc)) from exc
+        if self._delivery_error is not None:
+            # cannot happen after a successful commit, but the checkpoint must never lie
+            error, self._delivery_error = self._delivery_error, None
+            self._reset()
+            raise ProducerFatal(f"a record of a committed transaction failed: {error}")
+        for partition, work in self.work.items():
+            if work.touched and work.changelog_offset >= 0:
+                old = {k: t.committed_timers for k, t in work.touched.items()}
+                work.store.apply(encoded[partition], work.changelog_offset, old)
+        self._reset()
+
+    def abort(self) -> None:
+        """Forget this transaction's outputs and states (the caller rewinds the inputs)."""
+        if self.open:
+            try:
+                self.producer.abort_transaction(10)
+            except KafkaException as exc:
+                if exc.args[0].fatal():
+                    self._reset()
+                    raise ProducerFatal(str(exc)) from exc
+                log.warning("aborting the transaction failed: %s", exc)
+        self._reset()
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Drop the uncommitted work of partitions this process no longer owns."""
+        for partition in partitions:
+            self.work.pop(partition, None)
+        self.offsets = {tp: o for tp, o in self.offsets.items() if tp[1] not in partitions}
+
+    def _reset(self) -> None:
+        self.open = False
+        self.records = 0
+        self.offsets = {}
+        self.work = {}
+        self._delivery_error = None
+
+    def _note(self, work: PartitionWork) -> Callable[[KafkaError | None, Message], None]:
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                self._delivery_error = err
+            else:
+                work.changelog_offset = max(work.changelog_offset, msg.offset() or 0)
+
+        return delivered
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        partition: int | None,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": on_delivery}
+        if headers:
+            kwargs["headers"] = headers
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self.producer.produce(topic, **kwargs)
+                break
+            except BufferError:
+                self.producer.poll(0.05)
+        self.records += 1
+
+    def _commit_retrying(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.producer.commit_transaction(max(1.0, deadline - time.monotonic()))
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if err.fatal():
+                    self._reset()
+                    raise ProducerFatal(str(exc)) from exc
+                if err.retriable() and time.monotonic() < deadline:
+                    log.warning("commit is retried: %s", err)
+                    continue
+                raise
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except KafkaException as exc:
+            if exc.args[0].fatal():
+                self._reset()
+                raise ProducerFatal(str(exc)) from exc
+            raise

@@ -1,0 +1,231 @@
+"""Saga state of one partition: RocksDB (rocksdict) or an in-memory twin, behind one small interface.
+
+A store holds three key spaces:
+
+* `s<saga key>` -> the saga state (JSON), as last committed;
+* `t<due, 13 digits><timer>\\0<saga key>` -> empty: the due-index, derived from the states'
+  armed timers and written in the same batch, so a tick reads only what is due (sorted keys);
+* `m:checkpoint` -> the changelog offset the states reach.
+
+Writes arrive only through `apply`, once per committed transaction, as one atomic batch with the
+new checkpoint; so after a crash the store is at some committed transaction, never past Kafka,
+and restore replays the changelog from the checkpoint on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+from rocksdict import Options, Rdict, WriteBatch
+
+STATE, TIMER = b"s", b"t"
+CHECKPOINT_KEY = b"m:checkpoint"
+DUE_DIGITS = 13
+
+
+def timer_index_key(due_ms: int, timer: str, saga_key: bytes) -> bytes:
+    return TIMER + b"%013d" % due_ms + timer.encode() + b"\0" + saga_key
+
+
+def parse_timer_index_key(raw: bytes) -> tuple[int, str, bytes]:
+    """(due, timer, saga key) of a due-index key."""
+    due = int(raw[1 : 1 + DUE_DIGITS])
+    timer, saga_key = raw[1 + DUE_DIGITS :].split(b"\0", 1)
+    return due, timer.decode(), saga_key
+
+
+def timers_of(state: Mapping[str, Any] | None) -> dict[str, int]:
+    return dict(state["timers"]) if state else {}
+
+
+def timer_changes(
+    saga_key: bytes, old: Mapping[str, int], new: Mapping[str, int]
+) -> tuple[list[bytes], list[bytes]]:
+    """Due-index keys to delete and to add when a saga's armed timers go from `old` to `new`."""
+    gone = [timer_index_key(due, t, saga_key) for t, due in old.items() if new.get(t) != due]
+    added = [timer_index_key(due, t, saga_key) for t, due in new.items() if old.get(t) != due]
+    return gone, added
+
+
+class PartitionStore(Protocol):
+    """What the orchestrator needs of one partition's state."""
+
+    def get(self, saga_key: bytes) -> bytes | None:
+        """The committed state of a saga (JSON bytes), or None."""
+        ...
+
+    def checkpoint(self) -> int | None:
+        """The changelog offset the committed states reach; None if never written."""
+        ...
+
+    def due(self, now_ms: int, limit: int) -> list[tuple[int, str, bytes]]:
+        """(due, timer, saga key) of committed timers due at `now_ms`, oldest first."""
+        ...
+
+    def apply(
+        self,
+        states: Mapping[bytes, bytes | None],
+        checkpoint: int,
+        old_timers: Mapping[bytes, Mapping[str, int]] | None = None,
+    ) -> None:
+        """Write states (None deletes) and the checkpoint in one atomic batch; index follows.
+
+        `old_timers` are the committed states' armed timers where the caller knows them,
+        which saves reading and parsing those states again.
+        """
+        ...
+
+    def states(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every (saga key, state) in key order."""
+        ...
+
+    def size(self) -> int:
+        """Approximate number of sagas held."""
+        ...
+
+    def wipe(self) -> None:
+        """Forget everything (a checkpoint the changelog no longer has)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """The in-memory twin of RocksStore, for unit tests of the orchestrator's logic."""
+
+    def __init__(self) -> None:
+        self._data: dict[bytes, bytes] = {}
+
+    def get(self, saga_key: bytes) -> bytes | None:
+        return self._data.get(STATE + saga_key)
+
+    def checkpoint(self) -> int | None:
+        raw = self._data.get(CHECKPOINT_KEY)
+        return None if raw is None else int(raw)
+
+    def due(self, now_ms: int, limit: int) -> list[tuple[int, str, bytes]]:
+        found = sorted(parse_timer_index_key(k) for k in self._data if k[:1] == TIMER)
+        return [t for t in found if t[0] <= now_ms][:limit]
+
+    def apply(
+        self,
+        states: Mapping[bytes, bytes | None],
+        checkpoint: int,
+        old_timers: Mapping[bytes, Mapping[str, int]] | None = None,
+    ) -> None:
+        for key, op in _batch(self, states, checkpoint, old_timers):
+            if op is None:
+                self._data.pop(key, None)
+            else:
+                self._data[key] = op
+
+    def states(self) -> Iterator[tuple[bytes, bytes]]:
+        for key in sorted(k for k in self._data if k[:1] == STATE):
+            yield key[1:], self._data[key]
+
+    def size(self) -> int:
+        return sum(1 for k in self._data if k[:1] == STATE)
+
+    def wipe(self) -> None:
+        self._data.clear()
+
+    def close(self) -> None:
+        pass
+
+
+class RocksStore:
+    """One RocksDB database per partition, in raw (bytes) mode."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = Rdict(str(path), _options())
+
+    def get(self, saga_key: bytes) -> bytes | None:
+        value = self._db.get(STATE + saga_key)
+        return None if value is None else bytes(value)
+
+    def checkpoint(self) -> int | None:
+        raw = self._db.get(CHECKPOINT_KEY)
+        return None if raw is None else int(raw)
+
+    def due(self, now_ms: int, limit: int) -> list[tuple[int, str, bytes]]:
+        bound = TIMER + b"%013d" % (now_ms + 1)
+        out: list[tuple[int, str, bytes]] = []
+        for key in self._db.keys(from_key=TIMER):
+            raw = cast(bytes, key)
+            if raw >= bound:
+                break
+            out.append(parse_timer_index_key(raw))
+            if len(out) >= limit:
+                break
+        return out
+
+    def apply(
+        self,
+        states: Mapping[bytes, bytes | None],
+        checkpoint: int,
+        old_timers: Mapping[bytes, Mapping[str, int]] | None = None,
+    ) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for key, op in _batch(self, states, checkpoint, old_timers):
+            if op is None:
+                batch.delete(key)
+            else:
+                batch.put(key, op)
+        self._db.write(batch)
+
+    def states(self) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self._db.items(from_key=STATE):
+            raw = cast(bytes, key)
+            if raw[:1] != STATE:
+                break
+            yield raw[1:], cast(bytes, value)
+
+    def size(self) -> int:
+        return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
+
+    def wipe(self) -> None:
+        self._db.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._db = Rdict(str(self.path), _options())
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _options() -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    # sagas keep small values; small buffers keep many partitions per process cheap
+    opts.set_write_buffer_size(4 * 1024 * 1024)
+    opts.set_target_file_size_base(8 * 1024 * 1024)
+    return opts
+
+
+def _batch(
+    store: PartitionStore,
+    states: Mapping[bytes, bytes | None],
+    checkpoint: int,
+    old_timers: Mapping[bytes, Mapping[str, int]] | None,
+) -> Iterable[tuple[bytes, bytes | None]]:
+    """The key writes of one committed transaction: states, their due-index changes, checkpoint."""
+    for saga_key, value in states.items():
+        if old_timers is not None and saga_key in old_timers:
+            before: Mapping[str, int] = old_timers[saga_key]
+        else:
+            old = store.get(saga_key)
+            before = timers_of(json.loads(old) if old else None)
+        gone, added = timer_changes(
+            saga_key, before, timers_of(json.loads(value) if value else None)
+        )
+        for key in gone:
+            yield key, None
+        for key in added:
+            yield key, b""
+        yield STATE + saga_key, value
+    yield CHECKPOINT_KEY, str(checkpoint).encode()
