@@ -9,7 +9,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from streams.core.topology import Topology
 from streams.runtime.settings import Settings
@@ -91,14 +98,20 @@ class EventClient:
                 break
         return out
 
-    def stream(self, topics: list[str], timeout: float) -> Iterator[Received]:
-        """Yield every message of the physical topics from the beginning, for up to `timeout` s."""
+    def read_to_end(self, topics: list[str], timeout: float = 120.0) -> list[Received]:
+        """Every committed message of the physical topics, from the beginning to their end now."""
+        return list(self.stream(topics, timeout, to_end=True))
+
+    def stream(self, topics: list[str], timeout: float, to_end: bool = False) -> Iterator[Received]:
+        """Yield every message of the physical topics from the beginning, for up to `timeout` s
+        (or, `to_end`, until every partition has been read to its end)."""
         consumer = Consumer(
             {
                 **self.settings.librdkafka(),
                 "group.id": f"reader-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
+                "enable.partition.eof": to_end,
             }
         )
         try:
@@ -118,9 +131,14 @@ class EventClient:
                     for p in parts
                 ]
             )
-            while time.monotonic() < deadline:
+            unread = {(t, p) for t, parts in known.items() for p in parts}
+            while time.monotonic() < deadline and (unread or not to_end):
                 msg = consumer.poll(0.2)
-                if msg is None or msg.error():
+                if msg is None:
+                    continue
+                if (err := msg.error()) is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        unread.discard((msg.topic(), msg.partition()))
                     continue
                 event_type, record = None, None
                 with contextlib.suppress(DecodeError):  # raw bytes are still yielded
