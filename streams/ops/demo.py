@@ -87,6 +87,19 @@ class WorkerSet:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
+    def terminate(self, role: str, timeout: float = 60.0) -> tuple[int, float]:
+        """SIGTERM one worker and wait: (exit code, seconds it took to exit)."""
+        proc = self.procs.pop(role)
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        return code, time.monotonic() - started
+
     def stop(self, timeout: float = 30.0) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:

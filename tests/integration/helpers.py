@@ -12,13 +12,17 @@ from streams.ops.demo import order_fields
 OUTCOMES = ("SagaCompleted", "SagaCompensated", "SagaFailed")
 
 
+def good_order(order_id: str) -> dict[str, Any]:
+    """The fields of an order built to complete."""
+    fields, _ = order_fields(order_id, random.Random(order_id))
+    fields.update(card_token="tok_visa", shipping_address="1 Main Street")
+    fields["items"] = [i for i in fields["items"] if not i["sku"].startswith("OOS-")]
+    return fields
+
+
 def place_order(ns: Any, order_id: str, mixed: bool = False, **overrides: Any) -> dict[str, Any]:
     """Publish an OrderPlaced: a good order, or with `mixed` the demo's seeded mix of failures."""
-    rng = random.Random(order_id)
-    fields, _ = order_fields(order_id, rng)
-    if not mixed:
-        fields.update(card_token="tok_visa", shipping_address="1 Main Street")
-        fields["items"] = [i for i in fields["items"] if not i["sku"].startswith("OOS-")]
+    fields = order_fields(order_id, random.Random(order_id))[0] if mixed else good_order(order_id)
     fields.update(overrides)
     ns.client.publish("OrderPlaced", order_id, fields)
     ns.client.flush()

@@ -96,3 +96,40 @@ class TestRetryAcrossCrash:
         start_workers(HANDLERS)
         outcome = wait_outcomes(ns, {"order-crash"}, timeout=60)["order-crash"]
         assert outcome.event_type == "SagaCompleted", outcome.record
+
+
+class TestTimeoutAcrossCrash:
+    @pytest.fixture
+    def topology_patch(self):
+        def patch(data):
+            retry = {"max_attempts": 3, "initial_backoff_ms": 100, "jitter": "none"}
+            _steps(
+                data,
+                payment={"timeout_ms": 5000, "retry": retry},
+                inventory={"timeout_ms": 60000},
+                shipping={"timeout_ms": 60000},
+            )
+
+        return patch
+
+    def test_a_step_timeout_armed_before_a_sigkill_fires_after_it(
+        self, ns, orchestrator_only, start_workers
+    ):
+        place_order(ns, "order-timeout-crash")
+        # the payment command is out and its 5 s timeout armed; no handler answers
+        ns.client.read([ns.topic("payments.commands")], lambda m: len(m) >= 1, timeout=30)
+        orchestrator_only.kill("orchestrator")
+        killed_at = time.time() * 1000
+        start_workers("orchestrator")
+
+        def retried(msgs):
+            return any(m.record and m.record["meta"]["attempt"] == 2 for m in msgs)
+
+        charges = ns.client.read([ns.topic("payments.commands")], retried, timeout=60)
+        retry = next(m for m in charges if m.record and m.record["meta"]["attempt"] == 2)
+        assert retry.record["meta"]["occurred_at"] > killed_at
+        trail = lifecycle(ns, "order-timeout-crash", until="step_retry_scheduled", timeout=10)
+        assert ("step_retry_scheduled", "payment") in trail
+        start_workers(HANDLERS)
+        outcome = wait_outcomes(ns, {"order-timeout-crash"}, timeout=60)["order-timeout-crash"]
+        assert outcome.event_type == "SagaCompleted", outcome.record
