@@ -21,7 +21,8 @@ string keys), and a faust value is the record dict AvroCodec reads and writes: i
 Outcomes are written in Kafka transactions; faust reads uncommitted data unless the app
 runs with ``processing_guarantee="exactly_once"``, so without it an agent may see the
 outcome of an aborted attempt too: deduplicate on the saga key. A message that cannot
-be decoded reaches faust as a ValueDecodeError (faust logs it and skips the message).
+be decoded is a faust ValueDecodeError, which faust logs and raises in the agent's stream
+(Topic.on_value_decode_error decides).
 """
 
 from __future__ import annotations

@@ -131,6 +131,18 @@ def test_decode_of_unknown_schema_id(schema_id: int) -> None:
     assert str(schema_id) in str(caught.value)
 
 
+@pytest.mark.parametrize("schema_id", [2**31, 2**32 - 1])
+def test_an_id_beyond_a_java_int_is_unknown_without_asking(schema_id: int) -> None:
+    class NoIds(FixedIds):
+        def writer_schema(self, schema_id: int) -> dict[str, Any] | None:
+            raise AssertionError(f"asked for schema id {schema_id}")
+
+    codec = AvroCodec(STORE, NoIds({}))
+    with pytest.raises(DecodeError) as caught:
+        codec.decode(struct.pack(">BI", 0, schema_id) + b"\x00")
+    assert (caught.value.reason, caught.value.schema_id) == ("unknown_schema_id", schema_id)
+
+
 def test_decode_of_every_truncation_is_truncated() -> None:
     data = CODEC.encode("OrderPlaced", order_placed())
     for end in range(5, len(data)):

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from confluent_kafka import Message
 
 from streams.core.topology import TopologyError, load_topology, parse_topology
 from streams.ops import cli
-from streams.runtime.app import Runtime
-from streams.runtime.metrics import Metrics
+from streams.runtime.inputs import Decoded, Rejected, Unavailable, read_input
 from streams.runtime.settings import Settings
 from streams.wire.codec import AvroCodec, DecodeError, RegistryUnavailable, SchemaStore, new_meta
 from streams.wire.registry import (
@@ -75,6 +73,10 @@ class FakeRegistryClient(MockSchemaRegistryClient):
     def get_schema(self, schema_id: int, *args: Any, **kw: Any) -> Schema:
         self.calls.append("get_schema")
         return super().get_schema(schema_id, *args, **kw)
+
+    def get_schema_types(self) -> list[str]:
+        self.calls.append("get_schema_types")
+        return ["JSON", "PROTOBUF", "AVRO"]
 
     def lookup_schema(self, subject_name: str, schema: Schema, *args: Any, **kw: Any) -> Any:
         self.calls.append("lookup_schema")
@@ -387,22 +389,70 @@ def test_an_unreachable_registry_is_unavailable_not_a_decode_error() -> None:
     assert not isinstance(RegistryUnavailable("x"), DecodeError)
 
 
-@pytest.mark.parametrize(("status", "code"), [(500, 50001), (503, -1), (404, 404), (401, 40101)])
-@pytest.mark.parametrize("side", ["consumer", "producer"])
-def test_failing_or_misaddressed_registries_are_unavailable(
-    client: FakeRegistryClient, side: str, status: int, code: int
-) -> None:
-    def broken(*args: Any, **kw: Any) -> Any:
+def _answer(client: FakeRegistryClient, call: str, status: int, code: int) -> None:
+    """Make the client's `call` fail with this HTTP status and error code (and record it)."""
+
+    def answer(*args: Any, **kw: Any) -> Any:
+        client.calls.append(call)
         raise SchemaRegistryError(status, code, "boom")
 
+    setattr(client, call, answer)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(500, 50001), (503, -1), (401, 40101), (403, 40301), (408, -1), (429, 42901)],
+)
+@pytest.mark.parametrize("side", ["consumer", "producer"])
+def test_failing_throttling_or_refusing_registries_are_unavailable(
+    client: FakeRegistryClient, side: str, status: int, code: int
+) -> None:
     codec = _codec(STORE, client)
     with pytest.raises(RegistryUnavailable):
         if side == "consumer":
-            client.get_schema = broken  # type: ignore[method-assign]
+            _answer(client, "get_schema", status, code)
             codec.decode(struct.pack(">BI", 0, 7) + b"\x00")
         else:
-            client.lookup_schema = broken  # type: ignore[method-assign]
+            _answer(client, "lookup_schema", status, code)
             codec.encode("OrderPlaced", _order())
+
+
+@pytest.mark.parametrize("side", ["consumer", "producer"])
+def test_a_misaddressed_registry_is_unavailable(client: FakeRegistryClient, side: str) -> None:
+    # what Apicurio's RESTEasy answers for a URL without /apis/ccompat/v7, whatever the call
+    for name in ("get_schema", "get_schema_types", "lookup_schema"):
+        _answer(client, name, 404, 0)
+    codec = _codec(STORE, client)
+    with pytest.raises(RegistryUnavailable, match="SAGASTREAM_SCHEMA_REGISTRY_URL"):
+        if side == "consumer":
+            codec.decode(struct.pack(">BI", 0, 7) + b"\x00")
+        else:
+            codec.encode("OrderPlaced", _order())
+
+
+@pytest.mark.parametrize(("status", "code"), [(404, 0), (404, 404), (400, 400), (422, 42201)])
+def test_an_id_the_registry_refuses_is_unknown_and_asked_for_once(
+    client: FakeRegistryClient, status: int, code: int
+) -> None:
+    _answer(client, "get_schema", status, code)
+    codec = _codec(STORE, client)
+    for schema_id in (7, 7, 8):
+        with pytest.raises(DecodeError) as caught:
+            codec.decode(struct.pack(">BI", 0, schema_id) + b"\x00")
+        assert caught.value.reason == "unknown_schema_id"
+    # 7 is remembered as unknown; the URL is checked once, then trusted
+    assert client.calls == ["get_schema", "get_schema_types", "get_schema"]
+
+
+@pytest.mark.parametrize("schema_id", [2**31, 2**32 - 1])
+def test_an_id_beyond_a_java_int_is_unknown_without_asking(
+    client: FakeRegistryClient, schema_id: int
+) -> None:
+    _answer(client, "get_schema", 404, 0)
+    with pytest.raises(DecodeError) as caught:
+        _codec(STORE, client).decode(struct.pack(">BI", 0, schema_id) + b"\x00")
+    assert (caught.value.reason, caught.value.schema_id) == ("unknown_schema_id", schema_id)
+    assert client.calls == []
 
 
 def test_a_non_avro_schema_id_is_dead_lettered(client: FakeRegistryClient) -> None:
@@ -418,55 +468,33 @@ def test_retry_delay_doubles_from_half_a_second_to_thirty() -> None:
     assert retry_delay(10_000) == 30
 
 
-# the worker's decode while the registry is away
+# what the workers make of it (streams.runtime.inputs decides for both loops)
 
 
-class FlakyIds:
-    """Local-like ids whose first `failures` writer-schema fetches find no registry."""
-
-    def __init__(self, metrics: Metrics, failures: int) -> None:
-        self.metrics = metrics
-        self.failures = failures
-        self.up_seen: list[float] = []
-
-    def id_for(self, event_type: str) -> int:
-        return 7
-
-    def writer_schema(self, schema_id: int) -> dict[str, Any] | None:
-        self.up_seen.append(
-            self.metrics.registry.get_sample_value("sagastream_registry_up", {"role": "t"})
-        )
-        if self.failures:
-            self.failures -= 1
-            raise RegistryUnavailable("schema registry at http://x is unreachable")
-        return STORE.raw("OrderPlaced")
+def _message(value: bytes) -> Message:
+    return Message(topic="p-orders.events", partition=0, offset=5, key=b"order-1", value=value)
 
 
-def test_runtime_decode_waits_for_the_registry_instead_of_dead_lettering(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("schema_id", "status", "code"), [(2**31, 404, 0), (2**32 - 1, 404, 0), (7, 404, 0)]
+)
+def test_a_poison_schema_id_is_dead_lettered_not_waited_for(
+    client: FakeRegistryClient, schema_id: int, status: int, code: int
 ) -> None:
-    metrics = Metrics.create("t")
-    ids = FlakyIds(metrics, failures=3)
-    codec = AvroCodec(STORE, ids)
-    data = AvroCodec(STORE, FlakyIds(metrics, 0)).encode("OrderPlaced", _order())
-    sleeps: list[float] = []
+    _answer(client, "get_schema", status, code)
+    data = struct.pack(">BI", 0, schema_id) + b"\x00"
+    got = read_input(_message(data), _codec(STORE, client), TOPOLOGY, SETTINGS)
+    assert isinstance(got, Rejected) and got.reason == "unknown_schema_id"
 
-    async def no_sleep(delay: float) -> None:
-        sleeps.append(delay)
 
-    monkeypatch.setattr("streams.runtime.app.asyncio.sleep", no_sleep)
-    dead: list[str] = []
-    rt = Runtime(SETTINGS, TOPOLOGY, STORE, codec, None, "t", metrics)  # type: ignore[arg-type]
-
-    async def dead_letter(event: Any, reason: str, error: str, attempts: int = 1) -> None:
-        dead.append(reason)
-
-    monkeypatch.setattr(rt, "dead_letter", dead_letter)
-    message = SimpleNamespace(topic="p-orders.events", partition=0, offset=5)
-    decoded = asyncio.run(rt.decode(SimpleNamespace(message=message, value=data, key=b"k")))
-    assert decoded is not None and decoded[0] == "OrderPlaced"
-    assert dead == [] and sleeps == [0.5, 1, 2]
-    assert ids.up_seen == [1, 0, 0, 0]
-    sample = metrics.registry.get_sample_value
-    assert sample("sagastream_registry_retries_total", {"role": "t"}) == 3
-    assert sample("sagastream_registry_up", {"role": "t"}) == 1
+@pytest.mark.parametrize(("status", "code"), [(503, -1), (429, 42901), (401, 40101)])
+def test_a_registry_that_cannot_answer_makes_the_message_wait(
+    client: FakeRegistryClient, status: int, code: int
+) -> None:
+    data = _codec(STORE, client).encode("OrderPlaced", _order())
+    _answer(client, "get_schema", status, code)
+    got = read_input(_message(data), _codec(STORE, client), TOPOLOGY, SETTINGS)
+    assert isinstance(got, Unavailable)
+    del client.get_schema  # the registry answers again
+    again = read_input(_message(data), _codec(STORE, client), TOPOLOGY, SETTINGS)
+    assert isinstance(again, Decoded) and again.record == _order() | {"meta": again.record["meta"]}
