@@ -138,7 +138,7 @@ class Orchestrator:
         while not stop.is_set():
             try:
                 self._session(stop)
-            except (ProducerFatal, KafkaException) as exc:
+            except (ProducerFatal, KafkaException, TimeoutError) as exc:
                 log.error("orchestrator session failed (%s); rebuilding it and rejoining", exc)
                 self._close_stores()
                 stop.wait(1.0)
@@ -209,6 +209,8 @@ class Orchestrator:
         if isinstance(got, Unavailable):
             self._wait_for_registry(msg, got)
             return
+        if isinstance(got, Decoded):
+            self.metrics.consumed.labels(ROLE, got.event_type).inc()
         if where in self._failures:
             del self._failures[where]
             self.metrics.registry_up.labels(ROLE).set(1)
@@ -442,11 +444,15 @@ class Orchestrator:
         assigned = consumer.assignment()
         if not assigned:
             return
-        for tp in consumer.committed(assigned, timeout=30):
-            tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            consumer.seek(tp)
-        self.waiting.clear()
-        consumer.resume(assigned)
+        try:
+            for tp in consumer.committed(assigned, timeout=30):
+                tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                consumer.seek(tp)
+            self.waiting.clear()
+            consumer.resume(assigned)
+        except KafkaException as exc:
+            # cannot rewind in place: start over (new consumer, committed offsets, restore)
+            raise ProducerFatal(f"rewinding after an abort failed: {exc}") from exc
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = {tp.partition for tp in partitions} - set(self.stores)
@@ -454,6 +460,7 @@ class Orchestrator:
         # the changelog below is final up to where our inputs start
         consumer.committed(partitions, timeout=60)
         opened = {p: RocksStore(self.instance.directory / f"p{p}") for p in sorted(numbers)}
+        self.stores.update(opened)  # closed by the session's end even if restoring fails
         started = time.monotonic()
         for done in restore(self.settings, self.settings.changelog_topic(), opened):
             log.info(
@@ -464,7 +471,6 @@ class Orchestrator:
                 if done.from_offset is None or done.from_offset < 0
                 else done.from_offset,
             )
-        self.stores.update(opened)
         self.metrics.restore_seconds.set(time.monotonic() - started)
         self.ready.set()
         log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.runtime.settings import Settings
 from streams.runtime.store import PartitionStore
@@ -21,6 +21,16 @@ from streams.runtime.store import PartitionStore
 log = logging.getLogger("sagastream.orchestrator")
 
 BATCH = 20_000
+# what a topic created a moment ago answers until its partitions have leaders
+_NOT_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+        KafkaError._UNKNOWN_PARTITION,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -46,9 +56,7 @@ def restore(
     try:
         starts: dict[int, int] = {}
         for partition, store in stores.items():
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=10, cached=False
-            )
+            low, high = _watermarks(consumer, TopicPartition(topic, partition), started + timeout)
             checkpoint = store.checkpoint()
             if checkpoint is not None and not (low <= checkpoint + 1 <= high):
                 log.warning(
@@ -70,11 +78,23 @@ def restore(
             consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
             _replay(consumer, stores, set(starts), counts, started + timeout)
         took = time.monotonic() - started
-        return [
-            Restored(p, counts[p], took, starts.get(p)) for p in stores
-        ]
+        return [Restored(p, counts[p], took, starts.get(p)) for p in stores]
     finally:
         consumer.close()
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+    """The partition's low and high offsets; a topic created a moment ago may need a retry."""
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if time.monotonic() > deadline or not (err.retriable() or err.code() in _NOT_YET):
+                raise
+            log.info("waiting for %s[%d]: %s", tp.topic, tp.partition, exc.args[0])
+            time.sleep(0.5)
 
 
 def _replay(
