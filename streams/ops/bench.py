@@ -10,18 +10,22 @@ A run has phases, each under its own topic prefix inside the run's (`bench-<time
                topology.yaml defines them) and chained one after the other.
 
 Latency is the time from publishing the start event to reading its outcome (read_committed) in
-this process; CPU is utime+stime from /proc per process over the rate point, broker JVM and
-this driver included.
+this process; sagas/s counts from the first publish to the last outcome; CPU is utime+stime
+from /proc per process, broker JVM and this driver included, from the first publish until the
+phase's topics stop growing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
 import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -30,13 +34,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from streams.core.topology import Topology, load_topology
+from streams.core.topology import load_topology
 from streams.ops.demo import (
     OUTCOMES,
     WorkerSet,
     _progress,
+    _settings_env,
     order_fields,
     percentile,
+)
+from streams.ops.pipeline_baseline import (
+    READY,
+    STRUCTURAL_WRITES,
+    BaselineTopics,
+    create_baseline_topics,
 )
 from streams.ops.pipeline_baseline import ROLES as BASELINE_ROLES
 from streams.runtime.settings import Settings
@@ -47,12 +58,11 @@ Point = dict[str, Any]
 WARMUP_ORDERS = 50
 MAX_FIXED_RATE_ORDERS = 2000
 FIXED_RATE_SECONDS = 5.0
-# 34.6 writes per saga measured for the faust runtime (DESIGN.md), minus the pipeline's own
-DEFAULT_FILLER = 25
 FANOUT_LATENCY_MS = {"payment": 200, "inventory": 100, "shipping": 150}
 FANOUT_ORDERS = 20
 FANOUT_RATE = 4.0
 CPU_COLUMNS = (*BASELINE_ROLES, "broker", "driver")
+QUIET_S = 0.5  # several commit intervals without a write: the work of a rate point is done
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,10 @@ class BenchOptions:
     def points(self) -> list[tuple[Rate, int]]:
         """(rate, orders) per rate point: the maximum rate first, then the fixed rates."""
         fixed = [
-            (rate, self.orders or min(MAX_FIXED_RATE_ORDERS, max(1, round(rate * FIXED_RATE_SECONDS))))
+            (
+                rate,
+                self.orders or min(MAX_FIXED_RATE_ORDERS, max(1, round(rate * FIXED_RATE_SECONDS))),
+            )
             for rate in self.rates
         ]
         return [(None, self.orders or 2000), *fixed]
@@ -124,11 +137,12 @@ def cpu_snapshot(pids: dict[str, list[int]]) -> dict[str, float]:
     return {name: sum(process_cpu_s(pid) for pid in group) for name, group in pids.items()}
 
 
-def cpu_ms_per_saga(before: dict[str, float], after: dict[str, float], sagas: int) -> dict[str, float]:
+def cpu_ms_per_saga(
+    before: dict[str, float], after: dict[str, float], sagas: int
+) -> dict[str, float]:
     """Milliseconds of CPU per saga for each process, and their sum as `total`."""
     per = {
-        name: (after[name] - before[name]) * 1000 / sagas if sagas else math.nan
-        for name in before
+        name: (after[name] - before[name]) * 1000 / sagas if sagas else math.nan for name in before
     }
     per["total"] = sum(per.values())
     return per
@@ -152,7 +166,9 @@ def ratios(point: Point, base: Point) -> dict[str, Any]:
     """Every figure of a sagastream rate point divided by the baseline's at the same rate."""
     return {
         "sagas_per_s": ratio(point["sagas_per_s"], base["sagas_per_s"]),
-        "latency_ms": {q: ratio(v, base["latency_ms"].get(q)) for q, v in point["latency_ms"].items()},
+        "latency_ms": {
+            q: ratio(v, base["latency_ms"].get(q)) for q, v in point["latency_ms"].items()
+        },
         "cpu_ms_per_saga": {
             name: ratio(v, base["cpu_ms_per_saga"].get(name))
             for name, v in point["cpu_ms_per_saga"].items()
@@ -226,20 +242,29 @@ def write_plot(series: dict[str, list[Point]], path: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(8, 5))
     styles = ["-", "--", ":", "-."]
     for (name, points), style in zip(series.items(), styles * len(series), strict=False):
-        # the maximum-rate point sits where it got to: at the rate it achieved
-        placed = sorted(
-            (p["sagas_per_s"] if p["rate"] == "max" else p["rate"], p)
-            for p in points
-            if math.isfinite(p["sagas_per_s"]) and p["sagas_per_s"] > 0
-        )
-        for q, marker in (("p50", "o"), ("p95", "s"), ("p99", "^")):
-            xy = [(x, p["latency_ms"][q]) for x, p in placed if math.isfinite(p["latency_ms"][q])]
-            if xy:
-                xs, ys = zip(*xy, strict=True)
-                ax.plot(xs, ys, linestyle=style, marker=marker, label=f"{name} {q}")
-        for x, p in placed:
-            if p["rate"] == "max":
-                ax.annotate("max", (x, p["latency_ms"]["p50"]), textcoords="offset points", xytext=(4, -12))
+        fixed = sorted(((p["rate"], p) for p in points if p["rate"] != "max"), key=lambda xp: xp[0])
+        # the maximum-rate point stands apart, at the rate it achieved
+        top = [(p["sagas_per_s"], p) for p in points if p["rate"] == "max"]
+        for q, marker, colour in (("p50", "o", "C0"), ("p95", "s", "C1"), ("p99", "^", "C3")):
+            for placed, line in ((fixed, style), (top, "none")):
+                xy = [
+                    (x, p["latency_ms"][q])
+                    for x, p in placed
+                    if math.isfinite(x) and x > 0 and math.isfinite(p["latency_ms"][q])
+                ]
+                if xy:
+                    xs, ys = zip(*xy, strict=True)
+                    label = f"{name} {q}" if line != "none" or not fixed else None
+                    ax.plot(xs, ys, linestyle=line, marker=marker, color=colour, label=label)
+        for x, p in top:
+            if math.isfinite(x) and x > 0:
+                ax.annotate(
+                    f"{name} max",
+                    (x, p["latency_ms"]["p50"]),
+                    textcoords="offset points",
+                    xytext=(4, -12),
+                    fontsize="small",
+                )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("rate (sagas/s offered; 'max': achieved)")
@@ -268,39 +293,40 @@ class Source:
     pids: dict[str, list[int]]
 
 
-def _publisher(
-    source: Source, keys: list[str], rate: Rate, sent: dict[str, int], errors: list[BaseException]
-) -> None:
-    try:
-        started = time.monotonic()
-        for i, key in enumerate(keys):
-            if rate is not None:
-                wait = started + i / rate - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-            sent[key] = source.publish(key)
-            if i == 0:
-                sent[""] = time.monotonic_ns()
-        source.client.flush()
-    except BaseException as exc:
-        errors.append(exc)
+class _Publisher(threading.Thread):
+    """Publishes the keys of a rate point, paced by the monotonic clock unless the rate is max."""
+
+    def __init__(self, source: Source, keys: list[str], rate: Rate) -> None:
+        super().__init__(name="bench-publisher", daemon=True)
+        self.source, self.keys, self.rate = source, keys, rate
+        self.sent: dict[str, int] = {}  # key -> epoch ms
+        self.first = math.nan  # monotonic time of the first publish
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.first = started = time.monotonic()
+            for i, key in enumerate(self.keys):
+                if self.rate is not None:
+                    wait = started + i / self.rate - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                self.sent[key] = self.source.publish(key)
+            self.source.client.flush()
+        except BaseException as exc:
+            self.error = exc
 
 
 def measure(
     source: Source, keys: list[str], rate: Rate, timeout: float, out: TextIO | None
 ) -> Point:
     """Publish `keys` at `rate` while reading their outcomes; the figures of this rate point."""
-    sent: dict[str, int] = {}
-    errors: list[BaseException] = []
     wanted = set(keys)
-    received: dict[str, tuple[int, float]] = {}
-    publisher = threading.Thread(
-        target=_publisher, args=(source, keys, rate, sent, errors), daemon=True
-    )
+    received: dict[str, tuple[int, float]] = {}  # key -> (epoch ms, monotonic) when read
+    publisher = _Publisher(source, keys, rate)
     before = cpu_snapshot(source.pids)
-    started = time.monotonic()
+    started = last_check = time.monotonic()
     publisher.start()
-    last_check = started
     window = len(keys) / rate if rate else 0.0
     for msg in source.client.stream([source.outcome_topic], window + timeout):
         key = source.outcome_key(msg)
@@ -310,20 +336,20 @@ def measure(
                 _progress(out, len(received), len(keys), started)
         if time.monotonic() - last_check > 2:
             source.workers.check_alive()
-            if errors:
-                raise errors[0]
+            if publisher.error is not None:
+                raise publisher.error
             last_check = time.monotonic()
         if len(received) == len(keys):
             break
+    _wait_quiet(source.client.settings, timeout)
     after = cpu_snapshot(source.pids)
     publisher.join()
-    if errors:
-        raise errors[0]
-    if out is not None and len(received) < len(keys):
+    if publisher.error is not None:
+        raise publisher.error
+    if out is not None and (out.isatty() or len(received) < len(keys)):
         out.write("\n")
-    first = sent.pop("", time.monotonic_ns()) / 1e9
-    last = max((t for _, t in received.values()), default=first)
-    elapsed = last - first
+    sent = publisher.sent
+    elapsed = max((t for _, t in received.values()), default=math.nan) - publisher.first
     return {
         "rate": "max" if rate is None else rate,
         "orders": len(keys),
@@ -336,3 +362,514 @@ def measure(
     }
 
 
+def _wait_quiet(settings: Settings, timeout: float) -> None:
+    """Wait until no topic under the settings' prefix has grown for QUIET_S seconds.
+
+    Some of a saga's work ends after its outcome (notifications, say): this counts it in the
+    CPU of the rate point that caused it, not the next one's, and it is all written when the
+    phase's writes are counted.
+    """
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    from streams.ops.admin import admin_client
+
+    admin = admin_client(settings)
+    topics = admin.list_topics(timeout=10).topics
+    latest = {
+        TopicPartition(name, p): OffsetSpec.latest()
+        for name, topic in topics.items()
+        if name.startswith(settings.topic_prefix)
+        for p in topic.partitions
+    }
+    deadline = time.monotonic() + timeout
+    previous: list[int] = []
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        futures = admin.list_offsets(latest, request_timeout=10)
+        ends = [futures[tp].result().offset for tp in latest]
+        if ends != previous:
+            previous, quiet_since = ends, time.monotonic()
+        elif time.monotonic() - quiet_since >= QUIET_S:
+            return
+        time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- infrastructure
+
+
+@dataclass
+class Run:
+    """A bench run: its broker and registry, its prefix, and what to remove at the end."""
+
+    settings: Settings  # the broker and registry, without a prefix
+    prefix: str
+    out: TextIO
+    subjects: list[Any] = field(default_factory=list)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.settings.data_dir / "bench-logs" / self.prefix.rstrip("-")
+
+    def phase(self, name: str, topology_file: Path | None = None) -> Settings:
+        """Settings of one phase: its own topic prefix (and topology file) inside the run's."""
+        update: dict[str, Any] = {"topic_prefix": f"{self.prefix}{name}-"}
+        if topology_file is not None:
+            update["topology_file"] = topology_file
+        return self.settings.model_copy(update=update)
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+def broker_pids(bootstrap: str) -> list[int]:
+    """The local broker JVM(s) serving `bootstrap`, if they run on this machine."""
+    from streams.local import kafka as localkafka
+
+    for cluster in (False, True):
+        info = localkafka.status(cluster)
+        pids = info["pids"]
+        same = set(str(info["bootstrap"]).split(",")) == set(bootstrap.split(","))
+        if info["running"] and same and isinstance(pids, list):
+            return [int(pid) for pid in pids]
+    return []
+
+
+@contextlib.contextmanager
+def _infrastructure(keep: bool, out: TextIO) -> Iterator[Run]:
+    """Broker and registry (local ones unless configured, like the demo), and the clean-up."""
+    from streams.local import kafka as localkafka
+    from streams.local import registry as localregistry
+    from streams.ops.admin import delete_topics
+    from streams.wire.registry import Registry, delete_subjects
+
+    def log(message: str) -> None:
+        print(message, file=out, flush=True)
+
+    env_settings = Settings()
+    bootstrap, registry_url = env_settings.bootstrap_servers, env_settings.schema_registry_url
+    started_broker = started_registry = False
+    if "SAGASTREAM_BOOTSTRAP_SERVERS" not in os.environ:
+        started_broker = not localkafka.status()["running"]
+        bootstrap = localkafka.start(log=log)
+    if not registry_url:
+        started_registry = not localregistry.status()["running"]
+        registry_url = localregistry.start(log=log)
+    settings = env_settings.model_copy(
+        update={"bootstrap_servers": bootstrap, "schema_registry_url": registry_url}
+    )
+    run = Run(settings, f"bench-{time.strftime('%Y%m%d-%H%M%S')}-", out)
+    try:
+        yield run
+    finally:
+        if not keep:
+            delete_topics(settings, run.prefix)
+            for path in settings.data_dir.glob(f"{run.prefix}*"):
+                shutil.rmtree(path, ignore_errors=True)
+            # the simulated services' idempotency ledgers (handlers.agent.ledger_path)
+            for path in (settings.data_dir / "external").glob(f"{run.prefix}*"):
+                path.unlink(missing_ok=True)
+            if not started_registry:
+                delete_subjects(Registry(str(registry_url)), run.subjects)
+        if started_broker:
+            localkafka.stop(log=log)
+        if started_registry and keep:
+            log(
+                f"schema registry left running at {registry_url}: the kept topics' schema ids "
+                "live only in its memory (`sagastream registry stop` when done)"
+            )
+        elif started_registry:
+            localregistry.stop(log=log)
+
+
+def _process_pids(workers: WorkerSet, bootstrap: str) -> dict[str, list[int]]:
+    pids = {role: [proc.pid] for role, proc in workers.procs.items()}
+    return pids | {"broker": broker_pids(bootstrap), "driver": [os.getpid()]}
+
+
+def chained_topology(source: Path, directory: Path, saga: str = "order") -> Path:
+    """A copy of a topology file whose saga runs its steps one after the other, in file order."""
+    import yaml
+
+    data = yaml.safe_load(source.read_text())
+    steps = data["sagas"][saga]["steps"]
+    names = list(steps)
+    for before, step in zip(names, names[1:], strict=False):
+        steps[step]["depends_on"] = [before]
+    path = directory / "topology.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    load_topology(path)  # fail here, with the file named, rather than in every worker
+    return path
+
+
+@contextlib.contextmanager
+def _saga_phase(
+    run: Run, settings: Settings, handler_latency_ms: dict[str, int], seed: int
+) -> Iterator[tuple[Source, Callable[[int, bool], list[str]]]]:
+    """Topics, schemas and a worker process per role for the order saga under one prefix.
+
+    Yields the source to measure and `orders(n, completing_only)`, which makes n orders (only
+    ones built to complete, if asked) for the source to publish, and returns their keys.
+    """
+    from streams.ops.admin import create_topics
+    from streams.ops.client import EventClient
+    from streams.wire.codec import SchemaStore
+    from streams.wire.registry import Registry, build_codec, plan_subjects, register_subjects
+
+    topology = load_topology(settings.topology_file)
+    create_topics(settings, topology)
+    subjects = plan_subjects(topology, SchemaStore(SchemaStore.default_dir()), settings)
+    run.subjects += subjects
+    registered = register_subjects(Registry(str(settings.schema_registry_url)), subjects)
+    if any(o.failed for o in registered):
+        refused = ", ".join(o.subject.name for o in registered if o.failed)
+        raise RuntimeError(f"schema registry {settings.schema_registry_url} refused {refused}")
+    workers = WorkerSet(settings, run.log_dir / settings.topic_prefix.removeprefix(run.prefix))
+    client = EventClient(settings, topology, build_codec(settings), "bench")
+    try:
+        t0 = time.monotonic()
+        roles = ["orchestrator", *topology.handlers_for("order")]
+        for role in roles:  # one process each, so each handler role can get its own latency
+            latency = str(handler_latency_ms.get(role, 0))
+            workers.start([role], {"SAGASTREAM_HANDLER_LATENCY_MS": latency})
+        workers.wait_ready()
+        run.say(f"  {len(roles)} worker processes ready in {time.monotonic() - t0:.1f}s")
+        rng = random.Random(seed)
+        pending: dict[str, dict[str, Any]] = {}
+        made = 0
+
+        def orders(n: int, completing_only: bool) -> list[str]:
+            nonlocal made
+            keys: list[str] = []
+            while len(keys) < n:
+                key = f"order-{seed}-{made:06d}"
+                made += 1
+                fields, expected = order_fields(key, rng)
+                if not completing_only or expected == "SagaCompleted":
+                    pending[key] = fields
+                    keys.append(key)
+            return keys
+
+        def publish(key: str) -> int:
+            return int(client.publish("OrderPlaced", key, pending.pop(key))["occurred_at"])
+
+        def outcome_key(msg: Any) -> str | None:
+            if msg.event_type in OUTCOMES and msg.record is not None:
+                return str(msg.record["meta"]["saga_key"])
+            return None
+
+        yield (
+            Source(
+                client,
+                settings.topic(topology.sagas["order"].outcome_topic),
+                publish,
+                outcome_key,
+                workers,
+                _process_pids(workers, settings.bootstrap_servers),
+            ),
+            orders,
+        )
+    finally:
+        client.close()
+        workers.stop()
+
+
+def _phase_writes(settings: Settings, sagas: int) -> dict[str, Any]:
+    from streams.ops.admin import admin_client
+
+    prefix = settings.topic_prefix
+    topics = [
+        t for t in admin_client(settings).list_topics(timeout=30).topics if t.startswith(prefix)
+    ]
+    return writes_per_saga(count_records(settings, topics), sagas, prefix)
+
+
+# --------------------------------------------------------------------------- the phases
+
+
+def _sagastream_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
+    settings = run.phase("ss")
+    run.say(f"\nsagastream: order saga, instant handlers (topics {settings.topic_prefix}*)")
+    points: list[Point] = []
+    with _saga_phase(run, settings, {}, options.seed) as (source, orders):
+        measure(source, orders(WARMUP_ORDERS, False), None, options.timeout, None)
+        published = WARMUP_ORDERS
+        for rate, n in options.points():
+            run.say(f"  rate {rate_label(rate)}: {n} orders")
+            points.append(measure(source, orders(n, False), rate, options.timeout, run.out))
+            published += n
+    # the workers have stopped, so no transaction is left open: every write is counted
+    return {"points": points, "writes_per_saga": _phase_writes(settings, published)}
+
+
+def _baseline_phase(run: Run, options: BenchOptions, filler: int) -> dict[str, Any]:
+    from streams.ops.client import EventClient
+    from streams.wire.registry import build_codec
+
+    settings = run.phase("base")
+    topics = BaselineTopics(settings.topic_prefix)
+    run.say(
+        f"\nbaseline: the same hops on plain confluent-kafka, {filler} filler writes per saga "
+        f"(topics {settings.topic_prefix}*)"
+    )
+    create_baseline_topics(settings, topics)
+    workers = _start_pipeline(settings, filler, run.log_dir / "base")
+    raw = settings.model_copy(update={"schema_registry_url": None})  # nothing to decode
+    topology = load_topology(settings.topology_file)
+    client = EventClient(settings, topology, build_codec(raw), "bench")
+    points: list[Point] = []
+    try:
+        t0 = time.monotonic()
+        _wait_pipeline_ready(workers)
+        run.say(f"  {len(workers.procs)} pipeline processes ready in {time.monotonic() - t0:.1f}s")
+        value = b"s" * 200  # about an OrderPlaced in Avro
+
+        def publish(key: str) -> int:
+            now = time.time_ns() // 1_000_000
+            client.publish_raw(topics.start, key.encode(), value)
+            return now
+
+        source = Source(
+            client,
+            topics.outcomes,
+            publish,
+            lambda msg: msg.key.decode() if msg.key else None,
+            workers,
+            _process_pids(workers, settings.bootstrap_servers),
+        )
+        made = 0
+
+        def keys(n: int) -> list[str]:
+            nonlocal made
+            made += n
+            return [f"saga-{i:07d}" for i in range(made - n, made)]
+
+        measure(source, keys(WARMUP_ORDERS * 4), None, options.timeout, None)
+        for rate, n in options.points():
+            n = options.baseline_orders if rate is None else n
+            run.say(f"  rate {rate_label(rate)}: {n} sagas")
+            points.append(measure(source, keys(n), rate, options.timeout, run.out))
+    finally:
+        client.close()
+        workers.stop()
+    return {
+        "filler_per_saga": filler,
+        "points": points,
+        "writes_per_saga": _phase_writes(settings, made),
+    }
+
+
+def _start_pipeline(settings: Settings, filler: int, log_dir: Path) -> WorkerSet:
+    """One baseline process per role, in a WorkerSet so that checks and shutdown are shared."""
+    workers = WorkerSet(settings, log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **_settings_env(settings)}
+    argv = ["--prefix", settings.topic_prefix, "--filler", str(filler)]
+    for role in BASELINE_ROLES:
+        log = open(log_dir / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
+        workers.procs[role] = subprocess.Popen(
+            [sys.executable, "-m", "streams.ops.pipeline_baseline", role, *argv],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return workers
+
+
+def _wait_pipeline_ready(workers: WorkerSet, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        workers.check_alive()
+        waiting = [
+            role
+            for role in workers.procs
+            if READY not in (workers.log_dir / f"{role}.log").read_text(errors="replace")
+        ]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"baseline processes not ready after {timeout}s ({', '.join(waiting)}); "
+                f"logs in {workers.log_dir}"
+            )
+        time.sleep(0.2)
+
+
+def _fanout_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
+    latencies = ", ".join(f"{role} {ms} ms" for role, ms in FANOUT_LATENCY_MS.items())
+    run.say(f"\nparallel against chained steps: handler latencies {latencies}")
+    results: dict[str, Point] = {}
+    with tempfile.TemporaryDirectory(prefix="sagastream-bench-") as tmp:
+        chained = chained_topology(run.settings.topology_file, Path(tmp))
+        for name, topology_file in (("parallel", None), ("sequential", chained)):
+            settings = run.phase(name[:3], topology_file)
+            run.say(f"  {name}: {FANOUT_ORDERS} orders at {FANOUT_RATE:g}/s")
+            with _saga_phase(run, settings, FANOUT_LATENCY_MS, options.seed) as (source, orders):
+                measure(source, orders(3, True), None, options.timeout, None)
+                keys = orders(FANOUT_ORDERS, True)
+                results[name] = measure(source, keys, FANOUT_RATE, options.timeout, run.out)
+    return fanout_summary(results["parallel"], results["sequential"])
+
+
+def fanout_summary(parallel: Point, sequential: Point) -> dict[str, Any]:
+    """Both p50 latencies against the largest branch and the sum of the branches."""
+    largest, total = max(FANOUT_LATENCY_MS.values()), sum(FANOUT_LATENCY_MS.values())
+    p50 = {"parallel": parallel["latency_ms"]["p50"], "sequential": sequential["latency_ms"]["p50"]}
+    return {
+        "handler_latency_ms": FANOUT_LATENCY_MS,
+        "largest_branch_ms": largest,
+        "sum_ms": total,
+        "parallel": parallel,
+        "sequential": sequential,
+        "p50_to_largest_branch": {k: ratio(v, largest) for k, v in p50.items()},
+        "p50_to_sum": {k: ratio(v, total) for k, v in p50.items()},
+        "sequential_to_parallel_p50": ratio(p50["sequential"], p50["parallel"]),
+    }
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _num(value: float | None, digits: int = 1, suffix: str = "") -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def _point_rate(point: Point) -> str:
+    return rate_label(None if point["rate"] == "max" else point["rate"])
+
+
+def format_report(results: dict[str, Any]) -> list[str]:
+    """The tables `sagastream bench` prints, from the results it writes as JSON."""
+    ss, base, fan = results.get("sagastream"), results.get("baseline"), results.get("fanout")
+    lines: list[str] = []
+    if ss or base:
+        lines += [
+            "",
+            f"  {'order saga':<20} {'orders':>7} {'stuck':>5} {'sagas/s':>10} {'p50 ms':>9} "
+            f"{'p95 ms':>9} {'p99 ms':>9} {'CPU ms/saga':>12}",
+        ]
+        for name, phase in (("sagastream", ss), ("baseline", base)):
+            for p in (phase or {}).get("points", []):
+                lat, cpu = p["latency_ms"], p["cpu_ms_per_saga"]
+                label = f"{name} {_point_rate(p)}"
+                lines.append(
+                    f"  {label:<20} {p['orders']:>7} {p['stuck']:>5} {_num(p['sagas_per_s']):>10} "
+                    f"{_num(lat['p50'], 0):>9} {_num(lat['p95'], 0):>9} {_num(lat['p99'], 0):>9} "
+                    f"{_num(cpu['total'], 3):>12}"
+                )
+                vs = p.get("vs_baseline")
+                if vs:
+                    vl, vc = vs["latency_ms"], vs["cpu_ms_per_saga"]
+                    lines.append(
+                        f"  {'  / baseline':<20} {'':>7} {'':>5} {_num(vs['sagas_per_s'], 3, 'x'):>10} "
+                        f"{_num(vl['p50'], 1, 'x'):>9} {_num(vl['p95'], 1, 'x'):>9} "
+                        f"{_num(vl['p99'], 1, 'x'):>9} {_num(vc['total'], 1, 'x'):>12}"
+                    )
+        lines += [
+            "",
+            "  CPU ms per saga     " + "".join(f"{c:>13}" for c in (*CPU_COLUMNS, "total")),
+        ]
+        for name, phase in (("sagastream", ss), ("baseline", base)):
+            for p in (phase or {}).get("points", []):
+                label = f"{name} {_point_rate(p)}"
+                cpu = p["cpu_ms_per_saga"]
+                cells = "".join(f"{_num(cpu.get(c), 3):>13}" for c in (*CPU_COLUMNS, "total"))
+                lines.append(f"  {label:<20}{cells}")
+        measured = results.get("run", {}).get("broker_cpu_measured", True)
+        lines.append(
+            "  broker: all the JVM did meanwhile, for any client"
+            if measured
+            else "  broker: not measured (not a broker this machine runs locally)"
+        )
+        for name, phase in (("sagastream", ss), ("baseline", base)):
+            if not phase:
+                continue
+            writes = phase["writes_per_saga"]
+            lines += ["", f"  Kafka writes per saga, {name}: {_num(writes['total'], 1)}"]
+            lines += [f"    {t:<44} {_num(n, 2):>8}" for t, n in writes["by_topic"].items()]
+    if fan:
+        largest, total = fan["largest_branch_ms"], fan["sum_ms"]
+        lines += [
+            "",
+            f"  {'steps':<12} {'sagas':>5} {'p50 ms':>8} {'p95 ms':>8} "
+            f"{f'p50 / largest ({largest} ms)':>26} {f'p50 / sum ({total} ms)':>22}",
+        ]
+        for name in ("parallel", "sequential"):
+            p = fan[name]
+            lines.append(
+                f"  {name:<12} {p['completed']:>5} {_num(p['latency_ms']['p50'], 0):>8} "
+                f"{_num(p['latency_ms']['p95'], 0):>8} "
+                f"{_num(fan['p50_to_largest_branch'][name], 2, 'x'):>26} "
+                f"{_num(fan['p50_to_sum'][name], 2, 'x'):>22}"
+            )
+        lines.append(
+            f"  sequential / parallel p50: {_num(fan['sequential_to_parallel_p50'], 2, 'x')}"
+        )
+    return lines
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinity become null: JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def run_bench(options: BenchOptions, out: TextIO = sys.stdout) -> int:
+    """Run every phase asked for, print the tables, write JSON and the plot; 1 if a saga stuck.
+
+    If a phase fails, what the phases before it measured is still printed and written.
+    """
+    results: dict[str, Any] = {}
+    try:
+        with _infrastructure(options.keep, out) as run:
+            results["run"] = {
+                "prefix": run.prefix,
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "cpus": os.cpu_count(),
+                "bootstrap_servers": run.settings.bootstrap_servers,
+                "broker_cpu_measured": bool(broker_pids(run.settings.bootstrap_servers)),
+            }
+            _run_phases(run, options, results)
+    finally:
+        if len(results) > 1:
+            _write_results(results, options, out)
+    phases = [results.get("sagastream"), results.get("baseline")]
+    points = [p for phase in phases if phase for p in phase["points"]]
+    fan = results.get("fanout")
+    points += [fan["parallel"], fan["sequential"]] if fan else []
+    return 1 if any(p["stuck"] for p in points) else 0
+
+
+def _run_phases(run: Run, options: BenchOptions, results: dict[str, Any]) -> None:
+    results["sagastream"] = _sagastream_phase(run, options)
+    if not options.skip_baseline:
+        # as many writes per saga as sagastream made, whatever its runtime writes
+        total = results["sagastream"]["writes_per_saga"]["total"]
+        results["baseline"] = _baseline_phase(
+            run, options, max(0, round(total - STRUCTURAL_WRITES))
+        )
+        for point, base in zip(
+            results["sagastream"]["points"], results["baseline"]["points"], strict=True
+        ):
+            point["vs_baseline"] = ratios(point, base)
+    if not options.skip_fanout:
+        results["fanout"] = _fanout_phase(run, options)
+
+
+def _write_results(results: dict[str, Any], options: BenchOptions, out: TextIO) -> None:
+    print("\n".join(format_report(results)), file=out)
+    options.json_path.write_text(json.dumps(_finite(results), indent=2) + "\n")
+    print(f"\nresults written to {options.json_path}", file=out)
+    series: dict[str, list[Point]] = {
+        name: results[name]["points"] for name in ("sagastream", "baseline") if name in results
+    }
+    skipped = write_plot(series, options.plot_path)
+    print(skipped or f"latency plot written to {options.plot_path}", file=out)

@@ -39,6 +39,26 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.orders, args.seed, args.timeout, args.keep)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streams.ops.bench import BenchOptions, parse_rates, run_bench
+
+    options = BenchOptions(
+        orders=args.orders,
+        rates=parse_rates(args.rates),
+        baseline_orders=args.baseline_orders,
+        skip_baseline=args.skip_baseline,
+        skip_fanout=args.skip_fanout,
+        json_path=Path(args.json),
+        plot_path=Path(args.plot),
+        timeout=args.timeout,
+        seed=args.seed,
+        keep=args.keep,
+    )
+    return run_bench(options)
+
+
 def _schemas(args: argparse.Namespace) -> int:
     from streams.core.topology import load_topology
     from streams.wire.codec import SchemaStore
@@ -133,6 +153,35 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for outcomes")
     d.add_argument("--keep", action="store_true", help="keep the demo's topics and state")
     d.set_defaults(func=_demo)
+
+    bn = sub.add_parser(
+        "bench",
+        help="throughput, latency, CPU and Kafka writes of the order saga, against plain Kafka",
+        description="Runs the order saga on the broker with a worker process per role and "
+        "instant handlers, at the maximum rate and at each fixed rate; then the same hops on "
+        "plain confluent-kafka (the physical limit every figure is divided by); then parallel "
+        "against chained steps with handler latencies of 200, 100 and 150 ms.",
+    )
+    bn.add_argument(
+        "--orders",
+        type=int,
+        default=None,
+        help="sagas per rate point (default: 2000 at the maximum rate, 5 s worth at a fixed rate)",
+    )
+    bn.add_argument(
+        "--rates", default="100,300,600", help="fixed rates in sagas/s, comma-separated"
+    )
+    bn.add_argument(
+        "--baseline-orders", type=int, default=20_000, help="baseline sagas at the maximum rate"
+    )
+    bn.add_argument("--skip-baseline", action="store_true", help="no plain confluent-kafka run")
+    bn.add_argument("--skip-fanout", action="store_true", help="no parallel/chained comparison")
+    bn.add_argument("--json", default="bench-results.json", help="where to write the results")
+    bn.add_argument("--plot", default="bench-latency.png", help="latency against rate (PNG)")
+    bn.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for outcomes")
+    bn.add_argument("--seed", type=int, default=42)
+    bn.add_argument("--keep", action="store_true", help="keep the run's topics and state")
+    bn.set_defaults(func=_bench)
 
     s = sub.add_parser("signal", help="deliver a human decision to a waiting step of any saga")
     s.add_argument("saga")

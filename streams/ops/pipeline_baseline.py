@@ -36,6 +36,8 @@ HANDLERS = (*STEPS, NOTIFY)
 ROLES = (ORCHESTRATOR, *HANDLERS)
 PARTITIONS = 4
 READY = "baseline ready"
+# per saga: start, a command and a result per step, outcome, notification command and result
+STRUCTURAL_WRITES = 1 + 2 * len(STEPS) + 3
 
 RESULT = b"r" * 48
 FILLER = b"f" * 96

@@ -1,0 +1,173 @@
+"""The pure parts of `sagastream bench`: rates, CPU accounting, percentiles, ratios, report, plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.core.topology import load_topology
+from streams.ops import bench
+from streams.ops.pipeline_baseline import STRUCTURAL_WRITES, BaselineTopics
+from streams.runtime.settings import Settings
+
+
+def point(rate: Any, sagas_per_s: float, p50: float, cpu_total: float) -> dict[str, Any]:
+    return {
+        "rate": rate,
+        "orders": 100,
+        "completed": 100,
+        "stuck": 0,
+        "elapsed_s": 100 / sagas_per_s,
+        "sagas_per_s": sagas_per_s,
+        "latency_ms": {"p50": p50, "p95": p50 * 2, "p99": p50 * 3},
+        "cpu_ms_per_saga": {
+            "orchestrator": cpu_total / 2,
+            "broker": cpu_total / 2,
+            "total": cpu_total,
+        },
+    }
+
+
+def test_rates_are_positive_numbers_and_max_always_comes_first() -> None:
+    assert bench.parse_rates("100, 300,max,,100") == (100.0, 300.0)
+    assert bench.parse_rates("") == ()
+    for bad in ("fast", "-5", "0", "inf"):
+        with pytest.raises(ValueError, match="--rates"):
+            bench.parse_rates(bad)
+    options = bench.BenchOptions(rates=(10.0, 600.0))
+    assert options.points() == [(None, 2000), (10.0, 50), (600.0, 2000)]
+    assert bench.BenchOptions(orders=7, rates=(10.0,)).points() == [(None, 7), (10.0, 7)]
+    assert [bench.rate_label(r) for r in (None, 100.0, 2.5)] == ["max", "100/s", "2.5/s"]
+
+
+def test_cpu_ticks_are_read_after_the_command_name_whatever_it_holds() -> None:
+    # fields 14 and 15 (utime, stime) are 1111 and 222; the name has spaces and parentheses
+    rest = "S 1 2 3 4 5 6 7 8 9 10 1111 222 33 44 20 0 1 0 100 0 0"
+    assert bench.stat_cpu_ticks(f"4242 (a (weird) name) {rest}") == 1333
+
+
+def test_cpu_of_this_process_grows_and_a_missing_process_is_nan() -> None:
+    before = bench.process_cpu_s(os.getpid())
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:
+        pass
+    assert bench.process_cpu_s(os.getpid()) > before
+    assert math.isnan(bench.process_cpu_s(2**22 + 12345))
+    snapshot = bench.cpu_snapshot({"driver": [os.getpid()], "none": []})
+    assert snapshot["driver"] > 0 and snapshot["none"] == 0
+
+
+def test_cpu_ms_per_saga_per_process_and_in_total() -> None:
+    before = {"orchestrator": 1.0, "broker": 10.0}
+    after = {"orchestrator": 1.5, "broker": 10.2}
+    per = bench.cpu_ms_per_saga(before, after, 100)
+    assert per == pytest.approx({"orchestrator": 5.0, "broker": 2.0, "total": 7.0})
+    assert all(math.isnan(v) for v in bench.cpu_ms_per_saga(before, after, 0).values())
+
+
+def test_latency_percentiles() -> None:
+    assert bench.latency_summary([float(v) for v in range(1, 101)]) == {
+        "p50": 51.0,
+        "p95": 95.0,
+        "p99": 99.0,
+    }
+    assert bench.latency_summary([7.0]) == {"p50": 7.0, "p95": 7.0, "p99": 7.0}
+    assert all(math.isnan(v) for v in bench.latency_summary([]).values())
+
+
+def test_ratios_divide_every_figure_by_the_baselines() -> None:
+    assert bench.ratio(3.0, 2.0) == 1.5
+    for value, base in ((1.0, 0.0), (math.nan, 1.0), (1.0, None), (None, 1.0)):
+        assert bench.ratio(value, base) is None
+    vs = bench.ratios(point("max", 100.0, 400.0, 20.0), point("max", 10_000.0, 100.0, 0.5))
+    assert vs["sagas_per_s"] == pytest.approx(0.01)
+    assert vs["latency_ms"] == pytest.approx({"p50": 4.0, "p95": 4.0, "p99": 4.0})
+    assert vs["cpu_ms_per_saga"] == pytest.approx(
+        {"orchestrator": 40.0, "broker": 40.0, "total": 40.0}
+    )
+
+
+def test_writes_per_saga_by_topic_without_the_prefix_most_first() -> None:
+    counts = {"p-orders.events": 100, "p-sagas.lifecycle": 450, "p-x.dlq": 0}
+    writes = bench.writes_per_saga(counts, 100, "p-")
+    assert writes["total"] == pytest.approx(5.5)
+    assert list(writes["by_topic"].items()) == [("sagas.lifecycle", 4.5), ("orders.events", 1.0)]
+
+
+def test_the_baseline_writes_ten_records_per_saga_before_filler() -> None:
+    topics = BaselineTopics("b-")
+    assert STRUCTURAL_WRITES == 10
+    assert len(set(topics.all())) == len(topics.all())
+    assert all(t.startswith("b-") for t in topics.all())
+
+
+def test_fanout_summary_compares_with_the_largest_branch_and_the_sum() -> None:
+    summary = bench.fanout_summary(point(4.0, 4.0, 220.0, 1.0), point(4.0, 4.0, 495.0, 1.0))
+    assert summary["largest_branch_ms"] == 200 and summary["sum_ms"] == 450
+    assert summary["p50_to_largest_branch"] == pytest.approx({"parallel": 1.1, "sequential": 2.475})
+    assert summary["p50_to_sum"]["sequential"] == pytest.approx(1.1)
+    assert summary["sequential_to_parallel_p50"] == pytest.approx(2.25)
+
+
+def test_chained_topology_runs_the_steps_one_after_the_other(tmp_path: Path) -> None:
+    source = Settings().topology_file
+    chained = load_topology(bench.chained_topology(source, tmp_path))
+    steps = chained.sagas["order"].steps
+    assert list(steps["inventory"].depends_on) == ["payment"]
+    assert list(steps["shipping"].depends_on) == ["inventory"]
+    assert not steps["payment"].depends_on
+    assert chained.sagas["loan"] == load_topology(source).sagas["loan"]
+
+
+def results() -> dict[str, Any]:
+    ss = point("max", 95.0, 1200.0, 17.0)
+    ss["vs_baseline"] = bench.ratios(ss, point("max", 9500.0, 60.0, 0.5))
+    slow = point(100.0, 99.0, math.nan, 20.0)
+    writes = {"total": 34.6, "by_topic": {"sagas.lifecycle": 9.2}}
+    return {
+        "sagastream": {"points": [ss, slow], "writes_per_saga": writes},
+        "baseline": {
+            "points": [point("max", 9500.0, 60.0, 0.5), point(100.0, 100.0, 20.0, 2.0)],
+            "writes_per_saga": writes,
+        },
+        "fanout": bench.fanout_summary(point(4.0, 4.0, 220.0, 1.0), point(4.0, 4.0, 495.0, 1.0)),
+    }
+
+
+def test_report_has_a_row_per_point_ratios_and_the_fanout() -> None:
+    text = "\n".join(bench.format_report(results()))
+    assert "sagastream max" in text and "sagastream 100/s" in text and "baseline 100/s" in text
+    assert "0.010x" in text  # 95 against 9500 sagas/s
+    assert "34.6" in text and "sagas.lifecycle" in text
+    assert "sequential / parallel p50: 2.25x" in text
+    assert bench.format_report({}) == []
+
+
+def test_json_has_no_nan() -> None:
+    encoded = json.dumps(bench._finite(results()), allow_nan=False)
+    assert json.loads(encoded)["sagastream"]["points"][1]["latency_ms"]["p50"] is None
+
+
+def test_plot_is_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "latency.png"
+    data = results()
+    series = {name: data[name]["points"] for name in ("sagastream", "baseline")}
+    assert bench.write_plot(series, path) is None
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_matplotlib_the_plot_is_skipped_with_a_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    reason = bench.write_plot({"sagastream": []}, tmp_path / "latency.png")
+    assert reason is not None and "matplotlib" in reason
+    assert not (tmp_path / "latency.png").exists()
