@@ -1,51 +1,39 @@
-"""The stateless handler agent: command in, idempotent side effect, result event out."""
+"""The simulated service of a handler role, as the call and command types a HandlerLoop runs."""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
-
-from faust.types import EventT
 
 from handlers import SERVICES, Behaviour
 from handlers.ledger import IdempotencyLedger
-from streams.runtime.app import Runtime
+from streams.core.topology import Topology
+from streams.runtime.settings import Settings
 
-log = logging.getLogger("sagastream.handlers")
 
-
-def ledger_path(rt: Runtime, role: str) -> Any:
+def ledger_path(settings: Settings, role: str) -> Path:
     """Where the simulated external service of a role keeps its idempotency ledger."""
-    return rt.settings.data_dir / "external" / f"{rt.settings.topic_prefix}{role}.sqlite"
+    return settings.data_dir / "external" / f"{settings.topic_prefix}{role}.sqlite"
 
 
-def install_handler(rt: Runtime, role: str) -> None:
-    """Register the agent of one handler role (payment, inventory, shipping, notification)."""
-    spec = rt.topology.handlers[role]
-    s = rt.settings
-    behaviour = Behaviour(s.handler_latency_ms, s.handler_failure_rate, s.handler_seed)
-    service = SERVICES[role](IdempotencyLedger(ledger_path(rt, role)), behaviour)
-
-    async def handle(event: EventT) -> None:
-        decoded = await rt.decode(event)
-        if decoded is None:
-            return
-        command_type, record = decoded
-        rt.metrics.consumed.labels(role, command_type).inc()
-        if command_type not in service.operations:
-            await rt.dead_letter(
-                event, "unsupported_command", f"{role} cannot handle {command_type}"
-            )
-            return
-        result_type, fields = await service.handle(command_type, record)
-        meta = record["meta"]
-        await rt.emit(result_type, bytes(event.key or b""), fields, meta, meta["attempt"])
-
-    @rt.app.agent(rt.topic(spec.consumes), name=f"{role}-handler")
-    async def run(stream: Any) -> None:
-        async for event in stream.events():
-            try:
-                await handle(event)
-            except Exception as exc:  # a bad command must not stop the worker
-                log.exception("%s handler failed on %s", role, event.message.tp)
-                await rt.dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}")
+def build_handler(
+    settings: Settings, topology: Topology, role: str
+) -> tuple[Callable[..., Any], frozenset[str]]:
+    """The simulated service of a role: its call (command_type, record) -> (result_type, fields)
+    and the command types it handles."""
+    if role not in topology.handlers:
+        raise ValueError(
+            f"{settings.topology_file}: handlers: no role {role!r}; "
+            f"declared: {', '.join(topology.handlers) or 'none'}"
+        )
+    service_type = SERVICES.get(role)
+    if service_type is None:
+        raise ValueError(
+            f"handler role {role!r} has no simulated service; known: {', '.join(SERVICES)}"
+        )
+    behaviour = Behaviour(
+        settings.handler_latency_ms, settings.handler_failure_rate, settings.handler_seed
+    )
+    service = service_type(IdempotencyLedger(ledger_path(settings, role)), behaviour)
+    return service.handle, frozenset(service.operations)

@@ -249,7 +249,7 @@ class HandlerLoop:
         room = self._bound - self._in_flight
         if room <= 0 and not self._throttled:
             return []  # full: the next commands wait in the client's prefetch queue
-        if self._in_flight:
+        if self._in_flight or self._throttled:
             return self._consumer.consume(max(1, room), 0)
         # nothing runs, so blocking here delays nothing; consume(timeout) would wait for `room`
         retries = [w.retry_at for w in self._waiting.values() if not w.resumed]
@@ -346,7 +346,7 @@ class HandlerLoop:
     def _commit(
         self, partitions: Iterable[tuple[Partition, PartitionOffsets]], *, asynchronous: bool
     ) -> None:
-        """Commit finished offsets: in the background, or (on revoke and shutdown) and wait."""
+        """Commit what finished: in the background, or synchronously on revoke and shutdown."""
         offsets = []
         for (topic, partition), tracker in partitions:
             # a synchronous commit repeats the position: a background one may have failed
@@ -355,19 +355,19 @@ class HandlerLoop:
                 offsets.append(TopicPartition(topic, partition, position))
         if not offsets:
             return
+        # a failed commit costs re-runs only: the next owner starts from the last one that worked
         try:
             if asynchronous:
                 self._consumer.commit(offsets=offsets, asynchronous=True)
                 return
-            failed = [
-                p for p in self._consumer.commit(offsets=offsets, asynchronous=False) if p.error
-            ]
+            done = self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            failed = offsets
-            log.warning("%s handler: commit failed: %s", self._role, exc)
+            log.warning("%s handler: commit of %s failed: %s", self._role, _names(offsets), exc)
+            return
+        failed = [p for p in done if p.error]
         if failed:
-            # costs re-runs only: the next owner starts from the last commit that succeeded
-            log.warning("%s handler: offsets not committed: %s", self._role, failed)
+            why = failed[0].error
+            log.warning("%s handler: commit of %s failed: %s", self._role, _names(failed), why)
 
     # ------------------------------------------------------------------ rebalance
 

@@ -1,0 +1,511 @@
+"""The handler loop's bookkeeping: offsets, per-key order, the concurrency bound, waits, drains.
+
+The loop runs against small in-memory fakes of the consumer and producer, which keep just
+enough of confluent-kafka's behaviour (positions, pause, seek, commits, delivery reports) to
+show what it commits, pauses and produces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from handlers.agent import build_handler
+from streams.core.topology import Topology, load_topology
+from streams.runtime import handler_loop
+from streams.runtime.handler_loop import HandlerLoop, PartitionOffsets, throttled
+from streams.runtime.metrics import Metrics
+from streams.runtime.settings import Settings
+from streams.wire.codec import AvroCodec, LocalSchemaIds, RegistryUnavailable, SchemaStore, new_meta
+from streams.wire.dlq import read_dead_letter_headers
+
+STORE = SchemaStore(Path(__file__).parents[2] / "schemas")
+TOPOLOGY = load_topology(Path(__file__).parents[2] / "topology.yaml", STORE.directory)
+TOPIC = "payments.commands"
+
+
+# ------------------------------------------------------------------ pure bookkeeping
+
+
+def test_commit_position_stays_below_the_oldest_unfinished_command():
+    offsets = PartitionOffsets()
+    assert offsets.position() is None
+    for offset in (10, 11, 12):
+        offsets.start(offset)
+    offsets.finish(11)
+    offsets.finish(12)
+    assert (offsets.position(), offsets.outstanding) == (10, 1)
+    offsets.finish(10)
+    assert (offsets.position(), offsets.outstanding) == (13, 0)
+
+
+def test_to_commit_answers_only_when_the_position_moved():
+    offsets = PartitionOffsets()
+    assert offsets.to_commit() is None
+    offsets.start(0)
+    assert offsets.to_commit() == 0
+    assert offsets.to_commit() is None
+    offsets.finish(0)
+    assert offsets.to_commit() == 1
+
+
+def test_an_abandoned_command_holds_the_commit_back_for_good():
+    offsets = PartitionOffsets()
+    for offset in (5, 6, 7):
+        offsets.start(offset)
+    offsets.finish(5)
+    offsets.abandon(6)
+    offsets.finish(7)
+    offsets.start(8)
+    offsets.finish(8)
+    assert (offsets.position(), offsets.outstanding) == (6, 0)
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "paused", "full_for", "expected"),
+    [
+        (7, False, 60.0, False),
+        (8, False, 0.0, False),
+        (8, False, handler_loop.PAUSE_AFTER_S, True),
+        (5, True, 0.0, True),
+        (4, True, 0.0, True),
+        (3, True, 0.0, False),
+    ],
+)
+def test_a_loop_that_stays_full_pauses_until_below_half(in_flight, paused, full_for, expected):
+    assert throttled(in_flight, 8, paused, full_for) is expected
+
+
+# ------------------------------------------------------------------ fakes
+
+
+class FakeMessage:
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes):
+        self._where = (topic, partition, offset)
+        self._key = key
+        self._value = value
+
+    def topic(self) -> str:
+        return self._where[0]
+
+    def partition(self) -> int:
+        return self._where[1]
+
+    def offset(self) -> int:
+        return self._where[2]
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, 1_700_000_000_000
+
+    def error(self) -> None:
+        return None
+
+
+class FakeConsumer:
+    """A group of one: every partition is assigned on the first poll."""
+
+    def __init__(self, topic: str = TOPIC, partitions: int = 2) -> None:
+        self.topic = topic
+        self.log: dict[int, list[FakeMessage]] = {p: [] for p in range(partitions)}
+        self.position = dict.fromkeys(self.log, 0)
+        self.assigned: set[int] = set()
+        self.paused: set[int] = set()
+        self.seeks: list[tuple[int, int]] = []
+        self.commits: list[tuple[dict[int, int], bool]] = []
+        self.closed = False
+        self._callbacks: dict[str, Callable[..., None]] = {}
+        self._to_revoke: set[int] = set()
+        self._lock = threading.Lock()
+
+    def append(self, partition: int, key: bytes | None, value: bytes) -> int:
+        with self._lock:
+            offset = len(self.log[partition])
+            self.log[partition].append(FakeMessage(self.topic, partition, offset, key, value))
+        return offset
+
+    def revoke(self, partitions: set[int]) -> None:
+        self._to_revoke |= partitions
+
+    def committed(self, partition: int) -> int | None:
+        return next((c[partition] for c, _ in reversed(self.commits) if partition in c), None)
+
+    def subscribe(self, topics: list[str], **callbacks: Callable[..., None]) -> None:
+        assert topics == [self.topic]
+        self._callbacks = callbacks
+
+    def poll(self, timeout: float = -1) -> FakeMessage | None:
+        found = self.consume(1, 0)
+        if not found:
+            time.sleep(min(timeout, 0.002))
+        return found[0] if found else None
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        if not self.assigned and not self.closed:
+            self.assigned = set(self.log)
+            self._callbacks["on_assign"](self, self._partitions(self.assigned))
+        if self._to_revoke:
+            revoked, self._to_revoke = self._to_revoke, set()
+            self._callbacks["on_revoke"](self, self._partitions(revoked))
+            self.assigned -= revoked
+        taken: list[FakeMessage] = []
+        with self._lock:
+            for p in sorted(self.assigned - self.paused):
+                while len(taken) < num_messages and self.position[p] < len(self.log[p]):
+                    taken.append(self.log[p][self.position[p]])
+                    self.position[p] += 1
+        return taken
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused |= {p.partition for p in partitions}
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.paused -= {p.partition for p in partitions}
+
+    def seek(self, partition: TopicPartition) -> None:
+        self.position[partition.partition] = partition.offset
+        self.seeks.append((partition.partition, partition.offset))
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> list[TopicPartition]:
+        self.commits.append(({p.partition: p.offset for p in offsets}, asynchronous))
+        return []
+
+    def close(self) -> None:
+        if self.assigned:
+            self._callbacks["on_revoke"](self, self._partitions(self.assigned))
+        self.assigned = set()
+        self.closed = True
+
+    def _partitions(self, partitions: set[int]) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p) for p in sorted(partitions)]
+
+
+class FakeProducer:
+    """Acknowledges what was produced on the next poll, unless told to hold acks back."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes, dict[str, bytes]]] = []
+        self.hold = False
+        self._unacked: list[Callable[..., None]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes | None, **kw: Any) -> None:
+        self.sent.append((topic, key, value, dict(kw["headers"])))
+        self._unacked.append(kw["on_delivery"])
+
+    def poll(self, timeout: float = 0) -> int:
+        if self.hold:
+            return 0
+        acks, self._unacked = self._unacked, []
+        for ack in acks:
+            ack(None, None)
+        return len(acks)
+
+    def flush(self, timeout: float = -1) -> int:
+        self.poll()
+        return len(self._unacked)
+
+
+class FlakyCodec(AvroCodec):
+    """A codec whose registry is down for messages that contain b'wait' while `down` is set."""
+
+    down = True
+
+    def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        if self.down and b"wait" in data:
+            raise RegistryUnavailable("schema registry at http://registry is unreachable")
+        return super().decode(data)
+
+
+CODEC = FlakyCodec(STORE, LocalSchemaIds(STORE))
+
+
+def charge(order: str, attempt: int = 1, command: str = "ChargePayment") -> bytes:
+    record: dict[str, Any] = {
+        "meta": new_meta(command, order, "test", attempt=attempt),
+        "idempotency_key": f"order:{order}:payment",
+        "order_id": order,
+        "customer_id": "c-1",
+        "amount_cents": 100,
+        "currency": "EUR",
+        "card_token": "tok",
+        "payment_id": "pay-1",
+    }
+    names = {field["name"] for field in STORE.raw(command)["fields"]}
+    return CODEC.encode(command, {k: v for k, v in record.items() if k in names})
+
+
+def charged(order: str) -> tuple[str, dict[str, Any]]:
+    return "PaymentCharged", {"order_id": order, "payment_id": f"pay-{order}", "amount_cents": 1}
+
+
+@contextmanager
+def running(
+    call: Callable[..., Any],
+    *,
+    consumer: FakeConsumer,
+    producer: FakeProducer | None = None,
+    topology: Topology = TOPOLOGY,
+    **settings: Any,
+) -> Iterator[HandlerLoop]:
+    options = {"commit_interval_ms": 10, "drain_timeout_s": 5.0, **settings}
+    loop = HandlerLoop(
+        Settings(**options),
+        topology,
+        STORE,
+        CODEC,
+        "payment",
+        call,
+        frozenset({"ChargePayment"}),
+        Metrics.create("payment"),
+        consumer=consumer,  # type: ignore[arg-type]
+        producer=producer or FakeProducer(),  # type: ignore[arg-type]
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        yield loop
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def eventually(condition: Callable[[], Any], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def results(producer: FakeProducer) -> list[tuple[bytes | None, str, dict[str, Any]]]:
+    return [(key, *CODEC.decode(value)) for topic, key, value, _ in producer.sent]
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def test_a_result_is_keyed_like_its_command_and_committed_once_acknowledged():
+    consumer, producer = FakeConsumer(), FakeProducer()
+    producer.hold = True
+    consumer.append(0, b"o-1", charge("o-1", attempt=2))
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return charged(record["order_id"])
+
+    with running(call, consumer=consumer, producer=producer) as loop:
+        eventually(lambda: producer.sent)
+        eventually(lambda: loop.ready)
+        time.sleep(0.05)
+        assert consumer.committed(0) == 0  # produced, not yet acknowledged
+        producer.hold = False
+        eventually(lambda: consumer.committed(0) == 1)
+    [(key, event_type, record)] = results(producer)
+    assert (key, event_type, record["order_id"]) == (b"o-1", "PaymentCharged", "o-1")
+    assert record["meta"]["attempt"] == 2
+    assert producer.sent[0][0] == "payments.events"
+
+
+def test_commands_of_one_key_run_in_order_and_keys_run_concurrently():
+    consumer = FakeConsumer()
+    for n in range(3):
+        for key in ("a", "b", "c"):
+            consumer.append(0 if key != "c" else 1, key.encode(), charge(f"{key}{n}"))
+    trace: list[tuple[str, str]] = []
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        trace.append(("start", record["order_id"]))
+        await asyncio.sleep(0.02)
+        trace.append(("end", record["order_id"]))
+        return charged(record["order_id"])
+
+    with running(call, consumer=consumer):
+        eventually(lambda: len(trace) == 18)
+    for key in "abc":
+        mine = [step for step in trace if step[1].startswith(key)]
+        assert mine == [(edge, f"{key}{n}") for n in range(3) for edge in ("start", "end")]
+    running_at_once = max(
+        sum(1 if edge == "start" else -1 for edge, _ in trace[: i + 1]) for i in range(18)
+    )
+    assert running_at_once == 3
+
+
+def test_a_full_loop_takes_no_more_then_pauses_and_runs_plain_functions_in_threads(monkeypatch):
+    monkeypatch.setattr(handler_loop, "PAUSE_AFTER_S", 0.2)
+    consumer = FakeConsumer()
+    for n in range(20):
+        consumer.append(n % 2, f"k{n}".encode(), charge(f"o{n}"))
+    gate = threading.Event()
+    lock = threading.Lock()
+    now_running: list[int] = []
+    most = [0]
+    threads: set[int] = set()
+
+    def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        with lock:
+            now_running.append(1)
+            most[0] = max(most[0], len(now_running))
+            threads.add(threading.get_ident())
+        gate.wait(5)
+        with lock:
+            now_running.pop()
+        return charged(record["order_id"])
+
+    producer = FakeProducer()
+    with running(call, consumer=consumer, producer=producer, handler_concurrency=4):
+        eventually(lambda: len(now_running) == 4)
+        assert consumer.paused == set()
+        eventually(lambda: consumer.paused == {0, 1})
+        assert sum(consumer.position.values()) == 4
+        assert len(now_running) == 4
+        gate.set()
+        eventually(lambda: len(producer.sent) == 20)
+        eventually(lambda: (consumer.committed(0), consumer.committed(1)) == (10, 10))
+        assert consumer.paused == set()
+    assert most[0] == 4
+    assert threading.get_ident() not in threads
+
+
+def test_bad_input_is_dead_lettered_with_its_reason_and_committed():
+    consumer = FakeConsumer(partitions=1)
+    consumer.append(0, None, charge("keyless"))
+    consumer.append(0, b"x", b"not avro")
+    consumer.append(0, b"r", charge("r", command="RefundPayment"))
+    consumer.append(0, b"boom", charge("boom"))
+    consumer.append(0, b"ok", charge("ok"))
+    called: list[str] = []
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        called.append(record["order_id"])
+        if record["order_id"] == "boom":
+            raise RuntimeError("gateway exploded")
+        return charged(record["order_id"])
+
+    producer = FakeProducer()
+    with running(call, consumer=consumer, producer=producer):
+        eventually(lambda: consumer.committed(0) == 5)
+    assert called == ["boom", "ok"]
+    dead = {}
+    for topic, _, _, headers in producer.sent:
+        if topic == "payments.commands.dlq":
+            why = read_dead_letter_headers(list(headers.items()))
+            dead[int(why["original.offset"])] = why["reason"]
+    assert dead == {
+        0: "missing_key",
+        1: "bad_magic",
+        2: "unsupported_command",
+        3: "processing_error",
+    }
+
+
+def test_a_partition_waits_for_the_registry_while_others_go_on(monkeypatch):
+    monkeypatch.setattr(handler_loop, "retry_delay", lambda failures: 0.02)
+    monkeypatch.setattr(CODEC, "down", True)
+    consumer = FakeConsumer()
+    consumer.append(0, b"w", charge("wait-1"))
+    consumer.append(0, b"w", charge("wait-2"))
+    consumer.append(1, b"g", charge("go"))
+    done: list[str] = []
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        done.append(record["order_id"])
+        return charged(record["order_id"])
+
+    with running(call, consumer=consumer) as loop:
+        metrics = loop._metrics.registry
+        eventually(lambda: done == ["go"] and len(consumer.seeks) >= 2)
+        assert set(consumer.seeks) == {(0, 0)}
+        assert metrics.get_sample_value("sagastream_registry_up", {"role": "payment"}) == 0
+        assert consumer.committed(0) is None
+        CODEC.down = False
+        eventually(lambda: done == ["go", "wait-1", "wait-2"])
+        eventually(lambda: consumer.committed(0) == 2)
+        assert metrics.get_sample_value("sagastream_registry_up", {"role": "payment"}) == 1
+        retries = metrics.get_sample_value("sagastream_registry_retries_total", {"role": "payment"})
+        assert retries is not None and retries >= 2
+
+
+def test_a_revoke_waits_for_running_commands_commits_and_drops_queued_ones():
+    consumer = FakeConsumer(partitions=1)
+    consumer.append(0, b"k", charge("first"))
+    consumer.append(0, b"k", charge("second"))
+    started: list[str] = []
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        started.append(record["order_id"])
+        await asyncio.sleep(0.1)
+        return charged(record["order_id"])
+
+    producer = FakeProducer()
+    with running(call, consumer=consumer, producer=producer):
+        eventually(lambda: started == ["first"])
+        consumer.revoke({0})
+        eventually(lambda: ({0: 1}, False) in consumer.commits)
+        time.sleep(0.15)
+    assert started == ["first"]
+    assert len(producer.sent) == 1
+
+
+def test_shutdown_finishes_work_in_flight_commits_and_leaves():
+    consumer = FakeConsumer(partitions=1)
+    consumer.append(0, b"k", charge("slow"))
+    started = threading.Event()
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        started.set()
+        await asyncio.sleep(0.2)
+        return charged(record["order_id"])
+
+    producer = FakeProducer()
+    with running(call, consumer=consumer, producer=producer) as loop:
+        assert started.wait(5)
+    assert len(producer.sent) == 1
+    assert ({0: 1}, False) in consumer.commits
+    assert consumer.closed and not loop.ready
+
+
+def test_shutdown_abandons_what_outlasts_the_drain_time():
+    consumer = FakeConsumer(partitions=1)
+    consumer.append(0, b"k", charge("stuck"))
+    started = threading.Event()
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        started.set()
+        await asyncio.sleep(30)
+        return charged(record["order_id"])
+
+    producer = FakeProducer()
+    began = time.monotonic()
+    with running(call, consumer=consumer, producer=producer, drain_timeout_s=0.1):
+        assert started.wait(5)
+    assert time.monotonic() - began < 5
+    assert producer.sent == []
+    assert all(c.get(0, 0) == 0 for c, _ in consumer.commits)
+
+
+# ------------------------------------------------------------------ the simulated services
+
+
+def test_build_handler_gives_the_service_of_a_role(tmp_path):
+    settings = Settings(data_dir=tmp_path, handler_latency_ms=0)
+    call, commands = build_handler(settings, TOPOLOGY, "payment")
+    assert commands == {"ChargePayment", "RefundPayment"}
+    record = CODEC.decode(charge("o-1"))[1]
+    first = asyncio.run(call("ChargePayment", record))
+    assert asyncio.run(call("ChargePayment", record)) == first
+    assert (tmp_path / "external" / "payment.sqlite").exists()
+    with pytest.raises(ValueError, match="declared: payment"):
+        build_handler(settings, TOPOLOGY, "teleport")
