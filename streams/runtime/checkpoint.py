@@ -53,7 +53,9 @@ class PartitionWork:
 class Checkpoint:
     """An open transaction of the orchestrator's producer, and what commits with it."""
 
-    def __init__(self, producer: Producer, changelog_topic: str) -> None:
+    def __init__(
+        self, producer: Producer, changelog_topic: str, cached_states: int = 100_000
+    ) -> None:
         self.producer = producer
         self.changelog_topic = changelog_topic
         self.open = False
@@ -62,6 +64,9 @@ class Checkpoint:
         self.offsets: dict[tuple[str, int], int] = {}
         self.work: dict[int, PartitionWork] = {}
         self._delivery_error: KafkaError | None = None
+        # committed states as decide last saw them, so sagas in flight skip RocksDB and JSON
+        self._cached: dict[bytes, dict[str, Any]] = {}
+        self._cache_size = cached_states
 
     # -- filling it -----------------------------------------------------------------------
     def begin(self) -> None:
@@ -77,8 +82,15 @@ class Checkpoint:
         work = self.work.get(partition)
         if work is not None and (t := work.touched.get(saga_key)) is not None:
             return t.state
+        cached = self._cached.get(saga_key)
+        if cached is not None:
+            return cached
         raw = store.get(saga_key)
-        return json.loads(raw) if raw else None
+        if not raw:
+            return None
+        state: dict[str, Any] = json.loads(raw)
+        self._remember(saga_key, state)
+        return state
 
     def put_state(
         self,
@@ -146,8 +158,14 @@ class Checkpoint:
             raise ProducerFatal(f"a record of a committed transaction failed: {error}")
         for partition, work in self.work.items():
             if work.touched and work.changelog_offset >= 0:
-                old = {k: t.committed_timers for k, t in work.touched.items()}
-                work.store.apply(encoded[partition], work.changelog_offset, old)
+                timers = {
+                    k: (t.committed_timers, timers_of(t.state)) for k, t in work.touched.items()
+                }
+                work.store.apply(encoded[partition], work.changelog_offset, timers)
+                for key, touched in work.touched.items():
+                    self._cached.pop(key, None)
+                    if touched.state is not None:
+                        self._remember(key, touched.state)
         self._reset()
 
     def abort(self) -> None:
@@ -162,11 +180,14 @@ class Checkpoint:
                 log.warning("aborting the transaction failed: %s", exc)
         self._reset()
 
-    def forget_partitions(self, partitions: set[int]) -> None:
-        """Drop the uncommitted work of partitions this process no longer owns."""
-        for partition in partitions:
-            self.work.pop(partition, None)
-        self.offsets = {tp: o for tp, o in self.offsets.items() if tp[1] not in partitions}
+    def forget_cached(self) -> None:
+        """Drop cached states (partitions moved: a state may change elsewhere meanwhile)."""
+        self._cached.clear()
+
+    def _remember(self, saga_key: bytes, state: dict[str, Any]) -> None:
+        if len(self._cached) >= self._cache_size:
+            del self._cached[next(iter(self._cached))]  # the oldest entry
+        self._cached[saga_key] = state
 
     def _reset(self) -> None:
         self.open = False

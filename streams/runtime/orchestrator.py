@@ -103,6 +103,14 @@ class Instance:
         )
 
 
+def _fetch(consumer: Consumer, timeout: float) -> list[Message]:
+    """What is there now, up to BATCH: waits (up to `timeout`) for the first message only."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(BATCH - 1, 0)]
+
+
 class Orchestrator:
     """The orchestrator role of one worker process."""
 
@@ -168,12 +176,14 @@ class Orchestrator:
         )
         log.info("orchestrator consuming %s", ", ".join(self.inputs))
         interval = self.settings.commit_interval_ms / 1000
+        linger = min(interval, self.settings.commit_linger_ms / 1000)
         tick = self.settings.timer_tick_ms / 1000
         next_tick = 0.0
         try:
             while not stop.is_set():
-                wait = interval - (time.monotonic() - ckpt.started) if ckpt.open else tick
-                msgs = consumer.consume(BATCH, max(0.0, min(wait, tick)))
+                now = time.monotonic()
+                wait = ckpt.started + linger - now if ckpt.open else next_tick - now
+                msgs = _fetch(consumer, max(0.0, min(wait, tick)))
                 for msg in msgs:
                     self._handle(msg)
                 now = time.monotonic()
@@ -181,9 +191,13 @@ class Orchestrator:
                     next_tick = now + tick
                     self._fire_due()
                     self._resume_waiting()
+                # under load a transaction gathers up to `interval`; once the inputs run dry,
+                # what is open commits after `linger`, so a quiet saga is not held back
+                open_for = time.monotonic() - ckpt.started
                 if ckpt.open and (
-                    time.monotonic() - ckpt.started >= interval
+                    open_for >= interval
                     or ckpt.records >= MAX_RECORDS_PER_TRANSACTION
+                    or (len(msgs) < BATCH and open_for >= linger)
                 ):
                     self._commit()
             self._commit(self.settings.drain_timeout_s)
@@ -487,6 +501,8 @@ class Orchestrator:
         self._drop({tp.partition for tp in partitions})
 
     def _drop(self, numbers: set[int]) -> None:
+        if self._ckpt is not None:
+            self._ckpt.forget_cached()
         self.waiting = {w: v for w, v in self.waiting.items() if w[1] not in numbers}
         for p in numbers:
             store = self.stores.pop(p, None)

@@ -70,12 +70,12 @@ class PartitionStore(Protocol):
         self,
         states: Mapping[bytes, bytes | None],
         checkpoint: int,
-        old_timers: Mapping[bytes, Mapping[str, int]] | None = None,
+        timers: Mapping[bytes, tuple[Mapping[str, int], Mapping[str, int]]] | None = None,
     ) -> None:
         """Write states (None deletes) and the checkpoint in one atomic batch; index follows.
 
-        `old_timers` are the committed states' armed timers where the caller knows them,
-        which saves reading and parsing those states again.
+        `timers` gives, per saga, the armed timers before and after where the caller knows
+        them, which saves reading and parsing those states again.
         """
         ...
 
@@ -115,9 +115,9 @@ class MemoryStore:
         self,
         states: Mapping[bytes, bytes | None],
         checkpoint: int,
-        old_timers: Mapping[bytes, Mapping[str, int]] | None = None,
+        timers: Mapping[bytes, tuple[Mapping[str, int], Mapping[str, int]]] | None = None,
     ) -> None:
-        for key, op in _batch(self, states, checkpoint, old_timers):
+        for key, op in _batch(self, states, checkpoint, timers):
             if op is None:
                 self._data.pop(key, None)
             else:
@@ -169,10 +169,10 @@ class RocksStore:
         self,
         states: Mapping[bytes, bytes | None],
         checkpoint: int,
-        old_timers: Mapping[bytes, Mapping[str, int]] | None = None,
+        timers: Mapping[bytes, tuple[Mapping[str, int], Mapping[str, int]]] | None = None,
     ) -> None:
         batch = WriteBatch(raw_mode=True)
-        for key, op in _batch(self, states, checkpoint, old_timers):
+        for key, op in _batch(self, states, checkpoint, timers):
             if op is None:
                 batch.delete(key)
             else:
@@ -211,18 +211,18 @@ def _batch(
     store: PartitionStore,
     states: Mapping[bytes, bytes | None],
     checkpoint: int,
-    old_timers: Mapping[bytes, Mapping[str, int]] | None,
+    timers: Mapping[bytes, tuple[Mapping[str, int], Mapping[str, int]]] | None,
 ) -> Iterable[tuple[bytes, bytes | None]]:
     """The key writes of one committed transaction: states, their due-index changes, checkpoint."""
     for saga_key, value in states.items():
-        if old_timers is not None and saga_key in old_timers:
-            before: Mapping[str, int] = old_timers[saga_key]
+        known = timers.get(saga_key) if timers is not None else None
+        if known is not None:
+            before, after = known
         else:
             old = store.get(saga_key)
             before = timers_of(json.loads(old) if old else None)
-        gone, added = timer_changes(
-            saga_key, before, timers_of(json.loads(value) if value else None)
-        )
+            after = timers_of(json.loads(value) if value else None)
+        gone, added = timer_changes(saga_key, before, after)
         for key in gone:
             yield key, None
         for key in added:

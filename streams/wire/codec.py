@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import re
 import struct
 import time
@@ -374,7 +375,7 @@ def new_meta(
     now_ms: int | None = None,
 ) -> dict[str, Any]:
     """EventMeta for a new event; correlation_id defaults to the new event's own id."""
-    event_id = str(uuid.uuid4())
+    event_id = str(uuid.UUID(int=_IDS.getrandbits(128), version=4))
     return {
         "event_id": event_id,
         "event_type": event_type,
@@ -411,6 +412,11 @@ def derive_meta(
     )
 
 
+# Event and span ids need to be unique, not secret: a PRNG seeded from the OS per process is
+# several times cheaper than a system call per id.
+_IDS = random.Random(os.urandom(16))
+os.register_at_fork(after_in_child=lambda: _IDS.seed(os.urandom(16)))
+
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
@@ -427,7 +433,7 @@ def _child_traceparent(parent: str | None) -> str:
 
 def _random_hex(nbytes: int) -> str:
     while True:
-        value = os.urandom(nbytes).hex()
+        value = f"{_IDS.getrandbits(nbytes * 8):0{nbytes * 2}x}"
         if value.strip("0"):  # all-zero ids are invalid in W3C Trace Context
             return value
 

@@ -67,7 +67,11 @@ def test_due_index_follows_armed_timers_oldest_first(store: PartitionStore) -> N
 
 def test_known_old_timers_spare_the_read(store: PartitionStore) -> None:
     store.apply({b"a": state(**{"retry|pay|1": 100})}, 1)
-    store.apply({b"a": state(**{"retry|pay|2": 200})}, 2, old_timers={b"a": {"retry|pay|1": 100}})
+    store.apply(
+        {b"a": state(**{"retry|pay|2": 200})},
+        2,
+        timers={b"a": ({"retry|pay|1": 100}, {"retry|pay|2": 200})},
+    )
     assert store.due(10**6, 10) == [(200, "retry|pay|2", b"a")]
 
 
