@@ -1,0 +1,124 @@
+"""The Checkpoint commits outputs, changelog and offsets together, and stores states only after.
+
+The producer is a fake (these are the commit rules, not Kafka's behaviour; the integration and
+crash tests run the real thing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from streams.runtime.checkpoint import Checkpoint, TransactionFailed
+from streams.runtime.inputs import OutRecord
+from streams.runtime.store import MemoryStore
+
+
+@dataclass
+class FakeMessage:
+    topic_: str
+    partition_: int
+    offset_: int
+
+    def topic(self) -> str:
+        return self.topic_
+
+    def partition(self) -> int:
+        return self.partition_
+
+    def offset(self) -> int:
+        return self.offset_
+
+
+@dataclass
+class FakeProducer:
+    """Records what a transaction carried; `fail_commit` makes commit_transaction raise."""
+
+    fail_commit: KafkaError | None = None
+    log: list[str] = field(default_factory=list)
+    pending: list[tuple[str, Any, Any, int | None]] = field(default_factory=list)
+    committed: list[tuple[str, Any, Any, int | None]] = field(default_factory=list)
+    offsets: list[Any] = field(default_factory=list)
+    _next_offset: int = 100
+
+    def begin_transaction(self) -> None:
+        self.log.append("begin")
+
+    def produce(self, topic: str, key: Any = None, value: Any = None, **kw: Any) -> None:
+        self.pending.append((topic, key, value, kw.get("partition")))
+        if kw.get("on_delivery"):
+            self._next_offset += 1
+            kw["on_delivery"](None, FakeMessage(topic, kw.get("partition", 0), self._next_offset))
+
+    def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
+        self.offsets.append([(o.topic, o.partition, o.offset) for o in offsets])
+
+    def commit_transaction(self, timeout: float) -> None:
+        if self.fail_commit is not None:
+            raise KafkaException(self.fail_commit)
+        self.committed += self.pending
+        self.pending = []
+        self.log.append("commit")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.pending = []
+        self.log.append("abort")
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+class FakeConsumer:
+    def consumer_group_metadata(self) -> str:
+        return "group-metadata"
+
+
+def _work(ckpt: Checkpoint, store: MemoryStore) -> None:
+    ckpt.begin()
+    old = ckpt.state(0, store, b"order-1")
+    ckpt.put_state(0, store, b"order-1", old, {"status": "running", "timers": {"deadline||0": 9}})
+    ckpt.put_state(0, store, b"order-1", old, {"status": "completed", "timers": {}})
+    ckpt.produce(OutRecord("payments.commands", b"order-1", b"charge", []))
+    ckpt.consumed(FakeMessage("orders.events", 0, 41))  # type: ignore[arg-type]
+
+
+def test_commit_carries_outputs_one_changelog_record_per_saga_and_offsets() -> None:
+    producer, store = FakeProducer(), MemoryStore()
+    ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
+    _work(ckpt, store)
+    ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
+
+    topics = [topic for topic, *_ in producer.committed]
+    assert topics == ["payments.commands", "changelog"]  # two decisions, one changelog record
+    assert producer.offsets == [[("orders.events", 0, 42)]]
+    assert store.checkpoint() == 101
+    assert ckpt.state(0, store, b"order-1") == {"status": "completed", "timers": {}}
+    assert store.due(10**6, 10) == []
+    assert not ckpt.open
+
+
+def test_an_aborted_transaction_leaves_the_store_at_the_last_commit() -> None:
+    producer, store = FakeProducer(), MemoryStore()
+    ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
+    _work(ckpt, store)
+    producer.fail_commit = KafkaError(KafkaError._TIMED_OUT)  # not retriable: abort
+    with pytest.raises(TransactionFailed):
+        ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
+
+    assert producer.log[-1] == "abort" and producer.committed == []
+    assert store.get(b"order-1") is None and store.checkpoint() is None
+    assert ckpt.state(0, store, b"order-1") is None
+    assert not ckpt.open and ckpt.offsets == {}
+
+
+def test_states_reach_the_store_only_after_the_commit() -> None:
+    producer, store = FakeProducer(), MemoryStore()
+    ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
+    _work(ckpt, store)
+    assert store.get(b"order-1") is None  # decided, not committed
+    assert ckpt.state(0, store, b"order-1") == {"status": "completed", "timers": {}}
+    ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
+    assert store.get(b"order-1") is not None
