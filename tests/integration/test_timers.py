@@ -85,17 +85,22 @@ class TestRetryAcrossCrash:
 
         # a new process takes over the partitions and their RocksDB state; nothing answers yet
         start_workers("orchestrator")
-
-        def retried(msgs):
-            return any(m.record and m.record["meta"]["attempt"] == 2 for m in msgs)
-
-        charges = ns.client.read([ns.topic("payments.commands")], retried, timeout=60)
-        retry = next(m for m in charges if m.record and m.record["meta"]["attempt"] == 2)
         # the backoff was armed before the crash; only the new process can have fired it
-        assert retry.record["meta"]["occurred_at"] > killed_at
+        _second_charge_after(ns, killed_at)
         start_workers(HANDLERS)
         outcome = wait_outcomes(ns, {"order-crash"}, timeout=60)["order-crash"]
         assert outcome.event_type == "SagaCompleted", outcome.record
+
+
+def _second_charge_after(ns, killed_at):
+    """Wait for the payment's attempt 2 and check it was sent after the kill."""
+
+    def retried(msgs):
+        return any(m.record and m.record["meta"]["attempt"] == 2 for m in msgs)
+
+    charges = ns.client.read([ns.topic("payments.commands")], retried, timeout=60)
+    retry = next(m for m in charges if m.record and m.record["meta"]["attempt"] == 2)
+    assert retry.record["meta"]["occurred_at"] > killed_at
 
 
 class TestTimeoutAcrossCrash:
@@ -121,13 +126,7 @@ class TestTimeoutAcrossCrash:
         orchestrator_only.kill("orchestrator")
         killed_at = time.time() * 1000
         start_workers("orchestrator")
-
-        def retried(msgs):
-            return any(m.record and m.record["meta"]["attempt"] == 2 for m in msgs)
-
-        charges = ns.client.read([ns.topic("payments.commands")], retried, timeout=60)
-        retry = next(m for m in charges if m.record and m.record["meta"]["attempt"] == 2)
-        assert retry.record["meta"]["occurred_at"] > killed_at
+        _second_charge_after(ns, killed_at)
         trail = lifecycle(ns, "order-timeout-crash", until="step_retry_scheduled", timeout=10)
         assert ("step_retry_scheduled", "payment") in trail
         start_workers(HANDLERS)
