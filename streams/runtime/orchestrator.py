@@ -388,13 +388,18 @@ class Orchestrator:
                     "attempt": 1,
                 }
                 fields = {"kind": kind, "step": step, "attempt": int(attempt), "due_ms": due_ms}
+                fired = Decoded(TIMER_EVENT, {**fields, "meta": meta}, key)
                 ckpt.begin()
                 try:
-                    self._decide(
-                        partition, Decoded(TIMER_EVENT, {**fields, "meta": meta}, key), None
-                    )
-                except Exception:
+                    self._decide(partition, fired, None)
+                except Exception as exc:
+                    # a bug must not fire again every tick: park the timer, disarmed
                     log.exception("firing timer %s of %r failed", timer, key)
+                    disarmed = {**state, "timers": dict(state["timers"])}
+                    del disarmed["timers"][timer]
+                    ckpt.put_state(partition, store, key, state, disarmed)
+                    why = f"{type(exc).__name__}: {exc}"
+                    self._reject(None, fired, partition, "processing_error", why)
                     continue
                 self.metrics.timers_fired.labels(kind).inc()
 
