@@ -79,6 +79,8 @@ class BenchOptions:
     timeout: float = 300.0
     seed: int = 42
     keep: bool = False
+    restore: int | None = None  # sagas for the restore measurement (streams.ops.bench_restore)
+    saga_phases: bool = True
 
     def points(self) -> list[tuple[Rate, int]]:
         """(rate, orders) per rate point: the maximum rate first, then the fixed rates."""
@@ -808,6 +810,10 @@ def format_report(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"  sequential / parallel p50: {_num(fan['sequential_to_parallel_p50'], 2, 'x')}"
         )
+    if "restore" in results:
+        from streams.ops.bench_restore import format_restore
+
+        lines += format_restore(results["restore"])
     return lines
 
 
@@ -849,6 +855,12 @@ def run_bench(options: BenchOptions, out: TextIO = sys.stdout) -> int:
 
 
 def _run_phases(run: Run, options: BenchOptions, results: dict[str, Any]) -> None:
+    if options.restore is not None:
+        from streams.ops.bench_restore import restore_phase
+
+        results["restore"] = restore_phase(run, options.restore, options.timeout, options.seed)
+    if not options.saga_phases:
+        return
     results["sagastream"] = _sagastream_phase(run, options)
     if not options.skip_baseline:
         # as many writes per saga as sagastream made, whatever its runtime writes
@@ -871,5 +883,6 @@ def _write_results(results: dict[str, Any], options: BenchOptions, out: TextIO) 
     series: dict[str, list[Point]] = {
         name: results[name]["points"] for name in ("sagastream", "baseline") if name in results
     }
-    skipped = write_plot(series, options.plot_path)
-    print(skipped or f"latency plot written to {options.plot_path}", file=out)
+    if series:
+        skipped = write_plot(series, options.plot_path)
+        print(skipped or f"latency plot written to {options.plot_path}", file=out)

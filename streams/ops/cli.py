@@ -46,7 +46,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     options = BenchOptions(
         orders=args.orders,
-        rates=parse_rates(args.rates),
+        rates=BenchOptions.rates if args.rates is None else parse_rates(args.rates),
         baseline_orders=args.baseline_orders,
         skip_baseline=args.skip_baseline,
         skip_fanout=args.skip_fanout,
@@ -55,6 +55,9 @@ def _bench(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         seed=args.seed,
         keep=args.keep,
+        restore=args.restore,
+        # --restore alone measures only restore; --orders or --rates ask for the saga phases too
+        saga_phases=args.restore is None or args.orders is not None or args.rates is not None,
     )
     return run_bench(options)
 
@@ -169,7 +172,9 @@ def parser() -> argparse.ArgumentParser:
         help="sagas per rate point (default: 2000 at the maximum rate, 5 s worth at a fixed rate)",
     )
     bn.add_argument(
-        "--rates", default="100,300,600", help="fixed rates in sagas/s, comma-separated"
+        "--rates",
+        default=None,
+        help="fixed rates in sagas/s, comma-separated (default 100,300,600)",
     )
     bn.add_argument(
         "--baseline-orders", type=int, default=20_000, help="baseline sagas at the maximum rate"
@@ -181,6 +186,14 @@ def parser() -> argparse.ArgumentParser:
     bn.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for outcomes")
     bn.add_argument("--seed", type=int, default=42)
     bn.add_argument("--keep", action="store_true", help="keep the run's topics and state")
+    bn.add_argument(
+        "--restore",
+        type=int,
+        default=None,
+        metavar="N",
+        help="time an orchestrator's restore of N sagas, from an empty data directory and from "
+        "its checkpoint; alone, runs only that (add --orders or --rates for the saga phases)",
+    )
     bn.set_defaults(func=_bench)
 
     s = sub.add_parser("signal", help="deliver a human decision to a waiting step of any saga")
