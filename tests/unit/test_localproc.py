@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -142,6 +143,10 @@ def test_spawn_live_pid_and_terminate(tmp_path: Path) -> None:
     try:
         assert pid_file.read_text() == f"{pid}\n"
         assert lp.CHILDREN[pid].args == cmd
+        # between fork and exec the child shows the parent's arguments, or none: wait for exec
+        deadline = time.monotonic() + 5
+        while not any(marker in a for a in lp.cmdline(pid) or []) and time.monotonic() < deadline:
+            time.sleep(0.01)
         args = lp.cmdline(pid)
         assert args is not None and any(marker in a for a in args)
 
