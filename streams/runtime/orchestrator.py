@@ -168,7 +168,12 @@ class Orchestrator:
         ckpt = self._ckpt = Checkpoint(producer, self.settings.changelog_topic())
         consumer = self._consumer = Consumer(
             self.settings.consumer_config(
-                self.settings.group(ROLE), **{"partition.assignment.strategy": "range"}
+                self.settings.group(ROLE),
+                **{
+                    "partition.assignment.strategy": "range",
+                    # restore runs in the assignment callback: a large one may take minutes
+                    "max.poll.interval.ms": 900_000,
+                },
             )
         )
         consumer.subscribe(

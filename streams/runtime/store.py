@@ -24,6 +24,8 @@ from rocksdict import Options, Rdict, WriteBatch
 
 STATE, TIMER = b"s", b"t"
 CHECKPOINT_KEY = b"m:checkpoint"
+# changelog records carry the state's armed timers here, so restore need not parse the state
+TIMERS_HEADER = "timers"
 DUE_DIGITS = 13
 
 
