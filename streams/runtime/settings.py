@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     handler_seed: int = 7
     timer_tick_ms: int = Field(default=100, ge=10)
     commit_interval_ms: int = Field(default=100, ge=1)
-    commit_linger_ms: int = Field(default=100, ge=0)
+    commit_linger_ms: int = Field(default=20, ge=0)
     handler_concurrency: int = Field(default=64, ge=1)
     drain_timeout_s: float = Field(default=10.0, ge=0.0)
     transaction_timeout_ms: int = Field(default=10_000, ge=1000)
