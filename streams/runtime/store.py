@@ -146,6 +146,9 @@ class RocksStore:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(path), _options())
+        # Every due-index key below this one is deleted: fired timers leave tombstones at the
+        # front of the index until compaction, and seeking past them keeps a tick O(due).
+        self._floor = TIMER
 
     def get(self, saga_key: bytes) -> bytes | None:
         value = self._db.get(STATE + saga_key)
@@ -158,13 +161,17 @@ class RocksStore:
     def due(self, now_ms: int, limit: int) -> list[tuple[int, str, bytes]]:
         bound = TIMER + b"%013d" % (now_ms + 1)
         out: list[tuple[int, str, bytes]] = []
-        for key in self._db.keys(from_key=TIMER):
+        first: bytes | None = None
+        for key in self._db.keys(from_key=self._floor):
             raw = cast(bytes, key)
             if raw >= bound:
                 break
+            first = first or raw
             out.append(parse_timer_index_key(raw))
             if len(out) >= limit:
                 break
+        # what is returned stays until its saga's state changes; below it, nothing is left
+        self._floor = first or bound
         return out
 
     def apply(
@@ -179,6 +186,8 @@ class RocksStore:
                 batch.delete(key)
             else:
                 batch.put(key, op)
+                if key[:1] == TIMER and key < self._floor:
+                    self._floor = key  # armed with a due time a tick has already passed
         self._db.write(batch)
 
     def states(self) -> Iterator[tuple[bytes, bytes]]:
@@ -195,6 +204,7 @@ class RocksStore:
         self._db.close()
         shutil.rmtree(self.path, ignore_errors=True)
         self._db = Rdict(str(self.path), _options())
+        self._floor = TIMER
 
     def close(self) -> None:
         self._db.close()

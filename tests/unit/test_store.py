@@ -99,3 +99,15 @@ def test_rocksdb_store_keeps_its_data_across_reopen(tmp_path: Path) -> None:
         assert again.due(100, 10) == [(50, "deadline||0", b"a")]
     finally:
         again.close()
+
+
+def test_a_timer_armed_below_the_last_tick_is_still_found(store: PartitionStore) -> None:
+    store.apply({b"a": state(**{"retry|pay|1": 500})}, 1)
+    assert store.due(1000, 10) == [(500, "retry|pay|1", b"a")]
+    store.apply({b"a": state()}, 2)  # fired
+    assert store.due(2000, 10) == []
+    # committed late: due before the last tick's time
+    store.apply({b"b": state(**{"retry|ship|1": 1500})}, 3)
+    assert store.due(2000, 10) == [(1500, "retry|ship|1", b"b")]
+    store.apply({b"c": state(**{"deadline||0": 2500})}, 4)
+    assert store.due(3000, 10) == [(1500, "retry|ship|1", b"b"), (2500, "deadline||0", b"c")]
