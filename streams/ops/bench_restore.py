@@ -36,7 +36,7 @@ from streams.core.topology import Topology, load_topology
 from streams.ops.bench import Run, process_cpu_s
 from streams.ops.demo import WorkerSet, _settings_env, order_fields
 from streams.runtime.settings import Settings
-from streams.runtime.store import DUE_DIGITS, PartitionStore
+from streams.runtime.store import DUE_DIGITS, PartitionStore, changelog_headers
 
 SAGA = "order"
 UPDATE_EVERY = 10  # every tenth saga is written twice: M = N / 10
@@ -219,7 +219,10 @@ def _produce(settings: Settings, batches: Iterable[list[Record]]) -> int:
         for key, value in batch:
             while True:
                 try:
-                    producer.produce(topic, value, key)
+                    # headers as the orchestrator writes them (restore reads timers there)
+                    state = json.loads(value) if value else None
+                    headers: list[tuple[str, str | bytes | None]] = [*changelog_headers(state)]
+                    producer.produce(topic, value, key, headers=headers)
                     break
                 except BufferError:
                     producer.poll(0.05)

@@ -20,7 +20,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.runtime.inputs import OutRecord
-from streams.runtime.store import TIMERS_HEADER, PartitionStore, timers_of
+from streams.runtime.store import PartitionStore, changelog_headers, timers_of
 
 log = logging.getLogger("sagastream.orchestrator")
 
@@ -136,9 +136,7 @@ class Checkpoint:
                     for k, t in work.touched.items()
                 }
                 for saga_key, value in values.items():
-                    state = work.touched[saga_key].state
-                    # the armed timers ride along, so a restore need not parse the state
-                    headers = [(TIMERS_HEADER, json.dumps(timers_of(state)).encode())]
+                    headers = changelog_headers(work.touched[saga_key].state)
                     self._produce(
                         self.changelog_topic, saga_key, value, headers, partition, self._note(work)
                     )

@@ -44,6 +44,11 @@ def timers_of(state: Mapping[str, Any] | None) -> dict[str, int]:
     return dict(state["timers"]) if state else {}
 
 
+def changelog_headers(state: Mapping[str, Any] | None) -> list[tuple[str, bytes]]:
+    """Headers of a state's changelog record: its armed timers, so restore need not parse it."""
+    return [(TIMERS_HEADER, json.dumps(timers_of(state)).encode())]
+
+
 def timer_changes(
     saga_key: bytes, old: Mapping[str, int], new: Mapping[str, int]
 ) -> tuple[list[bytes], list[bytes]]:
