@@ -22,7 +22,6 @@ import json
 import math
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,10 +37,11 @@ from streams.core.topology import load_topology
 from streams.ops.demo import (
     OUTCOMES,
     WorkerSet,
-    _progress,
-    _settings_env,
+    local_infrastructure,
     order_fields,
     percentile,
+    progress,
+    settings_env,
 )
 from streams.ops.pipeline_baseline import (
     READY,
@@ -335,7 +335,7 @@ def measure(
         if key in wanted and key not in received:
             received[key] = (time.time_ns() // 1_000_000, time.monotonic())
             if out is not None:
-                _progress(out, len(received), len(keys), started)
+                progress(out, len(received), len(keys), started)
         if time.monotonic() - last_check > 2:
             source.workers.check_alive()
             if publisher.error is not None:
@@ -440,48 +440,10 @@ def broker_pids(bootstrap: str) -> list[int]:
 @contextlib.contextmanager
 def _infrastructure(keep: bool, out: TextIO) -> Iterator[Run]:
     """Broker and registry (local ones unless configured, like the demo), and the clean-up."""
-    from streams.local import kafka as localkafka
-    from streams.local import registry as localregistry
-    from streams.ops.admin import delete_topics
-    from streams.wire.registry import Registry, delete_subjects
-
-    def log(message: str) -> None:
-        print(message, file=out, flush=True)
-
-    env_settings = Settings()
-    bootstrap, registry_url = env_settings.bootstrap_servers, env_settings.schema_registry_url
-    started_broker = started_registry = False
-    if "SAGASTREAM_BOOTSTRAP_SERVERS" not in os.environ:
-        started_broker = not localkafka.status()["running"]
-        bootstrap = localkafka.start(log=log)
-    if not registry_url:
-        started_registry = not localregistry.status()["running"]
-        registry_url = localregistry.start(log=log)
-    settings = env_settings.model_copy(
-        update={"bootstrap_servers": bootstrap, "schema_registry_url": registry_url}
-    )
-    run = Run(settings, f"bench-{time.strftime('%Y%m%d-%H%M%S')}-", out)
-    try:
+    with local_infrastructure("bench", keep, out) as infra:
+        run = Run(infra.settings, infra.prefix, out)
+        run.subjects = infra.subjects  # what the phases register is removed with the run
         yield run
-    finally:
-        if not keep:
-            delete_topics(settings, run.prefix)
-            for path in settings.data_dir.glob(f"{run.prefix}*"):
-                shutil.rmtree(path, ignore_errors=True)
-            # the simulated services' idempotency ledgers (handlers.agent.ledger_path)
-            for path in (settings.data_dir / "external").glob(f"{run.prefix}*"):
-                path.unlink(missing_ok=True)
-            if not started_registry:
-                delete_subjects(Registry(str(registry_url)), run.subjects)
-        if started_broker:
-            localkafka.stop(log=log)
-        if started_registry and keep:
-            log(
-                f"schema registry left running at {registry_url}: the kept topics' schema ids "
-                "live only in its memory (`sagastream registry stop` when done)"
-            )
-        elif started_registry:
-            localregistry.stop(log=log)
 
 
 def _process_pids(workers: WorkerSet, bootstrap: str) -> dict[str, list[int]]:
@@ -665,7 +627,7 @@ def _start_pipeline(settings: Settings, filler: int, log_dir: Path) -> WorkerSet
     """One baseline process per role, in a WorkerSet so that checks and shutdown are shared."""
     workers = WorkerSet(settings, log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **_settings_env(settings)}
+    env = {**os.environ, **settings_env(settings)}
     argv = ["--prefix", settings.topic_prefix, "--filler", str(filler)]
     for role in BASELINE_ROLES:
         log = open(log_dir / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process

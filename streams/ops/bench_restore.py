@@ -34,7 +34,7 @@ from typing import Any
 from streams.core.saga import Event, decide
 from streams.core.topology import Topology, load_topology
 from streams.ops.bench import Run, process_cpu_s
-from streams.ops.demo import WorkerSet, _settings_env, order_fields
+from streams.ops.demo import WorkerSet, order_fields, settings_env
 from streams.runtime.settings import Settings
 from streams.runtime.store import DUE_DIGITS, PartitionStore, changelog_headers
 
@@ -267,7 +267,7 @@ def _worker(
     """Start an orchestrator worker; time it from its start until its log says it is ready."""
     workers = WorkerSet(settings.model_copy(update={"data_dir": data_dir}), log_path.parent)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **_settings_env(workers.settings)}
+    env = {**os.environ, **settings_env(workers.settings)}
     argv = [sys.executable, "-m", "streams.ops.cli", "worker", "--role", "orchestrator"]
     with open(log_path, "wb") as log:
         started = time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,7 +33,7 @@ class WorkerSet:
 
     def start(self, roles: list[str], extra_env: dict[str, str] | None = None) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **_settings_env(self.settings), **(extra_env or {})}
+        env = {**os.environ, **settings_env(self.settings), **(extra_env or {})}
         for role in roles:
             log = open(self.log_dir / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
             self.procs[role] = subprocess.Popen(
@@ -114,7 +116,65 @@ class WorkerSet:
         self.procs.clear()
 
 
-def _settings_env(settings: Settings) -> dict[str, str]:
+@dataclass
+class Infrastructure:
+    """A run's broker and registry (without a prefix), its topic prefix and what it registered."""
+
+    settings: Settings
+    prefix: str
+    subjects: list[Any] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def local_infrastructure(name: str, keep: bool, out: TextIO) -> Iterator[Infrastructure]:
+    """The broker and registry of SAGASTREAM_* settings, else local ones started here; a prefix
+    `<name>-<time>-` for the run; at the end its topics, stores, ledgers and subjects removed
+    (unless `keep`) and what was started here stopped."""
+    from streams.local import kafka as localkafka
+    from streams.local import registry as localregistry
+    from streams.ops.admin import delete_topics
+    from streams.wire.registry import Registry, delete_subjects
+
+    def log(message: str) -> None:
+        print(message, file=out, flush=True)
+
+    env_settings = Settings()
+    bootstrap, registry_url = env_settings.bootstrap_servers, env_settings.schema_registry_url
+    started_broker = started_registry = False
+    if "SAGASTREAM_BOOTSTRAP_SERVERS" not in os.environ:
+        started_broker = not localkafka.status()["running"]
+        bootstrap = localkafka.start(log=log)
+    if not registry_url:
+        started_registry = not localregistry.status()["running"]
+        registry_url = localregistry.start(log=log)
+    settings = env_settings.model_copy(
+        update={"bootstrap_servers": bootstrap, "schema_registry_url": registry_url}
+    )
+    infra = Infrastructure(settings, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-")
+    try:
+        yield infra
+    finally:
+        if not keep:
+            delete_topics(settings, infra.prefix)
+            for path in settings.data_dir.glob(f"{infra.prefix}*"):
+                shutil.rmtree(path, ignore_errors=True)
+            # the simulated services' idempotency ledgers (handlers.agent.ledger_path)
+            for path in (settings.data_dir / "external").glob(f"{infra.prefix}*"):
+                path.unlink(missing_ok=True)
+            if not started_registry:
+                delete_subjects(Registry(str(registry_url)), infra.subjects)
+        if started_broker:
+            localkafka.stop(log=log)
+        if started_registry and keep:
+            log(
+                f"schema registry left running at {registry_url}: the kept topics' schema ids "
+                "live only in its memory (`sagastream registry stop` when done)"
+            )
+        elif started_registry:
+            localregistry.stop(log=log)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
     env = {
         "SAGASTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "SAGASTREAM_TOPIC_PREFIX": settings.topic_prefix,
@@ -152,7 +212,7 @@ def order_fields(order_id: str, rng: random.Random) -> tuple[dict[str, Any], str
     return fields, "SagaCompensated"
 
 
-def _progress(out: TextIO, done: int, total: int, started: float) -> None:
+def progress(out: TextIO, done: int, total: int, started: float) -> None:
     """A progress bar redrawn in place on a terminal; elsewhere (CI, a pipe) a line per 10%."""
     width = 30
     filled = int(width * done / max(total, 1))
@@ -173,42 +233,32 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_demo(orders: int, seed: int, timeout: float, keep: bool, out: TextIO = sys.stdout) -> int:
     """Run the order saga demo end to end; returns the exit code (non-zero if any saga is stuck)."""
-    from streams.local import kafka as localkafka
-    from streams.local import registry as localregistry
-    from streams.ops.admin import create_topics, delete_topics
+    with local_infrastructure("demo", keep, out) as infra:
+        return _run_orders(infra, orders, seed, timeout, out)
+
+
+def _run_orders(infra: Infrastructure, orders: int, seed: int, timeout: float, out: TextIO) -> int:
+    from streams.ops.admin import create_topics
     from streams.ops.client import EventClient
     from streams.wire.codec import SchemaStore
-    from streams.wire.registry import Registry, delete_subjects, plan_subjects, register_subjects
+    from streams.wire.registry import Registry, plan_subjects, register_subjects
 
-    started_broker = started_registry = False
-    env_settings = Settings()
-    bootstrap = env_settings.bootstrap_servers
-    registry_url = env_settings.schema_registry_url
-    if "SAGASTREAM_BOOTSTRAP_SERVERS" not in os.environ:
-        started_broker = not localkafka.status()["running"]
-        bootstrap = localkafka.start(log=lambda m: print(m, file=out))
-    if not registry_url:
-        started_registry = not localregistry.status()["running"]
-        registry_url = localregistry.start(log=lambda m: print(m, file=out))
-    prefix = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-"
-    settings = env_settings.model_copy(
-        update={
-            "bootstrap_servers": bootstrap,
-            "topic_prefix": prefix,
-            "schema_registry_url": registry_url,
-        }
-    )
+    prefix = infra.prefix
+    settings = infra.settings.model_copy(update={"topic_prefix": prefix})
+    registry_url = str(settings.schema_registry_url)
     topology = load_topology(settings.topology_file)
     report = create_topics(settings, topology)
     print(
-        f"broker {bootstrap}: created {len(report.created)} topics with prefix {prefix}", file=out
+        f"broker {settings.bootstrap_servers}: created {len(report.created)} topics with prefix "
+        f"{prefix}",
+        file=out,
     )
-    registry = Registry(registry_url)
     subjects = plan_subjects(topology, SchemaStore(SchemaStore.default_dir()), settings)
+    infra.subjects += subjects
     workers = WorkerSet(settings, settings.data_dir / "demo-logs" / prefix.rstrip("-"))
     client = EventClient(settings, topology, build_codec(settings), "demo")
     try:
-        registered = register_subjects(registry, subjects)
+        registered = register_subjects(Registry(registry_url), subjects)
         if any(o.failed for o in registered):
             refused = ", ".join(o.subject.name for o in registered if o.failed)
             raise RuntimeError(f"schema registry {registry_url} refused schemas for {refused}")
@@ -240,22 +290,6 @@ def run_demo(orders: int, seed: int, timeout: float, keep: bool, out: TextIO = s
     finally:
         client.close()
         workers.stop()
-        if not keep:
-            delete_topics(settings, prefix)
-            for path in settings.data_dir.glob(f"{prefix}*"):
-                shutil.rmtree(path, ignore_errors=True)
-            if not started_registry:
-                delete_subjects(registry, subjects)
-        if started_broker:
-            localkafka.stop(log=lambda m: print(m, file=out))
-        if started_registry and keep:
-            print(
-                f"schema registry left running at {registry_url}: the kept topics' schema ids "
-                "live only in its memory (`sagastream registry stop` when done)",
-                file=out,
-            )
-        elif started_registry:
-            localregistry.stop(log=lambda m: print(m, file=out))
     return _report(results, expected, out, elapsed)
 
 
@@ -278,7 +312,7 @@ def _collect(
                     msg.event_type,
                     (msg.record["meta"]["occurred_at"] - sent_ms[key]) / 1000,
                 )
-                _progress(out, len(results), len(sent_ms), started)
+                progress(out, len(results), len(sent_ms), started)
         if time.monotonic() - last_check > 2:
             workers.check_alive()
             last_check = time.monotonic()

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from streams.ops.demo import _settings_env
+from streams.ops.demo import settings_env
 from streams.ops.signals import serve
 from tests.integration.helpers import lifecycle, wait_outcomes
 
@@ -56,7 +56,7 @@ def test_review_times_out_escalates_then_a_cli_approval_pays_out(ns, loan_worker
     escalated = next(m for m in escalations if m.key == b"loan-1").record
     assert escalated["step"] == "review" and escalated["waited_ms"] == 1500
 
-    env = {**os.environ, **_settings_env(ns.settings)}
+    env = {**os.environ, **settings_env(ns.settings)}
     cli = [sys.executable, "-m", "streams.ops.cli", "signal", "loan", "loan-1", "review"]
     done = subprocess.run(
         [*cli, "--outcome", "approved", "--by", "ann"],
