@@ -52,6 +52,8 @@ def test_cluster_replicates_to_three_brokers_and_stops_cleanly(cluster):
     config = next(iter(configs.values())).result(10)
     assert config["min.insync.replicas"].value == "2"
 
+    _changelog_is_replicated_and_compacted(admin, bootstrap)
+
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
     failures: list[str] = []
 
@@ -87,3 +89,27 @@ def _broker_resource(metadata):
     from confluent_kafka.admin import ConfigResource
 
     return ConfigResource(ConfigResource.Type.BROKER, str(next(iter(metadata.brokers))))
+
+
+def _changelog_is_replicated_and_compacted(admin, bootstrap):
+    """sagastream creates the orchestrator's changelog like the topology's topics: RF 3 here."""
+    from confluent_kafka.admin import ConfigResource
+
+    from streams.core.topology import load_topology
+    from streams.ops.admin import create_topics
+    from streams.runtime.settings import Settings
+
+    settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"c{uuid.uuid4().hex[:6]}-")
+    create_topics(settings, load_topology(settings.topology_file))
+    changelog = settings.changelog_topic()
+    deadline = time.monotonic() + 30
+    while True:
+        partitions = admin.list_topics(changelog, timeout=10).topics[changelog].partitions
+        if partitions and all(len(p.isrs) == 3 for p in partitions.values()):
+            break
+        assert time.monotonic() < deadline, f"{changelog} is not replicated 3 times: {partitions}"
+        time.sleep(0.2)
+    assert all(len(p.replicas) == 3 for p in partitions.values())
+    resource = ConfigResource(ConfigResource.Type.TOPIC, changelog)
+    config = next(iter(admin.describe_configs([resource]).values())).result(10)
+    assert config["cleanup.policy"].value == "compact"
