@@ -20,6 +20,8 @@ class Metrics:
     registry_up: Gauge
     registry_retries: Counter
     transactions: Counter
+    commit_seconds: Histogram
+    transaction_records: Histogram
     restore_seconds: Gauge
 
     @classmethod
@@ -75,6 +77,18 @@ class Metrics:
                 "sagastream_transactions",
                 "Orchestrator transactions by result (committed, aborted)",
                 ["result"],
+                registry=reg,
+            ),
+            commit_seconds=Histogram(
+                "sagastream_commit_seconds",
+                "How long committing one orchestrator transaction took (changelog, offsets, commit)",
+                buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 5),
+                registry=reg,
+            ),
+            transaction_records=Histogram(
+                "sagastream_transaction_records",
+                "Records produced in one orchestrator transaction, before the changelog",
+                buckets=(1, 10, 100, 1000, 10_000, 100_000),
                 registry=reg,
             ),
             restore_seconds=Gauge(

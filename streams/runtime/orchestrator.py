@@ -442,9 +442,12 @@ class Orchestrator:
         if not ckpt.open:
             return
         self._flush_trail()
+        records, started = ckpt.records, time.monotonic()
         try:
             ckpt.commit(consumer, timeout)
             self.metrics.transactions.labels("committed").inc()
+            self.metrics.commit_seconds.observe(time.monotonic() - started)
+            self.metrics.transaction_records.observe(records)
         except TransactionFailed as exc:
             self.metrics.transactions.labels("aborted").inc()
             log.warning("transaction aborted (%s); re-reading from the committed offsets", exc)
