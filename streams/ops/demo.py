@@ -30,6 +30,7 @@ class WorkerSet:
     settings: Settings
     log_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    loglevel: str = "info"  # their logs are files, read when something went wrong
 
     def start(self, roles: list[str], extra_env: dict[str, str] | None = None) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -37,7 +38,10 @@ class WorkerSet:
         for role in roles:
             log = open(self.log_dir / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
             self.procs[role] = subprocess.Popen(
-                [sys.executable, "-m", "streams.ops.cli", "worker", "--role", role],
+                [
+                    *(sys.executable, "-m", "streams.ops.cli", "worker"),
+                    *("--role", role, "--loglevel", self.loglevel),
+                ],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

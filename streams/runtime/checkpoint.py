@@ -50,6 +50,11 @@ class PartitionWork:
     changelog_offset: int = -1
 
 
+def _left(deadline: float, share: float = 1.0) -> float:
+    """That share of the time left before `deadline`, at least a second."""
+    return max(1.0, (deadline - time.monotonic()) * share)
+
+
 class Checkpoint:
     """An open transaction of the orchestrator's producer, and what commits with it."""
 
@@ -123,9 +128,13 @@ class Checkpoint:
 
     # -- ending it ------------------------------------------------------------------------
     def commit(self, consumer: Consumer, timeout: float = 30.0) -> None:
-        """Changelog, offsets and outputs commit together; then the stores take the states."""
+        """Changelog, offsets and outputs commit together; then the stores take the states.
+
+        All of it, an abort included, ends within `timeout` (and at least a second).
+        """
         if not self.open:
             return
+        deadline = time.monotonic() + timeout
         encoded: dict[int, dict[bytes, bytes | None]] = {}
         try:
             for partition, work in self.work.items():
@@ -146,11 +155,11 @@ class Checkpoint:
                     self.producer.send_offsets_to_transaction,
                     offsets,
                     consumer.consumer_group_metadata(),
-                    timeout,
+                    _left(deadline, share=0.5),
                 )
-            self._commit_retrying(timeout)
+            self._commit_retrying(deadline - _left(deadline, share=0.2))
         except KafkaException as exc:
-            self.abort()
+            self.abort(_left(deadline))
             raise TransactionFailed(str(exc)) from exc
         if self._delivery_error is not None:
             # cannot happen after a successful commit, but the checkpoint must never lie
@@ -169,11 +178,11 @@ class Checkpoint:
                         self._remember(key, touched.state)
         self._reset()
 
-    def abort(self) -> None:
+    def abort(self, timeout: float = 10.0) -> None:
         """Forget this transaction's outputs and states (the caller rewinds the inputs)."""
         if self.open:
             try:
-                self.producer.abort_transaction(10)
+                self.producer.abort_transaction(timeout)
             except KafkaException as exc:
                 if exc.args[0].fatal():
                     self._reset()
@@ -228,8 +237,7 @@ class Checkpoint:
                 self.producer.poll(0.05)
         self.records += 1
 
-    def _commit_retrying(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def _commit_retrying(self, deadline: float) -> None:
         while True:
             try:
                 self.producer.commit_transaction(max(1.0, deadline - time.monotonic()))

@@ -205,12 +205,13 @@ class Orchestrator:
                     or (len(msgs) < BATCH and open_for >= linger)
                 ):
                     self._commit()
-            self._commit(self.settings.drain_timeout_s)
+            # what is open commits (or aborts) within the drain bound, leaving time to close
+            self._commit(max(1.0, self.settings.drain_timeout_s - 2))
         finally:
             self.ready.clear()
             consumer.close()
             self._close_stores()
-            producer.flush(5)
+            producer.flush(1)  # committed or aborted: nothing should be left
 
     # -- one input ------------------------------------------------------------------------
     def _handle(self, msg: Message) -> None:

@@ -51,6 +51,7 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     logging.basicConfig(
         level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per schema registry request
     topology = load_topology(settings.topology_file)
     roles = parse_roles(spec, topology)
     schemas = SchemaStore(SchemaStore.default_dir())

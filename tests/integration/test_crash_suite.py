@@ -11,25 +11,20 @@ that died of anything but a kill. CI runs it small; any size on demand:
 from __future__ import annotations
 
 import random
-import sqlite3
-import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from streams.ops.demo import order_fields
 from tests.integration.conftest import HANDLERS
-from tests.integration.helpers import OUTCOMES
+from tests.integration.faults import (
+    check_exactly_once,
+    mixed_orders,
+    publish_paced,
+    wait_all_ended,
+)
 
-COMMAND_TOPICS = ("payments.commands", "inventory.commands", "shipping.commands")
-LEDGER_ROLES = {
-    "payments.commands": "payment",
-    "inventory.commands": "inventory",
-    "shipping.commands": "shipping",
-}
 # each fault gets this long before the next, so that its effect (rebalance, restore) shows
 SECONDS_PER_FAULT = 7.0
 
@@ -71,30 +66,12 @@ def test_every_saga_ends_once_through_kills_and_a_broker_restart(
     rng = random.Random(7)
     faults = plan_faults(kills, can_restart_broker, rng)
     workers = start_workers("orchestrator", HANDLERS)
-
-    expected: dict[str, str] = {}
-    to_send: list[tuple[str, dict[str, Any]]] = []
-    for i in range(orders):
-        order_id = f"crash-{i:05d}"
-        fields, outcome = order_fields(order_id, rng)
-        expected[order_id] = outcome
-        to_send.append((order_id, fields))
-    keys = list(expected)
+    to_send = mixed_orders(orders, "crash", rng)
+    expected = {key: outcome for key, _, outcome in to_send}
 
     window = max(10.0, SECONDS_PER_FAULT * len(faults))
-    published = threading.Event()
-
-    def publish() -> None:
-        start = time.monotonic()
-        for i, (key, fields) in enumerate(to_send):
-            time.sleep(max(0.0, start + window * i / len(to_send) - time.monotonic()))
-            ns.client.publish("OrderPlaced", key, fields)
-        ns.client.flush(120)
-        published.set()
-
     chaos = Chaos()
-    publisher = threading.Thread(target=publish, daemon=True)
-    publisher.start()
+    published = publish_paced(ns, to_send, window)
     for n, fault in enumerate(faults):
         time.sleep(max(0.0, chaos.started + window * (n + 0.5) / len(faults) - time.monotonic()))
         if fault == "orchestrator":
@@ -114,45 +91,8 @@ def test_every_saga_ends_once_through_kills_and_a_broker_restart(
     assert published.wait(window + 180), "publishing did not finish"
     chaos.note("all orders published")
 
-    outcomes_topic = ns.topic("sagas.outcomes")
-    deadline = time.monotonic() + 240
-    while True:
-        workers.check_alive()
-        outcomes = [m for m in ns.client.read_to_end([outcomes_topic]) if m.event_type in OUTCOMES]
-        ended = {m.key.decode() for m in outcomes if m.key}
-        if ended >= set(keys) or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    chaos.note(f"{len(ended)} of {len(keys)} sagas ended")
+    outcomes = wait_all_ended(ns, set(expected), workers, timeout=240)
+    chaos.note(f"{len({m.key for m in outcomes})} of {len(expected)} sagas ended")
     print("\n".join(chaos.log))
-
-    # exactly one outcome per saga, and the one it was built for
-    per_saga = Counter(m.key.decode() for m in outcomes if m.key)
-    assert sorted(set(keys) - set(per_saga)) == [], "sagas without an outcome"
-    assert {k: n for k, n in per_saga.items() if n != 1} == {}, "sagas with several outcomes"
-    wrong = {
-        m.key.decode(): m.event_type
-        for m in outcomes
-        if m.key and m.event_type != expected[m.key.decode()]
-    }
-    assert wrong == {}, "sagas that ended otherwise than built for"
-
-    # no command twice on a commands topic (same idempotency key and attempt)
-    commanded: dict[str, set[str]] = {}
-    for topic in COMMAND_TOPICS:
-        msgs = [m for m in ns.client.read_to_end([ns.topic(topic)]) if m.record]
-        seen = Counter((m.record["idempotency_key"], m.record["meta"]["attempt"]) for m in msgs)
-        assert {k: n for k, n in seen.items() if n > 1} == {}, f"duplicate commands on {topic}"
-        commanded[topic] = {m.record["idempotency_key"] for m in msgs}
-
-    # every commanded side effect was applied exactly once in its service's ledger
-    for topic, role in LEDGER_ROLES.items():
-        path = ns.settings.data_dir / "external" / f"{ns.settings.topic_prefix}{role}.sqlite"
-        with sqlite3.connect(path) as db:
-            applied = {k for (k,) in db.execute("SELECT key FROM effects")}
-        assert applied == commanded[topic], f"{role}: ledger and commands differ"
-
-    # nothing dead-lettered: every input was good
-    dlqs = [ns.topic(ns.topology.dlq(t)) for t in ("orders.events", *COMMAND_TOPICS)]
-    assert [m.topic for m in ns.client.read_to_end(dlqs)] == []
+    check_exactly_once(ns, expected, outcomes)
     workers.check_alive()
