@@ -107,10 +107,13 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     log.info("worker running %s", ", ".join(roles))
     while not stop.is_set():
         stop.wait(0.5)
-    deadline = time.monotonic() + settings.drain_timeout_s + CLOSE_GRACE_S
+    stopping = time.monotonic()
+    deadline = stopping + settings.drain_timeout_s + CLOSE_GRACE_S
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     stuck = [t.name for t in threads if t.is_alive()]
+    if not stuck:
+        log.info("stopped in %.1fs", time.monotonic() - stopping)
     metrics.up.labels(",".join(roles)).set(0)
     if stuck:
         log.error("roles %s did not stop within the drain bound; exiting anyway", stuck)
