@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,3 @@ class Metrics:
         """Count a decision's outputs (one call per decision, not per event)."""
         for event_type in event_types:
             self.produced.labels(role, event_type).inc()
-
-    def serve(self, port: int) -> None:
-        """Expose /metrics on a port (0 = disabled)."""
-        if port:
-            start_http_server(port, registry=self.registry)

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(default=6000, ge=1000)
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     handler_latency_ms: int = Field(default=2, ge=0)
     handler_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     handler_seed: int = 7

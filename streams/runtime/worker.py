@@ -14,9 +14,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from streams.core.topology import Topology, load_topology
+from streams.runtime import health
 from streams.runtime.metrics import Metrics
 from streams.runtime.settings import Settings
 from streams.wire.codec import RegistryUnavailable, SchemaStore
@@ -57,19 +59,20 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     schemas = SchemaStore(SchemaStore.default_dir())
     codec = build_codec(settings, schemas)
     metrics = Metrics.create(",".join(roles))
-    metrics.serve(settings.metrics_port)
     # learn every schema id before consuming; if the registry is down, inputs wait and retry
     with contextlib.suppress(RegistryUnavailable):
         codec.prepare(topology.events)
 
     runners: dict[str, Callable[[threading.Event], None]] = {}
+    readiness: dict[str, Callable[[], bool]] = {}
     for role in roles:
         if role == ORCHESTRATOR:
             from streams.ops.admin import create_topics
             from streams.runtime.orchestrator import Orchestrator
 
             create_topics(settings, topology)  # idempotent; makes sure the changelog exists
-            runners[role] = Orchestrator(settings, topology, schemas, codec, metrics).run
+            orchestrator = Orchestrator(settings, topology, schemas, codec, metrics)
+            runners[role], readiness[role] = orchestrator.run, orchestrator.ready.is_set
         else:
             from handlers.agent import build_handler
             from streams.runtime.handler_loop import HandlerLoop
@@ -77,6 +80,7 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
             call, commands = build_handler(settings, topology, role)
             loop = HandlerLoop(settings, topology, schemas, codec, role, call, commands, metrics)
             runners[role] = loop.run
+            readiness[role] = partial(getattr, loop, "ready")
 
     stop = threading.Event()
     failed: list[str] = []
@@ -104,6 +108,15 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     ]
     for thread in threads:
         thread.start()
+    if settings.metrics_port:
+        server = health.serve(
+            metrics.registry,
+            lambda: {t.name: t.is_alive() and not stop.is_set() for t in threads},
+            lambda: {role: is_ready() for role, is_ready in readiness.items()},
+            settings.metrics_host,
+            settings.metrics_port,
+        )
+        log.info("serving /metrics, /healthz and /readyz on %s:%d", *server.server_address[:2])
     log.info("worker running %s", ", ".join(roles))
     while not stop.is_set():
         stop.wait(0.5)
