@@ -15,6 +15,7 @@ from streams.core.topology import load_topology
 from streams.runtime.settings import Settings
 from streams.wire.codec import AvroCodec, EncodeError, LocalSchemaIds, SchemaStore, new_meta
 from streams.wire.faust import EventCodec, new_event, saga_topics, start_saga
+from tests.unit.test_codec import order_placed
 
 STORE = SchemaStore(SchemaStore.default_dir())
 AVRO = AvroCodec(STORE, LocalSchemaIds(STORE))
@@ -22,18 +23,8 @@ CODEC = EventCodec(AVRO)
 SETTINGS = Settings(topic_prefix="p-")
 TOPOLOGY = load_topology(SETTINGS.topology_file, STORE.directory)
 
-ORDER = {
-    "order_id": "order-1",
-    "customer_id": "cust-1",
-    "email": "a@example.com",
-    "amount_cents": 1299,
-    "currency": "EUR",
-    "card_token": "tok_1",
-    "items": [{"sku": "sku-1", "quantity": 2}],
-    "shipping_address": "1 Main Street",
-    "priority": "normal",
-    "has_app": False,
-}
+# an order as test_codec builds it, without the meta the framework adds
+ORDER = {k: v for k, v in order_placed().items() if k != "meta"}
 COMPLETED = {"saga_type": "order", "completed_steps": ["payment", "inventory", "shipping"]}
 
 
