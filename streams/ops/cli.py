@@ -133,6 +133,89 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from streams.core.topology import load_topology
+    from streams.ops.replay import (
+        Target,
+        commit_plan,
+        format_plan,
+        idempotency_note,
+        parse_time,
+        plan_rows,
+        read_offsets,
+        role_topics,
+    )
+
+    settings = Settings()
+    if args.to_beginning:
+        target = Target("beginning")
+    elif args.to_end:
+        target = Target("end")
+    elif args.to_offset is not None:
+        target = Target("offset", args.to_offset)
+    else:
+        target = Target("time", parse_time(args.to_time))
+    topology = load_topology(settings.topology_file)
+    topics = [settings.topic(t) for t in role_topics(topology, args.group, args.topic, args.saga)]
+    group = settings.group(args.group)
+    committed, watermarks, times = read_offsets(settings, group, topics, args.partition, target)
+    rows = plan_rows(committed, watermarks, target, times)
+    print("\n".join(format_plan(group, target, rows)))
+    print(idempotency_note(args.group))
+    if not args.execute:
+        print("dry run: nothing changed (add --execute to commit these offsets)")
+        return 0
+    commit_plan(settings, group, rows)
+    print(f"committed the new offsets of {len(rows)} partitions for group {group}")
+    return 0
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    from streams.ops import dlq
+
+    client = _client(Settings())
+    try:
+        topology = client.topology
+        if args.action == "show":
+            topic = dlq.resolve_topic(topology, args.topic)
+            letters = dlq.read_dead_letters(client, [topic])
+            print(dlq.show(dlq.find(letters, topic, args.partition, args.offset)))
+            return 0
+        topics = (
+            [dlq.resolve_topic(topology, args.topic)] if args.topic else dlq.dlq_topics(topology)
+        )
+        letters = dlq.read_dead_letters(client, topics)
+        if args.action == "list":
+            groups = dlq.group(letters)
+            print("\n".join(dlq.group_table(groups)))
+            print(f"{len(letters)} dead letters in {len(topics)} dead-letter topics")
+            return 0
+        selection = dlq.Selection(
+            reason=args.reason,
+            partition=args.partition,
+            from_offset=args.from_offset,
+            to_offset=args.to_offset,
+            key=args.key,
+            since_ms=None if args.since is None else dlq.parse_time(args.since),
+            until_ms=None if args.until is None else dlq.parse_time(args.until),
+        )
+        plans = dlq.plan_redrives(dlq.select(letters, selection), args.max_redrives)
+        for plan in plans:
+            print(dlq.describe(plan, args.execute))
+        refused = sum(1 for p in plans if p.refused)
+        if args.execute:
+            sent = dlq.execute(client, plans)
+            print(f"redrove {sent} dead letters, refused {refused}")
+        else:
+            print(
+                f"dry run: would redrive {len(plans) - refused} dead letters, refuse {refused}; "
+                "nothing published (add --execute)"
+            )
+        return 0
+    finally:
+        client.close()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sagastream", description="Kafka-native saga orchestrator")
     sub = p.add_subparsers(dest="command", required=True)
@@ -233,10 +316,71 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--persist", action="store_true", help="keep schemas across restarts")
     r.set_defaults(func=_registry)
 
+    dq = sub.add_parser(
+        "dlq",
+        help="list, show and redrive dead letters",
+        description="Reads the dead-letter topics of topology.yaml (committed records, to their "
+        "end). TOPIC is a dead-letter topic (orders.events.dlq) or the topic it serves.",
+    )
+    dq_sub = dq.add_subparsers(dest="action", required=True)
+    dl = dq_sub.add_parser("list", help="dead letters by topic and reason, with counts and times")
+    dl.add_argument("--topic", default=None)
+    ds = dq_sub.add_parser("show", help="one dead letter, decoded, with its headers (JSON)")
+    ds.add_argument("topic")
+    ds.add_argument("partition", type=int)
+    ds.add_argument("offset", type=int)
+    dr = dq_sub.add_parser(
+        "redrive",
+        help="re-publish selected dead letters to their source topic (dry run unless --execute)",
+        description="Each selected dead letter goes back to its dlq.original.topic with its key, "
+        "value and headers minus dlq.*, plus dlq.redrive.count; one redriven --max-redrives "
+        "times already is refused. Offsets are inclusive; --since is inclusive, --until "
+        "exclusive (dlq.failed.at; ISO 8601, UTC unless stated, or epoch ms).",
+    )
+    dr.add_argument("--topic", default=None)
+    dr.add_argument("--reason", default=None, help="e.g. unknown_schema_id, processing_error")
+    dr.add_argument("--partition", type=int, default=None, help="dlq partition")
+    dr.add_argument("--from-offset", type=int, default=None)
+    dr.add_argument("--to-offset", type=int, default=None)
+    dr.add_argument("--key", default=None, help="the message key (saga key)")
+    dr.add_argument("--since", default=None)
+    dr.add_argument("--until", default=None)
+    dr.add_argument("--max-redrives", type=int, default=3)
+    dr.add_argument("--execute", action="store_true", help="publish (default: dry run)")
+    dq.set_defaults(func=_dlq)
+
     b = sub.add_parser("broker", help="the local Apache Kafka (from Maven Central)")
     b.add_argument("action", choices=["start", "stop", "status"])
     b.add_argument("--cluster", action="store_true", help="3 brokers, replication factor 3")
     b.set_defaults(func=_broker)
+
+    rp = sub.add_parser("replay", help="reprocess a consumer group's input from an earlier point")
+    rp_sub = rp.add_subparsers(dest="action", required=True)
+    rr = rp_sub.add_parser(
+        "reset",
+        help="move a consumer group's committed offsets (a dry run unless --execute)",
+        description="Prints, per partition, the committed offset, the new one and the messages "
+        "to reprocess; --execute commits the new offsets, and only while the group has no "
+        "active members. Reprocessing is idempotent (saga dedup by event id, handler "
+        "idempotency keys).",
+    )
+    rr.add_argument("--group", required=True, help="orchestrator or a handler role")
+    scope = rr.add_mutually_exclusive_group()
+    scope.add_argument("--topic", default=None, help="one logical topic the role consumes")
+    scope.add_argument("--saga", default=None, help="the orchestrator's inputs of one saga type")
+    rr.add_argument("--partition", type=int, default=None, help="one partition of each topic")
+    to = rr.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-beginning", action="store_true")
+    to.add_argument("--to-end", action="store_true")
+    to.add_argument("--to-offset", type=int, default=None, metavar="N")
+    to.add_argument(
+        "--to-time",
+        default=None,
+        metavar="TIME",
+        help="ISO 8601 (UTC unless a zone is given) or epoch milliseconds",
+    )
+    rr.add_argument("--execute", action="store_true", help="commit the offsets (default: dry run)")
+    rr.set_defaults(func=_replay)
     return p
 
 

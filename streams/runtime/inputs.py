@@ -14,7 +14,7 @@ from confluent_kafka import Message
 from streams.core.topology import Topology
 from streams.runtime.settings import Settings
 from streams.wire.codec import AvroCodec, DecodeError, RegistryUnavailable
-from streams.wire.dlq import Origin, dead_letter_headers
+from streams.wire.dlq import Origin, carried_headers, dead_letter_headers
 
 
 @dataclass(frozen=True)
@@ -92,4 +92,5 @@ def dead_letter(
     kind, stamp = msg.timestamp()
     origin = Origin(physical, msg.partition() or 0, msg.offset() or 0, stamp if kind else None)
     headers = dead_letter_headers(origin, rejected.reason, rejected.error, worker, attempts)
+    headers += carried_headers(msg.headers())
     return OutRecord(settings.topic(dlq), msg.key(), msg.value(), headers)

@@ -6,6 +6,9 @@ import time
 from dataclasses import dataclass
 
 HEADER_PREFIX = "dlq."
+# How often a message has been redriven from a DLQ (`sagastream dlq redrive`). It rides on the
+# redriven message and is carried into its next dead letter, so redrive can refuse endless loops.
+REDRIVE_COUNT = HEADER_PREFIX + "redrive.count"
 
 
 @dataclass(frozen=True)
@@ -43,3 +46,15 @@ def read_dead_letter_headers(headers: list[tuple[str, bytes]] | None) -> dict[st
         for k, v in headers or []
         if k.startswith(HEADER_PREFIX)
     }
+
+
+def carried_headers(
+    headers: list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None] | None,
+) -> list[tuple[str, bytes]]:
+    """The headers of a consumed message that its dead letter keeps: the redrive count."""
+    pairs = list(headers.items()) if isinstance(headers, dict) else headers or []
+    return [
+        (k, v if isinstance(v, bytes) else (v or "").encode())
+        for k, v in pairs
+        if k == REDRIVE_COUNT
+    ]

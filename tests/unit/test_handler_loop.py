@@ -111,6 +111,9 @@ class FakeMessage:
     def timestamp(self) -> tuple[int, int]:
         return 1, 1_700_000_000_000
 
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return None
+
     def error(self) -> None:
         return None
 

@@ -1,0 +1,301 @@
+"""The operator's dead-letter tool: list, show and redrive the dead letters of topology.yaml.
+
+Selection, header rewriting, refusal and grouping are plain functions of `DeadLetter`s; only
+`read_dead_letters` and `execute` talk to Kafka, through an `EventClient`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from streams.core.topology import Topology
+from streams.ops.client import EventClient, Received
+from streams.runtime.inputs import logical_topic
+from streams.wire.dlq import HEADER_PREFIX, REDRIVE_COUNT, read_dead_letter_headers
+
+DEFAULT_MAX_REDRIVES = 3
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One record of a dead-letter topic; `topic` is its logical name (e.g. orders.events.dlq)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    event_type: str | None = None
+    record: dict[str, Any] | None = None
+
+    @property
+    def dlq(self) -> dict[str, str]:
+        return read_dead_letter_headers(self.headers)
+
+    @property
+    def reason(self) -> str:
+        return self.dlq.get("reason") or "unknown"
+
+    @property
+    def failed_at_ms(self) -> int | None:
+        return _int_or_none(self.dlq.get("failed.at"))
+
+    @property
+    def source_topic(self) -> str | None:
+        """The physical topic the message was dead-lettered from."""
+        return self.dlq.get("original.topic") or None
+
+    @property
+    def redrive_count(self) -> int:
+        return _int_or_none(self.dlq.get(REDRIVE_COUNT[len(HEADER_PREFIX) :])) or 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+def from_received(received: Received, topic: str) -> DeadLetter:
+    """A consumed dead letter, named by its logical dlq topic."""
+    return DeadLetter(
+        topic,
+        received.partition,
+        received.offset,
+        received.key,
+        received.value,
+        received.headers,
+        received.event_type,
+        received.record,
+    )
+
+
+def dlq_topics(topology: Topology) -> list[str]:
+    """Every dead-letter topic of the topology, in topology order."""
+    return list(dict.fromkeys(topology.dlq(t.name) for t in topology.topics))
+
+
+def resolve_topic(topology: Topology, name: str) -> str:
+    """The dlq topic meant by `name`: a dlq topic itself, or the topic it dead-letters."""
+    if name in topology.topic_map:
+        return topology.dlq(name)
+    known = dlq_topics(topology)
+    if name in known:
+        return name
+    raise ValueError(
+        f"{name} is neither a topic nor a dead-letter topic of topology.yaml; "
+        f"dead-letter topics: {', '.join(known)}"
+    )
+
+
+def parse_time(text: str) -> int:
+    """Epoch milliseconds from epoch ms digits or an ISO 8601 time (UTC unless it says)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: give epoch milliseconds or ISO 8601 "
+            "(e.g. 2026-11-25T09:30:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def format_time(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which dead letters to act on; unset fields select everything.
+
+    Offsets are inclusive; `since_ms` is inclusive and `until_ms` exclusive, both against
+    the dlq.failed.at header (a dead letter without one matches no time bound).
+    """
+
+    topic: str | None = None
+    reason: str | None = None
+    partition: int | None = None
+    from_offset: int | None = None
+    to_offset: int | None = None
+    key: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def matches(self, letter: DeadLetter) -> bool:
+        failed_at = letter.failed_at_ms
+        timed = self.since_ms is not None or self.until_ms is not None
+        return not (
+            (self.topic is not None and letter.topic != self.topic)
+            or (self.reason is not None and letter.reason != self.reason)
+            or (self.partition is not None and letter.partition != self.partition)
+            or (self.from_offset is not None and letter.offset < self.from_offset)
+            or (self.to_offset is not None and letter.offset > self.to_offset)
+            or (self.key is not None and letter.key != self.key.encode())
+            or (timed and failed_at is None)
+            or (self.since_ms is not None and failed_at is not None and failed_at < self.since_ms)
+            or (self.until_ms is not None and failed_at is not None and failed_at >= self.until_ms)
+        )
+
+
+def select(letters: Iterable[DeadLetter], selection: Selection) -> list[DeadLetter]:
+    return [letter for letter in letters if selection.matches(letter)]
+
+
+@dataclass(frozen=True)
+class Group:
+    """The dead letters of one topic with one reason."""
+
+    topic: str
+    reason: str
+    count: int
+    first_ms: int | None
+    last_ms: int | None
+
+
+def group(letters: Iterable[DeadLetter]) -> list[Group]:
+    """Dead letters by (topic, reason), sorted so, with counts and first and last failure times."""
+    buckets: dict[tuple[str, str], list[DeadLetter]] = {}
+    for letter in letters:
+        buckets.setdefault((letter.topic, letter.reason), []).append(letter)
+    out = []
+    for (topic, reason), members in sorted(buckets.items()):
+        times = [t for t in (m.failed_at_ms for m in members) if t is not None]
+        out.append(
+            Group(topic, reason, len(members), min(times, default=None), max(times, default=None))
+        )
+    return out
+
+
+def redrive_headers(headers: list[tuple[str, bytes]], count: int) -> list[tuple[str, bytes]]:
+    """The headers of a redriven message: the dead letter's minus dlq.*, plus the new count."""
+    kept = [(k, v) for k, v in headers if not k.startswith(HEADER_PREFIX)]
+    return [*kept, (REDRIVE_COUNT, str(count).encode())]
+
+
+@dataclass(frozen=True)
+class Redrive:
+    """What redrive does with one dead letter: publish to `target`, or refuse and say why."""
+
+    letter: DeadLetter
+    target: str | None
+    headers: list[tuple[str, bytes]]
+    refused: str | None = None
+
+
+def plan_redrives(letters: Iterable[DeadLetter], max_redrives: int) -> list[Redrive]:
+    """A redrive per dead letter; past `max_redrives` or without a source topic it is refused."""
+    plans = []
+    for letter in letters:
+        count = letter.redrive_count
+        if count >= max_redrives:
+            why = f"redriven {count} times already (--max-redrives {max_redrives})"
+            plans.append(Redrive(letter, letter.source_topic, [], why))
+        elif letter.source_topic is None:
+            plans.append(Redrive(letter, None, [], "no dlq.original.topic header"))
+        else:
+            plans.append(
+                Redrive(letter, letter.source_topic, redrive_headers(letter.headers, count + 1))
+            )
+    return plans
+
+
+def describe(plan: Redrive, executed: bool) -> str:
+    """One line per dead letter for the dry run and the execution."""
+    letter = plan.letter
+    head = f"{letter.where} reason={letter.reason} redrives={letter.redrive_count}"
+    if plan.refused:
+        return f"refused {head}: {plan.refused}"
+    verb = "redriven" if executed else "would redrive"
+    return f"{verb} {head} -> {plan.target} as redrive {letter.redrive_count + 1}"
+
+
+def group_table(groups: list[Group]) -> list[str]:
+    """`dlq list` output: a row per (topic, reason)."""
+    rows = [("TOPIC", "REASON", "COUNT", "FIRST", "LAST")] + [
+        (g.topic, g.reason, str(g.count), format_time(g.first_ms), format_time(g.last_ms))
+        for g in groups
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", "backslashreplace")
+
+
+def show(letter: DeadLetter) -> str:
+    """`dlq show` output: the dead letter as pretty-printed JSON, decoded where possible."""
+    body: dict[str, Any] = {
+        "topic": letter.topic,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "key": _text(letter.key),
+        "reason": letter.reason,
+        "failed_at": format_time(letter.failed_at_ms),
+        "redrive_count": letter.redrive_count,
+        "event_type": letter.event_type,
+        "record": letter.record,
+        "headers": [[k, _text(v)] for k, v in letter.headers],
+    }
+    if letter.record is None:
+        # undecodable: the raw bytes, so the operator can see what was sent
+        body["value_base64"] = (
+            None if letter.value is None else base64.b64encode(letter.value).decode()
+        )
+    return json.dumps(body, indent=2, default=str)
+
+
+def read_dead_letters(client: EventClient, topics: list[str]) -> list[DeadLetter]:
+    """Every committed dead letter of the logical dlq topics, read to their end now."""
+    physical = [client.settings.topic(t) for t in topics]
+    return [
+        from_received(m, logical_topic(client.settings, m.topic))
+        for m in client.read_to_end(physical)
+    ]
+
+
+def find(letters: Iterable[DeadLetter], topic: str, partition: int, offset: int) -> DeadLetter:
+    for letter in letters:
+        if (letter.topic, letter.partition, letter.offset) == (topic, partition, offset):
+            return letter
+    raise ValueError(
+        f"no dead letter at {topic}[{partition}]@{offset}; `sagastream dlq list --topic {topic}` "
+        "shows what there is"
+    )
+
+
+def execute(client: EventClient, plans: list[Redrive]) -> int:
+    """Publish every plan that is not refused (same key and value) and flush; returns how many."""
+    sent = 0
+    for plan in plans:
+        if plan.refused or plan.target is None:
+            continue
+        client.publish_raw(
+            plan.target,
+            plan.letter.key,
+            plan.letter.value or b"",
+            list(plan.headers),
+        )
+        sent += 1
+    client.flush()
+    return sent

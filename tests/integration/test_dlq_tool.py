@@ -1,0 +1,90 @@
+"""`sagastream dlq` on a real broker: a fixed poison message is redriven and then processed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streams.ops import cli
+from streams.ops.demo import settings_env
+from streams.wire.codec import new_meta
+from streams.wire.dlq import REDRIVE_COUNT, Origin, dead_letter_headers, read_dead_letter_headers
+from tests.integration.helpers import good_order, wait_outcomes
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def sagastream(ns, monkeypatch, capsys):
+    """Run the CLI against the test's namespace; returns (exit code, stdout)."""
+    for name, value in settings_env(ns.settings).items():
+        monkeypatch.setenv(name, value)
+
+    def run(*argv: str) -> tuple[int, str]:
+        code = cli.main(["dlq", *argv])
+        return code, capsys.readouterr().out
+
+    return run
+
+
+def _dead_letter(ns, key: str, redrives: int | None = None) -> None:
+    """A dead letter as the runtime writes it, whose value is a valid (the "fixed") OrderPlaced."""
+    record = good_order(key)
+    record["meta"] = new_meta("OrderPlaced", key, "test")
+    origin = Origin(ns.topic("orders.events"), 0, 0)
+    headers = dead_letter_headers(
+        origin, "unknown_schema_id", "schema id 999999 is unknown", "sagastream-orchestrator"
+    )
+    if redrives is not None:
+        headers.append((REDRIVE_COUNT, str(redrives).encode()))
+    value = ns.client.codec.encode("OrderPlaced", record)
+    ns.client.publish_raw(ns.topic("orders.events.dlq"), key.encode(), value, headers)
+
+
+def _on(ns, topic: str, key: str):
+    return [m for m in ns.client.read_to_end([ns.topic(topic)]) if m.key == key.encode()]
+
+
+def test_a_fixed_poison_message_is_redriven_and_processed(ns, workers, sagastream):
+    _dead_letter(ns, "order-fixed")
+    _dead_letter(ns, "order-spent", redrives=3)
+    ns.client.flush()
+
+    code, out = sagastream("list")
+    assert code == 0
+    row = next(line.split() for line in out.splitlines() if "unknown_schema_id" in line)
+    assert row[:3] == ["orders.events.dlq", "unknown_schema_id", "2"]
+
+    code, out = sagastream("redrive", "--topic", "orders.events", "--reason", "unknown_schema_id")
+    assert code == 0 and "would redrive" in out and "refused" in out
+    assert not _on(ns, "orders.events", "order-fixed"), "a dry run published"
+
+    code, out = sagastream("redrive", "--execute")
+    assert code == 0 and "redrove 1 dead letters, refused 1" in out
+    assert wait_outcomes(ns, {"order-fixed"})["order-fixed"].event_type == "SagaCompleted"
+
+    [redriven] = _on(ns, "orders.events", "order-fixed")
+    assert redriven.event_type == "OrderPlaced"
+    assert read_dead_letter_headers(redriven.headers) == {"redrive.count": "1"}
+    assert not _on(ns, "orders.events", "order-spent"), "a dead letter past the limit was redriven"
+
+    letter = _on(ns, "orders.events.dlq", "order-spent")[0]
+    code, out = sagastream("show", "orders.events.dlq", str(letter.partition), str(letter.offset))
+    shown = json.loads(out)
+    assert code == 0 and shown["key"] == "order-spent" and shown["redrive_count"] == 3
+    assert shown["event_type"] == "OrderPlaced" and shown["record"]["order_id"] == "order-spent"
+    assert ["dlq.reason", "unknown_schema_id"] in shown["headers"]
+
+
+def test_the_runtime_carries_the_redrive_count_so_redrive_stops(ns, workers, sagastream):
+    ns.client.publish_raw(
+        ns.topic("orders.events"), b"bad", b"\x07garbage", [(REDRIVE_COUNT, b"2")]
+    )
+    ns.client.flush()
+    dlq = ns.topic("orders.events.dlq")
+    [letter] = ns.client.read([dlq], lambda m: any(x.key == b"bad" for x in m), 30.0)
+    assert read_dead_letter_headers(letter.headers)["redrive.count"] == "2"
+
+    code, out = sagastream("redrive", "--key", "bad", "--max-redrives", "2", "--execute")
+    assert code == 0 and "redrove 0 dead letters, refused 1" in out
