@@ -15,6 +15,7 @@ from typing import Any
 
 from streams.core.topology import Topology
 from streams.ops.client import EventClient, Received
+from streams.ops.times import parse_time as parse_time
 from streams.runtime.inputs import logical_topic
 from streams.wire.dlq import HEADER_PREFIX, REDRIVE_COUNT, read_dead_letter_headers
 
@@ -97,22 +98,6 @@ def resolve_topic(topology: Topology, name: str) -> str:
         f"{name} is neither a topic nor a dead-letter topic of topology.yaml; "
         f"dead-letter topics: {', '.join(known)}"
     )
-
-
-def parse_time(text: str) -> int:
-    """Epoch milliseconds from epoch ms digits or an ISO 8601 time (UTC unless it says)."""
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is not a time: give epoch milliseconds or ISO 8601 "
-            "(e.g. 2026-11-25T09:30:00Z)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 def format_time(ms: int | None) -> str:

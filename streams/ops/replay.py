@@ -6,7 +6,6 @@ the target; reading those from the broker and committing the result are kept apa
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streams.core.topology import Topology
 from streams.ops.admin import admin_client
+from streams.ops.times import parse_time as parse_time
 from streams.runtime.settings import Settings
 
 TopicPartition = tuple[str, int]
@@ -57,22 +57,6 @@ class PlanRow:
         at the low watermark (auto.offset.reset=earliest)."""
         start = self.low if self.current is None else self.current
         return start - self.new
-
-
-def parse_time(text: str) -> int:
-    """Epoch milliseconds from digits, or from an ISO 8601 time (UTC when it names no zone)."""
-    if re.fullmatch(r"\d+", text):
-        return int(text)
-    try:
-        stamp = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"--to-time {text!r} is neither epoch milliseconds nor an ISO 8601 time "
-            "(e.g. 2026-11-25T09:30:00Z)"
-        ) from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return int(stamp.timestamp() * 1000)
 
 
 def plan_rows(
