@@ -133,7 +133,8 @@ class Orchestrator:
         )
         self.instance = Instance.claim(settings)
         self.stores: dict[int, PartitionStore] = {}
-        self.waiting: dict[tuple[str, int], tuple[float, int]] = {}
+        # partitions paused for the schema registry: when to retry, and how often they failed
+        self.waiting: dict[tuple[str, int], float] = {}
         self._failures: dict[tuple[str, int], int] = {}
         self.trail: dict[bytes, tuple[str, str, list[dict[str, Any]], dict[str, Any]]] = {}
         self.ready = threading.Event()
@@ -231,8 +232,7 @@ class Orchestrator:
             return
         if isinstance(got, Decoded):
             self.metrics.consumed.labels(ROLE, got.event_type).inc()
-        if where in self._failures:
-            del self._failures[where]
+        if self._failures.pop(where, None) is not None and not self._failures:
             self.metrics.registry_up.labels(ROLE).set(1)
         ckpt.begin()
         try:
@@ -421,7 +421,7 @@ class Orchestrator:
         tp = TopicPartition(where[0], where[1], msg.offset() or 0)
         consumer.pause([tp])
         consumer.seek(tp)
-        self.waiting[where] = (time.monotonic() + delay, failures + 1)
+        self.waiting[where] = time.monotonic() + delay
         self.metrics.registry_up.labels(ROLE).set(0)
         self.metrics.registry_retries.labels(ROLE).inc()
         log.warning("%s; %s[%d]@%d waits, retry in %.1fs", got.error, *where, msg.offset(), delay)
@@ -430,7 +430,7 @@ class Orchestrator:
         if not self.waiting or self._consumer is None:
             return
         now = time.monotonic()
-        ready = [w for w, (at, _) in self.waiting.items() if at <= now]
+        ready = [w for w, at in self.waiting.items() if at <= now]
         for where in ready:
             del self.waiting[where]
         if ready:
@@ -518,6 +518,9 @@ class Orchestrator:
         if self._ckpt is not None:
             self._ckpt.forget_cached()
         self.waiting = {w: v for w, v in self.waiting.items() if w[1] not in numbers}
+        self._failures = {w: n for w, n in self._failures.items() if w[1] not in numbers}
+        if not self._failures:
+            self.metrics.registry_up.labels(ROLE).set(1)
         for p in numbers:
             store = self.stores.pop(p, None)
             if store is not None:

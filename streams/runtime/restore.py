@@ -69,6 +69,7 @@ def restore(
     deadline = started + timeout if timeout is not None else math.inf
     try:
         starts: dict[int, int] = {}
+        empty: set[int] = set()  # stores with nothing in them: no old state to read
         for partition, store in stores.items():
             low, high = _watermarks(
                 consumer,
@@ -91,10 +92,11 @@ def restore(
             start = OFFSET_BEGINNING if checkpoint is None else checkpoint + 1
             if high > 0 and (checkpoint is None or checkpoint + 1 < high):
                 starts[partition] = start
+                if checkpoint is None:
+                    empty.add(partition)
         counts = {p: 0 for p in stores}
         if starts:
             consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
-            empty = {p for p in starts if stores[p].checkpoint() is None}
             _replay(consumer, stores, set(starts), empty, counts, deadline)
         took = time.monotonic() - started
         return [Restored(p, counts[p], took, starts.get(p)) for p in stores]
