@@ -6,10 +6,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test unit integration lint broker-start broker-stop clean
 
-$(STAMP): pyproject.toml
+# The package `sagastream` maps onto streams/ and handlers/ (see pyproject.toml). A strict
+# editable install links each file into build/__editable__*, which mypy can follow; it is
+# redone when a package folder gains or loses a file.
+PACKAGE_DIRS := $(shell find streams handlers schemas -type d -not -name __pycache__)
+
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+
+$(STAMP): pyproject.toml $(PACKAGE_DIRS) | $(BIN)/python
+	$(BIN)/pip install --quiet --config-settings editable_mode=strict -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,7 +35,7 @@ integration: install
 
 lint: install
 	$(BIN)/ruff check streams handlers tests
-	$(BIN)/mypy streams handlers
+	$(BIN)/mypy -p sagastream
 
 broker-start: install
 	$(BIN)/sagastream broker start

@@ -1,13 +1,14 @@
 """Stateless handler agents: simulated external services behind Kafka command topics."""
 
-from handlers.base import Behaviour, SimulatedService
-from handlers.credit import CreditService
-from handlers.disbursement import DisbursementService
-from handlers.documents import DocumentService
-from handlers.inventory import InventoryService
-from handlers.notification import NotificationService
-from handlers.payment import PaymentService
-from handlers.shipping import ShippingService
+from sagastream.examples import events
+from sagastream.examples.base import Behaviour, SimulatedService
+from sagastream.examples.credit import CreditService
+from sagastream.examples.disbursement import DisbursementService
+from sagastream.examples.documents import DocumentService
+from sagastream.examples.inventory import InventoryService
+from sagastream.examples.notification import NotificationService
+from sagastream.examples.payment import PaymentService
+from sagastream.examples.shipping import ShippingService
 
 SERVICES: dict[str, type[SimulatedService]] = {
     "payment": PaymentService,
@@ -19,4 +20,4 @@ SERVICES: dict[str, type[SimulatedService]] = {
     "disbursement": DisbursementService,
 }
 
-__all__ = ["SERVICES", "Behaviour", "SimulatedService"]
+__all__ = ["SERVICES", "Behaviour", "SimulatedService", "events"]

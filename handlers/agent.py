@@ -6,10 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from handlers import SERVICES, Behaviour
-from handlers.ledger import IdempotencyLedger
-from streams.core.topology import Topology
-from streams.runtime.settings import Settings
+from sagastream.core.topology import Topology
+from sagastream.examples import SERVICES, Behaviour
+from sagastream.examples.ledger import IdempotencyLedger
+from sagastream.runtime.settings import Settings
 
 
 def ledger_path(settings: Settings, role: str) -> Path:

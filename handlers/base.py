@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from handlers.ledger import IdempotencyLedger
+from sagastream.examples.ledger import IdempotencyLedger
 
 Result = tuple[str, dict[str, Any]]
 Operation = Callable[[dict[str, Any], random.Random], Result]

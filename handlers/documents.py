@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from handlers.base import Result, SimulatedService
+from sagastream.examples.base import Result, SimulatedService
 
 
 class DocumentService(SimulatedService):

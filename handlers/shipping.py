@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from handlers.base import Result, SimulatedService, short_id
+from sagastream.examples.base import Result, SimulatedService, short_id
 
 
 class ShippingService(SimulatedService):

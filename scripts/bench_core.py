@@ -10,9 +10,9 @@ import json
 import time
 from pathlib import Path
 
-from streams.core.saga import Event, decide
-from streams.core.topology import load_topology
-from streams.wire.codec import AvroCodec, LocalSchemaIds, SchemaStore, new_meta
+from sagastream.core.saga import Event, decide
+from sagastream.core.topology import load_topology
+from sagastream.wire.codec import AvroCodec, LocalSchemaIds, SchemaStore, new_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 

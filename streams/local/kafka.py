@@ -21,11 +21,11 @@ Paths
     ``server.log`` (broker log), ``kafka.out`` (JVM stdout/stderr), ``kafka.pid`` and
     ``kafka-logs/`` (``log.dirs``, formatted once; data survives restarts).
 
-Command line: ``python -m streams.local.kafka start|stop|status [--cluster]``
+Command line: ``python -m sagastream.local.kafka start|stop|status [--cluster]``
 (also ``scripts/kafka-local`` and ``sagastream broker ...``).
 
-Only the standard library (and ``streams.local.proc``, the process helpers this shares
-with ``streams.local.registry``, itself stdlib-only) is imported at module level so this
+Only the standard library (and ``sagastream.local.proc``, the process helpers this shares
+with ``sagastream.local.registry``, itself stdlib-only) is imported at module level so this
 works before the project's dependencies are installed; ``confluent_kafka`` is used, when
 importable, for a real metadata request during the readiness check.
 """
@@ -46,10 +46,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.local import proc as localproc
-from streams.local.proc import ENV_CACHE_DIR as ENV_CACHE_DIR  # re-exported, like cache_dir
-from streams.local.proc import INSTALL_HINT as INSTALL_HINT
-from streams.local.proc import LocalToolError, Log, cache_dir
+from sagastream.local import proc as localproc
+from sagastream.local.proc import ENV_CACHE_DIR as ENV_CACHE_DIR  # re-exported, like cache_dir
+from sagastream.local.proc import INSTALL_HINT as INSTALL_HINT
+from sagastream.local.proc import LocalToolError, Log, cache_dir
 
 __all__ = [
     "KAFKA_VERSION",

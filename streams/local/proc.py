@@ -1,6 +1,6 @@
 """What local infrastructure processes share: tools, locks, pid checks, termination.
 
-``streams.local.kafka`` and ``streams.local.registry`` each run a JVM on loopback from
+``sagastream.local.kafka`` and ``sagastream.local.registry`` each run a JVM on loopback from
 jars fetched with Maven; this module holds the parts they have in common:
 
 - tools: the per-user cache directory, finding ``java``/``mvn`` on PATH (with an

@@ -26,10 +26,10 @@ Paths
             (JVM stdout/stderr, i.e. the registry's log)
     data:   ``<cache>/registry/data-<port>/registry.mv.db`` (only with ``--persist``)
 
-Command line: ``python -m streams.local.registry start|stop|status [--port N]``.
+Command line: ``python -m sagastream.local.registry start|stop|status [--port N]``.
 
-Only the standard library (and ``streams.local.proc``, the process helpers this shares
-with ``streams.local.kafka``, itself stdlib-only) is imported, so this works before the
+Only the standard library (and ``sagastream.local.proc``, the process helpers this shares
+with ``sagastream.local.kafka``, itself stdlib-only) is imported, so this works before the
 project's dependencies are installed.
 """
 
@@ -46,10 +46,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from streams.local import proc as localproc
-from streams.local.proc import ENV_CACHE_DIR as ENV_CACHE_DIR  # re-exported, like cache_dir
-from streams.local.proc import INSTALL_HINT as INSTALL_HINT
-from streams.local.proc import LocalToolError, Log, cache_dir, parse_java_major
+from sagastream.local import proc as localproc
+from sagastream.local.proc import ENV_CACHE_DIR as ENV_CACHE_DIR  # re-exported, like cache_dir
+from sagastream.local.proc import INSTALL_HINT as INSTALL_HINT
+from sagastream.local.proc import LocalToolError, Log, cache_dir, parse_java_major
 
 __all__ = [
     "CCOMPAT_PATH",

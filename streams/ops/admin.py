@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.core.topology import Topology
-from streams.runtime.settings import Settings
+from sagastream.core.topology import Topology
+from sagastream.runtime.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ A run has phases, each under its own topic prefix inside the run's (`bench-<time
 
 ``ss-``        the order saga with instant handlers, a worker process per role, at the maximum
                rate and at fixed rates; then the records it wrote, counted per topic;
-``base-``      the same hops on plain confluent-kafka (streams.ops.pipeline_baseline), with as
+``base-``      the same hops on plain confluent-kafka (sagastream.ops.pipeline_baseline), with as
                many writes per saga: the physical limit every sagastream figure is divided by;
 ``par-/seq-``  handler latencies of 200, 100 and 150 ms, the saga's steps in parallel (as
                topology.yaml defines them) and chained one after the other.
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from streams.core.topology import load_topology
-from streams.ops.demo import (
+from sagastream.core.topology import load_topology
+from sagastream.ops.demo import (
     OUTCOMES,
     WorkerSet,
     local_infrastructure,
@@ -43,14 +43,14 @@ from streams.ops.demo import (
     progress,
     settings_env,
 )
-from streams.ops.pipeline_baseline import (
+from sagastream.ops.pipeline_baseline import (
     READY,
     STRUCTURAL_WRITES,
     BaselineTopics,
     create_baseline_topics,
 )
-from streams.ops.pipeline_baseline import ROLES as BASELINE_ROLES
-from streams.runtime.settings import Settings
+from sagastream.ops.pipeline_baseline import ROLES as BASELINE_ROLES
+from sagastream.runtime.settings import Settings
 
 Rate = float | None  # None: as fast as the producer takes them
 Point = dict[str, Any]
@@ -79,7 +79,7 @@ class BenchOptions:
     timeout: float = 300.0
     seed: int = 42
     keep: bool = False
-    restore: int | None = None  # sagas for the restore measurement (streams.ops.bench_restore)
+    restore: int | None = None  # sagas for the restore measurement (sagastream.ops.bench_restore)
     saga_phases: bool = True
 
     def points(self) -> list[tuple[Rate, int]]:
@@ -374,7 +374,7 @@ def _wait_quiet(settings: Settings, timeout: float) -> None:
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import OffsetSpec
 
-    from streams.ops.admin import admin_client
+    from sagastream.ops.admin import admin_client
 
     admin = admin_client(settings)
     topics = admin.list_topics(timeout=10).topics
@@ -418,6 +418,7 @@ class Run:
         update: dict[str, Any] = {"topic_prefix": f"{self.prefix}{name}-"}
         if topology_file is not None:
             update["topology_file"] = topology_file
+            update["schemas_dir"] = self.settings.schemas_path
         return self.settings.model_copy(update=update)
 
     def say(self, text: str) -> None:
@@ -426,7 +427,7 @@ class Run:
 
 def broker_pids(bootstrap: str) -> list[int]:
     """The local broker JVM(s) serving `bootstrap`, if they run on this machine."""
-    from streams.local import kafka as localkafka
+    from sagastream.local import kafka as localkafka
 
     for cluster in (False, True):
         info = localkafka.status(cluster)
@@ -475,14 +476,14 @@ def _saga_phase(
     Yields the source to measure and `orders(n, completing_only)`, which makes n orders (only
     ones built to complete, if asked) for the source to publish, and returns their keys.
     """
-    from streams.ops.admin import create_topics
-    from streams.ops.client import EventClient
-    from streams.wire.codec import SchemaStore
-    from streams.wire.registry import Registry, build_codec, plan_subjects, register_subjects
+    from sagastream.ops.admin import create_topics
+    from sagastream.ops.client import EventClient
+    from sagastream.wire.codec import SchemaStore
+    from sagastream.wire.registry import Registry, build_codec, plan_subjects, register_subjects
 
     topology = load_topology(settings.topology_file)
     create_topics(settings, topology)
-    subjects = plan_subjects(topology, SchemaStore(SchemaStore.default_dir()), settings)
+    subjects = plan_subjects(topology, SchemaStore(settings.schemas_path), settings)
     run.subjects += subjects
     registered = register_subjects(Registry(str(settings.schema_registry_url)), subjects)
     if any(o.failed for o in registered):
@@ -539,7 +540,7 @@ def _saga_phase(
 
 
 def _phase_writes(settings: Settings, sagas: int) -> dict[str, Any]:
-    from streams.ops.admin import admin_client
+    from sagastream.ops.admin import admin_client
 
     prefix = settings.topic_prefix
     topics = [
@@ -567,8 +568,8 @@ def _sagastream_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
 
 
 def _baseline_phase(run: Run, options: BenchOptions, filler: int) -> dict[str, Any]:
-    from streams.ops.client import EventClient
-    from streams.wire.registry import build_codec
+    from sagastream.ops.client import EventClient
+    from sagastream.wire.registry import build_codec
 
     settings = run.phase("base")
     topics = BaselineTopics(settings.topic_prefix)
@@ -632,7 +633,7 @@ def _start_pipeline(settings: Settings, filler: int, log_dir: Path) -> WorkerSet
     for role in BASELINE_ROLES:
         log = open(log_dir / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
         workers.procs[role] = subprocess.Popen(
-            [sys.executable, "-m", "streams.ops.pipeline_baseline", role, *argv],
+            [sys.executable, "-m", "sagastream.ops.pipeline_baseline", role, *argv],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -773,7 +774,7 @@ def format_report(results: dict[str, Any]) -> list[str]:
             f"  sequential / parallel p50: {_num(fan['sequential_to_parallel_p50'], 2, 'x')}"
         )
     if "restore" in results:
-        from streams.ops.bench_restore import format_restore
+        from sagastream.ops.bench_restore import format_restore
 
         lines += format_restore(results["restore"])
     return lines
@@ -818,7 +819,7 @@ def run_bench(options: BenchOptions, out: TextIO = sys.stdout) -> int:
 
 def _run_phases(run: Run, options: BenchOptions, results: dict[str, Any]) -> None:
     if options.restore is not None:
-        from streams.ops.bench_restore import restore_phase
+        from sagastream.ops.bench_restore import restore_phase
 
         results["restore"] = restore_phase(run, options.restore, options.timeout, options.seed)
     if not options.saga_phases:

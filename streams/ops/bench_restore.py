@@ -31,12 +31,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from streams.core.saga import Event, decide
-from streams.core.topology import Topology, load_topology
-from streams.ops.bench import Run, process_cpu_s
-from streams.ops.demo import WorkerSet, order_fields, settings_env
-from streams.runtime.settings import Settings
-from streams.runtime.store import DUE_DIGITS, PartitionStore, changelog_headers
+from sagastream.core.saga import Event, decide
+from sagastream.core.topology import Topology, load_topology
+from sagastream.ops.bench import Run, process_cpu_s
+from sagastream.ops.demo import WorkerSet, order_fields, settings_env
+from sagastream.runtime.settings import Settings
+from sagastream.runtime.store import DUE_DIGITS, PartitionStore, changelog_headers
 
 SAGA = "order"
 UPDATE_EVERY = 10  # every tenth saga is written twice: M = N / 10
@@ -234,8 +234,8 @@ def _produce(settings: Settings, batches: Iterable[list[Record]]) -> int:
 def _in_process(
     settings: Settings, directory: Path, partitions: int, timeout: float
 ) -> dict[str, Any]:
-    from streams.runtime.restore import restore
-    from streams.runtime.store import RocksStore
+    from sagastream.runtime.restore import restore
+    from sagastream.runtime.store import RocksStore
 
     stores: dict[int, PartitionStore] = {
         p: RocksStore(directory / f"p{p}") for p in range(partitions)
@@ -268,7 +268,7 @@ def _worker(
     workers = WorkerSet(settings.model_copy(update={"data_dir": data_dir}), log_path.parent)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings_env(workers.settings)}
-    argv = [sys.executable, "-m", "streams.ops.cli", "worker", "--role", "orchestrator"]
+    argv = [sys.executable, "-m", "sagastream.ops.cli", "worker", "--role", "orchestrator"]
     with open(log_path, "wb") as log:
         started = time.time()
         workers.procs[log_path.stem] = subprocess.Popen(
@@ -310,9 +310,9 @@ def _worker(
 
 def restore_phase(run: Run, n: int, timeout: float, seed: int = 42) -> dict[str, Any]:
     """Write n sagas into a fresh changelog and time restores of it, under the run's prefix."""
-    from streams.ops.admin import create_topics
-    from streams.wire.codec import SchemaStore
-    from streams.wire.registry import Registry, plan_subjects, register_subjects
+    from sagastream.ops.admin import create_topics
+    from sagastream.wire.codec import SchemaStore
+    from sagastream.wire.registry import Registry, plan_subjects, register_subjects
 
     if n < 1:
         raise ValueError(f"--restore: {n} is not a number of sagas (1 or more)")
@@ -324,7 +324,7 @@ def restore_phase(run: Run, n: int, timeout: float, seed: int = 42) -> dict[str,
     )
     create_topics(settings, topology)
     if settings.schema_registry_url:  # the worker looks its schemas up as it starts
-        subjects = plan_subjects(topology, SchemaStore(SchemaStore.default_dir()), settings)
+        subjects = plan_subjects(topology, SchemaStore(settings.schemas_path), settings)
         run.subjects += subjects
         register_subjects(Registry(settings.schema_registry_url), subjects)
     # under the data directory (not /tmp, which may be memory) and removed with the run's

@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from streams.runtime.settings import Settings
+from sagastream.runtime.settings import Settings
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from streams.local import kafka as localkafka
+    from sagastream.local import kafka as localkafka
 
     argv = [args.action] + (["--cluster"] if args.cluster else [])
     return localkafka.main(argv)
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from streams.runtime.worker import run_worker
+    from sagastream.runtime.worker import run_worker
 
     return run_worker(Settings(), args.role, args.loglevel)
 
 
 def _topics(args: argparse.Namespace) -> int:
-    from streams.core.topology import load_topology
-    from streams.ops.admin import create_topics
+    from sagastream.core.topology import load_topology
+    from sagastream.ops.admin import create_topics
 
     settings = Settings()
     report = create_topics(settings, load_topology(settings.topology_file))
@@ -34,7 +35,7 @@ def _topics(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from streams.ops.demo import run_demo
+    from sagastream.ops.demo import run_demo
 
     return run_demo(args.orders, args.seed, args.timeout, args.keep)
 
@@ -42,7 +43,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from streams.ops.bench import BenchOptions, parse_rates, run_bench
+    from sagastream.ops.bench import BenchOptions, parse_rates, run_bench
 
     options = BenchOptions(
         orders=args.orders,
@@ -63,9 +64,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _schemas(args: argparse.Namespace) -> int:
-    from streams.core.topology import load_topology
-    from streams.wire.codec import SchemaStore
-    from streams.wire.registry import (
+    from sagastream.core.topology import load_topology
+    from sagastream.wire.codec import SchemaStore
+    from sagastream.wire.registry import (
         Registry,
         check_subjects,
         plan_subjects,
@@ -74,24 +75,53 @@ def _schemas(args: argparse.Namespace) -> int:
     )
 
     settings = Settings()
+    directory = Path(args.schemas) if args.schemas else settings.schemas_path
+    if args.action in ("generate", "check"):
+        return _derived_schemas(args, settings, directory)
     url = args.url or settings.schema_registry_url
     if not url:
         raise ValueError(
             "no schema registry: set SAGASTREAM_SCHEMA_REGISTRY_URL or pass --url "
             "(`sagastream registry start` runs one locally)"
         )
-    store = SchemaStore(args.schemas or SchemaStore.default_dir())
+    store = SchemaStore(directory)
     topology = load_topology(settings.topology_file, store.directory)
     subjects = plan_subjects(topology, store, settings)
-    checking = args.action == "check"
+    checking = args.action == "compat"
     outcomes = (check_subjects if checking else register_subjects)(Registry(url), subjects)
     print(f"schema registry {url}: {len(subjects)} subjects, schemas from {store.directory}")
     print("\n".join(report(outcomes, checking)))
     return 1 if any(o.failed for o in outcomes) else 0
 
 
+def _derived_schemas(args: argparse.Namespace, settings: Settings, directory: Path) -> int:
+    """schemas/*.avsc from the project's event models: write them, or say which are stale."""
+    from sagastream.core.topology import load_topology
+    from sagastream.events import records_of, stale_schemas, write_schemas
+
+    module = args.app or settings.app or load_topology(settings.topology_file).app
+    if not module:
+        raise ValueError(
+            f"which module holds the event models? Pass --app MODULE or set `app:` in "
+            f"{settings.topology_file}"
+        )
+    models = records_of(module)
+    if args.action == "generate":
+        changed = write_schemas(models, directory)
+        print(f"{len(models)} schemas from {module} in {directory}: {len(changed)} written")
+        return 0
+    problems = stale_schemas(models, directory)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"run `sagastream schemas generate` to derive them from {module}")
+        return 1
+    print(f"{len(models)} schemas in {directory} match the models of {module}")
+    return 0
+
+
 def _registry(args: argparse.Namespace) -> int:
-    from streams.local import registry as localregistry
+    from sagastream.local import registry as localregistry
 
     argv = [args.action] + ([] if args.port is None else ["--port", str(args.port)])
     if args.persist:
@@ -102,9 +132,9 @@ def _registry(args: argparse.Namespace) -> int:
 
 
 def _client(settings: Settings):  # noqa: ANN202
-    from streams.core.topology import load_topology
-    from streams.ops.client import EventClient
-    from streams.wire.registry import build_codec
+    from sagastream.core.topology import load_topology
+    from sagastream.ops.client import EventClient
+    from sagastream.wire.registry import build_codec
 
     return EventClient(
         settings, load_topology(settings.topology_file), build_codec(settings), "sagastream-cli"
@@ -112,7 +142,7 @@ def _client(settings: Settings):  # noqa: ANN202
 
 
 def _signal(args: argparse.Namespace) -> int:
-    from streams.ops.signals import send_signal
+    from sagastream.ops.signals import send_signal
 
     client = _client(Settings())
     meta = send_signal(client, args.saga, args.key, args.step, args.outcome, args.note, args.by)
@@ -123,7 +153,7 @@ def _signal(args: argparse.Namespace) -> int:
 
 
 def _api(args: argparse.Namespace) -> int:
-    from streams.ops.signals import serve
+    from sagastream.ops.signals import serve
 
     server = serve(_client(Settings()), args.host, args.port)
     print(
@@ -134,8 +164,8 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from streams.core.topology import load_topology
-    from streams.ops.replay import (
+    from sagastream.core.topology import load_topology
+    from sagastream.ops.replay import (
         Target,
         commit_plan,
         format_plan,
@@ -171,7 +201,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    from streams.ops import dlq
+    from sagastream.ops import dlq
 
     client = _client(Settings())
     try:
@@ -297,13 +327,18 @@ def parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser(
         "schemas",
-        help="register the topology's schemas in the schema registry, or check them against it",
-        description="Subjects are <topic>-<record full name> (TopicRecordNameStrategy) with the "
+        help="derive schemas/*.avsc from the event models, check them, or register them",
+        description="generate: write schemas/<Event>.avsc for every event model of the app "
+        "module. check: exit 1 if one is missing or stale (for CI). "
+        "Registry subjects are <topic>-<record full name> (TopicRecordNameStrategy) with the "
         "topic prefix applied; compatibility levels come from topology.yaml schema_registry. "
         "register: idempotent; exit 1 if the registry refuses a schema. "
-        "check: changes nothing; exit 1 if a local schema is incompatible.",
+        "compat: changes nothing; exit 1 if a local schema is incompatible with the registry's.",
     )
-    sc.add_argument("action", choices=["register", "check"])
+    sc.add_argument("action", choices=["generate", "check", "register", "compat"])
+    sc.add_argument(
+        "--app", default=None, help="module of the event models (default: topology app)"
+    )
     sc.add_argument("--url", default=None, help="default: $SAGASTREAM_SCHEMA_REGISTRY_URL")
     sc.add_argument("--schemas", default=None, help="schema directory (default: schemas/)")
     sc.set_defaults(func=_schemas)
@@ -391,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from streams.core.topology import TopologyError
+        from sagastream.core.topology import TopologyError
 
         if isinstance(exc, TopologyError | ValueError | RuntimeError | TimeoutError):
             print(f"sagastream {args.command}: {exc}", file=sys.stderr)

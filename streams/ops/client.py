@@ -18,9 +18,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streams.core.topology import Topology
-from streams.runtime.settings import Settings
-from streams.wire.codec import AvroCodec, DecodeError, new_meta
+from sagastream.core.topology import Topology
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import AvroCodec, DecodeError, new_meta
 
 
 @dataclass(frozen=True)

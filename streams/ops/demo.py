@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from streams.core.topology import load_topology
-from streams.runtime.settings import Settings
-from streams.runtime.worker import parse_roles
-from streams.wire.registry import build_codec
+from sagastream.core.topology import load_topology
+from sagastream.runtime.settings import Settings
+from sagastream.runtime.worker import parse_roles
+from sagastream.wire.registry import build_codec
 
 OUTCOMES = ("SagaCompleted", "SagaCompensated", "SagaFailed")
 
@@ -39,7 +39,7 @@ class WorkerSet:
             log = open(self.log_dir / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
             self.procs[role] = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "streams.ops.cli", "worker"),
+                    *(sys.executable, "-m", "sagastream.ops.cli", "worker"),
                     *("--role", role, "--loglevel", self.loglevel),
                 ],
                 env=env,
@@ -58,7 +58,7 @@ class WorkerSet:
         """Wait until every worker's consumer group is stable with partitions assigned."""
         from confluent_kafka import ConsumerGroupState
 
-        from streams.ops.admin import admin_client
+        from sagastream.ops.admin import admin_client
 
         admin = admin_client(self.settings)
         topology = load_topology(self.settings.topology_file)
@@ -134,10 +134,10 @@ def local_infrastructure(name: str, keep: bool, out: TextIO) -> Iterator[Infrast
     """The broker and registry of SAGASTREAM_* settings, else local ones started here; a prefix
     `<name>-<time>-` for the run; at the end its topics, stores, ledgers and subjects removed
     (unless `keep`) and what was started here stopped."""
-    from streams.local import kafka as localkafka
-    from streams.local import registry as localregistry
-    from streams.ops.admin import delete_topics
-    from streams.wire.registry import Registry, delete_subjects
+    from sagastream.local import kafka as localkafka
+    from sagastream.local import registry as localregistry
+    from sagastream.ops.admin import delete_topics
+    from sagastream.wire.registry import Registry, delete_subjects
 
     def log(message: str) -> None:
         print(message, file=out, flush=True)
@@ -162,7 +162,7 @@ def local_infrastructure(name: str, keep: bool, out: TextIO) -> Iterator[Infrast
             delete_topics(settings, infra.prefix)
             for path in settings.data_dir.glob(f"{infra.prefix}*"):
                 shutil.rmtree(path, ignore_errors=True)
-            # the simulated services' idempotency ledgers (handlers.agent.ledger_path)
+            # the simulated services' idempotency ledgers (sagastream.examples.agent.ledger_path)
             for path in (settings.data_dir / "external").glob(f"{infra.prefix}*"):
                 path.unlink(missing_ok=True)
             if not started_registry:
@@ -184,7 +184,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "SAGASTREAM_TOPIC_PREFIX": settings.topic_prefix,
         "SAGASTREAM_DATA_DIR": str(settings.data_dir),
         "SAGASTREAM_TOPOLOGY_FILE": str(settings.topology_file),
+        "SAGASTREAM_SCHEMAS_DIR": str(settings.schemas_path),
     }
+    if settings.app:
+        env["SAGASTREAM_APP"] = settings.app
     if settings.schema_registry_url:
         env["SAGASTREAM_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
     return env
@@ -242,10 +245,10 @@ def run_demo(orders: int, seed: int, timeout: float, keep: bool, out: TextIO = s
 
 
 def _run_orders(infra: Infrastructure, orders: int, seed: int, timeout: float, out: TextIO) -> int:
-    from streams.ops.admin import create_topics
-    from streams.ops.client import EventClient
-    from streams.wire.codec import SchemaStore
-    from streams.wire.registry import Registry, plan_subjects, register_subjects
+    from sagastream.ops.admin import create_topics
+    from sagastream.ops.client import EventClient
+    from sagastream.wire.codec import SchemaStore
+    from sagastream.wire.registry import Registry, plan_subjects, register_subjects
 
     prefix = infra.prefix
     settings = infra.settings.model_copy(update={"topic_prefix": prefix})
@@ -257,7 +260,7 @@ def _run_orders(infra: Infrastructure, orders: int, seed: int, timeout: float, o
         f"{prefix}",
         file=out,
     )
-    subjects = plan_subjects(topology, SchemaStore(SchemaStore.default_dir()), settings)
+    subjects = plan_subjects(topology, SchemaStore(settings.schemas_path), settings)
     infra.subjects += subjects
     workers = WorkerSet(settings, settings.data_dir / "demo-logs" / prefix.rstrip("-"))
     client = EventClient(settings, topology, build_codec(settings), "demo")

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from streams.core.topology import Topology
-from streams.ops.client import EventClient, Received
-from streams.ops.times import parse_time as parse_time
-from streams.runtime.inputs import logical_topic
-from streams.wire.dlq import HEADER_PREFIX, REDRIVE_COUNT, read_dead_letter_headers
+from sagastream.core.topology import Topology
+from sagastream.ops.client import EventClient, Received
+from sagastream.ops.times import parse_time as parse_time
+from sagastream.runtime.inputs import logical_topic
+from sagastream.wire.dlq import HEADER_PREFIX, REDRIVE_COUNT, read_dead_letter_headers
 
 DEFAULT_MAX_REDRIVES = 3
 

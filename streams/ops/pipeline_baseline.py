@@ -9,7 +9,7 @@ notification handler answers too. The orchestrator's outputs and input offsets c
 transaction per commit interval (the design's runtime does the same); handlers produce through
 an idempotent producer and commit offsets automatically once a command's result is queued.
 
-One role per process: ``python -m streams.ops.pipeline_baseline ROLE --prefix P --filler K``,
+One role per process: ``python -m sagastream.ops.pipeline_baseline ROLE --prefix P --filler K``,
 with the connection settings in the usual SAGASTREAM_* variables.
 """
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, Message, Producer
 from confluent_kafka.admin import NewTopic
 
-from streams.ops.admin import admin_client
-from streams.runtime.settings import Settings
+from sagastream.ops.admin import admin_client
+from sagastream.runtime.settings import Settings
 
 ORCHESTRATOR = "orchestrator"
 STEPS = ("payment", "inventory", "shipping")
@@ -186,7 +186,7 @@ def run_handler(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streams.ops.pipeline_baseline")
+    parser = argparse.ArgumentParser(prog="python -m sagastream.ops.pipeline_baseline")
     parser.add_argument("role", choices=ROLES)
     parser.add_argument("--prefix", required=True, help="the pipeline's topic prefix")
     parser.add_argument("--filler", type=int, default=0, help="extra orchestrator writes per saga")

@@ -15,10 +15,10 @@ from typing import Literal
 from confluent_kafka import Consumer, ConsumerGroupState, ConsumerGroupTopicPartitions
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-from streams.core.topology import Topology
-from streams.ops.admin import admin_client
-from streams.ops.times import parse_time as parse_time
-from streams.runtime.settings import Settings
+from sagastream.core.topology import Topology
+from sagastream.ops.admin import admin_client
+from sagastream.ops.times import parse_time as parse_time
+from sagastream.runtime.settings import Settings
 
 TopicPartition = tuple[str, int]
 TargetKind = Literal["beginning", "end", "offset", "time"]

@@ -8,8 +8,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from streams.core.topology import SIGNAL_EVENT, Topology
-from streams.ops.client import EventClient
+from sagastream.core.topology import SIGNAL_EVENT, Topology
+from sagastream.ops.client import EventClient
 
 OUTCOMES = ("approved", "rejected")
 _PATH = re.compile(r"^/sagas/(?P<saga>[\w.-]+)/(?P<key>[^/]+)/steps/(?P<step>[\w.-]+)/signal$")

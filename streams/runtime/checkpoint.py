@@ -19,8 +19,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from streams.runtime.inputs import OutRecord
-from streams.runtime.store import PartitionStore, changelog_headers, timers_of
+from sagastream.runtime.inputs import OutRecord
+from sagastream.runtime.store import PartitionStore, changelog_headers, timers_of
 
 log = logging.getLogger("sagastream.orchestrator")
 

@@ -27,8 +27,8 @@ from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from streams.core.topology import Topology
-from streams.runtime.inputs import (
+from sagastream.core.topology import Topology
+from sagastream.runtime.inputs import (
     Decoded,
     OutRecord,
     Rejected,
@@ -37,11 +37,11 @@ from streams.runtime.inputs import (
     logical_topic,
     read_input,
 )
-from streams.runtime.metrics import Metrics
-from streams.runtime.outputs import Encoder
-from streams.runtime.settings import Settings
-from streams.wire.codec import AvroCodec, RegistryUnavailable, SchemaStore
-from streams.wire.registry import retry_delay
+from sagastream.runtime.metrics import Metrics
+from sagastream.runtime.outputs import Encoder
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import AvroCodec, RegistryUnavailable, SchemaStore
+from sagastream.wire.registry import retry_delay
 
 log = logging.getLogger("sagastream.handlers")
 

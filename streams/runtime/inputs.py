@@ -11,10 +11,10 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from streams.core.topology import Topology
-from streams.runtime.settings import Settings
-from streams.wire.codec import AvroCodec, DecodeError, RegistryUnavailable
-from streams.wire.dlq import Origin, carried_headers, dead_letter_headers
+from sagastream.core.topology import Topology
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import AvroCodec, DecodeError, RegistryUnavailable
+from sagastream.wire.dlq import Origin, carried_headers, dead_letter_headers
 
 
 @dataclass(frozen=True)

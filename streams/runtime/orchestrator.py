@@ -31,10 +31,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streams.core.saga import TERMINAL, Event, decide, saga_for
-from streams.core.topology import LIFECYCLE_EVENT, TIMER_EVENT, Topology
-from streams.runtime.checkpoint import Checkpoint, ProducerFatal, TransactionFailed
-from streams.runtime.inputs import (
+from sagastream.core.saga import TERMINAL, Event, decide, saga_for
+from sagastream.core.topology import LIFECYCLE_EVENT, TIMER_EVENT, Topology
+from sagastream.runtime.checkpoint import Checkpoint, ProducerFatal, TransactionFailed
+from sagastream.runtime.inputs import (
     Decoded,
     OutRecord,
     Rejected,
@@ -42,14 +42,14 @@ from streams.runtime.inputs import (
     dead_letter,
     read_input,
 )
-from streams.runtime.metrics import Metrics
-from streams.runtime.outputs import Encoder, now_ms
-from streams.runtime.restore import restore
-from streams.runtime.settings import Settings
-from streams.runtime.store import PartitionStore, RocksStore
-from streams.wire.codec import AvroCodec, SchemaStore
-from streams.wire.dlq import Origin, dead_letter_headers
-from streams.wire.registry import retry_delay
+from sagastream.runtime.metrics import Metrics
+from sagastream.runtime.outputs import Encoder, now_ms
+from sagastream.runtime.restore import restore
+from sagastream.runtime.settings import Settings
+from sagastream.runtime.store import PartitionStore, RocksStore
+from sagastream.wire.codec import AvroCodec, SchemaStore
+from sagastream.wire.dlq import Origin, dead_letter_headers
+from sagastream.wire.registry import retry_delay
 
 log = logging.getLogger("sagastream.orchestrator")
 

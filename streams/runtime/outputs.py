@@ -6,10 +6,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from streams.core.topology import Topology
-from streams.runtime.inputs import OutRecord
-from streams.runtime.settings import Settings
-from streams.wire.codec import AvroCodec, SchemaStore, derive_meta
+from sagastream.core.topology import Topology
+from sagastream.runtime.inputs import OutRecord
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import AvroCodec, SchemaStore, derive_meta
 
 
 def now_ms() -> int:

@@ -18,8 +18,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from streams.runtime.settings import Settings
-from streams.runtime.store import TIMERS_HEADER, PartitionStore, timers_of
+from sagastream.runtime.settings import Settings
+from sagastream.runtime.store import TIMERS_HEADER, PartitionStore, timers_of
 
 log = logging.getLogger("sagastream.orchestrator")
 

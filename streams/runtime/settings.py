@@ -6,10 +6,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Settings(BaseSettings):
@@ -20,7 +18,11 @@ class Settings(BaseSettings):
     bootstrap_servers: str = "127.0.0.1:9092"
     schema_registry_url: str | None = None
     data_dir: Path = Path.home() / ".local" / "share" / "sagastream"
-    topology_file: Path = REPO_ROOT / "topology.yaml"
+    topology_file: Path = Path("topology.yaml")
+    # default: schemas/ beside the topology file
+    schemas_dir: Path | None = None
+    # the module of handler functions; default: the topology's `app:`
+    app: str | None = None
     topic_prefix: str = ""
     app_id: str = "sagastream"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -42,6 +44,17 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=10.0, ge=0.0)
     transaction_timeout_ms: int = Field(default=10_000, ge=1000)
     instance_id: str | None = None
+
+    @field_validator("topology_file", "schemas_dir", "data_dir")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        """Relative paths are the caller's, so a worker started elsewhere reads the same files."""
+        return None if path is None else path.expanduser().absolute()
+
+    @property
+    def schemas_path(self) -> Path:
+        """The project's .avsc directory."""
+        return self.schemas_dir or self.topology_file.parent / "schemas"
 
     def topic(self, name: str) -> str:
         """Physical topic name for a topology topic (adds the test/tenant prefix)."""

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from streams.core.topology import Topology, load_topology
-from streams.runtime import health
-from streams.runtime.metrics import Metrics
-from streams.runtime.settings import Settings
-from streams.wire.codec import RegistryUnavailable, SchemaStore
-from streams.wire.registry import build_codec
+from sagastream.core.topology import Topology, load_topology
+from sagastream.runtime import health
+from sagastream.runtime.metrics import Metrics
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import RegistryUnavailable, SchemaStore
+from sagastream.wire.registry import build_codec
 
 log = logging.getLogger("sagastream.worker")
 
@@ -56,7 +56,7 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per schema registry request
     topology = load_topology(settings.topology_file)
     roles = parse_roles(spec, topology)
-    schemas = SchemaStore(SchemaStore.default_dir())
+    schemas = SchemaStore(settings.schemas_path)
     codec = build_codec(settings, schemas)
     metrics = Metrics.create(",".join(roles))
     # learn every schema id before consuming; if the registry is down, inputs wait and retry
@@ -67,15 +67,15 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     readiness: dict[str, Callable[[], bool]] = {}
     for role in roles:
         if role == ORCHESTRATOR:
-            from streams.ops.admin import create_topics
-            from streams.runtime.orchestrator import Orchestrator
+            from sagastream.ops.admin import create_topics
+            from sagastream.runtime.orchestrator import Orchestrator
 
             create_topics(settings, topology)  # idempotent; makes sure the changelog exists
             orchestrator = Orchestrator(settings, topology, schemas, codec, metrics)
             runners[role], readiness[role] = orchestrator.run, orchestrator.ready.is_set
         else:
-            from handlers.agent import build_handler
-            from streams.runtime.handler_loop import HandlerLoop
+            from sagastream.examples.agent import build_handler
+            from sagastream.runtime.handler_loop import HandlerLoop
 
             call, commands = build_handler(settings, topology, role)
             loop = HandlerLoop(settings, topology, schemas, codec, role, call, commands, metrics)

@@ -22,7 +22,8 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import SchemaParseException, UnknownType
 
-SCHEMAS_DIR_ENV = "SAGASTREAM_SCHEMAS_DIR"
+from sagastream.core.topology import ENGINE_SCHEMAS_DIR
+
 META_RECORD = "EventMeta"
 
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
@@ -51,13 +52,25 @@ DecodeReason = Literal[
 
 
 class SchemaStore:
-    """Every record schema of one directory of .avsc files, parsed once, by record name."""
+    """Every record schema of the engine's and one project's .avsc files, parsed once, by name.
 
-    def __init__(self, directory: Path | str) -> None:
+    The engine's own records (EventMeta, TimerFired, the outcomes, ...) ship inside the package
+    and are always there; `directory` holds a project's events, which may refer to them.
+    """
+
+    def __init__(self, directory: Path | str, *, engine: bool = True) -> None:
         self.directory = Path(directory)
-        sources = _read_sources(self.directory)
+        sources = _read_sources(ENGINE_SCHEMAS_DIR) if engine else {}
+        for name, (path, schema) in _read_sources(self.directory).items():
+            if name in sources and sources[name][0] != path:
+                raise ValueError(
+                    f"{path}: {name} is one of sagastream's own records "
+                    f"({sources[name][0]}); remove it from {self.directory}"
+                )
+            sources[name] = (path, schema)
         named: dict[str, Any] = {}
         self._parsed: dict[str, ParsedSchema] = {}
+        self._paths = {name: path for name, (path, _) in sources.items()}
         for name in _dependency_order(sources):
             path, schema = sources[name]
             try:
@@ -73,11 +86,9 @@ class SchemaStore:
             name for name, (_, schema) in sources.items() if _is_event(schema, fullnames)
         )
 
-    @classmethod
-    def default_dir(cls) -> Path:
-        """The repository's schemas/ directory, unless $SAGASTREAM_SCHEMAS_DIR names another."""
-        override = os.environ.get(SCHEMAS_DIR_ENV)
-        return Path(override) if override else Path(__file__).parents[2] / "schemas"
+    def source(self, name: str) -> str:
+        """The .avsc text a record was read from."""
+        return self._paths[name].read_text(encoding="utf-8")
 
     def event_types(self) -> list[str]:
         """Sorted names of the records that are events (first field `meta` of type EventMeta)."""
@@ -439,9 +450,12 @@ def _random_hex(nbytes: int) -> str:
 
 
 def _read_sources(directory: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    if not directory.is_dir():
+        raise ValueError(
+            f"{directory}: no such schemas directory; set SAGASTREAM_SCHEMAS_DIR "
+            "(default: schemas/ beside the topology file)"
+        )
     paths = sorted(directory.glob("*.avsc"))
-    if not paths:
-        raise ValueError(f"no .avsc files in {directory}; set ${SCHEMAS_DIR_ENV} or pass a dir")
     sources: dict[str, tuple[Path, dict[str, Any]]] = {}
     for path in paths:
         try:

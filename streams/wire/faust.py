@@ -35,10 +35,10 @@ import faust
 from faust.serializers.codecs import Codec
 from faust.types.codecs import CodecT
 
-from streams.core.topology import Topology, load_topology
-from streams.runtime.settings import Settings, get_settings
-from streams.wire.codec import AvroCodec, EncodeError, new_meta
-from streams.wire.registry import build_codec
+from sagastream.core.topology import Topology, load_topology
+from sagastream.runtime.settings import Settings, get_settings
+from sagastream.wire.codec import AvroCodec, EncodeError, new_meta
+from sagastream.wire.registry import build_codec
 
 
 class EventCodec(Codec):
@@ -114,7 +114,7 @@ def saga_topics(
 def new_event(
     event_type: str, saga_key: str, fields: Mapping[str, Any], *, producer: str, **meta: Any
 ) -> dict[str, Any]:
-    """The fields plus a new EventMeta (keywords as for streams.wire.codec.new_meta)."""
+    """The fields plus a new EventMeta (keywords as for sagastream.wire.codec.new_meta)."""
     return {**fields, "meta": new_meta(event_type, saga_key, producer, **meta)}
 
 

@@ -22,9 +22,9 @@ from urllib.parse import quote
 
 import httpx
 
-from streams.core.topology import Topology, load_topology
-from streams.runtime.settings import Settings
-from streams.wire.codec import (
+from sagastream.core.topology import Topology, load_topology
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import (
     AvroCodec,
     DecodeError,
     LocalSchemaIds,
@@ -474,7 +474,7 @@ def _record_schema(schema: Schema) -> dict[str, Any] | None:
 
 def build_codec(settings: Settings, store: SchemaStore | None = None) -> AvroCodec:
     """The codec every worker uses: schemas from schemas/, ids from the registry when configured."""
-    store = store or SchemaStore(SchemaStore.default_dir())
+    store = store or SchemaStore(settings.schemas_path)
     if settings.schema_registry_url:
         return AvroCodec(store, RegistrySchemaIds(store, settings))
     return AvroCodec(store, LocalSchemaIds(store))

@@ -1,10 +1,10 @@
 """One broker fixture for every integration test; the backend is chosen by SAGASTREAM_TEST_BROKER.
 
-- `local` (default): real Apache Kafka from Maven Central on 127.0.0.1 (streams.local.kafka);
+- `local` (default): real Apache Kafka from Maven Central on 127.0.0.1 (sagastream.local.kafka);
 - `testcontainers`: Kafka in a container; needs a Docker engine;
 - `host:port[,host:port]`: an existing cluster.
 One schema registry fixture: SAGASTREAM_SCHEMA_REGISTRY_URL, else the local Apicurio Registry
-(streams.local.registry). Each test gets a unique topic prefix, consumer groups and schema
+(sagastream.local.registry). Each test gets a unique topic prefix, consumer groups and schema
 subjects (see `ns`).
 """
 
@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.core.topology import Topology, load_topology
-from streams.ops.client import EventClient
-from streams.ops.demo import WorkerSet
-from streams.runtime.settings import Settings
-from streams.wire.codec import SchemaStore
-from streams.wire.registry import build_codec
+from sagastream.core.topology import Topology, load_topology
+from sagastream.ops.client import EventClient
+from sagastream.ops.demo import WorkerSet
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import SchemaStore
+from sagastream.wire.registry import build_codec
 
 HANDLERS = "payment,inventory,shipping,notification"
 
@@ -74,7 +74,7 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     choice = os.environ.get("SAGASTREAM_TEST_BROKER", "local")
     stop = None
     if choice == "local":
-        from streams.local import kafka as localkafka
+        from sagastream.local import kafka as localkafka
 
         was_running = localkafka.status()["running"]
         found = Broker(
@@ -124,7 +124,7 @@ def registry(request: pytest.FixtureRequest) -> Iterator[SchemaRegistry]:
     if url:
         found = SchemaRegistry("external schema registry", url)
     else:
-        from streams.local import registry as localregistry
+        from sagastream.local import registry as localregistry
 
         was_running = localregistry.status()["running"]
         name = f"local {localregistry.REGISTRY_NAME} {localregistry.REGISTRY_VERSION}"
@@ -160,8 +160,8 @@ def topology_patch() -> Callable[[dict[str, Any]], None] | None:
 def ns(
     broker: Broker, registry: SchemaRegistry, tmp_path: Path, topology_patch: Any
 ) -> Iterator[Namespace]:
-    from streams.ops.admin import create_topics, delete_topics
-    from streams.wire.registry import Registry, delete_subjects, plan_subjects, register_subjects
+    from sagastream.ops.admin import create_topics, delete_topics
+    from sagastream.wire.registry import Registry, delete_subjects, plan_subjects, register_subjects
 
     prefix = f"t{uuid.uuid4().hex[:10]}-"
     settings = Settings(
@@ -175,11 +175,13 @@ def ns(
         topology_patch(data)
         patched = tmp_path / "topology.yaml"
         patched.write_text(yaml.safe_dump(data))
-        settings = settings.model_copy(update={"topology_file": patched})
+        settings = settings.model_copy(
+            update={"topology_file": patched, "schemas_dir": settings.schemas_path}
+        )
     topology = load_topology(settings.topology_file)
     create_topics(settings, topology)
     schemas = Registry(registry.url)
-    subjects = plan_subjects(topology, SchemaStore(SchemaStore.default_dir()), settings)
+    subjects = plan_subjects(topology, SchemaStore(Settings().schemas_path), settings)
     refused = [o for o in register_subjects(schemas, subjects) if o.failed]
     assert not refused, f"the registry refused {refused}"
     client = EventClient(settings, topology, build_codec(settings), "test")

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from streams.ops.demo import WorkerSet, order_fields
+from sagastream.ops.demo import WorkerSet, order_fields
 from tests.integration.helpers import OUTCOMES
 
 COMMAND_TOPICS = ("payments.commands", "inventory.commands", "shipping.commands")

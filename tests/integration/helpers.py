@@ -6,8 +6,8 @@ import json
 import random
 from typing import Any
 
-from streams.ops.client import Received
-from streams.ops.demo import order_fields
+from sagastream.ops.client import Received
+from sagastream.ops.demo import order_fields
 
 OUTCOMES = ("SagaCompleted", "SagaCompensated", "SagaFailed")
 

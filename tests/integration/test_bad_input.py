@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from streams.ops.demo import WorkerSet
-from streams.wire.codec import new_meta
-from streams.wire.dlq import read_dead_letter_headers
+from sagastream.ops.demo import WorkerSet
+from sagastream.wire.codec import new_meta
+from sagastream.wire.dlq import read_dead_letter_headers
 from tests.integration.conftest import HANDLERS
 from tests.integration.helpers import place_order, wait_outcomes
 

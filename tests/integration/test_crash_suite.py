@@ -51,7 +51,7 @@ def plan_faults(kills: int, broker: bool, rng: random.Random) -> list[str]:
 
 
 def restart_local_broker() -> None:
-    from streams.local import kafka as localkafka
+    from sagastream.local import kafka as localkafka
 
     localkafka.stop(log=lambda m: None)
     localkafka.start(log=lambda m: None)

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from streams.wire.dlq import read_dead_letter_headers
+from sagastream.wire.dlq import read_dead_letter_headers
 from tests.integration.helpers import place_order, wait_outcomes
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ def test_undecodable_input_is_dead_lettered_and_processing_continues(ns, workers
 def test_command_a_handler_does_not_handle_is_dead_lettered(ns, workers):
     # a valid event of a type not declared for the commands topic
     record = {"order_id": "x", "reason": "nope"}
-    from streams.wire.codec import new_meta
+    from sagastream.wire.codec import new_meta
 
     record["meta"] = new_meta("PaymentFailed", "order-wrong-topic", "test")
     ns.client.publish_raw(

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from streams.ops import cli
-from streams.ops.demo import settings_env
-from streams.wire.codec import new_meta
-from streams.wire.dlq import REDRIVE_COUNT, Origin, dead_letter_headers, read_dead_letter_headers
+from sagastream.ops import cli
+from sagastream.ops.demo import settings_env
+from sagastream.wire.codec import new_meta
+from sagastream.wire.dlq import REDRIVE_COUNT, Origin, dead_letter_headers, read_dead_letter_headers
 from tests.integration.helpers import good_order, wait_outcomes
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""A faust app starts an order saga through streams.wire.faust and sees its outcome."""
+"""A faust app starts an order saga through sagastream.wire.faust and sees its outcome."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import faust
 import pytest
 
-from streams.wire.faust import saga_topics, start_saga
+from sagastream.wire.faust import saga_topics, start_saga
 from tests.integration.conftest import HANDLERS, Namespace
 
 pytestmark = pytest.mark.integration

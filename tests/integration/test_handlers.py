@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from handlers.ledger import IdempotencyLedger
-from streams.wire.codec import new_meta
+from sagastream.examples.ledger import IdempotencyLedger
+from sagastream.wire.codec import new_meta
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from streams.ops.demo import WorkerSet
+from sagastream.ops.demo import WorkerSet
 
 
 def _free_port() -> int:

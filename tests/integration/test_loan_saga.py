@@ -13,8 +13,8 @@ import urllib.request
 
 import pytest
 
-from streams.ops.demo import settings_env
-from streams.ops.signals import serve
+from sagastream.ops.demo import settings_env
+from sagastream.ops.signals import serve
 from tests.integration.helpers import lifecycle, wait_outcomes
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,7 @@ def test_review_times_out_escalates_then_a_cli_approval_pays_out(ns, loan_worker
     assert escalated["step"] == "review" and escalated["waited_ms"] == 1500
 
     env = {**os.environ, **settings_env(ns.settings)}
-    cli = [sys.executable, "-m", "streams.ops.cli", "signal", "loan", "loan-1", "review"]
+    cli = [sys.executable, "-m", "sagastream.ops.cli", "signal", "loan", "loan-1", "review"]
     done = subprocess.run(
         [*cli, "--outcome", "approved", "--by", "ann"],
         env=env,

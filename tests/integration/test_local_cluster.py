@@ -9,8 +9,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.local import kafka as localkafka
-from streams.local.proc import pid_alive
+from sagastream.local import kafka as localkafka
+from sagastream.local.proc import pid_alive
 
 pytestmark = pytest.mark.integration
 
@@ -95,9 +95,9 @@ def _changelog_is_replicated_and_compacted(admin, bootstrap):
     """sagastream creates the orchestrator's changelog like the topology's topics: RF 3 here."""
     from confluent_kafka.admin import ConfigResource
 
-    from streams.core.topology import load_topology
-    from streams.ops.admin import create_topics
-    from streams.runtime.settings import Settings
+    from sagastream.core.topology import load_topology
+    from sagastream.ops.admin import create_topics
+    from sagastream.runtime.settings import Settings
 
     settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"c{uuid.uuid4().hex[:6]}-")
     create_topics(settings, load_topology(settings.topology_file))

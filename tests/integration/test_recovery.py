@@ -6,7 +6,7 @@ import shutil
 from collections import Counter
 from typing import Any
 
-from streams.runtime.worker import CLOSE_GRACE_S
+from sagastream.runtime.worker import CLOSE_GRACE_S
 from tests.integration.conftest import HANDLERS
 from tests.integration.helpers import OUTCOMES, good_order, place_order, wait_outcomes
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from streams.core.topology import load_topology
-from streams.ops import cli
-from streams.ops.admin import admin_client
-from streams.ops.client import EventClient
-from streams.runtime.settings import Settings
-from streams.wire.codec import AvroCodec, SchemaStore
-from streams.wire.registry import Registry, RegistrySchemaIds, delete_subjects, plan_subjects
+from sagastream.core.topology import load_topology
+from sagastream.ops import cli
+from sagastream.ops.admin import admin_client
+from sagastream.ops.client import EventClient
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import AvroCodec, SchemaStore
+from sagastream.wire.registry import Registry, RegistrySchemaIds, delete_subjects, plan_subjects
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def _schemas_dir(tmp_path: Path, version: str) -> Path:
     directory = tmp_path / version
     if directory.exists():
         return directory
-    shutil.copytree(SchemaStore.default_dir(), directory)
+    shutil.copytree(Settings().schemas_path, directory)
     for path in (EVOLUTION / version).glob("*.avsc"):
         shutil.copy(path, directory / path.name)
     return directory
@@ -62,7 +62,7 @@ def schemas_cli(registry: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> 
     if run.ran:
         settings = Settings()
         topology = load_topology(settings.topology_file)
-        store = SchemaStore(SchemaStore.default_dir())
+        store = SchemaStore(Settings().schemas_path)
         delete_subjects(Registry(registry.url), plan_subjects(topology, store, settings))
 
 
@@ -109,15 +109,15 @@ def test_check_passes_a_compatible_change_and_fails_an_incompatible_one(
     schemas_cli: Any, tmp_path: Path
 ) -> None:
     placed = f"{schemas_cli.prefix}{SUBJECT}"
-    code, out = schemas_cli("check", _schemas_dir(tmp_path, "v1"))
+    code, out = schemas_cli("compat", _schemas_dir(tmp_path, "v1"))
     assert code == 0 and f"new          {placed}" in out, out
     assert schemas_cli("register", _schemas_dir(tmp_path, "v1"))[0] == 0
 
-    code, out = schemas_cli("check", _schemas_dir(tmp_path, "v2"))
+    code, out = schemas_cli("compat", _schemas_dir(tmp_path, "v2"))
     assert code == 0, out
     assert re.search(rf"compatible\s+{re.escape(placed)}\s+change accepted after v1", out), out
 
-    code, out = schemas_cli("check", _schemas_dir(tmp_path, "incompatible"))
+    code, out = schemas_cli("compat", _schemas_dir(tmp_path, "incompatible"))
     assert code == 1, out
     line = next(x for x in out.splitlines() if placed in x)
     assert line.lstrip().startswith("INCOMPATIBLE") and "BACKWARD" in line

@@ -10,10 +10,10 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupState, ConsumerGroupTopicPartitions
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-from streams.ops import cli
-from streams.ops.admin import admin_client
-from streams.ops.demo import settings_env
-from streams.ops.replay import role_topics
+from sagastream.ops import cli
+from sagastream.ops.admin import admin_client
+from sagastream.ops.demo import settings_env
+from sagastream.ops.replay import role_topics
 from tests.integration.conftest import HANDLERS
 from tests.integration.helpers import OUTCOMES, place_order, wait_outcomes
 

@@ -11,7 +11,7 @@ import random
 import time
 from typing import Any
 
-from streams.runtime.worker import CLOSE_GRACE_S
+from sagastream.runtime.worker import CLOSE_GRACE_S
 from tests.integration.conftest import HANDLERS
 from tests.integration.faults import (
     check_exactly_once,

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from streams.core.topology import load_topology
-from streams.ops import bench
-from streams.ops.pipeline_baseline import STRUCTURAL_WRITES, BaselineTopics
-from streams.runtime.settings import Settings
+from sagastream.core.topology import load_topology
+from sagastream.ops import bench
+from sagastream.ops.pipeline_baseline import STRUCTURAL_WRITES, BaselineTopics
+from sagastream.runtime.settings import Settings
 
 
 def point(rate: Any, sagas_per_s: float, p50: float, cpu_total: float) -> dict[str, Any]:

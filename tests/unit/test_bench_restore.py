@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from streams.core.topology import load_topology
-from streams.ops import bench_restore as br
-from streams.ops.cli import parser
-from streams.runtime.settings import Settings
-from streams.runtime.store import MemoryStore
+from sagastream.core.topology import load_topology
+from sagastream.ops import bench_restore as br
+from sagastream.ops.cli import parser
+from sagastream.runtime.settings import Settings
+from sagastream.runtime.store import MemoryStore
 
 NOW = 1_700_000_000_000
 
@@ -177,7 +177,7 @@ def test_the_table_has_a_row_per_run_and_the_targets_on_the_worker_rows() -> Non
 def test_restore_alone_runs_only_the_restore_measurement(
     argv: list[str], restore: int | None, saga_phases: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from streams.ops import bench
+    from sagastream.ops import bench
 
     seen: list[bench.BenchOptions] = []
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from streams.runtime.checkpoint import Checkpoint, TransactionFailed
-from streams.runtime.inputs import OutRecord
-from streams.runtime.store import MemoryStore
+from sagastream.runtime.checkpoint import Checkpoint, TransactionFailed
+from sagastream.runtime.inputs import OutRecord
+from sagastream.runtime.store import MemoryStore
 
 
 @dataclass

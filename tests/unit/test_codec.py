@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from streams.wire.codec import (
-    SCHEMAS_DIR_ENV,
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import (
     AvroCodec,
     DecodeError,
     EncodeError,
@@ -259,10 +259,13 @@ def test_local_schema_ids_do_not_change_when_schemas_are_added(tmp_path: Path) -
 def test_local_schema_ids_refuse_a_hash_collision(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("EventMeta", "OrderItem", "OrderPlaced", "PaymentFailed"):
+    for name in ("OrderItem", "OrderPlaced", "PaymentFailed"):
         (tmp_path / f"{name}.avsc").write_text((STORE.directory / f"{name}.avsc").read_text())
-    monkeypatch.setattr("streams.wire.codec.local_schema_id", lambda fullname: 7)
-    with pytest.raises(ValueError, match=r"sagastream\.OrderPlaced and sagastream\.PaymentFailed"):
+    monkeypatch.setattr("sagastream.wire.codec.local_schema_id", lambda fullname: 7)
+    with pytest.raises(
+        ValueError,
+        match=r"records sagastream\.\w+ and sagastream\.\w+ hash to the same local schema id 7",
+    ):
         LocalSchemaIds(SchemaStore(tmp_path))
 
 
@@ -296,7 +299,7 @@ def test_store_resolves_references_whatever_the_file_order(tmp_path: Path) -> No
         tmp_path,
         _record("Aevent", ("meta", "Zmeta"), ("items", {"type": "array", "items": "Yitem"})),
     )
-    store = SchemaStore(tmp_path)
+    store = SchemaStore(tmp_path, engine=False)
     raw = json.dumps(store.raw("Aevent"))
     assert raw.count('"name": "Zmeta"') == 1 and raw.count('"name": "Yitem"') == 1
     assert store.schema("Aevent")["name"] == "test.Aevent"
@@ -320,13 +323,22 @@ def test_store_raw_is_a_copy() -> None:
     assert STORE.raw("OrderPlaced")["fields"]
 
 
-def test_default_dir_is_the_repo_schemas_dir_unless_overridden(
+def test_schemas_sit_beside_the_topology_unless_overridden(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.delenv(SCHEMAS_DIR_ENV, raising=False)
-    assert SchemaStore.default_dir() == STORE.directory.resolve()
-    monkeypatch.setenv(SCHEMAS_DIR_ENV, str(tmp_path))
-    assert SchemaStore.default_dir() == tmp_path
+    monkeypatch.delenv("SAGASTREAM_SCHEMAS_DIR", raising=False)
+    monkeypatch.setenv("SAGASTREAM_TOPOLOGY_FILE", str(tmp_path / "topology.yaml"))
+    assert Settings().schemas_path == tmp_path / "schemas"
+    monkeypatch.setenv("SAGASTREAM_SCHEMAS_DIR", str(tmp_path / "elsewhere"))
+    assert Settings().schemas_path == tmp_path / "elsewhere"
+
+
+def test_a_project_cannot_redefine_an_engine_record(tmp_path: Path) -> None:
+    (tmp_path / "EventMeta.avsc").write_text(
+        '{"type": "record", "name": "EventMeta", "fields": []}'
+    )
+    with pytest.raises(ValueError, match="EventMeta is one of sagastream's own records"):
+        SchemaStore(tmp_path)
 
 
 # EventMeta
@@ -453,7 +465,7 @@ def test_a_truncated_body_is_truncated_under_resolution_too(tmp_path: Path) -> N
 def test_a_writer_record_with_no_local_schema_is_an_unknown_id(tmp_path: Path) -> None:
     schema = json.loads((STORE.directory / "OrderPlaced.avsc").read_text())
     schema["name"] = "OrderPlacedV9"
-    other = _store_with(tmp_path, "EventMeta", lambda s: None)
+    other = _store_with(tmp_path, "OrderItem", lambda s: None)
     (other.directory / "OrderPlacedV9.avsc").write_text(json.dumps(schema))
     other = SchemaStore(other.directory)
     ids = FixedIds({"OrderPlacedV9": 5}, other)

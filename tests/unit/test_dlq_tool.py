@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from streams.core.topology import load_topology
-from streams.ops import cli
-from streams.ops.dlq import (
+from sagastream.core.topology import load_topology
+from sagastream.ops import cli
+from sagastream.ops.dlq import (
     DeadLetter,
     Selection,
     dlq_topics,
@@ -20,8 +20,8 @@ from streams.ops.dlq import (
     select,
     show,
 )
-from streams.runtime.settings import Settings
-from streams.wire.dlq import REDRIVE_COUNT, Origin, carried_headers, dead_letter_headers
+from sagastream.runtime.settings import Settings
+from sagastream.wire.dlq import REDRIVE_COUNT, Origin, carried_headers, dead_letter_headers
 
 T0 = 1_764_000_000_000  # 2025-11-24T16:00:00Z
 

@@ -1,4 +1,4 @@
-"""streams.wire.faust without a broker: faust's codec API round trip, topics and start_saga."""
+"""sagastream.wire.faust without a broker: faust's codec API round trip, topics and start_saga."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 from faust.exceptions import ValueDecodeError
 from faust.serializers import codecs
 
-from streams.core.topology import load_topology
-from streams.runtime.settings import Settings
-from streams.wire.codec import AvroCodec, EncodeError, LocalSchemaIds, SchemaStore, new_meta
-from streams.wire.faust import EventCodec, new_event, saga_topics, start_saga
+from sagastream.core.topology import load_topology
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import AvroCodec, EncodeError, LocalSchemaIds, SchemaStore, new_meta
+from sagastream.wire.faust import EventCodec, new_event, saga_topics, start_saga
 from tests.unit.test_codec import order_placed
 
-STORE = SchemaStore(SchemaStore.default_dir())
+STORE = SchemaStore(Settings().schemas_path)
 AVRO = AvroCodec(STORE, LocalSchemaIds(STORE))
 CODEC = EventCodec(AVRO)
 SETTINGS = Settings(topic_prefix="p-")

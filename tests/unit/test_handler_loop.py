@@ -18,14 +18,20 @@ from typing import Any
 import pytest
 from confluent_kafka import TopicPartition
 
-from handlers.agent import build_handler
-from streams.core.topology import Topology, load_topology
-from streams.runtime import handler_loop
-from streams.runtime.handler_loop import HandlerLoop, PartitionOffsets, throttled
-from streams.runtime.metrics import Metrics
-from streams.runtime.settings import Settings
-from streams.wire.codec import AvroCodec, LocalSchemaIds, RegistryUnavailable, SchemaStore, new_meta
-from streams.wire.dlq import read_dead_letter_headers
+from sagastream.core.topology import Topology, load_topology
+from sagastream.examples.agent import build_handler
+from sagastream.runtime import handler_loop
+from sagastream.runtime.handler_loop import HandlerLoop, PartitionOffsets, throttled
+from sagastream.runtime.metrics import Metrics
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import (
+    AvroCodec,
+    LocalSchemaIds,
+    RegistryUnavailable,
+    SchemaStore,
+    new_meta,
+)
+from sagastream.wire.dlq import read_dead_letter_headers
 
 STORE = SchemaStore(Path(__file__).parents[2] / "schemas")
 TOPOLOGY = load_topology(Path(__file__).parents[2] / "topology.yaml", STORE.directory)

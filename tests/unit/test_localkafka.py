@@ -1,4 +1,4 @@
-"""Unit tests for streams.local.kafka: the pure parts only (no JVM, no broker, no mvn)."""
+"""Unit tests for sagastream.local.kafka: the pure parts only (no JVM, no broker, no mvn)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.local import kafka as lk
+from sagastream.local import kafka as lk
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Unit tests for streams.local.proc, what localkafka and localregistry share (no JVM, no mvn)."""
+"""Unit tests for sagastream.local.proc, what localkafka and localregistry share (no JVM, no mvn)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from types import ModuleType
 
 import pytest
 
-from streams.local import kafka as lk
-from streams.local import proc as lp
-from streams.local import registry as lr
+from sagastream.local import kafka as lk
+from sagastream.local import proc as lp
+from sagastream.local import registry as lr
 
 # A child that ignores SIGTERM and says when its handler is in place.
 STUBBORN = (

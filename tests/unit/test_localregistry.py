@@ -1,4 +1,4 @@
-"""Unit tests for streams.local.registry: the pure parts only (no JVM, no mvn, no network)."""
+"""Unit tests for sagastream.local.registry: the pure parts only (no JVM, no mvn, no network)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from streams.local import proc as lp
-from streams.local import registry as lr
+from sagastream.local import proc as lp
+from sagastream.local import registry as lr
 
 MODULE_PATH = Path(lr.__file__)
-SOURCE_ROOT = MODULE_PATH.parents[2]
+SOURCE_ROOT = MODULE_PATH.parents[2]  # the folder that holds the package sagastream/
 
 
 @pytest.fixture(autouse=True)
@@ -51,27 +51,27 @@ def _fake_dist(dist: Path, jars: int = lr._MIN_LIB_JARS, marker: bool = True) ->
 
 
 def _top_level_imports(path: Path) -> set[str]:
-    """Top-level modules ``path`` imports, following this project's own ``streams.*`` ones."""
+    """Top-level modules ``path`` imports, following this project's own ``sagastream.*`` ones."""
     tree = ast.parse(path.read_text())
     top_level: set[str] = set()
     for node in tree.body:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from streams.local import proc` imports the module streams.local.proc
+            # `from sagastream.local import proc` imports the module sagastream.local.proc
             names = (
                 [f"{node.module}.{a.name}" for a in node.names]
-                if node.module == "streams.local"
+                if node.module == "sagastream.local"
                 else [node.module]
             )
         else:
             continue
         for name in names:
-            if name.startswith("streams."):  # e.g. streams.local.proc: check it in turn
+            if name.startswith("sagastream."):  # e.g. sagastream.local.proc: check it in turn
                 top_level |= _top_level_imports(
                     SOURCE_ROOT.joinpath(*name.split(".")).with_suffix(".py")
                 )
-            elif name != "streams":
+            elif name != "sagastream":
                 top_level.add(name.split(".")[0])
     return top_level
 

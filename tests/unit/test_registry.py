@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Message
 
-from streams.core.topology import TopologyError, load_topology, parse_topology
-from streams.ops import cli
-from streams.runtime.inputs import Decoded, Rejected, Unavailable, read_input
-from streams.runtime.settings import Settings
-from streams.wire.codec import AvroCodec, DecodeError, RegistryUnavailable, SchemaStore, new_meta
-from streams.wire.registry import (
+from sagastream.core.topology import TopologyError, load_topology, parse_topology
+from sagastream.ops import cli
+from sagastream.runtime.inputs import Decoded, Rejected, Unavailable, read_input
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import AvroCodec, DecodeError, RegistryUnavailable, SchemaStore, new_meta
+from sagastream.wire.registry import (
     Registry,
     RegistrySchemaIds,
     Schema,
@@ -29,7 +29,7 @@ from streams.wire.registry import (
     subject_name,
 )
 
-STORE = SchemaStore(SchemaStore.default_dir())
+STORE = SchemaStore(Settings().schemas_path)
 SETTINGS = Settings(topic_prefix="p-", schema_registry_url="mock://unit")
 TOPOLOGY = load_topology(SETTINGS.topology_file, STORE.directory)
 # confluent-kafka's in-memory client for mock:// URLs (the class itself is not exported)
@@ -194,7 +194,10 @@ def test_overrides_and_the_default_level_come_from_the_topology() -> None:
         {"compatibility": "FORWARD", "overrides": {"orders.events-sagastream.OrderPlaced": "NONE"}}
     )
     levels = {s.event_type: s.compatibility for s in plan_subjects(topology, STORE, SETTINGS)}
-    assert levels == {"OrderPlaced": "NONE", "PaymentFailed": "FORWARD"}
+    assert levels["OrderPlaced"] == "NONE"
+    # every other subject, the engine's own events included, takes the default
+    assert set(levels.values()) == {"NONE", "FORWARD"}
+    assert sum(level == "NONE" for level in levels.values()) == 1
 
 
 @pytest.mark.parametrize(
@@ -291,7 +294,7 @@ def test_check_says_registered_new_compatible_or_incompatible(
 
 def _cli(client: FakeRegistryClient, monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
     monkeypatch.setattr(
-        "streams.wire.registry.SchemaRegistryClient.new_client", lambda conf: client
+        "sagastream.wire.registry.SchemaRegistryClient.new_client", lambda conf: client
     )
     monkeypatch.setenv("SAGASTREAM_TOPIC_PREFIX", "p-")
     return cli.main(["schemas", *argv, "--url", "mock://unit"])
@@ -303,15 +306,15 @@ def test_cli_check_exits_one_on_an_incompatible_schema(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert _cli(client, monkeypatch, "check") == 0
+    assert _cli(client, monkeypatch, "compat") == 0
     assert _cli(client, monkeypatch, "register") == 0
     out = capsys.readouterr().out
     assert "registered   p-orders.events-sagastream.OrderPlaced" in out
     v2 = str(_store_with(tmp_path / "v2", _add_gift_note).directory)
-    assert _cli(client, monkeypatch, "check", "--schemas", v2) == 0
+    assert _cli(client, monkeypatch, "compat", "--schemas", v2) == 0
     assert "compatible   p-orders.events-sagastream.OrderPlaced" in capsys.readouterr().out
     bad = str(_store_with(tmp_path / "bad", _add_required_field).directory)
-    assert _cli(client, monkeypatch, "check", "--schemas", bad) == 1
+    assert _cli(client, monkeypatch, "compat", "--schemas", bad) == 1
     out = capsys.readouterr().out
     assert "INCOMPATIBLE p-orders.events-sagastream.OrderPlaced" in out
     assert "1 incompatible" in out.splitlines()[-1]
@@ -322,7 +325,7 @@ def test_cli_without_a_registry_url_says_how_to_get_one(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("SAGASTREAM_SCHEMA_REGISTRY_URL", raising=False)
-    assert cli.main(["schemas", "check"]) == 2
+    assert cli.main(["schemas", "compat"]) == 2
     assert "SAGASTREAM_SCHEMA_REGISTRY_URL" in capsys.readouterr().err
 
 
@@ -468,7 +471,7 @@ def test_retry_delay_doubles_from_half_a_second_to_thirty() -> None:
     assert retry_delay(10_000) == 30
 
 
-# what the workers make of it (streams.runtime.inputs decides for both loops)
+# what the workers make of it (sagastream.runtime.inputs decides for both loops)
 
 
 def _message(value: bytes) -> Message:

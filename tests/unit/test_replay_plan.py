@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from streams.core.topology import load_topology
-from streams.ops.replay import Target, format_plan, parse_time, plan_rows, role_topics
-from streams.runtime.settings import Settings
+from sagastream.core.topology import load_topology
+from sagastream.ops.replay import Target, format_plan, parse_time, plan_rows, role_topics
+from sagastream.runtime.settings import Settings
 
 WATERMARKS = {("orders", 0): (0, 10), ("orders", 1): (4, 8), ("results", 0): (0, 0)}
 CURRENT: dict[tuple[str, int], int | None] = {("orders", 0): 10, ("orders", 1): 6}

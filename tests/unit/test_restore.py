@@ -13,8 +13,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from streams.runtime.restore import _replay
-from streams.runtime.store import MemoryStore, changelog_headers
+from sagastream.runtime.restore import _replay
+from sagastream.runtime.store import MemoryStore, changelog_headers
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.runtime.store import (
+from sagastream.runtime.store import (
     MemoryStore,
     PartitionStore,
     RocksStore,

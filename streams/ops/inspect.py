@@ -1,0 +1,218 @@
+"""One saga as an operator sees it: the view `Client.describe` returns and `saga show` prints.
+
+Pure: it turns a saga state (as the orchestrator's changelog holds it) and the saga's lifecycle
+changes into a `SagaView`, and a view into text or JSON. Reading them from Kafka is the client's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# lifecycle changes that begin or end a step's forward run and its compensation
+_STARTS = "step_started"
+_ENDS = frozenset({"step_succeeded", "step_failed"})
+_UNDO_STARTS = "compensation_started"
+_UNDO_ENDS = frozenset({"step_compensated", "compensation_failed"})
+
+
+@dataclass(frozen=True)
+class Change:
+    """One lifecycle change: when it was recorded (ms), what happened, and to which step."""
+
+    at_ms: int
+    what: str
+    step: str | None = None
+
+
+@dataclass(frozen=True)
+class TimerView:
+    """An armed timer; `step` is None for the saga's deadline."""
+
+    kind: str
+    step: str | None
+    attempt: int
+    due_ms: int
+
+
+@dataclass(frozen=True)
+class StepView:
+    """A step's state, its attempts and undo attempts, and when (ms) its runs started and ended."""
+
+    name: str
+    state: str
+    attempts: int
+    compensation_attempts: int
+    started_ms: int | None = None
+    ended_ms: int | None = None
+    compensation_started_ms: int | None = None
+    compensation_ended_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class SagaView:
+    """A saga's status, steps, pending timers and lifecycle history (times in epoch ms).
+
+    `history_complete` is False when reading the history stopped at its scan limit.
+    """
+
+    saga: str
+    key: str
+    partition: int
+    status: str
+    started_ms: int
+    ended_ms: int | None
+    reason: str | None
+    failed_step: str | None
+    steps: list[StepView]
+    timers: list[TimerView]
+    history: list[Change]
+    history_complete: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_timers(timers: Mapping[str, int]) -> list[TimerView]:
+    """The state's armed timers (`kind|step|attempt` -> due ms), soonest first."""
+    out = []
+    for name, due in timers.items():
+        kind, step, attempt = name.split("|")
+        out.append(TimerView(kind, step or None, int(attempt), int(due)))
+    return sorted(out, key=lambda t: (t.due_ms, t.kind, t.step or ""))
+
+
+def step_views(steps: Mapping[str, Mapping[str, Any]], history: Iterable[Change]) -> list[StepView]:
+    """Steps in the saga's order; a run's start is its first start, its end its last end."""
+    times: dict[str, dict[str, int]] = {name: {} for name in steps}
+    for change in history:
+        slot = times.get(change.step or "")
+        if slot is None:
+            continue
+        if change.what == _STARTS:
+            slot.setdefault("started", change.at_ms)
+        elif change.what in _ENDS:
+            slot["ended"] = change.at_ms
+        elif change.what == _UNDO_STARTS:
+            slot.setdefault("undo_started", change.at_ms)
+        elif change.what in _UNDO_ENDS:
+            slot["undo_ended"] = change.at_ms
+    return [
+        StepView(
+            name,
+            str(st["st"]),
+            int(st["a"]),
+            int(st["ca"]),
+            times[name].get("started"),
+            times[name].get("ended"),
+            times[name].get("undo_started"),
+            times[name].get("undo_ended"),
+        )
+        for name, st in steps.items()
+    ]
+
+
+def build_view(
+    saga: str,
+    key: str,
+    partition: int,
+    state: Mapping[str, Any],
+    history: list[Change],
+    history_complete: bool = True,
+) -> SagaView:
+    """The view of a saga state (only its lasting keys are read) and its history."""
+    return SagaView(
+        saga=saga,
+        key=key,
+        partition=partition,
+        status=str(state["status"]),
+        started_ms=int(state["started"]),
+        ended_ms=state.get("ended"),
+        reason=state.get("reason"),
+        failed_step=state.get("failed_step"),
+        steps=step_views(state["steps"], history),
+        timers=parse_timers(state.get("timers") or {}),
+        history=history,
+        history_complete=history_complete,
+    )
+
+
+def view_json(view: SagaView) -> str:
+    return json.dumps(view.to_dict(), indent=2)
+
+
+def _clock(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def _since(ms: int | None, origin: int) -> str:
+    return "-" if ms is None else f"+{(ms - origin) / 1000:.3f}s"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [
+        "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+
+
+def format_view(view: SagaView, now_ms: int) -> list[str]:
+    """A readable report; step and history times are counted from the saga's start."""
+    origin = view.started_ms
+    lines = [
+        f"saga     {view.saga} {view.key} (partition {view.partition})",
+        f"status   {view.status}",
+        f"started  {_clock(origin)}",
+    ]
+    if view.ended_ms is not None:
+        lines.append(f"ended    {_clock(view.ended_ms)} ({_since(view.ended_ms, origin)})")
+    else:
+        lines.append(f"running  for {(now_ms - origin) / 1000:.1f}s")
+    if view.failed_step:
+        lines.append(f"failed   {view.failed_step}")
+    if view.reason:
+        lines.append(f"reason   {view.reason}")
+    lines += ["", "steps"]
+    lines += _table(
+        ["step", "state", "attempts", "undo attempts", "started", "ended", "undo", "undone"],
+        [
+            [
+                s.name,
+                s.state,
+                str(s.attempts),
+                str(s.compensation_attempts),
+                _since(s.started_ms, origin),
+                _since(s.ended_ms, origin),
+                _since(s.compensation_started_ms, origin),
+                _since(s.compensation_ended_ms, origin),
+            ]
+            for s in view.steps
+        ],
+    )
+    lines += ["", "pending timers" + ("" if view.timers else ": none")]
+    if view.timers:
+        lines += _table(
+            ["timer", "step", "attempt", "due"],
+            [
+                [
+                    t.kind,
+                    t.step or "-",
+                    str(t.attempt),
+                    f"{_clock(t.due_ms)} (in {(t.due_ms - now_ms) / 1000:.1f}s)",
+                ]
+                for t in view.timers
+            ],
+        )
+    lines += ["", f"history ({len(view.history)} changes)"]
+    lines += _table(
+        ["after", "what", "step"],
+        [[_since(c.at_ms, origin), c.what, c.step or ""] for c in view.history],
+    )
+    if not view.history_complete:
+        lines.append("  ... (stopped at the scan limit; later changes are not shown)")
+    return lines

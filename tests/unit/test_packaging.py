@@ -1,0 +1,35 @@
+"""pyproject.toml ships every source package under the one import name `sagastream`."""
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def _source_packages() -> set[str]:
+    """The import name of every folder with an __init__.py, through the package-dir mapping."""
+    found = set()
+    for name, folder in SETUPTOOLS["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((name, *relative)))
+    return found
+
+
+def test_every_source_package_is_listed() -> None:
+    missing = _source_packages() - set(SETUPTOOLS["packages"])
+    assert not missing, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(missing)}"
+
+
+def test_nothing_but_sagastream_is_installed_at_the_top_level() -> None:
+    assert {name.split(".")[0] for name in SETUPTOOLS["packages"]} == {"sagastream"}
+    assert {name.split(".")[0] for name in SETUPTOOLS["package-dir"]} == {"sagastream"}
+
+
+def test_the_engine_schemas_and_the_demo_files_are_package_data() -> None:
+    data = SETUPTOOLS["package-data"]
+    assert "schemas/*.avsc" in data["sagastream"]
+    assert list((ROOT / "streams" / "schemas").glob("EventMeta.avsc"))
+    assert "topology.yaml" in data["sagastream.examples"]
+    assert (ROOT / "handlers" / "topology.yaml").resolve() == (ROOT / "topology.yaml")
