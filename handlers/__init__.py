@@ -1,23 +1,28 @@
-"""Stateless handler agents: simulated external services behind Kafka command topics."""
+"""The demo's simulated services, written on sagastream's public API as a team writes its own.
 
-from sagastream.examples import events
-from sagastream.examples.base import Behaviour, SimulatedService
-from sagastream.examples.credit import CreditService
-from sagastream.examples.disbursement import DisbursementService
-from sagastream.examples.documents import DocumentService
-from sagastream.examples.inventory import InventoryService
-from sagastream.examples.notification import NotificationService
-from sagastream.examples.payment import PaymentService
-from sagastream.examples.shipping import ShippingService
+`app` is what `sagastream worker --app sagastream.examples` (or `app:` in topology.yaml) runs.
+"""
 
-SERVICES: dict[str, type[SimulatedService]] = {
-    "payment": PaymentService,
-    "inventory": InventoryService,
-    "shipping": ShippingService,
-    "notification": NotificationService,
-    "credit": CreditService,
-    "documents": DocumentService,
-    "disbursement": DisbursementService,
-}
+from sagastream.examples import (
+    credit,
+    disbursement,
+    documents,
+    events,
+    inventory,
+    notification,
+    payment,
+    shipping,
+)
+from sagastream.examples.app import app
 
-__all__ = ["SERVICES", "Behaviour", "SimulatedService", "events"]
+__all__ = [
+    "app",
+    "credit",
+    "disbursement",
+    "documents",
+    "events",
+    "inventory",
+    "notification",
+    "payment",
+    "shipping",
+]

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
-from sagastream.examples.base import Result, SimulatedService
+from sagastream.app import Context, Fail
+from sagastream.examples.app import app, service
+from sagastream.examples.events import CheckCredit, CreditApproved
+
+bureau = service("credit")
 
 
-class CreditService(SimulatedService):
-    name = "credit"
+@app.handler
+async def check(cmd: CheckCredit, ctx: Context) -> CreditApproved:
+    def operation(rng: random.Random) -> CreditApproved:
+        if cmd.customer_id.startswith("bad-"):
+            raise Fail("credit score too low")
+        if bureau.failed_by_chance(rng):
+            raise Fail("bureau unavailable")
+        return CreditApproved(loan_id=cmd.loan_id, credit_score=600 + rng.randrange(250))
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.operations = {"CheckCredit": self.check}
-
-    def check(self, cmd: dict[str, Any], rng: random.Random) -> Result:
-        if cmd["customer_id"].startswith("bad-"):
-            return "CreditRejected", {"loan_id": cmd["loan_id"], "reason": "credit score too low"}
-        if self.injected_failure(rng):
-            return "CreditRejected", {"loan_id": cmd["loan_id"], "reason": "bureau unavailable"}
-        return "CreditApproved", {
-            "loan_id": cmd["loan_id"],
-            "credit_score": 600 + rng.randrange(250),
-        }
+    return await bureau.once(ctx, operation)

@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
-from sagastream.examples.base import Result, SimulatedService, short_id
+from sagastream.app import Context, Fail
+from sagastream.examples.app import app, service
+from sagastream.examples.base import short_id
+from sagastream.examples.events import (
+    DisburseLoan,
+    DisbursementReversed,
+    LoanDisbursed,
+    ReverseDisbursement,
+)
+
+bank = service("disbursement")
 
 
-class DisbursementService(SimulatedService):
-    name = "disbursement"
+@app.handler
+async def disburse(cmd: DisburseLoan, ctx: Context) -> LoanDisbursed:
+    def operation(rng: random.Random) -> LoanDisbursed:
+        if cmd.iban.startswith("XX") or bank.failed_by_chance(rng):
+            raise Fail("bank rejected the transfer")
+        return LoanDisbursed(loan_id=cmd.loan_id, transfer_id=short_id("trf", ctx.idempotency_key))
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.operations = {"DisburseLoan": self.disburse, "ReverseDisbursement": self.reverse}
+    return await bank.once(ctx, operation)
 
-    def disburse(self, cmd: dict[str, Any], rng: random.Random) -> Result:
-        if cmd["iban"].startswith("XX") or self.injected_failure(rng):
-            return "DisbursementFailed", {
-                "loan_id": cmd["loan_id"],
-                "reason": "bank rejected the transfer",
-            }
-        transfer = short_id("trf", cmd["idempotency_key"])
-        return "LoanDisbursed", {"loan_id": cmd["loan_id"], "transfer_id": transfer}
 
-    def reverse(self, cmd: dict[str, Any], rng: random.Random) -> Result:
-        return "DisbursementReversed", {
-            "loan_id": cmd["loan_id"],
-            "transfer_id": cmd.get("transfer_id"),
-        }
+@app.handler
+async def reverse(cmd: ReverseDisbursement, ctx: Context) -> DisbursementReversed:
+    return await bank.once(
+        ctx, lambda rng: DisbursementReversed(loan_id=cmd.loan_id, transfer_id=cmd.transfer_id)
+    )

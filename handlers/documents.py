@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
-from sagastream.examples.base import Result, SimulatedService
+from sagastream.app import Context, Fail
+from sagastream.examples.app import app, service
+from sagastream.examples.events import DocumentsVerified, VerifyDocuments
+
+verifier = service("documents")
 
 
-class DocumentService(SimulatedService):
-    name = "documents"
+@app.handler
+async def verify(cmd: VerifyDocuments, ctx: Context) -> DocumentsVerified:
+    def operation(rng: random.Random) -> DocumentsVerified:
+        if cmd.customer_id.startswith("forged-"):
+            raise Fail("documents not genuine")
+        if verifier.failed_by_chance(rng):
+            raise Fail("verifier unavailable")
+        return DocumentsVerified(loan_id=cmd.loan_id)
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.operations = {"VerifyDocuments": self.verify}
-
-    def verify(self, cmd: dict[str, Any], rng: random.Random) -> Result:
-        if cmd["customer_id"].startswith("forged-"):
-            return "DocumentsRejected", {
-                "loan_id": cmd["loan_id"],
-                "reason": "documents not genuine",
-            }
-        if self.injected_failure(rng):
-            return "DocumentsRejected", {
-                "loan_id": cmd["loan_id"],
-                "reason": "verifier unavailable",
-            }
-        return "DocumentsVerified", {"loan_id": cmd["loan_id"]}
+    return await verifier.once(ctx, operation)

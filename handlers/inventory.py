@@ -3,33 +3,37 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
-from sagastream.examples.base import Result, SimulatedService, short_id
+from sagastream.app import Context, Fail
+from sagastream.examples.app import app, service
+from sagastream.examples.base import short_id
+from sagastream.examples.events import (
+    InventoryReleased,
+    InventoryReserved,
+    ReleaseInventory,
+    ReserveInventory,
+)
+
+inventory = service("inventory")
 
 
-class InventoryService(SimulatedService):
-    name = "inventory"
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.operations = {"ReserveInventory": self.reserve, "ReleaseInventory": self.release}
-
-    def reserve(self, cmd: dict[str, Any], rng: random.Random) -> Result:
-        missing = [i["sku"] for i in cmd["items"] if i["sku"].startswith("OOS-")]
+@app.handler
+async def reserve(cmd: ReserveInventory, ctx: Context) -> InventoryReserved:
+    def operation(rng: random.Random) -> InventoryReserved:
+        missing = [item.sku for item in cmd.items if item.sku.startswith("OOS-")]
         if missing:
-            reason = "out of stock: " + ", ".join(missing)
-            return "InventoryFailed", {"order_id": cmd["order_id"], "reason": reason}
-        if self.injected_failure(rng):
-            return "InventoryFailed", {
-                "order_id": cmd["order_id"],
-                "reason": "warehouse unavailable",
-            }
-        reservation = short_id("res", cmd["idempotency_key"])
-        return "InventoryReserved", {"order_id": cmd["order_id"], "reservation_id": reservation}
+            raise Fail("out of stock: " + ", ".join(missing))
+        if inventory.failed_by_chance(rng):
+            raise Fail("warehouse unavailable")
+        reservation = short_id("res", ctx.idempotency_key)
+        return InventoryReserved(order_id=cmd.order_id, reservation_id=reservation)
 
-    def release(self, cmd: dict[str, Any], rng: random.Random) -> Result:
-        return "InventoryReleased", {
-            "order_id": cmd["order_id"],
-            "reservation_id": cmd.get("reservation_id"),
-        }
+    return await inventory.once(ctx, operation)
+
+
+@app.handler
+async def release(cmd: ReleaseInventory, ctx: Context) -> InventoryReleased:
+    return await inventory.once(
+        ctx,
+        lambda rng: InventoryReleased(order_id=cmd.order_id, reservation_id=cmd.reservation_id),
+    )

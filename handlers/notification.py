@@ -1,30 +1,28 @@
-"""The notification service: sends a message on one channel (email, sms, push) per command."""
+"""The notification service: sends a message on one channel (email, sms, push) per command.
+
+A plain function, not async: sagastream runs it in the handler loop's thread pool.
+"""
 
 from __future__ import annotations
 
 import random
-from typing import Any
 
-from sagastream.examples.base import Result, SimulatedService
+from sagastream.app import Context, Fail
+from sagastream.examples.app import app, service
+from sagastream.examples.events import NotificationSent, SendNotification
+
+notifications = service("notification")
 
 
-class NotificationService(SimulatedService):
-    name = "notification"
+@app.handler
+def send(cmd: SendNotification, ctx: Context) -> NotificationSent:
+    """Each channel is its own command and idempotency key, so each can fail on its own."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.operations = {"SendNotification": self.send}
+    def operation(rng: random.Random) -> NotificationSent:
+        if notifications.failed_by_chance(rng):
+            raise Fail(f"{cmd.channel} provider unavailable")
+        return NotificationSent(
+            customer_id=cmd.customer_id, channel=cmd.channel, template=cmd.template
+        )
 
-    def send(self, cmd: dict[str, Any], rng: random.Random) -> Result:
-        """Each channel is its own command and idempotency key, so each can fail on its own."""
-        fields = {
-            "customer_id": cmd["customer_id"],
-            "channel": cmd["channel"],
-            "template": cmd["template"],
-        }
-        if self.injected_failure(rng):
-            return "NotificationFailed", {
-                **fields,
-                "reason": f"{cmd['channel']} provider unavailable",
-            }
-        return "NotificationSent", fields
+    return notifications.once_blocking(ctx, operation)

@@ -3,34 +3,39 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
-from sagastream.examples.base import Result, SimulatedService, short_id
+from sagastream.app import Context, Fail
+from sagastream.examples.app import app, service
+from sagastream.examples.base import short_id
+from sagastream.examples.events import (
+    ChargePayment,
+    PaymentCharged,
+    PaymentRefunded,
+    RefundPayment,
+)
+
+payments = service("payment")
 
 
-class PaymentService(SimulatedService):
-    name = "payment"
+@app.handler
+async def charge(cmd: ChargePayment, ctx: Context) -> PaymentCharged:
+    def operation(rng: random.Random) -> PaymentCharged:
+        if cmd.card_token == "tok_decline":
+            raise Fail("card declined")  # answered with the step's failure, PaymentFailed
+        if cmd.amount_cents <= 0:
+            raise Fail("amount must be positive")
+        if payments.failed_by_chance(rng):
+            raise Fail("payment gateway error")
+        payment_id = short_id("pay", ctx.idempotency_key)
+        return PaymentCharged(
+            order_id=cmd.order_id, payment_id=payment_id, amount_cents=cmd.amount_cents
+        )
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.operations = {"ChargePayment": self.charge, "RefundPayment": self.refund}
+    return await payments.once(ctx, operation)
 
-    def charge(self, cmd: dict[str, Any], rng: random.Random) -> Result:
-        if cmd["card_token"] == "tok_decline":
-            return "PaymentFailed", {"order_id": cmd["order_id"], "reason": "card declined"}
-        if cmd["amount_cents"] <= 0:
-            return "PaymentFailed", {
-                "order_id": cmd["order_id"],
-                "reason": "amount must be positive",
-            }
-        if self.injected_failure(rng):
-            return "PaymentFailed", {"order_id": cmd["order_id"], "reason": "payment gateway error"}
-        payment_id = short_id("pay", cmd["idempotency_key"])
-        return "PaymentCharged", {
-            "order_id": cmd["order_id"],
-            "payment_id": payment_id,
-            "amount_cents": cmd["amount_cents"],
-        }
 
-    def refund(self, cmd: dict[str, Any], rng: random.Random) -> Result:
-        return "PaymentRefunded", {"order_id": cmd["order_id"], "payment_id": cmd.get("payment_id")}
+@app.handler
+async def refund(cmd: RefundPayment, ctx: Context) -> PaymentRefunded:
+    return await payments.once(
+        ctx, lambda rng: PaymentRefunded(order_id=cmd.order_id, payment_id=cmd.payment_id)
+    )

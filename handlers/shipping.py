@@ -3,31 +3,35 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
-from sagastream.examples.base import Result, SimulatedService, short_id
+from sagastream.app import Context, Fail
+from sagastream.examples.app import app, service
+from sagastream.examples.base import short_id
+from sagastream.examples.events import (
+    CancelShipment,
+    CreateShipment,
+    ShipmentCancelled,
+    ShipmentCreated,
+)
+
+shipping = service("shipping")
 
 
-class ShippingService(SimulatedService):
-    name = "shipping"
+@app.handler
+async def create(cmd: CreateShipment, ctx: Context) -> ShipmentCreated:
+    def operation(rng: random.Random) -> ShipmentCreated:
+        if "nowhere" in cmd.shipping_address.lower():
+            raise Fail("address undeliverable")
+        if shipping.failed_by_chance(rng):
+            raise Fail("carrier unavailable")
+        shipment = short_id("shp", ctx.idempotency_key)
+        return ShipmentCreated(order_id=cmd.order_id, shipment_id=shipment)
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.operations = {"CreateShipment": self.create, "CancelShipment": self.cancel}
+    return await shipping.once(ctx, operation)
 
-    def create(self, cmd: dict[str, Any], rng: random.Random) -> Result:
-        if "nowhere" in cmd["shipping_address"].lower():
-            return "ShipmentFailed", {
-                "order_id": cmd["order_id"],
-                "reason": "address undeliverable",
-            }
-        if self.injected_failure(rng):
-            return "ShipmentFailed", {"order_id": cmd["order_id"], "reason": "carrier unavailable"}
-        shipment = short_id("shp", cmd["idempotency_key"])
-        return "ShipmentCreated", {"order_id": cmd["order_id"], "shipment_id": shipment}
 
-    def cancel(self, cmd: dict[str, Any], rng: random.Random) -> Result:
-        return "ShipmentCancelled", {
-            "order_id": cmd["order_id"],
-            "shipment_id": cmd.get("shipment_id"),
-        }
+@app.handler
+async def cancel(cmd: CancelShipment, ctx: Context) -> ShipmentCancelled:
+    return await shipping.once(
+        ctx, lambda rng: ShipmentCancelled(order_id=cmd.order_id, shipment_id=cmd.shipment_id)
+    )

@@ -1,0 +1,36 @@
+"""sagastream: sagas over Kafka. What a project imports: events, handler functions, the client.
+
+    import sagastream
+
+    class BookFlight(sagastream.Command): ...
+    app = sagastream.App()
+    sagastream.Client().start(TripRequested(...))
+"""
+
+from sagastream.app import App, Context, Fail
+from sagastream.events import (
+    AvroType,
+    Command,
+    Event,
+    Float32,
+    Int32,
+    Record,
+    TimestampMillis,
+    UuidStr,
+)
+from sagastream.runtime.settings import Settings
+
+__all__ = [
+    "App",
+    "AvroType",
+    "Command",
+    "Context",
+    "Event",
+    "Fail",
+    "Float32",
+    "Int32",
+    "Record",
+    "Settings",
+    "TimestampMillis",
+    "UuidStr",
+]

@@ -136,6 +136,14 @@ def records_of(module: str) -> list[type[Record]]:
     return [found[name] for name in sorted(found)]
 
 
+def model_named(name: str) -> type[Record]:
+    """The model of a record name: a project's own first, the latest definition if redefined."""
+    for record in reversed(_RECORDS):
+        if record.__name__ == name:
+            return record
+    raise KeyError(name)
+
+
 def engine_records() -> list[type[Record]]:
     """sagastream's own records, whose schemas ship inside the package."""
     return sorted((r for r in _RECORDS if r.__module__ == ENGINE_MODULE), key=lambda r: r.__name__)

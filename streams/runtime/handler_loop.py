@@ -159,23 +159,27 @@ class HandlerLoop:
         commands: frozenset[str],
         metrics: Metrics,
         *,
+        is_async: Callable[[str], bool] | None = None,
         consumer: Consumer | None = None,
         producer: Producer | None = None,
     ) -> None:
-        """`consumer` and `producer` replace the clients built from settings (tests use fakes);
-        the producer must be this loop's alone, as its delivery callbacks touch the loop's state."""
+        """`is_async(command_type)` says which commands `call` answers with an awaitable (default:
+        all if `call` is a coroutine function); `consumer` and `producer` replace the clients
+        built from settings (tests use fakes); the producer must be this loop's alone, as its
+        delivery callbacks touch the loop's state."""
         self._settings = settings
         self._topology = topology
         self._codec = codec
         self._role = role
         self._call = call
-        self._is_async = inspect.iscoroutinefunction(call)
+        coroutine = inspect.iscoroutinefunction(call)
+        self._is_async = is_async or (lambda _command_type: coroutine)
         self._commands = commands
         self._metrics = metrics
         self._name = f"sagastream-{role}"
         self._encoder = Encoder(settings, topology, store, codec, self._name)
         self._topic = settings.topic(topology.handlers[role].consumes)
-        self._bound = settings.handler_concurrency
+        self._bound = topology.handlers[role].concurrency or settings.handler_concurrency
         self._given = (consumer, producer)
         self._ready = False
         self._owned: dict[Partition, PartitionOffsets] = {}
@@ -467,7 +471,7 @@ class HandlerLoop:
 
     async def _invoke(self, command_type: str, record: dict[str, Any]) -> Result:
         """Async handlers run on the loop, plain functions in the thread pool."""
-        if self._is_async:
+        if self._is_async(command_type):
             result: Any = self._call(command_type, record)
         else:
             result = await self._loop.run_in_executor(None, self._call, command_type, record)

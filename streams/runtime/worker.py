@@ -54,7 +54,7 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
         level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per schema registry request
-    topology = load_topology(settings.topology_file)
+    topology = load_topology(settings.topology_file, settings.schemas_path)
     roles = parse_roles(spec, topology)
     schemas = SchemaStore(settings.schemas_path)
     codec = build_codec(settings, schemas)
@@ -65,22 +65,42 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
 
     runners: dict[str, Callable[[threading.Event], None]] = {}
     readiness: dict[str, Callable[[], bool]] = {}
-    for role in roles:
-        if role == ORCHESTRATOR:
-            from sagastream.ops.admin import create_topics
-            from sagastream.runtime.orchestrator import Orchestrator
+    handler_roles = [role for role in roles if role != ORCHESTRATOR]
+    if handler_roles:
+        from sagastream.app import AppError, load_app
+        from sagastream.runtime.handler_loop import HandlerLoop
 
-            create_topics(settings, topology)  # idempotent; makes sure the changelog exists
-            orchestrator = Orchestrator(settings, topology, schemas, codec, metrics)
-            runners[role], readiness[role] = orchestrator.run, orchestrator.ready.is_set
-        else:
-            from sagastream.examples.agent import build_handler
-            from sagastream.runtime.handler_loop import HandlerLoop
-
-            call, commands = build_handler(settings, topology, role)
-            loop = HandlerLoop(settings, topology, schemas, codec, role, call, commands, metrics)
+        module = settings.app or topology.app
+        if not module:
+            raise AppError(
+                f"handler roles {', '.join(handler_roles)} need the module of their functions: "
+                f"pass --app MODULE or set `app:` in {settings.topology_file}"
+            )
+        app = load_app(module)
+        handlers = {role: app.role_handler(role, topology) for role in handler_roles}
+        app.start(settings)
+        for role, handler in handlers.items():
+            loop = HandlerLoop(
+                settings,
+                topology,
+                schemas,
+                codec,
+                role,
+                handler,
+                handler.commands,
+                metrics,
+                is_async=handler.is_async,
+            )
             runners[role] = loop.run
             readiness[role] = partial(getattr, loop, "ready")
+    if ORCHESTRATOR in roles:
+        from sagastream.ops.admin import create_topics
+        from sagastream.runtime.orchestrator import Orchestrator
+
+        create_topics(settings, topology)  # idempotent; makes sure the changelog exists
+        orchestrator = Orchestrator(settings, topology, schemas, codec, metrics)
+        runners[ORCHESTRATOR] = orchestrator.run
+        readiness[ORCHESTRATOR] = orchestrator.ready.is_set
 
     stop = threading.Event()
     failed: list[str] = []

@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from sagastream.core.topology import Topology, load_topology
-from sagastream.examples.agent import build_handler
+from sagastream.examples import app
 from sagastream.runtime import handler_loop
 from sagastream.runtime.handler_loop import HandlerLoop, PartitionOffsets, throttled
 from sagastream.runtime.metrics import Metrics
@@ -508,13 +508,16 @@ def test_shutdown_abandons_what_outlasts_the_drain_time():
 # ------------------------------------------------------------------ the simulated services
 
 
-def test_build_handler_gives_the_service_of_a_role(tmp_path):
+def test_the_demo_app_answers_a_role_once_per_idempotency_key(tmp_path):
     settings = Settings(data_dir=tmp_path, handler_latency_ms=0)
-    call, commands = build_handler(settings, TOPOLOGY, "payment")
-    assert commands == {"ChargePayment", "RefundPayment"}
+    app.start(settings)
+    handler = app.role_handler("payment", TOPOLOGY)
+    assert handler.commands == {"ChargePayment", "RefundPayment"}
+    assert handler.is_async("ChargePayment")
     record = CODEC.decode(charge("o-1"))[1]
-    first = asyncio.run(call("ChargePayment", record))
-    assert asyncio.run(call("ChargePayment", record)) == first
+    first = asyncio.run(handler("ChargePayment", record))
+    assert first[0] == "PaymentCharged"
+    assert asyncio.run(handler("ChargePayment", record)) == first
     assert (tmp_path / "external" / "payment.sqlite").exists()
-    with pytest.raises(ValueError, match="declared: payment"):
-        build_handler(settings, TOPOLOGY, "teleport")
+    with pytest.raises(ValueError, match="roles: payment, inventory"):
+        app.role_handler("teleport", TOPOLOGY)
