@@ -1,0 +1,102 @@
+"""sagastream.testing on the demo's sagas and services: no broker, a virtual clock."""
+
+from pathlib import Path
+
+import pytest
+
+from sagastream.events import SagaCompensated, SagaCompleted
+from sagastream.examples.events import LoanApplied, OrderItem, OrderPlaced, PaymentCharged
+from sagastream.runtime.settings import Settings
+from sagastream.testing import SagaTest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def saga(tmp_path: Path) -> SagaTest:
+    settings = Settings(data_dir=tmp_path, handler_latency_ms=0)
+    return SagaTest.load(ROOT / "topology.yaml", settings=settings)
+
+
+def _order(order_id: str = "o-1", **changes: object) -> OrderPlaced:
+    fields = {
+        "order_id": order_id,
+        "customer_id": "c-1",
+        "email": "buyer@example.com",
+        "amount_cents": 1200,
+        "currency": "EUR",
+        "card_token": "tok_visa",
+        "items": [OrderItem(sku="SKU-1", quantity=2)],
+        "shipping_address": "1 Main Street",
+        "priority": "normal",
+        "has_app": False,
+    }
+    return OrderPlaced.model_validate({**fields, **changes})
+
+
+def test_an_order_completes_with_every_step_and_a_notification(saga: SagaTest) -> None:
+    key = saga.start(_order())
+    assert sorted(saga.sent(key)) == ["ChargePayment", "CreateShipment", "ReserveInventory"]
+    assert saga.run() == 4  # three steps, then one notification
+    assert saga.status(key) == "completed"
+    outcome = saga.outcome(key)
+    assert isinstance(outcome, SagaCompleted)
+    assert sorted(outcome.completed_steps) == ["inventory", "payment", "shipping"]
+    assert saga.sent(key)[-1] == "SendNotification"
+    assert [what for _, what, _ in saga.timeline(key)][0] == "started"
+
+
+def test_a_declined_card_is_compensated_in_reverse(saga: SagaTest) -> None:
+    key = saga.start(_order(card_token="tok_decline"))
+    saga.run()
+    outcome = saga.outcome(key)
+    assert isinstance(outcome, SagaCompensated)
+    assert outcome.failed_step == "payment" and "card declined" in outcome.reason
+    assert {"ReleaseInventory", "CancelShipment"} <= set(saga.sent(key))
+    assert "RefundPayment" not in saga.sent(key)  # the charge never happened
+
+
+def test_a_lost_command_times_out_and_is_retried_with_a_new_attempt(saga: SagaTest) -> None:
+    key = saga.start(_order())
+    charge = next(c for c in saga.pending(key) if c.event_type == "ChargePayment")
+    saga.drop(charge)
+    saga.run()
+    assert saga.status(key) == "running"
+    saga.advance(15_000)  # the step timeout
+    retry = [c for c in saga.commands(key) if c.event_type == "ChargePayment"]
+    assert [c.attempt for c in retry] == [1]  # backoff first
+    saga.advance(5_000)
+    retry = [c for c in saga.commands(key) if c.event_type == "ChargePayment"]
+    assert [c.attempt for c in retry] == [1, 2]
+    assert retry[0].fields["idempotency_key"] == retry[1].fields["idempotency_key"]
+    saga.run()
+    assert saga.status(key) == "completed"
+    assert ("step_retry_scheduled", "payment") in [(w, s) for _, w, s in saga.timeline(key)]
+
+
+def test_a_duplicate_result_changes_nothing(saga: SagaTest) -> None:
+    key = saga.start(_order())
+    charged = PaymentCharged(order_id=key, payment_id="p-1", amount_cents=1200)
+    saga.deliver(charged, key, event_id="00000000-0000-4000-8000-0000000000aa")
+    before = saga.state(key)
+    saga.deliver(charged, key, event_id="00000000-0000-4000-8000-0000000000aa")
+    assert saga.state(key) == before
+
+
+def test_a_human_step_escalates_then_a_signal_lets_the_loan_pay_out(saga: SagaTest) -> None:
+    loan = LoanApplied(
+        loan_id="l-1",
+        customer_id="c-1",
+        email="a@example.com",
+        amount_cents=100_000,
+        term_months=12,
+        iban="DE00",
+    )
+    key = saga.start(loan)
+    saga.run()
+    assert [c.event_type for c in saga.pending(key)] == ["RequestReview"]  # a person's inbox
+    saga.advance(172_800_000)
+    assert "StepEscalated" in saga.sent(key)
+    saga.signal("loan", key, "review", "approved", note="fine", by="ana")
+    saga.run()
+    assert saga.status(key) == "completed"
