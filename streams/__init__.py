@@ -18,10 +18,13 @@ from sagastream.events import (
     TimestampMillis,
     UuidStr,
 )
+from sagastream.ops.client import AsyncClient, Client
 from sagastream.runtime.settings import Settings
 
 __all__ = [
     "App",
+    "AsyncClient",
+    "Client",
     "AvroType",
     "Command",
     "Context",

@@ -16,10 +16,25 @@ def _broker(args: argparse.Namespace) -> int:
     return localkafka.main(argv)
 
 
+def _init(args: argparse.Namespace) -> int:
+    from sagastream.ops.scaffold import init, package_name
+
+    directory = Path(args.directory)
+    written = init(directory)
+    print(f"wrote {len(written)} files into {directory} (package {package_name(directory)}):")
+    for path in written:
+        print(f"  {path.relative_to(directory)}")
+    print(f"next: cd {directory} && python -m pytest tests && python run.py")
+    return 0
+
+
 def _worker(args: argparse.Namespace) -> int:
     from sagastream.runtime.worker import run_worker
 
-    return run_worker(Settings(), args.role, args.loglevel)
+    settings = Settings()
+    if args.app:
+        settings = settings.model_copy(update={"app": args.app})
+    return run_worker(settings, args.role, args.loglevel)
 
 
 def _topics(args: argparse.Namespace) -> int:
@@ -246,15 +261,46 @@ def _dlq(args: argparse.Namespace) -> int:
         client.close()
 
 
+def _saga(args: argparse.Namespace) -> int:
+    import time
+
+    from sagastream.ops.client import Client
+    from sagastream.ops.inspect import format_view, view_json
+
+    with Client() as client:
+        view = client.describe(args.saga, args.key)
+        changelog = client.settings.changelog_topic()
+    if view is None:
+        print(
+            f"sagastream saga show: no {args.saga} saga with key {args.key!r} "
+            f"(its partition of {changelog} holds no state for it)",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        view_json(view) if args.json else "\n".join(format_view(view, time.time_ns() // 1_000_000))
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sagastream", description="Kafka-native saga orchestrator")
     sub = p.add_subparsers(dest="command", required=True)
+
+    i = sub.add_parser("init", help="write a small working project into a new folder")
+    i.add_argument("directory")
+    i.set_defaults(func=_init)
 
     w = sub.add_parser("worker", help="run a consumer-group worker process")
     w.add_argument(
         "--role",
         default="all",
         help="orchestrator, a handler of topology.yaml, all, or a comma list",
+    )
+    w.add_argument(
+        "--app",
+        default=None,
+        help="module of the handler functions, or module:attribute (default: topology app)",
     )
     w.add_argument("--loglevel", default="warning")
     w.set_defaults(func=_worker)
@@ -416,11 +462,29 @@ def parser() -> argparse.ArgumentParser:
     )
     rr.add_argument("--execute", action="store_true", help="commit the offsets (default: dry run)")
     rr.set_defaults(func=_replay)
+
+    sg = sub.add_parser("saga", help="inspect sagas")
+    sg_sub = sg.add_subparsers(dest="action", required=True)
+    ss = sg_sub.add_parser(
+        "show",
+        help="one saga: status, steps with attempts and times, pending timers, history",
+        description="Reads the saga key's partition of the orchestrator's state changelog and "
+        "of sagas.lifecycle, whichever process owns it. Exit 1 if there is no such saga.",
+    )
+    ss.add_argument("saga", help="the saga type (order, loan, ...)")
+    ss.add_argument("key", help="the saga key (order id, loan id, ...)")
+    ss.add_argument("--json", action="store_true", help="the view as JSON (times in epoch ms)")
+    sg.set_defaults(func=_saga)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # a project's own modules (its app, its events) are importable from its folder, as with
+    # `python -m`; that folder is the topology file's
+    project = str(Settings().topology_file.parent)
+    if project not in sys.path:
+        sys.path.insert(0, project)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

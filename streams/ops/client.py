@@ -1,12 +1,16 @@
-"""A plain confluent-kafka client for publishing start events and reading outputs (demo, tests)."""
+"""Clients of a running sagastream: `Client` (and `AsyncClient`) starts, signals and describes
+sagas; `EventClient` under it publishes events and reads topics (also for the demo and tests)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from confluent_kafka import (
@@ -14,13 +18,28 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
+    Message,
     Producer,
     TopicPartition,
 )
 
-from sagastream.core.topology import Topology
+from sagastream.core.topology import LIFECYCLE_EVENT, SagaSpec, Topology, load_topology
+from sagastream.events import Event
+from sagastream.ops.inspect import Change, SagaView, build_view
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import AvroCodec, DecodeError, new_meta
+from sagastream.wire.partitioner import partition_for
+from sagastream.wire.registry import build_codec
+
+PRODUCER_NAME = "sagastream-client"
+DESCRIBE_TIMEOUT_S = 30.0
+# describe reads the changelog backwards in windows growing by WINDOW_GROWTH from this size
+FIRST_WINDOW = 256
+WINDOW_GROWTH = 4
+# lifecycle records read at most per describe; past it the history is marked incomplete
+HISTORY_SCAN_LIMIT = 200_000
+# record times come from the orchestrators' clocks; this much skew is tolerated
+CLOCK_MARGIN_MS = 2_000
 
 
 @dataclass(frozen=True)
@@ -163,3 +182,222 @@ class EventClient:
         """Deliver what is queued and let go of the broker connections."""
         self._producer.flush(10)
         self._producer.close()
+
+
+class Client:
+    """Start, signal and describe sagas of a running sagastream; flushes and closes on exit.
+
+    `describe` reads only the saga key's partition (murmur2, as producers partition keys), so it
+    answers whichever orchestrator process owns the key. Its cost: the compacted state changelog
+    read backwards from its end until the key's last record (cheap for recently changed sagas,
+    at most that partition's live states), then the lifecycle partition from the saga's start to
+    its last change, at most HISTORY_SCAN_LIMIT records; all within DESCRIBE_TIMEOUT_S.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.topology = load_topology(self.settings.topology_file, self.settings.schemas_path)
+        self.events = EventClient(
+            self.settings, self.topology, build_codec(self.settings), PRODUCER_NAME
+        )
+
+    def start(self, event: Event, wait: bool = True) -> str:
+        """Publish a saga's typed start event; returns the saga key. `wait`: until delivered."""
+        event_type = type(event).__name__
+        spec = next((s for s in self.topology.sagas.values() if s.start_event == event_type), None)
+        if spec is None:
+            starts = ", ".join(f"{n} ({s.start_event})" for n, s in self.topology.sagas.items())
+            raise ValueError(
+                f"{event_type} starts no saga; the sagas and their start events: {starts}"
+            )
+        fields = event.fields()
+        key = fields.get(spec.key_field)
+        if key in (None, ""):
+            raise ValueError(f"{event_type}.{spec.key_field} (the saga key) is empty")
+        self.events.publish(event_type, str(key), fields)
+        if wait:
+            self.events.flush()
+        return str(key)
+
+    def signal(
+        self, saga: str, key: str, step: str, outcome: str, note: str = "", decided_by: str = ""
+    ) -> str:
+        """Deliver a human decision (approved or rejected) to a waiting step; returns its event id."""
+        # signals builds on EventClient, so it imports this module
+        from sagastream.ops.signals import send_signal
+
+        meta = send_signal(
+            self.events, saga, key, step, outcome, note or None, decided_by or PRODUCER_NAME
+        )
+        return str(meta["event_id"])
+
+    def describe(self, saga: str, key: str) -> SagaView | None:
+        """A saga's status, steps, pending timers and history; None if no such saga is stored."""
+        spec = self._spec(saga)
+        raw_key = key.encode()
+        deadline = time.monotonic() + DESCRIBE_TIMEOUT_S
+        consumer = Consumer(
+            {
+                **self.settings.librdkafka(),
+                "group.id": f"describe-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        try:
+            partition = partition_for(
+                raw_key, self.topology.partitions(self.topology.event_topic(spec.start_event))
+            )
+            changelog = self.settings.changelog_topic()
+            last = _last_record(consumer, changelog, partition, raw_key, deadline)
+            if last is None or last.value() is None:
+                return None
+            state = json.loads(last.value() or b"")
+            if state["saga"] != saga:
+                raise ValueError(
+                    f"{key} is the key of a {state['saga']} saga, not of a {saga} saga"
+                )
+            history: list[Change] = []
+            complete = True
+            if spec.audit != "off" and LIFECYCLE_EVENT in self.topology.events:
+                history, complete = self._history(
+                    consumer, raw_key, int(state["started"]), last.timestamp()[1], deadline
+                )
+        finally:
+            consumer.close()
+        return build_view(saga, key, partition, state, history, complete)
+
+    def _spec(self, saga: str) -> SagaSpec:
+        spec = self.topology.sagas.get(saga)
+        if spec is None:
+            raise ValueError(
+                f"unknown saga {saga!r}; topology.yaml has {', '.join(self.topology.sagas)}"
+            )
+        return spec
+
+    def _history(
+        self, consumer: Consumer, key: bytes, started_ms: int, changed_ms: int, deadline: float
+    ) -> tuple[list[Change], bool]:
+        """The key's lifecycle changes, from the saga's start to its last state change.
+
+        Each lifecycle record commits in the transaction of a state change, so none comes after
+        the changelog record read last (give or take the clock margin).
+        """
+        topic = self.settings.topic(self.topology.event_topic(LIFECYCLE_EVENT))
+        partition = partition_for(
+            key, self.topology.partitions(self.topology.event_topic(LIFECYCLE_EVENT))
+        )
+        first = consumer.offsets_for_times(
+            [TopicPartition(topic, partition, started_ms - CLOCK_MARGIN_MS)], timeout=10
+        )[0]
+        if first.offset < 0:
+            return [], True
+        _, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=10, cached=False
+        )
+        changes: list[Change] = []
+        for scanned, msg in enumerate(
+            _read(consumer, topic, partition, first.offset, high, deadline)
+        ):
+            at = msg.timestamp()[1]
+            if at > changed_ms + CLOCK_MARGIN_MS:
+                break
+            if scanned >= HISTORY_SCAN_LIMIT:
+                return changes, False
+            if msg.key() != key:
+                continue
+            _, record = self.events.codec.decode(msg.value() or b"")
+            changes += [Change(at, c["what"], c["step"]) for c in record["changes"]]
+        return changes, True
+
+    def close(self) -> None:
+        self.events.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """`Client` for asyncio: the same calls as coroutines, each run in a worker thread."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.client = Client(settings)
+
+    async def start(self, event: Event, wait: bool = True) -> str:
+        return await asyncio.to_thread(self.client.start, event, wait)
+
+    async def signal(
+        self, saga: str, key: str, step: str, outcome: str, note: str = "", decided_by: str = ""
+    ) -> str:
+        return await asyncio.to_thread(
+            self.client.signal, saga, key, step, outcome, note, decided_by
+        )
+
+    async def describe(self, saga: str, key: str) -> SagaView | None:
+        return await asyncio.to_thread(self.client.describe, saga, key)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.client.close)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def _read(
+    consumer: Consumer, topic: str, partition: int, start: int, stop: int, deadline: float
+) -> Iterator[Message]:
+    """Committed records of one partition from offset `start` up to `stop` or the partition's end."""
+    # assign replaces the previous read's assignment and drops what was fetched for it
+    consumer.assign([TopicPartition(topic, partition, start)])
+    while True:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {topic}[{partition}] took over {DESCRIBE_TIMEOUT_S}s")
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                return
+            continue
+        if (msg.offset() or 0) >= stop:
+            return
+        yield msg
+
+
+def _last_record(
+    consumer: Consumer, topic: str, partition: int, key: bytes, deadline: float
+) -> Message | None:
+    """The key's newest committed record, read backwards from the end in growing windows."""
+    low, high = consumer.get_watermark_offsets(
+        TopicPartition(topic, partition), timeout=10, cached=False
+    )
+    window, stop = FIRST_WINDOW, high
+    while stop > low:
+        start = max(low, stop - window)
+        found = None
+        for msg in _read(consumer, topic, partition, start, stop, deadline):
+            if msg.key() == key:
+                found = msg
+        if found is not None:
+            return found
+        stop, window = start, window * WINDOW_GROWTH
+    return None
