@@ -227,9 +227,11 @@ def test_a_lost_reply_is_retried_after_the_timeout() -> None:
 '''
 
 RUN = '''\
-"""Run {package} for real: a local Kafka, its topics, one worker process with every role, and
-a few subscriptions, printing how each ended. `python run.py [N]`"""
+"""Run {package} for real: Kafka (a local one unless SAGASTREAM_BOOTSTRAP_SERVERS names yours),
+its topics, one worker process with every role, and a few subscriptions, printing how each
+ended. `python run.py [N]`"""
 
+import os
 import subprocess
 import sys
 import time
@@ -241,7 +243,8 @@ from {package}.events import SubscriptionRequested
 
 
 def main(count: int) -> int:
-    kafka.start()
+    if "SAGASTREAM_BOOTSTRAP_SERVERS" not in os.environ:
+        kafka.start()  # a local broker on 127.0.0.1:9092, downloaded from Maven Central once
     subprocess.run(["sagastream", "topics", "create"], check=True)
     worker = subprocess.Popen(["sagastream", "worker", "--role", "all", "--loglevel", "info"])
     try:
@@ -301,7 +304,7 @@ orchestrator` and `sagastream worker --role accounts,billing`, any number of eac
 
 def package_name(directory: Path) -> str:
     """A Python package name from the project folder's name."""
-    name = re.sub(r"\\W", "_", directory.resolve().name.lower()).strip("_") or "project"
+    name = re.sub(r"\W", "_", directory.resolve().name.lower()).strip("_") or "project"
     if name[0].isdigit() or keyword.iskeyword(name) or name == "sagastream":
         name = f"{name}_app"
     return name
