@@ -33,3 +33,18 @@ def test_the_engine_schemas_and_the_demo_files_are_package_data() -> None:
     assert list((ROOT / "streams" / "schemas").glob("EventMeta.avsc"))
     assert "topology.yaml" in data["sagastream.examples"]
     assert (ROOT / "handlers" / "topology.yaml").resolve() == (ROOT / "topology.yaml")
+
+
+def test_every_setting_is_in_the_readmes_configuration_table() -> None:
+    from sagastream.runtime.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    named = set()
+    for row in table.splitlines():
+        if row.startswith("| `SAGASTREAM_"):
+            cell = row.split("|")[1]
+            first, *rest = [v.strip(" `") for v in cell.split(",")]
+            named.add(first.removeprefix("SAGASTREAM_").lower())
+            named |= {v.removeprefix("_").lower() for v in rest}
+    assert set(Settings.model_fields) - named == set()
