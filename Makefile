@@ -36,6 +36,7 @@ integration: install
 lint: install
 	$(BIN)/ruff check streams handlers tests
 	$(BIN)/mypy -p sagastream
+	$(BIN)/sagastream schemas check
 
 broker-start: install
 	$(BIN)/sagastream broker start
