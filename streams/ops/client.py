@@ -23,7 +23,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from sagastream.core.topology import LIFECYCLE_EVENT, SagaSpec, Topology, load_topology
+from sagastream.core.topology import LIFECYCLE_EVENT, Topology, load_topology
 from sagastream.events import Event
 from sagastream.ops.inspect import Change, SagaView, build_view
 from sagastream.runtime.settings import Settings
@@ -233,28 +233,24 @@ class Client:
 
     def describe(self, saga: str, key: str) -> SagaView | None:
         """A saga's status, steps, pending timers and history; None if no such saga is stored."""
-        spec = self._spec(saga)
+        spec = self.topology.sagas.get(saga)
+        if spec is None:
+            raise ValueError(
+                f"unknown saga {saga!r}; topology.yaml has {', '.join(self.topology.sagas)}"
+            )
         raw_key = key.encode()
         deadline = time.monotonic() + DESCRIBE_TIMEOUT_S
-        consumer = Consumer(
-            {
-                **self.settings.librdkafka(),
-                "group.id": f"describe-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-                "fetch.wait.max.ms": 10,
-            }
-        )
+        consumer = _reader(self.settings)
         try:
             partition = partition_for(
                 raw_key, self.topology.partitions(self.topology.event_topic(spec.start_event))
             )
             changelog = self.settings.changelog_topic()
             last = _last_record(consumer, changelog, partition, raw_key, deadline)
-            if last is None or last.value() is None:
+            value = None if last is None else last.value()
+            if last is None or value is None:
                 return None
-            state = json.loads(last.value() or b"")
+            state = json.loads(value)
             if state["saga"] != saga:
                 raise ValueError(
                     f"{key} is the key of a {state['saga']} saga, not of a {saga} saga"
@@ -269,14 +265,6 @@ class Client:
             consumer.close()
         return build_view(saga, key, partition, state, history, complete)
 
-    def _spec(self, saga: str) -> SagaSpec:
-        spec = self.topology.sagas.get(saga)
-        if spec is None:
-            raise ValueError(
-                f"unknown saga {saga!r}; topology.yaml has {', '.join(self.topology.sagas)}"
-            )
-        return spec
-
     def _history(
         self, consumer: Consumer, key: bytes, started_ms: int, changed_ms: int, deadline: float
     ) -> tuple[list[Change], bool]:
@@ -289,14 +277,12 @@ class Client:
         partition = partition_for(
             key, self.topology.partitions(self.topology.event_topic(LIFECYCLE_EVENT))
         )
+        _, high = _offsets(consumer, topic, partition)
         first = consumer.offsets_for_times(
             [TopicPartition(topic, partition, started_ms - CLOCK_MARGIN_MS)], timeout=10
         )[0]
         if first.offset < 0:
             return [], True
-        _, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=10, cached=False
-        )
         changes: list[Change] = []
         for scanned, msg in enumerate(
             _read(consumer, topic, partition, first.offset, high, deadline)
@@ -361,6 +347,35 @@ class AsyncClient:
         await self.close()
 
 
+def _reader(settings: Settings) -> Consumer:
+    """A consumer of committed records for assigned partitions, told at once of their end."""
+    return Consumer(
+        {
+            **settings.librdkafka(),
+            "group.id": f"describe-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            # each window of a backwards read is a few fetches: do not wait for more data
+            "fetch.wait.max.ms": 10,
+        }
+    )
+
+
+def _offsets(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+    """The partition's first and end offsets (committed records only)."""
+    try:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=10, cached=False
+        )
+    except KafkaException as exc:
+        raise RuntimeError(
+            f"cannot read {topic}[{partition}]: {exc.args[0].str()} (check SAGASTREAM_TOPIC_PREFIX "
+            "and the broker; `sagastream topics create` makes the topics)"
+        ) from exc
+    return int(low), int(high)
+
+
 def _read(
     consumer: Consumer, topic: str, partition: int, start: int, stop: int, deadline: float
 ) -> Iterator[Message]:
@@ -387,9 +402,7 @@ def _last_record(
     consumer: Consumer, topic: str, partition: int, key: bytes, deadline: float
 ) -> Message | None:
     """The key's newest committed record, read backwards from the end in growing windows."""
-    low, high = consumer.get_watermark_offsets(
-        TopicPartition(topic, partition), timeout=10, cached=False
-    )
+    low, high = _offsets(consumer, topic, partition)
     window, stop = FIRST_WINDOW, high
     while stop > low:
         start = max(low, stop - window)

@@ -57,7 +57,9 @@ class StepView:
 class SagaView:
     """A saga's status, steps, pending timers and lifecycle history (times in epoch ms).
 
-    `history_complete` is False when reading the history stopped at its scan limit.
+    Step and history times are those of the lifecycle records, written when the orchestrator
+    commits (up to a commit interval after the decision); `started_ms` and `ended_ms` are the
+    decisions' own. `history_complete` is False when reading the history hit its scan limit.
     """
 
     saga: str
@@ -153,6 +155,11 @@ def _since(ms: int | None, origin: int) -> str:
     return "-" if ms is None else f"+{(ms - origin) / 1000:.3f}s"
 
 
+def _until(due_ms: int, now_ms: int) -> str:
+    left = (due_ms - now_ms) / 1000
+    return f"in {left:.1f}s" if left >= 0 else f"{-left:.1f}s overdue"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return [
@@ -177,7 +184,7 @@ def format_view(view: SagaView, now_ms: int) -> list[str]:
         lines.append(f"failed   {view.failed_step}")
     if view.reason:
         lines.append(f"reason   {view.reason}")
-    lines += ["", "steps"]
+    lines += ["", "steps (times from the start, as committed)"]
     lines += _table(
         ["step", "state", "attempts", "undo attempts", "started", "ended", "undo", "undone"],
         [
@@ -203,7 +210,7 @@ def format_view(view: SagaView, now_ms: int) -> list[str]:
                     t.kind,
                     t.step or "-",
                     str(t.attempt),
-                    f"{_clock(t.due_ms)} (in {(t.due_ms - now_ms) / 1000:.1f}s)",
+                    f"{_clock(t.due_ms)} ({_until(t.due_ms, now_ms)})",
                 ]
                 for t in view.timers
             ],

@@ -1,0 +1,172 @@
+"""`saga show` without a broker: key partitioning, the view of a state and its history, the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sagastream.examples.events import PaymentCharged
+from sagastream.ops.client import Client
+from sagastream.ops.inspect import (
+    Change,
+    StepView,
+    TimerView,
+    build_view,
+    format_view,
+    parse_timers,
+    step_views,
+    view_json,
+)
+from sagastream.runtime.settings import Settings
+from sagastream.wire.partitioner import murmur2, partition_for
+
+T0 = 1_764_000_000_000  # 2025-11-24T16:00:00Z
+
+# org.apache.kafka.common.utils.UtilsTest.testMurmur2
+JAVA_MURMUR2 = {
+    b"21": -973932308,
+    b"foobar": -790332482,
+    b"a-little-bit-long-string": -985981536,
+    b"a-little-bit-longer-string": -1486304829,
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    b"abc": 479470107,
+}
+
+
+@pytest.mark.parametrize(("key", "expected"), JAVA_MURMUR2.items())
+def test_murmur2_matches_the_java_client(key: bytes, expected: int) -> None:
+    assert murmur2(key) == expected
+
+
+def test_partition_is_the_positive_hash_modulo_the_partition_count() -> None:
+    # Utils.toPositive(murmur2(key)) % n, as the Java client's and librdkafka's murmur2 partitioners
+    for key, hashed in JAVA_MURMUR2.items():
+        for n in (1, 4, 7, 12):
+            assert partition_for(key, n) == (hashed & 0x7FFFFFFF) % n
+    assert partition_for(b"", 4) == (murmur2(b"") & 0x7FFFFFFF) % 4
+
+
+def state(**overrides: object) -> dict[str, object]:
+    """A saga state with only the keys describe reads (no `ctx` or `data`)."""
+    base: dict[str, object] = {
+        "saga": "order",
+        "key": "o-1",
+        "status": "compensated",
+        "steps": {
+            "payment": {"st": "failed", "a": 3, "ca": 0},
+            "inventory": {"st": "compensated", "a": 1, "ca": 2},
+            "shipping": {"st": "cancelled", "a": 0, "ca": 0},
+        },
+        "timers": {},
+        "started": T0,
+        "ended": T0 + 2_000,
+        "reason": "payment: card declined",
+        "failed_step": "payment",
+    }
+    base.update(overrides)
+    return base
+
+
+HISTORY = [
+    Change(T0 + 10, "started"),
+    Change(T0 + 10, "step_started", "payment"),
+    Change(T0 + 10, "step_started", "inventory"),
+    Change(T0 + 80, "step_succeeded", "inventory"),
+    Change(T0 + 90, "step_retry_scheduled", "payment"),
+    Change(T0 + 400, "step_started", "payment"),
+    Change(T0 + 500, "step_retry_scheduled", "payment"),
+    Change(T0 + 900, "step_started", "payment"),
+    Change(T0 + 1_000, "step_failed", "payment"),
+    Change(T0 + 1_000, "compensating", "payment"),
+    Change(T0 + 1_000, "compensation_started", "inventory"),
+    Change(T0 + 1_300, "compensation_retry_scheduled", "inventory"),
+    Change(T0 + 1_500, "compensation_started", "inventory"),
+    Change(T0 + 1_990, "step_compensated", "inventory"),
+    Change(T0 + 2_010, "compensated"),
+]
+
+
+def test_step_times_come_from_the_first_start_and_the_last_end_of_each_run() -> None:
+    steps = step_views(state()["steps"], HISTORY)  # type: ignore[arg-type]
+    assert steps == [
+        StepView("payment", "failed", 3, 0, T0 + 10, T0 + 1_000),
+        StepView("inventory", "compensated", 1, 2, T0 + 10, T0 + 80, T0 + 1_000, T0 + 1_990),
+        StepView("shipping", "cancelled", 0, 0),
+    ]
+
+
+def test_a_history_of_outcomes_only_gives_no_step_times() -> None:
+    outcomes = [Change(T0, "started"), Change(T0 + 5, "compensated")]
+    steps = step_views(state()["steps"], outcomes)  # type: ignore[arg-type]
+    assert all(s.started_ms is None and s.ended_ms is None for s in steps)
+
+
+def test_timers_are_parsed_soonest_first_and_the_deadline_has_no_step() -> None:
+    timers = {"deadline||0": T0 + 120_000, "step_timeout|payment|2": T0 + 15_000}
+    assert parse_timers(timers) == [
+        TimerView("step_timeout", "payment", 2, T0 + 15_000),
+        TimerView("deadline", None, 0, T0 + 120_000),
+    ]
+
+
+def test_the_view_reads_only_the_lasting_keys_of_a_state() -> None:
+    view = build_view("order", "o-1", 2, state(), HISTORY)
+    assert (view.status, view.started_ms, view.ended_ms) == ("compensated", T0, T0 + 2_000)
+    assert (view.failed_step, view.reason) == ("payment", "payment: card declined")
+    assert view.partition == 2 and view.history == HISTORY and view.history_complete
+    assert json.loads(view_json(view))["steps"][0] == {
+        "name": "payment",
+        "state": "failed",
+        "attempts": 3,
+        "compensation_attempts": 0,
+        "started_ms": T0 + 10,
+        "ended_ms": T0 + 1_000,
+        "compensation_started_ms": None,
+        "compensation_ended_ms": None,
+    }
+
+
+def test_report_of_an_ended_saga() -> None:
+    text = "\n".join(format_view(build_view("order", "o-1", 2, state(), HISTORY), T0 + 9_000))
+    assert "saga     order o-1 (partition 2)" in text
+    assert "status   compensated" in text
+    assert "started  2025-11-24 16:00:00.000 UTC" in text
+    assert "ended    2025-11-24 16:00:02.000 UTC (+2.000s)" in text
+    assert "failed   payment" in text and "reason   payment: card declined" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith("  ")}
+    assert rows["payment"] == ["payment", "failed", "3", "0", "+0.010s", "+1.000s", "-", "-"]
+    assert rows["inventory"][4:] == ["+0.010s", "+0.080s", "+1.000s", "+1.990s"]
+    assert "pending timers: none" in text
+    assert "history (15 changes)" in text
+    assert text.splitlines()[-1].split() == ["+2.010s", "compensated"]
+
+
+def test_report_of_a_running_saga_shows_its_timers_and_an_incomplete_history() -> None:
+    running = state(
+        status="running",
+        ended=None,
+        reason=None,
+        failed_step=None,
+        timers={"step_timeout|payment|1": T0 + 15_000, "deadline||0": T0 + 120_000},
+    )
+    view = build_view("order", "o-1", 0, running, HISTORY[:2], history_complete=False)
+    text = "\n".join(format_view(view, T0 + 5_000))
+    assert "running  for 5.0s" in text and "failed" not in text.split("steps")[0]
+    assert "step_timeout  payment  1        2025-11-24 16:00:15.000 UTC (in 10.0s)" in text
+    assert "deadline      -        0        2025-11-24 16:02:00.000 UTC (in 115.0s)" in text
+    assert "stopped at the scan limit" in text
+    late = "\n".join(format_view(view, T0 + 16_000))
+    assert "2025-11-24 16:00:15.000 UTC (1.0s overdue)" in late
+
+
+def test_start_takes_only_a_saga_start_event_and_describe_only_a_known_saga() -> None:
+    # nothing is sent before these checks, so no broker is needed
+    with Client(Settings(bootstrap_servers="127.0.0.1:1")) as client:
+        charged = PaymentCharged(order_id="o-1", payment_id="p-1", amount_cents=100)
+        with pytest.raises(
+            ValueError, match=r"PaymentCharged starts no saga.*order \(OrderPlaced\)"
+        ):
+            client.start(charged)
+        with pytest.raises(ValueError, match="unknown saga 'travel'.*order"):
+            client.describe("travel", "t-1")
