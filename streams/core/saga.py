@@ -6,7 +6,14 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from streams.core.topology import SIGNAL_EVENT, TIMER_EVENT, RetryPolicy, SagaSpec
+from sagastream.core.topology import (
+    SIGNAL_EVENT,
+    START,
+    TIMER_EVENT,
+    Fills,
+    RetryPolicy,
+    SagaSpec,
+)
 
 RUNNING, COMPENSATING = "running", "compensating"
 COMPLETED, COMPENSATED, FAILED = "completed", "compensated", "failed"
@@ -18,6 +25,7 @@ STEP_FAILED, SKIPPED, CANCELLED = "failed", "skipped", "cancelled"
 UNDOING, UNDONE, UNDO_FAILED = "compensating", "compensated", "compensation_failed"
 
 SEEN_LIMIT = 64
+STATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,17 @@ class _Run:
     def note(self, what: str, step: str | None = None) -> None:
         self.out.lifecycle.append((what, step))
 
+    def fill(self, fills: Fills) -> dict[str, Any]:
+        """A command's fields from its inputs and params; what a skipped step would give is left
+        out, so the schema's default applies."""
+        data = self.s["data"]
+        fields = dict(fills.params)
+        for target, source, name in fills.bindings:
+            values = data.get(source)
+            if values is not None and name in values:
+                fields[target] = values[name]
+        return fields
+
     # -- forward path ---------------------------------------------------------------------
     def step(self, name: str) -> dict[str, Any]:
         return self.s["steps"][name]
@@ -136,7 +155,7 @@ class _Run:
         st = self.step(name)
         st["st"] = STARTED
         if spec.command:
-            fields = {**self.s["ctx"], **spec.params}
+            fields = self.fill(spec)
             fields["idempotency_key"] = idempotency_key(self.saga_type, self.s["key"], name)
             self.emit(spec.command, fields, st["a"], name)
         self.arm(spec.timeout_ms, "step_timeout", name, st["a"])
@@ -145,11 +164,20 @@ class _Run:
     def start_ready(self) -> None:
         if self.s["status"] != RUNNING:
             return
-        for name, spec in self.spec.steps.items():
-            st = self.step(name)
-            if st["st"] == PENDING and all(
-                self.step(d)["st"] in (SUCCEEDED, SKIPPED) for d in spec.depends_on
-            ):
+        skipped = True
+        while skipped:  # a step skipped by its `when` may make steps declared before it ready
+            skipped = False
+            for name, spec in self.spec.steps.items():
+                st = self.step(name)
+                if st["st"] != PENDING or not all(
+                    self.step(d)["st"] in (SUCCEEDED, SKIPPED) for d in spec.depends_on
+                ):
+                    continue
+                if spec.condition is not None and not spec.condition(self.s["data"]):
+                    st["st"] = SKIPPED
+                    self.note("step_skipped", name)
+                    skipped = True
+                    continue
                 st["a"] = 1
                 self.send_step(name)
         if all(st["st"] in (SUCCEEDED, SKIPPED) for st in self.s["steps"].values()):
@@ -161,7 +189,7 @@ class _Run:
         self.disarm("retry", name, st["a"])
         st["st"] = SUCCEEDED
         self.s["order"].append(name)
-        self.s["ctx"].update(fields)
+        self.s["data"][name] = fields
         self.note("step_succeeded", name)
         if self.s["status"] == RUNNING:
             self.start_ready()
@@ -234,7 +262,8 @@ class _Run:
         comp = self.spec.steps[name].compensation
         assert comp is not None
         st = self.step(name)
-        fields = {**self.s["ctx"], "step": name}
+        fields = self.fill(comp)
+        fields["step"] = name  # the encoder drops it when the undo command has no such field
         fields["idempotency_key"] = idempotency_key(self.saga_type, self.s["key"], name, undo=True)
         self.emit(comp.command, fields, st["ca"], name)
         self.arm(comp.timeout_ms, "undo_timeout", name, st["ca"])
@@ -302,16 +331,13 @@ class _Run:
         notify = self.spec.notify
         if notify is None:
             return
-        ctx = self.s["ctx"]
+        data = self.s["data"]
         templates: dict[str, str] = cast(dict[str, str], notify.templates)
         for rule in notify.rules:
-            if all(ctx.get(k) == v for k, v in rule.when.items()):
-                fields = {
-                    **ctx,
-                    **notify.params,
-                    "template": templates[status],
-                    "outcome": status,
-                }
+            if rule.condition is None or rule.condition(data):
+                fields = self.fill(notify)
+                fields["template"] = templates[status]
+                fields["outcome"] = status
                 fields["channel"] = rule.channel
                 fields["idempotency_key"] = idempotency_key(
                     saga, self.s["key"], f"notify-{rule.channel}"
@@ -322,11 +348,12 @@ class _Run:
 def new_state(saga_type: str, spec: SagaSpec, key: str, event: Event, now: int) -> dict[str, Any]:
     """The state of a saga that its start event has just created."""
     return {
-        "v": 1,
+        "v": STATE_VERSION,
         "saga": saga_type,
         "key": key,
         "status": RUNNING,
-        "ctx": dict(event.fields),
+        # each source's fields, by source: start, then each step that succeeded
+        "data": {START: {k: v for k, v in event.fields.items() if k != "meta"}},
         "steps": {name: {"st": PENDING, "a": 0, "ca": 0} for name in spec.steps},
         "order": [],
         "undone": [],
@@ -459,7 +486,14 @@ def decide(
 def _copy(state: dict[str, Any]) -> dict[str, Any]:
     """A copy decide may change; the state's shape is known, so no generic deepcopy (5x slower)."""
     out = dict(state)
-    out["ctx"] = dict(state["ctx"])
+    if "data" in state:
+        # a result is stored once and never changed, so the sources' own dicts can be shared
+        out["data"] = dict(state["data"])
+    else:
+        # v1 merged every result into one context: each source reads it, as v1's commands did
+        ctx = out.pop("ctx")
+        out["data"] = {START: ctx, **dict.fromkeys(state["order"], ctx)}
+        out["v"] = STATE_VERSION
     out["steps"] = {name: dict(st) for name, st in state["steps"].items()}
     out["timers"] = dict(state["timers"])
     for name in ("order", "undone", "undo_errors", "seen"):
@@ -523,7 +557,7 @@ def _on_signal(run: _Run, fields: dict[str, Any]) -> None:
         return
     note = fields.get("note") or ""
     if outcome == "approved":
-        run.step_succeeded(name, {f"{name}_note": note, f"{name}_by": fields.get("decided_by", "")})
+        run.step_succeeded(name, {"note": note, "decided_by": fields.get("decided_by", "")})
     else:
         run.step_failed(
             name,
@@ -533,7 +567,7 @@ def _on_signal(run: _Run, fields: dict[str, Any]) -> None:
 
 
 def _payload(fields: dict[str, Any]) -> dict[str, Any]:
-    """What a step result adds to the saga context (ids other steps or undos need)."""
+    """What a step result gives later commands (ids other steps or undos need)."""
     return {k: v for k, v in fields.items() if k not in ("meta", "reason", "step")}
 
 

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from sagastream.core.conditions import Condition, compile_condition
 
 TIMER_EVENT = "TimerFired"
 SIGNAL_EVENT = "StepSignal"
@@ -16,6 +27,34 @@ OUTCOME_EVENTS = ("SagaCompleted", "SagaCompensated", "SagaFailed")
 # events the engine itself consumes or produces, declared in topology.yaml like any other
 ENGINE_INPUTS = (TIMER_EVENT, SIGNAL_EVENT)
 ENGINE_EVENTS = (*ENGINE_INPUTS, LIFECYCLE_EVENT, *OUTCOME_EVENTS)
+# the engine's own Avro records, shipped inside the package
+ENGINE_SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
+OUTCOMES_TOPIC = "sagas.outcomes"
+# Merged into every topology: what a project declares itself (say, more partitions) wins.
+ENGINE_TOPICS: dict[str, dict[str, Any]] = {
+    OUTCOMES_TOPIC: {},
+    "sagas.lifecycle": {},  # the audit trail: every state change of every saga
+    "sagas.signals": {},  # human decisions for waiting steps, any saga
+    "sagas.escalations": {},  # human steps that waited past their timeout
+    "sagas.timers": {"retention_ms": 86_400_000},  # where fired timers dead-letter from
+}
+ENGINE_EVENT_TOPICS = {
+    "SagaCompleted": OUTCOMES_TOPIC,
+    "SagaCompensated": OUTCOMES_TOPIC,
+    "SagaFailed": OUTCOMES_TOPIC,
+    LIFECYCLE_EVENT: "sagas.lifecycle",
+    SIGNAL_EVENT: "sagas.signals",
+    "StepEscalated": "sagas.escalations",
+    TIMER_EVENT: "sagas.timers",
+}
+
+START = "start"  # the source name of a saga's start event in `inputs:` and `when:`
+# what a human step's signal gives the steps after it
+HUMAN_FIELDS = ("note", "decided_by")
+# fields sagastream fills itself: every command's, an undo's, a notification's
+AUTOMATIC_FIELDS = ("idempotency_key",)
+UNDO_FIELDS = (*AUTOMATIC_FIELDS, "step")
+NOTIFY_FIELDS = (*AUTOMATIC_FIELDS, "template", "outcome", "channel")
 
 
 class TopologyError(ValueError):
@@ -59,6 +98,8 @@ class EventSpec(_Model):
 class HandlerSpec(_Model):
     consumes: str
     produces: str
+    # commands of different keys in flight at once, per process; default: the settings' bound
+    concurrency: int | None = Field(default=None, ge=1)
 
 
 class RetryPolicy(_Model):
@@ -70,7 +111,48 @@ class RetryPolicy(_Model):
     jitter: Literal["full", "none"] = "full"
 
 
-class CompensationSpec(_Model):
+# (command field, source, source field)
+Binding = tuple[str, str, str]
+
+
+class Fills(_Model):
+    """A command's fields: from the start event or step results (`inputs`), or constants."""
+
+    # source (start or a step) -> its same-named fields, or {command field: source field}
+    inputs: dict[str, tuple[str, ...] | dict[str, str]] = Field(default_factory=dict)
+    # command field -> a constant value
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @cached_property
+    def bindings(self) -> tuple[Binding, ...]:
+        """Every input as (command field, source, source field), in file order."""
+        out: list[Binding] = []
+        for source, fields in self.inputs.items():
+            pairs = fields.items() if isinstance(fields, dict) else ((f, f) for f in fields)
+            out += [(target, source, field) for target, field in pairs]
+        return tuple(out)
+
+
+class _Conditional(_Model):
+    """Something that happens only when `when` holds (conditions.py has the grammar)."""
+
+    # e.g. "start.nights > 0 and flight.arrives_at != ''"; None: always
+    when: str | None = None
+
+    @field_validator("when")
+    @classmethod
+    def _parses(cls, text: str | None) -> str | None:
+        if text is not None:
+            compile_condition(text)
+        return text
+
+    @cached_property
+    def condition(self) -> Condition | None:
+        """The compiled `when`, once per topology load."""
+        return None if self.when is None else compile_condition(self.when)
+
+
+class CompensationSpec(Fills):
     command: str
     success: str
     failure: tuple[str, ...] = ()
@@ -78,8 +160,11 @@ class CompensationSpec(_Model):
     retry: RetryPolicy = RetryPolicy(max_attempts=5, on=("timeout", "failure"))
 
 
-class StepSpec(_Model):
-    """A step: a command answered by a success or failure event, or a human decision (signal)."""
+class StepSpec(Fills, _Conditional):
+    """A step: a command answered by a success or failure event, or a human decision (signal).
+
+    A step whose `when` is false when it becomes ready is skipped, like an optional one.
+    """
 
     command: str | None = None
     success: str | None = None
@@ -90,7 +175,6 @@ class StepSpec(_Model):
     optional: bool = False
     timeout_ms: int = Field(default=30_000, ge=1)
     retry: RetryPolicy = RetryPolicy()
-    params: dict[str, Any] = Field(default_factory=dict)
     compensation: CompensationSpec | None = None
 
     @model_validator(mode="after")
@@ -99,21 +183,21 @@ class StepSpec(_Model):
             raise ValueError("a step needs 'command' and 'success', unless it is 'human: true'")
         if self.escalation and not self.human:
             raise ValueError("'escalation' is for human steps; other steps time out and retry")
+        if self.command is None and (self.inputs or self.params):
+            raise ValueError("'inputs' and 'params' fill the step's command, and it has none")
         return self
 
 
-class NotifyRule(_Model):
-    """One row of the notification decision table: a channel, sent when every `when` matches."""
+class NotifyRule(_Conditional):
+    """One row of the notification decision table: a channel, sent when `when` holds (or always)."""
 
     channel: str
-    when: dict[str, Any] = Field(default_factory=dict)
 
 
-class NotifySpec(_Model):
+class NotifySpec(Fills):
     """Notifications when a saga ends: one independent command per matching channel rule."""
 
     command: str
-    params: dict[str, Any] = Field(default_factory=dict)
     templates: dict[Literal["completed", "compensated", "failed"], str]
     rules: tuple[NotifyRule, ...] = (NotifyRule(channel="email"),)
 
@@ -121,7 +205,7 @@ class NotifySpec(_Model):
 class SagaSpec(_Model):
     start_event: str
     key_field: str
-    outcome_topic: str
+    outcome_topic: str = OUTCOMES_TOPIC
     deadline_ms: int = Field(default=300_000, ge=1)
     max_hops: int = Field(default=32, ge=1)
     # full: every change; outcomes: only a saga's start and end; off: no SagaLifecycle records
@@ -153,6 +237,8 @@ class SchemaRegistrySpec(_Model):
 
 
 class Topology(_Model):
+    # the module whose import registers the handler functions (a worker's --app overrides it)
+    app: str | None = None
     defaults: Defaults = Defaults()
     topics: tuple[TopicSpec, ...]
     events: dict[str, EventSpec]
@@ -244,16 +330,18 @@ def _check(topology: Topology, schemas_dir: Path | None) -> list[tuple[str, str]
     """Cross-reference checks pydantic cannot do alone: (field path, why) per problem."""
     problems: list[tuple[str, str]] = []
     topics = topology.topic_map
-    if topology.sagas:
-        for engine_event in (TIMER_EVENT, *OUTCOME_EVENTS):
-            if engine_event not in topology.events:
-                problems.append(("events", f"sagas need the {engine_event} event declared"))
+    records = _Records(topology, schemas_dir)
     for name, event in topology.events.items():
         for topic in event.all_topics:
             if topic not in topics:
                 field = "topic" if event.topic else "topics"
                 problems.append((f"events.{name}.{field}", f"unknown topic '{topic}'"))
-        if schemas_dir is not None and not (schemas_dir / f"{event.schema_name}.avsc").is_file():
+        file = f"{event.schema_name}.avsc"
+        if (
+            schemas_dir is not None
+            and not (schemas_dir / file).is_file()
+            and not (ENGINE_SCHEMAS_DIR / file).is_file()
+        ):
             problems.append(
                 (
                     f"events.{name}.schema",
@@ -297,6 +385,13 @@ def _check(topology: Topology, schemas_dir: Path | None) -> list[tuple[str, str]
             for dep in step.depends_on:
                 if dep not in saga.steps:
                     problems.append((f"{sp}.depends_on", f"depends on unknown step '{dep}'"))
+        if START in saga.steps:
+            problems.append(
+                (
+                    f"{base}.steps.{START}",
+                    f"'{START}' names the start event in inputs and conditions; rename the step",
+                )
+            )
         if saga.notify:
             refs.append((f"{base}.notify.command", saga.notify.command))
         for path, ref in refs:
@@ -305,6 +400,8 @@ def _check(topology: Topology, schemas_dir: Path | None) -> list[tuple[str, str]
         cycle = _find_cycle({n: s.depends_on for n, s in saga.steps.items()})
         if cycle:
             problems.append((f"{base}.steps", "dependency cycle: " + " -> ".join(cycle)))
+        if START not in saga.steps:
+            problems += _check_data_flow(base, saga, records)
         if not problems:
             counts = {t: topology.partitions(t) for t in topology.saga_topics(saga_name)}
             if len(set(counts.values())) > 1:
@@ -313,6 +410,195 @@ def _check(topology: Topology, schemas_dir: Path | None) -> list[tuple[str, str]
                     (base, f"topics of one saga must have the same partition count ({detail})")
                 )
     return problems
+
+
+class _Records:
+    """The fields of the Avro records a topology names, read once per load (None: unknown)."""
+
+    def __init__(self, topology: Topology, schemas_dir: Path | None) -> None:
+        self.topology = topology
+        self.schemas_dir = schemas_dir
+        self._fields: dict[str, dict[str, bool] | None] = {}
+
+    def fields(self, event: str) -> dict[str, bool] | None:
+        """An event's fields, each with whether it has a default; the envelope `meta` left out."""
+        spec = self.topology.events.get(event)
+        if self.schemas_dir is None or spec is None:
+            return None
+        name = spec.schema_name
+        if name not in self._fields:
+            self._fields[name] = _read_fields(name, (self.schemas_dir, ENGINE_SCHEMAS_DIR))
+        return self._fields[name]
+
+
+def _read_fields(name: str, directories: tuple[Path, ...]) -> dict[str, bool] | None:
+    for directory in directories:
+        path = directory / f"{name}.avsc"
+        if not path.is_file():
+            continue
+        try:
+            schema = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None  # the codec reports an unreadable schema, with its own detail
+        fields = schema.get("fields") if isinstance(schema, dict) else None
+        if not isinstance(fields, list):
+            return None
+        return {
+            f["name"]: "default" in f
+            for f in fields
+            if isinstance(f, dict) and isinstance(f.get("name"), str) and f["name"] != "meta"
+        }
+    return None
+
+
+def _ancestors(steps: dict[str, StepSpec], name: str) -> set[str]:
+    """The steps `name` depends on, directly or not (cycles and unknown steps left out)."""
+    seen: set[str] = set()
+    todo = [d for d in steps[name].depends_on if d in steps]
+    while todo:
+        dep = todo.pop()
+        if dep not in seen and dep != name:
+            seen.add(dep)
+            todo += [d for d in steps[dep].depends_on if d in steps]
+    return seen
+
+
+def _check_data_flow(base: str, saga: SagaSpec, records: _Records) -> list[tuple[str, str]]:
+    """Every command's fields can be filled from results that exist by then; `when`s too."""
+    problems: list[tuple[str, str]] = []
+    # a skipped step leaves no result, so what is taken from it may be absent
+    skippable = {n for n, s in saga.steps.items() if s.when is not None or s.optional}
+
+    def source_fields(source: str) -> tuple[str, dict[str, bool] | None]:
+        """What a source is called in messages, and its fields (None: unknown)."""
+        if source == START:
+            return saga.start_event, records.fields(saga.start_event)
+        step = saga.steps[source]
+        if step.human:
+            return f"the signal of {source}", dict.fromkeys(HUMAN_FIELDS, True)
+        assert step.success is not None
+        return step.success, records.fields(step.success)
+
+    def check(path: str, fills: Fills, command: str, flow: _Flow) -> None:
+        schema = records.fields(command)
+        fillers: dict[str, str] = dict.fromkeys(flow.automatic, "sagastream")
+        for source in fills.inputs:
+            if source not in flow.sources:
+                problems.append(
+                    (
+                        f"{path}.inputs.{source}",
+                        f"'{source}' is not {flow.allowed}: its result would not exist yet",
+                    )
+                )
+        for target, source, field in fills.bindings:
+            where = f"{path}.inputs.{source}"
+            if source not in flow.sources:
+                continue
+            if target in fillers:
+                problems.append(
+                    (
+                        where,
+                        f"{command} field '{target}' collides: filled by "
+                        f"{fillers[target]} and by {source}",
+                    )
+                )
+                continue
+            fillers[target] = source
+            event, available = source_fields(source)
+            if available is not None and field not in available:
+                problems.append((where, f"{event} has no field '{field}' (for '{target}')"))
+            if schema is None:
+                continue
+            if target not in schema:
+                problems.append((where, f"{command} has no field '{target}'"))
+            elif source in flow.absent and not schema[target]:
+                problems.append(
+                    (
+                        where,
+                        f"{command} field '{target}' comes from {source}, which {flow.why}, "
+                        f"so {command} must give '{target}' a default",
+                    )
+                )
+        for target in fills.params:
+            where = f"{path}.params"
+            if target in fillers:
+                problems.append(
+                    (
+                        where,
+                        f"{command} field '{target}' collides: filled by "
+                        f"{fillers[target]} and by params",
+                    )
+                )
+                continue
+            fillers[target] = "params"
+            if schema is not None and target not in schema:
+                problems.append((where, f"{command} has no field '{target}'"))
+        for target, has_default in (schema or {}).items():
+            if not has_default and target not in fillers:
+                problems.append(
+                    (
+                        f"{path}.inputs",
+                        f"{command} field '{target}' cannot be filled: no "
+                        "input or param gives it and it has no default",
+                    )
+                )
+
+    def check_when(path: str, rule: _Conditional, flow: _Flow) -> None:
+        for source, field in rule.condition.references if rule.condition else ():
+            if source not in flow.sources:
+                problems.append((path, f"'{source}.{field}': '{source}' is not {flow.allowed}"))
+                continue
+            event, available = source_fields(source)
+            if available is not None and field not in available:
+                problems.append((path, f"'{source}.{field}': {event} has no field '{field}'"))
+
+    skipped_why = "may be skipped (it has when: or optional: true)"
+    for name, step in saga.steps.items():
+        sp = f"{base}.steps.{name}"
+        before = _ancestors(saga.steps, name)
+        flow = _Flow(
+            {START, *before},
+            f"start or a step {name} depends on",
+            before & skippable,
+            skipped_why,
+            AUTOMATIC_FIELDS,
+        )
+        check_when(f"{sp}.when", step, flow)
+        if step.command is not None:
+            check(sp, step, step.command, flow)
+        if step.compensation is not None:
+            undo = _Flow(
+                {START, name, *before},
+                f"start, {name} or a step {name} depends on",
+                flow.absent,
+                skipped_why,
+                UNDO_FIELDS,
+            )
+            check(f"{sp}.compensation", step.compensation, step.compensation.command, undo)
+    if saga.notify is not None:
+        notify = saga.notify
+        flow = _Flow(
+            {START, *saga.steps},
+            "start or a step of this saga",
+            set(saga.steps),
+            "may not have succeeded when the saga ends",
+            NOTIFY_FIELDS,
+        )
+        for i, rule in enumerate(notify.rules):
+            check_when(f"{base}.notify.rules.{i}.when", rule, flow)
+        check(f"{base}.notify", notify, notify.command, flow)
+    return problems
+
+
+@dataclass(frozen=True)
+class _Flow:
+    """What a command or condition may read: sources, which of them may be absent, and why."""
+
+    sources: set[str]
+    allowed: str  # the sources, said in words
+    absent: set[str]
+    why: str  # why an absent source may be absent
+    automatic: tuple[str, ...]  # fields sagastream fills
 
 
 def _example_subject(topology: Topology) -> str:
@@ -346,10 +632,34 @@ def _find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
     return None
 
 
+def with_engine(data: Any) -> Any:
+    """The document with sagastream's own topics and events added where it does not declare them,
+    and each event's schema defaulting to the event's name."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    topics = data.get("topics")
+    if isinstance(topics, list):
+        declared = {t.get("name") for t in topics if isinstance(t, dict)}
+        data["topics"] = topics + [
+            {"name": name, **conf} for name, conf in ENGINE_TOPICS.items() if name not in declared
+        ]
+    events = data.get("events")
+    if isinstance(events, dict):
+        events = {
+            name: {"schema": name, **spec} if isinstance(spec, dict) else spec
+            for name, spec in events.items()
+        }
+        for name, topic in ENGINE_EVENT_TOPICS.items():
+            events.setdefault(name, {"schema": name, "topic": topic})
+        data["events"] = events
+    return data
+
+
 def parse_topology(data: Any, source: str, schemas_dir: Path | None = None) -> Topology:
     """Validate a parsed YAML document; errors name the source, the field path and why."""
     try:
-        topology = Topology.model_validate(data)
+        topology = Topology.model_validate(with_engine(data))
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -481,7 +481,7 @@ def _saga_phase(
     from sagastream.wire.codec import SchemaStore
     from sagastream.wire.registry import Registry, build_codec, plan_subjects, register_subjects
 
-    topology = load_topology(settings.topology_file)
+    topology = load_topology(settings.topology_file, settings.schemas_path)
     create_topics(settings, topology)
     subjects = plan_subjects(topology, SchemaStore(settings.schemas_path), settings)
     run.subjects += subjects
@@ -580,7 +580,7 @@ def _baseline_phase(run: Run, options: BenchOptions, filler: int) -> dict[str, A
     create_baseline_topics(settings, topics)
     workers = _start_pipeline(settings, filler, run.log_dir / "base")
     raw = settings.model_copy(update={"schema_registry_url": None})  # nothing to decode
-    topology = load_topology(settings.topology_file)
+    topology = load_topology(settings.topology_file, settings.schemas_path)
     client = EventClient(settings, topology, build_codec(raw), "bench")
     points: list[Point] = []
     try:

@@ -85,7 +85,7 @@ class OrderStates:
         fields = {
             "order_id": state["key"],
             "payment_id": f"pay-{rng.getrandbits(48):012x}",
-            "amount_cents": state["ctx"]["amount_cents"],
+            "amount_cents": state["data"]["start"]["amount_cents"],
         }
         return self._decided(
             state, Event("PaymentCharged", _uuid(rng), fields, hop=1), self.now + 250
@@ -317,7 +317,7 @@ def restore_phase(run: Run, n: int, timeout: float, seed: int = 42) -> dict[str,
     if n < 1:
         raise ValueError(f"--restore: {n} is not a number of sagas (1 or more)")
     settings = run.phase("rst")
-    topology = load_topology(settings.topology_file)
+    topology = load_topology(settings.topology_file, settings.schemas_path)
     partitions = topology.partitions(topology.orchestrator_inputs()[0])
     run.say(
         f"\nrestore: {n:,} order sagas, {partitions} partitions (topics {settings.topic_prefix}*)"

@@ -61,7 +61,7 @@ class WorkerSet:
         from sagastream.ops.admin import admin_client
 
         admin = admin_client(self.settings)
-        topology = load_topology(self.settings.topology_file)
+        topology = load_topology(self.settings.topology_file, self.settings.schemas_path)
         groups = sorted(
             {self.settings.group(r) for spec in self.procs for r in parse_roles(spec, topology)}
         )
@@ -253,7 +253,7 @@ def _run_orders(infra: Infrastructure, orders: int, seed: int, timeout: float, o
     prefix = infra.prefix
     settings = infra.settings.model_copy(update={"topic_prefix": prefix})
     registry_url = str(settings.schema_registry_url)
-    topology = load_topology(settings.topology_file)
+    topology = load_topology(settings.topology_file, settings.schemas_path)
     report = create_topics(settings, topology)
     print(
         f"broker {settings.bootstrap_servers}: created {len(report.created)} topics with prefix "

@@ -95,7 +95,7 @@ def saga_topics(
 ) -> SagaTopics:
     """The saga's topics as topology.yaml declares them; settings default to SAGASTREAM_*."""
     settings = settings or get_settings()
-    topology = topology or load_topology(settings.topology_file)
+    topology = topology or load_topology(settings.topology_file, settings.schemas_path)
     spec = topology.sagas.get(saga)
     if spec is None:
         raise KeyError(

@@ -178,7 +178,7 @@ def ns(
         settings = settings.model_copy(
             update={"topology_file": patched, "schemas_dir": settings.schemas_path}
         )
-    topology = load_topology(settings.topology_file)
+    topology = load_topology(settings.topology_file, settings.schemas_path)
     create_topics(settings, topology)
     schemas = Registry(registry.url)
     subjects = plan_subjects(topology, SchemaStore(Settings().schemas_path), settings)

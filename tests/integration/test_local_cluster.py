@@ -100,7 +100,7 @@ def _changelog_is_replicated_and_compacted(admin, bootstrap):
     from sagastream.runtime.settings import Settings
 
     settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"c{uuid.uuid4().hex[:6]}-")
-    create_topics(settings, load_topology(settings.topology_file))
+    create_topics(settings, load_topology(settings.topology_file, settings.schemas_path))
     changelog = settings.changelog_topic()
     deadline = time.monotonic() + 30
     while True:

@@ -61,7 +61,7 @@ def test_happy_path_completes_and_notifies(ns, workers):
     assert state["status"] == "completed"
     assert {s["st"] for s in state["steps"].values()} == {"succeeded"}
     assert state["timers"] == {}
-    assert state["ctx"]["payment_id"].startswith("pay_")
+    assert state["data"]["payment"]["payment_id"].startswith("pay_")
 
 
 def test_payment_failure_compensates_completed_steps_in_reverse_order(ns, workers):
@@ -96,7 +96,7 @@ def test_payment_failure_compensates_completed_steps_in_reverse_order(ns, worker
     expected = {"inventory": "ReleaseInventory", "shipping": "CancelShipment"}
     assert undo == [expected[s] for s in state["undone"]]
     release = next(m for m in events if m.event_type == "ReleaseInventory").record
-    assert release["reservation_id"] == state["ctx"]["reservation_id"]
+    assert release["reservation_id"] == state["data"]["inventory"]["reservation_id"]
     note = next(m for m in events if m.event_type == "SendNotification").record
     assert note["template"] == "order_cancelled"
 

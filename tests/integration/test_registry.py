@@ -61,7 +61,7 @@ def schemas_cli(registry: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> 
     yield run
     if run.ran:
         settings = Settings()
-        topology = load_topology(settings.topology_file)
+        topology = load_topology(settings.topology_file, settings.schemas_path)
         store = SchemaStore(Settings().schemas_path)
         delete_subjects(Registry(registry.url), plan_subjects(topology, store, settings))
 

@@ -19,13 +19,15 @@ NOW = 1_700_000_000_000
 
 @pytest.fixture(scope="module")
 def states() -> br.OrderStates:
-    return br.OrderStates(load_topology(Settings().topology_file), NOW, seed=7)
+    return br.OrderStates(
+        load_topology(Settings().topology_file, Settings().schemas_path), NOW, seed=7
+    )
 
 
 def test_a_started_saga_has_every_step_sent_and_its_timers_armed(states: br.OrderStates) -> None:
     state = states.started(3)
     assert state["key"] == "order-000003" and state["status"] == "running"
-    assert state["ctx"]["order_id"] == "order-000003"
+    assert state["data"]["start"]["order_id"] == "order-000003"
     assert {s["st"] for s in state["steps"].values()} == {"running"}
     spec = states.definition[1]
     assert state["timers"] == {
@@ -41,7 +43,7 @@ def test_a_result_moves_the_saga_on_and_disarms_its_step_timeout(states: br.Orde
     paid = states.paid(10, states.started(10))
     assert paid["steps"]["payment"]["st"] == "succeeded" and paid["order"] == ["payment"]
     assert "step_timeout|payment|1" not in paid["timers"] and len(paid["timers"]) == 3
-    assert paid["ctx"]["payment_id"].startswith("pay-")
+    assert paid["data"]["payment"]["payment_id"].startswith("pay-")
     assert states.stored(10) == paid and states.stored(11) == states.started(11)
     reserved = states.reserved(10, paid)
     assert reserved["order"] == ["payment", "inventory"] and len(reserved["timers"]) == 2

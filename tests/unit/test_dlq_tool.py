@@ -143,7 +143,7 @@ def test_the_runtime_carries_the_redrive_count_into_the_next_dead_letter() -> No
 
 
 def test_topics_resolve_from_either_name() -> None:
-    topology = load_topology(Settings().topology_file)
+    topology = load_topology(Settings().topology_file, Settings().schemas_path)
     assert "orders.events.dlq" in dlq_topics(topology)
     assert resolve_topic(topology, "orders.events") == "orders.events.dlq"
     assert resolve_topic(topology, "orders.events.dlq") == "orders.events.dlq"

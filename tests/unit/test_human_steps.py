@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.core.saga import Event, Timer, decide, timer_event
-from streams.core.topology import Topology, load_topology
-from streams.ops.signals import SignalError, check_signal
+from sagastream.core.saga import Event, Timer, decide, timer_event
+from sagastream.core.topology import Topology, load_topology
+from sagastream.ops.signals import SignalError, check_signal
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,6 +42,14 @@ def waiting_for_review(loan):
     assert d.commands == []  # fan-in: the review waits for both checks
     d = decide(loan, d.state, Event("DocumentsVerified", "e3", {"loan_id": "L1"}), 20)
     assert [c.event_type for c in d.commands] == ["RequestReview"]
+    # the reviewer sees the application and the credit check's score
+    assert d.commands[0].fields == {
+        "loan_id": "L1",
+        "customer_id": "c",
+        "amount_cents": 5,
+        "credit_score": 700,
+        "idempotency_key": "loan:L1:review",
+    }
     return d.state
 
 
@@ -68,7 +76,13 @@ def test_review_timeout_escalates_and_keeps_waiting(loan):
     assert ("step_escalated", "review") in d.lifecycle
     d = decide(loan, d.state, signal("approved"), due + 5)
     assert [c.event_type for c in d.commands] == ["DisburseLoan"]
-    assert d.state["ctx"]["review_by"] == "ann"
+    assert d.commands[0].fields == {
+        "loan_id": "L1",
+        "amount_cents": 5,
+        "iban": "X",
+        "idempotency_key": "loan:L1:disbursement",
+    }
+    assert d.state["data"]["review"] == {"note": "n", "decided_by": "ann"}
 
 
 def test_rejection_fails_the_step_and_compensates(loan):

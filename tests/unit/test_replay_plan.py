@@ -81,7 +81,7 @@ def test_times_parse_as_epoch_ms_or_iso() -> None:
 
 
 def test_topics_by_role_saga_and_topic() -> None:
-    topology = load_topology(Settings().topology_file)
+    topology = load_topology(Settings().topology_file, Settings().schemas_path)
     inputs = topology.orchestrator_inputs()
     assert role_topics(topology, "orchestrator") == inputs
     order = role_topics(topology, "orchestrator", saga="order")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streams.core.saga import (
+from sagastream.core.saga import (
     CANCELLED,
     COMPENSATED,
     COMPENSATING,
@@ -33,7 +33,13 @@ from streams.core.saga import (
     saga_for,
     timer_event,
 )
-from streams.core.topology import CompensationSpec, RetryPolicy, SagaSpec, StepSpec, load_topology
+from sagastream.core.topology import (
+    CompensationSpec,
+    RetryPolicy,
+    SagaSpec,
+    StepSpec,
+    load_topology,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 UNDO_RETRY = RetryPolicy(max_attempts=2, initial_backoff_ms=100, on=("timeout", "failure"))
@@ -46,6 +52,9 @@ def step(
     retry: RetryPolicy | None = None,
     undo: bool = True,
     timeout_ms: int = 1_000,
+    inputs: dict[str, Any] | None = None,
+    undo_inputs: dict[str, Any] | None = None,
+    when: str | None = None,
 ) -> StepSpec:
     """A step X: DoX answered by XDone or XFailed, undone by UndoX (XUndone / CompensationFailed)."""
     compensation = None
@@ -56,6 +65,7 @@ def step(
             failure=("CompensationFailed",),
             timeout_ms=500,
             retry=UNDO_RETRY,
+            inputs=undo_inputs or {},
         )
     return StepSpec(
         command=f"Do{name}",
@@ -66,6 +76,8 @@ def step(
         timeout_ms=timeout_ms,
         retry=retry or RetryPolicy(),
         compensation=compensation,
+        inputs=inputs or {},
+        when=when,
     )
 
 
@@ -143,8 +155,9 @@ def sent(decision: Decision) -> list[tuple[str, str | None, int]]:
 
 
 def diamond() -> SagaSpec:
-    """a and b run in parallel; c needs both."""
-    return saga(("a", step("a")), ("b", step("b")), ("c", step("c", "a", "b")))
+    """a and b run in parallel; c needs both, and what each returned."""
+    c = step("c", "a", "b", inputs={"start": ["id"], "a": ["a_ref"], "b": ["b_ref"]})
+    return saga(("a", step("a", inputs={"start": ["id"]})), ("b", step("b")), ("c", c))
 
 
 # -- fan-out and fan-in ---------------------------------------------------------------------------
@@ -156,7 +169,8 @@ def test_fan_out_starts_every_ready_step_together() -> None:
     assert sent(d) == [("Doa", "a", 1), ("Dob", "b", 1)]
     assert s.status == RUNNING and s.st("c") == PENDING
     assert {t.key for t in d.timers} == {"deadline||0", "step_timeout|a|1", "step_timeout|b|1"}
-    assert d.commands[0].fields["id"] == "k-1"  # the start event is the context of every command
+    assert d.commands[0].fields == {"id": "k-1", "idempotency_key": "demo:k-1:a"}
+    assert d.commands[1].fields == {"idempotency_key": "demo:k-1:b"}  # b's inputs are none
 
 
 def test_fan_in_waits_for_every_dependency() -> None:
@@ -166,7 +180,12 @@ def test_fan_in_waits_for_every_dependency() -> None:
     assert s.st("c") == PENDING
     d = s.send("aDone", {"a_ref": "A1"})
     assert sent(d) == [("Doc", "c", 1)]
-    assert {"a_ref": "A1", "b_ref": "B1"}.items() <= d.commands[0].fields.items()
+    assert d.commands[0].fields == {
+        "id": "k-1",
+        "a_ref": "A1",
+        "b_ref": "B1",
+        "idempotency_key": "demo:k-1:c",
+    }
     d = s.send("cDone")
     assert s.status == COMPLETED
     assert sent(d) == [("SagaCompleted", None, 1)]
@@ -306,7 +325,8 @@ def test_success_while_waiting_for_a_retry_cancels_the_retry() -> None:
 
 
 def test_late_success_during_compensation_is_compensated() -> None:
-    s = Saga(saga(("a", step("a")), ("b", step("b")), ("c", step("c"))))
+    b = step("b", undo_inputs={"b": ["b_ref"]})
+    s = Saga(saga(("a", step("a")), ("b", b), ("c", step("c"))))
     s.start()
     s.send("aDone")
     d = s.send("cFailed", {"reason": "out of stock"})
@@ -315,7 +335,12 @@ def test_late_success_during_compensation_is_compensated() -> None:
     assert sent(d) == []  # one undo at a time: a's undo is in flight
     d = s.send("aUndone")
     assert sent(d) == [("Undob", "b", 1)]
-    assert d.commands[0].fields["b_ref"] == "B7"  # the undo gets what the step returned
+    # the undo gets what the step returned, and which step it undoes
+    assert d.commands[0].fields == {
+        "b_ref": "B7",
+        "step": "b",
+        "idempotency_key": "demo:k-1:b:undo",
+    }
     d = s.send("bUndone")
     assert s.status == COMPENSATED
     assert d.commands[0].fields["compensated_steps"] == ["a", "b"]
@@ -618,6 +643,128 @@ def test_idempotency_keys_are_stable_per_saga_and_step() -> None:
     assert len(keys) == 4
 
 
+# -- data flow and conditions --------------------------------------------------------------------
+
+
+def test_same_named_result_fields_do_not_overwrite_each_other() -> None:
+    c = step("c", "a", "b", inputs={"a": {"first": "ref"}, "b": {"second": "ref"}})
+    s = Saga(saga(("a", step("a")), ("b", step("b")), ("c", c)))
+    s.start()
+    s.send("aDone", {"ref": "A", "meta": {"event_id": "x"}})
+    d = s.send("bDone", {"ref": "B"})
+    assert d.commands[0].fields == {"first": "A", "second": "B", "idempotency_key": "demo:k-1:c"}
+    assert s.state is not None and s.state["data"] == {
+        "start": {"id": "k-1"},
+        "a": {"ref": "A"},
+        "b": {"ref": "B"},
+    }
+
+
+def test_params_are_constants_beside_the_inputs() -> None:
+    a = StepSpec(
+        command="Doa",
+        success="aDone",
+        inputs={"start": ["id"]},
+        params={"channel": "web", "tries": 3},
+    )
+    d = Saga(saga(("a", a))).start()
+    assert d.commands[0].fields == {
+        "id": "k-1",
+        "channel": "web",
+        "tries": 3,
+        "idempotency_key": "demo:k-1:a",
+    }
+
+
+def test_a_field_of_a_skipped_step_is_left_out() -> None:
+    b = step("b", "a", inputs={"start": ["id"], "a": ["a_ref"]})
+    s = Saga(saga(("a", step("a", optional=True)), ("b", b)))
+    s.start()
+    d = s.send("aFailed", {"reason": "no"})
+    assert s.st("a") == SKIPPED
+    # absent, not None: the command schema's default applies
+    assert d.commands[0].fields == {"id": "k-1", "idempotency_key": "demo:k-1:b"}
+
+
+def test_a_false_when_skips_the_step_and_its_dependants_still_run() -> None:
+    spec = saga(
+        ("a", step("a")),
+        ("b", step("b", "a", when="start.nights > 0 and a.ref != ''")),
+        ("c", step("c", "b", inputs={"b": ["b_ref"], "start": ["nights"]})),
+    )
+    s = Saga(spec)
+    s.start(nights=0)
+    d = s.send("aDone", {"ref": "A"})
+    assert s.st("b") == SKIPPED and s.state is not None and s.state["steps"]["b"]["a"] == 0
+    assert ("step_skipped", "b") in d.lifecycle and ("step_started", "b") not in d.lifecycle
+    assert sent(d) == [("Doc", "c", 1)]
+    assert d.commands[0].fields == {"nights": 0, "idempotency_key": "demo:k-1:c"}
+    d = s.send("cDone")
+    assert s.status == COMPLETED
+    assert d.commands[0].fields["completed_steps"] == ["a", "c"]
+
+
+def test_a_true_when_runs_the_step() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b", "a", when="a.ref in ['A', 'B']"))))
+    s.start()
+    d = s.send("aDone", {"ref": "A"})
+    assert sent(d) == [("Dob", "b", 1)]
+    assert not any(what == "step_skipped" for what, _ in s.notes())
+
+
+def test_a_skipped_source_reads_as_none_in_a_when() -> None:
+    spec = saga(
+        ("a", step("a", when="start.go")),
+        ("b", step("b", "a", when="a.ref == None")),
+        ("c", step("c", "a", when="a.ref > 'A'")),  # None > 'A' cannot be compared: false
+    )
+    s = Saga(spec)
+    d = s.start(go=False)
+    assert sent(d) == [("Dob", "b", 1)]
+    assert s.st("a") == SKIPPED and s.st("c") == SKIPPED
+
+
+def test_a_skip_readies_steps_declared_before_it() -> None:
+    s = Saga(saga(("c", step("c", "b")), ("b", step("b", when="start.n < -1"))))
+    d = s.start(n=0)
+    assert sent(d) == [("Doc", "c", 1)] and s.st("b") == SKIPPED
+
+
+def test_a_saga_whose_every_step_is_skipped_completes_at_once() -> None:
+    s = Saga(saga(("a", step("a", when="not start.go")), ("b", step("b", "a", when="False"))))
+    d = s.start(go=True)
+    assert s.status == COMPLETED and s.state is not None and s.state["timers"] == {}
+    assert sent(d) == [("SagaCompleted", None, 1)]
+    assert d.commands[0].fields["completed_steps"] == []
+
+
+def test_a_stray_success_of_a_step_skipped_by_its_when_is_ignored() -> None:
+    s = Saga(saga(("a", step("a", when="start.go")), ("b", step("b"))))
+    s.start(go=False)
+    d = s.send("aDone", {"ref": "?"})
+    assert sent(d) == [] and s.st("a") == SKIPPED
+    s.send("bFailed")
+    assert s.status == COMPENSATED and s.state is not None and s.state["undone"] == []
+
+
+def test_a_version_1_state_reads_its_merged_context_for_every_source() -> None:
+    a = step("a", undo_inputs={"start": ["id"], "a": ["a_ref"]})
+    s = Saga(saga(("a", a), ("b", step("b", "a"))))
+    s.start()
+    s.send("aDone", {"a_ref": "A1"})
+    assert s.state is not None
+    v1 = {k: v for k, v in s.state.items() if k != "data"}
+    v1.update(v=1, ctx={"id": "k-1", "a_ref": "A1"})
+    d = decide(s.definition, v1, Event("bFailed", "b-failed", {"reason": "no"}), 5)
+    assert d.commands[0].fields == {
+        "id": "k-1",
+        "a_ref": "A1",
+        "step": "a",
+        "idempotency_key": "demo:k-1:a:undo",
+    }
+    assert d.state is not None and d.state["v"] == 2 and "ctx" not in d.state
+
+
 # -- the order saga of topology.yaml --------------------------------------------------------------
 
 
@@ -648,16 +795,32 @@ def test_order_saga_happy_path(order: SagaSpec) -> None:
         ("ReserveInventory", "inventory", 1),
         ("CreateShipment", "shipping", 1),
     ]
-    assert d.commands[0].fields["idempotency_key"] == "order:o-42:payment"
-    assert d.commands[0].fields["amount_cents"] == 1999
+    assert d.commands[0].fields == {
+        "order_id": "o-42",
+        "customer_id": "c-1",
+        "amount_cents": 1999,
+        "currency": "EUR",
+        "card_token": "tok_ok",
+        "idempotency_key": "order:o-42:payment",
+    }
+    assert d.commands[1].fields == {
+        "order_id": "o-42",
+        "items": [{"sku": "sku-1", "quantity": 2}],
+        "idempotency_key": "order:o-42:inventory",
+    }
     s.send("PaymentCharged", {"order_id": "o-42", "payment_id": "pay_1", "amount_cents": 1999})
     s.send("ShipmentCreated", {"order_id": "o-42", "shipment_id": "shp_1"})
     d = s.send("InventoryReserved", {"order_id": "o-42", "reservation_id": "res_1"})
     assert s.status == COMPLETED
     assert sent(d) == [("SagaCompleted", None, 1), ("SendNotification", None, 1)]
-    notify = d.commands[1].fields
-    assert notify["template"] == "order_completed" and notify["channel"] == "email"
-    assert notify["idempotency_key"].startswith("order:o-42:notify")
+    assert d.commands[1].fields == {
+        "customer_id": "c-1",
+        "email": "c1@example.com",
+        "template": "order_completed",
+        "outcome": "completed",
+        "channel": "email",
+        "idempotency_key": "order:o-42:notify-email",
+    }
 
 
 def test_order_saga_notifies_every_matching_channel(order: SagaSpec) -> None:
@@ -681,11 +844,31 @@ def test_order_refund_failure_routes_by_step_field(order: SagaSpec) -> None:
     s.send("InventoryReserved", {"order_id": "o-42", "reservation_id": "res_1"})
     d = s.send("ShipmentFailed", {"order_id": "o-42", "reason": "no courier"})
     assert sent(d) == [("ReleaseInventory", "inventory", 1)]
-    assert d.commands[0].fields["reservation_id"] == "res_1"
+    assert d.commands[0].fields == {
+        "order_id": "o-42",
+        "reservation_id": "res_1",
+        "step": "inventory",
+        "idempotency_key": "order:o-42:inventory:undo",
+    }
     # CompensationFailed routes to payment by type; the step field says it is about inventory
     s.send("CompensationFailed", {"order_id": "o-42", "step": "inventory", "reason": "locked"})
     assert s.st("inventory") == UNDOING and s.st("payment") == SUCCEEDED
     assert s.state is not None and "undo_retry|inventory|1" in s.state["timers"]
+
+
+def test_order_refund_gets_the_payment_id_of_the_charge(order: SagaSpec) -> None:
+    s = Saga(order, "order")
+    s.send("OrderPlaced", ORDER)
+    s.send("PaymentCharged", {"order_id": "o-42", "payment_id": "pay_1", "amount_cents": 1999})
+    d = s.send("InventoryFailed", {"order_id": "o-42", "reason": "out of stock"})
+    assert sent(d) == [("RefundPayment", "payment", 1)]
+    assert d.commands[0].fields == {
+        "order_id": "o-42",
+        "amount_cents": 1999,
+        "payment_id": "pay_1",
+        "step": "payment",
+        "idempotency_key": "order:o-42:payment:undo",
+    }
 
 
 def test_saga_for_finds_the_saga_of_start_and_result_events(order: SagaSpec) -> None:

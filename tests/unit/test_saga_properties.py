@@ -5,6 +5,10 @@ per command (success, failure, no answer, or an effect whose answer is lost), re
 in any order, late, or more than once, and timers fire when the world chooses or when nothing else
 is pending. Handlers keep a ledger by idempotency key, as the real ones do: a retry of a command
 whose earlier attempt had an effect answers success without a second effect.
+
+Every step's command takes fields from the start event and from some of the steps it depends on,
+and every step result has a field `ref` of the same name, so a command carrying another step's
+value would show. Some steps have a `when` on the start event, so they are skipped.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from hypothesis import event as note_coverage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.core.saga import (
+from sagastream.core.saga import (
+    CANCELLED,
     COMPENSATED,
     COMPLETED,
     FAILED,
@@ -40,9 +45,27 @@ from streams.core.saga import (
     decide,
     timer_event,
 )
-from streams.core.topology import CompensationSpec, NotifySpec, RetryPolicy, SagaSpec, StepSpec
+from sagastream.core.topology import (
+    NOTIFY_FIELDS,
+    UNDO_FIELDS,
+    CompensationSpec,
+    Fills,
+    NotifySpec,
+    RetryPolicy,
+    SagaSpec,
+    StepSpec,
+)
 
 NAMES = ("a", "b", "c", "d", "e")
+START_FIELDS = ("id", "amount", "n")
+# conditions that hold for every start event the tests send
+TRUE_WHENS = (
+    "start.n >= 0",
+    "start.id == 'k1'",
+    "start.amount in [5, 6] and not start.n < 0",
+    "start.nothing == None or start.n > 99",
+    "True",
+)
 STEP_TIMEOUT_MS, UNDO_TIMEOUT_MS = 1_000, 800
 MAX_DELIVERIES = 600
 SAGA_END = {"SagaCompleted": COMPLETED, "SagaCompensated": COMPENSATED, "SagaFailed": FAILED}
@@ -71,13 +94,33 @@ def _policy(draw: st.DrawFn, max_attempts: int) -> RetryPolicy:
     )
 
 
+def _inputs(draw: st.DrawFn, sources: list[str]) -> dict[str, Any]:
+    """Same-named fields of the start event, and each chosen step's `ref` under its own name."""
+    inputs: dict[str, Any] = {"start": draw(st.lists(st.sampled_from(START_FIELDS), unique=True))}
+    for source in draw(st.lists(st.sampled_from(sources), unique=True)) if sources else []:
+        inputs[source] = {f"{source}_ref": "ref"}
+    return inputs
+
+
+def _when(draw: st.DrawFn, deps: list[str], on_steps: bool) -> str | None:
+    """No condition, one on the start event, or (if asked) one true only if a dependency ran."""
+    if on_steps and deps and draw(st.booleans()):
+        dep = draw(st.sampled_from(deps))
+        return f"{dep}.ref == 'ref-{dep}'"
+    threshold = draw(st.sampled_from((None, None, None, 0, 1, 2, 3)))
+    return None if threshold is None else f"start.n >= {threshold}"
+
+
 @st.composite
-def saga_specs(draw: st.DrawFn) -> SagaSpec:
+def saga_specs(draw: st.DrawFn, steps_in_when: bool = False) -> SagaSpec:
     """A random acyclic saga: step i may depend only on steps before it."""
     steps: dict[str, StepSpec] = {}
+    ancestors: dict[str, set[str]] = {}
     for i in range(draw(st.integers(1, 5))):
         name = NAMES[i]
         deps = draw(st.lists(st.sampled_from(NAMES[:i]), unique=True)) if i else []
+        ancestors[name] = set(deps).union(*(ancestors[d] for d in deps))
+        before = sorted(ancestors[name])
         compensation = None
         if draw(st.booleans()):
             compensation = CompensationSpec(
@@ -86,6 +129,7 @@ def saga_specs(draw: st.DrawFn) -> SagaSpec:
                 failure=("CompensationFailed",),  # shared by all steps: the `step` field routes it
                 timeout_ms=UNDO_TIMEOUT_MS,
                 retry=_policy(draw, 3),
+                inputs=_inputs(draw, [name, *before]),
             )
         steps[name] = StepSpec(
             command=f"Do_{name}",
@@ -96,11 +140,15 @@ def saga_specs(draw: st.DrawFn) -> SagaSpec:
             timeout_ms=STEP_TIMEOUT_MS,
             retry=_policy(draw, 3),
             compensation=compensation,
+            inputs=_inputs(draw, before),
+            when=_when(draw, deps, steps_in_when),
         )
     notify = None
     if draw(st.booleans()):
         templates = {COMPLETED: "done", COMPENSATED: "undone", FAILED: "broken"}
-        notify = NotifySpec(command="Notify", templates=templates)
+        notify = NotifySpec(
+            command="Notify", templates=templates, inputs=_inputs(draw, list(steps))
+        )
     return SagaSpec(
         start_event="Start",
         key_field="id",
@@ -136,6 +184,17 @@ class World:
     undos_told: set[str] = field(default_factory=set)
     notes: Counter[str] = field(default_factory=Counter)
     ids: int = 0
+    start_fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def when_false(self) -> set[str]:
+        """Steps whose `when` (on the start event's n) is false: they must never run."""
+        n = self.start_fields["n"]
+        return {
+            name
+            for name, step in self.spec.steps.items()
+            if step.when is not None and n < int(step.when.split(">=")[1])
+        }
 
     @property
     def definition(self) -> tuple[str, SagaSpec]:
@@ -150,7 +209,8 @@ class World:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> None:
-        self.deliver(Event("Start", "start", {"id": "k1", "amount": 5}), duplicate=False)
+        self.start_fields = {"id": "k1", "amount": 5, "n": self.draw(st.integers(0, 3))}
+        self.deliver(Event("Start", "start", dict(self.start_fields)), duplicate=False)
         for _ in range(MAX_DELIVERIES):
             timers = self.state["timers"] if self.state else {}
             if not self.pending and not timers:
@@ -248,8 +308,10 @@ class World:
             assert SAGA_END[command.event_type] == s["status"]
             return
         if command.step is None:
-            assert command.event_type == "Notify"
+            assert command.event_type == "Notify" and self.spec.notify is not None
+            self.check_fields(command, self.spec.notify, NOTIFY_FIELDS)
             return
+        assert command.step not in self.when_false, f"a step whose when is false ran: {command}"
         step = self.spec.steps[command.step]
         same = [
             c
@@ -263,6 +325,7 @@ class World:
         key = command.fields["idempotency_key"]
         assert all(c.fields["idempotency_key"] == key for c in earlier), "idempotency key changed"
         if command.event_type == step.command:
+            self.check_fields(command, step, ("idempotency_key",))
             assert command.attempt <= step.retry.max_attempts
             assert s["status"] == RUNNING, "a step started or retried after compensation began"
             for dep in step.depends_on:
@@ -270,6 +333,7 @@ class World:
         else:
             assert step.compensation is not None
             assert command.event_type == step.compensation.command
+            self.check_fields(command, step.compensation, UNDO_FIELDS)
             assert command.attempt <= step.compensation.retry.max_attempts
             assert command.step in self.successes_told, "undo of a step that never reported success"
             assert self.effects[command.step] == 1, "undo of a step that had no effect"
@@ -277,6 +341,21 @@ class World:
                 c.fields["idempotency_key"] for c in self.commands if c.event_type == step.command
             )
             assert key != forward_key, "the undo must not reuse the step's idempotency key"
+
+    def check_fields(self, command: Command, fills: Fills, automatic: tuple[str, ...]) -> None:
+        """Exactly the fields the inputs map, each with its source's value; a source that has not
+        succeeded (skipped, failed, not yet) gives nothing."""
+        assert self.state is not None
+        expected: dict[str, Any] = {}
+        for target, source, name in fills.bindings:
+            if source == "start":
+                expected[target] = self.start_fields[name]
+            elif source in self.state["order"]:
+                assert name == "ref"
+                expected[target] = f"ref-{source}"
+        given = {k: v for k, v in command.fields.items() if k not in automatic}
+        assert given == expected, f"{command}: expected {expected}"
+        assert set(automatic) <= set(command.fields), command
 
     # -- the handlers -------------------------------------------------------------------------
     def handle(self, command: Command) -> None:
@@ -294,7 +373,8 @@ class World:
             return
         if outcome == "ok":
             event_type = step.compensation.success if undo and step.compensation else step.success
-            fields: dict[str, Any] = {f"{name}_ref": f"ref-{name}"}
+            # every result has a `ref`: a command carrying the wrong step's would show
+            fields: dict[str, Any] = {"ref": f"ref-{name}", "extra": name}
         elif undo:
             event_type = "CompensationFailed"
             # the step, its undo command, or (rarely) a name no step has: that one is DLQed
@@ -320,9 +400,14 @@ class World:
         assert all(n <= 1 for n in self.undo_effects.values()), f"undone twice: {self.undo_effects}"
         undo_types = {s_.compensation.command for s_ in self.spec.steps.values() if s_.compensation}
         undos = [c for c in self.commands if c.event_type in undo_types]
+        for name in self.when_false:
+            assert steps[name]["st"] in (SKIPPED, CANCELLED) and steps[name]["a"] == 0
         if status == COMPLETED:
             assert not undos and not s["undone"] and self.order_when_compensating is None
             for name, step in self.spec.steps.items():
+                if name in self.when_false:
+                    assert steps[name]["st"] == SKIPPED
+                    continue
                 assert step.optional or steps[name]["st"] == SUCCEEDED
                 assert step.optional or self.effects[name] == 1
             assert not self.dead_letters and self.end_dead_letter is None
@@ -440,3 +525,70 @@ def test_decide_is_deterministic(spec: SagaSpec, data: st.DataObject) -> None:
     first = _replay(spec, trace, twice=False)
     assert first == _replay(spec, trace, twice=False)
     assert _outcome(first[0]) == _outcome(world.state)
+
+
+def _with_whens(spec: SagaSpec, whens: dict[str, str | None]) -> SagaSpec:
+    data = spec.model_dump()
+    for name, when in whens.items():
+        data["steps"][name]["when"] = when
+    return SagaSpec.model_validate(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(spec=saga_specs(steps_in_when=True), data=st.data())
+def test_a_false_when_skips_its_step_and_the_saga_goes_on(
+    spec: SagaSpec, data: st.DataObject
+) -> None:
+    """Every handler answers success, in any order: a step whose `when` is false never gets a
+    command and is skipped, every other step (dependants of skipped ones too) runs once, and the
+    saga completes."""
+    n = data.draw(st.integers(0, 3))
+    runs: set[str] = set()
+    for name, step in spec.steps.items():  # declaration order is a dependency order here
+        when = step.when
+        if when is None:
+            ok = True
+        elif when.startswith("start.n >= "):
+            ok = n >= int(when.split(">=")[1])
+        else:  # "<dep>.ref == 'ref-<dep>'": the dependency ran
+            ok = when.split(".")[0] in runs
+        if ok:
+            runs.add(name)
+    state: dict[str, Any] | None = None
+    pending = [Event("Start", "start", {"id": "k1", "amount": 5, "n": n})]
+    commanded: list[str] = []
+    skipped_notes: set[str | None] = set()
+    while pending:
+        event = pending.pop(data.draw(st.integers(0, len(pending) - 1)))
+        decision = decide(("sim", spec), state, event, 0)
+        state = decision.state or state
+        skipped_notes |= {step for what, step in decision.lifecycle if what == "step_skipped"}
+        for command in decision.commands:
+            if command.step is not None:
+                commanded.append(command.step)
+                done = {"ref": f"ref-{command.step}"}
+                pending.append(Event(f"Done_{command.step}", f"done-{command.step}", done))
+    assert state is not None and state["status"] == COMPLETED
+    assert sorted(commanded) == sorted(runs)
+    skipped = {name for name, st_ in state["steps"].items() if st_["st"] == SKIPPED}
+    assert skipped == set(spec.steps) - runs == skipped_notes
+
+
+@settings(max_examples=200, deadline=None)
+@given(spec=saga_specs(), data=st.data(), dups=st.integers(0, 3))
+def test_a_true_when_changes_nothing(spec: SagaSpec, data: st.DataObject, dups: int) -> None:
+    """Steps whose `when` holds decide exactly as without one: the same states, commands (fields
+    included), timers, lifecycle notes and dead letters, event for event."""
+    plain = _with_whens(spec, dict.fromkeys(spec.steps))
+    world = World(plain, data, dups)
+    world.run()
+    chosen = data.draw(st.lists(st.sampled_from(sorted(spec.steps)), unique=True, min_size=1))
+    guarded = _with_whens(plain, {name: data.draw(st.sampled_from(TRUE_WHENS)) for name in chosen})
+    without: dict[str, Any] | None = None
+    with_when: dict[str, Any] | None = None
+    for now, event, _ in world.trace:
+        a = decide(("sim", plain), without, event, now)
+        b = decide(("sim", guarded), with_when, event, now)
+        assert a == b, event
+        without = a.state or without
+        with_when = b.state or with_when

@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.core.topology import TopologyError, load_topology, parse_topology
+from sagastream.core.topology import (
+    ENGINE_SCHEMAS_DIR,
+    TopologyError,
+    load_topology,
+    parse_topology,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = ROOT / "topology.yaml"
@@ -41,7 +46,11 @@ def test_repo_topology_loads() -> None:
     assert set(order.steps) == {"payment", "inventory", "shipping"}
     assert {topo.partitions(t) for t in topo.saga_topics("order")} == {4}
     for spec in topo.events.values():
-        assert (SCHEMAS / f"{spec.schema_name}.avsc").is_file()
+        file = f"{spec.schema_name}.avsc"
+        assert (SCHEMAS / file).is_file() or (ENGINE_SCHEMAS_DIR / file).is_file()
+    # sagastream's own topics and events, which topology.yaml does not declare
+    assert topo.event_topic("SagaCompleted") == "sagas.outcomes"
+    assert topo.partitions("sagas.timers") == 4
 
 
 def test_repo_data_parses_unchanged(repo_data: dict[str, Any]) -> None:
@@ -104,7 +113,11 @@ def _missing_required(d: dict[str, Any]) -> None:
             "no schema file PaymentChargedV9.avsc",
         ),
         (_unknown_topic, "events.PaymentFailed.topic", "unknown topic 'payments.evnets'"),
-        (_unknown_handler_topic, "handlers.payment.produces", "unknown topic 'payment.events'"),
+        (
+            _unknown_handler_topic,
+            "handlers.payment.produces",
+            "unknown topic 'payment.events'",
+        ),
         (_partition_mismatch, "sagas.order", "same partition count"),
         (_extra_key, "sagas.order.steps.payment.timeout", "Extra inputs are not permitted"),
         (_wrong_type, "topics.{payments.events}.partitions", "valid integer"),
@@ -177,10 +190,17 @@ def test_event_needs_exactly_one_topic_field(repo_data: dict[str, Any]) -> None:
     assert "exactly one of 'topic' or 'topics'" in message
 
 
-def test_sagas_need_the_timer_event(repo_data: dict[str, Any]) -> None:
+def test_the_engine_events_are_merged_in_and_a_declaration_wins(
+    repo_data: dict[str, Any],
+) -> None:
     data = copy.deepcopy(repo_data)
-    del data["events"]["TimerFired"]
-    assert f"{SOURCE}: events: sagas need the TimerFired event" in _error(data)
+    assert "TimerFired" not in data["events"]
+    data["topics"].append({"name": "audit", "partitions": 4})
+    data["events"]["SagaLifecycle"] = {"topic": "audit"}
+    topology = parse_topology(data, SOURCE, SCHEMAS)
+    assert topology.event_topic("SagaLifecycle") == "audit"
+    assert topology.event_topic("TimerFired") == "sagas.timers"
+    assert topology.events["SagaLifecycle"].schema_name == "SagaLifecycle"
 
 
 def test_not_a_mapping_names_the_file() -> None:
@@ -241,3 +261,256 @@ def test_unknown_topic_in_a_topics_list_names_that_field(repo_data: dict[str, An
     data = copy.deepcopy(repo_data)
     data["events"]["CompensationFailed"]["topics"].append("refunds.events")
     assert f"{SOURCE}: events.CompensationFailed.topics: unknown topic" in _error(data)
+
+
+# -- data flow: inputs, params and when -----------------------------------------------------------
+
+
+def _steps(d: dict[str, Any], saga: str = "order") -> dict[str, Any]:
+    return d["sagas"][saga]["steps"]
+
+
+def _source_not_a_dependency(d: dict[str, Any]) -> None:
+    _steps(d)["shipping"]["inputs"]["payment"] = ["payment_id"]
+
+
+def _undo_source_not_a_dependency(d: dict[str, Any]) -> None:
+    _steps(d)["payment"]["compensation"]["inputs"]["inventory"] = ["reservation_id"]
+
+
+def _source_field_missing(d: dict[str, Any]) -> None:
+    _steps(d)["payment"]["compensation"]["inputs"]["payment"] = {"payment_id": "charge_id"}
+
+
+def _command_field_missing(d: dict[str, Any]) -> None:
+    _steps(d)["payment"]["inputs"]["start"].append("email")
+
+
+def _two_sources_collide(d: dict[str, Any]) -> None:
+    _steps(d)["payment"]["compensation"]["inputs"]["payment"] = ["payment_id", "amount_cents"]
+
+
+def _input_collides_with_an_automatic_field(d: dict[str, Any]) -> None:
+    _steps(d)["inventory"]["inputs"]["start"] = {
+        "order_id": "order_id",
+        "items": "items",
+        "idempotency_key": "email",
+    }
+
+
+def _param_collides(d: dict[str, Any]) -> None:
+    _steps(d)["payment"]["params"] = {"currency": "EUR"}
+
+
+def _param_not_a_field(d: dict[str, Any]) -> None:
+    _steps(d)["payment"]["params"] = {"express": True}
+
+
+def _required_field_unfilled(d: dict[str, Any]) -> None:
+    _steps(d)["payment"]["inputs"]["start"].remove("card_token")
+
+
+def _required_field_from_a_skippable_step(d: dict[str, Any]) -> None:
+    _steps(d, "loan")["credit_check"]["optional"] = True
+
+
+def _required_field_from_a_step_with_when(d: dict[str, Any]) -> None:
+    _steps(d, "loan")["credit_check"]["when"] = "start.amount_cents > 100"
+
+
+def _notify_reads_a_step_that_may_not_have_run(d: dict[str, Any]) -> None:
+    d["sagas"]["order"]["notify"]["inputs"] = {
+        "start": ["email"],
+        "payment": {"customer_id": "order_id"},
+    }
+
+
+def _when_not_in_the_grammar(d: dict[str, Any]) -> None:
+    _steps(d)["inventory"]["when"] = "len(start.items) > 0"
+
+
+def _when_not_an_expression(d: dict[str, Any]) -> None:
+    _steps(d)["inventory"]["when"] = "start.priority =="
+
+
+def _when_reads_a_step_not_depended_on(d: dict[str, Any]) -> None:
+    _steps(d)["shipping"]["when"] = "payment.payment_id != ''"
+
+
+def _when_reads_a_field_the_event_lacks(d: dict[str, Any]) -> None:
+    _steps(d)["shipping"]["when"] = "start.nights > 0"
+
+
+def _notify_rule_reads_a_field_the_event_lacks(d: dict[str, Any]) -> None:
+    d["sagas"]["order"]["notify"]["rules"][1]["when"] = "start.prio == 'high'"
+
+
+def _notify_rule_in_the_old_mapping_form(d: dict[str, Any]) -> None:
+    d["sagas"]["order"]["notify"]["rules"][1]["when"] = {"priority": "high"}
+
+
+def _step_named_start(d: dict[str, Any]) -> None:
+    _steps(d)["start"] = _steps(d).pop("payment")
+
+
+def _inputs_without_a_command(d: dict[str, Any]) -> None:
+    review = _steps(d, "loan")["review"]
+    del review["command"]
+    review["inputs"] = {"start": ["loan_id"]}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path", "why"),
+    [
+        (
+            _source_not_a_dependency,
+            "sagas.order.steps.shipping.inputs.payment",
+            "'payment' is not start or a step shipping depends on",
+        ),
+        (
+            _undo_source_not_a_dependency,
+            "sagas.order.steps.payment.compensation.inputs.inventory",
+            "'inventory' is not start, payment or a step payment depends on",
+        ),
+        (
+            _source_field_missing,
+            "sagas.order.steps.payment.compensation.inputs.payment",
+            "PaymentCharged has no field 'charge_id' (for 'payment_id')",
+        ),
+        (
+            _command_field_missing,
+            "sagas.order.steps.payment.inputs.start",
+            "ChargePayment has no field 'email'",
+        ),
+        (
+            _two_sources_collide,
+            "sagas.order.steps.payment.compensation.inputs.payment",
+            "RefundPayment field 'amount_cents' collides: filled by start and by payment",
+        ),
+        (
+            _input_collides_with_an_automatic_field,
+            "sagas.order.steps.inventory.inputs.start",
+            "ReserveInventory field 'idempotency_key' collides: filled by sagastream and by start",
+        ),
+        (
+            _param_collides,
+            "sagas.order.steps.payment.params",
+            "ChargePayment field 'currency' collides: filled by start and by params",
+        ),
+        (
+            _param_not_a_field,
+            "sagas.order.steps.payment.params",
+            "ChargePayment has no field 'express'",
+        ),
+        (
+            _required_field_unfilled,
+            "sagas.order.steps.payment.inputs",
+            "ChargePayment field 'card_token' cannot be filled",
+        ),
+        (
+            _required_field_from_a_skippable_step,
+            "sagas.loan.steps.review.inputs.credit_check",
+            "RequestReview field 'credit_score' comes from credit_check, which may be skipped",
+        ),
+        (
+            _required_field_from_a_step_with_when,
+            "sagas.loan.steps.review.inputs.credit_check",
+            "must give 'credit_score' a default",
+        ),
+        (
+            _notify_reads_a_step_that_may_not_have_run,
+            "sagas.order.notify.inputs.payment",
+            "SendNotification field 'customer_id' comes from payment, which may not have succeeded",
+        ),
+        (
+            _when_not_in_the_grammar,
+            "sagas.order.steps.inventory.when",
+            "'len(start.items)' is not allowed",
+        ),
+        (
+            _when_not_an_expression,
+            "sagas.order.steps.inventory.when",
+            "not a valid expression",
+        ),
+        (
+            _when_reads_a_step_not_depended_on,
+            "sagas.order.steps.shipping.when",
+            "'payment.payment_id': 'payment' is not start or a step shipping depends on",
+        ),
+        (
+            _when_reads_a_field_the_event_lacks,
+            "sagas.order.steps.shipping.when",
+            "'start.nights': OrderPlaced has no field 'nights'",
+        ),
+        (
+            _notify_rule_reads_a_field_the_event_lacks,
+            "sagas.order.notify.rules.1.when",
+            "'start.prio': OrderPlaced has no field 'prio'",
+        ),
+        (
+            _notify_rule_in_the_old_mapping_form,
+            "sagas.order.notify.rules.1.when",
+            "valid string",
+        ),
+        (_step_named_start, "sagas.order.steps.start", "rename the step"),
+        (
+            _inputs_without_a_command,
+            "sagas.loan.steps.review",
+            "'inputs' and 'params' fill the step's command, and it has none",
+        ),
+    ],
+    ids=lambda v: v.__name__.strip("_") if callable(v) else None,
+)
+def test_data_flow_mistakes_name_file_step_and_field(
+    repo_data: dict[str, Any], mutate: Callable[[dict[str, Any]], None], path: str, why: str
+) -> None:
+    data = copy.deepcopy(repo_data)
+    mutate(data)
+    message = _error(data)
+    line = next((ln for ln in message.splitlines() if ln.startswith(f"{SOURCE}: {path}: ")), None)
+    assert line is not None, message
+    assert why in line, message
+
+
+def test_a_field_from_a_skippable_step_is_fine_when_the_command_has_a_default(
+    repo_data: dict[str, Any],
+) -> None:
+    data = copy.deepcopy(repo_data)
+    steps = _steps(data)
+    steps["inventory"]["when"] = "start.priority != 'digital'"
+    steps["shipping"]["depends_on"] = ["inventory"]
+    # CancelShipment.shipment_id has a default; a skipped inventory leaves it out
+    steps["shipping"]["compensation"]["inputs"]["inventory"] = {"shipment_id": "reservation_id"}
+    del steps["shipping"]["compensation"]["inputs"]["shipping"]
+    saga = parse_topology(data, SOURCE, SCHEMAS).sagas["order"]
+    assert saga.steps["inventory"].condition is not None
+    assert saga.steps["inventory"].condition({"start": {"priority": "digital"}}) is False
+
+
+def test_without_schemas_only_the_schema_checks_are_skipped(repo_data: dict[str, Any]) -> None:
+    data = copy.deepcopy(repo_data)
+    _command_field_missing(data)
+    _required_field_unfilled(data)
+    _source_not_a_dependency(data)
+    _two_sources_collide(data)
+    with pytest.raises(TopologyError) as caught:
+        parse_topology(data, SOURCE, None)
+    lines = str(caught.value).splitlines()
+    assert [ln.split(": ")[1] for ln in lines] == [
+        "sagas.order.steps.payment.compensation.inputs.payment",
+        "sagas.order.steps.shipping.inputs.payment",
+    ]
+    assert "collides" in lines[0] and "shipping depends on" in lines[1]
+
+
+def test_the_repo_topology_maps_every_command_field(repo_data: dict[str, Any]) -> None:
+    topology = parse_topology(copy.deepcopy(repo_data), SOURCE, SCHEMAS)
+    refund = topology.sagas["order"].steps["payment"].compensation
+    assert refund is not None
+    assert refund.bindings == (
+        ("order_id", "start", "order_id"),
+        ("amount_cents", "start", "amount_cents"),
+        ("payment_id", "payment", "payment_id"),
+    )
+    rules = topology.sagas["order"].notify.rules  # type: ignore[union-attr]
+    assert [r.when for r in rules] == [None, "start.priority == 'high'", "start.has_app"]
