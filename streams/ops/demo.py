@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -151,9 +152,12 @@ def local_infrastructure(name: str, keep: bool, out: TextIO) -> Iterator[Infrast
     if not registry_url:
         started_registry = not localregistry.status()["running"]
         registry_url = localregistry.start(log=log)
-    settings = env_settings.model_copy(
-        update={"bootstrap_servers": bootstrap, "schema_registry_url": registry_url}
-    )
+    update: dict[str, Any] = {"bootstrap_servers": bootstrap, "schema_registry_url": registry_url}
+    if not env_settings.topology_file.is_file() and "SAGASTREAM_TOPOLOGY_FILE" not in os.environ:
+        # an installed sagastream, run outside a project: the demo's own files, in the package
+        examples = Path(str(resources.files("sagastream.examples")))
+        update |= {"topology_file": examples / "topology.yaml", "schemas_dir": examples / "schemas"}
+    settings = env_settings.model_copy(update=update)
     infra = Infrastructure(settings, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-")
     try:
         yield infra
@@ -162,7 +166,7 @@ def local_infrastructure(name: str, keep: bool, out: TextIO) -> Iterator[Infrast
             delete_topics(settings, infra.prefix)
             for path in settings.data_dir.glob(f"{infra.prefix}*"):
                 shutil.rmtree(path, ignore_errors=True)
-            # the simulated services' idempotency ledgers (sagastream.examples.agent.ledger_path)
+            # the simulated services' idempotency ledgers (sagastream.examples.base.ledger_path)
             for path in (settings.data_dir / "external").glob(f"{infra.prefix}*"):
                 path.unlink(missing_ok=True)
             if not started_registry:

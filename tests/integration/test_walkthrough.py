@@ -184,3 +184,22 @@ def _write(cwd: Path, block: Block) -> None:
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(block.body)
+
+
+def test_the_installed_demo_runs_outside_any_project(
+    broker: Any, registry: Any, venv: Path, tmp_path: Path
+) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SAGASTREAM_", "PYTHON", "VIRTUAL"))
+    }
+    env |= {
+        "SAGASTREAM_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "SAGASTREAM_SCHEMA_REGISTRY_URL": registry.url,
+        "SAGASTREAM_DATA_DIR": str(tmp_path / "data"),
+    }
+    # exit 0 means every order reached the outcome it was built for
+    out = _run([str(venv / "bin" / "sagastream"), "demo", "--orders", "20"], cwd=tmp_path, env=env)
+    assert "published 20 orders" in out, out
+    assert re.search(r"stuck\s+0\n", out) and re.search(r"total\s+20\n", out), out
