@@ -42,7 +42,7 @@ def _topics(args: argparse.Namespace) -> int:
     from sagastream.ops.admin import create_topics
 
     settings = Settings()
-    report = create_topics(settings, load_topology(settings.topology_file))
+    report = create_topics(settings, load_topology(settings.topology_file, settings.schemas_path))
     print(f"created {len(report.created)} topics, {len(report.existing)} already existed")
     for name in report.created:
         print(f"  + {name}")
@@ -152,7 +152,10 @@ def _client(settings: Settings):  # noqa: ANN202
     from sagastream.wire.registry import build_codec
 
     return EventClient(
-        settings, load_topology(settings.topology_file), build_codec(settings), "sagastream-cli"
+        settings,
+        load_topology(settings.topology_file, settings.schemas_path),
+        build_codec(settings),
+        "sagastream-cli",
     )
 
 
@@ -200,7 +203,7 @@ def _replay(args: argparse.Namespace) -> int:
         target = Target("offset", args.to_offset)
     else:
         target = Target("time", parse_time(args.to_time))
-    topology = load_topology(settings.topology_file)
+    topology = load_topology(settings.topology_file, settings.schemas_path)
     topics = [settings.topic(t) for t in role_topics(topology, args.group, args.topic, args.saga)]
     group = settings.group(args.group)
     committed, watermarks, times = read_offsets(settings, group, topics, args.partition, target)
