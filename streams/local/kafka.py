@@ -9,7 +9,8 @@ Single node (default)
     ``SAGASTREAM_LOCAL_KAFKA_PORT`` moves both (controller = port + 1).
 Cluster (``cluster=True`` / ``--cluster``)
     three combined nodes, brokers on 19092-19094, controllers on 19192-19194,
-    replication factor 3 and min.insync.replicas 2.
+    replication factor 3 and min.insync.replicas 2; ``SAGASTREAM_LOCAL_KAFKA_CLUSTER_PORT``
+    moves them (brokers on port+0..2, controllers on port+100..102).
 
 Paths
     cache:  ``$SAGASTREAM_CACHE_DIR`` or ``~/.cache/sagastream``
@@ -74,8 +75,9 @@ SCALA_VERSION = "2.13"
 MIN_JAVA_VERSION = 17
 
 DEFAULT_PORT = 9092
-CLUSTER_BROKER_PORTS = (19092, 19093, 19094)
-CLUSTER_CONTROLLER_PORTS = (19192, 19193, 19194)
+CLUSTER_PORT = 19092  # the first broker's; brokers on +0..2, controllers on +100..102
+CLUSTER_SIZE = 3
+CLUSTER_CONTROLLER_OFFSET = 100
 HOST = "127.0.0.1"
 
 START_TIMEOUT_S = 90.0
@@ -94,6 +96,7 @@ JVM_OPTS = (
 
 ENV_DATA_DIR = "SAGASTREAM_KAFKA_DATA_DIR"
 ENV_PORT = "SAGASTREAM_LOCAL_KAFKA_PORT"
+ENV_CLUSTER_PORT = "SAGASTREAM_LOCAL_KAFKA_CLUSTER_PORT"
 
 # Keep byte-identical to scripts/kafka/pom.xml (a unit test checks this). The module
 # uses this copy so it also works where the scripts/ directory is not shipped.
@@ -246,11 +249,15 @@ def node_specs(cluster: bool = False) -> list[NodeSpec]:
     if not cluster:
         port = _single_port()
         return [NodeSpec(1, port, port + 1, root)]
+    first = localproc.env_port(
+        ENV_CLUSTER_PORT,
+        CLUSTER_PORT,
+        LocalKafkaError,
+        highest=65535 - CLUSTER_CONTROLLER_OFFSET - (CLUSTER_SIZE - 1),
+    )
     return [
-        NodeSpec(i, broker, controller, root / f"node-{i}")
-        for i, (broker, controller) in enumerate(
-            zip(CLUSTER_BROKER_PORTS, CLUSTER_CONTROLLER_PORTS, strict=True), start=1
-        )
+        NodeSpec(i + 1, first + i, first + CLUSTER_CONTROLLER_OFFSET + i, root / f"node-{i + 1}")
+        for i in range(CLUSTER_SIZE)
     ]
 
 
@@ -613,7 +620,7 @@ def start(cluster: bool = False, log: Log = print, timeout: float = START_TIMEOU
         for node in to_start:
             busy = [p for p in (node.port, node.controller_port) if localproc.port_open(HOST, p)]
             if busy:
-                hint = f" (set {ENV_PORT} to use another port)" if not cluster else ""
+                hint = f" (set {ENV_CLUSTER_PORT if cluster else ENV_PORT} to use other ports)"
                 raise LocalKafkaError(
                     f"port(s) {busy} on {HOST} are already in use by a process this tool "
                     f"did not start{hint}"
@@ -700,7 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument(
         "--cluster",
         action="store_true",
-        help="3-node KRaft cluster on 127.0.0.1:19092-19094 instead of one node",
+        help=f"3-node KRaft cluster on 127.0.0.1:19092-19094 (${ENV_CLUSTER_PORT} moves it) "
+        "instead of one node",
     )
     parser = argparse.ArgumentParser(
         prog="kafka-local",

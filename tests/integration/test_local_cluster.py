@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
+import socket
 import time
 import uuid
 
@@ -15,13 +18,29 @@ from sagastream.local.proc import pid_alive
 pytestmark = pytest.mark.integration
 
 
+def _free_cluster_port() -> int:
+    """A first port whose six cluster ports (brokers +0..2, controllers +100..102) are free,
+    below the ephemeral range, so that two checkouts can run this test at once."""
+    rng = random.Random()
+    offsets = [i + c for c in (0, localkafka.CLUSTER_CONTROLLER_OFFSET) for i in range(3)]
+    for _ in range(200):
+        first = rng.randrange(20000, 32000)
+        with contextlib.ExitStack() as held:
+            try:
+                for offset in offsets:
+                    sock = held.enter_context(socket.socket())
+                    sock.bind((localkafka.HOST, first + offset))
+            except OSError:
+                continue
+        return first
+    raise AssertionError("no six free ports for the cluster below 32000")
+
+
 @pytest.fixture
 def cluster(monkeypatch, tmp_path):
-    if localkafka.status(cluster=True)["running"]:
-        pytest.fail(
-            "a local 3-broker cluster is already running; stop it first (sagastream broker stop --cluster)"
-        )
+    # its own data and its own free ports: nobody else's cluster is touched or in the way
     monkeypatch.setenv(localkafka.ENV_DATA_DIR, str(tmp_path / "kafka"))
+    monkeypatch.setenv(localkafka.ENV_CLUSTER_PORT, str(_free_cluster_port()))
     bootstrap = localkafka.start(cluster=True, log=lambda m: None)
     pids = list(localkafka.status(cluster=True)["pids"])
     try:

@@ -20,6 +20,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv(lk.ENV_CACHE_DIR, str(cache))
     monkeypatch.delenv(lk.ENV_DATA_DIR, raising=False)
     monkeypatch.delenv(lk.ENV_PORT, raising=False)
+    monkeypatch.delenv(lk.ENV_CLUSTER_PORT, raising=False)
     return cache
 
 
@@ -85,6 +86,19 @@ def test_cluster_bootstrap_and_ports() -> None:
         (3, 19094, 19194),
     ]
     assert lk.bootstrap_servers(cluster=True) == ("127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094")
+
+
+def test_cluster_port_env_moves_every_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(lk.ENV_CLUSTER_PORT, "23000")
+    nodes = lk.node_specs(cluster=True)
+    assert [(n.port, n.controller_port) for n in nodes] == [
+        (23000, 23100),
+        (23001, 23101),
+        (23002, 23102),
+    ]
+    monkeypatch.setenv(lk.ENV_CLUSTER_PORT, "65500")  # the last controller would be past 65535
+    with pytest.raises(lk.LocalKafkaError, match=lk.ENV_CLUSTER_PORT):
+        lk.node_specs(cluster=True)
 
 
 # --------------------------------------------------------- server.properties

@@ -136,16 +136,22 @@ def test_port_open() -> None:
 
 def test_spawn_live_pid_and_terminate(tmp_path: Path) -> None:
     marker = f"sagastream-test-{os.getpid()}"
-    cmd = [sys.executable, "-c", f"import time; time.sleep(60)  # {marker}"]
+    running = tmp_path / "running"
+    # the child says it runs (so it has exec'd) by creating a file; only then is it checked
+    code = f"import pathlib, time; pathlib.Path({str(running)!r}).touch(); time.sleep(60)"
+    cmd = [sys.executable, "-c", f"{code}  # {marker}"]
     pid_file = tmp_path / "run" / "thing.pid"
     pid_file.parent.mkdir()
     pid = lp.spawn(cmd, tmp_path / "run" / "thing.log", tmp_path, pid_file)
     try:
         assert pid_file.read_text() == f"{pid}\n"
         assert lp.CHILDREN[pid].args == cmd
-        # between fork and exec the child shows the parent's arguments, or none: wait for exec
-        deadline = time.monotonic() + 5
-        while not any(marker in a for a in lp.cmdline(pid) or []) and time.monotonic() < deadline:
+        # between fork and exec the child shows the parent's arguments, or none: wait for the
+        # child's own word, however long a loaded machine takes to start a Python
+        deadline = time.monotonic() + 120
+        while not running.exists():
+            assert lp.pid_alive(pid), f"the child exited: {lp.tail(tmp_path / 'run' / 'thing.log')}"
+            assert time.monotonic() < deadline, "the child did not start within 120 s"
             time.sleep(0.01)
         args = lp.cmdline(pid)
         assert args is not None and any(marker in a for a in args)
