@@ -175,13 +175,13 @@ class RoleHandler:
         if bound.is_async:
             return self._await(bound, command, ctx)
         try:
-            return bound.answer(bound.call(command, ctx), command)
+            return bound.answer(bound.call(command, ctx))
         except Fail as failed:
             return bound.failure(failed, command)
 
     async def _await(self, bound: _Bound, command: Command, ctx: Context) -> Result:
         try:
-            return bound.answer(await bound.call(command, ctx), command)
+            return bound.answer(await bound.call(command, ctx))
         except Fail as failed:
             return bound.failure(failed, command)
 
@@ -215,7 +215,7 @@ class _Bound:
     def call(self, command: Command, ctx: Context) -> Any:
         return self.function(command, ctx) if self.takes_context else self.function(command)
 
-    def answer(self, result: Any, command: Command) -> Result:
+    def answer(self, result: Any) -> Result:
         if not isinstance(result, Event):
             raise TypeError(
                 f"{_name(self.function)} returned {type(result).__name__}, not an event; "
