@@ -305,6 +305,9 @@ class _Run:
         self.s["status"] = status
         self.s["ended"] = self.now
         self.s["timers"].clear()
+        # the orchestrator's store drops the saga then, so ended sagas do not pile up forever
+        retention = self.spec.retention_ms
+        self.s["expires"] = None if retention < 0 else self.now + retention
         self.note(status)
         saga = self.saga_type
         if status == COMPLETED:
@@ -362,6 +365,7 @@ def new_state(saga_type: str, spec: SagaSpec, key: str, event: Event, now: int) 
         "timers": {},
         "started": now,
         "ended": None,
+        "expires": None,
         "reason": None,
         "failed_step": None,
         "corr": event.correlation_id,

@@ -210,6 +210,8 @@ class SagaSpec(_Model):
     max_hops: int = Field(default=32, ge=1)
     # full: every change; outcomes: only a saga's start and end; off: no SagaLifecycle records
     audit: Literal["full", "outcomes", "off"] = "full"
+    # how long an ended saga stays in the orchestrator's store; -1 keeps it forever
+    retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=-1)
     steps: dict[str, StepSpec] = Field(min_length=1)
     notify: NotifySpec | None = None
 

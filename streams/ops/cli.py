@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -268,15 +269,27 @@ def _saga(args: argparse.Namespace) -> int:
     import time
 
     from sagastream.ops.client import Client
-    from sagastream.ops.inspect import format_view, view_json
+    from sagastream.ops.inspect import format_list, format_view, view_json
 
+    if args.action == "list":
+        from sagastream.ops.times import parse_duration
+
+        older = None if args.older_than is None else parse_duration(args.older_than)
+        with Client() as client:
+            listing = client.list_sagas(args.status or (), args.saga, older, args.limit)
+        if args.json:
+            print(json.dumps(listing.to_dict(), indent=2))
+        else:
+            print("\n".join(format_list(listing, time.time_ns() // 1_000_000)))
+        return 0
     with Client() as client:
         view = client.describe(args.saga, args.key)
         changelog = client.settings.changelog_topic()
     if view is None:
         print(
             f"sagastream saga show: no {args.saga} saga with key {args.key!r} "
-            f"(its partition of {changelog} holds no state for it)",
+            f"(its partition of {changelog} holds no state for it; ended sagas are removed "
+            "after their retention_ms)",
             file=sys.stderr,
         )
         return 1
@@ -287,6 +300,8 @@ def _saga(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from sagastream.core.saga import COMPENSATED, COMPENSATING, COMPLETED, FAILED, RUNNING
+
     p = argparse.ArgumentParser(prog="sagastream", description="Kafka-native saga orchestrator")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -477,6 +492,25 @@ def parser() -> argparse.ArgumentParser:
     ss.add_argument("saga", help="the saga type (order, loan, ...)")
     ss.add_argument("key", help="the saga key (order id, loan id, ...)")
     ss.add_argument("--json", action="store_true", help="the view as JSON (times in epoch ms)")
+    sl = sg_sub.add_parser(
+        "list",
+        help="sagas of every partition by status and age, oldest first",
+        description="Reads every partition of the orchestrator's compacted state changelog to "
+        "its end once (committed records), keeping the last state per saga: its cost is about "
+        "one record per live saga (ended sagas leave after their retention_ms, 7 days by "
+        "default) plus updates compaction has not cleaned up yet, whatever the filters; only "
+        "matches are kept in memory. No input topic is read. Age counts from the saga's start.",
+    )
+    sl.add_argument(
+        "--status",
+        action="append",
+        choices=[RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED],
+        help="repeatable; default: any",
+    )
+    sl.add_argument("--saga", default=None, help="one saga type (order, loan, ...)")
+    sl.add_argument("--older-than", default=None, metavar="AGE", help="e.g. 90s, 10m, 2h, 7d")
+    sl.add_argument("--limit", type=int, default=None, help="the N oldest matches")
+    sl.add_argument("--json", action="store_true", help="as JSON (times in epoch ms)")
     sg.set_defaults(func=_saga)
     return p
 

@@ -8,7 +8,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -25,7 +25,16 @@ from confluent_kafka import (
 
 from sagastream.core.topology import LIFECYCLE_EVENT, Topology, load_topology
 from sagastream.events import Event
-from sagastream.ops.inspect import Change, SagaView, build_view
+from sagastream.ops.inspect import (
+    Change,
+    SagaFilter,
+    SagaList,
+    SagaSummary,
+    SagaView,
+    build_view,
+    oldest_first,
+    summarize,
+)
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import AvroCodec, DecodeError, new_meta
 from sagastream.wire.partitioner import partition_for
@@ -38,6 +47,8 @@ FIRST_WINDOW = 256
 WINDOW_GROWTH = 4
 # lifecycle records read at most per describe; past it the history is marked incomplete
 HISTORY_SCAN_LIMIT = 200_000
+# the longest `list_sagas` reads the state changelog
+LIST_TIMEOUT_S = 600.0
 # record times come from the orchestrators' clocks; this much skew is tolerated
 CLOCK_MARGIN_MS = 2_000
 
@@ -285,7 +296,7 @@ class Client:
             return [], True
         changes: list[Change] = []
         for scanned, msg in enumerate(
-            _read(consumer, topic, partition, first.offset, high, deadline)
+            _read(consumer, topic, {partition: (first.offset, high)}, deadline)
         ):
             at = msg.timestamp()[1]
             if at > changed_ms + CLOCK_MARGIN_MS:
@@ -297,6 +308,58 @@ class Client:
             _, record = self.events.codec.decode(msg.value() or b"")
             changes += [Change(at, c["what"], c["step"]) for c in record["changes"]]
         return changes, True
+
+    def list_sagas(
+        self,
+        statuses: Iterable[str] = (),
+        saga: str | None = None,
+        older_than_ms: int | None = None,
+        limit: int | None = None,
+    ) -> SagaList:
+        """Sagas of every partition with one of `statuses` (any if none), of type `saga`,
+        started at least `older_than_ms` ago; oldest first, at most `limit`.
+
+        It reads every partition of the state changelog to its end once: as many records as
+        there are live sagas (ended ones leave after their `retention_ms`) plus the updates
+        compaction has not cleaned up yet, within LIST_TIMEOUT_S; it keeps only the matches.
+        """
+        if saga is not None and saga not in self.topology.sagas:
+            raise ValueError(
+                f"unknown saga {saga!r}; topology.yaml has {', '.join(self.topology.sagas)}"
+            )
+        if limit is not None and limit < 1:
+            raise ValueError(f"the limit must be at least 1, not {limit}")
+        wanted = SagaFilter(frozenset(statuses), saga, older_than_ms)
+        now = time.time_ns() // 1_000_000
+        deadline = time.monotonic() + LIST_TIMEOUT_S
+        topic = self.settings.changelog_topic()
+        consumer = _reader(self.settings)
+        found: dict[bytes, SagaSummary] = {}
+        scanned = 0
+        try:
+            ranges = {}
+            for partition in _partitions(consumer, topic):
+                low, high = _offsets(consumer, topic, partition)
+                if high > low:
+                    ranges[partition] = (low, high)
+            for msg in _read(consumer, topic, ranges, deadline):
+                scanned += 1
+                key, value = msg.key(), msg.value()
+                if key is None:
+                    continue
+                name = key.decode(errors="replace")
+                summary = (
+                    None
+                    if value is None
+                    else summarize(name, msg.partition() or 0, json.loads(value))
+                )
+                if summary is not None and wanted.keeps(summary, now):
+                    found[key] = summary
+                else:  # removed, or changed so that it no longer matches
+                    found.pop(key, None)
+        finally:
+            consumer.close()
+        return oldest_first(found.values(), limit, scanned)
 
     def close(self) -> None:
         self.events.close()
@@ -362,6 +425,17 @@ def _reader(settings: Settings) -> Consumer:
     )
 
 
+def _partitions(consumer: Consumer, topic: str) -> list[int]:
+    """The topic's partition numbers; an error naming it if it does not exist."""
+    found = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise RuntimeError(
+            f"cannot read {topic}: it does not exist (check SAGASTREAM_TOPIC_PREFIX and "
+            "SAGASTREAM_APP_ID; `sagastream topics create` makes the topics)"
+        )
+    return sorted(found.partitions)
+
+
 def _offsets(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
     """The partition's first and end offsets (committed records only)."""
     try:
@@ -377,24 +451,29 @@ def _offsets(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
 
 
 def _read(
-    consumer: Consumer, topic: str, partition: int, start: int, stop: int, deadline: float
+    consumer: Consumer, topic: str, ranges: Mapping[int, tuple[int, int]], deadline: float
 ) -> Iterator[Message]:
-    """Committed records of one partition from offset `start` up to `stop` or the partition's end."""
+    """Committed records of partitions, each from its start offset up to its stop or its end."""
     # assign replaces the previous read's assignment and drops what was fetched for it
-    consumer.assign([TopicPartition(topic, partition, start)])
-    while True:
+    consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in ranges.items()])
+    stops = {p: stop for p, (_, stop) in ranges.items()}
+    while stops:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"reading {topic}[{partition}] took over {DESCRIBE_TIMEOUT_S}s")
+            raise TimeoutError(f"reading {topic} (partitions {sorted(stops)}) ran out of time")
         msg = consumer.poll(0.5)
         if msg is None:
+            continue
+        partition = msg.partition() or 0
+        if partition not in stops:
             continue
         err = msg.error()
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
-                return
+                del stops[partition]
             continue
-        if (msg.offset() or 0) >= stop:
-            return
+        if (msg.offset() or 0) >= stops[partition]:
+            del stops[partition]
+            continue
         yield msg
 
 
@@ -407,7 +486,7 @@ def _last_record(
     while stop > low:
         start = max(low, stop - window)
         found = None
-        for msg in _read(consumer, topic, partition, start, stop, deadline):
+        for msg in _read(consumer, topic, {partition: (start, stop)}, deadline):
             if msg.key() == key:
                 found = msg
         if found is not None:

@@ -1,7 +1,9 @@
-"""One saga as an operator sees it: the view `Client.describe` returns and `saga show` prints.
+"""Sagas as an operator sees them: the view `Client.describe` returns and `saga show` prints,
+and the one-line summaries `Client.list_sagas` returns and `saga list` prints.
 
 Pure: it turns a saga state (as the orchestrator's changelog holds it) and the saga's lifecycle
-changes into a `SagaView`, and a view into text or JSON. Reading them from Kafka is the client's.
+changes into a `SagaView` or a `SagaSummary`, and those into text or JSON. Reading them from
+Kafka is the client's.
 """
 
 from __future__ import annotations
@@ -74,6 +76,50 @@ class SagaView:
     timers: list[TimerView]
     history: list[Change]
     history_complete: bool = True
+    # when the orchestrator removes the ended saga from its store (its retention_ms)
+    expires_ms: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SagaSummary:
+    """One saga in a list: type, key, status, when it started and ended (ms), why it failed."""
+
+    saga: str
+    key: str
+    partition: int
+    status: str
+    started_ms: int
+    ended_ms: int | None
+    failed_step: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class SagaFilter:
+    """Which sagas a list keeps: any of `statuses` (all if empty), of one type, started before."""
+
+    statuses: frozenset[str] = frozenset()
+    saga: str | None = None
+    older_than_ms: int | None = None
+
+    def keeps(self, summary: SagaSummary, now_ms: int) -> bool:
+        return (
+            (not self.statuses or summary.status in self.statuses)
+            and (self.saga is None or summary.saga == self.saga)
+            and (self.older_than_ms is None or now_ms - summary.started_ms >= self.older_than_ms)
+        )
+
+
+@dataclass(frozen=True)
+class SagaList:
+    """Matching sagas, oldest first and at most the limit; how many matched and were read."""
+
+    sagas: list[SagaSummary]
+    matched: int
+    scanned: int
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,7 +186,28 @@ def build_view(
         timers=parse_timers(state.get("timers") or {}),
         history=history,
         history_complete=history_complete,
+        expires_ms=state.get("expires"),
     )
+
+
+def summarize(key: str, partition: int, state: Mapping[str, Any]) -> SagaSummary:
+    """The summary of a saga state (only its lasting keys are read)."""
+    return SagaSummary(
+        saga=str(state["saga"]),
+        key=key,
+        partition=partition,
+        status=str(state["status"]),
+        started_ms=int(state["started"]),
+        ended_ms=state.get("ended"),
+        failed_step=state.get("failed_step"),
+        reason=state.get("reason"),
+    )
+
+
+def oldest_first(summaries: Iterable[SagaSummary], limit: int | None, scanned: int) -> SagaList:
+    """The list of these sagas: oldest first, cut at `limit`."""
+    ordered = sorted(summaries, key=lambda s: (s.started_ms, s.saga, s.key))
+    return SagaList(ordered[:limit] if limit is not None else ordered, len(ordered), scanned)
 
 
 def view_json(view: SagaView) -> str:
@@ -178,6 +245,10 @@ def format_view(view: SagaView, now_ms: int) -> list[str]:
     ]
     if view.ended_ms is not None:
         lines.append(f"ended    {_clock(view.ended_ms)} ({_since(view.ended_ms, origin)})")
+        if view.expires_ms is not None:
+            left = view.expires_ms - now_ms
+            when = f"in {age(left)}" if left > 0 else "due now"
+            lines.append(f"removed  {_clock(view.expires_ms)} ({when}, its retention)")
     else:
         lines.append(f"running  for {(now_ms - origin) / 1000:.1f}s")
     if view.failed_step:
@@ -223,3 +294,39 @@ def format_view(view: SagaView, now_ms: int) -> list[str]:
     if not view.history_complete:
         lines.append("  ... (stopped at the scan limit; later changes are not shown)")
     return lines
+
+
+def age(ms: int) -> str:
+    """A duration in its two largest units: 45s, 12m03s, 5h07m, 3d04h."""
+    seconds = max(0, ms) // 1000
+    minutes, secs = divmod(seconds, 60)
+    hours, mins = divmod(minutes, 60)
+    days, hrs = divmod(hours, 24)
+    if days:
+        return f"{days}d{hrs:02d}h"
+    if hours:
+        return f"{hours}h{mins:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _why(summary: SagaSummary) -> str:
+    """The failed step and the reason, once each (a step's reason begins with its name)."""
+    step, reason = summary.failed_step, summary.reason
+    if not reason:
+        return step or ""
+    return f"{step}: {reason}" if step and not reason.startswith(f"{step}: ") else reason
+
+
+def format_list(listing: SagaList, now_ms: int) -> list[str]:
+    """One line per saga, oldest first, and a last line saying how many matched and were read."""
+    rows = [
+        [s.saga, s.key, s.status, _clock(s.started_ms), age(now_ms - s.started_ms), _why(s)]
+        for s in listing.sagas
+    ]
+    lines = _table(["saga", "key", "status", "started", "age", "failed"], rows) if rows else []
+    count = f"{listing.matched} saga{'' if listing.matched == 1 else 's'}"
+    if len(rows) < listing.matched:
+        count = f"the oldest {len(rows)} of {count}"
+    return [*lines, f"{count} (read {listing.scanned} changelog records)"]

@@ -46,7 +46,7 @@ from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.outputs import Encoder, now_ms
 from sagastream.runtime.restore import restore
 from sagastream.runtime.settings import Settings
-from sagastream.runtime.store import PartitionStore, RocksStore
+from sagastream.runtime.store import EXPIRY, PartitionStore, RocksStore, timers_of
 from sagastream.wire.codec import AvroCodec, SchemaStore
 from sagastream.wire.dlq import Origin, dead_letter_headers
 from sagastream.wire.registry import retry_delay
@@ -373,10 +373,15 @@ class Orchestrator:
         for partition, store in list(self.stores.items()):
             due = set(store.due(now, MAX_DUE_PER_TICK))
             for key, touched in ckpt.pending_states(partition).items():
-                if touched.state is not None:
-                    due.update((d, t, key) for t, d in touched.state["timers"].items() if d <= now)
+                due.update((d, t, key) for t, d in timers_of(touched.state).items() if d <= now)
             for due_ms, timer, key in sorted(due):
                 state = ckpt.state(partition, store, key)
+                if timer == EXPIRY:  # an ended saga's retention is over: a tombstone removes it
+                    if state is not None and state.get("expires") == due_ms:
+                        ckpt.begin()
+                        ckpt.put_state(partition, store, key, state, None)
+                        self.metrics.timers_fired.labels(EXPIRY).inc()
+                    continue
                 if state is None or state["timers"].get(timer) != due_ms:
                     continue  # disarmed, or fired already in this transaction
                 kind, step, attempt = timer.split("|")

@@ -4,7 +4,8 @@ A store holds three key spaces:
 
 * `s<saga key>` -> the saga state (JSON), as last committed;
 * `t<due, 13 digits><timer>\\0<saga key>` -> empty: the due-index, derived from the states'
-  armed timers and written in the same batch, so a tick reads only what is due (sorted keys);
+  armed timers and, as timer `expire`, the time an ended saga leaves the store; written in the
+  same batch, so a tick reads only what is due (sorted keys);
 * `m:checkpoint` -> the changelog offset the states reach.
 
 Writes arrive only through `apply`, once per committed transaction, as one atomic batch with the
@@ -24,9 +25,11 @@ from rocksdict import Options, Rdict, WriteBatch
 
 STATE, TIMER = b"s", b"t"
 CHECKPOINT_KEY = b"m:checkpoint"
-# changelog records carry the state's armed timers here, so restore need not parse the state
+# changelog records carry the state's due-index entries here, so restore need not parse the state
 TIMERS_HEADER = "timers"
 DUE_DIGITS = 13
+# the due-index entry of an ended saga's removal (armed timers are named `kind|step|attempt`)
+EXPIRY = "expire"
 
 
 def timer_index_key(due_ms: int, timer: str, saga_key: bytes) -> bytes:
@@ -41,11 +44,17 @@ def parse_timer_index_key(raw: bytes) -> tuple[int, str, bytes]:
 
 
 def timers_of(state: Mapping[str, Any] | None) -> dict[str, int]:
-    return dict(state["timers"]) if state else {}
+    """What the due-index holds for a state: its armed timers and, once ended, its expiry."""
+    if not state:
+        return {}
+    timers = dict(state["timers"])
+    if state.get("expires") is not None:
+        timers[EXPIRY] = state["expires"]
+    return timers
 
 
 def changelog_headers(state: Mapping[str, Any] | None) -> list[tuple[str, bytes]]:
-    """Headers of a state's changelog record: its armed timers, so restore need not parse it."""
+    """Headers of a state's changelog record: its due-index entries, so restore need not parse it."""
     return [(TIMERS_HEADER, json.dumps(timers_of(state)).encode())]
 
 

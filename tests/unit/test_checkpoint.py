@@ -122,3 +122,23 @@ def test_states_reach_the_store_only_after_the_commit() -> None:
     assert ckpt.state(0, store, b"order-1") == {"status": "completed", "timers": {}}
     ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
     assert store.get(b"order-1") is not None
+
+
+def test_a_removed_saga_commits_as_a_tombstone_and_leaves_the_store() -> None:
+    producer, store = FakeProducer(), MemoryStore()
+    ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
+    ended = {"status": "completed", "timers": {}, "expires": 500}
+    ckpt.begin()
+    ckpt.put_state(0, store, b"order-1", None, ended)
+    ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
+    assert store.due(10**6, 10) == [(500, "expire", b"order-1")]
+
+    ckpt.begin()
+    ckpt.put_state(0, store, b"order-1", ckpt.state(0, store, b"order-1"), None)
+    assert ckpt.state(0, store, b"order-1") is None  # gone for the rest of the transaction
+    assert store.get(b"order-1") is not None  # until it commits
+    ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
+
+    assert producer.committed[-1] == ("changelog", b"order-1", None, 0)
+    assert store.get(b"order-1") is None and store.due(10**6, 10) == []
+    assert ckpt.state(0, store, b"order-1") is None

@@ -10,14 +10,20 @@ from sagastream.examples.events import PaymentCharged
 from sagastream.ops.client import Client
 from sagastream.ops.inspect import (
     Change,
+    SagaFilter,
     StepView,
     TimerView,
+    age,
     build_view,
+    format_list,
     format_view,
+    oldest_first,
     parse_timers,
     step_views,
+    summarize,
     view_json,
 )
+from sagastream.ops.times import parse_duration
 from sagastream.runtime.settings import Settings
 from sagastream.wire.partitioner import murmur2, partition_for
 
@@ -170,3 +176,89 @@ def test_start_takes_only_a_saga_start_event_and_describe_only_a_known_saga() ->
             client.start(charged)
         with pytest.raises(ValueError, match="unknown saga 'travel'.*order"):
             client.describe("travel", "t-1")
+
+
+def test_report_of_an_ended_saga_says_when_it_is_removed() -> None:
+    view = build_view("order", "o-1", 2, state(expires=T0 + 3_600_000), HISTORY)
+    assert view.expires_ms == T0 + 3_600_000
+    text = "\n".join(format_view(view, T0 + 9_000))
+    assert "removed  2025-11-24 17:00:00.000 UTC (in 59m51s, its retention)" in text
+    later = "\n".join(format_view(view, T0 + 3_600_000))
+    assert "removed  2025-11-24 17:00:00.000 UTC (due now, its retention)" in later
+
+
+# -- saga list ------------------------------------------------------------------------------------
+
+MINUTE = 60_000
+RUNNING_NOW = {"status": "running", "ended": None, "reason": None, "failed_step": None}
+
+
+def summaries() -> list:  # type: ignore[type-arg]
+    return [
+        summarize("o-new", 1, state(**RUNNING_NOW, started=T0 + 50 * MINUTE)),
+        summarize("o-old", 0, state(**RUNNING_NOW, started=T0)),
+        summarize("o-bad", 3, state(started=T0 + 10 * MINUTE)),
+        summarize("l-1", 2, state(saga="loan", status="completed", started=T0 + MINUTE)),
+    ]
+
+
+def test_a_filter_keeps_statuses_a_saga_type_and_sagas_older_than_an_age() -> None:
+    now = T0 + 60 * MINUTE
+    keep = {
+        SagaFilter(): {"o-new", "o-old", "o-bad", "l-1"},
+        SagaFilter(frozenset({"running"})): {"o-new", "o-old"},
+        SagaFilter(frozenset({"running", "compensated"})): {"o-new", "o-old", "o-bad"},
+        SagaFilter(saga="loan"): {"l-1"},
+        SagaFilter(frozenset({"running"}), older_than_ms=20 * MINUTE): {"o-old"},
+        SagaFilter(frozenset({"running"}), older_than_ms=10 * MINUTE): {"o-old", "o-new"},
+        SagaFilter(older_than_ms=50 * MINUTE): {"o-old", "o-bad", "l-1"},
+    }
+    for wanted, keys in keep.items():
+        assert {s.key for s in summaries() if wanted.keeps(s, now)} == keys, wanted
+
+
+def test_a_list_is_oldest_first_and_cut_at_the_limit() -> None:
+    listing = oldest_first(summaries(), None, 17)
+    assert [s.key for s in listing.sagas] == ["o-old", "l-1", "o-bad", "o-new"]
+    assert (listing.matched, listing.scanned) == (4, 17)
+    cut = oldest_first(summaries(), 2, 17)
+    assert [s.key for s in cut.sagas] == ["o-old", "l-1"] and cut.matched == 4
+
+
+def test_a_list_prints_a_line_per_saga_and_what_it_read() -> None:
+    now = T0 + 2 * 24 * 60 * MINUTE + 61 * MINUTE
+    lines = format_list(oldest_first(summaries(), 3, 40), now)
+    assert lines[0].split() == ["saga", "key", "status", "started", "age", "failed"]
+    assert lines[1].split() == [
+        "order",
+        "o-old",
+        "running",
+        "2025-11-24",
+        "16:00:00.000",
+        "UTC",
+        "2d01h",
+    ]
+    bad = lines[3].split()
+    assert bad[:3] == ["order", "o-bad", "compensated"]
+    assert " ".join(bad[7:]) == "payment: card declined"  # the step is named once
+    assert lines[-1] == "the oldest 3 of 4 sagas (read 40 changelog records)"
+    assert format_list(oldest_first([], None, 0), now) == ["0 sagas (read 0 changelog records)"]
+
+
+def test_ages_and_durations() -> None:
+    assert [age(ms) for ms in (-5, 45_000, 723_000, 5 * 3_600_000 + 7 * MINUTE)] == [
+        "0s",
+        "45s",
+        "12m03s",
+        "5h07m",
+    ]
+    assert age(3 * 86_400_000 + 4 * 3_600_000) == "3d04h"
+    assert [parse_duration(t) for t in ("500ms", "90s", "10m", "1.5h", "7d")] == [
+        500,
+        90_000,
+        600_000,
+        5_400_000,
+        604_800_000,
+    ]
+    with pytest.raises(ValueError, match="give a number and a unit"):
+        parse_duration("600")

@@ -110,3 +110,22 @@ def test_a_record_without_the_timers_header_is_read_from_its_state() -> None:
     consumer = FakeConsumer([Record(0, 0, b"a", raw), Record(0, 1, None, None, eof=True)])
     _replay(consumer, {0: store}, {0}, {0}, {0: 0}, math.inf)  # type: ignore[arg-type]
     assert store.due(10**6, 10) == [(42, "deadline||0", b"a")]
+
+
+def test_a_tombstone_deletes_a_restored_state_and_its_expiry() -> None:
+    store = MemoryStore()
+    ended = {**state({}, status="completed"), "expires": 500}
+    store.apply({b"a": json.dumps(ended).encode()}, 7)
+    assert store.due(10**6, 10) == [(500, "expire", b"a")]
+    consumer = FakeConsumer([record(0, 8, b"a", None), Record(0, 9, None, None, eof=True)])
+    _replay(consumer, {0: store}, {0}, set(), {0: 0}, math.inf)  # type: ignore[arg-type]
+    assert store.get(b"a") is None and store.due(10**6, 10) == []
+    assert store.checkpoint() == 8
+
+
+def test_an_expiry_travels_in_the_timers_header() -> None:
+    store = MemoryStore()
+    ended = {**state({}, status="compensated"), "expires": 500}
+    consumer = FakeConsumer([record(0, 0, b"a", ended), Record(0, 1, None, None, eof=True)])
+    _replay(consumer, {0: store}, {0}, {0}, {0: 0}, math.inf)  # type: ignore[arg-type]
+    assert store.due(10**6, 10) == [(500, "expire", b"a")]

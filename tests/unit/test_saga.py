@@ -550,6 +550,26 @@ def test_deadline_is_disarmed_when_the_saga_ends() -> None:
     assert sent(d) == [] and s.status == COMPLETED
 
 
+def test_an_ended_saga_expires_its_retention_after_the_end() -> None:
+    s = Saga(saga(("a", step("a"))))
+    s.start()
+    assert s.state is not None and s.state["expires"] is None  # running: never removed
+    s.send("aDone", at=1_000)
+    assert s.state["ended"] == 1_000
+    assert s.state["expires"] == 1_000 + SagaSpec.model_fields["retention_ms"].default
+    # a late event changes the state, not when it goes
+    s.send("aDone", at=9_000)
+    assert s.state["expires"] == 1_000 + SagaSpec.model_fields["retention_ms"].default
+
+
+def test_retention_minus_one_keeps_an_ended_saga() -> None:
+    spec = saga(("a", step("a"))).model_copy(update={"retention_ms": -1})
+    s = Saga(spec)
+    s.start()
+    s.send("aFailed")
+    assert s.status == COMPENSATED and s.state is not None and s.state["expires"] is None
+
+
 def test_timer_that_was_disarmed_does_nothing() -> None:
     s = Saga(saga(("a", step("a")), ("b", step("b"))))
     s.start()

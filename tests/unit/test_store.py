@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sagastream.runtime.store import (
+    EXPIRY,
     MemoryStore,
     PartitionStore,
     RocksStore,
@@ -63,6 +64,19 @@ def test_due_index_follows_armed_timers_oldest_first(store: PartitionStore) -> N
     # re-armed and disarmed: the old due times are gone from the index
     store.apply({b"a": state(**{"step_timeout|pay|2": 500}), b"b": state()}, 6)
     assert store.due(10**6, 10) == [(500, "step_timeout|pay|2", b"a")]
+
+
+def test_an_ended_saga_is_indexed_by_its_expiry_until_a_tombstone_removes_it(
+    store: PartitionStore,
+) -> None:
+    ended = json.dumps({"status": "completed", "timers": {}, "expires": 700}).encode()
+    store.apply({b"a": state(**{"deadline||0": 900}), b"b": state()}, 1)
+    store.apply({b"a": ended}, 2)
+    assert store.due(699, 10) == []
+    assert store.due(700, 10) == [(700, EXPIRY, b"a")]
+    store.apply({b"a": None}, 3)  # the tombstone the expiry wrote to the changelog
+    assert store.get(b"a") is None and store.due(10**12, 10) == []
+    assert [k for k, _ in store.states()] == [b"b"] and store.checkpoint() == 3
 
 
 def test_known_old_timers_spare_the_read(store: PartitionStore) -> None:

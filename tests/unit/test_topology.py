@@ -514,3 +514,12 @@ def test_the_repo_topology_maps_every_command_field(repo_data: dict[str, Any]) -
     )
     rules = topology.sagas["order"].notify.rules  # type: ignore[union-attr]
     assert [r.when for r in rules] == [None, "start.priority == 'high'", "start.has_app"]
+
+
+def test_ended_sagas_are_kept_seven_days_unless_retention_ms_says_otherwise(
+    repo_data: dict[str, Any],
+) -> None:
+    assert load_topology(TOPOLOGY, SCHEMAS).sagas["order"].retention_ms == 7 * 24 * 3600 * 1000
+    data = copy.deepcopy(repo_data)
+    data["sagas"]["order"]["retention_ms"] = -2  # -1 keeps them forever; less means nothing
+    assert f"{SOURCE}: sagas.order.retention_ms: " in _error(data)
