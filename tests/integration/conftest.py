@@ -1,18 +1,23 @@
 """One broker fixture for every integration test; the backend is chosen by SAGASTREAM_TEST_BROKER.
 
 - `local` (default): real Apache Kafka from Maven Central on 127.0.0.1 (sagastream.local.kafka);
-- `testcontainers`: Kafka in a container; needs a Docker engine;
+- `testcontainers`: Kafka and Apicurio Registry in containers (a Docker engine and the images
+  of `scripts/docker-images`, or others named by SAGASTREAM_TEST_KAFKA_IMAGE and
+  SAGASTREAM_TEST_REGISTRY_IMAGE);
 - `host:port[,host:port]`: an existing cluster.
-One schema registry fixture: SAGASTREAM_SCHEMA_REGISTRY_URL, else the local Apicurio Registry
-(sagastream.local.registry). Each test gets a unique topic prefix, consumer groups and schema
-subjects (see `ns`).
+One schema registry fixture: SAGASTREAM_SCHEMA_REGISTRY_URL, else the container's with
+`testcontainers`, else the local Apicurio Registry (sagastream.local.registry). Each test gets
+a unique topic prefix, consumer groups and schema subjects (see `ns`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +35,27 @@ from sagastream.wire.codec import SchemaStore
 from sagastream.wire.registry import build_codec
 
 HANDLERS = "payment,inventory,shipping,notification"
+
+# Built here by scripts/docker-images (no registry can be reached); a unit test keeps these
+# names equal to the script's. With Docker Hub: confluentinc/cp-kafka:7.6.0 (the Confluent
+# contract, KRaft from 7.0.0) and apicurio/apicurio-registry-mem:2.6.13.Final.
+KAFKA_IMAGE = "localhost/sagastream/kafka:8.1.1"
+REGISTRY_IMAGE = "localhost/sagastream/apicurio-registry:2.6.13.Final"
+ENV_KAFKA_IMAGE = "SAGASTREAM_TEST_KAFKA_IMAGE"
+ENV_REGISTRY_IMAGE = "SAGASTREAM_TEST_REGISTRY_IMAGE"
+# one node: what KafkaContainer leaves at the broker's defaults of 3 and 2, so that
+# init_transactions would fail with INVALID_REPLICATION_FACTOR
+SINGLE_NODE_ENV = {
+    "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+    "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+    "KAFKA_MIN_INSYNC_REPLICAS": "1",
+    "KAFKA_DEFAULT_REPLICATION_FACTOR": "1",
+    "KAFKA_NUM_PARTITIONS": "4",
+    "KAFKA_OFFSETS_TOPIC_NUM_PARTITIONS": "8",
+    "KAFKA_TRANSACTION_STATE_LOG_NUM_PARTITIONS": "8",
+    "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR": "1",
+    "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR": "1",
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +75,104 @@ def _docker_available() -> bool:
         return True
     except Exception:
         return False
+
+
+def _container_image(env: str, default: str) -> str:
+    """The image named by `env`, else `default`, which must have been built here."""
+    image = os.environ.get(env) or default
+    if image == default:
+        import docker
+
+        try:
+            docker.from_env().images.get(image)
+        except docker.errors.ImageNotFound:
+            pytest.fail(
+                f"SAGASTREAM_TEST_BROKER=testcontainers: no image {image}; build it with "
+                f"`scripts/docker-images build`, or name another with {env}"
+            )
+    return image
+
+
+def _testcontainers() -> None:
+    """Containers are reached on 127.0.0.1 at their published ports (not through a bridge
+    address), and no Ryuk reaper is started (its image would be pulled): the fixtures stop
+    what they start."""
+    from testcontainers.core.config import ConnectionMode, testcontainers_config
+
+    testcontainers_config.ryuk_disabled = True
+    if not testcontainers_config.tc_host_override:
+        testcontainers_config.tc_host_override = "127.0.0.1"
+    if testcontainers_config.connection_mode_override is None:
+        testcontainers_config.connection_mode_override = ConnectionMode.docker_host
+
+
+def _publish_on_loopback(container: Any, port: int) -> None:
+    """Publish `port` on 127.0.0.1 only, at a free port (docker-py's ("ip",) binding form)."""
+    container.ports[str(port)] = ("127.0.0.1",)
+
+
+def _start_kafka_container() -> tuple[Any, str, str]:
+    """KafkaContainer (KRaft) with one node's transaction settings: (container, bootstrap,
+    image)."""
+    from testcontainers.community.kafka import KafkaContainer
+
+    _testcontainers()
+    image = _container_image(ENV_KAFKA_IMAGE, KAFKA_IMAGE)
+    container = KafkaContainer(image).with_kraft()
+    _publish_on_loopback(container, container.port)
+    for name, value in SINGLE_NODE_ENV.items():
+        container.with_env(name, value)
+    container.start(timeout=120)
+    return container, container.get_bootstrap_server(), image
+
+
+def _kafka_version(container: Any) -> str:
+    """KAFKA_VERSION of the container's environment (this project's image sets it)."""
+    env = container.get_wrapped_container().attrs["Config"]["Env"] or []
+    versions = [e.split("=", 1)[1] for e in env if e.startswith("KAFKA_VERSION=")]
+    return versions[0] if versions else f"unknown (image {container.image})"
+
+
+def _start_registry_container() -> tuple[Any, str, str]:
+    """Apicurio Registry (in memory) in a container, answering its Confluent API; its global
+    compatibility is BACKWARD, as the local one's: (container, url, image)."""
+    from testcontainers.core.container import DockerContainer
+
+    _testcontainers()
+    image = _container_image(ENV_REGISTRY_IMAGE, REGISTRY_IMAGE)
+    container = DockerContainer(image)
+    _publish_on_loopback(container, 8080)
+    container.with_env("REGISTRY_REST_ARTIFACT_DELETION_ENABLED", "true")
+    container.start()
+    try:
+        url = (
+            f"http://{container.get_container_host_ip()}:{container.get_exposed_port(8080)}"
+            "/apis/ccompat/v7"
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with opener.open(f"{url}/subjects", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                logs = b"".join(container.get_logs()).decode(errors="replace")[-3000:]
+                raise RuntimeError(f"{image} did not answer {url}/subjects in 120 s:\n{logs}")
+            time.sleep(0.5)
+        request = urllib.request.Request(
+            f"{url}/config",
+            data=json.dumps({"compatibility": "BACKWARD"}).encode(),
+            method="PUT",
+            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+        )
+        opener.open(request, timeout=10).close()
+    except BaseException:
+        container.stop()
+        raise
+    return container, url, image
 
 
 ANNOUNCED: list[str] = []
@@ -87,14 +211,8 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
             pytest.fail(
                 "SAGASTREAM_TEST_BROKER=testcontainers needs a running Docker engine; none answered"
             )
-        from testcontainers.kafka import KafkaContainer
-
-        image = os.environ.get("SAGASTREAM_TEST_KAFKA_IMAGE", "apache/kafka:4.1.1")
-        container = KafkaContainer(image).with_kraft()
-        container.start()
-        found = Broker(
-            f"testcontainers ({image})", container.get_bootstrap_server(), image.split(":")[-1]
-        )
+        container, bootstrap, image = _start_kafka_container()
+        found = Broker(f"testcontainers, image {image}", bootstrap, _kafka_version(container))
         stop = container.stop
     else:
         found = Broker("external cluster", choice, "unknown (external cluster)")
@@ -114,7 +232,8 @@ class SchemaRegistry:
 
 @pytest.fixture(scope="session")
 def registry(request: pytest.FixtureRequest) -> Iterator[SchemaRegistry]:
-    """SAGASTREAM_SCHEMA_REGISTRY_URL, or the local Apicurio Registry (started if not running)."""
+    """SAGASTREAM_SCHEMA_REGISTRY_URL, a container with the testcontainers backend, or the
+    local Apicurio Registry (started if not running)."""
 
     def say(message: str) -> None:
         _announce(request, message, remember=False)
@@ -123,6 +242,10 @@ def registry(request: pytest.FixtureRequest) -> Iterator[SchemaRegistry]:
     stop = None
     if url:
         found = SchemaRegistry("external schema registry", url)
+    elif os.environ.get("SAGASTREAM_TEST_BROKER") == "testcontainers":
+        container, url, image = _start_registry_container()
+        found = SchemaRegistry(f"testcontainers, image {image}", url)
+        stop = lambda log: container.stop()  # noqa: E731
     else:
         from sagastream.local import registry as localregistry
 
