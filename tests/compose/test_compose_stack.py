@@ -1,0 +1,239 @@
+"""docker-compose.yml end to end on a Docker engine, with the images of scripts/docker-images.
+
+Opt-in (SAGASTREAM_TEST_COMPOSE=1; CI sets it), so `make test` needs no Docker. The stack runs
+as its own compose project on free loopback ports; orders go in from this process through
+`sagastream.Client`, every saga's outcome is read back from sagas.outcomes (read_committed),
+one orchestrator container is SIGKILLed while a second batch runs, and the sagas must still
+each end once, as built for. Prometheus must scrape every worker replica. Everything is torn
+down (volumes too), whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sagastream import Client, Settings
+from sagastream.examples.events import OrderPlaced
+from sagastream.ops.demo import order_fields
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("SAGASTREAM_TEST_COMPOSE") != "1",
+    reason="the compose stack needs Docker: SAGASTREAM_TEST_COMPOSE=1 after scripts/docker-images build",
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTCOMES = ("SagaCompleted", "SagaCompensated", "SagaFailed")
+WORKERS = {"orchestrator": 2, "handlers": 2}  # the replicas docker-compose.yml asks for
+HEALTHY_TIMEOUT_S = 300.0
+ORDERS = 150  # per batch
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _free_ports(n: int) -> list[int]:
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
+def _docker(*args: str) -> str:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.strip()
+
+
+@dataclass
+class Stack:
+    project: str
+    env: dict[str, str]
+    kafka_port: int
+    registry_port: int
+    prometheus_port: int
+
+    def compose(self, *args: str, timeout: float = 600) -> str:
+        cmd = ["docker-compose", "-p", self.project, "-f", str(ROOT / "docker-compose.yml")]
+        proc = subprocess.run(
+            [*cmd, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"`docker-compose {' '.join(args)}` failed ({proc.returncode}):\n"
+                f"{(proc.stdout + proc.stderr)[-4000:]}"
+            )
+        return proc.stdout
+
+    def containers(self, service: str) -> list[str]:
+        return self.compose("ps", "-q", service).split()
+
+    def inspect(self, container: str, template: str) -> str:
+        return _docker("inspect", "--format", template, container)
+
+    def settings(self) -> Settings:
+        return Settings(
+            bootstrap_servers=f"127.0.0.1:{self.kafka_port}",
+            schema_registry_url=f"http://127.0.0.1:{self.registry_port}/apis/ccompat/v7",
+            topology_file=ROOT / "topology.yaml",
+        )
+
+    def logs(self) -> str:
+        with contextlib.suppress(Exception):
+            return self.compose("logs", "--no-color", "--tail", "40", timeout=60)
+        return "(no logs)"
+
+
+def _wait_healthy(stack: Stack) -> None:
+    """Every worker replica's HEALTHCHECK (/healthz) passes."""
+    deadline = time.monotonic() + HEALTHY_TIMEOUT_S
+    while True:
+        states = {
+            container: stack.inspect(container, "{{.State.Health.Status}}")
+            for service in WORKERS
+            for container in stack.containers(service)
+        }
+        counts = {service: len(stack.containers(service)) for service in WORKERS}
+        if counts == WORKERS and set(states.values()) == {"healthy"}:
+            return
+        assert time.monotonic() < deadline, f"workers not healthy: {counts} {states}"
+        time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    if shutil.which("docker-compose") is None:
+        pytest.fail("docker-compose is not installed (apt-get install docker-compose)")
+    kafka_port, registry_port, prometheus_port = _free_ports(3)
+    stack = Stack(
+        # CI names it, to tear it down whatever becomes of this process
+        os.environ.get("SAGASTREAM_COMPOSE_PROJECT") or f"sagastream-smoke-{os.getpid()}",
+        {
+            **os.environ,
+            "SAGASTREAM_KAFKA_PORT": str(kafka_port),
+            "SAGASTREAM_REGISTRY_PORT": str(registry_port),
+            "SAGASTREAM_PROMETHEUS_PORT": str(prometheus_port),
+        },
+        kafka_port,
+        registry_port,
+        prometheus_port,
+    )
+    started = time.monotonic()
+    try:
+        stack.compose("up", "-d", "--no-build")
+        _wait_healthy(stack)
+        print(f"\ncompose stack {stack.project} healthy in {time.monotonic() - started:.1f}s")
+        yield stack
+    except BaseException:
+        print(f"\n--- compose logs ---\n{stack.logs()}")
+        raise
+    finally:
+        stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "20")
+
+
+def _outcomes(client: Client, keys: set[str], timeout: float) -> list[Any]:
+    """The outcome events, once every key has one (or the timeout passed)."""
+    topic = client.settings.topic("sagas.outcomes")
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [m for m in client.events.read_to_end([topic]) if m.event_type in OUTCOMES]
+        if {m.key.decode() for m in found if m.key} >= keys or time.monotonic() > deadline:
+            return found
+        time.sleep(2)
+
+
+def _check(expected: dict[str, str], outcomes: list[Any]) -> None:
+    """Each saga ended once, and as it was built to."""
+    ours = [m for m in outcomes if m.key and m.key.decode() in expected]
+    per_saga = Counter(m.key.decode() for m in ours)
+    assert sorted(set(expected) - set(per_saga)) == [], "sagas without an outcome"
+    assert {k: n for k, n in per_saga.items() if n != 1} == {}, "sagas with several outcomes"
+    wrong = {m.key.decode(): m.event_type for m in ours if m.event_type != expected[m.key.decode()]}
+    assert wrong == {}, "sagas that ended otherwise than built for"
+
+
+def _orders(name: str, rng: random.Random) -> dict[str, tuple[dict[str, Any], str]]:
+    return {f"{name}-{i:04d}": order_fields(f"{name}-{i:04d}", rng) for i in range(ORDERS)}
+
+
+def _crash(stack: Stack, container: str) -> None:
+    """SIGKILL the container's main process from the host, as a crash would: the restart
+    policy brings the container back (`docker kill` would count as a deliberate stop)."""
+    pid = int(stack.inspect(container, "{{.State.Pid}}"))
+    if os.geteuid() == 0:
+        os.kill(pid, signal.SIGKILL)
+    else:  # not root: the engine kills it, and it is started again by hand
+        _docker("kill", "--signal", "KILL", container)
+        _docker("start", container)
+
+
+def _prometheus_targets(stack: Stack) -> list[dict[str, Any]]:
+    url = f"http://127.0.0.1:{stack.prometheus_port}/api/v1/targets"
+    with _OPENER.open(url, timeout=10) as response:
+        return list(json.load(response)["data"]["activeTargets"])
+
+
+def test_orders_end_once_through_an_orchestrator_crash(stack: Stack) -> None:
+    rng = random.Random(2026)
+    with Client(stack.settings()) as client:
+        before = _orders("before", rng)
+        for fields, _ in before.values():
+            client.start(OrderPlaced.model_validate(fields), wait=False)
+        client.events.flush()
+        expected = {key: outcome for key, (_, outcome) in before.items()}
+        _check(expected, _outcomes(client, set(expected), timeout=180))
+
+        # a second batch, paced over ~8 s, with an orchestrator crashing 2 s in
+        during = _orders("during", rng)
+        victim = stack.containers("orchestrator")[0]
+        restarts = int(stack.inspect(victim, "{{.RestartCount}}"))
+        sent = threading.Event()
+
+        def publish() -> None:
+            for fields, _ in during.values():
+                client.start(OrderPlaced.model_validate(fields), wait=False)
+                time.sleep(8.0 / ORDERS)
+            sent.set()
+
+        publisher = threading.Thread(target=publish, daemon=True)
+        publisher.start()
+        time.sleep(2)
+        _crash(stack, victim)
+        publisher.join(60)
+        assert sent.is_set(), "the second batch was not published"
+        client.events.flush()
+        expected |= {key: outcome for key, (_, outcome) in during.items()}
+        _check(expected, _outcomes(client, set(expected), timeout=240))
+
+    # the crashed container came back by itself (root: a real crash and the restart policy)
+    if os.geteuid() == 0:
+        deadline = time.monotonic() + 60
+        while int(stack.inspect(victim, "{{.RestartCount}}")) <= restarts:
+            assert time.monotonic() < deadline, "the crashed orchestrator was not restarted"
+            time.sleep(1)
+    _wait_healthy(stack)
+
+    # Prometheus scrapes every worker replica
+    deadline = time.monotonic() + 60
+    while True:
+        targets = _prometheus_targets(stack)
+        up = [t for t in targets if t.get("health") == "up"]
+        if len(up) == sum(WORKERS.values()):
+            break
+        assert time.monotonic() < deadline, f"Prometheus targets: {targets}"
+        time.sleep(2)
