@@ -109,14 +109,6 @@ class _Run:
         self.s = state
         self.now = now
         self.out = Decision(state)
-        self._seed = f"{state['key']}:{len(state['seen'])}:{now}"
-        self._random: random.Random | None = None
-
-    def rng(self) -> random.Random:
-        """Jitter that is a function of the inputs, so decide stays deterministic (seeded lazily)."""
-        if self._random is None:
-            self._random = random.Random(self._seed)
-        return self._random
 
     # -- emitting -------------------------------------------------------------------------
     def emit(
@@ -128,6 +120,12 @@ class _Run:
         timer = Timer(self.now + delay_ms, kind, step, attempt)
         self.s["timers"][timer.key] = timer.due_ms
         self.out.timers.append(timer)
+
+    def arm_backoff(self, policy: RetryPolicy, kind: str, step: str, attempt: int) -> None:
+        """A retry timer. Its jitter is a function of the saga and the timer, not of the clock,
+        so history replayed at another speed (a shadow replay) arms the same backoffs."""
+        rng = random.Random(f"{self.saga_type}:{self.s['key']}:{kind}|{step}|{attempt}")
+        self.arm(backoff_ms(policy, attempt, rng), kind, step, attempt)
 
     def disarm(self, kind: str, step: str, attempt: int) -> None:
         self.s["timers"].pop(f"{kind}|{step}|{attempt}", None)
@@ -206,7 +204,7 @@ class _Run:
             and st["a"] < spec.retry.max_attempts
         ):
             st["st"] = WAITING_RETRY
-            self.arm(backoff_ms(spec.retry, st["a"], self.rng()), "retry", name, st["a"])
+            self.arm_backoff(spec.retry, "retry", name, st["a"])
             self.note("step_retry_scheduled", name)
             return
         self.note("step_failed", name)
@@ -283,7 +281,7 @@ class _Run:
             self.s["undone"].append(name)
             self.note("step_compensated", name)
         elif retry_on in comp.retry.on and st["ca"] < comp.retry.max_attempts:
-            self.arm(backoff_ms(comp.retry, st["ca"], self.rng()), "undo_retry", name, st["ca"])
+            self.arm_backoff(comp.retry, "undo_retry", name, st["ca"])
             self.note("compensation_retry_scheduled", name)
             return
         else:

@@ -219,6 +219,22 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shadow(args: argparse.Namespace) -> int:
+    from sagastream.ops.shadow import ShadowOptions, run_shadow
+    from sagastream.ops.times import parse_time
+
+    options = ShadowOptions(
+        topology_file=None if args.topology is None else Path(args.topology),
+        saga=args.saga,
+        since_ms=None if args.from_time is None else parse_time(args.from_time),
+        prefix=args.shadow_prefix,
+        keep=args.keep,
+        timeout_s=args.timeout,
+    )
+    differences = run_shadow(Settings(), options)
+    return 1 if args.fail_on_diff and differences else 0
+
+
 def _dlq(args: argparse.Namespace) -> int:
     from sagastream.ops import dlq
 
@@ -480,6 +496,31 @@ def parser() -> argparse.ArgumentParser:
     )
     rr.add_argument("--execute", action="store_true", help="commit the offsets (default: dry run)")
     rr.set_defaults(func=_replay)
+    rs = rp_sub.add_parser(
+        "shadow",
+        help="replay the live inputs through a (changed) topology in a shadow, compare per saga",
+        description="Runs an orchestrator in a new consumer group on the live input topics, up "
+        "to their ends as of its start, in event time (each record decided at its timestamp, "
+        "timers fired when event time passes them, each saga's events in the order the live "
+        "run decided them), writing under --shadow-prefix; no handler runs. Then prints each "
+        "saga whose outcome or commands (type, step, attempt, in order) differ from the live "
+        "run's, and removes the shadow unless --keep.",
+    )
+    rs.add_argument("--topology", default=None, metavar="FILE", help="default: the live one")
+    rs.add_argument("--saga", default=None, help="one saga type (default: all)")
+    since = rs.add_mutually_exclusive_group()
+    since.add_argument("--from-beginning", action="store_true", help="the default")
+    since.add_argument(
+        "--from-time",
+        default=None,
+        metavar="TIME",
+        help="sagas started since TIME (ISO 8601, UTC unless a zone is given, or epoch ms)",
+    )
+    rs.add_argument("--shadow-prefix", default=None, help="default: shadow-<time>-")
+    rs.add_argument("--keep", action="store_true", help="keep the shadow's topics, group, state")
+    rs.add_argument("--fail-on-diff", action="store_true", help="exit 1 if any saga differs")
+    rs.add_argument("--timeout", type=float, default=600.0, help="seconds the replay may take")
+    rs.set_defaults(func=_shadow)
 
     sg = sub.add_parser("saga", help="inspect sagas")
     sg_sub = sg.add_subparsers(dest="action", required=True)

@@ -62,9 +62,12 @@ def read_input(
 
 
 def logical_topic(settings: Settings, physical: str) -> str:
-    """The topology name of a physical topic (the settings' prefix removed)."""
-    prefix = settings.topic_prefix
-    return physical[len(prefix) :] if prefix and physical.startswith(prefix) else physical
+    """The topology name of a physical topic (the settings' prefix, or input prefix, removed)."""
+    # a shadow replay's own prefix extends the live one it reads from: try it first
+    for prefix in (settings.topic_prefix, settings.input_prefix):
+        if prefix and physical.startswith(prefix):
+            return physical[len(prefix) :]
+    return physical
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -127,7 +128,7 @@ class Orchestrator:
         self.codec = codec
         self.metrics = metrics
         self.encoder = Encoder(settings, topology, schemas, codec, PRODUCER_NAME)
-        self.inputs = [settings.topic(t) for t in topology.orchestrator_inputs()]
+        self.inputs = [settings.input_topic(t) for t in topology.orchestrator_inputs()]
         self.timer_topic = (
             topology.event_topic(TIMER_EVENT) if TIMER_EVENT in topology.events else None
         )
@@ -138,6 +139,8 @@ class Orchestrator:
         self._failures: dict[tuple[str, int], int] = {}
         self.trail: dict[bytes, tuple[str, str, list[dict[str, Any]], dict[str, Any]]] = {}
         self.ready = threading.Event()
+        # the time decisions are made at: the wall clock, or event time in a shadow replay
+        self.clock: Callable[[], int] = now_ms
         self._consumer: Consumer | None = None
         self._ckpt: Checkpoint | None = None
 
@@ -167,16 +170,7 @@ class Orchestrator:
         else:
             return
         ckpt = self._ckpt = Checkpoint(producer, self.settings.changelog_topic())
-        consumer = self._consumer = Consumer(
-            self.settings.consumer_config(
-                self.settings.group(ROLE),
-                **{
-                    "partition.assignment.strategy": "range",
-                    # restore runs in the assignment callback: a large one may take minutes
-                    "max.poll.interval.ms": 900_000,
-                },
-            )
-        )
+        consumer = self._consumer = Consumer(self._consumer_config())
         consumer.subscribe(
             self.inputs, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
         )
@@ -213,6 +207,16 @@ class Orchestrator:
             consumer.close()
             self._close_stores()
             producer.flush(1)  # committed or aborted: nothing should be left
+
+    def _consumer_config(self) -> dict[str, Any]:
+        return self.settings.consumer_config(
+            self.settings.group(ROLE),
+            **{
+                "partition.assignment.strategy": "range",
+                # restore runs in the assignment callback: a large one may take minutes
+                "max.poll.interval.ms": 900_000,
+            },
+        )
 
     # -- one input ------------------------------------------------------------------------
     def _handle(self, msg: Message) -> None:
@@ -265,7 +269,7 @@ class Orchestrator:
                 f"{got.event_type} starts no saga and none is running",
             )
             return
-        now = now_ms()
+        now = self.clock()
         incoming = Event(
             got.event_type,
             meta["event_id"],
@@ -369,7 +373,7 @@ class Orchestrator:
         """Decide every timer due now, in this transaction; a fired timer is gone from state."""
         ckpt = self._ckpt
         assert ckpt is not None
-        now = now_ms()
+        now = self.clock()
         for partition, store in list(self.stores.items()):
             due = set(store.due(now, MAX_DUE_PER_TICK))
             for key, touched in ckpt.pending_states(partition).items():

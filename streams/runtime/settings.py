@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     # the module of handler functions; default: the topology's `app:`
     app: str | None = None
     topic_prefix: str = ""
+    # where the orchestrator reads its inputs, if not under topic_prefix: a shadow replay reads
+    # the live topics and writes under a prefix of its own
+    input_prefix: str | None = None
     app_id: str = "sagastream"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -59,6 +62,10 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """Physical topic name for a topology topic (adds the test/tenant prefix)."""
         return f"{self.topic_prefix}{name}"
+
+    def input_topic(self, name: str) -> str:
+        """Physical name of a topic the orchestrator consumes (the live one, in a shadow replay)."""
+        return f"{self.topic_prefix if self.input_prefix is None else self.input_prefix}{name}"
 
     def group(self, role: str) -> str:
         """Consumer group of one worker role (the orchestrator, or one handler role)."""

@@ -1,0 +1,150 @@
+"""`sagastream replay shadow` on a real broker with real worker processes: unchanged history
+shows no difference and replays to the same decisions twice; a changed retry policy shows
+exactly the sagas whose live payments were to be retried."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sagastream.ops import cli
+from sagastream.ops.admin import admin_client
+from sagastream.ops.demo import WorkerSet, settings_env
+from sagastream.ops.shadow import remove_shadow, shadow_settings
+from sagastream.wire.codec import SchemaStore
+from tests.integration.helpers import place_order, wait_outcomes
+
+pytestmark = pytest.mark.integration
+
+ORDERS = 30
+
+
+@pytest.fixture
+def topology_patch() -> Any:
+    def patch(data: dict[str, Any]) -> None:
+        # a payment that fails is retried (3 attempts), so some sagas have retries to change
+        data["sagas"]["order"]["steps"]["payment"]["retry"]["on"] = ["timeout", "failure"]
+
+    return patch
+
+
+@pytest.fixture
+def live(ns, tmp_path: Path, monkeypatch) -> Any:
+    """~30 orders run by live workers: some declined, out of stock or undeliverable, and about
+    a third of the payments failing by chance (a failed charge fails on every attempt)."""
+    for name, value in settings_env(ns.settings).items():
+        monkeypatch.setenv(name, value)
+    workers = WorkerSet(ns.settings, tmp_path / "logs")
+    try:
+        workers.start(["orchestrator", "inventory,shipping,notification"])
+        # one after the other: every handler process opens every service's ledger at start
+        workers.wait_ready()
+        workers.start(["payment"], {"SAGASTREAM_HANDLER_FAILURE_RATE": "0.3"})
+        workers.wait_ready()
+        keys = {f"order-shadow-{i:02d}" for i in range(ORDERS)}
+        for key in sorted(keys):
+            place_order(ns, key, mixed=True)
+        wait_outcomes(ns, keys, timeout=120)
+        yield keys
+    finally:
+        workers.stop()
+
+
+def differing(out: str) -> dict[str, str]:
+    """The printed differences: saga key -> what differs."""
+    found = {}
+    for line in out.splitlines():
+        if line.startswith("order ") and ": " in line:
+            key, what = line.removeprefix("order ").split(": ", 1)
+            found[key] = what
+    return found
+
+
+def shadow_state(ns, prefix: str) -> tuple[dict[bytes, bytes], list[Any]]:
+    """A kept shadow's last state per saga (bytes) and its commands without their random ids."""
+    settings = shadow_settings(ns.settings, prefix, ns.settings.topology_file)
+    states = {
+        m.key: m.value
+        for m in ns.client.read_to_end([settings.changelog_topic()])
+        if m.key and m.value
+    }
+    commands = sorted(
+        (
+            m.key,
+            m.event_type,
+            m.record["meta"]["occurred_at"],
+            m.record["meta"]["attempt"],
+            json.dumps({k: v for k, v in m.record.items() if k != "meta"}, sort_keys=True),
+        )
+        for m in ns.client.read_to_end(
+            [settings.topic(t) for t in ("payments.commands", "inventory.commands")]
+        )
+        if m.record
+    )
+    return states, commands
+
+
+def test_unchanged_history_shows_no_difference_and_replays_the_same(ns, live, capsys) -> None:
+    runs = {}
+    for prefix in ("shadow-a-", "shadow-b-"):
+        code = cli.main(["replay", "shadow", "--shadow-prefix", prefix, "--keep", "--fail-on-diff"])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert f"{ORDERS} sagas compared, 0 differ" in out, out
+        assert not differing(out)
+        runs[prefix] = shadow_state(ns, prefix)
+        remove_shadow(
+            shadow_settings(ns.settings, prefix, ns.settings.topology_file),
+            ns.topology,
+            SchemaStore(ns.settings.schemas_path),
+        )
+    states, commands = runs["shadow-a-"]
+    assert len(states) == ORDERS and commands
+    # the same history gives byte-for-byte the same decisions: states, timers, times, commands
+    assert runs["shadow-b-"] == (states, commands)
+
+
+def test_changed_retry_policy_shows_the_sagas_that_differ(ns, live, tmp_path, capsys) -> None:
+    data = yaml.safe_load(ns.settings.topology_file.read_text())
+    data["sagas"]["order"]["steps"]["payment"]["retry"]["max_attempts"] = 1
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(data))
+
+    code = cli.main(["replay", "shadow", "--topology", str(changed)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    reported = differing(out)
+
+    # the live run's word: the sagas whose payment failure it answered with a retry
+    retried = set()
+    attempts: dict[str, list[int]] = defaultdict(list)
+    for m in ns.client.read_to_end([ns.topic("sagas.lifecycle")]):
+        if m.record and any(
+            (c["what"], c["step"]) == ("step_retry_scheduled", "payment")
+            for c in m.record["changes"]
+        ):
+            retried.add(m.key.decode())
+    for m in ns.client.read_to_end([ns.topic("payments.commands")]):
+        if m.event_type == "ChargePayment" and m.record:
+            attempts[m.key.decode()].append(m.record["meta"]["attempt"])
+    assert retried and len(retried) < ORDERS, "the live run should retry some payments, not all"
+    assert set(reported) == retried, out
+    assert f"{ORDERS} sagas compared, {len(retried)} differ" in out
+    for key in retried:
+        if max(attempts[key]) > 1:  # the live run sent the retries the shadow does not
+            assert "payment: ChargePayment#1 ChargePayment#2" in reported[key], reported[key]
+
+    # --fail-on-diff says so in the exit code; without --keep nothing of the shadow is left
+    assert cli.main(["replay", "shadow", "--topology", str(changed), "--fail-on-diff"]) == 1
+    capsys.readouterr()
+    shadows = f"{ns.settings.topic_prefix}shadow-"
+    admin = admin_client(ns.settings)
+    assert not [t for t in admin.list_topics(timeout=10).topics if t.startswith(shadows)]
+    groups = admin.list_consumer_groups(request_timeout=10).result().valid
+    assert not [g.group_id for g in groups if g.group_id.startswith(shadows)]
+    assert not list(ns.settings.data_dir.glob(f"{shadows}*"))
