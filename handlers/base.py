@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,13 +48,18 @@ class SimulatedService:
     def __init__(self, role: str) -> None:
         self.role = role
         self.behaviour = Behaviour()
+        self._path: Path | None = None
         self._ledger: IdempotencyLedger | None = None
+        self._lock = threading.Lock()
 
     def open(self, settings: Settings) -> None:
+        """Take the worker's settings; the ledger opens on first use, so a process opens only
+        the ledgers of the roles it runs."""
         self.behaviour = Behaviour(
             settings.handler_latency_ms, settings.handler_failure_rate, settings.handler_seed
         )
-        self._ledger = IdempotencyLedger(ledger_path(settings, self.role))
+        self._path = ledger_path(settings, self.role)
+        self._ledger = None
 
     def failed_by_chance(self, rng: random.Random) -> bool:
         return rng.random() < self.behaviour.failure_rate
@@ -92,7 +98,13 @@ class SimulatedService:
 
     def _opened(self) -> IdempotencyLedger:
         if self._ledger is None:
-            raise RuntimeError(f"the {self.role} service is not open (App.start was not called)")
+            with self._lock:  # plain handler functions call in from several threads
+                if self._path is None:
+                    raise RuntimeError(
+                        f"the {self.role} service is not open (App.start was not called)"
+                    )
+                if self._ledger is None:
+                    self._ledger = IdempotencyLedger(self._path)
         return self._ledger
 
 

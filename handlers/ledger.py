@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,25 @@ class IdempotencyLedger:
         self._db = sqlite3.connect(
             str(path), timeout=30, check_same_thread=False, isolation_level=None
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._wal()
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS effects ("
             " key TEXT PRIMARY KEY, event_type TEXT NOT NULL, fields TEXT NOT NULL,"
             " hits INTEGER NOT NULL DEFAULT 1)"
         )
+
+    def _wal(self) -> None:
+        """Switch to WAL. SQLite answers "locked" at once, without waiting out the busy
+        timeout, while another process makes the same switch: so wait here instead."""
+        for wait in (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 0.0):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or not wait:
+                    raise
+                time.sleep(wait)
 
     def get(self, key: str) -> tuple[str, dict[str, Any]] | None:
         """The result recorded for a key, counting the repeated request."""
