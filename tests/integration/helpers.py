@@ -6,6 +6,7 @@ import json
 import random
 from typing import Any
 
+from sagastream.examples.events import LoanApplied
 from sagastream.ops.client import Received
 from sagastream.ops.demo import order_fields
 
@@ -18,6 +19,18 @@ def good_order(order_id: str) -> dict[str, Any]:
     fields.update(card_token="tok_visa", shipping_address="1 Main Street")
     fields["items"] = [i for i in fields["items"] if not i["sku"].startswith("OOS-")]
     return fields
+
+
+def loan_applied(loan_id: str) -> LoanApplied:
+    """A loan application that passes credit and documents, then waits for its human review."""
+    return LoanApplied(
+        loan_id=loan_id,
+        customer_id="cust-1",
+        email="applicant@example.com",
+        amount_cents=2_500_000,
+        term_months=36,
+        iban="DE89370400440532013000",
+    )
 
 
 def place_order(ns: Any, order_id: str, mixed: bool = False, **overrides: Any) -> dict[str, Any]:

@@ -12,12 +12,11 @@ from typing import Any
 
 import pytest
 
-from sagastream.examples.events import LoanApplied
 from sagastream.ops.client import Client, _offsets, _partitions, _read, _reader
 from sagastream.runtime.store import RocksStore
 from sagastream.wire.dlq import read_dead_letter_headers
 from tests.integration.conftest import HANDLERS
-from tests.integration.helpers import place_order, wait_outcomes
+from tests.integration.helpers import loan_applied, place_order, wait_outcomes
 
 pytestmark = pytest.mark.integration
 
@@ -85,14 +84,7 @@ def test_ended_sagas_leave_the_store_and_a_restore_does_not_bring_them_back(
         place_order(ns, key)
     for key in sorted(compensated):
         place_order(ns, key, card_token="tok_decline")
-    loan = LoanApplied(
-        loan_id="retained-loan",
-        customer_id="cust-1",
-        email="applicant@example.com",
-        amount_cents=2_500_000,
-        term_months=36,
-        iban="DE89370400440532013000",
-    )
+    loan = loan_applied("retained-loan")
     with Client(ns.settings) as client:
         client.start(loan)
         outcomes = wait_outcomes(ns, orders)

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from sagastream.examples.events import LoanApplied, OrderPlaced
+from sagastream.examples.events import OrderPlaced
 from sagastream.ops.client import Client
 from sagastream.ops.demo import settings_env
 from tests.integration.conftest import HANDLERS
-from tests.integration.helpers import good_order, wait_outcomes
+from tests.integration.helpers import good_order, loan_applied, wait_outcomes
 
 pytestmark = pytest.mark.integration
 
@@ -48,14 +48,7 @@ def test_saga_list_by_status_type_age_and_limit(ns: Any, start_workers: Any) -> 
     start_workers(f"{HANDLERS},{LOAN_HANDLERS}")
     completed = [f"list-ok-{i}" for i in range(3)]
     compensated = [f"list-declined-{i}" for i in range(2)]
-    loan = LoanApplied(
-        loan_id="list-loan",
-        customer_id="cust-1",
-        email="applicant@example.com",
-        amount_cents=2_500_000,
-        term_months=36,
-        iban="DE89370400440532013000",
-    )
+    loan = loan_applied("list-loan")
     with Client(ns.settings) as client:
         client.start(loan)
         # the loan waits for its human review from here on

@@ -15,13 +15,13 @@ import pytest
 from confluent_kafka import ConsumerGroupState, Producer
 from confluent_kafka.admin import NewTopic
 
-from sagastream.examples.events import LoanApplied, OrderPlaced
+from sagastream.examples.events import OrderPlaced
 from sagastream.ops.admin import admin_client
 from sagastream.ops.client import AsyncClient, Client, SagaView, _last_record, _reader
 from sagastream.ops.demo import settings_env
 from sagastream.wire.partitioner import partition_for
 from tests.integration.conftest import HANDLERS
-from tests.integration.helpers import good_order, wait_outcomes
+from tests.integration.helpers import good_order, loan_applied, wait_outcomes
 
 pytestmark = pytest.mark.integration
 
@@ -106,14 +106,7 @@ def test_describe_and_saga_show_answer_for_keys_on_either_orchestrator(
             assert client.start(OrderPlaced(**good_order(good))) == good
             client.start(OrderPlaced(**{**good_order(declined), "card_token": "tok_decline"}))
             expected.update({good: "completed", declined: "compensated"})
-        loan = LoanApplied(
-            loan_id="show-loan",
-            customer_id="cust-1",
-            email="applicant@example.com",
-            amount_cents=2_500_000,
-            term_months=36,
-            iban="DE89370400440532013000",
-        )
+        loan = loan_applied("show-loan")
         client.start(loan, wait=False)
         outcomes = wait_outcomes(ns, set(expected))
 
