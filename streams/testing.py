@@ -29,14 +29,18 @@ from sagastream.core.topology import (
     ENGINE_EVENT_TOPICS,
     OUTCOME_EVENTS,
     SIGNAL_EVENT,
+    TIMER_EVENT,
     Topology,
     load_topology,
 )
 from sagastream.events import Event as EventModel
 from sagastream.events import model_named
-from sagastream.wire.codec import AvroCodec, LocalSchemaIds, SchemaStore
+from sagastream.runtime.outputs import Encoder
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import AvroCodec, LocalSchemaIds, SchemaStore, new_meta
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+PRODUCER = "sagastream.testing"
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Sent:
     attempt: int
     step: str | None
     at_ms: int
+    meta: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def model(self) -> EventModel:
         """The command as its pydantic model."""
@@ -75,13 +80,13 @@ class SagaTest:
         self.topology = topology
         self.now_ms = now_ms or START_MS
         self._t0 = self.now_ms
-        self._schemas = schemas
         self._codec = AvroCodec(schemas, LocalSchemaIds(schemas), validate=True)
+        # what the orchestrator encodes a decision with: the schema's fields, derived meta
+        self._encoder = Encoder(Settings(), topology, schemas, self._codec, PRODUCER)
         self._app = app
         self._roles: dict[str, RoleHandler] = {}
         self._sagas: dict[str, _Saga] = {}
         self._pending: deque[Sent] = deque()
-        self._ids = 0
 
     @classmethod
     def load(
@@ -137,14 +142,12 @@ class SagaTest:
         """Run the app's function for one pending command and deliver its answer."""
         self._pending.remove(command)
         role = self._role_for(command.event_type)
-        record = self._round_trip(
-            command.event_type, {**command.fields, "meta": self._meta(command)}
-        )
-        answer = role(command.event_type, record)
+        answer = role(command.event_type, {**command.fields, "meta": command.meta})
         if inspect.isawaitable(answer):
             answer = asyncio.run(_awaited(answer))
         result_type, fields = answer  # type: ignore[misc]
-        self._decide(command.key, result_type, fields, command.attempt, None)
+        result = self._derived(result_type, command.key, fields, command.meta, command.attempt)
+        self._apply(command.key, result)
         return result_type, fields
 
     def run(self, max_commands: int = 10_000) -> int:
@@ -175,8 +178,9 @@ class SagaTest:
             when, timer, key = due[0]
             self.now_ms = max(self.now_ms, when)
             kind, step, attempt = timer.split("|")
-            fired = timer_event(Timer(when, kind, step, int(attempt)), self._next_id())
-            self._apply(key, fired)
+            meta = new_meta(TIMER_EVENT, key, PRODUCER, now_ms=self.now_ms)
+            fired = timer_event(Timer(when, kind, step, int(attempt)), meta["event_id"])
+            self._apply(key, (meta, fired))
         self.now_ms = until
 
     # -- looking -------------------------------------------------------------------------
@@ -224,13 +228,33 @@ class SagaTest:
         attempt: int,
         event_id: str | None,
     ) -> None:
-        event_id = event_id or self._next_id()
-        meta = {**self._meta_for(key, event_type, event_id), "attempt": attempt}
-        record = self._round_trip(event_type, {**fields, "meta": meta})
-        record.pop("meta")
-        self._apply(key, Event(event_type, event_id, record, attempt=attempt))
+        meta = new_meta(event_type, key, PRODUCER, attempt=attempt, now_ms=self.now_ms)
+        if event_id is not None:
+            meta["event_id"] = event_id
+        encoded = self._codec.encode(event_type, {**fields, "meta": meta})
+        self._apply(key, self._received(encoded))
 
-    def _apply(self, key: str, event: Event) -> None:
+    def _derived(
+        self,
+        event_type: str,
+        key: str,
+        fields: dict[str, Any],
+        parent: dict[str, Any],
+        attempt: int,
+    ) -> tuple[dict[str, Any], Event]:
+        """An event caused by `parent`, encoded as the orchestrator and handler loops do."""
+        out = self._encoder.derived(event_type, key.encode(), fields, parent, attempt, self.now_ms)
+        assert out.value is not None
+        return self._received(out.value)
+
+    def _received(self, value: bytes) -> tuple[dict[str, Any], Event]:
+        """(meta, event) of a record as a consumer decodes it."""
+        event_type, record = self._codec.decode(value)
+        meta = record.pop("meta")
+        return meta, Event(event_type, meta["event_id"], record, meta["attempt"], meta["hop"])
+
+    def _apply(self, key: str, received: tuple[dict[str, Any], Event]) -> None:
+        parent, event = received
         saga = self._sagas.setdefault(key, _Saga())
         if saga.state is not None:
             definition = (saga.state["saga"], self.topology.sagas[saga.state["saga"]])
@@ -248,50 +272,24 @@ class SagaTest:
         if decision.dead_letter:
             saga.dead_letters.append(decision.dead_letter)
         for command in decision.commands:
-            fields = self._schema_fields(command.event_type, command.fields)
+            meta, out = self._derived(
+                command.event_type, key, command.fields, parent, command.attempt
+            )
             if command.event_type in OUTCOME_EVENTS:
-                saga.outcomes.append((command.event_type, fields))
+                saga.outcomes.append((command.event_type, out.fields))
                 continue
-            sent = Sent(command.event_type, key, fields, command.attempt, command.step, self.now_ms)
+            sent = Sent(
+                command.event_type,
+                key,
+                out.fields,
+                command.attempt,
+                command.step,
+                self.now_ms,
+                meta,
+            )
             saga.sent.append(sent)
             if command.event_type not in ENGINE_EVENT_TOPICS:  # StepEscalated is for people
                 self._pending.append(sent)
-
-    def _schema_fields(self, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """What the orchestrator would encode: the schema's fields, checked by a round trip."""
-        names = [f["name"] for f in self._schemas.raw(event_type)["fields"]]
-        record = {n: fields[n] for n in names if n in fields and n != "meta"}
-        meta = self._meta_for("k", event_type, "00000000-0000-4000-8000-000000000000")
-        checked = self._round_trip(event_type, {**record, "meta": meta})
-        checked.pop("meta")
-        return checked
-
-    def _round_trip(self, event_type: str, record: dict[str, Any]) -> dict[str, Any]:
-        decoded_type, decoded = self._codec.decode(self._codec.encode(event_type, record))
-        assert decoded_type == event_type
-        return decoded
-
-    def _meta(self, command: Sent) -> dict[str, Any]:
-        meta = self._meta_for(command.key, command.event_type, self._next_id())
-        return {**meta, "attempt": command.attempt}
-
-    def _meta_for(self, key: str, event_type: str, event_id: str) -> dict[str, Any]:
-        return {
-            "event_id": event_id,
-            "event_type": event_type,
-            "saga_key": key,
-            "occurred_at": self.now_ms,
-            "producer": "sagastream.testing",
-            "correlation_id": key,
-            "causation_id": None,
-            "traceparent": None,
-            "hop": 0,
-            "attempt": 1,
-        }
-
-    def _next_id(self) -> str:
-        self._ids += 1
-        return f"00000000-0000-4000-8000-{self._ids:012d}"
 
     def _saga(self, key: str) -> _Saga:
         if key not in self._sagas:
