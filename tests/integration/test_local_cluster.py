@@ -9,7 +9,7 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from sagastream.local import kafka as localkafka
@@ -130,5 +130,13 @@ def _changelog_is_replicated_and_compacted(admin, bootstrap):
         time.sleep(0.2)
     assert all(len(p.replicas) == 3 for p in partitions.values())
     resource = ConfigResource(ConfigResource.Type.TOPIC, changelog)
-    config = next(iter(admin.describe_configs([resource]).values())).result(10)
+    while True:
+        # the broker that answers may learn of the new topic a moment after the one that listed it
+        try:
+            config = next(iter(admin.describe_configs([resource]).values())).result(10)
+            break
+        except KafkaException as exc:
+            retriable = exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+            assert retriable and time.monotonic() < deadline, f"{changelog}: {exc}"
+            time.sleep(0.2)
     assert config["cleanup.policy"].value == "compact"
