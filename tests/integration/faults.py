@@ -14,7 +14,7 @@ from collections import Counter
 from typing import Any
 
 from sagastream.ops.demo import WorkerSet, order_fields
-from tests.integration.helpers import OUTCOMES
+from tests.integration.helpers import OUTCOMES, every_dead_letter
 
 COMMAND_TOPICS = ("payments.commands", "inventory.commands", "shipping.commands")
 LEDGER_ROLES = {
@@ -91,5 +91,4 @@ def check_exactly_once(ns: Any, expected: dict[str, str], outcomes: list[Any]) -
             applied = {k for (k,) in db.execute("SELECT key FROM effects")}
         assert applied == commanded[topic], f"{role}: ledger and commands differ"
 
-    dlqs = [ns.topic(ns.topology.dlq(t)) for t in ("orders.events", *COMMAND_TOPICS)]
-    assert [m.topic for m in ns.client.read_to_end(dlqs)] == [], "dead letters"
+    assert [m.topic for m in every_dead_letter(ns)] == [], "dead letters"

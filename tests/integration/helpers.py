@@ -96,3 +96,9 @@ def lifecycle(ns: Any, key: str, until: str, timeout: float = 30.0) -> list[tupl
     trail = changes(msgs)
     assert any(what == until for what, _ in trail), f"no {until} in the trail of {key}: {trail}"
     return trail
+
+
+def every_dead_letter(ns: Any) -> list[Received]:
+    """Every committed record of every dead-letter topic of the test's topology."""
+    dlqs = [ns.topic(ns.topology.dlq(t.name)) for t in ns.topology.topics]
+    return ns.client.read_to_end(dlqs)
