@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,39 +182,11 @@ def ratios(point: Point, base: Point) -> dict[str, Any]:
 
 def count_records(settings: Settings, topics: list[str], timeout: float = 120.0) -> dict[str, int]:
     """Committed records per topic (read_committed, so transaction markers do not count)."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from sagastream.runtime.kafka_io import read_to_end
 
-    consumer = Consumer(
-        {
-            **settings.librdkafka(),
-            "group.id": f"bench-counter-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
     counts = dict.fromkeys(topics, 0)
-    try:
-        metadata = consumer.list_topics(timeout=10)
-        todo: set[tuple[str, int]] = set()
-        for topic in topics:
-            for p in metadata.topics[topic].partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                if high > low:
-                    todo.add((topic, p))
-        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in todo])
-        deadline = time.monotonic() + timeout
-        while todo and time.monotonic() < deadline:
-            for msg in consumer.consume(10_000, 0.5):
-                error = msg.error()
-                if error is None:
-                    counts[msg.topic() or ""] += 1
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    todo.discard((msg.topic() or "", msg.partition() or 0))
-        if todo:
-            raise TimeoutError(f"counting records: {len(todo)} partitions unread after {timeout}s")
-    finally:
-        consumer.close()
+    for msg in read_to_end(settings, topics, "bench-counter", timeout):
+        counts[msg.topic() or ""] += 1
     return counts
 
 

@@ -6,8 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sagastream.runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from sagastream.ops.client import EventClient
+    from sagastream.ops.dlq import Redrive
 
 
 def _broker(args: argparse.Namespace) -> int:
@@ -164,9 +169,13 @@ def _signal(args: argparse.Namespace) -> int:
     from sagastream.ops.signals import send_signal
 
     client = _client(Settings())
-    meta = send_signal(client, args.saga, args.key, args.step, args.outcome, args.note, args.by)
+    try:
+        meta = send_signal(client, args.saga, args.key, args.step, args.outcome, args.note, args.by)
+    finally:
+        client.close()
     print(
-        f"signal {args.outcome} sent to {args.saga}/{args.key}/{args.step} (event {meta['event_id']})"
+        f"signal {args.outcome} written for {args.saga}/{args.key}/{args.step} "
+        f"(event {meta['event_id']})"
     )
     return 0
 
@@ -265,20 +274,40 @@ def _dlq(args: argparse.Namespace) -> int:
             until_ms=None if args.until is None else dlq.parse_time(args.until),
         )
         plans = dlq.plan_redrives(dlq.select(letters, selection), args.max_redrives)
-        for plan in plans:
-            print(dlq.describe(plan, args.execute))
         refused = sum(1 for p in plans if p.refused)
-        if args.execute:
-            sent = dlq.execute(client, plans)
-            print(f"redrove {sent} dead letters, refused {refused}")
-        else:
+        if not args.execute:
+            for plan in plans:
+                print(dlq.describe(plan))
             print(
                 f"dry run: would redrive {len(plans) - refused} dead letters, refuse {refused}; "
                 "nothing published (add --execute)"
             )
-        return 0
+            return 0
+        return _redrive(client, plans, refused)
     finally:
         client.close()
+
+
+def _redrive(client: EventClient, plans: list[Redrive], refused: int) -> int:
+    """Redrive, and say per dead letter what the broker answered; exit 1 if it refused any."""
+    from sagastream.ops import dlq
+
+    for plan in plans:
+        if plan.refused:
+            print(dlq.describe(plan))
+    results = dlq.execute(client, plans)
+    for plan, delivery in results:
+        print(dlq.describe(plan, delivery))
+    failed = sum(1 for _, delivery in results if not delivery.ok)
+    print(f"redrove {len(results) - failed} dead letters, refused {refused}")
+    if failed:
+        print(
+            f"sagastream dlq: the broker did not write {failed} redriven dead letters (NOT "
+            "redriven above); they stay in the dead-letter topic",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _saga(args: argparse.Namespace) -> int:
@@ -569,7 +598,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         from sagastream.core.topology import TopologyError
+        from sagastream.runtime.kafka_io import DeliveryFailed
 
+        if isinstance(exc, DeliveryFailed):
+            print(f"sagastream {args.command}: {exc}", file=sys.stderr)
+            return 1
         if isinstance(exc, TopologyError | ValueError | RuntimeError | TimeoutError):
             print(f"sagastream {args.command}: {exc}", file=sys.stderr)
             return 2

@@ -7,21 +7,12 @@ import asyncio
 import contextlib
 import json
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from sagastream.core.topology import LIFECYCLE_EVENT, Topology, load_topology
 from sagastream.events import Event
@@ -34,6 +25,16 @@ from sagastream.ops.inspect import (
     build_view,
     oldest_first,
     summarize,
+)
+from sagastream.runtime.kafka_io import (
+    Delivery,
+    Partition,
+    Pending,
+    Publisher,
+    read_ranges,
+    reader,
+    watermarks,
+    whole,
 )
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import AvroCodec, DecodeError, new_meta
@@ -68,7 +69,12 @@ class Received:
 
 
 class EventClient:
-    """Publishes events to their topology topic and reads topics from the beginning."""
+    """Publishes events to their topology topic and reads topics from the beginning.
+
+    Every record published gets the broker's answer: `deliver` waits for one event's, `flush`
+    for those of everything queued since the last flush; both raise `DeliveryFailed` naming
+    each record the broker refused.
+    """
 
     def __init__(
         self,
@@ -81,22 +87,35 @@ class EventClient:
         self.topology = topology
         self.codec = codec
         self.producer_name = producer_name
-        self._producer = Producer(settings.producer_config())
+        self._publisher = Publisher(settings.producer_config())
 
     def publish(
         self, event_type: str, key: str, fields: dict[str, Any], **meta: Any
     ) -> dict[str, Any]:
-        """Encode and queue one event keyed by `key`; returns its EventMeta."""
+        """Encode and queue one event keyed by `key`; returns its EventMeta (`flush` confirms)."""
+        return self._queue(event_type, key, fields, **meta)[0]
+
+    def deliver(
+        self, event_type: str, key: str, fields: dict[str, Any], timeout: float = 30.0, **meta: Any
+    ) -> dict[str, Any]:
+        """Publish one event and wait for the broker's answer; returns its EventMeta once written."""
+        record_meta, pending = self._queue(event_type, key, fields, **meta)
+        self._publisher.confirm([pending], timeout)
+        return record_meta
+
+    def _queue(
+        self, event_type: str, key: str, fields: dict[str, Any], **meta: Any
+    ) -> tuple[dict[str, Any], Pending]:
         record = dict(fields)
         record["meta"] = new_meta(event_type, key, self.producer_name, **meta)
         topic = self.settings.topic(self.topology.event_topic(event_type))
-        self.publish_raw(
+        pending = self.publish_raw(
             topic,
             key.encode(),
             self.codec.encode(event_type, record),
             [("event_type", event_type.encode())],
         )
-        return record["meta"]
+        return record["meta"], pending
 
     def publish_raw(
         self,
@@ -104,18 +123,18 @@ class EventClient:
         key: bytes | None,
         value: bytes,
         headers: list[tuple[str, str | bytes | None]] | None = None,
-    ) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, key=key, value=value, headers=headers or [])
-                break
-            except BufferError:
-                self._producer.poll(0.1)
-        self._producer.poll(0)
+    ) -> Pending:
+        """Queue one record as given; its answer comes with `answers` or `flush`."""
+        return self._publisher.send(topic, key, value, headers)
 
-    def flush(self, timeout: float = 30.0) -> None:
-        if self._producer.flush(timeout):
-            raise KafkaException(f"{len(self._producer)} messages not delivered within {timeout}s")
+    def answers(self, records: list[Pending], timeout: float = 30.0) -> list[Delivery]:
+        """The broker's answer for each of `records`, in order, written or not."""
+        return self._publisher.answers(records, timeout)
+
+    def flush(self, timeout: float = 30.0) -> list[Delivery]:
+        """Wait for the answers of everything queued and not confirmed yet; DeliveryFailed if the
+        broker refused any (or did not answer within `timeout`)."""
+        return self._publisher.confirm(timeout=timeout)
 
     def read(
         self, topics: list[str], until: Callable[[list[Received]], bool], timeout: float = 60.0
@@ -134,65 +153,67 @@ class EventClient:
 
     def stream(self, topics: list[str], timeout: float, to_end: bool = False) -> Iterator[Received]:
         """Yield every message of the physical topics from the beginning, for up to `timeout` s
-        (or, `to_end`, until every partition has been read to its end)."""
-        consumer = Consumer(
-            {
-                **self.settings.librdkafka(),
-                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": to_end,
-            }
-        )
+        (or, `to_end`, until every partition has been read to its end as of now)."""
+        consumer = reader(self.settings, "reader")
         try:
             deadline = time.monotonic() + timeout
-            # a topic created a moment ago may not show its partitions yet: wait a little for them
-            give_up = time.monotonic() + min(10.0, timeout)
-            while True:
-                metadata = consumer.list_topics(timeout=10)
-                known = {t: metadata.topics[t].partitions for t in topics if t in metadata.topics}
-                if all(known.get(t) for t in topics) or time.monotonic() > give_up:
-                    break
-                time.sleep(0.2)
-            consumer.assign(
-                [
-                    TopicPartition(t, p, OFFSET_BEGINNING)
-                    for t, parts in known.items()
-                    for p in parts
-                ]
-            )
-            unread = {(t, p) for t, parts in known.items() for p in parts}
-            while time.monotonic() < deadline and (unread or not to_end):
-                msg = consumer.poll(0.2)
-                if msg is None:
-                    continue
-                if (err := msg.error()) is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        unread.discard((msg.topic(), msg.partition()))
-                    continue
-                event_type, record = None, None
-                with contextlib.suppress(DecodeError):  # raw bytes are still yielded
-                    event_type, record = self.codec.decode(msg.value() or b"")
-                yield Received(
-                    msg.topic() or "",
-                    msg.partition() or 0,
-                    msg.offset() or 0,
-                    msg.key(),
-                    msg.value(),
-                    [
-                        (str(k), v if isinstance(v, bytes) else (v or "").encode())
-                        for k, v in list(msg.headers() or [])
-                    ],
-                    event_type,
-                    record,
-                )
+            known = _known_partitions(consumer, topics, min(10.0, timeout))
+            if to_end:
+                ranges = {}
+                for tp in known:
+                    low, high = watermarks(consumer, *tp)
+                    ranges[tp] = (low, high)
+                messages: Iterable[Message] = read_ranges(consumer, ranges, deadline)
+            else:
+                consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in known])
+                messages = _until(consumer, deadline)
+            for msg in messages:
+                yield self._received(msg)
         finally:
             consumer.close()
 
+    def _received(self, msg: Message) -> Received:
+        event_type, record = None, None
+        with contextlib.suppress(DecodeError):  # raw bytes are still yielded
+            event_type, record = self.codec.decode(msg.value() or b"")
+        return Received(
+            msg.topic() or "",
+            msg.partition() or 0,
+            msg.offset() or 0,
+            msg.key(),
+            msg.value(),
+            [
+                (str(k), v if isinstance(v, bytes) else (v or "").encode())
+                for k, v in list(msg.headers() or [])
+            ],
+            event_type,
+            record,
+        )
+
     def close(self) -> None:
-        """Deliver what is queued and let go of the broker connections."""
-        self._producer.flush(10)
-        self._producer.close()
+        """Confirm what is queued and let go of the broker connections; DeliveryFailed if the
+        broker refused any of it."""
+        self._publisher.close()
+
+
+def _known_partitions(consumer: Consumer, topics: list[str], wait_s: float) -> list[Partition]:
+    """The partitions of the topics that exist; a topic created a moment ago may not show its
+    partitions at once, so this waits up to `wait_s` for every one to."""
+    give_up = time.monotonic() + wait_s
+    while True:
+        metadata = consumer.list_topics(timeout=10)
+        known = {t: metadata.topics[t].partitions for t in topics if t in metadata.topics}
+        if all(known.get(t) for t in topics) or time.monotonic() > give_up:
+            return [(t, p) for t, parts in known.items() for p in parts]
+        time.sleep(0.2)
+
+
+def _until(consumer: Consumer, deadline: float) -> Iterator[Message]:
+    """The assigned partitions' records as they come, until the monotonic `deadline`."""
+    while time.monotonic() < deadline:
+        msg = consumer.poll(0.2)
+        if msg is not None and msg.error() is None:
+            yield msg
 
 
 class Client:
@@ -213,7 +234,11 @@ class Client:
         )
 
     def start(self, event: Event, wait: bool = True) -> str:
-        """Publish a saga's typed start event; returns the saga key. `wait`: until delivered."""
+        """Publish a saga's typed start event; returns the saga key.
+
+        `wait`: until the broker wrote it (DeliveryFailed if it refused); otherwise the answer
+        comes with `close` (or `events.flush()`).
+        """
         event_type = type(event).__name__
         spec = next((s for s in self.topology.sagas.values() if s.start_event == event_type), None)
         if spec is None:
@@ -225,9 +250,10 @@ class Client:
         key = fields.get(spec.key_field)
         if key in (None, ""):
             raise ValueError(f"{event_type}.{spec.key_field} (the saga key) is empty")
-        self.events.publish(event_type, str(key), fields)
         if wait:
-            self.events.flush()
+            self.events.deliver(event_type, str(key), fields)
+        else:
+            self.events.publish(event_type, str(key), fields)
         return str(key)
 
     def signal(
@@ -251,7 +277,7 @@ class Client:
             )
         raw_key = key.encode()
         deadline = time.monotonic() + DESCRIBE_TIMEOUT_S
-        consumer = _reader(self.settings)
+        consumer = _describer(self.settings)
         try:
             partition = partition_for(
                 raw_key, self.topology.partitions(self.topology.event_topic(spec.start_event))
@@ -288,7 +314,7 @@ class Client:
         partition = partition_for(
             key, self.topology.partitions(self.topology.event_topic(LIFECYCLE_EVENT))
         )
-        _, high = _offsets(consumer, topic, partition)
+        _, high = watermarks(consumer, topic, partition)
         first = consumer.offsets_for_times(
             [TopicPartition(topic, partition, started_ms - CLOCK_MARGIN_MS)], timeout=10
         )[0]
@@ -296,7 +322,7 @@ class Client:
             return [], True
         changes: list[Change] = []
         for scanned, msg in enumerate(
-            _read(consumer, topic, {partition: (first.offset, high)}, deadline)
+            read_ranges(consumer, {(topic, partition): (first.offset, high)}, deadline)
         ):
             at = msg.timestamp()[1]
             if at > changed_ms + CLOCK_MARGIN_MS:
@@ -333,16 +359,11 @@ class Client:
         now = time.time_ns() // 1_000_000
         deadline = time.monotonic() + LIST_TIMEOUT_S
         topic = self.settings.changelog_topic()
-        consumer = _reader(self.settings)
+        consumer = _describer(self.settings)
         found: dict[bytes, SagaSummary] = {}
         scanned = 0
         try:
-            ranges = {}
-            for partition in _partitions(consumer, topic):
-                low, high = _offsets(consumer, topic, partition)
-                if high > low:
-                    ranges[partition] = (low, high)
-            for msg in _read(consumer, topic, ranges, deadline):
+            for msg in read_ranges(consumer, whole(consumer, [topic]), deadline):
                 scanned += 1
                 key, value = msg.key(), msg.value()
                 if key is None:
@@ -410,83 +431,22 @@ class AsyncClient:
         await self.close()
 
 
-def _reader(settings: Settings) -> Consumer:
-    """A consumer of committed records for assigned partitions, told at once of their end."""
-    return Consumer(
-        {
-            **settings.librdkafka(),
-            "group.id": f"describe-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            # each window of a backwards read is a few fetches: do not wait for more data
-            "fetch.wait.max.ms": 10,
-        }
-    )
-
-
-def _partitions(consumer: Consumer, topic: str) -> list[int]:
-    """The topic's partition numbers; an error naming it if it does not exist."""
-    found = consumer.list_topics(topic, timeout=10).topics.get(topic)
-    if found is None or found.error is not None or not found.partitions:
-        raise RuntimeError(
-            f"cannot read {topic}: it does not exist (check SAGASTREAM_TOPIC_PREFIX and "
-            "SAGASTREAM_APP_ID; `sagastream topics create` makes the topics)"
-        )
-    return sorted(found.partitions)
-
-
-def _offsets(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
-    """The partition's first and end offsets (committed records only)."""
-    try:
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=10, cached=False
-        )
-    except KafkaException as exc:
-        raise RuntimeError(
-            f"cannot read {topic}[{partition}]: {exc.args[0].str()} (check SAGASTREAM_TOPIC_PREFIX "
-            "and the broker; `sagastream topics create` makes the topics)"
-        ) from exc
-    return int(low), int(high)
-
-
-def _read(
-    consumer: Consumer, topic: str, ranges: Mapping[int, tuple[int, int]], deadline: float
-) -> Iterator[Message]:
-    """Committed records of partitions, each from its start offset up to its stop or its end."""
-    # assign replaces the previous read's assignment and drops what was fetched for it
-    consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in ranges.items()])
-    stops = {p: stop for p, (_, stop) in ranges.items()}
-    while stops:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"reading {topic} (partitions {sorted(stops)}) ran out of time")
-        msg = consumer.poll(0.5)
-        if msg is None:
-            continue
-        partition = msg.partition() or 0
-        if partition not in stops:
-            continue
-        err = msg.error()
-        if err is not None:
-            if err.code() == KafkaError._PARTITION_EOF:
-                del stops[partition]
-            continue
-        if (msg.offset() or 0) >= stops[partition]:
-            del stops[partition]
-            continue
-        yield msg
+def _describer(settings: Settings) -> Consumer:
+    """A reader for windows of a backwards read: each is a few fetches, so it does not wait for
+    more data."""
+    return reader(settings, "describe", **{"fetch.wait.max.ms": 10})
 
 
 def _last_record(
     consumer: Consumer, topic: str, partition: int, key: bytes, deadline: float
 ) -> Message | None:
     """The key's newest committed record, read backwards from the end in growing windows."""
-    low, high = _offsets(consumer, topic, partition)
+    low, high = watermarks(consumer, topic, partition)
     window, stop = FIRST_WINDOW, high
     while stop > low:
         start = max(low, stop - window)
         found = None
-        for msg in _read(consumer, topic, {partition: (start, stop)}, deadline):
+        for msg in read_ranges(consumer, {(topic, partition): (start, stop)}, deadline):
             if msg.key() == key:
                 found = msg
         if found is not None:

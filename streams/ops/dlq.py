@@ -17,6 +17,7 @@ from sagastream.core.topology import Topology
 from sagastream.ops.client import EventClient, Received
 from sagastream.ops.times import parse_time as parse_time
 from sagastream.runtime.inputs import logical_topic
+from sagastream.runtime.kafka_io import Delivery
 from sagastream.wire.dlq import HEADER_PREFIX, REDRIVE_COUNT, read_dead_letter_headers
 
 DEFAULT_MAX_REDRIVES = 3
@@ -201,14 +202,19 @@ def plan_redrives(letters: Iterable[DeadLetter], max_redrives: int) -> list[Redr
     return plans
 
 
-def describe(plan: Redrive, executed: bool) -> str:
-    """One line per dead letter for the dry run and the execution."""
+def describe(plan: Redrive, delivery: Delivery | None = None) -> str:
+    """One line per dead letter: refused, would redrive (a dry run, no `delivery`), or the
+    broker's answer to its redrive."""
     letter = plan.letter
     head = f"{letter.where} reason={letter.reason} redrives={letter.redrive_count}"
     if plan.refused:
         return f"refused {head}: {plan.refused}"
-    verb = "redriven" if executed else "would redrive"
-    return f"{verb} {head} -> {plan.target} as redrive {letter.redrive_count + 1}"
+    how = f"as redrive {letter.redrive_count + 1}"
+    if delivery is None:
+        return f"would redrive {head} -> {plan.target} {how}"
+    if delivery.error is not None:
+        return f"NOT redriven {head} -> {plan.target}: {delivery.error}"
+    return f"redriven {head} -> {delivery} {how}"
 
 
 def group_table(groups: list[Group]) -> list[str]:
@@ -269,18 +275,18 @@ def find(letters: Iterable[DeadLetter], topic: str, partition: int, offset: int)
     )
 
 
-def execute(client: EventClient, plans: list[Redrive]) -> int:
-    """Publish every plan that is not refused (same key and value) and flush; returns how many."""
-    sent = 0
-    for plan in plans:
-        if plan.refused or plan.target is None:
-            continue
-        client.publish_raw(
-            plan.target,
-            plan.letter.key,
-            plan.letter.value or b"",
-            list(plan.headers),
+def execute(client: EventClient, plans: list[Redrive]) -> list[tuple[Redrive, Delivery]]:
+    """Publish every plan that is not refused (same key and value); each with the broker's
+    answer, written or not."""
+    sent = [
+        (
+            plan,
+            client.publish_raw(
+                plan.target, plan.letter.key, plan.letter.value or b"", list(plan.headers)
+            ),
         )
-        sent += 1
-    client.flush()
-    return sent
+        for plan in plans
+        if not plan.refused and plan.target is not None
+    ]
+    answers = client.answers([pending for _, pending in sent])
+    return [(plan, answer) for (plan, _), answer in zip(sent, answers, strict=True)]

@@ -6,18 +6,18 @@ the target; reading those from the broker and committing the result are kept apa
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from confluent_kafka import Consumer, ConsumerGroupState, ConsumerGroupTopicPartitions
+from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from sagastream.core.topology import Topology
 from sagastream.ops.admin import admin_client
 from sagastream.ops.times import parse_time as parse_time
+from sagastream.runtime import kafka_io
 from sagastream.runtime.settings import Settings
 
 TopicPartition = tuple[str, int]
@@ -154,14 +154,7 @@ def read_offsets(
 ]:
     """The group's committed offsets, the read_committed watermarks and (for a time target) the
     offsets of that time, of the physical topics' partitions (one partition if given)."""
-    consumer = Consumer(
-        {
-            **settings.librdkafka(),
-            "group.id": f"sagastream-replay-{uuid.uuid4().hex[:8]}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
+    consumer = kafka_io.reader(settings, "sagastream-replay")
     try:
         metadata = consumer.list_topics(timeout=10)
         tps: list[TopicPartition] = []
@@ -174,9 +167,7 @@ def read_offsets(
                     raise ValueError(f"topic {name} has no partition {partition} (0-{parts[-1]})")
                 parts = [partition]
             tps += [(name, p) for p in parts]
-        watermarks = {
-            tp: consumer.get_watermark_offsets(KafkaTopicPartition(*tp), timeout=10) for tp in tps
-        }
+        ends = {tp: kafka_io.watermarks(consumer, *tp) for tp in tps}
         times: dict[TopicPartition, int] = {}
         if target.kind == "time":
             asked = [KafkaTopicPartition(t, p, int(target.value or 0)) for t, p in tps]
@@ -191,7 +182,7 @@ def read_offsets(
         (tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None)
         for tp in future.result().topic_partitions
     }
-    return committed, watermarks, times
+    return committed, ends, times
 
 
 def commit_plan(settings: Settings, group: str, rows: list[PlanRow]) -> None:

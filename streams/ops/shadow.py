@@ -17,7 +17,6 @@ import shutil
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,13 +24,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Message
 
 from sagastream.core.topology import OUTCOME_EVENTS, Topology, load_topology
 from sagastream.ops.admin import admin_client, create_topics, delete_topics
 from sagastream.ops.replay import Target, commit_plan, plan_rows, read_offsets
 from sagastream.runtime.event_time import EventTimeOrchestrator, Partition
 from sagastream.runtime.inputs import logical_topic
+from sagastream.runtime.kafka_io import read_ranges, reader
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.orchestrator import ROLE
 from sagastream.runtime.outputs import now_ms
@@ -397,32 +397,9 @@ def _read(
 
 def _messages(settings: Settings, ranges: Mapping[Partition, tuple[int, int]]) -> Iterator[Message]:
     """The committed records of offset ranges."""
-    consumer = Consumer(
-        {
-            **settings.librdkafka(),
-            "group.id": f"sagastream-shadow-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
-    stops = {tp: stop for tp, (start, stop) in ranges.items() if start < stop}
+    consumer = reader(settings, "sagastream-shadow")
     try:
-        consumer.assign([TopicPartition(t, p, ranges[(t, p)][0]) for t, p in stops])
-        while stops:
-            msg = consumer.poll(1.0)
-            if msg is None:
-                continue
-            tp = (msg.topic() or "", msg.partition() or 0)
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    stops.pop(tp, None)
-                continue
-            if tp not in stops or (msg.offset() or 0) >= stops[tp]:
-                stops.pop(tp, None)
-                continue
-            yield msg
+        yield from read_ranges(consumer, ranges)
     finally:
         consumer.close()
 

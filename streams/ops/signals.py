@@ -1,4 +1,8 @@
-"""Human decisions for waiting steps of any saga: `sagastream signal` and its HTTP twin."""
+"""Human decisions for waiting steps of any saga: `sagastream signal` and its HTTP twin.
+
+A signal is acknowledged only once the broker wrote it: the HTTP API answers 202 then, 400 for
+a signal no step would take, and 502 when the broker refused it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 
 from sagastream.core.topology import SIGNAL_EVENT, Topology
 from sagastream.ops.client import EventClient
+from sagastream.runtime.kafka_io import DeliveryFailed
 
 OUTCOMES = ("approved", "rejected")
 _PATH = re.compile(r"^/sagas/(?P<saga>[\w.-]+)/(?P<key>[^/]+)/steps/(?P<step>[\w.-]+)/signal$")
@@ -46,12 +51,11 @@ def send_signal(
     note: str | None = None,
     by: str = "cli",
 ) -> dict[str, Any]:
-    """Publish a StepSignal keyed by the saga key; returns its EventMeta."""
+    """Publish a StepSignal keyed by the saga key; returns its EventMeta once the broker wrote it
+    (DeliveryFailed if it refused)."""
     check_signal(client.topology, saga, step, outcome)
     fields = {"saga_type": saga, "step": step, "outcome": outcome, "note": note, "decided_by": by}
-    meta = client.publish(SIGNAL_EVENT, key, fields)
-    client.flush()
-    return meta
+    return client.deliver(SIGNAL_EVENT, key, fields)
 
 
 def serve(client: EventClient, host: str, port: int) -> ThreadingHTTPServer:
@@ -80,6 +84,9 @@ def serve(client: EventClient, host: str, port: int) -> ThreadingHTTPServer:
                 )
             except (SignalError, json.JSONDecodeError, AttributeError) as exc:
                 self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+                return
+            except DeliveryFailed as exc:  # the request was fine; the broker did not take it
+                self._reply(HTTPStatus.BAD_GATEWAY, {"error": str(exc)})
                 return
             self._reply(HTTPStatus.ACCEPTED, {"event_id": meta["event_id"]})
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from sagastream.ops.client import Client, _offsets, _partitions, _read, _reader
+from sagastream.ops.client import Client
+from sagastream.runtime.kafka_io import read_to_end
 from sagastream.runtime.store import RocksStore
 from sagastream.wire.dlq import read_dead_letter_headers
 from tests.integration.conftest import HANDLERS
@@ -51,16 +52,10 @@ def _changelog(ns: Any) -> dict[str, list[tuple[int, dict[str, Any] | None]]]:
     """Every committed changelog record per key, in offset order: (its time, the state)."""
     topic = ns.settings.changelog_topic()
     records: dict[str, list[tuple[int, dict[str, Any] | None]]] = defaultdict(list)
-    consumer = _reader(ns.settings)
-    try:
-        ranges = {p: _offsets(consumer, topic, p) for p in _partitions(consumer, topic)}
-        ranges = {p: r for p, r in ranges.items() if r[1] > r[0]}
-        for m in _read(consumer, topic, ranges, time.monotonic() + 60):
-            value = m.value()
-            state = None if value is None else json.loads(value)
-            records[(m.key() or b"").decode()].append((m.timestamp()[1], state))
-    finally:
-        consumer.close()
+    for m in read_to_end(ns.settings, [topic], "test-changelog", timeout=60):
+        value = m.value()
+        state = None if value is None else json.loads(value)
+        records[(m.key() or b"").decode()].append((m.timestamp()[1], state))
     return records
 
 

@@ -17,7 +17,7 @@ from confluent_kafka.admin import NewTopic
 
 from sagastream.examples.events import OrderPlaced
 from sagastream.ops.admin import admin_client
-from sagastream.ops.client import AsyncClient, Client, SagaView, _last_record, _reader
+from sagastream.ops.client import AsyncClient, Client, SagaView, _describer, _last_record
 from sagastream.ops.demo import settings_env
 from sagastream.wire.partitioner import partition_for
 from tests.integration.conftest import HANDLERS
@@ -184,7 +184,7 @@ def test_the_last_record_of_a_key_is_found_far_back_past_an_aborted_transaction(
     write([(b"gone", b"x")])
     write([(b"gone", None)])
 
-    consumer = _reader(ns.settings)
+    consumer = _describer(ns.settings)
     try:
         deadline = time.monotonic() + 30
         found = _last_record(consumer, topic, 0, b"target", deadline)

@@ -1,0 +1,304 @@
+"""The Kafka plumbing every part of sagastream shares: queueing a record while librdkafka's local
+queue is full, publishing with the broker's answer per record (confirmed delivery), and reading
+partitions to their end.
+
+Producers here never report a record as sent before the broker acknowledged it: librdkafka's
+`flush()` returns 0 once a refused record has been purged, so only the delivery report tells.
+Readers are built from `Settings.consumer_config` (read_committed, no offset commits), so they
+carry the same connection settings as the workers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from sagastream.runtime.settings import Settings
+
+# how long a producer whose local queue is full waits for delivery reports before trying again
+FULL_QUEUE_WAIT_S = 0.05
+# messages a reader takes from librdkafka per call
+READ_BATCH = 1000
+
+Partition = tuple[str, int]
+Header = tuple[str, str | bytes | None]
+DeliveryReport = Callable[[KafkaError | None, Message], None]
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None = None,
+    headers: Sequence[Header] | None = None,
+    partition: int | None = None,
+    on_delivery: DeliveryReport | None = None,
+) -> None:
+    """Queue one record; while the local queue is full, serve delivery reports to empty it."""
+    kwargs: dict[str, Any] = {"key": key, "value": value}
+    if headers:
+        kwargs["headers"] = list(headers)
+    if partition is not None:
+        kwargs["partition"] = partition
+    if on_delivery is not None:
+        kwargs["on_delivery"] = on_delivery
+    while True:
+        try:
+            producer.produce(topic, **kwargs)
+            return
+        except BufferError:
+            producer.poll(FULL_QUEUE_WAIT_S)
+
+
+# ------------------------------------------------------------------------- confirmed delivery
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The broker's answer for one record: where it was written, or why it was not."""
+
+    topic: str
+    key: bytes | None
+    partition: int | None = None
+    offset: int | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def __str__(self) -> str:
+        key = "no key" if self.key is None else f"key {self.key.decode(errors='replace')!r}"
+        if self.error is None:
+            return f"{self.topic}[{self.partition}]@{self.offset} ({key})"
+        return f"{self.topic} ({key}): {self.error}"
+
+
+class DeliveryFailed(RuntimeError):
+    """Records the broker refused or did not acknowledge in time; each is named with its error."""
+
+    def __init__(self, failed: Sequence[Delivery], delivered: Sequence[Delivery] = ()) -> None:
+        self.failed = list(failed)
+        self.delivered = list(delivered)
+        shown = "; ".join(str(d) for d in self.failed[:5])
+        more = f" (and {len(self.failed) - 5} more)" if len(self.failed) > 5 else ""
+        super().__init__(
+            f"{len(self.failed)} of {len(self.failed) + len(self.delivered)} records were not "
+            f"written: {shown}{more}; check the topic exists, its max.message.bytes, and that "
+            "this principal may write to it"
+        )
+
+
+class Pending:
+    """One queued record, answered by its delivery report."""
+
+    __slots__ = ("_answer", "_done", "key", "topic")
+
+    def __init__(self, topic: str, key: bytes | None) -> None:
+        self.topic, self.key = topic, key
+        self._done = threading.Event()
+        self._answer: Delivery | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def report(self, err: KafkaError | None, msg: Message) -> None:
+        """librdkafka's delivery report for this record."""
+        if err is None:
+            self.settle(Delivery(self.topic, self.key, msg.partition(), msg.offset()))
+        else:
+            self.settle(Delivery(self.topic, self.key, error=f"{err.name()}: {err.str()}"))
+
+    def settle(self, answer: Delivery) -> None:
+        self._answer = answer
+        self._done.set()
+
+    def answer(self, timeout: float) -> Delivery:
+        """The broker's answer; not acknowledged yet is a failure (it may still be written)."""
+        if self._answer is not None:
+            return self._answer
+        return Delivery(
+            self.topic,
+            self.key,
+            error=f"not acknowledged within {timeout:g}s (the broker may still write it)",
+        )
+
+
+class Publisher:
+    """A producer whose every record gets the broker's answer.
+
+    `send` queues a record and returns its `Pending`; `confirm` waits for the answers of the
+    given records (or of every record not confirmed yet) and raises `DeliveryFailed` naming
+    each one refused. Safe to share between threads: each caller confirms its own records.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._producer = Producer(dict(config))
+        self._lock = threading.Lock()
+        self._unconfirmed: dict[Pending, None] = {}
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[Header] | None = None,
+    ) -> Pending:
+        """Queue one record; its answer comes with `confirm`."""
+        pending = Pending(topic, key)
+        with self._lock:
+            self._unconfirmed[pending] = None
+        try:
+            produce(self._producer, topic, value, key, headers, on_delivery=pending.report)
+        except KafkaException as exc:  # refused before it left: too large, unknown partition
+            err: KafkaError = exc.args[0]
+            pending.settle(Delivery(topic, key, error=f"{err.name()}: {err.str()}"))
+        self._producer.poll(0)
+        return pending
+
+    def confirm(
+        self, records: Iterable[Pending] | None = None, timeout: float = 30.0
+    ) -> list[Delivery]:
+        """The answers of `records` (default: every record not confirmed yet), in send order;
+        DeliveryFailed if any record was not written."""
+        answers = self.answers(records, timeout)
+        failed = [a for a in answers if not a.ok]
+        if failed:
+            raise DeliveryFailed(failed, [a for a in answers if a.ok])
+        return answers
+
+    def answers(
+        self, records: Iterable[Pending] | None = None, timeout: float = 30.0
+    ) -> list[Delivery]:
+        """`confirm` without raising: each record's answer, written or not."""
+        with self._lock:
+            if records is None:
+                chosen = list(self._unconfirmed)
+                self._unconfirmed.clear()
+            else:
+                chosen = list(records)
+                for pending in chosen:
+                    self._unconfirmed.pop(pending, None)
+        deadline = time.monotonic() + timeout
+        for pending in chosen:
+            while not pending.done and (left := deadline - time.monotonic()) > 0:
+                self._producer.poll(min(0.1, left))
+        return [p.answer(timeout) for p in chosen]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Confirm what is still queued, then let go of the broker connections."""
+        try:
+            self.confirm(timeout=timeout)
+        finally:
+            self._producer.close()
+
+
+# ------------------------------------------------------------------------- reading to the end
+
+
+def reader(settings: Settings, purpose: str, **extra: Any) -> Consumer:
+    """A consumer of committed records for assigned partitions, told at once of their end.
+
+    Its group (`<purpose>-<random>`) is never joined or committed to: it only names the client.
+    """
+    return Consumer(
+        settings.consumer_config(
+            f"{purpose}-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True, **extra}
+        )
+    )
+
+
+def partitions(consumer: Consumer, topic: str) -> list[int]:
+    """The topic's partition numbers; an error naming it if it does not exist."""
+    found = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise RuntimeError(
+            f"cannot read {topic}: it does not exist (check SAGASTREAM_TOPIC_PREFIX and "
+            "SAGASTREAM_APP_ID; `sagastream topics create` makes the topics)"
+        )
+    return sorted(found.partitions)
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+    """The partition's first offset and its high watermark, asked of the broker now."""
+    try:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=10, cached=False
+        )
+    except KafkaException as exc:
+        raise RuntimeError(
+            f"cannot read {topic}[{partition}]: {exc.args[0].str()} (check SAGASTREAM_TOPIC_PREFIX "
+            "and the broker; `sagastream topics create` makes the topics)"
+        ) from exc
+    return int(low), int(high)
+
+
+def whole(consumer: Consumer, topics: Iterable[str]) -> dict[Partition, tuple[int, int]]:
+    """Every non-empty partition of the topics, from its first offset to its end now."""
+    ranges = {}
+    for topic in topics:
+        for p in partitions(consumer, topic):
+            low, high = watermarks(consumer, topic, p)
+            if high > low:
+                ranges[(topic, p)] = (low, high)
+    return ranges
+
+
+def read_ranges(
+    consumer: Consumer,
+    ranges: Mapping[Partition, tuple[int, int]],
+    deadline: float | None = None,
+) -> Iterator[Message]:
+    """Committed records of each partition from its start offset up to its stop offset or its
+    end, whichever comes first; TimeoutError past the monotonic `deadline`.
+
+    `consumer` must report partition ends (`reader` makes one). Assigning replaces its previous
+    read, so one consumer serves read after read.
+    """
+    stops = {tp: stop for tp, (start, stop) in ranges.items() if start < stop}
+    consumer.assign([TopicPartition(t, p, ranges[(t, p)][0]) for t, p in stops])
+    while stops:
+        if deadline is not None and time.monotonic() > deadline:
+            unread = ", ".join(f"{t}[{p}]" for t, p in sorted(stops))
+            raise TimeoutError(f"reading to the end ran out of time; unread: {unread}")
+        for msg in consumer.consume(READ_BATCH, 0.5):
+            tp = (msg.topic() or "", msg.partition() or 0)
+            if tp not in stops:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    del stops[tp]
+                elif err.fatal():
+                    raise KafkaException(err)
+                continue
+            if (msg.offset() or 0) >= stops[tp]:
+                del stops[tp]
+                continue
+            yield msg
+
+
+def read_to_end(
+    settings: Settings, topics: Iterable[str], purpose: str, timeout: float | None = None
+) -> Iterator[Message]:
+    """Every committed record of the topics, from the beginning to their end as of now."""
+    consumer = reader(settings, purpose)
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        yield from read_ranges(consumer, whole(consumer, topics), deadline)
+    finally:
+        consumer.close()
