@@ -209,6 +209,8 @@ def _produce(settings: Settings, batches: Iterable[list[Record]]) -> int:
     """Write records into the changelog, a transaction per batch; returns how many."""
     from confluent_kafka import Producer
 
+    from sagastream.runtime.kafka_io import produce
+
     producer = Producer(
         settings.transactional_producer_config(f"{settings.topic_prefix}bench-restore")
     )
@@ -217,15 +219,9 @@ def _produce(settings: Settings, batches: Iterable[list[Record]]) -> int:
     for batch in batches:
         producer.begin_transaction()
         for key, value in batch:
-            while True:
-                try:
-                    # headers as the orchestrator writes them (restore reads timers there)
-                    state = json.loads(value) if value else None
-                    headers: list[tuple[str, str | bytes | None]] = [*changelog_headers(state)]
-                    producer.produce(topic, value, key, headers=headers)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            # headers as the orchestrator writes them (restore reads timers there)
+            state = json.loads(value) if value else None
+            produce(producer, topic, value, key, changelog_headers(state))
         producer.commit_transaction(60)
         written += len(batch)
     return written

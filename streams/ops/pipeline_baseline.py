@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, Message, Producer
 from confluent_kafka.admin import NewTopic
 
 from sagastream.ops.admin import admin_client
+from sagastream.runtime.kafka_io import produce
 from sagastream.runtime.settings import Settings
 
 ORCHESTRATOR = "orchestrator"
@@ -85,15 +86,6 @@ def create_baseline_topics(
         future.result()
 
 
-def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes) -> None:
-    while True:
-        try:
-            producer.produce(topic, key=key, value=value)
-            return
-        except BufferError:
-            producer.poll(0.05)
-
-
 def _batches(consumer: Consumer, stop: threading.Event) -> Iterator[list[Message]]:
     """Batches of messages until `stop`; says READY once the consumer has partitions."""
     announced = False
@@ -133,19 +125,19 @@ def run_orchestrator(
             topic, key = msg.topic(), msg.key()
             if topic == topics.start:
                 for step in STEPS:
-                    _produce(producer, topics.commands(step), key, msg.value() or b"")
+                    produce(producer, topics.commands(step), msg.value() or b"", key)
                 for _ in range(at_start):
-                    _produce(producer, topics.lifecycle, key, FILLER)
+                    produce(producer, topics.lifecycle, FILLER, key)
             elif topic in results:
                 seen = joined.get(key, 0) + 1
                 if seen < len(STEPS):
                     joined[key] = seen
                     continue
                 joined.pop(key, None)
-                _produce(producer, topics.outcomes, key, RESULT)
-                _produce(producer, topics.commands(NOTIFY), key, RESULT)
+                produce(producer, topics.outcomes, RESULT, key)
+                produce(producer, topics.commands(NOTIFY), RESULT, key)
                 for _ in range(at_end):
-                    _produce(producer, topics.lifecycle, key, FILLER)
+                    produce(producer, topics.lifecycle, FILLER, key)
             # a notification result ends nothing: the saga already has its outcome
         pending = pending or bool(batch)
         producer.poll(0)
@@ -178,7 +170,7 @@ def run_handler(
     producer = Producer(settings.producer_config())
     for batch in _batches(consumer, stop):
         for msg in batch:
-            _produce(producer, topics.results(role), msg.key(), RESULT)
+            produce(producer, topics.results(role), RESULT, msg.key())
             consumer.store_offsets(msg)
         producer.poll(0)
     producer.flush(10)
