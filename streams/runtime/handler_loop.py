@@ -37,6 +37,7 @@ from sagastream.runtime.inputs import (
     logical_topic,
     read_input,
 )
+from sagastream.runtime.kafka_io import produce
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.outputs import Encoder
 from sagastream.runtime.settings import Settings
@@ -499,19 +500,14 @@ class HandlerLoop:
         )
 
     def _send(self, job: _Job, out: OutRecord) -> None:
-        headers: list[tuple[str, str | bytes | None]] = list(out.headers)
-        while True:
-            try:
-                self._producer.produce(
-                    out.topic,
-                    out.value,
-                    out.key,
-                    headers=headers,
-                    on_delivery=partial(self._delivered, job),
-                )
-                return
-            except BufferError:  # the local queue is full: serve delivery reports to empty it
-                self._producer.poll(0.05)
+        produce(
+            self._producer,
+            out.topic,
+            out.value,
+            out.key,
+            out.headers,
+            on_delivery=partial(self._delivered, job),
+        )
 
     def _delivered(self, job: _Job, err: KafkaError | None, _msg: Message) -> None:
         if err is None:
