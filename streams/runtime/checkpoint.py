@@ -20,6 +20,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from sagastream.runtime.inputs import OutRecord
+from sagastream.runtime.kafka_io import produce
 from sagastream.runtime.store import PartitionStore, changelog_headers, timers_of
 
 log = logging.getLogger("sagastream.orchestrator")
@@ -224,17 +225,7 @@ class Checkpoint:
         partition: int | None,
         on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": on_delivery}
-        if headers:
-            kwargs["headers"] = headers
-        if partition is not None:
-            kwargs["partition"] = partition
-        while True:
-            try:
-                self.producer.produce(topic, **kwargs)
-                break
-            except BufferError:
-                self.producer.poll(0.05)
+        produce(self.producer, topic, value, key, headers, partition, on_delivery)
         self.records += 1
 
     def _commit_retrying(self, deadline: float) -> None:
