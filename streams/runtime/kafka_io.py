@@ -204,6 +204,10 @@ class Publisher:
         try:
             self.confirm(timeout=timeout)
         finally:
+            # what is still unanswered was reported above; closing would wait for it until
+            # message.timeout.ms (5 minutes by default)
+            self._producer.purge()
+            self._producer.poll(0)
             self._producer.close()
 
 
