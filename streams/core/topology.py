@@ -69,6 +69,20 @@ class Defaults(_Model):
     partitions: int = Field(default=4, ge=1)
     retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=-1)
     dlq_retention_ms: int = Field(default=30 * 24 * 3600 * 1000, ge=-1)
+    # None: min(3, the cluster's brokers)
+    replication_factor: int | None = Field(default=None, ge=1)
+    # None: replication_factor - 1 from 3 replicas on, else the broker's min.insync.replicas
+    min_insync_replicas: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _writable(self) -> Defaults:
+        rf, isr = self.replication_factor, self.min_insync_replicas
+        if rf is not None and isr is not None and isr > rf:
+            raise ValueError(
+                f"min_insync_replicas {isr} is more than replication_factor {rf}: no write "
+                "could ever be acknowledged; lower min_insync_replicas"
+            )
+        return self
 
 
 class TopicSpec(_Model):

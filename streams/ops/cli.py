@@ -52,6 +52,8 @@ def _topics(args: argparse.Namespace) -> int:
     print(f"created {len(report.created)} topics, {len(report.existing)} already existed")
     for name in report.created:
         print(f"  + {name}")
+    for line in report.weaker:
+        print(f"  ! {line} (existing topics are left as they are)")
     return 0
 
 

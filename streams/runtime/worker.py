@@ -97,7 +97,9 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
         from sagastream.ops.admin import create_topics
         from sagastream.runtime.orchestrator import Orchestrator
 
-        create_topics(settings, topology)  # idempotent; makes sure the changelog exists
+        # idempotent; makes sure the changelog exists
+        for weaker in create_topics(settings, topology).weaker:
+            log.warning("topic less durable than topology.yaml asks: %s", weaker)
         orchestrator = Orchestrator(settings, topology, schemas, codec, metrics)
         runners[ORCHESTRATOR] = orchestrator.run
         readiness[ORCHESTRATOR] = orchestrator.ready.is_set

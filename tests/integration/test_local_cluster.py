@@ -111,8 +111,9 @@ def _broker_resource(metadata):
 
 
 def _changelog_is_replicated_and_compacted(admin, bootstrap):
-    """sagastream creates the orchestrator's changelog like the topology's topics: RF 3 here."""
-    from confluent_kafka.admin import ConfigResource
+    """sagastream creates the orchestrator's changelog like the topology's topics: RF 3 and
+    min.insync.replicas 2 here."""
+    from confluent_kafka.admin import ConfigResource, ConfigSource
 
     from sagastream.core.topology import load_topology
     from sagastream.ops.admin import create_topics
@@ -140,3 +141,6 @@ def _changelog_is_replicated_and_compacted(admin, bootstrap):
             assert retriable and time.monotonic() < deadline, f"{changelog}: {exc}"
             time.sleep(0.2)
     assert config["cleanup.policy"].value == "compact"
+    # the topic's own setting, not the broker's: it holds wherever the changelog is moved
+    isr = config["min.insync.replicas"]
+    assert (isr.value, isr.source) == ("2", ConfigSource.DYNAMIC_TOPIC_CONFIG.value), isr
