@@ -19,6 +19,7 @@ from sagastream.events import (
     UuidStr,
 )
 from sagastream.ops.client import AsyncClient, Client
+from sagastream.runtime.kafka_io import DeliveryFailed
 from sagastream.runtime.settings import Settings
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "AvroType",
     "Command",
     "Context",
+    "DeliveryFailed",
     "Event",
     "Fail",
     "Float32",
