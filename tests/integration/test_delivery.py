@@ -9,12 +9,14 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from sagastream.examples.events import OrderPlaced
@@ -31,6 +33,7 @@ from tests.integration.helpers import good_order
 pytestmark = pytest.mark.integration
 
 REFUSED = "MSG_SIZE_TOO_LARGE"
+PROBE = b"probe"
 
 
 @pytest.fixture
@@ -45,12 +48,36 @@ def refuse(ns: Any) -> Callable[[str], None]:
         admin = admin_client(ns.settings)
         for future in admin.incremental_alter_configs([resource]).values():
             future.result(30)
+        _until_refused(ns, topic)
 
     return apply
 
 
+def _until_refused(ns: Any, topic: str) -> None:
+    """The broker applies a config change a moment after it accepted it: probe every partition
+    until each refuses."""
+    probe = Producer(ns.settings.producer_config())
+    deadline = time.monotonic() + 30
+    while True:
+        answers: list[KafkaError | None] = []
+        for partition in range(ns.topology.partitions(topic)):
+            probe.produce(
+                ns.topic(topic),
+                b"x" * 64,
+                PROBE,
+                partition=partition,
+                on_delivery=lambda err, _msg, into=answers: into.append(err),
+            )
+        probe.flush(30)
+        if all(e is not None and e.code() == KafkaError.MSG_SIZE_TOO_LARGE for e in answers):
+            return
+        assert time.monotonic() < deadline, f"{ns.topic(topic)} still takes records: {answers}"
+        time.sleep(0.2)
+
+
 def _keys(ns: Any, topic: str) -> list[bytes | None]:
-    return [m.key for m in ns.client.read_to_end([ns.topic(topic)])]
+    """The keys written to a topology topic, probes aside."""
+    return [m.key for m in ns.client.read_to_end([ns.topic(topic)]) if m.key != PROBE]
 
 
 def test_client_start_raises_when_the_broker_refuses_the_start_event(ns, refuse) -> None:
