@@ -97,24 +97,23 @@ class DeliveryFailed(RuntimeError):
         more = f" (and {len(self.failed) - 5} more)" if len(self.failed) > 5 else ""
         super().__init__(
             f"{len(self.failed)} of {len(self.failed) + len(self.delivered)} records were not "
-            f"written: {shown}{more}; check the topic exists, its max.message.bytes, and that "
-            "this principal may write to it"
+            f"written: {shown}{more}; check the broker is reachable, the topic exists, its "
+            "max.message.bytes, and that this principal may write to it"
         )
 
 
 class Pending:
     """One queued record, answered by its delivery report."""
 
-    __slots__ = ("_answer", "_done", "key", "topic")
+    __slots__ = ("_answer", "key", "topic")
 
     def __init__(self, topic: str, key: bytes | None) -> None:
         self.topic, self.key = topic, key
-        self._done = threading.Event()
         self._answer: Delivery | None = None
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._answer is not None
 
     def report(self, err: KafkaError | None, msg: Message) -> None:
         """librdkafka's delivery report for this record."""
@@ -125,7 +124,6 @@ class Pending:
 
     def settle(self, answer: Delivery) -> None:
         self._answer = answer
-        self._done.set()
 
     def answer(self, timeout: float) -> Delivery:
         """The broker's answer; not acknowledged yet is a failure (it may still be written)."""
