@@ -194,6 +194,7 @@ class HandlerLoop:
         self._next_commit = 0.0
         self._deadline: float | None = None
         self._crash: BaseException | None = None
+        self._polls = metrics.handler_polls.labels(role)
 
     @property
     def ready(self) -> bool:
@@ -236,6 +237,7 @@ class HandlerLoop:
     def _tick(self) -> None:
         if self._crash is not None:
             raise self._crash
+        self._polls.inc()
         messages = self._fetch()
         for msg in messages:
             self._accept(msg)
