@@ -35,6 +35,7 @@ from confluent_kafka import (
 from sagastream.core.saga import TERMINAL, Event, decide, saga_for
 from sagastream.core.topology import LIFECYCLE_EVENT, TIMER_EVENT, Topology
 from sagastream.runtime.checkpoint import Checkpoint, ProducerFatal, TransactionFailed
+from sagastream.runtime.health import Check, RoleHealth
 from sagastream.runtime.inputs import (
     Decoded,
     OutRecord,
@@ -139,6 +140,7 @@ class Orchestrator:
         self._failures: dict[tuple[str, int], int] = {}
         self.trail: dict[bytes, tuple[str, str, list[dict[str, Any]], dict[str, Any]]] = {}
         self.ready = threading.Event()
+        self.health = RoleHealth(settings)
         # the time decisions are made at: the wall clock, or event time in a shadow replay
         self.clock: Callable[[], int] = now_ms
         self._consumer: Consumer | None = None
@@ -152,6 +154,7 @@ class Orchestrator:
                 self._session(stop)
             except (ProducerFatal, KafkaException, TimeoutError) as exc:
                 log.error("orchestrator session failed (%s); rebuilding it and rejoining", exc)
+                self.health.aborted(exc)
                 self._close_stores()
                 stop.wait(1.0)
 
@@ -160,6 +163,7 @@ class Orchestrator:
             self.settings.transactional_producer_config(self.instance.transactional_id)
         )
         while not stop.is_set():
+            self.health.advanced()
             try:
                 producer.init_transactions(10)
                 break
@@ -181,6 +185,7 @@ class Orchestrator:
         next_tick = 0.0
         try:
             while not stop.is_set():
+                self.health.advanced()
                 now = time.monotonic()
                 wait = ckpt.started + linger - now if ckpt.open else next_tick - now
                 msgs = _fetch(consumer, max(0.0, min(wait, tick)))
@@ -218,6 +223,11 @@ class Orchestrator:
             },
         )
 
+    def readiness(self) -> Check:
+        """/readyz: the stores are restored and it consumes, and no trouble RoleHealth watches."""
+        restoring = [] if self.ready.is_set() else ["no partitions assigned, or still restoring"]
+        return self.health.ready(*restoring)
+
     # -- one input ------------------------------------------------------------------------
     def _handle(self, msg: Message) -> None:
         ckpt = self._ckpt
@@ -226,6 +236,8 @@ class Orchestrator:
         if err is not None:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer: %s", err)
+                if msg.topic():
+                    self.health.input_failed(msg.topic() or "", err.str())
             return
         where = (msg.topic() or "", msg.partition() or 0)
         if where in self.waiting:
@@ -236,6 +248,8 @@ class Orchestrator:
             return
         if isinstance(got, Decoded):
             self.metrics.consumed.labels(ROLE, got.event_type).inc()
+        self.health.input_read(where[:1])
+        self.health.registry_back(where)
         if self._failures.pop(where, None) is not None and not self._failures:
             self.metrics.registry_up.labels(ROLE).set(1)
         ckpt.begin()
@@ -431,6 +445,7 @@ class Orchestrator:
         consumer.pause([tp])
         consumer.seek(tp)
         self.waiting[where] = time.monotonic() + delay
+        self.health.registry_waits(where)
         self.metrics.registry_up.labels(ROLE).set(0)
         self.metrics.registry_retries.labels(ROLE).inc()
         log.warning("%s; %s[%d]@%d waits, retry in %.1fs", got.error, *where, msg.offset(), delay)
@@ -456,10 +471,12 @@ class Orchestrator:
         try:
             ckpt.commit(consumer, timeout)
             self.metrics.transactions.labels("committed").inc()
+            self.health.committed()
             self.metrics.commit_seconds.observe(time.monotonic() - started)
             self.metrics.transaction_records.observe(records)
         except TransactionFailed as exc:
             self.metrics.transactions.labels("aborted").inc()
+            self.health.aborted(exc)
             log.warning("transaction aborted (%s); re-reading from the committed offsets", exc)
             self._rewind()
         self.trail.clear()
@@ -499,7 +516,9 @@ class Orchestrator:
         opened = {p: RocksStore(self.instance.directory / f"p{p}") for p in sorted(numbers)}
         self.stores.update(opened)  # closed by the session's end even if restoring fails
         started = time.monotonic()
+        self.health.input_read(tp.topic for tp in partitions)
         for done in restore(self.settings, self.settings.changelog_topic(), opened):
+            self.health.advanced()
             log.info(
                 "partition %d restored: %d changelog records from %s",
                 done.partition,
@@ -528,6 +547,7 @@ class Orchestrator:
             self._ckpt.forget_cached()
         self.waiting = {w: v for w, v in self.waiting.items() if w[1] not in numbers}
         self._failures = {w: n for w, n in self._failures.items() if w[1] not in numbers}
+        self.health.registry_only(self._failures)
         if not self._failures:
             self.metrics.registry_up.labels(ROLE).set(1)
         for p in numbers:

@@ -2,7 +2,9 @@
 
 SIGTERM or SIGINT sets one stop event; every role stops fetching, commits what finished and
 leaves its group within `drain_timeout_s`. A role that has not ended a few seconds after that
-is abandoned and the process exits anyway: a worker never ignores SIGTERM.
+is abandoned and the process exits anyway (os._exit): a worker never ignores SIGTERM. Plain
+handler functions run on daemon threads, so one that never returns does not hold the process
+either.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from sagastream.core.topology import Topology, load_topology
 from sagastream.runtime import health
+from sagastream.runtime.health import Check
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import RegistryUnavailable, SchemaStore
@@ -64,7 +66,8 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
         codec.prepare(topology.events)
 
     runners: dict[str, Callable[[threading.Event], None]] = {}
-    readiness: dict[str, Callable[[], bool]] = {}
+    # per role: is its loop advancing (/healthz), is it ready (/readyz)
+    probes: dict[str, tuple[Callable[[], Check], Callable[[], Check]]] = {}
     handler_roles = [role for role in roles if role != ORCHESTRATOR]
     if handler_roles:
         from sagastream.app import AppError, load_app
@@ -92,7 +95,7 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
                 is_async=handler.is_async,
             )
             runners[role] = loop.run
-            readiness[role] = partial(getattr, loop, "ready")
+            probes[role] = (loop.health.alive, loop.readiness)
     if ORCHESTRATOR in roles:
         from sagastream.ops.admin import create_topics
         from sagastream.runtime.orchestrator import Orchestrator
@@ -102,7 +105,7 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
             log.warning("topic less durable than topology.yaml asks: %s", weaker)
         orchestrator = Orchestrator(settings, topology, schemas, codec, metrics)
         runners[ORCHESTRATOR] = orchestrator.run
-        readiness[ORCHESTRATOR] = orchestrator.ready.is_set
+        probes[ORCHESTRATOR] = (orchestrator.health.alive, orchestrator.readiness)
 
     stop = threading.Event()
     failed: list[str] = []
@@ -130,11 +133,19 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     ]
     for thread in threads:
         thread.start()
+
+    def alive() -> dict[str, Check]:
+        stopped = Check.of(["stopping"])
+        return {
+            t.name: probes[t.name][0]() if t.is_alive() and not stop.is_set() else stopped
+            for t in threads
+        }
+
     if settings.metrics_port:
         server = health.serve(
             metrics.registry,
-            lambda: {t.name: t.is_alive() and not stop.is_set() for t in threads},
-            lambda: {role: is_ready() for role, is_ready in readiness.items()},
+            alive,
+            lambda: {role: probe[1]() for role, probe in probes.items()},
             settings.metrics_host,
             settings.metrics_port,
         )
