@@ -1,16 +1,16 @@
 """The one place that commits: outputs, state changelog and input offsets in one Kafka transaction.
 
 A `Checkpoint` collects one commit interval's work: the records the orchestrator produced, the
-saga states it changed (coalesced per key: one changelog record per saga per transaction) and
-the input offsets it consumed. `commit` produces the changelog records, sends the offsets with
-the consumer's group metadata (so a fenced generation cannot commit), commits the transaction,
-and only then writes the states to each partition's store with the changelog offset they reach.
+saga states it changed with the changelog bytes they were encoded to when decided (coalesced
+per key: one changelog record per saga per transaction) and the input offsets it consumed.
+`commit` produces the changelog records, sends the offsets with the consumer's group metadata
+(so a fenced generation cannot commit), commits the transaction, and only then writes the
+states to each partition's store with the changelog offset they reach.
 `abort` forgets all of it; the caller re-reads from the last committed offsets.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +19,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from sagastream.core.state import decode_state
 from sagastream.runtime.inputs import OutRecord
 from sagastream.runtime.kafka_io import produce
 from sagastream.runtime.store import PartitionStore, changelog_headers, timers_of
@@ -36,10 +37,12 @@ class ProducerFatal(RuntimeError):
 
 @dataclass
 class Touched:
-    """A saga changed in this transaction: its committed timers and its newest state."""
+    """A saga changed in this transaction: its committed timers, its newest state and that
+    state's changelog bytes (None: removed)."""
 
     committed_timers: dict[str, int]
     state: dict[str, Any] | None
+    value: bytes | None
 
 
 @dataclass
@@ -70,7 +73,7 @@ class Checkpoint:
         self.offsets: dict[tuple[str, int], int] = {}
         self.work: dict[int, PartitionWork] = {}
         self._delivery_error: KafkaError | None = None
-        # committed states as decide last saw them, so sagas in flight skip RocksDB and JSON
+        # committed states as decide last saw them, so sagas in flight skip RocksDB and decoding
         self._cached: dict[bytes, dict[str, Any]] = {}
         self._cache_size = cached_states
 
@@ -94,7 +97,7 @@ class Checkpoint:
         raw = store.get(saga_key)
         if not raw:
             return None
-        state: dict[str, Any] = json.loads(raw)
+        state = decode_state(raw)
         self._remember(saga_key, state)
         return state
 
@@ -105,16 +108,18 @@ class Checkpoint:
         saga_key: bytes,
         old: dict[str, Any] | None,
         new: dict[str, Any] | None,
+        value: bytes | None,
     ) -> None:
-        """Record a saga's new state; `old` is what `state` returned before this decision."""
+        """Record a saga's new state and its changelog bytes (`encode_state(new)`, None with a
+        removed saga); `old` is what `state` returned before this decision."""
         work = self.work.get(partition)
         if work is None:
             work = self.work[partition] = PartitionWork(store)
         touched = work.touched.get(saga_key)
         if touched is None:
-            work.touched[saga_key] = Touched(timers_of(old), new)
+            work.touched[saga_key] = Touched(timers_of(old), new, value)
         else:
-            touched.state = new
+            touched.state, touched.value = new, value
 
     def produce(self, record: OutRecord) -> None:
         self._produce(record.topic, record.key, record.value, record.headers, None)
@@ -139,12 +144,7 @@ class Checkpoint:
         encoded: dict[int, dict[bytes, bytes | None]] = {}
         try:
             for partition, work in self.work.items():
-                values = encoded[partition] = {
-                    k: None
-                    if t.state is None
-                    else json.dumps(t.state, separators=(",", ":")).encode()
-                    for k, t in work.touched.items()
-                }
+                values = encoded[partition] = {k: t.value for k, t in work.touched.items()}
                 for saga_key, value in values.items():
                     headers = changelog_headers(work.touched[saga_key].state)
                     self._produce(

@@ -33,6 +33,7 @@ from confluent_kafka import (
 )
 
 from sagastream.core.saga import TERMINAL, Event, decide, saga_for
+from sagastream.core.state import StateEncodingError, encode_state
 from sagastream.core.topology import LIFECYCLE_EVENT, TIMER_EVENT, Topology
 from sagastream.runtime.checkpoint import Checkpoint, ProducerFatal, TransactionFailed
 from sagastream.runtime.health import Check, RoleHealth
@@ -49,7 +50,7 @@ from sagastream.runtime.outputs import Encoder, now_ms
 from sagastream.runtime.restore import restore
 from sagastream.runtime.settings import Settings
 from sagastream.runtime.store import EXPIRY, PartitionStore, RocksStore, timers_of
-from sagastream.wire.codec import AvroCodec, SchemaStore
+from sagastream.wire.codec import AvroCodec, EncodeError, SchemaStore
 from sagastream.wire.dlq import Origin, dead_letter_headers
 from sagastream.wire.registry import retry_delay
 
@@ -253,17 +254,23 @@ class Orchestrator:
         if self._failures.pop(where, None) is not None and not self._failures:
             self.metrics.registry_up.labels(ROLE).set(1)
         ckpt.begin()
-        try:
-            if isinstance(got, Rejected):
-                self._dead_letter(msg, got)
-            else:
-                self._decide(where[1], got, msg)
-        except Exception as exc:  # a bug must not stop the partition: park the input
-            log.exception("orchestrator failed on %s[%d]@%d", *where, msg.offset())
-            self._dead_letter(msg, Rejected("processing_error", f"{type(exc).__name__}: {exc}"))
+        rejected = got if isinstance(got, Rejected) else self._decide(where[1], got, msg)
+        if rejected is not None:
+            self._dead_letter(self._letter(msg, None, where[1], rejected), rejected, msg)
         ckpt.consumed(msg)
 
-    def _decide(self, partition: int, got: Decoded, msg: Message | None) -> None:
+    def _decide(self, partition: int, got: Decoded, msg: Message | None) -> Rejected | None:
+        """Decide one input into the open transaction: all it causes, or nothing of it and
+        why (the caller dead-letters the input, and the loop goes on)."""
+        try:
+            return self._decide_input(partition, got, msg)
+        except KafkaException:
+            raise  # the producer failed, not the input: the session is rebuilt
+        except Exception as exc:  # a bug must not stop the partition: park the input
+            log.exception("orchestrator failed on %s of %r", got.event_type, got.key)
+            return Rejected("processing_error", f"{type(exc).__name__}: {exc}")
+
+    def _decide_input(self, partition: int, got: Decoded, msg: Message | None) -> Rejected | None:
         ckpt = self._ckpt
         assert ckpt is not None
         store = self.stores[partition]
@@ -275,14 +282,7 @@ class Orchestrator:
         elif (found := saga_for(self.topology.sagas, got.event_type)) is not None:
             definition = found
         else:
-            self._reject(
-                msg,
-                got,
-                partition,
-                "no_saga",
-                f"{got.event_type} starts no saga and none is running",
-            )
-            return
+            return Rejected("no_saga", f"{got.event_type} starts no saga and none is running")
         now = self.clock()
         incoming = Event(
             got.event_type,
@@ -295,7 +295,7 @@ class Orchestrator:
         )
         decision = decide(definition, state, incoming, now)
         if decision.duplicate:
-            return
+            return None
         new = decision.state
         parent = meta
         if new is not None:
@@ -304,19 +304,29 @@ class Orchestrator:
                 "correlation_id": new["corr"] or meta["correlation_id"],
                 "traceparent": new["tp"] or meta["traceparent"],
             }
-        # encode everything first: a failure here must leave nothing half-sent
-        out = [
-            self.encoder.derived(c.event_type, key, c.fields, parent, c.attempt, now)
-            for c in decision.commands
-        ]
+        # encode everything first: a failure here must leave nothing of this input behind
+        refused = None if decision.dead_letter is None else Rejected("saga", decision.dead_letter)
+        try:
+            out = [
+                self.encoder.derived(c.event_type, key, c.fields, parent, c.attempt, now)
+                for c in decision.commands
+            ]
+            letter = None if refused is None else self._letter(msg, got, partition, refused)
+        except EncodeError as exc:
+            return Rejected("output_encoding", str(exc))
+        try:
+            value = None if new is None else encode_state(new)
+        except StateEncodingError as exc:
+            return Rejected("state_encoding", str(exc))
+        # handing over: nothing below fails on this input's account
         if new is not None:
-            ckpt.put_state(partition, store, key, state, new)
+            ckpt.put_state(partition, store, key, state, new, value)
             self._note_trail(key, definition[1].audit, new, decision.lifecycle, parent)
         for rec in out:
             ckpt.produce(rec)
         self.metrics.produced_many(ROLE, [c.event_type for c in decision.commands])
-        if decision.dead_letter:
-            self._reject(msg, got, partition, "saga", decision.dead_letter)
+        if letter is not None and refused is not None:
+            self._dead_letter(letter, refused, msg)
         if (
             new is not None
             and new["status"] in TERMINAL
@@ -326,6 +336,7 @@ class Orchestrator:
             self.metrics.saga_seconds.labels(new["saga"], new["status"]).observe(
                 (new["ended"] - new["started"]) / 1000
             )
+        return None
 
     def _note_trail(
         self,
@@ -351,36 +362,32 @@ class Orchestrator:
         else:
             self.trail[key] = (entry[0], state["status"], entry[2] + changes, parent)
 
-    def _reject(
-        self, msg: Message | None, got: Decoded, partition: int, reason: str, why: str
-    ) -> None:
+    def _letter(
+        self, msg: Message | None, got: Decoded | None, partition: int, rejected: Rejected
+    ) -> OutRecord:
+        """The dead-letter record of an input: the message's bytes as they came, or for a fired
+        timer (no message) the TimerFired event itself."""
         if msg is not None:
-            self._dead_letter(msg, Rejected(reason, why))
-            return
-        # a fired timer has no input message: its DLQ record is the TimerFired event itself
+            return dead_letter(msg, self.topology, self.settings, rejected, PRODUCER_NAME)
+        assert got is not None
         timers = self.timer_topic or "sagas.timers"
         topic = self.settings.topic(self.topology.dlq(timers))
         value = self.codec.encode(TIMER_EVENT, got.record)
         origin = Origin(self.settings.topic(timers), partition, -1, now_ms())
-        headers = dead_letter_headers(origin, reason, why, PRODUCER_NAME)
-        assert self._ckpt is not None
-        self._ckpt.produce(OutRecord(topic, got.key, value, headers))
-        self.metrics.dead_letters.labels(ROLE, self.timer_topic or "", reason).inc()
-        log.warning("dead-lettered a timer of %r to %s: %s", got.key, topic, why)
+        headers = dead_letter_headers(origin, rejected.reason, rejected.error, PRODUCER_NAME)
+        return OutRecord(topic, got.key, value, headers)
 
-    def _dead_letter(self, msg: Message, rejected: Rejected) -> None:
+    def _dead_letter(self, letter: OutRecord, rejected: Rejected, msg: Message | None) -> None:
+        """Produce an input's dead-letter record; `msg` is the input (None: a fired timer)."""
         assert self._ckpt is not None
-        rec = dead_letter(msg, self.topology, self.settings, rejected, PRODUCER_NAME)
-        self._ckpt.produce(rec)
-        self.metrics.dead_letters.labels(ROLE, msg.topic() or "", rejected.reason).inc()
-        log.warning(
-            "dead-lettered %s[%s]@%s to %s: %s",
-            msg.topic(),
-            msg.partition(),
-            msg.offset(),
-            rec.topic,
-            rejected.error,
-        )
+        self._ckpt.produce(letter)
+        if msg is None:
+            source, what = self.timer_topic or "", f"a timer of {letter.key!r}"
+        else:
+            source = msg.topic() or ""
+            what = f"{source}[{msg.partition()}]@{msg.offset()}"
+        self.metrics.dead_letters.labels(ROLE, source, rejected.reason).inc()
+        log.warning("dead-lettered %s to %s: %s", what, letter.topic, rejected.error)
 
     # -- timers ---------------------------------------------------------------------------
     def _fire_due(self) -> None:
@@ -397,7 +404,7 @@ class Orchestrator:
                 if timer == EXPIRY:  # an ended saga's retention is over: a tombstone removes it
                     if state is not None and state.get("expires") == due_ms:
                         ckpt.begin()
-                        ckpt.put_state(partition, store, key, state, None)
+                        ckpt.put_state(partition, store, key, state, None, None)
                         self.metrics.timers_fired.labels(EXPIRY).inc()
                     continue
                 if state is None or state["timers"].get(timer) != due_ms:
@@ -419,16 +426,15 @@ class Orchestrator:
                 fields = {"kind": kind, "step": step, "attempt": int(attempt), "due_ms": due_ms}
                 fired = Decoded(TIMER_EVENT, {**fields, "meta": meta}, key)
                 ckpt.begin()
-                try:
-                    self._decide(partition, fired, None)
-                except Exception as exc:
-                    # a bug must not fire again every tick: park the timer, disarmed
-                    log.exception("firing timer %s of %r failed", timer, key)
+                rejected = self._decide(partition, fired, None)
+                if rejected is not None:
+                    # it must not fail again every tick: park the timer, disarmed
                     disarmed = {**state, "timers": dict(state["timers"])}
                     del disarmed["timers"][timer]
-                    ckpt.put_state(partition, store, key, state, disarmed)
-                    why = f"{type(exc).__name__}: {exc}"
-                    self._reject(None, fired, partition, "processing_error", why)
+                    value = encode_state(disarmed)  # its state was stored: it encodes
+                    ckpt.put_state(partition, store, key, state, disarmed, value)
+                    letter = self._letter(None, fired, partition, rejected)
+                    self._dead_letter(letter, rejected, None)
                     continue
                 self.metrics.timers_fired.labels(kind).inc()
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from sagastream.core.state import decode_state
 from sagastream.runtime.settings import Settings
 from sagastream.runtime.store import TIMERS_HEADER, PartitionStore, timers_of
 
@@ -170,7 +171,7 @@ def _replay(
                 before = {}  # the store started empty and this restore has not written it
             else:
                 old = stores[partition].get(key)
-                before = timers_of(json.loads(old) if old else None)
+                before = timers_of(decode_state(old) if old else None)
             timers[partition][key] = (before, _header_timers(msg.headers(), value))
             if partition in written:
                 written[partition].add(key)
@@ -188,4 +189,4 @@ def _header_timers(headers: Any, value: bytes | None) -> dict[str, int]:
     for name, raw in headers or []:
         if name == TIMERS_HEADER:
             return dict(json.loads(raw))
-    return timers_of(json.loads(value))
+    return timers_of(decode_state(value))

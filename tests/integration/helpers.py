@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 import socket
 import urllib.error
 import urllib.request
 from typing import Any
 
+from sagastream.core.state import decode_state
 from sagastream.examples.events import LoanApplied
 from sagastream.ops.client import Received
 from sagastream.ops.demo import order_fields
@@ -79,7 +79,7 @@ def saga_state(ns: Any, key: str, timeout: float = 10.0) -> dict[str, Any]:
     msgs = ns.client.read([changelog], lambda m: False, timeout)
     values = [m.value for m in msgs if m.key == key.encode() and m.value]
     assert values, f"no state for {key} in {changelog}"
-    return json.loads(values[-1])
+    return decode_state(values[-1])
 
 
 def lifecycle(ns: Any, key: str, until: str, timeout: float = 30.0) -> list[tuple[str, str | None]]:

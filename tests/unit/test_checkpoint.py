@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from sagastream.core.state import decode_state, encode_state
 from sagastream.runtime.checkpoint import Checkpoint, TransactionFailed
 from sagastream.runtime.inputs import OutRecord
 from sagastream.runtime.store import MemoryStore
@@ -76,11 +77,15 @@ class FakeConsumer:
         return "group-metadata"
 
 
+def _put(ckpt: Checkpoint, store: MemoryStore, old: Any, new: dict[str, Any] | None) -> None:
+    ckpt.put_state(0, store, b"order-1", old, new, None if new is None else encode_state(new))
+
+
 def _work(ckpt: Checkpoint, store: MemoryStore) -> None:
     ckpt.begin()
     old = ckpt.state(0, store, b"order-1")
-    ckpt.put_state(0, store, b"order-1", old, {"status": "running", "timers": {"deadline||0": 9}})
-    ckpt.put_state(0, store, b"order-1", old, {"status": "completed", "timers": {}})
+    _put(ckpt, store, old, {"status": "running", "timers": {"deadline||0": 9}, "data": {}})
+    _put(ckpt, store, old, {"status": "completed", "timers": {}, "data": {}})
     ckpt.produce(OutRecord("payments.commands", b"order-1", b"charge", []))
     ckpt.consumed(FakeMessage("orders.events", 0, 41))  # type: ignore[arg-type]
 
@@ -93,9 +98,15 @@ def test_commit_carries_outputs_one_changelog_record_per_saga_and_offsets() -> N
 
     topics = [topic for topic, *_ in producer.committed]
     assert topics == ["payments.commands", "changelog"]  # two decisions, one changelog record
+    # the bytes the last decision was encoded to, as they were handed over
+    assert decode_state(producer.committed[-1][2]) == {
+        "status": "completed",
+        "timers": {},
+        "data": {},
+    }
     assert producer.offsets == [[("orders.events", 0, 42)]]
     assert store.checkpoint() == 101
-    assert ckpt.state(0, store, b"order-1") == {"status": "completed", "timers": {}}
+    assert ckpt.state(0, store, b"order-1") == {"status": "completed", "timers": {}, "data": {}}
     assert store.due(10**6, 10) == []
     assert not ckpt.open
 
@@ -119,7 +130,7 @@ def test_states_reach_the_store_only_after_the_commit() -> None:
     ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
     _work(ckpt, store)
     assert store.get(b"order-1") is None  # decided, not committed
-    assert ckpt.state(0, store, b"order-1") == {"status": "completed", "timers": {}}
+    assert ckpt.state(0, store, b"order-1") == {"status": "completed", "timers": {}, "data": {}}
     ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
     assert store.get(b"order-1") is not None
 
@@ -127,14 +138,14 @@ def test_states_reach_the_store_only_after_the_commit() -> None:
 def test_a_removed_saga_commits_as_a_tombstone_and_leaves_the_store() -> None:
     producer, store = FakeProducer(), MemoryStore()
     ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
-    ended = {"status": "completed", "timers": {}, "expires": 500}
+    ended = {"status": "completed", "timers": {}, "expires": 500, "data": {}}
     ckpt.begin()
-    ckpt.put_state(0, store, b"order-1", None, ended)
+    _put(ckpt, store, None, ended)
     ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
     assert store.due(10**6, 10) == [(500, "expire", b"order-1")]
 
     ckpt.begin()
-    ckpt.put_state(0, store, b"order-1", ckpt.state(0, store, b"order-1"), None)
+    _put(ckpt, store, ckpt.state(0, store, b"order-1"), None)
     assert ckpt.state(0, store, b"order-1") is None  # gone for the rest of the transaction
     assert store.get(b"order-1") is not None  # until it commits
     ckpt.commit(FakeConsumer())  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from sagastream.core.saga import (
     saga_for,
     timer_event,
 )
+from sagastream.core.state import decode_state
 from sagastream.core.topology import (
     CompensationSpec,
     RetryPolicy,
@@ -775,14 +777,15 @@ def test_a_version_1_state_reads_its_merged_context_for_every_source() -> None:
     assert s.state is not None
     v1 = {k: v for k, v in s.state.items() if k != "data"}
     v1.update(v=1, ctx={"id": "k-1", "a_ref": "A1"})
-    d = decide(s.definition, v1, Event("bFailed", "b-failed", {"reason": "no"}), 5)
+    upgraded = decode_state(json.dumps(v1).encode())
+    d = decide(s.definition, upgraded, Event("bFailed", "b-failed", {"reason": "no"}), 5)
     assert d.commands[0].fields == {
         "id": "k-1",
         "a_ref": "A1",
         "step": "a",
         "idempotency_key": "demo:k-1:a:undo",
     }
-    assert d.state is not None and d.state["v"] == 2 and "ctx" not in d.state
+    assert d.state is not None and "v" not in d.state and "ctx" not in d.state
 
 
 # -- the order saga of topology.yaml --------------------------------------------------------------
@@ -841,6 +844,45 @@ def test_order_saga_happy_path(order: SagaSpec) -> None:
         "channel": "email",
         "idempotency_key": "order:o-42:notify-email",
     }
+
+
+def test_the_order_saga_uses_the_fields_of_its_inputs_whens_and_key(order: SagaSpec) -> None:
+    assert order.used_fields == {
+        # payment, inventory and shipping inputs; email and customer_id for notify; priority and
+        # has_app for the notify rules' whens; order_id the key
+        "start": {
+            "order_id",
+            "customer_id",
+            "email",
+            "amount_cents",
+            "currency",
+            "card_token",
+            "items",
+            "shipping_address",
+            "priority",
+            "has_app",
+        },
+        "payment": {"payment_id"},  # the refund's
+        "inventory": {"reservation_id"},  # the release's
+        "shipping": {"shipment_id"},  # the cancellation's
+    }
+
+
+def test_the_state_keeps_only_the_fields_the_saga_uses(order: SagaSpec) -> None:
+    s = Saga(order, "order")
+    s.send("OrderPlaced", {**ORDER, "gift_wrap": "gold", "birth_date": "1990-01-01"})
+    s.send("PaymentCharged", {"order_id": "o-42", "payment_id": "pay_1", "amount_cents": 1999})
+    s.send("ShipmentFailed", {"order_id": "o-42", "reason": "no address"})
+    assert s.state is not None
+    assert s.state["data"] == {"start": ORDER, "payment": {"payment_id": "pay_1"}}
+
+
+def test_a_result_no_step_reads_leaves_nothing_in_the_state() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b", "a", inputs={"start": ["id"]}))))
+    s.start(secret="not used")
+    s.send("aDone", {"ref": "A1", "card": "4111"})
+    assert s.state is not None and s.state["data"] == {"start": {"id": "k-1"}}
+    assert sent(s.decisions[-1]) == [("Dob", "b", 1)]
 
 
 def test_order_saga_notifies_every_matching_channel(order: SagaSpec) -> None:
