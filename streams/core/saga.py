@@ -454,6 +454,12 @@ def decide(
             return run.out
         name = named or name
     st = s["steps"][name]
+    unsent = _unsent(name, st, role, event.attempt)
+    if unsent is not None:
+        # a result must be about an attempt that was sent; anything else changes nothing
+        return Decision(
+            None, dead_letter=f"{event.event_type} for saga {saga_type} {s['key']}: {unsent}"
+        )
     reason = str(event.fields.get("reason") or event.event_type)
     if role == "ok":
         # An earlier attempt's success counts: the retry reused its idempotency key. So does a
@@ -484,6 +490,19 @@ def decide(
     elif st["st"] == UNDOING and event.attempt == st["ca"]:
         run.undo_result(name, False, reason, "failure")
     return run.out
+
+
+def _unsent(name: str, st: dict[str, Any], role: str, attempt: int) -> str | None:
+    """Why a result names no attempt this saga sent (a step or undo never started, an attempt
+    not yet or never made), or None. An earlier attempt counts: it was sent."""
+    undo = role in ("undo_ok", "undo_fail")
+    sent: int = st["ca"] if undo else st["a"]
+    what = f"the compensation of step {name}" if undo else f"step {name}"
+    if sent < 1:
+        return f"{what} was never started, so no attempt {attempt} of it was sent"
+    if not 1 <= attempt <= sent:
+        return f"attempt {attempt} of {what} was never sent (sent: 1 to {sent})"
+    return None
 
 
 def _copy(state: dict[str, Any]) -> dict[str, Any]:

@@ -165,6 +165,22 @@ def test_a_failing_decision_dead_letters_its_input_and_the_next_one_is_decided(
     assert not orders.holds_state("o-bad") and len(orders.produced("o-good")) == 3
 
 
+def test_a_result_for_an_attempt_never_sent_is_dead_lettered_and_changes_nothing(
+    orders: Loop,
+) -> None:
+    orders.send("orders.events", "o-1", "OrderPlaced", _order("o-1"))
+    before = orders.ckpt.state(0, orders.orchestrator.stores[0], b"o-1")
+    charged = {"order_id": "o-1", "payment_id": "pay-9", "amount_cents": 1}
+    meta = {**new_meta("PaymentCharged", "o-1", "test"), "attempt": 9}
+    value = orders.codec.encode("PaymentCharged", {**charged, "meta": meta})
+    orders.orchestrator._handle(Record("payments.events", 0, 0, 1000, b"o-1", value))  # type: ignore[arg-type]
+
+    assert orders.produced("o-1")[-1] == "dlq:saga"
+    letter = orders.producer.sent[-1][3]
+    assert "attempt 9 of step payment was never sent" in letter["error"]
+    assert orders.ckpt.state(0, orders.orchestrator.stores[0], b"o-1") == before
+
+
 def test_a_saga_of_binary_payloads_commits_and_its_state_keeps_them(tmp_path: Path) -> None:
     """The defect: a `bytes` field made the state's JSON raise at commit, every time."""
     vault = Loop.of(tmp_path, write_project(tmp_path / "vault"))

@@ -326,6 +326,68 @@ def test_success_while_waiting_for_a_retry_cancels_the_retry() -> None:
     assert s.state is not None and "retry|a|1" not in s.state["timers"]
 
 
+# -- results for attempts never sent ------------------------------------------------------------
+
+
+def _refused(s: Saga, d: Decision, before: dict[str, Any] | None, why: str) -> None:
+    """The result changed nothing (not even the events seen) and went to the DLQ saying why."""
+    assert d.state is None and d.commands == [] and d.timers == [] and d.lifecycle == []
+    assert s.state == before
+    assert d.dead_letter is not None and why in d.dead_letter, d.dead_letter
+
+
+def test_a_success_for_an_attempt_never_sent_does_not_complete_a_declined_saga() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b"))))
+    s.start()
+    s.send("aFailed", {"reason": "declined"})
+    before = s.state
+    d = s.send("aDone", attempt=9)
+    _refused(s, d, before, "attempt 9 of step a was never sent (sent: 1 to 1)")
+    s.send("bDone")
+    s.send("bUndone")
+    assert s.status == COMPENSATED and s.st("a") == STEP_FAILED
+    assert ("Undoa", "a", 1) not in [c for d in s.decisions for c in sent(d)]
+
+
+@pytest.mark.parametrize("attempt", [0, -1, 2])
+def test_results_for_attempts_not_sent_are_refused(attempt: int) -> None:
+    s = Saga(saga(("a", step("a", retry=RetryPolicy(max_attempts=3)))))
+    s.start()
+    for result in ("aDone", "aFailed"):
+        before = s.state
+        d = s.send(result, {"reason": "?"}, attempt=attempt)
+        _refused(s, d, before, f"attempt {attempt} of step a was never sent")
+    assert s.st("a") == STARTED
+    assert s.send("aDone", attempt=1) and s.status == COMPLETED  # the attempt sent still counts
+
+
+def test_a_result_of_a_step_that_never_started_is_refused() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b", "a")), ("c", step("c", when="start.go"))))
+    s.start(go=False)
+    for result in ("bDone", "bFailed", "cDone"):  # b waits for a; c was skipped by its when
+        before = s.state
+        d = s.send(result, {"reason": "?"})
+        _refused(s, d, before, f"step {result[0]} was never started")
+    assert s.st("b") == PENDING and s.st("c") == SKIPPED
+
+
+def test_an_undo_result_of_a_compensation_never_started_or_sent_is_refused() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b"))))
+    s.start()
+    s.send("aDone")
+    before = s.state
+    d = s.send("aUndone")  # a succeeded, nothing is being compensated
+    _refused(s, d, before, "the compensation of step a was never started")
+    s.send("bFailed", {"reason": "no"})
+    assert s.st("a") == UNDOING
+    for result, fields in (("aUndone", {}), ("CompensationFailed", {"step": "a"})):
+        before = s.state
+        d = s.send(result, fields, attempt=2)
+        _refused(s, d, before, "attempt 2 of the compensation of step a was never sent")
+    s.send("aUndone", attempt=1)
+    assert s.status == COMPENSATED
+
+
 def test_late_success_during_compensation_is_compensated() -> None:
     b = step("b", undo_inputs={"b": ["b_ref"]})
     s = Saga(saga(("a", step("a")), ("b", b), ("c", step("c"))))
@@ -760,11 +822,12 @@ def test_a_saga_whose_every_step_is_skipped_completes_at_once() -> None:
     assert d.commands[0].fields["completed_steps"] == []
 
 
-def test_a_stray_success_of_a_step_skipped_by_its_when_is_ignored() -> None:
+def test_a_stray_success_of_a_step_skipped_by_its_when_is_refused() -> None:
     s = Saga(saga(("a", step("a", when="start.go")), ("b", step("b"))))
     s.start(go=False)
     d = s.send("aDone", {"ref": "?"})
     assert sent(d) == [] and s.st("a") == SKIPPED
+    assert d.dead_letter is not None and "step a was never started" in d.dead_letter
     s.send("bFailed")
     assert s.status == COMPENSATED and s.state is not None and s.state["undone"] == []
 
