@@ -108,6 +108,9 @@ def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
 def _tag_fields(source: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in fields.items():
+        if type(value) in _PLAIN:
+            out[name] = value
+            continue
         try:
             out[name] = _tag(value)
         except _Unstorable as exc:
@@ -119,6 +122,10 @@ def _tag_fields(source: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# what JSON carries as it is, and most fields are: checked first, by exact type, as it is cheapest
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 class _Unstorable(Exception):  # noqa: N818 - internal: carries the path up to `_tag_fields`
     def __init__(self, what: str, path: str = "") -> None:
         super().__init__(what)
@@ -127,12 +134,14 @@ class _Unstorable(Exception):  # noqa: N818 - internal: carries the path up to `
 
 
 def _tag(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
+    if type(value) in _PLAIN:
         return value
     if isinstance(value, list | tuple):
-        return [_item(i, v) for i, v in enumerate(value)]
+        return [v if type(v) in _PLAIN else _item(i, v) for i, v in enumerate(value)]
     if isinstance(value, Mapping):
         return {"m": _map(value)}
+    if isinstance(value, bool | int | float | str):  # subclasses: an IntEnum, a str enum
+        return value
     if isinstance(value, bytes | bytearray | memoryview):
         return {"b": base64.b64encode(value).decode("ascii")}
     if isinstance(value, Decimal):
@@ -154,6 +163,9 @@ def _map(value: Mapping[Any, Any]) -> dict[str, Any]:
         if not isinstance(key, str):
             what = f"map key {key!r} is not a string, as Avro map keys are"
             raise _Unstorable(what)
+        if type(item) in _PLAIN:
+            out[key] = item
+            continue
         try:
             out[key] = _tag(item)
         except _Unstorable as exc:
