@@ -243,7 +243,7 @@ class Orchestrator:
         where = (msg.topic() or "", msg.partition() or 0)
         if where in self.waiting:
             return  # its partition waits for the schema registry; this one is re-read later
-        got = read_input(msg, self.codec, self.topology, self.settings)
+        got = self._read(msg)
         if isinstance(got, Unavailable):
             self._wait_for_registry(msg, got)
             return
@@ -258,6 +258,13 @@ class Orchestrator:
         if rejected is not None:
             self._dead_letter(self._letter(msg, None, where[1], rejected), rejected, msg)
         ckpt.consumed(msg)
+
+    def _read(self, msg: Message) -> Decoded | Rejected | Unavailable:
+        try:
+            return read_input(msg, self.codec, self.topology, self.settings)
+        except Exception as exc:  # a bug in decoding must not stop the partition either
+            log.exception("reading %s[%s]@%s failed", msg.topic(), msg.partition(), msg.offset())
+            return Rejected("processing_error", f"{type(exc).__name__}: {exc}")
 
     def _decide(self, partition: int, got: Decoded, msg: Message | None) -> Rejected | None:
         """Decide one input into the open transaction: all it causes, or nothing of it and

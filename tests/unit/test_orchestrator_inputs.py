@@ -165,6 +165,25 @@ def test_a_failing_decision_dead_letters_its_input_and_the_next_one_is_decided(
     assert not orders.holds_state("o-bad") and len(orders.produced("o-good")) == 3
 
 
+def test_an_input_whose_reading_fails_is_dead_lettered_and_the_next_one_is_decided(
+    orders: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = orchestrator_module.read_input
+
+    def broken(msg: Any, *args: Any) -> Any:
+        if msg.key() == b"o-bad":
+            raise AttributeError("a bug in decoding")
+        return real(msg, *args)
+
+    monkeypatch.setattr(orchestrator_module, "read_input", broken)
+    orders.send("orders.events", "o-bad", "OrderPlaced", _order("o-bad"))
+    orders.send("orders.events", "o-good", "OrderPlaced", _order("o-good"))
+
+    assert orders.produced("o-bad") == ["dlq:processing_error"]
+    assert len(orders.produced("o-good")) == 3
+    assert orders.ckpt.offsets == {("orders.events", 0): 2}
+
+
 def test_a_result_for_an_attempt_never_sent_is_dead_lettered_and_changes_nothing(
     orders: Loop,
 ) -> None:
