@@ -12,6 +12,7 @@ aborted transaction rewinds every partition to its committed offset; nothing of 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import socket
 import threading
@@ -44,11 +45,18 @@ from sagastream.runtime.inputs import (
     dead_letter,
     read_input,
 )
+from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.outputs import Encoder, now_ms
 from sagastream.runtime.restore import restore
 from sagastream.runtime.settings import Settings
-from sagastream.runtime.store import EXPIRY, PartitionStore, RocksStore, timers_of
+from sagastream.runtime.store import (
+    EXPIRY,
+    PartitionStore,
+    RocksStore,
+    changelog_headers,
+    timers_of,
+)
 from sagastream.wire.codec import AvroCodec, SchemaStore
 from sagastream.wire.dlq import Origin, dead_letter_headers
 from sagastream.wire.registry import retry_delay
@@ -61,6 +69,8 @@ BATCH = 1000
 MAX_RECORDS_PER_TRANSACTION = 20_000
 MAX_DUE_PER_TICK = 5_000
 OUTCOME_CHANGES = frozenset({"started", *TERMINAL})
+# one saga's audit entry of the open transaction: saga, status, changes, parent meta
+TrailEntry = tuple[str, str, list[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
@@ -105,6 +115,13 @@ class Instance:
         )
 
 
+def _rejection(exc: Exception) -> Rejected:
+    """What an exception while deciding one input dead-letters that input as."""
+    if isinstance(exc, RecordTooLarge):
+        return Rejected(exc.reason, str(exc))
+    return Rejected("processing_error", f"{type(exc).__name__}: {exc}")
+
+
 def _fetch(consumer: Consumer, timeout: float) -> list[Message]:
     """What is there now, up to BATCH: waits (up to `timeout`) for the first message only."""
     first = consumer.poll(timeout)
@@ -123,8 +140,12 @@ class Orchestrator:
         schemas: SchemaStore,
         codec: AvroCodec,
         metrics: Metrics,
+        limits: RecordLimits | None = None,
     ) -> None:
+        """`limits`: the record size limits the worker read from the broker (default: the
+        setting `max_record_bytes` for every topic)."""
         self.settings = settings
+        self.limits = limits or RecordLimits(settings.max_record_bytes)
         self.topology = topology
         self.codec = codec
         self.metrics = metrics
@@ -138,7 +159,7 @@ class Orchestrator:
         # partitions paused for the schema registry: when to retry, and how often they failed
         self.waiting: dict[tuple[str, int], float] = {}
         self._failures: dict[tuple[str, int], int] = {}
-        self.trail: dict[bytes, tuple[str, str, list[dict[str, Any]], dict[str, Any]]] = {}
+        self.trail: dict[bytes, TrailEntry] = {}
         self.ready = threading.Event()
         self.health = RoleHealth(settings)
         # the time decisions are made at: the wall clock, or event time in a shadow replay
@@ -258,9 +279,11 @@ class Orchestrator:
                 self._dead_letter(msg, got)
             else:
                 self._decide(where[1], got, msg)
-        except Exception as exc:  # a bug must not stop the partition: park the input
-            log.exception("orchestrator failed on %s[%d]@%d", *where, msg.offset())
-            self._dead_letter(msg, Rejected("processing_error", f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # a bug or a record too large must not stop the partition
+            rejected = _rejection(exc)
+            if not isinstance(exc, RecordTooLarge):
+                log.exception("orchestrator failed on %s[%d]@%d", *where, msg.offset())
+            self._dead_letter(msg, rejected)
         ckpt.consumed(msg)
 
     def _decide(self, partition: int, got: Decoded, msg: Message | None) -> None:
@@ -309,9 +332,17 @@ class Orchestrator:
             self.encoder.derived(c.event_type, key, c.fields, parent, c.attempt, now)
             for c in decision.commands
         ]
+        trail = (
+            None
+            if new is None
+            else self._trail_entry(key, definition[1].audit, new, decision.lifecycle, parent)
+        )
+        # all of it must fit before any of it enters the transaction (RecordTooLarge if not)
+        self._check_fits(key, decision.commands, out, new, trail)
         if new is not None:
             ckpt.put_state(partition, store, key, state, new)
-            self._note_trail(key, definition[1].audit, new, decision.lifecycle, parent)
+        if trail is not None:
+            self.trail[key] = trail
         for rec in out:
             ckpt.produce(rec)
         self.metrics.produced_many(ROLE, [c.event_type for c in decision.commands])
@@ -327,29 +358,58 @@ class Orchestrator:
                 (new["ended"] - new["started"]) / 1000
             )
 
-    def _note_trail(
+    def _trail_entry(
         self,
         key: bytes,
         audit: str,
         state: dict[str, Any],
         lifecycle: list[tuple[str, str | None]],
         parent: dict[str, Any],
-    ) -> None:
-        """Audit: one SagaLifecycle record per saga per transaction, carrying its changes."""
+    ) -> TrailEntry | None:
+        """Audit: one SagaLifecycle record per saga per transaction, carrying its changes; the
+        saga's entry with this decision's changes added (None: nothing to audit)."""
         if audit == "off" or LIFECYCLE_EVENT not in self.topology.events:
-            return
+            return None
         changes = [
             {"what": what, "step": step}
             for what, step in lifecycle
             if audit == "full" or what in OUTCOME_CHANGES
         ]
         if not changes:
-            return
+            return None
         entry = self.trail.get(key)
         if entry is None:
-            self.trail[key] = (state["saga"], state["status"], changes, parent)
-        else:
-            self.trail[key] = (entry[0], state["status"], entry[2] + changes, parent)
+            return (state["saga"], state["status"], changes, parent)
+        return (entry[0], state["status"], entry[2] + changes, parent)
+
+    def _trail_record(self, key: bytes, entry: TrailEntry) -> OutRecord:
+        saga, status, changes, parent = entry
+        fields = {"saga_type": saga, "status": status, "changes": changes}
+        return self.encoder.derived(LIFECYCLE_EVENT, key, fields, parent, 1)
+
+    def _check_fits(
+        self,
+        key: bytes,
+        commands: list[Any],
+        out: list[OutRecord],
+        state: dict[str, Any] | None,
+        trail: TrailEntry | None,
+    ) -> None:
+        """Raise RecordTooLarge if a record of one input's decision would not fit its topic:
+        its commands and outcomes, its audit record and its saga state."""
+        records = [
+            (c.event_type, r.topic, r.key, r.value, r.headers)
+            for c, r in zip(commands, out, strict=True)
+        ]
+        if trail is not None:
+            audit = self._trail_record(key, trail)
+            records.append(("the audit record", audit.topic, audit.key, audit.value, audit.headers))
+        if state is not None:
+            # encoded as the checkpoint encodes it for the changelog
+            value = json.dumps(state, separators=(",", ":")).encode()
+            changelog = self.settings.changelog_topic()
+            records.append(("the saga state", changelog, key, value, changelog_headers(state)))
+        check_fits(self.limits, records)
 
     def _reject(
         self, msg: Message | None, got: Decoded, partition: int, reason: str, why: str
@@ -370,7 +430,9 @@ class Orchestrator:
 
     def _dead_letter(self, msg: Message, rejected: Rejected) -> None:
         assert self._ckpt is not None
-        rec = dead_letter(msg, self.topology, self.settings, rejected, PRODUCER_NAME)
+        rec = dead_letter(
+            msg, self.topology, self.settings, rejected, PRODUCER_NAME, limits=self.limits
+        )
         self._ckpt.produce(rec)
         self.metrics.dead_letters.labels(ROLE, msg.topic() or "", rejected.reason).inc()
         log.warning(
@@ -422,13 +484,15 @@ class Orchestrator:
                 try:
                     self._decide(partition, fired, None)
                 except Exception as exc:
-                    # a bug must not fire again every tick: park the timer, disarmed
-                    log.exception("firing timer %s of %r failed", timer, key)
+                    # a bug or a record too large must not fire again every tick: park the
+                    # timer, disarmed
+                    if not isinstance(exc, RecordTooLarge):
+                        log.exception("firing timer %s of %r failed", timer, key)
                     disarmed = {**state, "timers": dict(state["timers"])}
                     del disarmed["timers"][timer]
                     ckpt.put_state(partition, store, key, state, disarmed)
-                    why = f"{type(exc).__name__}: {exc}"
-                    self._reject(None, fired, partition, "processing_error", why)
+                    rejected = _rejection(exc)
+                    self._reject(None, fired, partition, rejected.reason, rejected.error)
                     continue
                 self.metrics.timers_fired.labels(kind).inc()
 
@@ -484,9 +548,8 @@ class Orchestrator:
     def _flush_trail(self) -> None:
         ckpt = self._ckpt
         assert ckpt is not None
-        for key, (saga, status, changes, parent) in self.trail.items():
-            fields = {"saga_type": saga, "status": status, "changes": changes}
-            ckpt.produce(self.encoder.derived(LIFECYCLE_EVENT, key, fields, parent, 1))
+        for key, entry in self.trail.items():
+            ckpt.produce(self._trail_record(key, entry))
         if self.trail:
             self.metrics.produced_many(ROLE, [LIFECYCLE_EVENT] * len(self.trail))
 
