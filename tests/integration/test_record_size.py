@@ -1,0 +1,188 @@
+"""Records over the size limit: the input is dead-lettered alone, everything else goes on.
+
+Each test reads every `*.dlq` topic of its prefix and expects exactly the dead letters it caused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+from sagastream.ops.admin import admin_client
+from sagastream.ops.client import EventClient, Received
+from sagastream.runtime.limits import record_size
+from sagastream.wire.dlq import read_dead_letter_headers
+from tests.integration.helpers import good_order, place_order, wait_outcomes
+
+pytestmark = pytest.mark.integration
+
+ORDER_HANDLERS = "inventory,shipping,notification"
+DEFAULT_LIMIT = 990_000
+
+
+def every_dead_letter(ns: Any) -> list[Received]:
+    """What every `*.dlq` topic of the test's prefix holds now."""
+    topics = admin_client(ns.settings).list_topics(timeout=10).topics
+    dlqs = sorted(
+        t for t in topics if t.startswith(ns.settings.topic_prefix) and t.endswith(".dlq")
+    )
+    assert ns.topic("orders.events.dlq") in dlqs and ns.topic("payments.commands.dlq") in dlqs
+    return ns.client.read_to_end(dlqs)
+
+
+def assert_cut_copy(ns: Any, letter: Received, limit: int) -> dict[str, str]:
+    """The dead letter of an input too large to copy whole: cut to fit, with the original's
+    size and coordinates in headers."""
+    headers = read_dead_letter_headers(letter.headers)
+    assert headers["original.topic"] == ns.topic("orders.events")
+    where = (int(headers["original.partition"]), int(headers["original.offset"]))
+    [original] = [
+        m
+        for m in ns.client.read_to_end([ns.topic("orders.events")])
+        if (m.partition, m.offset) == where
+    ]
+    assert original.key == letter.key
+    assert record_size(letter.key, letter.value, letter.headers) <= limit
+    assert original.value is not None and letter.value is not None
+    assert original.value.startswith(letter.value) and len(letter.value) < len(original.value)
+    assert headers["truncated"] == "value"
+    assert headers["original.size"] == str(len(original.value))
+    return headers
+
+
+def ended(ns: Any) -> set[str]:
+    """The saga keys with an outcome on sagas.outcomes now."""
+    outcomes = ns.client.read_to_end([ns.topic("sagas.outcomes")])
+    return {m.key.decode() for m in outcomes if m.key}
+
+
+def test_an_oversized_start_event_is_dead_lettered_alone(
+    ns: Any, start_workers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An 85 KB start event under a 60,000-byte limit: its shipping command and its state would
+    not fit. (On main the limit did not exist; the same event with the producer's 1 MB limit
+    is the next test.)"""
+    monkeypatch.setenv("SAGASTREAM_MAX_RECORD_BYTES", "60000")
+    workers = start_workers("orchestrator", f"payment,{ORDER_HANDLERS}")
+    normal = [f"order-small-{n}" for n in range(8)]
+    for key in normal[:4]:
+        place_order(ns, key)
+    place_order(ns, "order-85kb", shipping_address="A" * 85_000)
+    for key in normal[4:]:
+        place_order(ns, key)
+
+    outcomes = wait_outcomes(ns, set(normal))
+    assert {k: m.event_type for k, m in outcomes.items()} == dict.fromkeys(normal, "SagaCompleted")
+    workers.check_alive()
+    [letter] = every_dead_letter(ns)
+    assert (letter.topic, letter.key) == (ns.topic("orders.events.dlq"), b"order-85kb")
+    headers = read_dead_letter_headers(letter.headers)
+    assert headers["reason"] == "record_too_large", headers
+    assert "over the limit of 60000" in headers["error"]
+    # the start event itself is over the limit as well: its copy is cut
+    assert_cut_copy(ns, letter, 60_000)
+    assert "order-85kb" not in ended(ns)
+
+
+def test_a_start_event_of_1_1_mb_is_dead_lettered_alone_at_the_default_limit(
+    ns: Any, start_workers: Any
+) -> None:
+    """The input topic takes 2 MB records; everything the orchestrator writes has the default
+    limit. On main the transaction aborted on every re-read of it, so no other order ended."""
+    topic = ns.topic("orders.events")
+    admin = admin_client(ns.settings)
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry(
+                "max.message.bytes",
+                "2000000",
+                incremental_operation=AlterConfigOpType.SET,
+            )
+        ],
+    )
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
+    workers = start_workers("orchestrator", f"payment,{ORDER_HANDLERS}")
+    big_client = EventClient(
+        ns.settings.model_copy(update={"max_record_bytes": 2_000_000}),
+        ns.topology,
+        ns.client.codec,
+        "test",
+    )
+    normal = [f"order-{n}" for n in range(8)]
+    try:
+        for key in normal[:4]:
+            place_order(ns, key)
+        big = {**good_order("order-1mb"), "shipping_address": "B" * 1_100_000}
+        big_client.publish("OrderPlaced", "order-1mb", big)
+        big_client.flush()
+        for key in normal[4:]:
+            place_order(ns, key)
+    finally:
+        big_client.close()
+
+    outcomes = wait_outcomes(ns, set(normal))
+    assert {k: m.event_type for k, m in outcomes.items()} == dict.fromkeys(normal, "SagaCompleted")
+    workers.check_alive()
+    [letter] = every_dead_letter(ns)
+    assert (letter.topic, letter.key) == (ns.topic("orders.events.dlq"), b"order-1mb")
+    headers = read_dead_letter_headers(letter.headers)
+    assert headers["reason"] == "record_too_large", headers
+    assert f"over the limit of {DEFAULT_LIMIT}" in headers["error"]
+    assert_cut_copy(ns, letter, DEFAULT_LIMIT)
+    assert "order-1mb" not in ended(ns)
+
+
+def test_an_undecodable_input_of_almost_1_mb_is_dead_lettered_cut_and_its_partition_goes_on(
+    ns: Any, workers: Any
+) -> None:
+    """On main its dead letter was over the producer's 1 MB: the session was rebuilt forever."""
+    junk = b"\x07" + b"\xee" * 998_999
+    topic = ns.topic("orders.events")
+    # the same key as the order after it: the same partition, read after it
+    ns.client.publish_raw(topic, b"order-after-junk", junk)
+    place_order(ns, "order-after-junk")
+
+    outcome = wait_outcomes(ns, {"order-after-junk"})["order-after-junk"]
+    assert outcome.event_type == "SagaCompleted"
+    workers.check_alive()
+    [letter] = every_dead_letter(ns)
+    assert (letter.topic, letter.key) == (ns.topic("orders.events.dlq"), b"order-after-junk")
+    headers = assert_cut_copy(ns, letter, DEFAULT_LIMIT)
+    assert headers["reason"] == "bad_magic"
+
+
+def test_a_handler_result_of_1_1_mb_dead_letters_its_command_and_the_worker_goes_on(
+    ns: Any, start_workers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On main the result's produce raised in the handler: the worker exited, on every restart."""
+    start_workers("orchestrator", ORDER_HANDLERS)
+    monkeypatch.setenv("SAGASTREAM_APP", "tests.integration.big_results")
+    payment = start_workers("payment")
+    normal = [f"order-{n}" for n in range(6)]
+    for key in normal[:3]:
+        place_order(ns, key)
+    place_order(ns, "huge-1")
+    for key in normal[3:]:
+        place_order(ns, key)
+
+    outcomes = wait_outcomes(ns, set(normal))
+    assert {k: m.event_type for k, m in outcomes.items()} == dict.fromkeys(normal, "SagaCompleted")
+    payment.check_alive()
+    letters = every_dead_letter(ns)
+    assert letters, "no dead letter for the command of huge-1"
+    for letter in letters:  # attempt 1, and retries the step has sent by now
+        assert (letter.topic, letter.key, letter.event_type) == (
+            ns.topic("payments.commands.dlq"),
+            b"huge-1",
+            "ChargePayment",
+        )
+        headers = read_dead_letter_headers(letter.headers)
+        assert headers["reason"] == "record_too_large", headers
+        assert f"PaymentCharged for {ns.topic('payments.events')}" in headers["error"]
+        assert f"over the limit of {DEFAULT_LIMIT}" in headers["error"]
+        assert "truncated" not in headers
