@@ -8,11 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from sagastream.ops.admin import admin_client
-from sagastream.ops.client import EventClient, Received
+from sagastream.ops.client import Received
 from sagastream.runtime.limits import record_size
+from sagastream.wire.codec import new_meta
 from sagastream.wire.dlq import read_dead_letter_headers
 from tests.integration.helpers import good_order, place_order, wait_outcomes
 
@@ -107,23 +109,17 @@ def test_a_start_event_of_1_1_mb_is_dead_lettered_alone_at_the_default_limit(
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(30)
     workers = start_workers("orchestrator", f"payment,{ORDER_HANDLERS}")
-    big_client = EventClient(
-        ns.settings.model_copy(update={"max_record_bytes": 2_000_000}),
-        ns.topology,
-        ns.client.codec,
-        "test",
-    )
+    # a producer that takes what the input topic takes
+    producer = Producer({**ns.settings.producer_config(), "message.max.bytes": 2_000_000})
+    big = {**good_order("order-1mb"), "shipping_address": "B" * 1_100_000}
+    big["meta"] = new_meta("OrderPlaced", "order-1mb", "test")
     normal = [f"order-{n}" for n in range(8)]
-    try:
-        for key in normal[:4]:
-            place_order(ns, key)
-        big = {**good_order("order-1mb"), "shipping_address": "B" * 1_100_000}
-        big_client.publish("OrderPlaced", "order-1mb", big)
-        big_client.flush()
-        for key in normal[4:]:
-            place_order(ns, key)
-    finally:
-        big_client.close()
+    for key in normal[:4]:
+        place_order(ns, key)
+    producer.produce(topic, key=b"order-1mb", value=ns.client.codec.encode("OrderPlaced", big))
+    assert producer.flush(30) == 0
+    for key in normal[4:]:
+        place_order(ns, key)
 
     outcomes = wait_outcomes(ns, set(normal))
     assert {k: m.event_type for k, m in outcomes.items()} == dict.fromkeys(normal, "SagaCompleted")
