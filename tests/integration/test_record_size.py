@@ -5,6 +5,7 @@ Each test reads every `*.dlq` topic of its prefix and expects exactly the dead l
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -24,13 +25,14 @@ ORDER_HANDLERS = "inventory,shipping,notification"
 DEFAULT_LIMIT = 990_000
 
 
-def every_dead_letter(ns: Any) -> list[Received]:
-    """What every `*.dlq` topic of the test's prefix holds now."""
+def every_dead_letter(ns: Any, expected: int) -> list[Received]:
+    """What every `*.dlq` topic of the test's prefix holds, once it holds `expected` records."""
     topics = admin_client(ns.settings).list_topics(timeout=10).topics
     dlqs = sorted(
         t for t in topics if t.startswith(ns.settings.topic_prefix) and t.endswith(".dlq")
     )
     assert ns.topic("orders.events.dlq") in dlqs and ns.topic("payments.commands.dlq") in dlqs
+    ns.client.read(dlqs, lambda letters: len(letters) >= expected, timeout=60)
     return ns.client.read_to_end(dlqs)
 
 
@@ -54,6 +56,22 @@ def assert_cut_copy(ns: Any, letter: Received, limit: int) -> dict[str, str]:
     return headers
 
 
+def publish_large(ns: Any, topic: str, key: bytes, value: bytes) -> None:
+    """Produce a record of up to 2 MB, once the topic's new max.message.bytes is in force."""
+    producer = Producer({**ns.settings.producer_config(), "message.max.bytes": 2_000_000})
+    errors: list[Any] = []
+    deadline = time.monotonic() + 30
+    while True:
+        errors.clear()
+        producer.produce(topic, key=key, value=value, on_delivery=lambda e, _m: errors.append(e))
+        producer.flush(30)
+        if errors == [None]:
+            return
+        # the broker applies a topic's changed configuration a moment after it was accepted
+        assert time.monotonic() < deadline, f"{topic} refused {len(value)} bytes: {errors}"
+        time.sleep(0.5)
+
+
 def ended(ns: Any) -> set[str]:
     """The saga keys with an outcome on sagas.outcomes now."""
     outcomes = ns.client.read_to_end([ns.topic("sagas.outcomes")])
@@ -68,17 +86,16 @@ def test_an_oversized_start_event_is_dead_lettered_alone(
     is the next test.)"""
     monkeypatch.setenv("SAGASTREAM_MAX_RECORD_BYTES", "60000")
     workers = start_workers("orchestrator", f"payment,{ORDER_HANDLERS}")
-    normal = [f"order-small-{n}" for n in range(8)]
-    for key in normal[:4]:
-        place_order(ns, key)
+    # first: on main, a poison record stopped every partition's orders placed after it
     place_order(ns, "order-85kb", shipping_address="A" * 85_000)
-    for key in normal[4:]:
+    normal = [f"order-small-{n}" for n in range(8)]
+    for key in normal:
         place_order(ns, key)
 
     outcomes = wait_outcomes(ns, set(normal))
     assert {k: m.event_type for k, m in outcomes.items()} == dict.fromkeys(normal, "SagaCompleted")
     workers.check_alive()
-    [letter] = every_dead_letter(ns)
+    [letter] = every_dead_letter(ns, 1)
     assert (letter.topic, letter.key) == (ns.topic("orders.events.dlq"), b"order-85kb")
     headers = read_dead_letter_headers(letter.headers)
     assert headers["reason"] == "record_too_large", headers
@@ -109,22 +126,17 @@ def test_a_start_event_of_1_1_mb_is_dead_lettered_alone_at_the_default_limit(
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(30)
     workers = start_workers("orchestrator", f"payment,{ORDER_HANDLERS}")
-    # a producer that takes what the input topic takes
-    producer = Producer({**ns.settings.producer_config(), "message.max.bytes": 2_000_000})
     big = {**good_order("order-1mb"), "shipping_address": "B" * 1_100_000}
     big["meta"] = new_meta("OrderPlaced", "order-1mb", "test")
-    normal = [f"order-{n}" for n in range(8)]
-    for key in normal[:4]:
-        place_order(ns, key)
-    producer.produce(topic, key=b"order-1mb", value=ns.client.codec.encode("OrderPlaced", big))
-    assert producer.flush(30) == 0
-    for key in normal[4:]:
+    publish_large(ns, topic, b"order-1mb", ns.client.codec.encode("OrderPlaced", big))
+    normal = [f"order-{n}" for n in range(8)]  # order-0 shares its partition
+    for key in normal:
         place_order(ns, key)
 
     outcomes = wait_outcomes(ns, set(normal))
     assert {k: m.event_type for k, m in outcomes.items()} == dict.fromkeys(normal, "SagaCompleted")
     workers.check_alive()
-    [letter] = every_dead_letter(ns)
+    [letter] = every_dead_letter(ns, 1)
     assert (letter.topic, letter.key) == (ns.topic("orders.events.dlq"), b"order-1mb")
     headers = read_dead_letter_headers(letter.headers)
     assert headers["reason"] == "record_too_large", headers
@@ -146,7 +158,7 @@ def test_an_undecodable_input_of_almost_1_mb_is_dead_lettered_cut_and_its_partit
     outcome = wait_outcomes(ns, {"order-after-junk"})["order-after-junk"]
     assert outcome.event_type == "SagaCompleted"
     workers.check_alive()
-    [letter] = every_dead_letter(ns)
+    [letter] = every_dead_letter(ns, 1)
     assert (letter.topic, letter.key) == (ns.topic("orders.events.dlq"), b"order-after-junk")
     headers = assert_cut_copy(ns, letter, DEFAULT_LIMIT)
     assert headers["reason"] == "bad_magic"
@@ -159,17 +171,15 @@ def test_a_handler_result_of_1_1_mb_dead_letters_its_command_and_the_worker_goes
     start_workers("orchestrator", ORDER_HANDLERS)
     monkeypatch.setenv("SAGASTREAM_APP", "tests.integration.big_results")
     payment = start_workers("payment")
-    normal = [f"order-{n}" for n in range(6)]
-    for key in normal[:3]:
-        place_order(ns, key)
     place_order(ns, "huge-1")
-    for key in normal[3:]:
+    normal = [f"order-{n}" for n in range(6)]  # order-1, -4 and -5 share its partition
+    for key in normal:
         place_order(ns, key)
 
     outcomes = wait_outcomes(ns, set(normal))
     assert {k: m.event_type for k, m in outcomes.items()} == dict.fromkeys(normal, "SagaCompleted")
     payment.check_alive()
-    letters = every_dead_letter(ns)
+    letters = every_dead_letter(ns, 1)
     assert letters, "no dead letter for the command of huge-1"
     for letter in letters:  # attempt 1, and retries the step has sent by now
         assert (letter.topic, letter.key, letter.event_type) == (
