@@ -51,7 +51,7 @@ def parse_roles(spec: str, topology: Topology) -> list[str]:
     return roles
 
 
-def _record_limits(settings: Settings, topology: Topology) -> RecordLimits:
+def record_limits(settings: Settings, topology: Topology) -> RecordLimits:
     """max_record_bytes, lowered for every topic a worker writes that accepts less."""
     topics = [settings.topic(name) for name, _, _ in topology.all_topic_configs()]
     if topology.sagas:
@@ -80,7 +80,7 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
         # idempotent; makes sure the changelog exists
         for weaker in create_topics(settings, topology).weaker:
             log.warning("topic less durable than topology.yaml asks: %s", weaker)
-    limits = _record_limits(settings, topology)
+    limits = record_limits(settings, topology)
 
     runners: dict[str, Callable[[threading.Event], None]] = {}
     # per role: is its loop advancing (/healthz), is it ready (/readyz)

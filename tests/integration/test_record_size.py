@@ -15,6 +15,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 from sagastream.ops.admin import admin_client
 from sagastream.ops.client import Received
 from sagastream.runtime.limits import record_size
+from sagastream.runtime.worker import record_limits
 from sagastream.wire.codec import new_meta
 from sagastream.wire.dlq import read_dead_letter_headers
 from tests.integration.helpers import good_order, place_order, wait_outcomes
@@ -54,6 +55,16 @@ def assert_cut_copy(ns: Any, letter: Received, limit: int) -> dict[str, str]:
     assert headers["truncated"] == "value"
     assert headers["original.size"] == str(len(original.value))
     return headers
+
+
+def set_max_message_bytes(ns: Any, topic: str, value: int) -> None:
+    admin = admin_client(ns.settings)
+    entry = ConfigEntry(
+        "max.message.bytes", str(value), incremental_operation=AlterConfigOpType.SET
+    )
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
 
 
 def publish_large(ns: Any, topic: str, key: bytes, value: bytes) -> None:
@@ -111,20 +122,7 @@ def test_a_start_event_of_1_1_mb_is_dead_lettered_alone_at_the_default_limit(
     """The input topic takes 2 MB records; everything the orchestrator writes has the default
     limit. On main the transaction aborted on every re-read of it, so no other order ended."""
     topic = ns.topic("orders.events")
-    admin = admin_client(ns.settings)
-    resource = ConfigResource(
-        ConfigResource.Type.TOPIC,
-        topic,
-        incremental_configs=[
-            ConfigEntry(
-                "max.message.bytes",
-                "2000000",
-                incremental_operation=AlterConfigOpType.SET,
-            )
-        ],
-    )
-    for future in admin.incremental_alter_configs([resource]).values():
-        future.result(30)
+    set_max_message_bytes(ns, topic, 2_000_000)
     workers = start_workers("orchestrator", f"payment,{ORDER_HANDLERS}")
     big = {**good_order("order-1mb"), "shipping_address": "B" * 1_100_000}
     big["meta"] = new_meta("OrderPlaced", "order-1mb", "test")
@@ -198,3 +196,19 @@ def test_a_handler_result_of_1_1_mb_dead_letters_its_command_and_the_worker_goes
         assert f"PaymentCharged for {ns.topic('payments.events')}" in headers["error"]
         assert f"over the limit of {DEFAULT_LIMIT}" in headers["error"]
         assert "truncated" not in headers
+
+
+def test_a_topic_that_accepts_less_than_the_setting_lowers_its_limit_at_start(
+    ns: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a worker reads from the broker before it starts its roles."""
+    shipping = ns.topic("shipping.commands")
+    set_max_message_bytes(ns, shipping, 50_000)
+    deadline = time.monotonic() + 30
+    while (limits := record_limits(ns.settings, ns.topology)).of(shipping) != 50_000:
+        assert time.monotonic() < deadline, "the broker never answered the new limit"
+        time.sleep(0.5)
+    # the broker's default (1,048,588) is above the setting: the setting holds
+    assert limits.of(ns.topic("payments.commands")) == DEFAULT_LIMIT
+    assert limits.of(ns.settings.changelog_topic()) == DEFAULT_LIMIT
+    assert f"topic {shipping} accepts records of at most 50000 bytes" in caplog.text
