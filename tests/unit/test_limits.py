@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from sagastream.runtime.checkpoint import Checkpoint
 from sagastream.runtime.inputs import Rejected, dead_letter
 from sagastream.runtime.limits import (
     ORIGINAL_KEY_SIZE,
@@ -17,8 +20,14 @@ from sagastream.runtime.limits import (
     fit_dead_letter,
     record_size,
 )
+from sagastream.runtime.metrics import Metrics
+from sagastream.runtime.orchestrator import Orchestrator
 from sagastream.runtime.settings import Settings
+from sagastream.runtime.store import MemoryStore
+from sagastream.wire.codec import new_meta
 from sagastream.wire.dlq import read_dead_letter_headers
+from tests.unit.test_checkpoint import FakeProducer
+from tests.unit.test_event_time import CODEC, ORDER, STORE, Record
 from tests.unit.test_handler_loop import TOPOLOGY, FakeMessage
 
 HEADERS = [("event_type", b"OrderPlaced"), ("dlq.reason", b"corrupt")]
@@ -105,3 +114,35 @@ def test_the_dead_letter_of_an_almost_1_mb_input_is_cut_to_the_dlq_topics_limit(
     # without limits read from the broker, the setting applies
     default = dead_letter(msg, TOPOLOGY, settings, rejected, "w")  # type: ignore[arg-type]
     assert record_size(default.key, default.value, default.headers) == 990_000
+
+
+# ------------------------------------------------------------------ the orchestrator
+
+
+def test_an_input_whose_saga_state_would_not_fit_is_dead_lettered_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The email is kept in the state (the notification uses it) and in no first command."""
+    settings = Settings(data_dir=tmp_path, schema_registry_url=None, max_record_bytes=20_000)
+    metrics = Metrics.create("orchestrator")
+    orchestrator = Orchestrator(settings, TOPOLOGY, STORE, CODEC, metrics)
+    producer = FakeProducer()
+    orchestrator._ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
+    orchestrator.stores = {0: MemoryStore()}
+    big = {**ORDER, "order_id": "o-big", "email": "e" * 30_000 + "@example.com"}
+    for offset, fields in enumerate([big, {**ORDER, "order_id": "o-ok"}]):
+        meta = new_meta("OrderPlaced", fields["order_id"], "test")
+        value = CODEC.encode("OrderPlaced", {**fields, "meta": meta})
+        key = fields["order_id"].encode()
+        orchestrator._handle(Record("orders.events", 0, offset, 1, key, value))  # type: ignore[arg-type]
+
+    sent = [(topic, key) for topic, key, _, _ in producer.pending]
+    assert ("orders.events.dlq", b"o-big") in sent
+    assert [t for t, k in sent if k == b"o-big"] == ["orders.events.dlq"]
+    assert ("payments.commands", b"o-ok") in sent
+    assert list(orchestrator._ckpt.pending_states(0)) == [b"o-ok"]
+    assert list(orchestrator.trail) == [b"o-ok"]
+    labels = {"role": "orchestrator", "topic": "orders.events", "reason": "record_too_large"}
+    assert metrics.registry.get_sample_value("sagastream_dead_letters_total", labels) == 1
+    assert f"the saga state for {settings.changelog_topic()} would be" in caplog.text
+    assert "over the limit of 20000" in caplog.text
