@@ -1,6 +1,6 @@
 """Records over the size limit: the input is dead-lettered alone, everything else goes on.
 
-Each test reads every `*.dlq` topic of its prefix and expects exactly the dead letters it caused.
+Each test reads every dead-letter topic of its topology and expects exactly the dead letters it caused.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sagastream.runtime.limits import record_size
 from sagastream.runtime.worker import record_limits
 from sagastream.wire.codec import new_meta
 from sagastream.wire.dlq import read_dead_letter_headers
-from tests.integration.helpers import good_order, place_order, wait_outcomes
+from tests.integration.helpers import every_dead_letter, good_order, place_order, wait_outcomes
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +26,10 @@ ORDER_HANDLERS = "inventory,shipping,notification"
 DEFAULT_LIMIT = 990_000
 
 
-def every_dead_letter(ns: Any, expected: int) -> list[Received]:
-    """What every `*.dlq` topic of the test's prefix holds, once it holds `expected` records."""
-    topics = admin_client(ns.settings).list_topics(timeout=10).topics
-    dlqs = sorted(
-        t for t in topics if t.startswith(ns.settings.topic_prefix) and t.endswith(".dlq")
-    )
-    assert ns.topic("orders.events.dlq") in dlqs and ns.topic("payments.commands.dlq") in dlqs
-    ns.client.read(dlqs, lambda letters: len(letters) >= expected, timeout=60)
-    return ns.client.read_to_end(dlqs)
+def dead_letters_once(ns: Any, topic: str) -> list[Received]:
+    """Every dead letter of the test, once the DLQ of `topic` holds one."""
+    ns.client.read([ns.topic(ns.topology.dlq(topic))], lambda letters: bool(letters), timeout=60)
+    return every_dead_letter(ns)
 
 
 def assert_cut_copy(ns: Any, letter: Received, limit: int) -> dict[str, str]:
@@ -106,7 +101,7 @@ def test_an_oversized_start_event_is_dead_lettered_alone(
     outcomes = wait_outcomes(ns, set(normal))
     assert {k: m.event_type for k, m in outcomes.items()} == dict.fromkeys(normal, "SagaCompleted")
     workers.check_alive()
-    [letter] = every_dead_letter(ns, 1)
+    [letter] = dead_letters_once(ns, "orders.events")
     assert (letter.topic, letter.key) == (ns.topic("orders.events.dlq"), b"order-85kb")
     headers = read_dead_letter_headers(letter.headers)
     assert headers["reason"] == "record_too_large", headers
@@ -134,7 +129,7 @@ def test_a_start_event_of_1_1_mb_is_dead_lettered_alone_at_the_default_limit(
     outcomes = wait_outcomes(ns, set(normal))
     assert {k: m.event_type for k, m in outcomes.items()} == dict.fromkeys(normal, "SagaCompleted")
     workers.check_alive()
-    [letter] = every_dead_letter(ns, 1)
+    [letter] = dead_letters_once(ns, "orders.events")
     assert (letter.topic, letter.key) == (ns.topic("orders.events.dlq"), b"order-1mb")
     headers = read_dead_letter_headers(letter.headers)
     assert headers["reason"] == "record_too_large", headers
@@ -157,7 +152,7 @@ def test_an_undecodable_input_of_almost_1_mb_is_dead_lettered_cut_and_its_partit
     outcome = wait_outcomes(ns, {"order-after-junk"})["order-after-junk"]
     assert outcome.event_type == "SagaCompleted"
     workers.check_alive()
-    [letter] = every_dead_letter(ns, 1)
+    [letter] = dead_letters_once(ns, "orders.events")
     assert (letter.topic, letter.key) == (ns.topic("orders.events.dlq"), b"order-after-junk")
     headers = assert_cut_copy(ns, letter, DEFAULT_LIMIT)
     assert headers["reason"] == "bad_magic"
@@ -177,7 +172,7 @@ def test_a_handler_result_of_1_1_mb_dead_letters_its_command_and_the_worker_goes
 
     outcomes = wait_outcomes(ns, set(normal))
     assert {k: m.event_type for k, m in outcomes.items()} == dict.fromkeys(normal, "SagaCompleted")
-    letters = every_dead_letter(ns, 1)
+    letters = dead_letters_once(ns, "payments.commands")
     assert letters, "no dead letter for the command of huge-1"
     # and the worker goes on
     place_order(ns, "order-after-huge")
