@@ -159,7 +159,7 @@ class Orchestrator:
         # partitions paused for the schema registry: when to retry, and how often they failed
         self.waiting: dict[tuple[str, int], float] = {}
         self._failures: dict[tuple[str, int], int] = {}
-        self.trail: dict[bytes, TrailEntry] = {}
+        self.trail: dict[bytes, tuple[TrailEntry, OutRecord]] = {}
         self.ready = threading.Event()
         self.health = RoleHealth(settings)
         # the time decisions are made at: the wall clock, or event time in a shadow replay
@@ -332,17 +332,17 @@ class Orchestrator:
             self.encoder.derived(c.event_type, key, c.fields, parent, c.attempt, now)
             for c in decision.commands
         ]
-        trail = (
+        audit = (
             None
             if new is None
-            else self._trail_entry(key, definition[1].audit, new, decision.lifecycle, parent)
+            else self._audit(key, definition[1].audit, new, decision.lifecycle, parent)
         )
         # all of it must fit before any of it enters the transaction (RecordTooLarge if not)
-        self._check_fits(key, decision.commands, out, new, trail)
+        self._check_fits(key, decision.commands, out, new, None if audit is None else audit[1])
         if new is not None:
             ckpt.put_state(partition, store, key, state, new)
-        if trail is not None:
-            self.trail[key] = trail
+        if audit is not None:
+            self.trail[key] = audit
         for rec in out:
             ckpt.produce(rec)
         self.metrics.produced_many(ROLE, [c.event_type for c in decision.commands])
@@ -358,16 +358,17 @@ class Orchestrator:
                 (new["ended"] - new["started"]) / 1000
             )
 
-    def _trail_entry(
+    def _audit(
         self,
         key: bytes,
         audit: str,
         state: dict[str, Any],
         lifecycle: list[tuple[str, str | None]],
         parent: dict[str, Any],
-    ) -> TrailEntry | None:
+    ) -> tuple[TrailEntry, OutRecord] | None:
         """Audit: one SagaLifecycle record per saga per transaction, carrying its changes; the
-        saga's entry with this decision's changes added (None: nothing to audit)."""
+        saga's entry with this decision's changes added, and its record (None: nothing to
+        audit). The record is encoded here, so that its size is known before it is kept."""
         if audit == "off" or LIFECYCLE_EVENT not in self.topology.events:
             return None
         changes = [
@@ -377,15 +378,11 @@ class Orchestrator:
         ]
         if not changes:
             return None
-        entry = self.trail.get(key)
-        if entry is None:
-            return (state["saga"], state["status"], changes, parent)
-        return (entry[0], state["status"], entry[2] + changes, parent)
-
-    def _trail_record(self, key: bytes, entry: TrailEntry) -> OutRecord:
-        saga, status, changes, parent = entry
-        fields = {"saga_type": saga, "status": status, "changes": changes}
-        return self.encoder.derived(LIFECYCLE_EVENT, key, fields, parent, 1)
+        kept = self.trail.get(key)
+        saga, earlier = (state["saga"], []) if kept is None else (kept[0][0], kept[0][2])
+        entry = (saga, state["status"], earlier + changes, parent)
+        fields = {"saga_type": saga, "status": entry[1], "changes": entry[2]}
+        return entry, self.encoder.derived(LIFECYCLE_EVENT, key, fields, parent, 1)
 
     def _check_fits(
         self,
@@ -393,7 +390,7 @@ class Orchestrator:
         commands: list[Any],
         out: list[OutRecord],
         state: dict[str, Any] | None,
-        trail: TrailEntry | None,
+        audit: OutRecord | None,
     ) -> None:
         """Raise RecordTooLarge if a record of one input's decision would not fit its topic:
         its commands and outcomes, its audit record and its saga state."""
@@ -401,8 +398,7 @@ class Orchestrator:
             (c.event_type, r.topic, r.key, r.value, r.headers)
             for c, r in zip(commands, out, strict=True)
         ]
-        if trail is not None:
-            audit = self._trail_record(key, trail)
+        if audit is not None:
             records.append(("the audit record", audit.topic, audit.key, audit.value, audit.headers))
         if state is not None:
             # encoded as the checkpoint encodes it for the changelog
@@ -548,8 +544,8 @@ class Orchestrator:
     def _flush_trail(self) -> None:
         ckpt = self._ckpt
         assert ckpt is not None
-        for key, entry in self.trail.items():
-            ckpt.produce(self._trail_record(key, entry))
+        for _, record in self.trail.values():
+            ckpt.produce(record)
         if self.trail:
             self.metrics.produced_many(ROLE, [LIFECYCLE_EVENT] * len(self.trail))
 
