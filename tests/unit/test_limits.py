@@ -81,6 +81,16 @@ def test_a_key_too_large_on_its_own_is_dropped_with_the_value():
     assert extra == {ORIGINAL_SIZE: b"100", ORIGINAL_KEY_SIZE: b"20000", TRUNCATED: b"key,value"}
 
 
+def test_an_error_message_quoting_a_whole_record_keeps_the_dead_letter_small():
+    msg = FakeMessage("orders.events", 0, 3, b"k", b"v" * 100)
+    quoting = Rejected("processing_error", "ValueError: " + "x" * 2_000_000)
+    rec = dead_letter(msg, TOPOLOGY, Settings(), quoting, "w")  # type: ignore[arg-type]
+    assert (rec.key, rec.value) == (b"k", b"v" * 100)
+    error = read_dead_letter_headers(rec.headers)["error"]
+    assert error.startswith("ValueError: xxx") and error.endswith("(1998012 more characters)")
+    assert record_size(rec.key, rec.value, rec.headers) < 3_000
+
+
 def test_a_topic_that_accepts_less_lowers_its_limit_with_a_warning():
     limits, warnings = clamp(990_000, {"a": 1_048_588, "b": 500_000})
     assert (limits.of("a"), limits.of("b"), limits.of("unknown")) == (990_000, 500_000, 990_000)
