@@ -7,7 +7,9 @@ re-read) or kill a handler. So every record is measured here first: the loops de
 one input whose records do not fit, and a dead-letter copy that would not fit is cut to fit.
 
 `RecordLimits` holds the limit per physical topic: `max_record_bytes`, lowered (with a warning)
-for a topic or broker that accepts less, as read from the broker when a worker starts.
+for a topic or broker that accepts less, as read from the broker when a worker starts. We lower
+rather than refuse to start: a worker that does not start helps no one, and what the lowered
+limit does not take is dead-lettered with its size, which says what to change.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient, ConfigEntry, ConfigResource
 
 from sagastream.runtime.settings import Settings
 from sagastream.wire.dlq import HEADER_PREFIX
@@ -99,51 +101,76 @@ def fit_dead_letter(
     return None, None, headers + marks
 
 
-def clamp(setting: int, accepted: Mapping[str, int]) -> tuple[RecordLimits, list[str]]:
-    """The limits for `max_record_bytes` = `setting` and what each topic accepts (its
-    `max.message.bytes`, a record batch: one record plus RECORD_OVERHEAD fits); the warnings say
-    which topics lowered it."""
-    lowered: dict[str, int] = {}
+def clamp(
+    setting: int, accepted: Mapping[str, int], broker: int | None = None
+) -> tuple[RecordLimits, list[str]]:
+    """The limits for `max_record_bytes` = `setting`, what each topic accepts (its
+    `max.message.bytes`: a record batch, which one record plus RECORD_OVERHEAD fills) and what
+    the broker accepts for any other topic (`message.max.bytes`); the warnings say what lowered
+    the setting."""
     warnings = []
+    default = setting
+    if broker is not None and broker < setting:
+        default = broker
+        warnings.append(
+            f"the broker accepts records of at most {broker} bytes (message.max.bytes), less "
+            f"than max_record_bytes={setting}: records for topics without a larger "
+            "max.message.bytes are limited to that; raise it or lower SAGASTREAM_MAX_RECORD_BYTES"
+        )
+    limits: dict[str, int] = {}
     for topic, batch in sorted(accepted.items()):
+        if min(setting, batch) != default:
+            limits[topic] = min(setting, batch)
         if batch < setting:
-            lowered[topic] = batch
             warnings.append(
                 f"topic {topic} accepts records of at most {batch} bytes (max.message.bytes), "
                 f"less than max_record_bytes={setting}: records for it are limited to {batch}; "
                 f"raise the topic's max.message.bytes or lower SAGASTREAM_MAX_RECORD_BYTES"
             )
-    return RecordLimits(setting, lowered), warnings
+    return RecordLimits(default, limits), warnings
 
 
 def discover(settings: Settings, topics: Iterable[str], timeout: float = 10.0) -> RecordLimits:
-    """The limits for `topics`, after asking the broker what each accepts (`max.message.bytes`,
-    the broker's default included). A broker that does not answer leaves the setting unchecked,
-    with a warning: the worker's clients wait for the broker anyway."""
-    names = sorted(set(topics))
+    """The limits for `topics`, after asking the broker what each accepts (`max.message.bytes`)
+    and what it accepts for topics that do not exist yet (its `message.max.bytes`). A broker that
+    does not answer leaves the setting unchecked, with a warning: the worker's clients wait for
+    the broker anyway."""
     admin = AdminClient(settings.librdkafka())
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
-    accepted: dict[str, int] = {}
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in sorted(set(topics))]
     unread: dict[str, str] = {}
-    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+    try:
+        brokers = admin.list_topics(timeout=timeout).brokers
+        resources.append(ConfigResource(ConfigResource.Type.BROKER, str(min(brokers))))
+    except Exception as exc:
+        unread["the broker"] = str(exc)
+    accepted: dict[str, int] = {}
+    broker = None
+    described = admin.describe_configs(resources, request_timeout=timeout) if resources else {}
+    for resource, future in described.items():
         try:
-            entry = future.result(timeout).get("max.message.bytes")
+            config = future.result(timeout)
         except Exception as exc:  # a missing topic, an unreachable broker: check what answered
             unread[resource.name] = str(exc)
             continue
-        if entry is not None and entry.value is not None:
-            accepted[resource.name] = int(entry.value)
-    if unread:
-        topic, why = next(iter(unread.items()))
+        if resource.restype == ConfigResource.Type.BROKER:
+            broker = _int_value(config.get("message.max.bytes"))
+        elif (batch := _int_value(config.get("max.message.bytes"))) is not None:
+            accepted[resource.name] = batch
+    if broker is None:  # topics not read (not created yet, say) take the broker's limit
+        topic, why = next(iter(unread.items()), ("the broker", "no message.max.bytes"))
         log.warning(
-            "could not read max.message.bytes of %d topics (%s: %s); max_record_bytes=%d is "
-            "not checked against them",
-            len(unread),
+            "could not read what the broker accepts (%s: %s); max_record_bytes=%d is checked "
+            "against %d topics only",
             topic,
             why,
             settings.max_record_bytes,
+            len(accepted),
         )
-    limits, warnings = clamp(settings.max_record_bytes, accepted)
+    limits, warnings = clamp(settings.max_record_bytes, accepted, broker)
     for warning in warnings:
         log.warning(warning)
     return limits
+
+
+def _int_value(entry: ConfigEntry | None) -> int | None:
+    return None if entry is None or entry.value is None else int(entry.value)

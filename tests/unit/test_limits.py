@@ -98,6 +98,18 @@ def test_a_topic_that_accepts_less_lowers_its_limit_with_a_warning():
     assert "topic b" in warning and "500000" in warning and "max_record_bytes=990000" in warning
 
 
+def test_a_broker_that_accepts_less_lowers_the_limit_of_topics_without_a_larger_one():
+    limits, warnings = clamp(2_000_000, {"default": 1_048_588, "big": 5_000_000}, 1_048_588)
+    assert (limits.of("default"), limits.of("big"), limits.of("new")) == (
+        1_048_588,
+        2_000_000,
+        1_048_588,
+    )
+    assert "the broker accepts records of at most 1048588 bytes" in warnings[0]
+    assert "topic default accepts records of at most 1048588" in warnings[1]
+    assert len(warnings) == 2
+
+
 def test_producers_allow_every_record_the_setting_allows():
     assert Settings().producer_config()["message.max.bytes"] == 1_000_000
     assert Settings(max_record_bytes=5_000_000).producer_config()["message.max.bytes"] == 5_000_000
