@@ -337,8 +337,10 @@ class Orchestrator:
             if new is None
             else self._audit(key, definition[1].audit, new, decision.lifecycle, parent)
         )
+        # the changelog value, as the checkpoint encodes it
+        encoded = None if new is None else json.dumps(new, separators=(",", ":")).encode()
         # all of it must fit before any of it enters the transaction (RecordTooLarge if not)
-        self._check_fits(key, decision.commands, out, new, None if audit is None else audit[1])
+        self._check_fits(key, decision.commands, out, new, encoded, audit)
         if new is not None:
             ckpt.put_state(partition, store, key, state, new)
         if audit is not None:
@@ -390,21 +392,21 @@ class Orchestrator:
         commands: list[Any],
         out: list[OutRecord],
         state: dict[str, Any] | None,
-        audit: OutRecord | None,
+        encoded: bytes | None,
+        audit: tuple[TrailEntry, OutRecord] | None,
     ) -> None:
         """Raise RecordTooLarge if a record of one input's decision would not fit its topic:
-        its commands and outcomes, its audit record and its saga state."""
+        its commands and outcomes, its audit record and its saga state (`encoded`)."""
         records = [
             (c.event_type, r.topic, r.key, r.value, r.headers)
             for c, r in zip(commands, out, strict=True)
         ]
         if audit is not None:
-            records.append(("the audit record", audit.topic, audit.key, audit.value, audit.headers))
+            rec = audit[1]
+            records.append(("the audit record", rec.topic, rec.key, rec.value, rec.headers))
         if state is not None:
-            # encoded as the checkpoint encodes it for the changelog
-            value = json.dumps(state, separators=(",", ":")).encode()
             changelog = self.settings.changelog_topic()
-            records.append(("the saga state", changelog, key, value, changelog_headers(state)))
+            records.append(("the saga state", changelog, key, encoded, changelog_headers(state)))
         check_fits(self.limits, records)
 
     def _reject(
