@@ -49,6 +49,7 @@ from sagastream.runtime.inputs import (
     read_input,
 )
 from sagastream.runtime.kafka_io import produce
+from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.outputs import Encoder
 from sagastream.runtime.settings import Settings
@@ -234,11 +235,13 @@ class HandlerLoop:
         is_async: Callable[[str], bool] | None = None,
         consumer: Consumer | None = None,
         producer: Producer | None = None,
+        limits: RecordLimits | None = None,
     ) -> None:
         """`is_async(command_type)` says which commands `call` answers with an awaitable (default:
         all if `call` is a coroutine function); `consumer` and `producer` replace the clients
         built from settings (tests use fakes); the producer must be this loop's alone, as its
-        delivery callbacks touch the loop's state."""
+        delivery callbacks touch the loop's state; `limits` are the record size limits (default:
+        the setting `max_record_bytes` for every topic)."""
         self._settings = settings
         self._topology = topology
         self._codec = codec
@@ -250,6 +253,7 @@ class HandlerLoop:
         self._metrics = metrics
         self._name = f"sagastream-{role}"
         self._encoder = Encoder(settings, topology, store, codec, self._name)
+        self._limits = limits or RecordLimits(settings.max_record_bytes)
         self._topic = settings.topic(topology.handlers[role].consumes)
         self._bound = topology.handlers[role].concurrency or settings.handler_concurrency
         self._run_bounds = command_bounds(topology, commands, settings.handler_timeout_ms)
@@ -579,6 +583,11 @@ class HandlerLoop:
             async with limit:
                 result_type, fields = await self._invoke(command.event_type, command.record)
             out = self._encoder.derived(result_type, command.key, fields, meta, meta["attempt"])
+            check_fits(self._limits, [(result_type, out.topic, out.key, out.value, out.headers)])
+        except RecordTooLarge as exc:
+            # the result cannot be sent: the command is dead-lettered, the loop goes on
+            self._dead_letter(job, Rejected(exc.reason, str(exc)))
+            return
         except Exception as exc:  # a failing command must not stop its partition or the loop
             if limit.expired():
                 self._timed_out(job, command.event_type, bound)
@@ -626,7 +635,9 @@ class HandlerLoop:
             self._crash = task.exception()  # a bug, not bad input: fail loudly, re-run on restart
 
     def _dead_letter(self, job: _Job, rejected: Rejected) -> None:
-        out = dead_letter(job.msg, self._topology, self._settings, rejected, self._name)
+        out = dead_letter(
+            job.msg, self._topology, self._settings, rejected, self._name, limits=self._limits
+        )
         job.refused, job.dead_lettered = 0, True
         self._send(job, out)
         topic = logical_topic(self._settings, job.partition[0])

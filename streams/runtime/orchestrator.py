@@ -45,11 +45,18 @@ from sagastream.runtime.inputs import (
     dead_letter,
     read_input,
 )
+from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.outputs import Encoder, now_ms
 from sagastream.runtime.restore import restore
 from sagastream.runtime.settings import Settings
-from sagastream.runtime.store import EXPIRY, PartitionStore, RocksStore, timers_of
+from sagastream.runtime.store import (
+    EXPIRY,
+    PartitionStore,
+    RocksStore,
+    changelog_headers,
+    timers_of,
+)
 from sagastream.wire.codec import AvroCodec, EncodeError, SchemaStore
 from sagastream.wire.dlq import Origin, dead_letter_headers
 from sagastream.wire.registry import retry_delay
@@ -62,6 +69,8 @@ BATCH = 1000
 MAX_RECORDS_PER_TRANSACTION = 20_000
 MAX_DUE_PER_TICK = 5_000
 OUTCOME_CHANGES = frozenset({"started", *TERMINAL})
+# one saga's audit entry of the open transaction: saga, status, changes, parent meta
+TrailEntry = tuple[str, str, list[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
@@ -124,8 +133,12 @@ class Orchestrator:
         schemas: SchemaStore,
         codec: AvroCodec,
         metrics: Metrics,
+        limits: RecordLimits | None = None,
     ) -> None:
+        """`limits`: the record size limits the worker read from the broker (default: the
+        setting `max_record_bytes` for every topic)."""
         self.settings = settings
+        self.limits = limits or RecordLimits(settings.max_record_bytes)
         self.topology = topology
         self.codec = codec
         self.metrics = metrics
@@ -139,7 +152,7 @@ class Orchestrator:
         # partitions paused for the schema registry: when to retry, and how often they failed
         self.waiting: dict[tuple[str, int], float] = {}
         self._failures: dict[tuple[str, int], int] = {}
-        self.trail: dict[bytes, tuple[str, str, list[dict[str, Any]], dict[str, Any]]] = {}
+        self.trail: dict[bytes, tuple[TrailEntry, OutRecord]] = {}
         self.ready = threading.Event()
         self.health = RoleHealth(settings)
         # the time decisions are made at: the wall clock, or event time in a shadow replay
@@ -319,16 +332,26 @@ class Orchestrator:
                 for c in decision.commands
             ]
             letter = None if refused is None else self._letter(msg, got, partition, refused)
+            audit = (
+                None
+                if new is None
+                else self._audit(key, definition[1].audit, new, decision.lifecycle, parent)
+            )
         except EncodeError as exc:
             return Rejected("output_encoding", str(exc))
         try:
             value = None if new is None else encode_state(new)
         except StateEncodingError as exc:
             return Rejected("state_encoding", str(exc))
+        try:  # all of it must fit before any of it enters the transaction
+            self._check_fits(key, decision.commands, out, new, value, audit)
+        except RecordTooLarge as exc:
+            return Rejected(exc.reason, str(exc))
         # handing over: nothing below fails on this input's account
         if new is not None:
             ckpt.put_state(partition, store, key, state, new, value)
-            self._note_trail(key, definition[1].audit, new, decision.lifecycle, parent)
+        if audit is not None:
+            self.trail[key] = audit
         for rec in out:
             ckpt.produce(rec)
         self.metrics.produced_many(ROLE, [c.event_type for c in decision.commands])
@@ -345,29 +368,54 @@ class Orchestrator:
             )
         return None
 
-    def _note_trail(
+    def _audit(
         self,
         key: bytes,
         audit: str,
         state: dict[str, Any],
         lifecycle: list[tuple[str, str | None]],
         parent: dict[str, Any],
-    ) -> None:
-        """Audit: one SagaLifecycle record per saga per transaction, carrying its changes."""
+    ) -> tuple[TrailEntry, OutRecord] | None:
+        """Audit: one SagaLifecycle record per saga per transaction, carrying its changes; the
+        saga's entry with this decision's changes added, and its record (None: nothing to
+        audit). The record is encoded here, so that its size is known before it is kept."""
         if audit == "off" or LIFECYCLE_EVENT not in self.topology.events:
-            return
+            return None
         changes = [
             {"what": what, "step": step}
             for what, step in lifecycle
             if audit == "full" or what in OUTCOME_CHANGES
         ]
         if not changes:
-            return
-        entry = self.trail.get(key)
-        if entry is None:
-            self.trail[key] = (state["saga"], state["status"], changes, parent)
-        else:
-            self.trail[key] = (entry[0], state["status"], entry[2] + changes, parent)
+            return None
+        kept = self.trail.get(key)
+        saga, earlier = (state["saga"], []) if kept is None else (kept[0][0], kept[0][2])
+        entry = (saga, state["status"], earlier + changes, parent)
+        fields = {"saga_type": saga, "status": entry[1], "changes": entry[2]}
+        return entry, self.encoder.derived(LIFECYCLE_EVENT, key, fields, parent, 1)
+
+    def _check_fits(
+        self,
+        key: bytes,
+        commands: list[Any],
+        out: list[OutRecord],
+        state: dict[str, Any] | None,
+        encoded: bytes | None,
+        audit: tuple[TrailEntry, OutRecord] | None,
+    ) -> None:
+        """Raise RecordTooLarge if a record of one input's decision would not fit its topic:
+        its commands and outcomes, its audit record and its saga state (`encoded`)."""
+        records = [
+            (c.event_type, r.topic, r.key, r.value, r.headers)
+            for c, r in zip(commands, out, strict=True)
+        ]
+        if audit is not None:
+            rec = audit[1]
+            records.append(("the audit record", rec.topic, rec.key, rec.value, rec.headers))
+        if state is not None:
+            changelog = self.settings.changelog_topic()
+            records.append(("the saga state", changelog, key, encoded, changelog_headers(state)))
+        check_fits(self.limits, records)
 
     def _letter(
         self, msg: Message | None, got: Decoded | None, partition: int, rejected: Rejected
@@ -375,7 +423,9 @@ class Orchestrator:
         """The dead-letter record of an input: the message's bytes as they came, or for a fired
         timer (no message) the TimerFired event itself."""
         if msg is not None:
-            return dead_letter(msg, self.topology, self.settings, rejected, PRODUCER_NAME)
+            return dead_letter(
+                msg, self.topology, self.settings, rejected, PRODUCER_NAME, limits=self.limits
+            )
         assert got is not None
         timers = self.timer_topic or "sagas.timers"
         topic = self.settings.topic(self.topology.dlq(timers))
@@ -497,9 +547,8 @@ class Orchestrator:
     def _flush_trail(self) -> None:
         ckpt = self._ckpt
         assert ckpt is not None
-        for key, (saga, status, changes, parent) in self.trail.items():
-            fields = {"saga_type": saga, "status": status, "changes": changes}
-            ckpt.produce(self.encoder.derived(LIFECYCLE_EVENT, key, fields, parent, 1))
+        for _, record in self.trail.values():
+            ckpt.produce(record)
         if self.trail:
             self.metrics.produced_many(ROLE, [LIFECYCLE_EVENT] * len(self.trail))
 

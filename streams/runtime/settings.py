@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     health_stall_s: float = Field(default=120.0, gt=0.0)
     transaction_timeout_ms: int = Field(default=10_000, ge=1000)
     instance_id: str | None = None
+    # the largest record a worker produces, headers and framing included: under the producer's
+    # default message.max.bytes (1,000,000) and the broker's (1,048,588), with room to spare
+    max_record_bytes: int = Field(default=990_000, ge=10_000)
 
     @field_validator("topology_file", "schemas_dir", "data_dir")
     @classmethod
@@ -114,6 +117,8 @@ class Settings(BaseSettings):
             "acks": "all",
             "partitioner": "murmur2_random",
             "linger.ms": 5,
+            # what the runtime checks itself (max_record_bytes) must never be refused here
+            "message.max.bytes": max(1_000_000, self.max_record_bytes),
         }
 
     def transactional_producer_config(self, transactional_id: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 from sagastream.core.topology import Topology, load_topology
 from sagastream.runtime import health
 from sagastream.runtime.health import Check
+from sagastream.runtime.limits import RecordLimits, discover
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import RegistryUnavailable, SchemaStore
@@ -50,6 +51,14 @@ def parse_roles(spec: str, topology: Topology) -> list[str]:
     return roles
 
 
+def record_limits(settings: Settings, topology: Topology) -> RecordLimits:
+    """max_record_bytes, lowered for every topic a worker writes that accepts less."""
+    topics = [settings.topic(name) for name, _, _ in topology.all_topic_configs()]
+    if topology.sagas:
+        topics.append(settings.changelog_topic())
+    return discover(settings, topics)
+
+
 def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     """Run the roles of `spec` until SIGTERM/SIGINT; returns the exit code."""
     logging.basicConfig(
@@ -64,6 +73,14 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     # learn every schema id before consuming; if the registry is down, inputs wait and retry
     with contextlib.suppress(RegistryUnavailable):
         codec.prepare(topology.events)
+
+    if ORCHESTRATOR in roles:
+        from sagastream.ops.admin import create_topics
+
+        # idempotent; makes sure the changelog exists
+        for weaker in create_topics(settings, topology).weaker:
+            log.warning("topic less durable than topology.yaml asks: %s", weaker)
+    limits = record_limits(settings, topology)
 
     runners: dict[str, Callable[[threading.Event], None]] = {}
     # per role: is its loop advancing (/healthz), is it ready (/readyz)
@@ -93,17 +110,14 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
                 handler.commands,
                 metrics,
                 is_async=handler.is_async,
+                limits=limits,
             )
             runners[role] = loop.run
             probes[role] = (loop.health.alive, loop.readiness)
     if ORCHESTRATOR in roles:
-        from sagastream.ops.admin import create_topics
         from sagastream.runtime.orchestrator import Orchestrator
 
-        # idempotent; makes sure the changelog exists
-        for weaker in create_topics(settings, topology).weaker:
-            log.warning("topic less durable than topology.yaml asks: %s", weaker)
-        orchestrator = Orchestrator(settings, topology, schemas, codec, metrics)
+        orchestrator = Orchestrator(settings, topology, schemas, codec, metrics, limits)
         runners[ORCHESTRATOR] = orchestrator.run
         probes[ORCHESTRATOR] = (orchestrator.health.alive, orchestrator.readiness)
 

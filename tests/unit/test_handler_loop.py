@@ -427,6 +427,29 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_committed():
     }
 
 
+def test_a_result_too_large_dead_letters_its_command_and_the_loop_goes_on():
+    consumer = FakeConsumer(partitions=1)
+    consumer.append(0, b"huge", charge("huge"))
+    consumer.append(0, b"ok", charge("ok"))
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        result_type, fields = charged(record["order_id"])
+        if record["order_id"] == "huge":
+            fields["payment_id"] = "p" * 20_000
+        return result_type, fields
+
+    producer = FakeProducer()
+    with running(call, consumer=consumer, producer=producer, max_record_bytes=10_000):
+        eventually(lambda: consumer.committed(0) == 2)
+    [(topic, key, _, headers)] = [s for s in producer.sent if s[0] == "payments.commands.dlq"]
+    why = read_dead_letter_headers(list(headers.items()))
+    assert (key, why["reason"], why["original.offset"]) == (b"huge", "record_too_large", "0")
+    assert "PaymentCharged for payments.events" in why["error"]
+    assert "over the limit of 10000" in why["error"]
+    answered = [r for r in results(producer) if r[1] == "PaymentCharged"]
+    assert [record["order_id"] for _, _, record in answered] == ["ok"]
+
+
 def test_a_partition_waits_for_the_registry_while_others_go_on(monkeypatch):
     monkeypatch.setattr(handler_loop, "retry_delay", lambda failures: 0.02)
     monkeypatch.setattr(CODEC, "down", True)
