@@ -22,9 +22,10 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from sagastream.core.topology import Topology
+from sagastream.runtime.horizon import timestamp
 from sagastream.runtime.inputs import Decoded, Unavailable
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.orchestrator import Orchestrator
@@ -195,11 +196,6 @@ def fired_timer(event_id: str) -> bool:
         return False
 
 
-def timestamp(msg: Message) -> int | None:
-    kind, stamp = msg.timestamp()
-    return None if kind == TIMESTAMP_NOT_AVAILABLE else int(stamp)
-
-
 class EventTimeOrchestrator(Orchestrator):
     """An orchestrator that decides the `ranges` of its inputs in event time, each saga's in the
     order of its live `seen`, fires what is due by `until_ms` (the wall time the ranges' ends
@@ -298,6 +294,10 @@ class EventTimeOrchestrator(Orchestrator):
             self._advance(self.until_ms)
             self.finished = True
             self._stop.set()
+
+    def _timer_limits(self, now: int) -> dict[int, int | None]:
+        """In event time every input before `now` is decided already (the merge saw to it)."""
+        return dict.fromkeys(self.stores, now)
 
     def _pace(self) -> None:
         """Pause a partition read to its end or far ahead of the others; resume it once drained."""

@@ -37,6 +37,7 @@ from sagastream.core.state import StateEncodingError, encode_state
 from sagastream.core.topology import LIFECYCLE_EVENT, TIMER_EVENT, Topology
 from sagastream.runtime.checkpoint import Checkpoint, ProducerFatal, TransactionFailed
 from sagastream.runtime.health import Check, RoleHealth
+from sagastream.runtime.horizon import Horizon, timestamp
 from sagastream.runtime.inputs import (
     Decoded,
     OutRecord,
@@ -152,6 +153,8 @@ class Orchestrator:
         # partitions paused for the schema registry: when to retry, and how often they failed
         self.waiting: dict[tuple[str, int], float] = {}
         self._failures: dict[tuple[str, int], int] = {}
+        # how far each input partition is read: a timer fires only below what its partition read
+        self.horizon = Horizon(self.inputs)
         self.trail: dict[bytes, tuple[TrailEntry, OutRecord]] = {}
         self.ready = threading.Event()
         self.health = RoleHealth(settings)
@@ -271,6 +274,7 @@ class Orchestrator:
         if rejected is not None:
             self._dead_letter(self._letter(msg, None, where[1], rejected), rejected, msg)
         ckpt.consumed(msg)
+        self.horizon.read(where, msg.offset() or 0, timestamp(msg))
 
     def _read(self, msg: Message) -> Decoded | Rejected | Unavailable:
         try:
@@ -449,14 +453,22 @@ class Orchestrator:
 
     # -- timers ---------------------------------------------------------------------------
     def _fire_due(self) -> None:
-        """Decide every timer due now, in this transaction; a fired timer is gone from state."""
+        """Decide every timer due now, in this transaction; a fired timer is gone from state.
+
+        "Now" is, per partition, no later than what its inputs have read (see Horizon): a
+        result already on the topic is decided before the timer it would have disarmed.
+        """
         ckpt = self._ckpt
         assert ckpt is not None
         now = self.clock()
+        limits = self._timer_limits(now)
         for partition, store in list(self.stores.items()):
-            due = set(store.due(now, MAX_DUE_PER_TICK))
+            until = limits.get(partition)
+            if until is None:
+                continue  # nothing read yet that says how late it is
+            due = set(store.due(until, MAX_DUE_PER_TICK))
             for key, touched in ckpt.pending_states(partition).items():
-                due.update((d, t, key) for t, d in timers_of(touched.state).items() if d <= now)
+                due.update((d, t, key) for t, d in timers_of(touched.state).items() if d <= until)
             for due_ms, timer, key in sorted(due):
                 state = ckpt.state(partition, store, key)
                 if timer == EXPIRY:  # an ended saga's retention is over: a tombstone removes it
@@ -496,6 +508,26 @@ class Orchestrator:
                     continue
                 self.metrics.timers_fired.labels(kind).inc()
 
+    def _timer_limits(self, now: int) -> dict[int, int | None]:
+        """Per store partition, the latest due time that may fire now (None: none yet)."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        positions = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in consumer.position(consumer.assignment())
+            if tp.offset >= 0
+        }
+        return {p: self.horizon.until(p, now, self._ends, positions) for p in self.stores}
+
+    def _ends(self, where: tuple[str, int]) -> tuple[int, int] | None:
+        """The watermarks of the last fetch (a local look-up). Under read_committed the high one
+        is still the high watermark, past any open transaction: such a partition counts as not
+        read to its end, since what that transaction commits may be older than a timer."""
+        assert self._consumer is not None
+        low, high = self._consumer.get_watermark_offsets(TopicPartition(*where), cached=True)
+        return (max(low, 0), high) if high >= 0 else None
+
     # -- the schema registry is down --------------------------------------------------------
     def _wait_for_registry(self, msg: Message, got: Unavailable) -> None:
         """Only this partition waits: paused, rewound to this message, retried after a backoff."""
@@ -508,6 +540,7 @@ class Orchestrator:
         tp = TopicPartition(where[0], where[1], msg.offset() or 0)
         consumer.pause([tp])
         consumer.seek(tp)
+        self.horizon.held(where, tp.offset, timestamp(msg))
         self.waiting[where] = time.monotonic() + delay
         self.health.registry_waits(where)
         self.metrics.registry_up.labels(ROLE).set(0)
@@ -562,7 +595,9 @@ class Orchestrator:
         if not assigned:
             return
         try:
-            for tp in consumer.committed(assigned, timeout=30):
+            committed = consumer.committed(assigned, timeout=30)
+            self.horizon.rewound((tp.topic, tp.partition, tp.offset) for tp in committed)
+            for tp in committed:
                 tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
                 consumer.seek(tp)
             self.waiting.clear()
@@ -575,7 +610,8 @@ class Orchestrator:
         numbers = {tp.partition for tp in partitions} - set(self.stores)
         # waits until no transaction of a previous owner is pending on these partitions, so
         # the changelog below is final up to where our inputs start
-        consumer.committed(partitions, timeout=60)
+        committed = consumer.committed(partitions, timeout=60)
+        self.horizon.assigned((tp.topic, tp.partition, tp.offset) for tp in committed)
         opened = {p: RocksStore(self.instance.directory / f"p{p}") for p in sorted(numbers)}
         self.stores.update(opened)  # closed by the session's end even if restoring fails
         started = time.monotonic()
@@ -611,6 +647,7 @@ class Orchestrator:
         self.waiting = {w: v for w, v in self.waiting.items() if w[1] not in numbers}
         self._failures = {w: n for w, n in self._failures.items() if w[1] not in numbers}
         self.health.registry_only(self._failures)
+        self.horizon.dropped(numbers)
         if not self._failures:
             self.metrics.registry_up.labels(ROLE).set(1)
         for p in numbers:
