@@ -612,6 +612,7 @@ class Orchestrator:
         # the changelog below is final up to where our inputs start
         committed = consumer.committed(partitions, timeout=60)
         self.horizon.assigned((tp.topic, tp.partition, tp.offset) for tp in committed)
+        self._read_again(consumer, partitions)
         opened = {p: RocksStore(self.instance.directory / f"p{p}") for p in sorted(numbers)}
         self.stores.update(opened)  # closed by the session's end even if restoring fails
         started = time.monotonic()
@@ -629,6 +630,13 @@ class Orchestrator:
         self.metrics.restore_seconds.set(time.monotonic() - started)
         self.ready.set()
         log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+
+    @staticmethod
+    def _read_again(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """librdkafka keeps a partition's pause across a rebalance, but its wait for the registry
+        was dropped with it: a partition that comes back is read again from its committed offset
+        on purpose (a record that still cannot be decoded pauses it anew)."""
+        consumer.resume(partitions)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._ckpt is not None and self._ckpt.open:
