@@ -7,7 +7,13 @@ import time
 import pytest
 
 from tests.integration.conftest import HANDLERS
-from tests.integration.helpers import lifecycle, place_order, wait_outcomes
+from tests.integration.helpers import (
+    every_dead_letter,
+    good_order,
+    lifecycle,
+    place_order,
+    wait_outcomes,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +138,52 @@ class TestTimeoutAcrossCrash:
         start_workers(HANDLERS)
         outcome = wait_outcomes(ns, {"order-timeout-crash"}, timeout=60)["order-timeout-crash"]
         assert outcome.event_type == "SagaCompleted", outcome.record
+
+
+class TestOrchestratorDownPastATimeout:
+    """Time is judged against what has been read: results that came while the orchestrator was
+    down, longer than the step's timeout, are decided before that timeout after the restart."""
+
+    ORDERS = 200
+
+    @pytest.fixture
+    def topology_patch(self):
+        def patch(data):
+            _steps(data, payment={"timeout_ms": 3000, "retry": {"max_attempts": 1}})
+
+        return patch
+
+    def test_results_on_the_topic_win_over_timeouts_due_by_the_clock(
+        self, ns, orchestrator_only, start_workers
+    ):
+        keys = {f"down-{i:04d}" for i in range(self.ORDERS)}
+        for key in sorted(keys):
+            ns.client.publish("OrderPlaced", key, good_order(key))
+        ns.client.flush()
+        # every charge is out and its 3 s timeout armed; then the orchestrator is gone
+        ns.client.read([ns.topic("payments.commands")], lambda m: len(m) >= self.ORDERS, timeout=60)
+        orchestrator_only.kill("orchestrator")
+        down_at = time.monotonic()
+        handlers = start_workers(HANDLERS)
+        # every payment is answered while it is down, in time by the records' stamps
+        charged = ns.client.read(
+            [ns.topic("payments.events")], lambda m: len(m) >= self.ORDERS, timeout=60
+        )
+        assert {m.key.decode() for m in charged if m.key} == keys
+        time.sleep(max(0.0, down_at + 8 - time.monotonic()))  # down well past the timeout
+        start_workers("orchestrator")
+
+        outcomes = wait_outcomes(ns, keys, timeout=90)
+        handlers.check_alive()
+        assert {m.event_type for m in outcomes.values()} == {"SagaCompleted"}, [
+            (k, m.event_type, m.record and m.record.get("reason"))
+            for k, m in outcomes.items()
+            if m.event_type != "SagaCompleted"
+        ][:5]
+        refunds = [
+            m
+            for m in ns.client.read_to_end([ns.topic("payments.commands")])
+            if m.event_type == "RefundPayment"
+        ]
+        assert refunds == []
+        assert every_dead_letter(ns) == []
