@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from sagastream.core.topology import Topology, load_topology
@@ -25,7 +26,7 @@ from sagastream.runtime.limits import RecordLimits, discover
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import RegistryUnavailable, SchemaStore
-from sagastream.wire.registry import build_codec
+from sagastream.wire.registry import build_codec, retry_delay
 
 log = logging.getLogger("sagastream.worker")
 
@@ -59,6 +60,49 @@ def record_limits(settings: Settings, topology: Topology) -> RecordLimits:
     return discover(settings, topics)
 
 
+def _create_topics(settings: Settings, topology: Topology, failures: int) -> bool:
+    """One try at creating what is missing of the topics (the changelog above all); False, and
+    said, while the brokers do not answer (after `failures` tries already)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from sagastream.ops.admin import create_topics
+
+    try:
+        report = create_topics(settings, topology, timeout=10)  # idempotent
+    except KafkaException as exc:
+        log.warning(
+            "waiting for the brokers at %s to create the topics (%s); next try in %.1fs",
+            settings.bootstrap_servers,
+            exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc,
+            retry_delay(failures),
+        )
+        return False
+    for weaker in report.weaker:
+        log.warning("topic less durable than topology.yaml asks: %s", weaker)
+    if failures:
+        log.warning("the brokers at %s answer; the topics are there", settings.bootstrap_servers)
+    return True
+
+
+def _after_topics(
+    settings: Settings,
+    topology: Topology,
+    run: Callable[[threading.Event], None],
+    alive: Callable[[], None],
+    stop: threading.Event,
+) -> None:
+    """`run` once the topics are there: a worker started before its brokers (its first try at
+    start failed) waits for them with backoff until `stop`; a wait on purpose, so each try
+    tells `alive`."""
+    failures = 1
+    while not stop.wait(retry_delay(failures - 1)):
+        alive()
+        if _create_topics(settings, topology, failures):
+            run(stop)
+            return
+        failures += 1
+
+
 def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     """Run the roles of `spec` until SIGTERM/SIGINT; returns the exit code."""
     logging.basicConfig(
@@ -74,12 +118,9 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     with contextlib.suppress(RegistryUnavailable):
         codec.prepare(topology.events)
 
-    if ORCHESTRATOR in roles:
-        from sagastream.ops.admin import create_topics
-
-        # idempotent; makes sure the changelog exists
-        for weaker in create_topics(settings, topology).weaker:
-            log.warning("topic less durable than topology.yaml asks: %s", weaker)
+    # the topics first, so the limits read their configs; if the brokers are not up yet, the
+    # orchestrator role waits for them (and for its topics), the process does not exit
+    topics_there = ORCHESTRATOR not in roles or _create_topics(settings, topology, 0)
     limits = record_limits(settings, topology)
 
     runners: dict[str, Callable[[threading.Event], None]] = {}
@@ -118,7 +159,13 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
         from sagastream.runtime.orchestrator import Orchestrator
 
         orchestrator = Orchestrator(settings, topology, schemas, codec, metrics, limits)
-        runners[ORCHESTRATOR] = orchestrator.run
+        runners[ORCHESTRATOR] = (
+            orchestrator.run
+            if topics_there
+            else partial(
+                _after_topics, settings, topology, orchestrator.run, orchestrator.health.advanced
+            )
+        )
         probes[ORCHESTRATOR] = (orchestrator.health.alive, orchestrator.readiness)
 
     stop = threading.Event()
