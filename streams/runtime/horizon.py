@@ -16,7 +16,7 @@ Pure bookkeeping: the consumer's positions and end offsets are passed in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
@@ -73,15 +73,23 @@ class Horizon:
         self.assigned(offsets)
 
     def until(
-        self, partition: int, now: int, ends: Ends, positions: Mapping[Partition, int]
+        self,
+        partition: int,
+        now: int,
+        ends: Ends,
+        positions: Mapping[Partition, int],
+        assigned: Container[Partition],
     ) -> int | None:
         """The latest due time that store partition `partition` may fire now (None: none).
 
-        `positions` are the consumer's positions (past control records) where it knows them.
+        `positions` are the consumer's positions (past control records) where it knows them;
+        an input partition not `assigned` (a topic that does not exist) holds nothing back.
         """
         bound = now
         for topic in self.topics:
             tp = (topic, partition)
+            if tp not in assigned:
+                continue
             read = self._reads.get(tp, _Read())
             if read.held_ts is not None:
                 bound = min(bound, read.held_ts - 1)

@@ -513,19 +513,24 @@ class Orchestrator:
         consumer = self._consumer
         if consumer is None:
             return {}
+        assignment = consumer.assignment()
+        assigned = {(tp.topic, tp.partition) for tp in assignment}
         positions = {
             (tp.topic, tp.partition): tp.offset
-            for tp in consumer.position(consumer.assignment())
+            for tp in consumer.position(assignment)
             if tp.offset >= 0
         }
-        return {p: self.horizon.until(p, now, self._ends, positions) for p in self.stores}
+        return {p: self.horizon.until(p, now, self._ends, positions, assigned) for p in self.stores}
 
     def _ends(self, where: tuple[str, int]) -> tuple[int, int] | None:
         """The watermarks of the last fetch (a local look-up). Under read_committed the high one
         is still the high watermark, past any open transaction: such a partition counts as not
         read to its end, since what that transaction commits may be older than a timer."""
         assert self._consumer is not None
-        low, high = self._consumer.get_watermark_offsets(TopicPartition(*where), cached=True)
+        try:
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(*where), cached=True)
+        except KafkaException:  # not known to the consumer (yet): not read to its end
+            return None
         return (max(low, 0), high) if high >= 0 else None
 
     # -- the schema registry is down --------------------------------------------------------

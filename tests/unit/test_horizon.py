@@ -19,6 +19,7 @@ from tests.unit.test_event_time import CODEC, ORDER, STORE, _input, _topology
 
 NOW = 1_000_000
 TOPICS = ["orders", "results"]
+ALL = {(t, p) for t in TOPICS for p in range(2)}
 
 
 def _ends(known: dict[tuple[str, int], tuple[int, int]]):
@@ -29,7 +30,7 @@ def test_a_partition_read_to_its_end_fires_by_the_clock() -> None:
     horizon = Horizon(TOPICS)
     horizon.assigned([("orders", 0, 5), ("results", 0, -1001)])
     ends = _ends({("orders", 0): (0, 5), ("results", 0): (0, 0)})
-    assert horizon.until(0, NOW, ends, {}) == NOW
+    assert horizon.until(0, NOW, ends, {}, ALL) == NOW
 
 
 def test_nothing_fires_while_a_lagging_input_has_decided_nothing_yet() -> None:
@@ -37,8 +38,8 @@ def test_nothing_fires_while_a_lagging_input_has_decided_nothing_yet() -> None:
     horizon = Horizon(TOPICS)
     horizon.assigned([("orders", 0, 5), ("results", 0, 2)])
     ends = _ends({("orders", 0): (0, 5), ("results", 0): (0, 9)})
-    assert horizon.until(0, NOW, ends, {}) is None
-    assert horizon.until(0, NOW, _ends({("orders", 0): (0, 5)}), {}) is None  # end not known
+    assert horizon.until(0, NOW, ends, {}, ALL) is None
+    assert horizon.until(0, NOW, _ends({("orders", 0): (0, 5)}), {}, ALL) is None  # end unknown
 
 
 def test_a_lagging_partition_fires_only_before_its_last_read_record() -> None:
@@ -47,10 +48,10 @@ def test_a_lagging_partition_fires_only_before_its_last_read_record() -> None:
     ends = _ends({("orders", 0): (0, 5), ("results", 0): (0, 9)})
     horizon.read(("results", 0), 2, NOW - 8_000)
     horizon.read(("results", 0), 3, NOW - 9_000)  # an earlier stamp after a later one
-    assert horizon.until(0, NOW, ends, {}) == NOW - 9_001
+    assert horizon.until(0, NOW, ends, {}, ALL) == NOW - 9_001
     for offset in range(4, 9):
         horizon.read(("results", 0), offset, NOW - 7_000)
-    assert horizon.until(0, NOW, ends, {}) == NOW  # read to its end: the clock again
+    assert horizon.until(0, NOW, ends, {}, ALL) == NOW  # read to its end: the clock again
 
 
 def test_the_consumers_position_passes_control_records() -> None:
@@ -59,8 +60,8 @@ def test_the_consumers_position_passes_control_records() -> None:
     horizon.assigned([("orders", 0, 0), ("results", 0, 0)])
     horizon.read(("orders", 0), 2, NOW - 50)
     ends = _ends({("orders", 0): (0, 4), ("results", 0): (0, 0)})
-    assert horizon.until(0, NOW, ends, {}) == NOW - 51
-    assert horizon.until(0, NOW, ends, {("orders", 0): 4}) == NOW
+    assert horizon.until(0, NOW, ends, {}, ALL) == NOW - 51
+    assert horizon.until(0, NOW, ends, {("orders", 0): 4}, ALL) == NOW
 
 
 def test_a_record_held_for_the_registry_stops_time_before_it() -> None:
@@ -69,9 +70,16 @@ def test_a_record_held_for_the_registry_stops_time_before_it() -> None:
     ends = _ends({("orders", 0): (0, 1), ("results", 0): (0, 0)})
     horizon.held(("orders", 0), 0, NOW - 3_000)
     # a paused partition is not fetched, so its cached end may say nothing: the hold still does
-    assert horizon.until(0, NOW, _ends({("results", 0): (0, 0)}), {}) == NOW - 3_001
+    assert horizon.until(0, NOW, _ends({("results", 0): (0, 0)}), {}, ALL) == NOW - 3_001
     horizon.read(("orders", 0), 0, NOW - 3_000)
-    assert horizon.until(0, NOW, ends, {}) == NOW
+    assert horizon.until(0, NOW, ends, {}, ALL) == NOW
+
+
+def test_an_input_partition_not_assigned_holds_nothing_back() -> None:
+    horizon = Horizon(TOPICS)
+    horizon.assigned([("orders", 0, 5)])
+    ends = _ends({("orders", 0): (0, 5)})
+    assert horizon.until(0, NOW, ends, {}, {("orders", 0)}) == NOW
 
 
 def test_an_abort_undoes_what_was_read_since_the_committed_offsets() -> None:
@@ -80,11 +88,12 @@ def test_an_abort_undoes_what_was_read_since_the_committed_offsets() -> None:
     ends = _ends({("orders", 0): (0, 3), ("results", 0): (0, 0)})
     horizon.read(("orders", 0), 0, NOW - 10)
     horizon.rewound([("orders", 0, 0), ("results", 0, 0)])
-    assert horizon.until(0, NOW, ends, {}) is None
+    assert horizon.until(0, NOW, ends, {}, ALL) is None
     horizon.dropped({0})
     horizon.assigned([("orders", 1, -1001), ("results", 1, -1001)])
     # nothing committed, a partition emptied by retention: the consumer starts at its low end
-    assert horizon.until(1, NOW, _ends({("orders", 1): (7, 7), ("results", 1): (0, 0)}), {}) == NOW
+    ends = _ends({("orders", 1): (7, 7), ("results", 1): (0, 0)})
+    assert horizon.until(1, NOW, ends, {}, ALL) == NOW
 
 
 @dataclass
