@@ -20,7 +20,7 @@ from sagastream.ops.client import EventClient
 from sagastream.ops.demo import WorkerSet
 from sagastream.wire.registry import build_codec
 from tests.integration.conftest import HANDLERS, Namespace
-from tests.integration.helpers import dead_letters, good_order, wait_outcomes
+from tests.integration.helpers import every_dead_letter, good_order, wait_outcomes
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +75,7 @@ def test_workers_started_before_their_broker_wait_for_it(
             client.flush()
             outcomes = wait_outcomes(mine, keys, timeout=90)
             assert {m.event_type for m in outcomes.values()} == {"SagaCompleted"}
-            assert dead_letters(mine) == []
+            assert every_dead_letter(mine) == []
         finally:
             client.close()
         workers.check_alive()  # neither process ever exited

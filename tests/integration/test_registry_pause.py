@@ -30,7 +30,7 @@ from sagastream.wire.registry import (
     register_subjects,
 )
 from tests.integration.conftest import Namespace
-from tests.integration.helpers import dead_letters, good_order
+from tests.integration.helpers import every_dead_letter, good_order
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +134,7 @@ def test_a_partition_paused_for_the_registry_is_read_after_a_rebalance(
         )
         assert [m.event_type for m in charges if m.key == key.encode()] == ["ChargePayment"]
         workers.check_alive()
-        assert dead_letters(Namespace(settings, ns.topology, reader)) == []
+        assert every_dead_letter(Namespace(settings, ns.topology, reader)) == []
         reader.close()
     finally:
         workers.stop()
