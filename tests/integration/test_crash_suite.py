@@ -41,13 +41,25 @@ class Chaos:
 
 
 def plan_faults(kills: int, broker: bool, rng: random.Random) -> list[str]:
-    """Two thirds orchestrator kills, a third handler kills, plus broker restarts (1 per 10 kills)."""
+    """Two thirds orchestrator kills, a third handler kills, plus broker restarts (1 per 10 kills).
+    The first orchestrator kill keeps it down longer than any step's timeout (`orchestrator-long`):
+    the results that arrive meanwhile must be decided before the timeouts they disarm."""
     orchestrator = max(1, round(kills * 2 / 3)) if kills else 0
     faults = ["orchestrator"] * orchestrator + ["handlers"] * (kills - orchestrator)
     if broker:
         faults += ["broker"] * max(1, kills // 10)
     rng.shuffle(faults)
+    if orchestrator:
+        faults[faults.index("orchestrator")] = "orchestrator-long"
     return faults
+
+
+def longest_step_timeout_s(topology: Any) -> float:
+    """The longest timeout of any step or undo of the order saga, in seconds."""
+    steps = topology.sagas["order"].steps.values()
+    timeouts = [s.timeout_ms for s in steps]
+    timeouts += [s.compensation.timeout_ms for s in steps if s.compensation]
+    return max(timeouts) / 1000
 
 
 def restart_local_broker() -> None:
@@ -74,10 +86,13 @@ def test_every_saga_ends_once_through_kills_and_a_broker_restart(
     published = publish_paced(ns, to_send, window)
     for n, fault in enumerate(faults):
         time.sleep(max(0.0, chaos.started + window * (n + 0.5) / len(faults) - time.monotonic()))
-        if fault == "orchestrator":
+        if fault.startswith("orchestrator"):
             workers.kill("orchestrator")
-            chaos.note("SIGKILL orchestrator")
-            time.sleep(rng.uniform(0.2, 2.0))
+            down = rng.uniform(0.2, 2.0)
+            if fault == "orchestrator-long":
+                down = longest_step_timeout_s(ns.topology) + 3
+            chaos.note(f"SIGKILL orchestrator, down {down:.1f}s")
+            time.sleep(down)
             workers.start(["orchestrator"])
         elif fault == "handlers":
             workers.kill(HANDLERS)
