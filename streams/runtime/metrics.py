@@ -23,6 +23,7 @@ class Metrics:
     commit_seconds: Histogram
     transaction_records: Histogram
     restore_seconds: Gauge
+    partitions_waiting: Gauge
 
     @classmethod
     def create(cls, role: str, registry: CollectorRegistry | None = None) -> Metrics:
@@ -75,7 +76,7 @@ class Metrics:
             ),
             transactions=Counter(
                 "sagastream_transactions",
-                "Orchestrator transactions by result (committed, aborted)",
+                "Orchestrator transactions by result (committed, aborted, failed: session rebuilt)",
                 ["result"],
                 registry=reg,
             ),
@@ -94,6 +95,12 @@ class Metrics:
             restore_seconds=Gauge(
                 "sagastream_restore_seconds",
                 "How long the last restore of assigned partitions' stores took",
+                registry=reg,
+            ),
+            partitions_waiting=Gauge(
+                "sagastream_partitions_waiting_for_owner",
+                "Input partitions this orchestrator holds but does not process: their store is "
+                "owned elsewhere (members disagree on the topology) or partition counts differ",
                 registry=reg,
             ),
         )

@@ -1,7 +1,8 @@
 """The orchestrator loop: consume a batch, decide per partition in offset order, commit together.
 
-One consumer subscribes to every orchestrator input topic with the range assignor, so partition
-p of every (co-partitioned) input topic lands on the same process and one store per partition
+One consumer subscribes to every orchestrator input topic, and to the state changelog as an
+anchor (paused, never read): a process owns store p only while it holds partition p of the
+anchor and of every input (see `ownership`), so one store per partition, owned by one process,
 holds every saga whose key hashes there. Each event is read (`read_input`), decided by the pure
 core (`decide`), and its outputs are encoded and handed to the open `Checkpoint`; due timers are
 decided inline, from the stores' due-index and this transaction's states. Once per commit
@@ -18,7 +19,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,6 +47,7 @@ from sagastream.runtime.inputs import (
 )
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.outputs import Encoder, now_ms
+from sagastream.runtime.ownership import Ownership, ownership
 from sagastream.runtime.restore import restore
 from sagastream.runtime.settings import Settings
 from sagastream.runtime.store import EXPIRY, PartitionStore, RocksStore, timers_of
@@ -137,7 +140,7 @@ class Orchestrator:
         # partitions paused for the schema registry: when to retry, and how often they failed
         self.waiting: dict[tuple[str, int], float] = {}
         self._failures: dict[tuple[str, int], int] = {}
-        self.trail: dict[bytes, tuple[str, str, list[dict[str, Any]], dict[str, Any]]] = {}
+        self.owner = Ownership(frozenset(), settings.changelog_topic())
         self.ready = threading.Event()
         # the time decisions are made at: the wall clock, or event time in a shadow replay
         self.clock: Callable[[], int] = now_ms
@@ -172,7 +175,10 @@ class Orchestrator:
         ckpt = self._ckpt = Checkpoint(producer, self.settings.changelog_topic())
         consumer = self._consumer = Consumer(self._consumer_config())
         consumer.subscribe(
-            self.inputs, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
+            [*self.inputs, self.settings.changelog_topic()],
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
+            on_lost=self._lost,
         )
         log.info("orchestrator consuming %s", ", ".join(self.inputs))
         interval = self.settings.commit_interval_ms / 1000
@@ -215,6 +221,8 @@ class Orchestrator:
                 "partition.assignment.strategy": "range",
                 # restore runs in the assignment callback: a large one may take minutes
                 "max.poll.interval.ms": 900_000,
+                # partitions added to an input must be noticed (and refused) soon
+                "topic.metadata.refresh.interval.ms": 10_000,
             },
         )
 
@@ -228,6 +236,12 @@ class Orchestrator:
                 log.warning("consumer: %s", err)
             return
         where = (msg.topic() or "", msg.partition() or 0)
+        if (
+            where[1] not in self.stores
+            or where in self.owner.waiting
+            or where[0] == self.owner.anchor
+        ):
+            return  # not ours (paused; the anchor is never read): its owner reads it
         if where in self.waiting:
             return  # its partition waits for the schema registry; this one is re-read later
         got = read_input(msg, self.codec, self.topology, self.settings)
@@ -308,10 +322,12 @@ class Orchestrator:
             and new["status"] in TERMINAL
             and (state is None or state["status"] not in TERMINAL)
         ):
-            self.metrics.outcomes.labels(new["saga"], new["status"]).inc()
-            self.metrics.saga_seconds.labels(new["saga"], new["status"]).observe(
-                (new["ended"] - new["started"]) / 1000
-            )
+            ckpt.after_commit(partial(self._count_outcome, new["saga"], new["status"], new))
+
+    def _count_outcome(self, saga: str, status: str, state: dict[str, Any]) -> None:
+        self.metrics.outcomes.labels(saga, status).inc()
+        seconds = (state["ended"] - state["started"]) / 1000
+        self.metrics.saga_seconds.labels(saga, status).observe(seconds)
 
     def _note_trail(
         self,
@@ -331,11 +347,8 @@ class Orchestrator:
         ]
         if not changes:
             return
-        entry = self.trail.get(key)
-        if entry is None:
-            self.trail[key] = (state["saga"], state["status"], changes, parent)
-        else:
-            self.trail[key] = (entry[0], state["status"], entry[2] + changes, parent)
+        assert self._ckpt is not None
+        self._ckpt.note_trail(key, state["saga"], state["status"], changes, parent)
 
     def _reject(
         self, msg: Message | None, got: Decoded, partition: int, reason: str, why: str
@@ -452,32 +465,22 @@ class Orchestrator:
         if not ckpt.open:
             return
         self._flush_trail()
-        records, started = ckpt.records, time.monotonic()
-        try:
-            ckpt.commit(consumer, timeout)
-            self.metrics.transactions.labels("committed").inc()
-            self.metrics.commit_seconds.observe(time.monotonic() - started)
-            self.metrics.transaction_records.observe(records)
-        except TransactionFailed as exc:
-            self.metrics.transactions.labels("aborted").inc()
-            log.warning("transaction aborted (%s); re-reading from the committed offsets", exc)
+        if not commit_counted(ckpt, consumer, self.metrics, timeout):
             self._rewind()
-        self.trail.clear()
 
     def _flush_trail(self) -> None:
         ckpt = self._ckpt
         assert ckpt is not None
-        for key, (saga, status, changes, parent) in self.trail.items():
-            fields = {"saga_type": saga, "status": status, "changes": changes}
-            ckpt.produce(self.encoder.derived(LIFECYCLE_EVENT, key, fields, parent, 1))
-        if self.trail:
-            self.metrics.produced_many(ROLE, [LIFECYCLE_EVENT] * len(self.trail))
+        for key, entry in ckpt.trail.items():
+            fields = {"saga_type": entry.saga, "status": entry.status, "changes": entry.changes}
+            ckpt.produce(self.encoder.derived(LIFECYCLE_EVENT, key, fields, entry.parent, 1))
+        if ckpt.trail:
+            self.metrics.produced_many(ROLE, [LIFECYCLE_EVENT] * len(ckpt.trail))
 
     def _rewind(self) -> None:
         """After an abort: every assigned partition back to its committed offset."""
         consumer = self._consumer
         assert consumer is not None
-        self.trail.clear()
         assigned = consumer.assignment()
         if not assigned:
             return
@@ -486,16 +489,28 @@ class Orchestrator:
                 tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
                 consumer.seek(tp)
             self.waiting.clear()
-            consumer.resume(assigned)
+            # only what this process owns: the anchor and others' inputs stay paused
+            consumer.resume([tp for tp in assigned if self.owner.owns(tp.topic, tp.partition)])
         except KafkaException as exc:
             # cannot rewind in place: start over (new consumer, committed offsets, restore)
             raise ProducerFatal(f"rewinding after an abort failed: {exc}") from exc
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        numbers = {tp.partition for tp in partitions} - set(self.stores)
+        # assigned here, so what is not ours is paused before anything of it is fetched
+        consumer.assign(partitions)
+        owner = self.owner = self._ownership(consumer, partitions)
+        consumer.pause([tp for tp in partitions if not owner.owns(tp.topic, tp.partition)])
+        self.metrics.partitions_waiting.set(len(owner.waiting))
+        if owner.refused or owner.disagreement:
+            log.error("%s", owner.refused or owner.disagreement)
+        if owner.refused:
+            self.ready.clear()
+            return
+        mine = [tp for tp in partitions if owner.owns(tp.topic, tp.partition)]
         # waits until no transaction of a previous owner is pending on these partitions, so
         # the changelog below is final up to where our inputs start
-        consumer.committed(partitions, timeout=60)
+        committed = consumer.committed(mine, timeout=60) if mine else []
+        numbers = set(owner.owned) - set(self.stores)
         opened = {p: RocksStore(self.instance.directory / f"p{p}") for p in sorted(numbers)}
         self.stores.update(opened)  # closed by the session's end even if restoring fails
         started = time.monotonic()
@@ -509,8 +524,21 @@ class Orchestrator:
                 else done.from_offset,
             )
         self.metrics.restore_seconds.set(time.monotonic() - started)
+        assert self._ckpt is not None
+        self._ckpt.hold({(tp.topic, tp.partition): tp.offset for tp in committed})
         self.ready.set()
-        log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+        log.info("assigned partitions %s; owns stores %s", _listed(partitions), sorted(owner.owned))
+
+    def _ownership(self, consumer: Consumer, partitions: list[TopicPartition]) -> Ownership:
+        anchor = self.settings.changelog_topic()
+        metadata = consumer.list_topics(timeout=30)
+        counts = {
+            t: len(metadata.topics[t].partitions)
+            for t in [anchor, *self.inputs]
+            if t in metadata.topics and metadata.topics[t].error is None
+        }
+        held = [(tp.topic, tp.partition) for tp in partitions]
+        return ownership(anchor, self.inputs, held, counts)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._ckpt is not None and self._ckpt.open:
@@ -520,12 +548,13 @@ class Orchestrator:
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._ckpt is not None:
             self._ckpt.abort()
-        self.trail.clear()
         self._drop({tp.partition for tp in partitions})
 
     def _drop(self, numbers: set[int]) -> None:
         if self._ckpt is not None:
             self._ckpt.forget_cached()
+            self._ckpt.release(numbers)
+        self.owner = replace(self.owner, owned=self.owner.owned - numbers)
         self.waiting = {w: v for w, v in self.waiting.items() if w[1] not in numbers}
         self._failures = {w: n for w, n in self._failures.items() if w[1] not in numbers}
         if not self._failures:
@@ -541,3 +570,33 @@ class Orchestrator:
         for store in self.stores.values():
             store.close()
         self.stores.clear()
+
+
+def _listed(partitions: list[TopicPartition]) -> str:
+    by_topic: dict[str, list[int]] = {}
+    for tp in partitions:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    return "; ".join(f"{t} {sorted(ps)}" for t, ps in sorted(by_topic.items()))
+
+
+def commit_counted(ckpt: Checkpoint, consumer: Consumer, metrics: Metrics, timeout: float) -> bool:
+    """Commit the open transaction and count it as what it became; False if it was aborted.
+
+    A commit whose outcome stays unknown (it timed out and could not be resumed in time) or a
+    fenced producer rebuilds the session: counted as `failed` (the inputs are re-read from the
+    offsets that did commit), then raised.
+    """
+    records, started = ckpt.records, time.monotonic()
+    try:
+        ckpt.commit(consumer, timeout)
+    except TransactionFailed as exc:
+        metrics.transactions.labels("aborted").inc()
+        log.warning("transaction aborted (%s); re-reading from the committed offsets", exc)
+        return False
+    except ProducerFatal:
+        metrics.transactions.labels("failed").inc()
+        raise
+    metrics.transactions.labels("committed").inc()
+    metrics.commit_seconds.observe(time.monotonic() - started)
+    metrics.transaction_records.observe(records)
+    return True

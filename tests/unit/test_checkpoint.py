@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from sagastream.runtime.checkpoint import Checkpoint, TransactionFailed
+from sagastream.runtime.checkpoint import Checkpoint, ProducerFatal, TransactionFailed
 from sagastream.runtime.inputs import OutRecord
+from sagastream.runtime.metrics import Metrics
+from sagastream.runtime.orchestrator import commit_counted
 from sagastream.runtime.store import MemoryStore
 
 
@@ -38,6 +40,8 @@ class FakeProducer:
     """Records what a transaction carried; `fail_commit` makes commit_transaction raise."""
 
     fail_commit: KafkaError | None = None
+    # errors the next commit_transaction calls raise, one each, before it succeeds
+    commit_errors: list[KafkaError] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     pending: list[tuple[str, Any, Any, int | None]] = field(default_factory=list)
     committed: list[tuple[str, Any, Any, int | None]] = field(default_factory=list)
@@ -57,6 +61,9 @@ class FakeProducer:
         self.offsets.append([(o.topic, o.partition, o.offset) for o in offsets])
 
     def commit_transaction(self, timeout: float) -> None:
+        self.log.append("commit_transaction")
+        if self.commit_errors:
+            raise KafkaException(self.commit_errors.pop(0))
         if self.fail_commit is not None:
             raise KafkaException(self.fail_commit)
         self.committed += self.pending
@@ -127,6 +134,7 @@ def test_states_reach_the_store_only_after_the_commit() -> None:
 def test_a_removed_saga_commits_as_a_tombstone_and_leaves_the_store() -> None:
     producer, store = FakeProducer(), MemoryStore()
     ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
+    ckpt.hold({("orders.events", 0): 7})
     ended = {"status": "completed", "timers": {}, "expires": 500}
     ckpt.begin()
     ckpt.put_state(0, store, b"order-1", None, ended)
@@ -142,3 +150,74 @@ def test_a_removed_saga_commits_as_a_tombstone_and_leaves_the_store() -> None:
     assert producer.committed[-1] == ("changelog", b"order-1", None, 0)
     assert store.get(b"order-1") is None and store.due(10**6, 10) == []
     assert ckpt.state(0, store, b"order-1") is None
+
+
+def _timed_out() -> KafkaError:
+    return KafkaError(KafkaError._TIMED_OUT, "commit timed out", retriable=True)
+
+
+def _transactions(metrics: Metrics, result: str) -> float:
+    value = metrics.registry.get_sample_value("sagastream_transactions_total", {"result": result})
+    return value or 0.0
+
+
+def test_a_timer_only_transaction_sends_the_owned_positions_so_it_is_fenced() -> None:
+    producer, store = FakeProducer(), MemoryStore()
+    ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
+    ckpt.hold({("orders.events", 0): 7, ("payments.events", 0): 3, ("shipping.events", 0): -1001})
+    ckpt.begin()  # a fired timer: a state changes, no input is consumed
+    ckpt.put_state(0, store, b"order-1", None, {"status": "running", "timers": {}})
+    ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
+    assert producer.offsets == [[("orders.events", 0, 7), ("payments.events", 0, 3)]]
+
+    _work(ckpt, store)  # then an input of orders.events: its new position, the others kept
+    ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
+    assert producer.offsets[-1] == [("orders.events", 0, 42), ("payments.events", 0, 3)]
+    ckpt.release({0})
+    ckpt.begin()
+    ckpt.put_state(0, store, b"order-2", None, {"status": "running", "timers": {}})
+    with pytest.raises(TransactionFailed, match="group generation"):
+        ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
+    assert producer.log[-1] == "abort"
+
+
+def test_a_commit_that_times_out_is_resumed_and_counted_as_committed() -> None:
+    producer, store = FakeProducer(commit_errors=[_timed_out(), _timed_out()]), MemoryStore()
+    ckpt, metrics = Checkpoint(producer, "changelog"), Metrics.create("orchestrator")  # type: ignore[arg-type]
+    _work(ckpt, store)
+    assert commit_counted(ckpt, FakeConsumer(), metrics, 30.0)  # type: ignore[arg-type]
+
+    assert producer.log.count("commit_transaction") == 3 and "abort" not in producer.log
+    assert store.get(b"order-1") is not None
+    assert (_transactions(metrics, "committed"), _transactions(metrics, "aborted")) == (1, 0)
+
+
+def test_a_commit_still_unresolved_at_the_deadline_rebuilds_the_session_without_an_abort() -> None:
+    producer, store = FakeProducer(fail_commit=_timed_out()), MemoryStore()
+    ckpt, metrics = Checkpoint(producer, "changelog"), Metrics.create("orchestrator")  # type: ignore[arg-type]
+    _work(ckpt, store)
+    with pytest.raises(ProducerFatal, match="did not finish in time"):
+        commit_counted(ckpt, FakeConsumer(), metrics, 0.0)  # type: ignore[arg-type]
+
+    assert "abort" not in producer.log  # librdkafka refuses it while the commit goes on
+    assert store.get(b"order-1") is None and not ckpt.open
+    assert _transactions(metrics, "failed") == 1 and _transactions(metrics, "aborted") == 0
+
+
+def test_an_abort_discards_the_trail_and_the_metric_updates_with_the_states() -> None:
+    producer, store = FakeProducer(), MemoryStore()
+    ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
+    counted: list[str] = []
+    _work(ckpt, store)
+    ckpt.note_trail(b"order-1", "order", "completed", [{"what": "completed"}], {})
+    ckpt.after_commit(lambda: counted.append("order completed"))
+    ckpt.abort()
+    assert (ckpt.trail, ckpt.work, ckpt.offsets, counted) == ({}, {}, {}, [])
+
+    _work(ckpt, store)
+    ckpt.note_trail(b"order-1", "order", "running", [{"what": "started"}], {})
+    ckpt.note_trail(b"order-1", "order", "completed", [{"what": "completed"}], {})
+    ckpt.after_commit(lambda: counted.append("order completed"))
+    assert [c["what"] for c in ckpt.trail[b"order-1"].changes] == ["started", "completed"]
+    ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
+    assert counted == ["order completed"] and ckpt.trail == {}
