@@ -531,7 +531,10 @@ class Orchestrator:
 
     def _ownership(self, consumer: Consumer, partitions: list[TopicPartition]) -> Ownership:
         anchor = self.settings.changelog_topic()
-        metadata = consumer.list_topics(timeout=30)
+        assert self._ckpt is not None
+        # asked through the producer: the consumer's own list_topics, called inside its
+        # rebalance callback, breaks confluent-kafka's call state (the process aborts)
+        metadata = self._ckpt.producer.list_topics(timeout=30)
         counts = {
             t: len(metadata.topics[t].partitions)
             for t in [anchor, *self.inputs]

@@ -1,28 +1,33 @@
 """A zombie orchestrator with armed timers: stopped (SIGSTOP) past its session again and again
 while a second one takes its partitions, then let go on (SIGCONT) with timers due at once.
 
-The zombie's first tick fires those timers before it hears it lost its partitions; a
-timer-only transaction must still be fenced by the group generation, and whatever the fenced
-transactions buffered (commands, states, audit trail) must go with them. Checked from the
-topics, read_committed.
+The zombie's first tick fires those timers before it hears it lost its partitions, and with
+no linger it commits them before its next poll would tell it: a timer-only transaction must
+still be fenced by the group generation, and whatever the fenced transactions buffered
+(commands, states, audit trail) must go with them. Checked from the topics, read_committed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sagastream.ops.demo import WorkerSet
 from tests.integration.faults import dead_letter_topics, publish_paced, wait_all_ended
 from tests.integration.helpers import good_order
 
 CYCLES = 20
-LONG_STOP_S = 7.5  # past the 6 s session: the other member takes every partition
-SHORT_STOP_S = 1.0
+LONG_STOP_S = 7.0  # past the 6 s session: the other member takes every partition
+SHORT_STOP_S = 0.5
+RUN_S = 0.5
 COMMANDS = ("payments.commands", "inventory.commands", "shipping.commands")
 TERMINAL = ("completed", "compensated", "failed")
 
@@ -37,21 +42,32 @@ def topology_patch() -> Any:
     return patch
 
 
+@pytest.fixture
+def zombie(ns: Any, tmp_path: Path) -> Iterator[WorkerSet]:
+    """An orchestrator that commits as soon as it has decided (no linger)."""
+    worker = WorkerSet(ns.settings, tmp_path / "logs-zombie")
+    worker.start(["orchestrator"], extra_env={"SAGASTREAM_COMMIT_LINGER_MS": "0"})
+    worker.wait_ready()
+    yield worker
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.procs["orchestrator"].pid, signal.SIGCONT)
+    worker.stop()
+
+
 def test_a_zombie_orchestrator_with_armed_timers_sends_no_command_twice(
-    ns: Any, start_workers: Any
+    ns: Any, start_workers: Any, zombie: WorkerSet
 ) -> None:
-    zombie = start_workers("orchestrator")
     other = start_workers("orchestrator")
     start_workers("inventory,shipping,notification")
     keys = [f"order-zombie-{i:03d}" for i in range(240)]
-    window = CYCLES * (LONG_STOP_S + SHORT_STOP_S) / 2 + CYCLES * 0.8
+    window = CYCLES * ((LONG_STOP_S + SHORT_STOP_S) / 2 + RUN_S)
     published = publish_paced(ns, [(k, good_order(k), "") for k in keys], window)
     pid = zombie.procs["orchestrator"].pid
     for cycle in range(CYCLES):
         os.killpg(pid, signal.SIGSTOP)
         time.sleep(LONG_STOP_S if cycle % 2 == 0 else SHORT_STOP_S)
         os.killpg(pid, signal.SIGCONT)
-        time.sleep(0.8)
+        time.sleep(RUN_S)
     assert published.wait(60)
 
     outcomes = wait_all_ended(ns, set(keys), other, timeout=120)
