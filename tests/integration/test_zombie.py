@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from sagastream.ops.demo import WorkerSet
-from tests.integration.faults import dead_letter_topics, publish_paced, wait_all_ended
-from tests.integration.helpers import good_order
+from tests.integration.faults import publish_paced, wait_all_ended
+from tests.integration.helpers import every_dead_letter, good_order
 
 CYCLES = 20
 LONG_STOP_S = 7.0  # past the 6 s session: the other member takes every partition
@@ -78,7 +78,7 @@ def test_a_zombie_orchestrator_with_armed_timers_sends_no_command_twice(
         msgs = [m for m in ns.client.read_to_end([ns.topic(topic)]) if m.record]
         sent = Counter((m.record["idempotency_key"], m.record["meta"]["attempt"]) for m in msgs)
         assert {k: n for k, n in sent.items() if n > 1} == {}, f"duplicate commands on {topic}"
-    assert ns.client.read_to_end(dead_letter_topics(ns)) == [], "dead letters"
+    assert every_dead_letter(ns) == [], "dead letters"
     _check_trail(ns, set(keys))
     zombie.check_alive()
     other.check_alive()
