@@ -89,6 +89,7 @@ class Checkpoint:
         self.offsets: dict[Where, int] = {}
         # the committed positions of the owned input partitions: every transaction sends them
         self.positions: dict[Where, int] = {}
+        self.owned: set[Where] = set()
         self.work: dict[int, PartitionWork] = {}
         self.trail: dict[bytes, TrailEntry] = {}
         self._after: list[Callable[[], None]] = []
@@ -168,11 +169,13 @@ class Checkpoint:
 
     def hold(self, positions: dict[Where, int]) -> None:
         """Input partitions now owned, at their committed offsets (negative: none yet)."""
+        self.owned.update(positions)
         self.positions.update({w: o for w, o in positions.items() if o >= 0})
 
     def release(self, partitions: set[int]) -> None:
         """Input partitions no longer owned: their positions are not ours to send."""
         self.positions = {w: o for w, o in self.positions.items() if w[1] not in partitions}
+        self.owned = {w for w in self.owned if w[1] not in partitions}
 
     def pending_states(self, partition: int) -> dict[bytes, Touched]:
         work = self.work.get(partition)
@@ -202,6 +205,8 @@ class Checkpoint:
                         self.changelog_topic, saga_key, value, headers, partition, self._note(work)
                     )
             positions = {**self.positions, **self.offsets}
+            if not positions:  # nothing committed or read yet: where the consumer stands
+                positions = self._fetch_positions(consumer)
             if not positions:
                 raise KafkaException(
                     KafkaError(
@@ -252,6 +257,13 @@ class Checkpoint:
                     raise ProducerFatal(str(exc)) from exc
                 log.warning("aborting the transaction failed: %s", exc)
         self._reset()
+
+    def _fetch_positions(self, consumer: Consumer) -> dict[Where, int]:
+        """The consumer's positions of the owned inputs (known once it has fetched them)."""
+        if not self.owned:
+            return {}
+        found = consumer.position([TopicPartition(t, p) for t, p in sorted(self.owned)])
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
 
     def forget_cached(self) -> None:
         """Drop cached states (partitions moved: a state may change elsewhere meanwhile)."""

@@ -79,8 +79,16 @@ class FakeProducer:
 
 
 class FakeConsumer:
+    def __init__(self, positions: dict[tuple[str, int], int] | None = None) -> None:
+        self.positions = positions or {}
+
     def consumer_group_metadata(self) -> str:
         return "group-metadata"
+
+    def position(self, partitions: list[Any]) -> list[Any]:
+        for tp in partitions:
+            tp.offset = self.positions.get((tp.topic, tp.partition), -1001)
+        return partitions
 
 
 def _work(ckpt: Checkpoint, store: MemoryStore) -> None:
@@ -179,6 +187,17 @@ def test_a_timer_only_transaction_sends_the_owned_positions_so_it_is_fenced() ->
     with pytest.raises(TransactionFailed, match="group generation"):
         ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
     assert producer.log[-1] == "abort"
+
+
+def test_owned_inputs_with_no_committed_offset_send_where_the_consumer_stands() -> None:
+    producer, store = FakeProducer(), MemoryStore()
+    ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
+    ckpt.hold({("orders.events", 1): -1001, ("payments.events", 1): -1001})
+    ckpt.begin()
+    ckpt.put_state(1, store, b"order-1", None, {"status": "running", "timers": {}})
+    consumer = FakeConsumer({("orders.events", 1): 12})
+    ckpt.commit(consumer)  # type: ignore[arg-type]
+    assert producer.offsets == [[("orders.events", 1, 12)]]
 
 
 def test_a_commit_that_times_out_is_resumed_and_counted_as_committed() -> None:
