@@ -62,6 +62,8 @@ PRODUCER_NAME = "sagastream-orchestrator"
 BATCH = 1000
 MAX_RECORDS_PER_TRANSACTION = 20_000
 MAX_DUE_PER_TICK = 5_000
+# how long an assignment waits for the metadata of a topic created a moment ago
+METADATA_WAIT_S = 30.0
 OUTCOME_CHANGES = frozenset({"started", *TERMINAL})
 
 
@@ -530,18 +532,29 @@ class Orchestrator:
         log.info("assigned partitions %s; owns stores %s", _listed(partitions), sorted(owner.owned))
 
     def _ownership(self, consumer: Consumer, partitions: list[TopicPartition]) -> Ownership:
-        anchor = self.settings.changelog_topic()
-        assert self._ckpt is not None
-        # asked through the producer: the consumer's own list_topics, called inside its
-        # rebalance callback, breaks confluent-kafka's call state (the process aborts)
-        metadata = self._ckpt.producer.list_topics(timeout=30)
-        counts = {
-            t: len(metadata.topics[t].partitions)
-            for t in [anchor, *self.inputs]
-            if t in metadata.topics and metadata.topics[t].error is None
-        }
         held = [(tp.topic, tp.partition) for tp in partitions]
-        return ownership(anchor, self.inputs, held, counts)
+        return ownership(self.settings.changelog_topic(), self.inputs, held, self._counts(held))
+
+    def _counts(self, held: list[tuple[str, int]]) -> dict[str, int]:
+        """Partition counts of the assigned topics, once this process's metadata has them all.
+
+        Asked through the producer: the consumer's own list_topics, called inside its
+        rebalance callback, breaks confluent-kafka's call state (the process aborts); and the
+        producer may not know a topic created a moment ago yet, so it asks again a while.
+        """
+        assert self._ckpt is not None
+        wanted = {t for t, _ in held}
+        deadline = time.monotonic() + METADATA_WAIT_S
+        while True:
+            topics = self._ckpt.producer.list_topics(timeout=10).topics
+            counts = {
+                t: len(topics[t].partitions)
+                for t in [self.settings.changelog_topic(), *self.inputs]
+                if t in topics and topics[t].error is None
+            }
+            if wanted <= set(counts) or time.monotonic() > deadline:
+                return counts
+            time.sleep(0.5)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._ckpt is not None and self._ckpt.open:

@@ -49,22 +49,22 @@ def ownership(
     inputs = list(inputs)
     held_inputs = {(t, p) for t, p in held if t != anchor}
     expected = counts.get(anchor)
-    wrong = {t: counts[t] for t in inputs if t in counts and counts[t] != expected}
-    if expected is None or wrong:
-        listed = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
-        return Ownership(
-            frozenset(),
-            anchor,
-            frozenset(held_inputs),
-            refused=(
-                f"partition counts differ: {listed or 'the changelog is missing'}, but the "
-                f"state changelog {anchor} has {expected}; keys would hash to other partitions "
-                "than their sagas' stores, so no input is processed. Give every input topic "
-                "the changelog's partition count again (recreate it) or migrate the sagas to "
-                "a new application id"
-            ),
-            counts=dict(counts),
+    if expected is None:
+        why = (
+            f"the state changelog {anchor} is not in the cluster's metadata, so no store can "
+            "be owned and no input is processed; create it (`sagastream topics create`)"
         )
+        return Ownership(frozenset(), anchor, frozenset(held_inputs), why, counts=dict(counts))
+    wrong = {t: counts[t] for t in inputs if t in counts and counts[t] != expected}
+    if wrong:
+        listed = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
+        why = (
+            f"partition counts differ: {listed}, but the state changelog {anchor} has "
+            f"{expected}; keys would hash to other partitions than their sagas' stores, so no "
+            "input is processed. Give every input topic the changelog's partition count again "
+            "(recreate it) or migrate the sagas to a new application id"
+        )
+        return Ownership(frozenset(), anchor, frozenset(held_inputs), why, counts=dict(counts))
     anchors = {p for t, p in held if t == anchor}
     owned = {p for p in anchors if all((t, p) in held for t in inputs)}
     waiting = {(t, p) for t, p in held_inputs if p not in owned}

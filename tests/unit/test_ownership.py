@@ -62,3 +62,10 @@ def test_an_input_with_another_partition_count_than_the_changelog_is_refused() -
     found = ownership(ANCHOR, NEW, held, counts)
     assert found.owned == frozenset() and not found.owns("orders.events", 0)
     assert found.refused and "orders.events has 6" in found.refused and "has 4" in found.refused
+
+
+def test_a_changelog_missing_from_the_metadata_is_refused_by_name() -> None:
+    counts = {t: n for t, n in COUNTS.items() if t != ANCHOR}
+    found = ownership(ANCHOR, NEW, {("orders.events", 0), (ANCHOR, 0)}, counts)
+    assert found.owned == frozenset()
+    assert found.refused and f"{ANCHOR} is not in the cluster's metadata" in found.refused
