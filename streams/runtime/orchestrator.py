@@ -501,14 +501,20 @@ class Orchestrator:
         # assigned here, so what is not ours is paused before anything of it is fetched
         consumer.assign(partitions)
         owner = self.owner = self._ownership(consumer, partitions)
-        consumer.pause([tp for tp in partitions if not owner.owns(tp.topic, tp.partition)])
+        mine = [tp for tp in partitions if owner.owns(tp.topic, tp.partition)]
+        others = [tp for tp in partitions if not owner.owns(tp.topic, tp.partition)]
+        if others:
+            consumer.pause(others)
+        if mine:
+            # librdkafka keeps an application's pause across rebalances: what waited for its
+            # store's owner last generation and is ours now must be resumed on purpose
+            consumer.resume(mine)
         self.metrics.partitions_waiting.set(len(owner.waiting))
         if owner.refused or owner.disagreement:
             log.error("%s", owner.refused or owner.disagreement)
         if owner.refused:
             self.ready.clear()
             return
-        mine = [tp for tp in partitions if owner.owns(tp.topic, tp.partition)]
         # waits until no transaction of a previous owner is pending on these partitions, so
         # the changelog below is final up to where our inputs start
         committed = consumer.committed(mine, timeout=60) if mine else []
