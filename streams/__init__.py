@@ -1,10 +1,10 @@
 """sagastream: sagas over Kafka. What a project imports: events, handler functions, the client.
 
-    import sagastream
+import sagastream
 
-    class BookFlight(sagastream.Command): ...
-    app = sagastream.App()
-    sagastream.Client().start(TripRequested(...))
+class BookFlight(sagastream.Command): ...
+app = sagastream.App()
+sagastream.Client().start(TripRequested(...))
 """
 
 from sagastream.app import App, Context, Fail

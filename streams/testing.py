@@ -10,7 +10,9 @@
         assert saga.sent(key) == ["BookFlight", "BookHotel"]
 
 Every command and result goes through the project's Avro schemas, as on Kafka, so a handler
-that returns a field its schema lacks fails here too. Time stands still until `advance`, which
+that returns a field its schema lacks fails here too; and every saga state is stored and read
+back as the orchestrator's changelog keeps it (`sagastream.core.state`), so a payload the
+runtime cannot keep fails here too. Time stands still until `advance`, which
 fires the timers (timeouts, retries, the deadline) that come due, in order.
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 
 from sagastream.app import App, RoleHandler, load_app
 from sagastream.core.saga import Event, Timer, decide, saga_for, timer_event
+from sagastream.core.state import StateEncodingError, decode_state, encode_state
 from sagastream.core.topology import (
     ENGINE_EVENT_TOPICS,
     OUTCOME_EVENTS,
@@ -267,7 +270,13 @@ class SagaTest:
         if decision.duplicate:
             return
         if decision.state is not None:
-            saga.state = decision.state
+            try:
+                stored = encode_state(decision.state)
+            except StateEncodingError as exc:
+                # as the orchestrator does: the input is dead-lettered and changes nothing
+                saga.dead_letters.append(f"state_encoding: {exc}")
+                return
+            saga.state = decode_state(stored)
         saga.timeline += [(self.now_ms, what, step) for what, step in decision.lifecycle]
         if decision.dead_letter:
             saga.dead_letters.append(decision.dead_letter)

@@ -25,7 +25,6 @@ STEP_FAILED, SKIPPED, CANCELLED = "failed", "skipped", "cancelled"
 UNDOING, UNDONE, UNDO_FAILED = "compensating", "compensated", "compensation_failed"
 
 SEEN_LIMIT = 64
-STATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -187,7 +186,9 @@ class _Run:
         self.disarm("retry", name, st["a"])
         st["st"] = SUCCEEDED
         self.s["order"].append(name)
-        self.s["data"][name] = fields
+        kept = _used(fields, self.spec.used_fields.get(name))
+        if kept:
+            self.s["data"][name] = kept
         self.note("step_succeeded", name)
         if self.s["status"] == RUNNING:
             self.start_ready()
@@ -349,12 +350,12 @@ class _Run:
 def new_state(saga_type: str, spec: SagaSpec, key: str, event: Event, now: int) -> dict[str, Any]:
     """The state of a saga that its start event has just created."""
     return {
-        "v": STATE_VERSION,
         "saga": saga_type,
         "key": key,
         "status": RUNNING,
-        # each source's fields, by source: start, then each step that succeeded
-        "data": {START: {k: v for k, v in event.fields.items() if k != "meta"}},
+        # each source's fields that the saga uses, by source: start, then each step that
+        # succeeded (sagastream.core.state stores it)
+        "data": {START: _used(event.fields, spec.used_fields.get(START))},
         "steps": {name: {"st": PENDING, "a": 0, "ca": 0} for name in spec.steps},
         "order": [],
         "undone": [],
@@ -453,6 +454,12 @@ def decide(
             return run.out
         name = named or name
     st = s["steps"][name]
+    unsent = _unsent(name, st, role, event.attempt)
+    if unsent is not None:
+        # a result must be about an attempt that was sent; anything else changes nothing
+        return Decision(
+            None, dead_letter=f"{event.event_type} for saga {saga_type} {s['key']}: {unsent}"
+        )
     reason = str(event.fields.get("reason") or event.event_type)
     if role == "ok":
         # An earlier attempt's success counts: the retry reused its idempotency key. So does a
@@ -467,7 +474,7 @@ def decide(
             if event.attempt != st["a"]:
                 run.note("stale_success_accepted", name)
             run.disarm("retry", name, st["a"])
-            run.step_succeeded(name, _payload(event.fields))
+            run.step_succeeded(name, event.fields)
     elif role == "fail":
         if st["st"] == STARTED and event.attempt == st["a"]:
             run.step_failed(name, reason, "failure")
@@ -485,17 +492,24 @@ def decide(
     return run.out
 
 
+def _unsent(name: str, st: dict[str, Any], role: str, attempt: int) -> str | None:
+    """Why a result names no attempt this saga sent (a step or undo never started, an attempt
+    not yet or never made), or None. An earlier attempt counts: it was sent."""
+    undo = role in ("undo_ok", "undo_fail")
+    sent: int = st["ca"] if undo else st["a"]
+    what = f"the compensation of step {name}" if undo else f"step {name}"
+    if sent < 1:
+        return f"{what} was never started, so no attempt {attempt} of it was sent"
+    if not 1 <= attempt <= sent:
+        return f"attempt {attempt} of {what} was never sent (sent: 1 to {sent})"
+    return None
+
+
 def _copy(state: dict[str, Any]) -> dict[str, Any]:
     """A copy decide may change; the state's shape is known, so no generic deepcopy (5x slower)."""
     out = dict(state)
-    if "data" in state:
-        # a result is stored once and never changed, so the sources' own dicts can be shared
-        out["data"] = dict(state["data"])
-    else:
-        # v1 merged every result into one context: each source reads it, as v1's commands did
-        ctx = out.pop("ctx")
-        out["data"] = {START: ctx, **dict.fromkeys(state["order"], ctx)}
-        out["v"] = STATE_VERSION
+    # a result is stored once and never changed, so the sources' own dicts can be shared
+    out["data"] = dict(state["data"])
     out["steps"] = {name: dict(st) for name, st in state["steps"].items()}
     out["timers"] = dict(state["timers"])
     for name in ("order", "undone", "undo_errors", "seen"):
@@ -568,9 +582,9 @@ def _on_signal(run: _Run, fields: dict[str, Any]) -> None:
         )
 
 
-def _payload(fields: dict[str, Any]) -> dict[str, Any]:
-    """What a step result gives later commands (ids other steps or undos need)."""
-    return {k: v for k, v in fields.items() if k not in ("meta", "reason", "step")}
+def _used(fields: dict[str, Any], used: frozenset[str] | None) -> dict[str, Any]:
+    """What the saga keeps of a source's fields: those its inputs, `when`s or key read."""
+    return {k: v for k, v in fields.items() if used and k in used}
 
 
 def saga_for(specs: dict[str, SagaSpec], event_type: str) -> tuple[str, SagaSpec] | None:

@@ -229,6 +229,26 @@ class SagaSpec(_Model):
     steps: dict[str, StepSpec] = Field(min_length=1)
     notify: NotifySpec | None = None
 
+    @cached_property
+    def used_fields(self) -> dict[str, frozenset[str]]:
+        """Per source (start or a step), the fields the saga reads: those named by an `inputs`
+        (steps, compensations, notify) or a `when:`, and the saga key. The state keeps these
+        alone, so data no step uses never reaches the changelog."""
+        used: dict[str, set[str]] = {START: {self.key_field}}
+        fills: list[Fills] = [*self.steps.values()]
+        fills += [s.compensation for s in self.steps.values() if s.compensation]
+        rules: list[_Conditional] = [*self.steps.values()]
+        if self.notify is not None:
+            fills.append(self.notify)
+            rules += self.notify.rules
+        for fill in fills:
+            for _, source, field in fill.bindings:
+                used.setdefault(source, set()).add(field)
+        for rule in rules:
+            for source, field in rule.condition.references if rule.condition else ():
+                used.setdefault(source, set()).add(field)
+        return {source: frozenset(fields) for source, fields in used.items()}
+
 
 CompatibilityLevel = Literal[
     "NONE",

@@ -16,7 +16,6 @@ what is timed is restore, not the firing of timers that fell due meanwhile.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sagastream.core.saga import Event, decide
+from sagastream.core.state import decode_state, encode_state
 from sagastream.core.topology import Topology, load_topology
 from sagastream.ops.bench import Run, process_cpu_s
 from sagastream.ops.demo import WorkerSet, order_fields, settings_env
@@ -50,11 +50,6 @@ Record = tuple[bytes, bytes]
 
 def saga_key(i: int) -> str:
     return f"order-{i:06d}"
-
-
-def encode_state(state: dict[str, Any]) -> bytes:
-    """A state as the orchestrator writes it to the changelog."""
-    return json.dumps(state, separators=(",", ":")).encode()
 
 
 class OrderStates:
@@ -220,7 +215,7 @@ def _produce(settings: Settings, batches: Iterable[list[Record]]) -> int:
         producer.begin_transaction()
         for key, value in batch:
             # headers as the orchestrator writes them (restore reads timers there)
-            state = json.loads(value) if value else None
+            state = decode_state(value) if value else None
             produce(producer, topic, value, key, changelog_headers(state))
         producer.commit_transaction(60)
         written += len(batch)

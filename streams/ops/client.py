@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
+from sagastream.core.state import decode_state
 from sagastream.core.topology import LIFECYCLE_EVENT, Topology, load_topology
 from sagastream.events import Event
 from sagastream.ops.inspect import (
@@ -287,7 +287,7 @@ class Client:
             value = None if last is None else last.value()
             if last is None or value is None:
                 return None
-            state = json.loads(value)
+            state = decode_state(value)
             if state["saga"] != saga:
                 raise ValueError(
                     f"{key} is the key of a {state['saga']} saga, not of a {saga} saga"
@@ -372,7 +372,7 @@ class Client:
                 summary = (
                     None
                     if value is None
-                    else summarize(name, msg.partition() or 0, json.loads(value))
+                    else summarize(name, msg.partition() or 0, decode_state(value))
                 )
                 if summary is not None and wanted.keeps(summary, now):
                     found[key] = summary

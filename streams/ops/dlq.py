@@ -186,7 +186,8 @@ class Redrive:
 
 
 def plan_redrives(letters: Iterable[DeadLetter], max_redrives: int) -> list[Redrive]:
-    """A redrive per dead letter; past `max_redrives` or without a source topic it is refused."""
+    """A redrive per dead letter; past `max_redrives`, without a source topic or cut to fit its
+    DLQ (`dlq.truncated`) it is refused."""
     plans = []
     for letter in letters:
         count = letter.redrive_count
@@ -195,11 +196,22 @@ def plan_redrives(letters: Iterable[DeadLetter], max_redrives: int) -> list[Redr
             plans.append(Redrive(letter, letter.source_topic, [], why))
         elif letter.source_topic is None:
             plans.append(Redrive(letter, None, [], "no dlq.original.topic header"))
+        elif (cut := letter.dlq.get("truncated")) is not None:
+            plans.append(Redrive(letter, letter.source_topic, [], _truncated(letter, cut)))
         else:
             plans.append(
                 Redrive(letter, letter.source_topic, redrive_headers(letter.headers, count + 1))
             )
     return plans
+
+
+def _truncated(letter: DeadLetter, cut: str) -> str:
+    dlq = letter.dlq
+    return (
+        f"its {cut} was cut to fit the DLQ (originally {dlq.get('original.size')} bytes); the "
+        f"whole record is at {letter.source_topic}[{dlq.get('original.partition')}]"
+        f"@{dlq.get('original.offset')}"
+    )
 
 
 def describe(plan: Redrive, delivery: Delivery | None = None) -> str:

@@ -11,7 +11,6 @@ topics and running the shadow are kept apart from it.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
@@ -26,6 +25,7 @@ from typing import Any, TextIO
 
 from confluent_kafka import Message
 
+from sagastream.core.state import decode_state
 from sagastream.core.topology import OUTCOME_EVENTS, Topology, load_topology
 from sagastream.ops.admin import admin_client, create_topics, delete_topics
 from sagastream.ops.replay import Target, commit_plan, plan_rows, read_offsets
@@ -365,7 +365,7 @@ def _live_order(live: Settings, group: str, keys: set[str]) -> dict[bytes, list[
     for msg in _messages(live, ranges):
         if msg.key() in wanted:
             states[msg.key() or b""] = msg.value()
-    return {key: json.loads(value)["seen"] for key, value in states.items() if value}
+    return {key: decode_state(value)["seen"] for key, value in states.items() if value}
 
 
 def _ranges(

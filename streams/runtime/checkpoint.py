@@ -1,7 +1,8 @@
 """The one place that commits: outputs, state changelog and input offsets in one Kafka transaction.
 
 A `Checkpoint` collects one commit interval's work: the records the orchestrator produced, the
-saga states it changed (coalesced per key: one changelog record per saga per transaction), the
+saga states it changed with the changelog bytes they were encoded to when decided (coalesced
+per key: one changelog record per saga per transaction), the
 audit trail of those changes, the metric updates that count them, and the input offsets it
 consumed. `commit` produces the changelog records, sends the offsets with the consumer's group
 metadata, commits the transaction, and only then writes the states to each partition's store
@@ -16,7 +17,6 @@ as what it became: committed, aborted, or unknown (the session is rebuilt).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +25,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from sagastream.core.state import decode_state
 from sagastream.runtime.inputs import OutRecord
 from sagastream.runtime.kafka_io import produce
 from sagastream.runtime.store import PartitionStore, changelog_headers, timers_of
@@ -43,22 +44,18 @@ class ProducerFatal(RuntimeError):
 Where = tuple[str, int]  # (topic, partition) of an input
 
 
-@dataclass
-class TrailEntry:
-    """A saga's audit record of this transaction: its changes so far and its newest status."""
-
-    saga: str
-    status: str
-    changes: list[dict[str, Any]]
-    parent: dict[str, Any]
+# a saga's audit entry of this transaction: saga, newest status, its changes, parent meta
+TrailEntry = tuple[str, str, list[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
 class Touched:
-    """A saga changed in this transaction: its committed timers and its newest state."""
+    """A saga changed in this transaction: its committed timers, its newest state and that
+    state's changelog bytes (None: removed)."""
 
     committed_timers: dict[str, int]
     state: dict[str, Any] | None
+    value: bytes | None
 
 
 @dataclass
@@ -91,10 +88,10 @@ class Checkpoint:
         self.positions: dict[Where, int] = {}
         self.owned: set[Where] = set()
         self.work: dict[int, PartitionWork] = {}
-        self.trail: dict[bytes, TrailEntry] = {}
+        self.trail: dict[bytes, tuple[TrailEntry, OutRecord]] = {}
         self._after: list[Callable[[], None]] = []
         self._delivery_error: KafkaError | None = None
-        # committed states as decide last saw them, so sagas in flight skip RocksDB and JSON
+        # committed states as decide last saw them, so sagas in flight skip RocksDB and decoding
         self._cached: dict[bytes, dict[str, Any]] = {}
         self._cache_size = cached_states
 
@@ -118,7 +115,7 @@ class Checkpoint:
         raw = store.get(saga_key)
         if not raw:
             return None
-        state: dict[str, Any] = json.loads(raw)
+        state = decode_state(raw)
         self._remember(saga_key, state)
         return state
 
@@ -129,16 +126,18 @@ class Checkpoint:
         saga_key: bytes,
         old: dict[str, Any] | None,
         new: dict[str, Any] | None,
+        value: bytes | None,
     ) -> None:
-        """Record a saga's new state; `old` is what `state` returned before this decision."""
+        """Record a saga's new state and its changelog bytes (`encode_state(new)`, None with a
+        removed saga); `old` is what `state` returned before this decision."""
         work = self.work.get(partition)
         if work is None:
             work = self.work[partition] = PartitionWork(store)
         touched = work.touched.get(saga_key)
         if touched is None:
-            work.touched[saga_key] = Touched(timers_of(old), new)
+            work.touched[saga_key] = Touched(timers_of(old), new, value)
         else:
-            touched.state = new
+            touched.state, touched.value = new, value
 
     def produce(self, record: OutRecord) -> None:
         self._produce(record.topic, record.key, record.value, record.headers, None)
@@ -147,21 +146,10 @@ class Checkpoint:
         """Input consumed: its offset commits with this transaction."""
         self.offsets[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
 
-    def note_trail(
-        self,
-        saga_key: bytes,
-        saga: str,
-        status: str,
-        changes: list[dict[str, Any]],
-        parent: dict[str, Any],
-    ) -> None:
-        """Audit: one record per saga per transaction, carrying every change it made."""
-        entry = self.trail.get(saga_key)
-        if entry is None:
-            self.trail[saga_key] = TrailEntry(saga, status, changes, parent)
-        else:
-            entry.status, entry.parent = status, parent
-            entry.changes = entry.changes + changes
+    def keep_trail(self, saga_key: bytes, audit: tuple[TrailEntry, OutRecord]) -> None:
+        """Audit: a saga's one SagaLifecycle record of this transaction (every change it made
+        here, encoded); it commits, or is forgotten, with the states it describes."""
+        self.trail[saga_key] = audit
 
     def after_commit(self, count: Callable[[], None]) -> None:
         """Run `count` (a metric update) once this transaction has committed; never if not."""
@@ -193,12 +181,7 @@ class Checkpoint:
         encoded: dict[int, dict[bytes, bytes | None]] = {}
         try:
             for partition, work in self.work.items():
-                values = encoded[partition] = {
-                    k: None
-                    if t.state is None
-                    else json.dumps(t.state, separators=(",", ":")).encode()
-                    for k, t in work.touched.items()
-                }
+                values = encoded[partition] = {k: t.value for k, t in work.touched.items()}
                 for saga_key, value in values.items():
                     headers = changelog_headers(work.touched[saga_key].state)
                     self._produce(

@@ -25,7 +25,7 @@ from typing import Any
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message, TopicPartition
 
 from sagastream.core.topology import Topology
-from sagastream.runtime.inputs import Decoded, Unavailable, read_input
+from sagastream.runtime.inputs import Decoded, Unavailable
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.orchestrator import Orchestrator
 from sagastream.runtime.settings import Settings
@@ -271,7 +271,7 @@ class EventTimeOrchestrator(Orchestrator):
             self.replayed += 1
 
     def _event_id(self, msg: Message) -> str | None:
-        got = read_input(msg, self.codec, self.topology, self.settings)
+        got = self._read(msg)
         return got.record["meta"]["event_id"] if isinstance(got, Decoded) else None
 
     def _advance(self, until: int) -> None:

@@ -8,19 +8,29 @@ handlers make that safe with the command's idempotency key.
 
 The thread that calls `run` alternates between the Kafka clients and short slices of its own
 asyncio loop. Rebalance callbacks fire inside `consume`, when the asyncio loop is not running,
-so a revocation can run the loop itself until the revoked partitions' work has finished.
+so a revocation can run the loop itself until the revoked partitions' work has finished. While
+nothing moves (results wait for a broker that does not answer), the slices grow, so an idle
+loop does not spin.
+
+A command may run for its bound (`command_bounds`); past it, the attempt is abandoned as timed
+out (`_timed_out`, the one place that reports it) and its offset is done: an async function is
+cancelled, a plain one keeps its daemon thread, its result dropped, and holds a slot of the
+bound until it returns, so hung functions saturate the role (reported on /readyz) instead of
+piling up. Being daemons, such threads never hold the process at exit. A result the brokers
+refuse is sent again (`handler_delivery_attempts`), then its command is dead-lettered
+(`undeliverable`), so its partition's commit moves on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
@@ -28,6 +38,7 @@ from typing import Any, cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from sagastream.core.topology import Topology
+from sagastream.runtime.health import Check, RoleHealth
 from sagastream.runtime.inputs import (
     Decoded,
     OutRecord,
@@ -38,6 +49,7 @@ from sagastream.runtime.inputs import (
     read_input,
 )
 from sagastream.runtime.kafka_io import produce
+from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.outputs import Encoder
 from sagastream.runtime.settings import Settings
@@ -52,10 +64,31 @@ Partition = tuple[str, int]
 
 # How long the asyncio loop runs between two polls while work is in flight: the intake latency.
 TICK_S = 0.002
+# While work is in flight but nothing moves, the slices double up to this long.
+STILL_TICK_MAX_S = 0.05
 # How long a poll blocks when nothing is in flight: idle wake-ups, and how soon `stop` is seen.
 IDLE_WAIT_S = 0.1
 # How long a full loop may go without polling before it pauses its partitions instead.
 PAUSE_AFTER_S = 1.0
+# The run-time bound of a command that no step sends (notifications).
+NO_STEP_BOUND_MS = 30_000
+# Broker refusals that the same bytes would meet again: not worth another attempt.
+REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE})
+
+
+def command_bounds(
+    topology: Topology, commands: Iterable[str], override_ms: int | None
+) -> dict[str, float]:
+    """Seconds each command may run: `override_ms`, else the longest timeout_ms of the steps and
+    compensations that send it (its attempt has timed out for the saga by then anyway), else
+    NO_STEP_BOUND_MS."""
+    longest: dict[str, int] = {}
+    for saga in topology.sagas.values():
+        for step in saga.steps.values():
+            for sends in (step, step.compensation):
+                if sends is not None and sends.command is not None:
+                    longest[sends.command] = max(longest.get(sends.command, 0), sends.timeout_ms)
+    return {c: (override_ms or longest.get(c, NO_STEP_BOUND_MS)) / 1000 for c in commands}
 
 
 class PartitionOffsets:
@@ -131,6 +164,45 @@ class _Job:
     partition: Partition
     offset: int
     offsets: PartitionOffsets
+    # failed deliveries of its current output, and whether that output is its dead letter
+    refused: int = 0
+    dead_lettered: bool = False
+
+
+class _PlainCall:
+    """A plain handler function running on a daemon thread of its own, its outcome a future.
+
+    A thread per call, not a pool: a call that hangs must not keep later ones from starting,
+    and must not keep the process alive at exit.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, call: Call, *args: Any) -> None:
+        self.finished = False
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self._loop = loop
+        name = f"handler-{args[0]}"
+        threading.Thread(target=self._run, args=(call, *args), name=name, daemon=True).start()
+
+    def _run(self, call: Call, *args: Any) -> None:
+        result: Any = None
+        error: Exception | None = None
+        try:
+            result = call(*args)
+        except Exception as exc:
+            error = exc
+        finally:
+            self.finished = True
+        # the loop is closed once the worker stops: nobody waits for this outcome any more
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._settle, result, error)
+
+    def _settle(self, result: Any, error: Exception | None) -> None:
+        if self.future.done():
+            return  # abandoned at its bound: the result is dropped
+        if error is None:
+            self.future.set_result(result)
+        else:
+            self.future.set_exception(error)
 
 
 @dataclass
@@ -163,11 +235,13 @@ class HandlerLoop:
         is_async: Callable[[str], bool] | None = None,
         consumer: Consumer | None = None,
         producer: Producer | None = None,
+        limits: RecordLimits | None = None,
     ) -> None:
         """`is_async(command_type)` says which commands `call` answers with an awaitable (default:
         all if `call` is a coroutine function); `consumer` and `producer` replace the clients
         built from settings (tests use fakes); the producer must be this loop's alone, as its
-        delivery callbacks touch the loop's state."""
+        delivery callbacks touch the loop's state; `limits` are the record size limits (default:
+        the setting `max_record_bytes` for every topic)."""
         self._settings = settings
         self._topology = topology
         self._codec = codec
@@ -179,8 +253,13 @@ class HandlerLoop:
         self._metrics = metrics
         self._name = f"sagastream-{role}"
         self._encoder = Encoder(settings, topology, store, codec, self._name)
+        self._limits = limits or RecordLimits(settings.max_record_bytes)
         self._topic = settings.topic(topology.handlers[role].consumes)
         self._bound = topology.handlers[role].concurrency or settings.handler_concurrency
+        self._run_bounds = command_bounds(topology, commands, settings.handler_timeout_ms)
+        # plain calls abandoned at their bound whose threads still run
+        self._overdue: list[_PlainCall] = []
+        self.health = RoleHealth(settings)
         self._given = (consumer, producer)
         self._ready = False
         self._owned: dict[Partition, PartitionOffsets] = {}
@@ -194,11 +273,26 @@ class HandlerLoop:
         self._next_commit = 0.0
         self._deadline: float | None = None
         self._crash: BaseException | None = None
+        self._polls = metrics.handler_polls.labels(role)
+        self._moved = False
+        self._still_ticks = 0
 
     @property
     def ready(self) -> bool:
         """True once the consumer has joined its group and been given its partitions."""
         return self._ready
+
+    def readiness(self) -> Check:
+        """/readyz: assigned, and not saturated with calls past their bound (nor the common
+        troubles of `RoleHealth`)."""
+        reasons = [] if self._ready else ["no partitions assigned yet"]
+        overdue = sum(not call.finished for call in list(self._overdue))
+        if overdue >= self._bound:
+            reasons.append(
+                f"saturated: {overdue} commands past their run-time bound still run and take "
+                f"all {self._bound} slots of the role; fix or restart its handler functions"
+            )
+        return self.health.ready(*reasons)
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, then drain (bounded by settings.drain_timeout_s), commit
@@ -210,9 +304,6 @@ class HandlerLoop:
             self._settings.consumer_config(group, on_commit=_log_commit_errors)
         )
         self._loop = asyncio.new_event_loop()
-        self._loop.set_default_executor(
-            ThreadPoolExecutor(self._bound, thread_name_prefix=f"{self._role}-handler")
-        )
         try:
             self._consumer.subscribe(
                 [self._topic],
@@ -236,6 +327,8 @@ class HandlerLoop:
     def _tick(self) -> None:
         if self._crash is not None:
             raise self._crash
+        self._polls.inc()
+        self.health.advanced()
         messages = self._fetch()
         for msg in messages:
             self._accept(msg)
@@ -248,10 +341,24 @@ class HandlerLoop:
             self._commit(self._owned.items(), asynchronous=True)
             self._next_commit = now + self._settings.commit_interval_ms / 1000
         if self._in_flight:
-            self._run_loop(0 if messages else TICK_S)
+            self._run_loop(0 if messages else self._slice())
+
+    def _slice(self) -> float:
+        """How long the asyncio loop runs before the next poll: TICK_S while anything moves,
+        doubling up to STILL_TICK_MAX_S while nothing does (a frozen broker must not make the
+        loop spin)."""
+        self._still_ticks = 0 if self._moved else self._still_ticks + 1
+        self._moved = False
+        return min(STILL_TICK_MAX_S, TICK_S * 2 ** min(self._still_ticks, 16))
+
+    def _busy(self) -> int:
+        """Slots taken: commands in flight, and plain calls abandoned whose threads still run."""
+        if self._overdue:
+            self._overdue = [call for call in self._overdue if not call.finished]
+        return self._in_flight + len(self._overdue)
 
     def _fetch(self) -> list[Message]:
-        room = self._bound - self._in_flight
+        room = self._bound - self._busy()
         if room <= 0 and not self._throttled:
             return []  # full: the next commands wait in the client's prefetch queue
         if self._in_flight or self._throttled:
@@ -271,7 +378,10 @@ class HandlerLoop:
                 raise KafkaException(err)
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("%s handler: consumer error: %s", self._role, err)
+                if msg.topic():
+                    self.health.input_failed(msg.topic() or "", err.str())
             return
+        self._moved = True
         partition = (msg.topic() or "", msg.partition() or 0)
         offsets = self._owned.get(partition)
         wait = self._waiting.get(partition)
@@ -283,6 +393,7 @@ class HandlerLoop:
             return
         if wait is not None:
             self._registry_back(partition)
+        self.health.input_read(partition[:1])
         job = _Job(msg, partition, msg.offset() or 0, offsets)
         offsets.start(job.offset)
         self._in_flight += 1
@@ -317,12 +428,14 @@ class HandlerLoop:
         self._consumer.pause([here])
         self._paused.add(partition)
         self._consumer.seek(here)
+        self.health.registry_waits(partition)
         self._metrics.registry_up.labels(self._role).set(0)
         self._metrics.registry_retries.labels(self._role).inc()
         log.warning("%s; %s waits, retry %d in %.1fs", why.error, _where(msg), failures, delay)
 
     def _registry_back(self, partition: Partition) -> None:
         failures = self._waiting.pop(partition).failures
+        self.health.registry_back(partition)
         log.warning(
             "schema registry answers again; %s[%d] resumes after %d retries", *partition, failures
         )
@@ -330,12 +443,13 @@ class HandlerLoop:
             self._metrics.registry_up.labels(self._role).set(1)
 
     def _apply_pauses(self, now: float) -> None:
-        if self._in_flight < self._bound:
+        busy = self._busy()
+        if busy < self._bound:
             self._full_since = None
         elif self._full_since is None:
             self._full_since = now
         full_for = 0.0 if self._full_since is None else now - self._full_since
-        self._throttled = throttled(self._in_flight, self._bound, self._throttled, full_for)
+        self._throttled = throttled(busy, self._bound, self._throttled, full_for)
         want = set(self._owned) if self._throttled else set()
         want.update(p for p, wait in self._waiting.items() if not wait.resumed)
         pause = want - self._paused
@@ -380,6 +494,7 @@ class HandlerLoop:
         for p in partitions:
             self._owned[(p.topic, p.partition)] = PartitionOffsets()
             self._fresh.add((p.topic, p.partition))
+        self.health.input_read(p.topic for p in partitions)
         self._ready = True
         log.info("%s handler assigned %s", self._role, _names(partitions))
 
@@ -408,6 +523,7 @@ class HandlerLoop:
                 released[key] = offsets
             self._fresh.discard(key)
             self._paused.discard(key)
+            self.health.registry_back(key)
             if self._waiting.pop(key, None) is not None and not self._waiting:
                 self._metrics.registry_up.labels(self._role).set(1)
         return released
@@ -434,6 +550,7 @@ class HandlerLoop:
         async def settle() -> None:
             while not done() and time.monotonic() < until:
                 self._producer.poll(0)
+                self.health.advanced()
                 await asyncio.sleep(TICK_S)
 
         self._loop.run_until_complete(settle())
@@ -460,10 +577,21 @@ class HandlerLoop:
             self._abandon(job)  # revoked while it queued: the partition's next owner runs it
             return
         meta = command.record["meta"]
+        bound = self._run_bounds[command.event_type]
+        limit = asyncio.timeout(bound)
         try:
-            result_type, fields = await self._invoke(command.event_type, command.record)
+            async with limit:
+                result_type, fields = await self._invoke(command.event_type, command.record)
             out = self._encoder.derived(result_type, command.key, fields, meta, meta["attempt"])
+            check_fits(self._limits, [(result_type, out.topic, out.key, out.value, out.headers)])
+        except RecordTooLarge as exc:
+            # the result cannot be sent: the command is dead-lettered, the loop goes on
+            self._dead_letter(job, Rejected(exc.reason, str(exc)))
+            return
         except Exception as exc:  # a failing command must not stop its partition or the loop
+            if limit.expired():
+                self._timed_out(job, command.event_type, bound)
+                return
             log.exception("%s handler failed on %s", self._role, _where(job.msg))
             self._dead_letter(job, Rejected("processing_error", f"{type(exc).__name__}: {exc}"))
             return
@@ -471,23 +599,46 @@ class HandlerLoop:
         self._metrics.produced.labels(self._role, result_type).inc()
 
     async def _invoke(self, command_type: str, record: dict[str, Any]) -> Result:
-        """Async handlers run on the loop, plain functions in the thread pool."""
+        """Async handlers run on the loop, plain functions each on a thread of its own."""
         if self._is_async(command_type):
             result: Any = self._call(command_type, record)
         else:
-            result = await self._loop.run_in_executor(None, self._call, command_type, record)
+            call = _PlainCall(self._loop, self._call, command_type, record)
+            try:
+                result = await call.future
+            except asyncio.CancelledError:
+                self._overdue.append(call)  # its thread runs on; its result will be dropped
+                raise
         if inspect.isawaitable(result):
             result = await result
         return cast(Result, result)
 
+    def _timed_out(self, job: _Job, command_type: str, bound: float) -> None:
+        """The one place an attempt that outran its bound is reported. For now: a log line and a
+        metric, and its partition's commit passes it; the orchestrator's step timeout retries
+        it by the step's policy."""
+        self._metrics.handler_timeouts.labels(self._role, command_type).inc()
+        log.warning(
+            "%s handler: %s on %s ran past its bound of %.1fs; abandoned as timed out",
+            self._role,
+            command_type,
+            _where(job.msg),
+            bound,
+        )
+        self._finish(job)
+
     def _ended(self, key: bytes, task: asyncio.Task[None]) -> None:
+        self._moved = True
         if self._tails.get(key) is task:
             del self._tails[key]
         if not task.cancelled() and task.exception() is not None:
             self._crash = task.exception()  # a bug, not bad input: fail loudly, re-run on restart
 
     def _dead_letter(self, job: _Job, rejected: Rejected) -> None:
-        out = dead_letter(job.msg, self._topology, self._settings, rejected, self._name)
+        out = dead_letter(
+            job.msg, self._topology, self._settings, rejected, self._name, limits=self._limits
+        )
+        job.refused, job.dead_lettered = 0, True
         self._send(job, out)
         topic = logical_topic(self._settings, job.partition[0])
         self._metrics.dead_letters.labels(self._role, topic, rejected.reason).inc()
@@ -500,28 +651,57 @@ class HandlerLoop:
         )
 
     def _send(self, job: _Job, out: OutRecord) -> None:
-        produce(
-            self._producer,
-            out.topic,
-            out.value,
-            out.key,
-            out.headers,
-            on_delivery=partial(self._delivered, job),
-        )
+        try:
+            produce(
+                self._producer,
+                out.topic,
+                out.value,
+                out.key,
+                out.headers,
+                on_delivery=partial(self._delivered, job, out),
+            )
+        except KafkaException as exc:  # refused before it left, e.g. over message.max.bytes
+            self._delivered(job, out, exc.args[0], None)
 
-    def _delivered(self, job: _Job, err: KafkaError | None, _msg: Message) -> None:
+    def _delivered(
+        self, job: _Job, out: OutRecord, err: KafkaError | None, _msg: Message | None
+    ) -> None:
+        self._moved = True
         if err is None:
-            job.offsets.finish(job.offset)
-            self._in_flight -= 1
-            return
-        log.error(
-            "%s handler: the output of %s was not delivered (%s); the command runs again "
-            "after the next restart or rebalance",
-            self._role,
-            _where(job.msg),
-            err,
-        )
-        self._abandon(job)
+            self._finish(job)
+        else:
+            self._refused(job, out, err)
+
+    def _refused(self, job: _Job, out: OutRecord, err: KafkaError) -> None:
+        """Send it again after a backoff, a few times; then dead-letter the command instead;
+        a refused dead letter leaves the command to run again after a restart."""
+        if err.fatal():
+            self._crash = KafkaException(err)  # the producer is done for: restart the worker
+        job.refused += 1
+        what = "dead letter" if job.dead_lettered else "result"
+        if job.refused < self._settings.handler_delivery_attempts and (
+            err.code() not in REFUSED_FOR_GOOD
+        ):
+            delay = retry_delay(job.refused - 1)
+            log.warning(
+                "%s handler: the %s of %s was refused (%s); attempt %d in %.1fs",
+                *(self._role, what, _where(job.msg), err, job.refused + 1, delay),
+            )
+            self._loop.call_later(delay, self._send, job, out)
+        elif not job.dead_lettered:
+            why = f"its result to {out.topic} was refused {job.refused} times, last: {err}"
+            self._dead_letter(job, Rejected("undeliverable", why))
+        else:
+            log.error(
+                "%s handler: the dead letter of %s was refused too (%s); the command runs again "
+                "after the next restart or rebalance",
+                *(self._role, _where(job.msg), err),
+            )
+            self._abandon(job)
+
+    def _finish(self, job: _Job) -> None:
+        job.offsets.finish(job.offset)
+        self._in_flight -= 1
 
     def _abandon(self, job: _Job) -> None:
         job.offsets.abandon(job.offset)

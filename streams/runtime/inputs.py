@@ -12,6 +12,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from sagastream.core.topology import Topology
+from sagastream.runtime.limits import RecordLimits, fit_dead_letter
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import AvroCodec, DecodeError, RegistryUnavailable
 from sagastream.wire.dlq import Origin, carried_headers, dead_letter_headers
@@ -87,8 +88,10 @@ def dead_letter(
     rejected: Rejected,
     worker: str,
     attempts: int = 1,
+    limits: RecordLimits | None = None,
 ) -> OutRecord:
-    """The DLQ record of a consumed message: its bytes unchanged, headers saying why and whence."""
+    """The DLQ record of a consumed message: its bytes unchanged, headers saying why and whence;
+    cut to fit the DLQ topic's record limit if need be (`fit_dead_letter`)."""
     physical = msg.topic() or ""
     topic = logical_topic(settings, physical)
     dlq = topology.dlq(topic) if topic in topology.topic_map else f"{topic}.dlq"
@@ -96,4 +99,6 @@ def dead_letter(
     origin = Origin(physical, msg.partition() or 0, msg.offset() or 0, stamp if kind else None)
     headers = dead_letter_headers(origin, rejected.reason, rejected.error, worker, attempts)
     headers += carried_headers(msg.headers())
-    return OutRecord(settings.topic(dlq), msg.key(), msg.value(), headers)
+    physical_dlq = settings.topic(dlq)
+    limit = (limits or RecordLimits(settings.max_record_bytes)).of(physical_dlq)
+    return OutRecord(physical_dlq, *fit_dead_letter(msg.key(), msg.value(), headers, limit))

@@ -23,6 +23,8 @@ class Metrics:
     commit_seconds: Histogram
     transaction_records: Histogram
     restore_seconds: Gauge
+    handler_timeouts: Counter
+    handler_polls: Counter
     partitions_waiting: Gauge
 
     @classmethod
@@ -95,6 +97,18 @@ class Metrics:
             restore_seconds=Gauge(
                 "sagastream_restore_seconds",
                 "How long the last restore of assigned partitions' stores took",
+                registry=reg,
+            ),
+            handler_timeouts=Counter(
+                "sagastream_handler_timeouts",
+                "Handler attempts abandoned at their run-time bound (reported as timed out)",
+                ["role", "command"],
+                registry=reg,
+            ),
+            handler_polls=Counter(
+                "sagastream_handler_polls",
+                "Rounds of a handler loop (each polls the consumer and the producer once)",
+                ["role"],
                 registry=reg,
             ),
             partitions_waiting=Gauge(

@@ -35,8 +35,15 @@ from confluent_kafka import (
 )
 
 from sagastream.core.saga import TERMINAL, Event, decide, saga_for
+from sagastream.core.state import StateEncodingError, encode_state
 from sagastream.core.topology import LIFECYCLE_EVENT, TIMER_EVENT, Topology
-from sagastream.runtime.checkpoint import Checkpoint, ProducerFatal, TransactionFailed
+from sagastream.runtime.checkpoint import (
+    Checkpoint,
+    ProducerFatal,
+    TrailEntry,
+    TransactionFailed,
+)
+from sagastream.runtime.health import Check, RoleHealth
 from sagastream.runtime.inputs import (
     Decoded,
     OutRecord,
@@ -45,13 +52,20 @@ from sagastream.runtime.inputs import (
     dead_letter,
     read_input,
 )
+from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.outputs import Encoder, now_ms
 from sagastream.runtime.ownership import Ownership, ownership
 from sagastream.runtime.restore import restore
 from sagastream.runtime.settings import Settings
-from sagastream.runtime.store import EXPIRY, PartitionStore, RocksStore, timers_of
-from sagastream.wire.codec import AvroCodec, SchemaStore
+from sagastream.runtime.store import (
+    EXPIRY,
+    PartitionStore,
+    RocksStore,
+    changelog_headers,
+    timers_of,
+)
+from sagastream.wire.codec import AvroCodec, EncodeError, SchemaStore
 from sagastream.wire.dlq import Origin, dead_letter_headers
 from sagastream.wire.registry import retry_delay
 
@@ -65,6 +79,7 @@ MAX_DUE_PER_TICK = 5_000
 # how long an assignment waits for the metadata of a topic created a moment ago
 METADATA_WAIT_S = 30.0
 OUTCOME_CHANGES = frozenset({"started", *TERMINAL})
+# one saga's audit entry of the open transaction: saga, status, changes, parent meta
 
 
 @dataclass
@@ -127,8 +142,12 @@ class Orchestrator:
         schemas: SchemaStore,
         codec: AvroCodec,
         metrics: Metrics,
+        limits: RecordLimits | None = None,
     ) -> None:
+        """`limits`: the record size limits the worker read from the broker (default: the
+        setting `max_record_bytes` for every topic)."""
         self.settings = settings
+        self.limits = limits or RecordLimits(settings.max_record_bytes)
         self.topology = topology
         self.codec = codec
         self.metrics = metrics
@@ -144,6 +163,7 @@ class Orchestrator:
         self._failures: dict[tuple[str, int], int] = {}
         self.owner = Ownership(frozenset(), settings.changelog_topic())
         self.ready = threading.Event()
+        self.health = RoleHealth(settings)
         # the time decisions are made at: the wall clock, or event time in a shadow replay
         self.clock: Callable[[], int] = now_ms
         self._consumer: Consumer | None = None
@@ -157,6 +177,7 @@ class Orchestrator:
                 self._session(stop)
             except (ProducerFatal, KafkaException, TimeoutError) as exc:
                 log.error("orchestrator session failed (%s); rebuilding it and rejoining", exc)
+                self.health.aborted(exc)
                 self._close_stores()
                 stop.wait(1.0)
 
@@ -165,6 +186,7 @@ class Orchestrator:
             self.settings.transactional_producer_config(self.instance.transactional_id)
         )
         while not stop.is_set():
+            self.health.advanced()
             try:
                 producer.init_transactions(10)
                 break
@@ -189,6 +211,7 @@ class Orchestrator:
         next_tick = 0.0
         try:
             while not stop.is_set():
+                self.health.advanced()
                 now = time.monotonic()
                 wait = ckpt.started + linger - now if ckpt.open else next_tick - now
                 msgs = _fetch(consumer, max(0.0, min(wait, tick)))
@@ -228,6 +251,15 @@ class Orchestrator:
             },
         )
 
+    def readiness(self) -> Check:
+        """/readyz: the stores are restored and it consumes, and no trouble RoleHealth watches."""
+        restoring = (
+            []
+            if self.ready.is_set()
+            else [self.owner.refused or "no partitions assigned, or still restoring"]
+        )
+        return self.health.ready(*restoring)
+
     # -- one input ------------------------------------------------------------------------
     def _handle(self, msg: Message) -> None:
         ckpt = self._ckpt
@@ -236,6 +268,8 @@ class Orchestrator:
         if err is not None:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer: %s", err)
+                if msg.topic():
+                    self.health.input_failed(msg.topic() or "", err.str())
             return
         where = (msg.topic() or "", msg.partition() or 0)
         if (
@@ -246,26 +280,41 @@ class Orchestrator:
             return  # not ours (paused; the anchor is never read): its owner reads it
         if where in self.waiting:
             return  # its partition waits for the schema registry; this one is re-read later
-        got = read_input(msg, self.codec, self.topology, self.settings)
+        got = self._read(msg)
         if isinstance(got, Unavailable):
             self._wait_for_registry(msg, got)
             return
         if isinstance(got, Decoded):
             self.metrics.consumed.labels(ROLE, got.event_type).inc()
+        self.health.input_read(where[:1])
+        self.health.registry_back(where)
         if self._failures.pop(where, None) is not None and not self._failures:
             self.metrics.registry_up.labels(ROLE).set(1)
         ckpt.begin()
-        try:
-            if isinstance(got, Rejected):
-                self._dead_letter(msg, got)
-            else:
-                self._decide(where[1], got, msg)
-        except Exception as exc:  # a bug must not stop the partition: park the input
-            log.exception("orchestrator failed on %s[%d]@%d", *where, msg.offset())
-            self._dead_letter(msg, Rejected("processing_error", f"{type(exc).__name__}: {exc}"))
+        rejected = got if isinstance(got, Rejected) else self._decide(where[1], got, msg)
+        if rejected is not None:
+            self._dead_letter(self._letter(msg, None, where[1], rejected), rejected, msg)
         ckpt.consumed(msg)
 
-    def _decide(self, partition: int, got: Decoded, msg: Message | None) -> None:
+    def _read(self, msg: Message) -> Decoded | Rejected | Unavailable:
+        try:
+            return read_input(msg, self.codec, self.topology, self.settings)
+        except Exception as exc:  # a bug in decoding must not stop the partition either
+            log.exception("reading %s[%s]@%s failed", msg.topic(), msg.partition(), msg.offset())
+            return Rejected("processing_error", f"{type(exc).__name__}: {exc}")
+
+    def _decide(self, partition: int, got: Decoded, msg: Message | None) -> Rejected | None:
+        """Decide one input into the open transaction: all it causes, or nothing of it and
+        why (the caller dead-letters the input, and the loop goes on)."""
+        try:
+            return self._decide_input(partition, got, msg)
+        except KafkaException:
+            raise  # the producer failed, not the input: the session is rebuilt
+        except Exception as exc:  # a bug must not stop the partition: park the input
+            log.exception("orchestrator failed on %s of %r", got.event_type, got.key)
+            return Rejected("processing_error", f"{type(exc).__name__}: {exc}")
+
+    def _decide_input(self, partition: int, got: Decoded, msg: Message | None) -> Rejected | None:
         ckpt = self._ckpt
         assert ckpt is not None
         store = self.stores[partition]
@@ -277,14 +326,7 @@ class Orchestrator:
         elif (found := saga_for(self.topology.sagas, got.event_type)) is not None:
             definition = found
         else:
-            self._reject(
-                msg,
-                got,
-                partition,
-                "no_saga",
-                f"{got.event_type} starts no saga and none is running",
-            )
-            return
+            return Rejected("no_saga", f"{got.event_type} starts no saga and none is running")
         now = self.clock()
         incoming = Event(
             got.event_type,
@@ -297,7 +339,7 @@ class Orchestrator:
         )
         decision = decide(definition, state, incoming, now)
         if decision.duplicate:
-            return
+            return None
         new = decision.state
         parent = meta
         if new is not None:
@@ -306,82 +348,130 @@ class Orchestrator:
                 "correlation_id": new["corr"] or meta["correlation_id"],
                 "traceparent": new["tp"] or meta["traceparent"],
             }
-        # encode everything first: a failure here must leave nothing half-sent
-        out = [
-            self.encoder.derived(c.event_type, key, c.fields, parent, c.attempt, now)
-            for c in decision.commands
-        ]
+        # encode everything first: a failure here must leave nothing of this input behind
+        refused = None if decision.dead_letter is None else Rejected("saga", decision.dead_letter)
+        try:
+            out = [
+                self.encoder.derived(c.event_type, key, c.fields, parent, c.attempt, now)
+                for c in decision.commands
+            ]
+            letter = None if refused is None else self._letter(msg, got, partition, refused)
+            audit = (
+                None
+                if new is None
+                else self._audit(key, definition[1].audit, new, decision.lifecycle, parent)
+            )
+        except EncodeError as exc:
+            return Rejected("output_encoding", str(exc))
+        try:
+            value = None if new is None else encode_state(new)
+        except StateEncodingError as exc:
+            return Rejected("state_encoding", str(exc))
+        try:  # all of it must fit before any of it enters the transaction
+            self._check_fits(key, decision.commands, out, new, value, audit)
+        except RecordTooLarge as exc:
+            return Rejected(exc.reason, str(exc))
+        # handing over: nothing below fails on this input's account
         if new is not None:
-            ckpt.put_state(partition, store, key, state, new)
-            self._note_trail(key, definition[1].audit, new, decision.lifecycle, parent)
+            ckpt.put_state(partition, store, key, state, new, value)
+        if audit is not None:
+            ckpt.keep_trail(key, audit)
         for rec in out:
             ckpt.produce(rec)
         self.metrics.produced_many(ROLE, [c.event_type for c in decision.commands])
-        if decision.dead_letter:
-            self._reject(msg, got, partition, "saga", decision.dead_letter)
+        if letter is not None and refused is not None:
+            self._dead_letter(letter, refused, msg)
         if (
             new is not None
             and new["status"] in TERMINAL
             and (state is None or state["status"] not in TERMINAL)
         ):
             ckpt.after_commit(partial(self._count_outcome, new["saga"], new["status"], new))
+        return None
 
     def _count_outcome(self, saga: str, status: str, state: dict[str, Any]) -> None:
         self.metrics.outcomes.labels(saga, status).inc()
         seconds = (state["ended"] - state["started"]) / 1000
         self.metrics.saga_seconds.labels(saga, status).observe(seconds)
 
-    def _note_trail(
+    def _audit(
         self,
         key: bytes,
         audit: str,
         state: dict[str, Any],
         lifecycle: list[tuple[str, str | None]],
         parent: dict[str, Any],
-    ) -> None:
-        """Audit: one SagaLifecycle record per saga per transaction, carrying its changes."""
+    ) -> tuple[TrailEntry, OutRecord] | None:
+        """Audit: one SagaLifecycle record per saga per transaction, carrying its changes; the
+        saga's entry with this decision's changes added, and its record (None: nothing to
+        audit). The record is encoded here, so that its size is known before it is kept."""
         if audit == "off" or LIFECYCLE_EVENT not in self.topology.events:
-            return
+            return None
         changes = [
             {"what": what, "step": step}
             for what, step in lifecycle
             if audit == "full" or what in OUTCOME_CHANGES
         ]
         if not changes:
-            return
+            return None
         assert self._ckpt is not None
-        self._ckpt.note_trail(key, state["saga"], state["status"], changes, parent)
+        kept = self._ckpt.trail.get(key)
+        saga, earlier = (state["saga"], []) if kept is None else (kept[0][0], kept[0][2])
+        entry = (saga, state["status"], earlier + changes, parent)
+        fields = {"saga_type": saga, "status": entry[1], "changes": entry[2]}
+        return entry, self.encoder.derived(LIFECYCLE_EVENT, key, fields, parent, 1)
 
-    def _reject(
-        self, msg: Message | None, got: Decoded, partition: int, reason: str, why: str
+    def _check_fits(
+        self,
+        key: bytes,
+        commands: list[Any],
+        out: list[OutRecord],
+        state: dict[str, Any] | None,
+        encoded: bytes | None,
+        audit: tuple[TrailEntry, OutRecord] | None,
     ) -> None:
+        """Raise RecordTooLarge if a record of one input's decision would not fit its topic:
+        its commands and outcomes, its audit record and its saga state (`encoded`)."""
+        records = [
+            (c.event_type, r.topic, r.key, r.value, r.headers)
+            for c, r in zip(commands, out, strict=True)
+        ]
+        if audit is not None:
+            rec = audit[1]
+            records.append(("the audit record", rec.topic, rec.key, rec.value, rec.headers))
+        if state is not None:
+            changelog = self.settings.changelog_topic()
+            records.append(("the saga state", changelog, key, encoded, changelog_headers(state)))
+        check_fits(self.limits, records)
+
+    def _letter(
+        self, msg: Message | None, got: Decoded | None, partition: int, rejected: Rejected
+    ) -> OutRecord:
+        """The dead-letter record of an input: the message's bytes as they came, or for a fired
+        timer (no message) the TimerFired event itself."""
         if msg is not None:
-            self._dead_letter(msg, Rejected(reason, why))
-            return
-        # a fired timer has no input message: its DLQ record is the TimerFired event itself
+            return dead_letter(
+                msg, self.topology, self.settings, rejected, PRODUCER_NAME, limits=self.limits
+            )
+        assert got is not None
         timers = self.timer_topic or "sagas.timers"
         topic = self.settings.topic(self.topology.dlq(timers))
         value = self.codec.encode(TIMER_EVENT, got.record)
         origin = Origin(self.settings.topic(timers), partition, -1, now_ms())
-        headers = dead_letter_headers(origin, reason, why, PRODUCER_NAME)
-        assert self._ckpt is not None
-        self._ckpt.produce(OutRecord(topic, got.key, value, headers))
-        self.metrics.dead_letters.labels(ROLE, self.timer_topic or "", reason).inc()
-        log.warning("dead-lettered a timer of %r to %s: %s", got.key, topic, why)
+        headers = dead_letter_headers(origin, rejected.reason, rejected.error, PRODUCER_NAME)
+        return OutRecord(topic, got.key, value, headers)
 
-    def _dead_letter(self, msg: Message, rejected: Rejected) -> None:
+    def _dead_letter(self, letter: OutRecord, rejected: Rejected, msg: Message | None) -> None:
+        """Produce an input's dead-letter record; `msg` is the input (None: a fired timer)."""
         assert self._ckpt is not None
-        rec = dead_letter(msg, self.topology, self.settings, rejected, PRODUCER_NAME)
-        self._ckpt.produce(rec)
-        self.metrics.dead_letters.labels(ROLE, msg.topic() or "", rejected.reason).inc()
-        log.warning(
-            "dead-lettered %s[%s]@%s to %s: %s",
-            msg.topic(),
-            msg.partition(),
-            msg.offset(),
-            rec.topic,
-            rejected.error,
-        )
+        self._ckpt.produce(letter)
+        if msg is None:
+            source, what = self.timer_topic or "", f"a timer of {letter.key!r}"
+        else:
+            source = msg.topic() or ""
+            what = f"{source}[{msg.partition()}]@{msg.offset()}"
+        self.metrics.dead_letters.labels(ROLE, source, rejected.reason).inc()
+        log.warning("dead-lettered %s to %s: %s", what, letter.topic, rejected.error)
 
     # -- timers ---------------------------------------------------------------------------
     def _fire_due(self) -> None:
@@ -398,7 +488,7 @@ class Orchestrator:
                 if timer == EXPIRY:  # an ended saga's retention is over: a tombstone removes it
                     if state is not None and state.get("expires") == due_ms:
                         ckpt.begin()
-                        ckpt.put_state(partition, store, key, state, None)
+                        ckpt.put_state(partition, store, key, state, None, None)
                         self.metrics.timers_fired.labels(EXPIRY).inc()
                     continue
                 if state is None or state["timers"].get(timer) != due_ms:
@@ -420,16 +510,15 @@ class Orchestrator:
                 fields = {"kind": kind, "step": step, "attempt": int(attempt), "due_ms": due_ms}
                 fired = Decoded(TIMER_EVENT, {**fields, "meta": meta}, key)
                 ckpt.begin()
-                try:
-                    self._decide(partition, fired, None)
-                except Exception as exc:
-                    # a bug must not fire again every tick: park the timer, disarmed
-                    log.exception("firing timer %s of %r failed", timer, key)
+                rejected = self._decide(partition, fired, None)
+                if rejected is not None:
+                    # it must not fail again every tick: park the timer, disarmed
                     disarmed = {**state, "timers": dict(state["timers"])}
                     del disarmed["timers"][timer]
-                    ckpt.put_state(partition, store, key, state, disarmed)
-                    why = f"{type(exc).__name__}: {exc}"
-                    self._reject(None, fired, partition, "processing_error", why)
+                    value = encode_state(disarmed)  # its state was stored: it encodes
+                    ckpt.put_state(partition, store, key, state, disarmed, value)
+                    letter = self._letter(None, fired, partition, rejected)
+                    self._dead_letter(letter, rejected, None)
                     continue
                 self.metrics.timers_fired.labels(kind).inc()
 
@@ -446,6 +535,7 @@ class Orchestrator:
         consumer.pause([tp])
         consumer.seek(tp)
         self.waiting[where] = time.monotonic() + delay
+        self.health.registry_waits(where)
         self.metrics.registry_up.labels(ROLE).set(0)
         self.metrics.registry_retries.labels(ROLE).inc()
         log.warning("%s; %s[%d]@%d waits, retry in %.1fs", got.error, *where, msg.offset(), delay)
@@ -467,15 +557,14 @@ class Orchestrator:
         if not ckpt.open:
             return
         self._flush_trail()
-        if not commit_counted(ckpt, consumer, self.metrics, timeout):
+        if not commit_counted(ckpt, consumer, self.metrics, self.health, timeout):
             self._rewind()
 
     def _flush_trail(self) -> None:
         ckpt = self._ckpt
         assert ckpt is not None
-        for key, entry in ckpt.trail.items():
-            fields = {"saga_type": entry.saga, "status": entry.status, "changes": entry.changes}
-            ckpt.produce(self.encoder.derived(LIFECYCLE_EVENT, key, fields, entry.parent, 1))
+        for _, record in ckpt.trail.values():
+            ckpt.produce(record)
         if ckpt.trail:
             self.metrics.produced_many(ROLE, [LIFECYCLE_EVENT] * len(ckpt.trail))
 
@@ -522,7 +611,9 @@ class Orchestrator:
         opened = {p: RocksStore(self.instance.directory / f"p{p}") for p in sorted(numbers)}
         self.stores.update(opened)  # closed by the session's end even if restoring fails
         started = time.monotonic()
+        self.health.input_read(tp.topic for tp in partitions)
         for done in restore(self.settings, self.settings.changelog_topic(), opened):
+            self.health.advanced()
             log.info(
                 "partition %d restored: %d changelog records from %s",
                 done.partition,
@@ -579,6 +670,7 @@ class Orchestrator:
         self.owner = replace(self.owner, owned=self.owner.owned - numbers)
         self.waiting = {w: v for w, v in self.waiting.items() if w[1] not in numbers}
         self._failures = {w: n for w, n in self._failures.items() if w[1] not in numbers}
+        self.health.registry_only(self._failures)
         if not self._failures:
             self.metrics.registry_up.labels(ROLE).set(1)
         for p in numbers:
@@ -601,7 +693,9 @@ def _listed(partitions: list[TopicPartition]) -> str:
     return "; ".join(f"{t} {sorted(ps)}" for t, ps in sorted(by_topic.items()))
 
 
-def commit_counted(ckpt: Checkpoint, consumer: Consumer, metrics: Metrics, timeout: float) -> bool:
+def commit_counted(
+    ckpt: Checkpoint, consumer: Consumer, metrics: Metrics, health: RoleHealth, timeout: float
+) -> bool:
     """Commit the open transaction and count it as what it became; False if it was aborted.
 
     A commit whose outcome stays unknown (it timed out and could not be resumed in time) or a
@@ -613,12 +707,14 @@ def commit_counted(ckpt: Checkpoint, consumer: Consumer, metrics: Metrics, timeo
         ckpt.commit(consumer, timeout)
     except TransactionFailed as exc:
         metrics.transactions.labels("aborted").inc()
+        health.aborted(exc)
         log.warning("transaction aborted (%s); re-reading from the committed offsets", exc)
         return False
     except ProducerFatal:
         metrics.transactions.labels("failed").inc()
         raise
     metrics.transactions.labels("committed").inc()
+    health.committed()
     metrics.commit_seconds.observe(time.monotonic() - started)
     metrics.transaction_records.observe(records)
     return True

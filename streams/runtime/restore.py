@@ -35,6 +35,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
+from sagastream.core.state import decode_state
 from sagastream.runtime.settings import Settings
 from sagastream.runtime.store import TIMERS_HEADER, PartitionStore, timers_of
 
@@ -240,7 +241,7 @@ def _replay(
                 before = {}  # the store started empty and this restore has not written it
             else:
                 old = stores[partition].get(key)
-                before = timers_of(json.loads(old) if old else None)
+                before = timers_of(decode_state(old) if old else None)
             timers[partition][key] = (before, _header_timers(msg.headers(), value))
             if partition in written:
                 written[partition].add(key)
@@ -258,4 +259,4 @@ def _header_timers(headers: Any, value: bytes | None) -> dict[str, int]:
     for name, raw in headers or []:
         if name == TIMERS_HEADER:
             return dict(json.loads(raw))
-    return timers_of(json.loads(value))
+    return timers_of(decode_state(value))

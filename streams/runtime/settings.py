@@ -45,8 +45,22 @@ class Settings(BaseSettings):
     commit_linger_ms: int = Field(default=20, ge=0)
     handler_concurrency: int = Field(default=64, ge=1)
     drain_timeout_s: float = Field(default=10.0, ge=0.0)
+    # a handler's run-time bound for every command; None: its step's timeout_ms (the longest
+    # of the steps that send it), 30 s for a command of no step (notifications)
+    handler_timeout_ms: int | None = Field(default=None, ge=1)
+    # how often a handler tries to deliver one result before it dead-letters the command
+    handler_delivery_attempts: int = Field(default=3, ge=1)
+    # /readyz: 503 after this many orchestrator transactions aborted in a row
+    health_aborts: int = Field(default=3, ge=1)
+    # /readyz: 503 while a partition has waited for the schema registry longer than this
+    health_registry_wait_s: float = Field(default=60.0, gt=0.0)
+    # /healthz: 503 when a role's loop has not advanced for this long
+    health_stall_s: float = Field(default=120.0, gt=0.0)
     transaction_timeout_ms: int = Field(default=10_000, ge=1000)
     instance_id: str | None = None
+    # the largest record a worker produces, headers and framing included: under the producer's
+    # default message.max.bytes (1,000,000) and the broker's (1,048,588), with room to spare
+    max_record_bytes: int = Field(default=990_000, ge=10_000)
 
     @field_validator("topology_file", "schemas_dir", "data_dir")
     @classmethod
@@ -103,6 +117,8 @@ class Settings(BaseSettings):
             "acks": "all",
             "partitioner": "murmur2_random",
             "linger.ms": 5,
+            # what the runtime checks itself (max_record_bytes) must never be refused here
+            "message.max.bytes": max(1_000_000, self.max_record_bytes),
         }
 
     def transactional_producer_config(self, transactional_id: str) -> dict[str, Any]:

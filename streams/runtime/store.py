@@ -2,7 +2,7 @@
 
 A store holds three key spaces:
 
-* `s<saga key>` -> the saga state (JSON), as last committed;
+* `s<saga key>` -> the saga state (`sagastream.core.state`'s bytes), as last committed;
 * `t<due, 13 digits><timer>\\0<saga key>` -> empty: the due-index, derived from the states'
   armed timers and, as timer `expire`, the time an ended saga leaves the store; written in the
   same batch, so a tick reads only what is due (sorted keys);
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from rocksdict import Options, Rdict, WriteBatch
+
+from sagastream.core.state import decode_state
 
 STATE, TIMER = b"s", b"t"
 CHECKPOINT_KEY = b"m:checkpoint"
@@ -74,7 +76,7 @@ class PartitionStore(Protocol):
     """What the orchestrator needs of one partition's state."""
 
     def get(self, saga_key: bytes) -> bytes | None:
-        """The committed state of a saga (JSON bytes), or None."""
+        """The committed state of a saga (`encode_state` bytes), or None."""
         ...
 
     def checkpoint(self) -> int | None:
@@ -269,8 +271,8 @@ def _batch(
             before, after = known
         else:
             old = store.get(saga_key)
-            before = timers_of(json.loads(old) if old else None)
-            after = timers_of(json.loads(value) if value else None)
+            before = timers_of(decode_state(old) if old else None)
+            after = timers_of(decode_state(value) if value else None)
         gone, added = timer_changes(saga_key, before, after)
         for key in gone:
             yield key, None

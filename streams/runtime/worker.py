@@ -2,7 +2,9 @@
 
 SIGTERM or SIGINT sets one stop event; every role stops fetching, commits what finished and
 leaves its group within `drain_timeout_s`. A role that has not ended a few seconds after that
-is abandoned and the process exits anyway: a worker never ignores SIGTERM.
+is abandoned and the process exits anyway (os._exit): a worker never ignores SIGTERM. Plain
+handler functions run on daemon threads, so one that never returns does not hold the process
+either.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from sagastream.core.topology import Topology, load_topology
 from sagastream.runtime import health
+from sagastream.runtime.health import Check
+from sagastream.runtime.limits import RecordLimits, discover
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import RegistryUnavailable, SchemaStore
@@ -48,6 +51,14 @@ def parse_roles(spec: str, topology: Topology) -> list[str]:
     return roles
 
 
+def record_limits(settings: Settings, topology: Topology) -> RecordLimits:
+    """max_record_bytes, lowered for every topic a worker writes that accepts less."""
+    topics = [settings.topic(name) for name, _, _ in topology.all_topic_configs()]
+    if topology.sagas:
+        topics.append(settings.changelog_topic())
+    return discover(settings, topics)
+
+
 def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     """Run the roles of `spec` until SIGTERM/SIGINT; returns the exit code."""
     logging.basicConfig(
@@ -63,8 +74,17 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     with contextlib.suppress(RegistryUnavailable):
         codec.prepare(topology.events)
 
+    if ORCHESTRATOR in roles:
+        from sagastream.ops.admin import create_topics
+
+        # idempotent; makes sure the changelog exists
+        for weaker in create_topics(settings, topology).weaker:
+            log.warning("topic less durable than topology.yaml asks: %s", weaker)
+    limits = record_limits(settings, topology)
+
     runners: dict[str, Callable[[threading.Event], None]] = {}
-    readiness: dict[str, Callable[[], bool]] = {}
+    # per role: is its loop advancing (/healthz), is it ready (/readyz)
+    probes: dict[str, tuple[Callable[[], Check], Callable[[], Check]]] = {}
     handler_roles = [role for role in roles if role != ORCHESTRATOR]
     if handler_roles:
         from sagastream.app import AppError, load_app
@@ -90,19 +110,16 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
                 handler.commands,
                 metrics,
                 is_async=handler.is_async,
+                limits=limits,
             )
             runners[role] = loop.run
-            readiness[role] = partial(getattr, loop, "ready")
+            probes[role] = (loop.health.alive, loop.readiness)
     if ORCHESTRATOR in roles:
-        from sagastream.ops.admin import create_topics
         from sagastream.runtime.orchestrator import Orchestrator
 
-        # idempotent; makes sure the changelog exists
-        for weaker in create_topics(settings, topology).weaker:
-            log.warning("topic less durable than topology.yaml asks: %s", weaker)
-        orchestrator = Orchestrator(settings, topology, schemas, codec, metrics)
+        orchestrator = Orchestrator(settings, topology, schemas, codec, metrics, limits)
         runners[ORCHESTRATOR] = orchestrator.run
-        readiness[ORCHESTRATOR] = orchestrator.ready.is_set
+        probes[ORCHESTRATOR] = (orchestrator.health.alive, orchestrator.readiness)
 
     stop = threading.Event()
     failed: list[str] = []
@@ -130,11 +147,19 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     ]
     for thread in threads:
         thread.start()
+
+    def alive() -> dict[str, Check]:
+        stopped = Check.of(["stopping"])
+        return {
+            t.name: probes[t.name][0]() if t.is_alive() and not stop.is_set() else stopped
+            for t in threads
+        }
+
     if settings.metrics_port:
         server = health.serve(
             metrics.registry,
-            lambda: {t.name: t.is_alive() and not stop.is_set() for t in threads},
-            lambda: {role: is_ready() for role, is_ready in readiness.items()},
+            alive,
+            lambda: {role: probe[1]() for role, probe in probes.items()},
             settings.metrics_host,
             settings.metrics_port,
         )

@@ -9,6 +9,9 @@ HEADER_PREFIX = "dlq."
 # How often a message has been redriven from a DLQ (`sagastream dlq redrive`). It rides on the
 # redriven message and is carried into its next dead letter, so redrive can refuse endless loops.
 REDRIVE_COUNT = HEADER_PREFIX + "redrive.count"
+# An error message can quote the data that caused it (a whole record, say): the header keeps its
+# beginning, so the dead letter stays small whatever the input was.
+MAX_ERROR_CHARS = 2_000
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ def dead_letter_headers(
     origin: Origin, reason: str, error: str, worker: str, attempts: int = 1
 ) -> list[tuple[str, bytes]]:
     """Headers of a dead-lettered message; `reason` is a short code, `error` the human message."""
+    if len(error) > MAX_ERROR_CHARS:
+        error = f"{error[:MAX_ERROR_CHARS]}... ({len(error) - MAX_ERROR_CHARS} more characters)"
     fields = {
         "reason": reason,
         "error": error,

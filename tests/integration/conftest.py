@@ -280,8 +280,19 @@ def topology_patch() -> Callable[[dict[str, Any]], None] | None:
 
 
 @pytest.fixture
+def project() -> Path | None:
+    """Override in a test module with a topology file (its schemas/ beside it, its app named in
+    it) to run that project instead of the demo's."""
+    return None
+
+
+@pytest.fixture
 def ns(
-    broker: Broker, registry: SchemaRegistry, tmp_path: Path, topology_patch: Any
+    broker: Broker,
+    registry: SchemaRegistry,
+    tmp_path: Path,
+    topology_patch: Any,
+    project: Path | None,
 ) -> Iterator[Namespace]:
     from sagastream.ops.admin import create_topics, delete_topics
     from sagastream.wire.registry import Registry, delete_subjects, plan_subjects, register_subjects
@@ -293,6 +304,10 @@ def ns(
         topic_prefix=prefix,
         data_dir=tmp_path / "data",
     )
+    if project is not None:
+        settings = settings.model_copy(
+            update={"topology_file": project.absolute(), "schemas_dir": None}
+        )
     if topology_patch is not None:
         data = yaml.safe_load(settings.topology_file.read_text())
         topology_patch(data)
@@ -304,7 +319,7 @@ def ns(
     topology = load_topology(settings.topology_file, settings.schemas_path)
     create_topics(settings, topology)
     schemas = Registry(registry.url)
-    subjects = plan_subjects(topology, SchemaStore(Settings().schemas_path), settings)
+    subjects = plan_subjects(topology, SchemaStore(settings.schemas_path), settings)
     refused = [o for o in register_subjects(schemas, subjects) if o.failed]
     assert not refused, f"the registry refused {refused}"
     client = EventClient(settings, topology, build_codec(settings), "test")

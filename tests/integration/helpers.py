@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import random
+import socket
+import urllib.error
+import urllib.request
 from typing import Any
 
+from sagastream.core.state import decode_state
 from sagastream.examples.events import LoanApplied
 from sagastream.ops.client import Received
 from sagastream.ops.demo import order_fields
@@ -76,7 +79,7 @@ def saga_state(ns: Any, key: str, timeout: float = 10.0) -> dict[str, Any]:
     msgs = ns.client.read([changelog], lambda m: False, timeout)
     values = [m.value for m in msgs if m.key == key.encode() and m.value]
     assert values, f"no state for {key} in {changelog}"
-    return json.loads(values[-1])
+    return decode_state(values[-1])
 
 
 def lifecycle(ns: Any, key: str, until: str, timeout: float = 30.0) -> list[tuple[str, str | None]]:
@@ -108,3 +111,31 @@ def every_dead_letter(ns: Any) -> list[Received]:
     dlqs = {ns.topic(ns.topology.dlq(t.name)) for t in ns.topology.topics}
     dlqs |= {t for t in topics if t.startswith(prefix) and t.endswith(".dlq")}
     return ns.client.read_to_end(sorted(dlqs))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """GET a worker's endpoint: (status, body), 503s included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """One sample of a worker's /metrics (0 if it has none yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = http_get(port, "/metrics")[1].decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return float(sample.value)
+    return 0.0

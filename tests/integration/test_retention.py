@@ -3,7 +3,6 @@ the changelog alone does not bring them back."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections import defaultdict
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from sagastream.core.state import decode_state
 from sagastream.ops.client import Client
 from sagastream.runtime.kafka_io import read_to_end
 from sagastream.runtime.store import RocksStore
@@ -54,7 +54,7 @@ def _changelog(ns: Any) -> dict[str, list[tuple[int, dict[str, Any] | None]]]:
     records: dict[str, list[tuple[int, dict[str, Any] | None]]] = defaultdict(list)
     for m in read_to_end(ns.settings, [topic], "test-changelog", timeout=60):
         value = m.value()
-        state = None if value is None else json.loads(value)
+        state = None if value is None else decode_state(value)
         records[(m.key() or b"").decode()].append((m.timestamp()[1], state))
     return records
 

@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from sagastream.core.state import decode_state, encode_state
 from sagastream.runtime.checkpoint import Checkpoint, ProducerFatal, TransactionFailed
+from sagastream.runtime.health import RoleHealth
 from sagastream.runtime.inputs import OutRecord
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.orchestrator import commit_counted
+from sagastream.runtime.settings import Settings
 from sagastream.runtime.store import MemoryStore
 
 
@@ -91,11 +94,15 @@ class FakeConsumer:
         return partitions
 
 
+def _put(ckpt: Checkpoint, store: MemoryStore, old: Any, new: dict[str, Any] | None) -> None:
+    ckpt.put_state(0, store, b"order-1", old, new, None if new is None else encode_state(new))
+
+
 def _work(ckpt: Checkpoint, store: MemoryStore) -> None:
     ckpt.begin()
     old = ckpt.state(0, store, b"order-1")
-    ckpt.put_state(0, store, b"order-1", old, {"status": "running", "timers": {"deadline||0": 9}})
-    ckpt.put_state(0, store, b"order-1", old, {"status": "completed", "timers": {}})
+    _put(ckpt, store, old, {"status": "running", "timers": {"deadline||0": 9}, "data": {}})
+    _put(ckpt, store, old, {"status": "completed", "timers": {}, "data": {}})
     ckpt.produce(OutRecord("payments.commands", b"order-1", b"charge", []))
     ckpt.consumed(FakeMessage("orders.events", 0, 41))  # type: ignore[arg-type]
 
@@ -108,9 +115,15 @@ def test_commit_carries_outputs_one_changelog_record_per_saga_and_offsets() -> N
 
     topics = [topic for topic, *_ in producer.committed]
     assert topics == ["payments.commands", "changelog"]  # two decisions, one changelog record
+    # the bytes the last decision was encoded to, as they were handed over
+    assert decode_state(producer.committed[-1][2]) == {
+        "status": "completed",
+        "timers": {},
+        "data": {},
+    }
     assert producer.offsets == [[("orders.events", 0, 42)]]
     assert store.checkpoint() == 101
-    assert ckpt.state(0, store, b"order-1") == {"status": "completed", "timers": {}}
+    assert ckpt.state(0, store, b"order-1") == {"status": "completed", "timers": {}, "data": {}}
     assert store.due(10**6, 10) == []
     assert not ckpt.open
 
@@ -134,7 +147,7 @@ def test_states_reach_the_store_only_after_the_commit() -> None:
     ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
     _work(ckpt, store)
     assert store.get(b"order-1") is None  # decided, not committed
-    assert ckpt.state(0, store, b"order-1") == {"status": "completed", "timers": {}}
+    assert ckpt.state(0, store, b"order-1") == {"status": "completed", "timers": {}, "data": {}}
     ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
     assert store.get(b"order-1") is not None
 
@@ -143,14 +156,14 @@ def test_a_removed_saga_commits_as_a_tombstone_and_leaves_the_store() -> None:
     producer, store = FakeProducer(), MemoryStore()
     ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
     ckpt.hold({("orders.events", 0): 7})
-    ended = {"status": "completed", "timers": {}, "expires": 500}
+    ended = {"status": "completed", "timers": {}, "expires": 500, "data": {}}
     ckpt.begin()
-    ckpt.put_state(0, store, b"order-1", None, ended)
+    _put(ckpt, store, None, ended)
     ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
     assert store.due(10**6, 10) == [(500, "expire", b"order-1")]
 
     ckpt.begin()
-    ckpt.put_state(0, store, b"order-1", ckpt.state(0, store, b"order-1"), None)
+    _put(ckpt, store, ckpt.state(0, store, b"order-1"), None)
     assert ckpt.state(0, store, b"order-1") is None  # gone for the rest of the transaction
     assert store.get(b"order-1") is not None  # until it commits
     ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
@@ -158,6 +171,12 @@ def test_a_removed_saga_commits_as_a_tombstone_and_leaves_the_store() -> None:
     assert producer.committed[-1] == ("changelog", b"order-1", None, 0)
     assert store.get(b"order-1") is None and store.due(10**6, 10) == []
     assert ckpt.state(0, store, b"order-1") is None
+
+
+def _put_running(ckpt: Checkpoint, store: MemoryStore, partition: int, key: bytes) -> None:
+    """A saga changed with no input consumed, as a fired timer changes it."""
+    state = {"status": "running", "timers": {}, "data": {}}
+    ckpt.put_state(partition, store, key, None, state, encode_state(state))
 
 
 def _timed_out() -> KafkaError:
@@ -174,7 +193,7 @@ def test_a_timer_only_transaction_sends_the_owned_positions_so_it_is_fenced() ->
     ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
     ckpt.hold({("orders.events", 0): 7, ("payments.events", 0): 3, ("shipping.events", 0): -1001})
     ckpt.begin()  # a fired timer: a state changes, no input is consumed
-    ckpt.put_state(0, store, b"order-1", None, {"status": "running", "timers": {}})
+    _put_running(ckpt, store, 0, b"order-1")
     ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
     assert producer.offsets == [[("orders.events", 0, 7), ("payments.events", 0, 3)]]
 
@@ -183,7 +202,7 @@ def test_a_timer_only_transaction_sends_the_owned_positions_so_it_is_fenced() ->
     assert producer.offsets[-1] == [("orders.events", 0, 42), ("payments.events", 0, 3)]
     ckpt.release({0})
     ckpt.begin()
-    ckpt.put_state(0, store, b"order-2", None, {"status": "running", "timers": {}})
+    _put_running(ckpt, store, 0, b"order-2")
     with pytest.raises(TransactionFailed, match="group generation"):
         ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
     assert producer.log[-1] == "abort"
@@ -194,7 +213,7 @@ def test_owned_inputs_with_no_committed_offset_send_where_the_consumer_stands() 
     ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
     ckpt.hold({("orders.events", 1): -1001, ("payments.events", 1): -1001})
     ckpt.begin()
-    ckpt.put_state(1, store, b"order-1", None, {"status": "running", "timers": {}})
+    _put_running(ckpt, store, 1, b"order-1")
     consumer = FakeConsumer({("orders.events", 1): 12})
     ckpt.commit(consumer)  # type: ignore[arg-type]
     assert producer.offsets == [[("orders.events", 1, 12)]]
@@ -204,7 +223,7 @@ def test_a_commit_that_times_out_is_resumed_and_counted_as_committed() -> None:
     producer, store = FakeProducer(commit_errors=[_timed_out(), _timed_out()]), MemoryStore()
     ckpt, metrics = Checkpoint(producer, "changelog"), Metrics.create("orchestrator")  # type: ignore[arg-type]
     _work(ckpt, store)
-    assert commit_counted(ckpt, FakeConsumer(), metrics, 30.0)  # type: ignore[arg-type]
+    assert commit_counted(ckpt, FakeConsumer(), metrics, RoleHealth(Settings()), 30.0)  # type: ignore[arg-type]
 
     assert producer.log.count("commit_transaction") == 3 and "abort" not in producer.log
     assert store.get(b"order-1") is not None
@@ -216,11 +235,16 @@ def test_a_commit_still_unresolved_at_the_deadline_rebuilds_the_session_without_
     ckpt, metrics = Checkpoint(producer, "changelog"), Metrics.create("orchestrator")  # type: ignore[arg-type]
     _work(ckpt, store)
     with pytest.raises(ProducerFatal, match="did not finish in time"):
-        commit_counted(ckpt, FakeConsumer(), metrics, 0.0)  # type: ignore[arg-type]
+        commit_counted(ckpt, FakeConsumer(), metrics, RoleHealth(Settings()), 0.0)  # type: ignore[arg-type]
 
     assert "abort" not in producer.log  # librdkafka refuses it while the commit goes on
     assert store.get(b"order-1") is None and not ckpt.open
     assert _transactions(metrics, "failed") == 1 and _transactions(metrics, "aborted") == 0
+
+
+def _audit(status: str, changes: list[str]) -> Any:
+    entry = ("order", status, [{"what": w, "step": None} for w in changes], {})
+    return entry, OutRecord("sagas.lifecycle", b"order-1", status.encode(), [])
 
 
 def test_an_abort_discards_the_trail_and_the_metric_updates_with_the_states() -> None:
@@ -228,15 +252,13 @@ def test_an_abort_discards_the_trail_and_the_metric_updates_with_the_states() ->
     ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
     counted: list[str] = []
     _work(ckpt, store)
-    ckpt.note_trail(b"order-1", "order", "completed", [{"what": "completed"}], {})
+    ckpt.keep_trail(b"order-1", _audit("completed", ["completed"]))
     ckpt.after_commit(lambda: counted.append("order completed"))
-    ckpt.abort()
+    ckpt.abort()  # fenced or failed: the trail and the count go with the states
     assert (ckpt.trail, ckpt.work, ckpt.offsets, counted) == ({}, {}, {}, [])
 
     _work(ckpt, store)
-    ckpt.note_trail(b"order-1", "order", "running", [{"what": "started"}], {})
-    ckpt.note_trail(b"order-1", "order", "completed", [{"what": "completed"}], {})
+    ckpt.keep_trail(b"order-1", _audit("completed", ["started", "completed"]))
     ckpt.after_commit(lambda: counted.append("order completed"))
-    assert [c["what"] for c in ckpt.trail[b"order-1"].changes] == ["started", "completed"]
     ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
     assert counted == ["order completed"] and ckpt.trail == {}

@@ -115,6 +115,15 @@ def test_plan_redrives_targets_the_source_topic_and_refuses_past_the_limit() -> 
     assert plan_redrives([fresh], max_redrives=0)[0].refused
 
 
+def test_a_dead_letter_cut_to_fit_is_refused_and_says_where_the_whole_record_is() -> None:
+    cut = letter(7, extra=[("dlq.original.size", b"999800"), ("dlq.truncated", b"value")])
+    [plan] = plan_redrives([cut], 3)
+    assert plan.refused == (
+        "its value was cut to fit the DLQ (originally 999800 bytes); the whole record is at "
+        "p-orders.events[0]@7"
+    )
+
+
 def test_a_dead_letter_without_a_source_topic_is_refused() -> None:
     orphan = DeadLetter("orders.events.dlq", 0, 0, b"k", b"v", [("dlq.reason", b"empty")])
     assert plan_redrives([orphan], 3)[0].refused == "no dlq.original.topic header"

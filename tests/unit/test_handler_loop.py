@@ -16,12 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from sagastream.core.topology import Topology, load_topology
 from sagastream.examples import app
 from sagastream.runtime import handler_loop
-from sagastream.runtime.handler_loop import HandlerLoop, PartitionOffsets, throttled
+from sagastream.runtime.handler_loop import (
+    HandlerLoop,
+    PartitionOffsets,
+    command_bounds,
+    throttled,
+)
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import (
@@ -203,23 +208,25 @@ class FakeConsumer:
 
 
 class FakeProducer:
-    """Acknowledges what was produced on the next poll, unless told to hold acks back."""
+    """Acknowledges what was produced on the next poll, unless told to hold acks back; refuses
+    what goes to a topic of `refused` (the broker's INVALID_RECORD)."""
 
-    def __init__(self) -> None:
+    def __init__(self, refused: frozenset[str] = frozenset()) -> None:
         self.sent: list[tuple[str, bytes | None, bytes, dict[str, bytes]]] = []
         self.hold = False
-        self._unacked: list[Callable[..., None]] = []
+        self.refused = refused
+        self._unacked: list[tuple[str, Callable[..., None]]] = []
 
     def produce(self, topic: str, value: bytes, key: bytes | None, **kw: Any) -> None:
         self.sent.append((topic, key, value, dict(kw["headers"])))
-        self._unacked.append(kw["on_delivery"])
+        self._unacked.append((topic, kw["on_delivery"]))
 
     def poll(self, timeout: float = 0) -> int:
         if self.hold:
             return 0
         acks, self._unacked = self._unacked, []
-        for ack in acks:
-            ack(None, None)
+        for topic, ack in acks:
+            ack(KafkaError(KafkaError.INVALID_RECORD) if topic in self.refused else None, None)
         return len(acks)
 
     def flush(self, timeout: float = -1) -> int:
@@ -420,6 +427,29 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_committed():
     }
 
 
+def test_a_result_too_large_dead_letters_its_command_and_the_loop_goes_on():
+    consumer = FakeConsumer(partitions=1)
+    consumer.append(0, b"huge", charge("huge"))
+    consumer.append(0, b"ok", charge("ok"))
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        result_type, fields = charged(record["order_id"])
+        if record["order_id"] == "huge":
+            fields["payment_id"] = "p" * 20_000
+        return result_type, fields
+
+    producer = FakeProducer()
+    with running(call, consumer=consumer, producer=producer, max_record_bytes=10_000):
+        eventually(lambda: consumer.committed(0) == 2)
+    [(topic, key, _, headers)] = [s for s in producer.sent if s[0] == "payments.commands.dlq"]
+    why = read_dead_letter_headers(list(headers.items()))
+    assert (key, why["reason"], why["original.offset"]) == (b"huge", "record_too_large", "0")
+    assert "PaymentCharged for payments.events" in why["error"]
+    assert "over the limit of 10000" in why["error"]
+    answered = [r for r in results(producer) if r[1] == "PaymentCharged"]
+    assert [record["order_id"] for _, _, record in answered] == ["ok"]
+
+
 def test_a_partition_waits_for_the_registry_while_others_go_on(monkeypatch):
     monkeypatch.setattr(handler_loop, "retry_delay", lambda failures: 0.02)
     monkeypatch.setattr(CODEC, "down", True)
@@ -502,6 +532,113 @@ def test_shutdown_abandons_what_outlasts_the_drain_time():
         assert started.wait(5)
     assert time.monotonic() - began < 5
     assert producer.sent == []
+    assert all(c.get(0, 0) == 0 for c, _ in consumer.commits)
+
+
+# ------------------------------------------------------------------ run-time bounds, delivery
+
+
+def test_a_command_may_run_for_its_steps_timeout_unless_a_setting_says_otherwise():
+    commands = ["ChargePayment", "RefundPayment", "SendNotification"]
+    assert command_bounds(TOPOLOGY, commands, None) == {
+        "ChargePayment": 15.0,  # the payment step's timeout_ms
+        "RefundPayment": 15.0,  # its compensation's (the default)
+        "SendNotification": handler_loop.NO_STEP_BOUND_MS / 1000,
+    }
+    assert set(command_bounds(TOPOLOGY, commands, 250).values()) == {0.25}
+
+
+def timeouts(loop: HandlerLoop) -> float | None:
+    labels = {"role": "payment", "command": "ChargePayment"}
+    return loop._metrics.registry.get_sample_value("sagastream_handler_timeouts_total", labels)
+
+
+def test_a_hung_plain_function_is_abandoned_at_its_bound_and_saturates_the_role():
+    consumer = FakeConsumer(partitions=1)
+    for order in ("hung-1", "ok-1", "ok-2", "hung-2"):
+        consumer.append(0, order.encode(), charge(order))
+    release = threading.Event()
+
+    def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if record["order_id"].startswith("hung"):
+            release.wait(30)  # a gateway that never answers
+        return charged(record["order_id"])
+
+    producer = FakeProducer()
+    options = {"handler_timeout_ms": 200, "handler_concurrency": 2}
+    with running(call, consumer=consumer, producer=producer, **options) as loop:
+        # the other keys are answered, and the commit passes the hung ones at their bound
+        eventually(lambda: consumer.committed(0) == 4)
+        assert sorted(key for key, *_ in results(producer)) == [b"ok-1", b"ok-2"]
+        assert timeouts(loop) == 2
+        # both hung threads still run: they take every slot, so the role is not ready
+        check = loop.readiness()
+        assert (
+            not check.ok and "saturated: 2 commands past their run-time bound" in check.reasons[0]
+        )
+        consumer.append(0, b"ok-3", charge("ok-3"))
+        time.sleep(0.1)
+        assert sorted(key for key, *_ in results(producer)) == [b"ok-1", b"ok-2"]
+        release.set()  # the threads return: their results are dropped, the slots free again
+        eventually(lambda: consumer.committed(0) == 5)
+        assert loop.readiness().ok
+    assert sorted(key for key, *_ in results(producer)) == [b"ok-1", b"ok-2", b"ok-3"]
+
+
+def test_an_async_function_past_its_bound_is_cancelled():
+    consumer = FakeConsumer(partitions=1)
+    consumer.append(0, b"k", charge("slow"))
+    cancelled = threading.Event()
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return charged(record["order_id"])
+
+    producer = FakeProducer()
+    with running(call, consumer=consumer, producer=producer, handler_timeout_ms=100) as loop:
+        eventually(lambda: consumer.committed(0) == 1)
+        assert cancelled.is_set() and timeouts(loop) == 1 and loop.readiness().ok
+    assert producer.sent == []
+
+
+def test_a_refused_result_is_sent_again_then_its_command_is_dead_lettered(monkeypatch):
+    monkeypatch.setattr(handler_loop, "retry_delay", lambda failures: 0.01)
+    consumer = FakeConsumer(partitions=1)
+    consumer.append(0, b"k", charge("refused"))
+    consumer.append(0, b"j", charge("fine"))
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return charged(record["order_id"])
+
+    producer = FakeProducer(refused=frozenset({"payments.events"}))
+    with running(call, consumer=consumer, producer=producer, handler_delivery_attempts=3):
+        eventually(lambda: consumer.committed(0) == 2)
+    topics = [topic for topic, *_ in producer.sent]
+    assert topics.count("payments.events") == 6  # three attempts for each of the two results
+    dead = [headers for topic, *_, headers in producer.sent if topic == "payments.commands.dlq"]
+    reasons = [read_dead_letter_headers(list(h.items())) for h in dead]
+    assert sorted(int(r["original.offset"]) for r in reasons) == [0, 1]
+    assert {r["reason"] for r in reasons} == {"undeliverable"}
+    assert "its result to payments.events was refused 3 times" in reasons[0]["error"]
+
+
+def test_a_command_whose_dead_letter_is_refused_too_runs_again_after_a_restart(monkeypatch):
+    monkeypatch.setattr(handler_loop, "retry_delay", lambda failures: 0.01)
+    consumer = FakeConsumer(partitions=1)
+    consumer.append(0, b"k", charge("refused"))
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return charged(record["order_id"])
+
+    producer = FakeProducer(refused=frozenset({"payments.events", "payments.commands.dlq"}))
+    with running(call, consumer=consumer, producer=producer, handler_delivery_attempts=2):
+        eventually(lambda: len(producer.sent) == 4)
+        time.sleep(0.05)
+    assert [topic for topic, *_ in producer.sent].count("payments.commands.dlq") == 2
     assert all(c.get(0, 0) == 0 for c, _ in consumer.commits)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from sagastream.core.saga import (
     saga_for,
     timer_event,
 )
+from sagastream.core.state import decode_state
 from sagastream.core.topology import (
     CompensationSpec,
     RetryPolicy,
@@ -322,6 +324,68 @@ def test_success_while_waiting_for_a_retry_cancels_the_retry() -> None:
     s.send("aDone", attempt=1)
     assert s.st("a") == SUCCEEDED
     assert s.state is not None and "retry|a|1" not in s.state["timers"]
+
+
+# -- results for attempts never sent ------------------------------------------------------------
+
+
+def _refused(s: Saga, d: Decision, before: dict[str, Any] | None, why: str) -> None:
+    """The result changed nothing (not even the events seen) and went to the DLQ saying why."""
+    assert d.state is None and d.commands == [] and d.timers == [] and d.lifecycle == []
+    assert s.state == before
+    assert d.dead_letter is not None and why in d.dead_letter, d.dead_letter
+
+
+def test_a_success_for_an_attempt_never_sent_does_not_complete_a_declined_saga() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b"))))
+    s.start()
+    s.send("aFailed", {"reason": "declined"})
+    before = s.state
+    d = s.send("aDone", attempt=9)
+    _refused(s, d, before, "attempt 9 of step a was never sent (sent: 1 to 1)")
+    s.send("bDone")
+    s.send("bUndone")
+    assert s.status == COMPENSATED and s.st("a") == STEP_FAILED
+    assert ("Undoa", "a", 1) not in [c for d in s.decisions for c in sent(d)]
+
+
+@pytest.mark.parametrize("attempt", [0, -1, 2])
+def test_results_for_attempts_not_sent_are_refused(attempt: int) -> None:
+    s = Saga(saga(("a", step("a", retry=RetryPolicy(max_attempts=3)))))
+    s.start()
+    for result in ("aDone", "aFailed"):
+        before = s.state
+        d = s.send(result, {"reason": "?"}, attempt=attempt)
+        _refused(s, d, before, f"attempt {attempt} of step a was never sent")
+    assert s.st("a") == STARTED
+    assert s.send("aDone", attempt=1) and s.status == COMPLETED  # the attempt sent still counts
+
+
+def test_a_result_of_a_step_that_never_started_is_refused() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b", "a")), ("c", step("c", when="start.go"))))
+    s.start(go=False)
+    for result in ("bDone", "bFailed", "cDone"):  # b waits for a; c was skipped by its when
+        before = s.state
+        d = s.send(result, {"reason": "?"})
+        _refused(s, d, before, f"step {result[0]} was never started")
+    assert s.st("b") == PENDING and s.st("c") == SKIPPED
+
+
+def test_an_undo_result_of_a_compensation_never_started_or_sent_is_refused() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b"))))
+    s.start()
+    s.send("aDone")
+    before = s.state
+    d = s.send("aUndone")  # a succeeded, nothing is being compensated
+    _refused(s, d, before, "the compensation of step a was never started")
+    s.send("bFailed", {"reason": "no"})
+    assert s.st("a") == UNDOING
+    for result, fields in (("aUndone", {}), ("CompensationFailed", {"step": "a"})):
+        before = s.state
+        d = s.send(result, fields, attempt=2)
+        _refused(s, d, before, "attempt 2 of the compensation of step a was never sent")
+    s.send("aUndone", attempt=1)
+    assert s.status == COMPENSATED
 
 
 def test_late_success_during_compensation_is_compensated() -> None:
@@ -758,11 +822,12 @@ def test_a_saga_whose_every_step_is_skipped_completes_at_once() -> None:
     assert d.commands[0].fields["completed_steps"] == []
 
 
-def test_a_stray_success_of_a_step_skipped_by_its_when_is_ignored() -> None:
+def test_a_stray_success_of_a_step_skipped_by_its_when_is_refused() -> None:
     s = Saga(saga(("a", step("a", when="start.go")), ("b", step("b"))))
     s.start(go=False)
     d = s.send("aDone", {"ref": "?"})
     assert sent(d) == [] and s.st("a") == SKIPPED
+    assert d.dead_letter is not None and "step a was never started" in d.dead_letter
     s.send("bFailed")
     assert s.status == COMPENSATED and s.state is not None and s.state["undone"] == []
 
@@ -775,14 +840,15 @@ def test_a_version_1_state_reads_its_merged_context_for_every_source() -> None:
     assert s.state is not None
     v1 = {k: v for k, v in s.state.items() if k != "data"}
     v1.update(v=1, ctx={"id": "k-1", "a_ref": "A1"})
-    d = decide(s.definition, v1, Event("bFailed", "b-failed", {"reason": "no"}), 5)
+    upgraded = decode_state(json.dumps(v1).encode())
+    d = decide(s.definition, upgraded, Event("bFailed", "b-failed", {"reason": "no"}), 5)
     assert d.commands[0].fields == {
         "id": "k-1",
         "a_ref": "A1",
         "step": "a",
         "idempotency_key": "demo:k-1:a:undo",
     }
-    assert d.state is not None and d.state["v"] == 2 and "ctx" not in d.state
+    assert d.state is not None and "v" not in d.state and "ctx" not in d.state
 
 
 # -- the order saga of topology.yaml --------------------------------------------------------------
@@ -841,6 +907,45 @@ def test_order_saga_happy_path(order: SagaSpec) -> None:
         "channel": "email",
         "idempotency_key": "order:o-42:notify-email",
     }
+
+
+def test_the_order_saga_uses_the_fields_of_its_inputs_whens_and_key(order: SagaSpec) -> None:
+    assert order.used_fields == {
+        # payment, inventory and shipping inputs; email and customer_id for notify; priority and
+        # has_app for the notify rules' whens; order_id the key
+        "start": {
+            "order_id",
+            "customer_id",
+            "email",
+            "amount_cents",
+            "currency",
+            "card_token",
+            "items",
+            "shipping_address",
+            "priority",
+            "has_app",
+        },
+        "payment": {"payment_id"},  # the refund's
+        "inventory": {"reservation_id"},  # the release's
+        "shipping": {"shipment_id"},  # the cancellation's
+    }
+
+
+def test_the_state_keeps_only_the_fields_the_saga_uses(order: SagaSpec) -> None:
+    s = Saga(order, "order")
+    s.send("OrderPlaced", {**ORDER, "gift_wrap": "gold", "birth_date": "1990-01-01"})
+    s.send("PaymentCharged", {"order_id": "o-42", "payment_id": "pay_1", "amount_cents": 1999})
+    s.send("ShipmentFailed", {"order_id": "o-42", "reason": "no address"})
+    assert s.state is not None
+    assert s.state["data"] == {"start": ORDER, "payment": {"payment_id": "pay_1"}}
+
+
+def test_a_result_no_step_reads_leaves_nothing_in_the_state() -> None:
+    s = Saga(saga(("a", step("a")), ("b", step("b", "a", inputs={"start": ["id"]}))))
+    s.start(secret="not used")
+    s.send("aDone", {"ref": "A1", "card": "4111"})
+    assert s.state is not None and s.state["data"] == {"start": {"id": "k-1"}}
+    assert sent(s.decisions[-1]) == [("Dob", "b", 1)]
 
 
 def test_order_saga_notifies_every_matching_channel(order: SagaSpec) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hypothesis import event as note_coverage
@@ -39,6 +39,7 @@ from sagastream.core.saga import (
     UNDONE,
     WAITING_RETRY,
     Command,
+    Decision,
     Event,
     Timer,
     backoff_ms,
@@ -254,6 +255,8 @@ class World:
             assert decision.state is None and not decision.commands and not decision.timers
             return
         self.notes.update(what for what, _ in decision.lifecycle)
+        # every result here answers a command that was sent: none may be refused as unsent
+        assert "was never" not in (decision.dead_letter or ""), decision.dead_letter
         if decision.dead_letter:
             self.dead_letters.append(decision.dead_letter)
         if decision.state is None:
@@ -535,6 +538,44 @@ def _with_whens(spec: SagaSpec, whens: dict[str, str | None]) -> SagaSpec:
 
 
 @settings(max_examples=200, deadline=None)
+@given(spec=saga_specs(), data=st.data())
+def test_results_for_attempts_never_sent_change_nothing(
+    spec: SagaSpec, data: st.DataObject
+) -> None:
+    """In every state a saga passes through, a result for a step or compensation that never
+    started, or for an attempt not sent (not yet, or never: zero, negative), changes nothing:
+    no state, command, timer or note, and a dead letter that says which attempt was not sent."""
+    world = World(spec, data, 0)
+    world.run()
+    state: dict[str, Any] | None = None
+    for now, event, _ in world.trace:
+        state = decide(world.definition, state, event, now).state or state
+        assert state is not None
+        name = data.draw(st.sampled_from(sorted(spec.steps)))
+        step = spec.steps[name]
+        undo = step.compensation is not None and data.draw(st.booleans())
+        sent = state["steps"][name]["ca" if undo else "a"]
+        unsent = st.one_of(st.integers(max_value=0), st.integers(sent + 1, sent + 9))
+        attempt = data.draw(unsent if sent else st.integers(-2, 3))
+        if undo:
+            assert step.compensation is not None
+            results = [(step.compensation.success, {}), ("CompensationFailed", {"step": name})]
+        else:
+            assert step.success is not None
+            results = [(step.success, {"ref": "r"}), (step.failure[0], {"reason": "no"})]
+        event_type, fields = data.draw(st.sampled_from(results))
+        before = copy.deepcopy(state)
+        stray = Event(event_type, world.new_id(), fields, attempt=attempt)
+        decision = decide(world.definition, state, stray, now)
+        note_coverage(f"{'undo' if undo else 'step'} {'never started' if not sent else 'unsent'}")
+        assert decision.state is None and not decision.commands and not decision.timers
+        assert not decision.lifecycle and state == before
+        what = f"the compensation of step {name}" if undo else f"step {name}"
+        why = f"{what} was never started" if not sent else f"attempt {attempt} of {what} was never"
+        assert decision.dead_letter is not None and why in decision.dead_letter
+
+
+@settings(max_examples=200, deadline=None)
 @given(spec=saga_specs(steps_in_when=True), data=st.data())
 def test_a_false_when_skips_its_step_and_the_saga_goes_on(
     spec: SagaSpec, data: st.DataObject
@@ -578,7 +619,8 @@ def test_a_false_when_skips_its_step_and_the_saga_goes_on(
 @given(spec=saga_specs(), data=st.data(), dups=st.integers(0, 3))
 def test_a_true_when_changes_nothing(spec: SagaSpec, data: st.DataObject, dups: int) -> None:
     """Steps whose `when` holds decide exactly as without one: the same states, commands (fields
-    included), timers, lifecycle notes and dead letters, event for event."""
+    included), timers, lifecycle notes and dead letters, event for event. Only the fields a state
+    keeps differ: a `when` reads fields, so they are kept too."""
     plain = _with_whens(spec, dict.fromkeys(spec.steps))
     world = World(plain, data, dups)
     world.run()
@@ -589,6 +631,15 @@ def test_a_true_when_changes_nothing(spec: SagaSpec, data: st.DataObject, dups: 
     for now, event, _ in world.trace:
         a = decide(("sim", plain), without, event, now)
         b = decide(("sim", guarded), with_when, event, now)
-        assert a == b, event
+        assert _without_data(a) == _without_data(b), event
+        if a.state is not None and b.state is not None:
+            for source, fields in a.state["data"].items():
+                assert fields.items() <= b.state["data"][source].items(), event
         without = a.state or without
         with_when = b.state or with_when
+
+
+def _without_data(decision: Decision) -> Decision:
+    """The decision with its state's kept fields left out."""
+    state = decision.state
+    return replace(decision, state=None if state is None else {**state, "data": None})

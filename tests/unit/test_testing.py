@@ -4,10 +4,14 @@ from pathlib import Path
 
 import pytest
 
+from sagastream import testing
+from sagastream.core.state import StateEncodingError
 from sagastream.events import SagaCompensated, SagaCompleted
 from sagastream.examples.events import LoanApplied, OrderItem, OrderPlaced, PaymentCharged
 from sagastream.runtime.settings import Settings
 from sagastream.testing import SagaTest
+from tests.binary import write_project
+from tests.binary.app import ArchiveDocument, DocumentFiled, seal_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,3 +104,34 @@ def test_a_human_step_escalates_then_a_signal_lets_the_loan_pay_out(saga: SagaTe
     saga.signal("loan", key, "review", "approved", note="fine", by="ana")
     saga.run()
     assert saga.status(key) == "completed"
+
+
+# -- payloads: the state is stored and read back as the orchestrator does ---------------------
+
+
+def test_binary_payloads_reach_the_next_command_intact(tmp_path: Path) -> None:
+    vault = SagaTest.load(write_project(tmp_path))
+    blob, digest = bytes(range(256)) * 3, b"\x00\x01\x02\x03\xfc\xfd\xfe\xff"
+    filed = DocumentFiled(doc_id="d-1", blob=blob, digest=digest, fee=b"\x04\xce", note="private")
+    key = vault.start(filed)
+    assert vault.run() == 2 and vault.status(key) == "completed"
+    archive = vault.commands(key)[-1].model()
+    assert isinstance(archive, ArchiveDocument)
+    assert (archive.blob, archive.seal, archive.fee) == (blob, seal_of(blob, digest), b"\x04\xce")
+    state = vault.state(key)
+    assert state is not None and state["data"]["start"]["blob"] == blob
+    assert "note" not in state["data"]["start"]  # no step reads it: the changelog never has it
+
+
+def test_a_state_the_runtime_cannot_store_is_dead_lettered_as_the_orchestrator_does(
+    saga: SagaTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(state: dict[str, object]) -> bytes:
+        raise StateEncodingError("cannot keep start.items in the saga state: a set")
+
+    monkeypatch.setattr(testing, "encode_state", refuse)
+    key = saga.start(_order())
+    assert saga.status(key) == "not started" and saga.pending(key) == []
+    assert saga.dead_letters(key) == [
+        "state_encoding: cannot keep start.items in the saga state: a set"
+    ]

@@ -1,0 +1,20 @@
+"""A project whose events carry binary payloads (bytes, fixed, decimal), for the kit and the runtime."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from sagastream.events import records_of, write_schemas
+
+APP = "tests.binary.app"
+
+
+def write_project(directory: Path) -> Path:
+    """The vault project in `directory`: its topology.yaml and the schemas its models derive;
+    returns the topology file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    topology = directory / "topology.yaml"
+    shutil.copy(Path(__file__).with_name("topology.yaml"), topology)
+    write_schemas(records_of(APP), directory / "schemas")
+    return topology
