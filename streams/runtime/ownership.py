@@ -44,7 +44,8 @@ def ownership(
     assigned: Iterable[tuple[str, int]],
     counts: Mapping[str, int],
 ) -> Ownership:
-    """Owned stores of an assignment; `counts` gives every topic's partition count."""
+    """Owned stores of an assignment; `counts` gives the partition count of every topic the
+    cluster has (an input it lacks is reported by the consumer, and waits for nothing here)."""
     held = set(assigned)
     inputs = list(inputs)
     held_inputs = {(t, p) for t, p in held if t != anchor}
@@ -66,7 +67,9 @@ def ownership(
         )
         return Ownership(frozenset(), anchor, frozenset(held_inputs), why, counts=dict(counts))
     anchors = {p for t, p in held if t == anchor}
-    owned = {p for p in anchors if all((t, p) in held for t in inputs)}
+    # a topic missing from the cluster can be held by no member: it cannot take a store away
+    present = [t for t in inputs if t in counts]
+    owned = {p for p in anchors if all((t, p) in held for t in present)}
     waiting = {(t, p) for t, p in held_inputs if p not in owned}
     disagreement = None
     if waiting or anchors - owned:

@@ -69,3 +69,9 @@ def test_a_changelog_missing_from_the_metadata_is_refused_by_name() -> None:
     found = ownership(ANCHOR, NEW, {("orders.events", 0), (ANCHOR, 0)}, counts)
     assert found.owned == frozenset()
     assert found.refused and f"{ANCHOR} is not in the cluster's metadata" in found.refused
+
+
+def test_an_input_topic_the_cluster_lacks_takes_no_store_away() -> None:
+    counts = {t: n for t, n in COUNTS.items() if t != "loans.events"}
+    held = {(t, p) for t in [ANCHOR, *OLD] for p in range(2)}
+    assert ownership(ANCHOR, NEW, held, counts).owned == {0, 1}
