@@ -282,6 +282,10 @@ class EventMeta(Record):
     attempt: Int32 = Field(
         default=1, description="Attempt number of the step this event belongs to, from 1."
     )
+    step: str | None = Field(
+        default=None,
+        description="The saga step a command is for, copied onto its result; null otherwise.",
+    )
 
 
 class TimerFired(Event):
@@ -358,6 +362,22 @@ class StepEscalated(Event):
     saga_type: str = Field(description="Saga the step belongs to.")
     step: str = Field(description="Name of the waiting step.")
     waited_ms: int = Field(description="How long it has waited.")
+
+
+class StepAttemptFailed(Event):
+    """An attempt of a step (or of its undo) ended without a result; a handler's runtime says so."""
+
+    saga_type: str = Field(description="Saga the step belongs to.")
+    step: str = Field(description="The step whose attempt failed; meta.attempt is the attempt.")
+    kind: str = Field(
+        description="exception (the handler raised), timeout (it ran past its bound), contract "
+        "(it returned a wrong result type) or too_large (its result was over the record limit)."
+    )
+    error_type: str = Field(description="The exception's class name, or what broke the contract.")
+    message: str = Field(description="What went wrong, human readable.")
+    compensation: bool = Field(
+        default=False, description="True if the failed command was the step's undo."
+    )
 
 
 class CompensationFailed(Event):

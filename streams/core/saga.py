@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sagastream.core.topology import (
+    ATTEMPT_FAILED_EVENT,
     SIGNAL_EVENT,
     START,
     TIMER_EVENT,
     Fills,
     RetryPolicy,
     SagaSpec,
+    StepSpec,
 )
 
 RUNNING, COMPENSATING = "running", "compensating"
@@ -38,6 +40,8 @@ class Event:
     hop: int = 0
     correlation_id: str | None = None
     traceparent: str | None = None
+    # meta.step: the step whose command this result answers (null from producers that predate it)
+    step: str | None = None
 
 
 @dataclass(frozen=True)
@@ -372,19 +376,70 @@ def new_state(saga_type: str, spec: SagaSpec, key: str, event: Event, now: int) 
     }
 
 
-def _route(spec: SagaSpec, event_type: str) -> tuple[str, str] | None:
-    """(step, role) of a result event type: role is ok, fail, undo_ok or undo_fail."""
-    for name, step in spec.steps.items():
-        if event_type == step.success:
-            return name, "ok"
-        if event_type in step.failure:
-            return name, "fail"
-        comp = step.compensation
-        if comp and event_type == comp.success:
-            return name, "undo_ok"
-        if comp and event_type in comp.failure:
-            return name, "undo_fail"
-    return None
+def _roles(step: StepSpec, event_type: str) -> list[str]:
+    """What an event type is to one step: ok, fail, undo_ok or undo_fail (the loader refuses an
+    event type with two roles in one step)."""
+    comp = step.compensation
+    roles = [
+        ("ok", event_type == step.success),
+        ("fail", event_type in step.failure),
+        ("undo_ok", comp is not None and event_type == comp.success),
+        ("undo_fail", comp is not None and event_type in comp.failure),
+    ]
+    return [role for role, matches in roles if matches]
+
+
+def _candidates(spec: SagaSpec, event_type: str) -> list[tuple[str, str]]:
+    """Every (step, role) an event type may answer; several when steps share a result type."""
+    return [(name, role) for name, step in spec.steps.items() for role in _roles(step, event_type)]
+
+
+# the step states in which a step waits for a result of each role, most expected first
+_AWAITING = {
+    "ok": (STARTED, WAITING_RETRY),
+    "fail": (STARTED,),
+    "undo_ok": (UNDOING, UNDO_FAILED),
+    "undo_fail": (UNDOING,),
+}
+
+
+def _route(run: _Run, event: Event) -> tuple[str, str] | str:
+    """(step, role) of a result, or why it cannot be routed. The step the command named
+    (meta.step) decides; a result without one is routed by its type, and where steps share the
+    type, by the step its payload names or the one step waiting for it."""
+    spec, event_type = run.spec, event.event_type
+    if event.step is not None:
+        step = spec.steps.get(event.step)
+        roles = _roles(step, event_type) if step is not None else []
+        if not roles:
+            return f"{event_type} is not a result of step {event.step!r} of saga {run.saga_type}"
+        return event.step, roles[0]
+    found = _candidates(spec, event_type)
+    if not found:
+        return f"{event_type} is not part of saga {run.saga_type}"
+    named = _undo_step_of(spec, event.fields)
+    for name, role in found:
+        if name == named:
+            return name, role
+    if named is not None and all(role == "undo_fail" for _, role in found):
+        return named, "undo_fail"  # a generic compensation failure that names its step
+    if len(found) == 1:
+        return found[0]
+    if named is None and event.fields.get("step"):
+        return (
+            f"{event_type} names no step of saga {run.saga_type} "
+            f"(step={event.fields.get('step')!r}), so whose result it is is unknown"
+        )
+    for _, role in found:
+        for wanted in _AWAITING[role]:
+            waiting = [(n, r) for n, r in found if r == role and run.step(n)["st"] == wanted]
+            if len(waiting) == 1:
+                return waiting[0]
+    steps = ", ".join(sorted({name for name, _ in found}))
+    return (
+        f"{event_type} answers steps {steps} of saga {run.saga_type} and names none "
+        "(meta.step is null), so whose result it is is unknown"
+    )
 
 
 def _undo_step_of(spec: SagaSpec, fields: dict[str, Any]) -> str | None:
@@ -394,12 +449,6 @@ def _undo_step_of(spec: SagaSpec, fields: dict[str, Any]) -> str | None:
         if named == name or (step.compensation and named == step.compensation.command):
             return name
     return None
-
-
-def _shared(spec: SagaSpec, failure: str) -> bool:
-    """Whether several steps' compensations report failure with this one event type."""
-    comps = [s.compensation for s in spec.steps.values() if s.compensation]
-    return sum(failure in c.failure for c in comps) > 1
 
 
 def decide(
@@ -438,21 +487,14 @@ def decide(
     if event.event_type == SIGNAL_EVENT:
         _on_signal(run, event.fields)
         return run.out
-    routed = _route(spec, event.event_type)
-    if routed is None:
-        run.out.dead_letter = f"{event.event_type} is not part of saga {saga_type}"
+    if event.event_type == ATTEMPT_FAILED_EVENT:
+        return _on_attempt_failed(run, event)
+    routed = _route(run, event)
+    if isinstance(routed, str):
+        # guessing would succeed, fail (or, later, retry) the wrong step
+        run.out.dead_letter = routed
         return run.out
     name, role = routed
-    if role == "undo_fail":
-        named = _undo_step_of(spec, event.fields)
-        if named is None and _shared(spec, event.event_type):
-            # guessing would fail (or, later, retry) the wrong step's undo
-            run.out.dead_letter = (
-                f"{event.event_type} names no step of saga {saga_type} "
-                f"(step={event.fields.get('step')!r}), so whose undo failed is unknown"
-            )
-            return run.out
-        name = named or name
     st = s["steps"][name]
     unsent = _unsent(name, st, role, event.attempt)
     if unsent is not None:
@@ -489,6 +531,39 @@ def decide(
             run.undo_result(name, True, reason, "failure")
     elif st["st"] == UNDOING and event.attempt == st["ca"]:
         run.undo_result(name, False, reason, "failure")
+    return run.out
+
+
+def _on_attempt_failed(run: _Run, event: Event) -> Decision:
+    """A handler's runtime says an attempt of a step (or of its undo) ended without a result: it
+    raised, ran past its bound, broke its contract or made a result too large. It fails at once
+    and is retried under `timeout` (for a run past its bound) or `error` (the rest)."""
+    fields = event.fields
+    name, undo = fields.get("step"), bool(fields.get("compensation"))
+    spec = run.spec.steps.get(name) if isinstance(name, str) else None
+    if spec is None or fields.get("saga_type") != run.saga_type or (undo and not spec.compensation):
+        what = "an undo of" if undo else "a step"
+        return Decision(
+            None,
+            dead_letter=f"{ATTEMPT_FAILED_EVENT} for {what} {fields.get('saga_type')}/{name}: "
+            f"saga {run.s['key']} is a {run.saga_type} saga with no such step",
+        )
+    assert isinstance(name, str)
+    st = run.step(name)
+    unsent = _unsent(name, st, "undo_fail" if undo else "fail", event.attempt)
+    if unsent is not None:
+        return Decision(
+            None, dead_letter=f"{ATTEMPT_FAILED_EVENT} for saga {run.s['key']}: {unsent}"
+        )
+    kind = str(fields.get("kind") or "exception")
+    retry_on = "timeout" if kind == "timeout" else "error"
+    reason = f"attempt {event.attempt} failed ({kind}): {fields.get('error_type')}: {fields.get('message')}"
+    if undo and st["st"] == UNDOING and event.attempt == st["ca"]:
+        run.undo_result(name, False, reason, retry_on)
+    elif not undo and st["st"] == STARTED and event.attempt == st["a"]:
+        run.step_failed(name, reason, retry_on)
+    else:
+        run.note("stale_result_ignored", name)
     return run.out
 
 
@@ -590,6 +665,6 @@ def _used(fields: dict[str, Any], used: frozenset[str] | None) -> dict[str, Any]
 def saga_for(specs: dict[str, SagaSpec], event_type: str) -> tuple[str, SagaSpec] | None:
     """The saga an event type belongs to (start or result event)."""
     for name, spec in specs.items():
-        if event_type == spec.start_event or _route(spec, event_type):
+        if event_type == spec.start_event or _candidates(spec, event_type):
             return name, spec
     return None

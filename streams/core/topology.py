@@ -22,6 +22,8 @@ from sagastream.core.conditions import Condition, compile_condition
 
 TIMER_EVENT = "TimerFired"
 SIGNAL_EVENT = "StepSignal"
+# a handler's runtime reports a failed attempt with it, on the handler role's `produces` topic
+ATTEMPT_FAILED_EVENT = "StepAttemptFailed"
 LIFECYCLE_EVENT = "SagaLifecycle"
 OUTCOME_EVENTS = ("SagaCompleted", "SagaCompensated", "SagaFailed")
 # events the engine itself consumes or produces, declared in topology.yaml like any other
@@ -116,13 +118,40 @@ class HandlerSpec(_Model):
     concurrency: int | None = Field(default=None, ge=1)
 
 
+RetryClass = Literal["timeout", "error", "failure"]
+
+
 class RetryPolicy(_Model):
+    """When a failed attempt is tried again. `on` (YAML: `retry_on`, or `"on"` quoted) lists the
+    classes retried: timeout (no result in time, or a run past its bound), error (the handler
+    raised, broke its contract or made a result too large) and failure (a business failure event:
+    only if listed, as Temporal retries a non-retryable error never)."""
+
     max_attempts: int = Field(default=1, ge=1)
     initial_backoff_ms: int = Field(default=200, ge=0)
     multiplier: float = Field(default=2.0, ge=1.0)
     max_backoff_ms: int = Field(default=10_000, ge=0)
-    on: tuple[Literal["timeout", "failure"], ...] = ("timeout",)
+    on: tuple[RetryClass, ...] = ("timeout", "error")
     jitter: Literal["full", "none"] = "full"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retry_on(cls, data: Any) -> Any:
+        """`retry_on` is `on` by a name YAML 1.1 cannot misread; an unquoted `on` arrives as
+        the boolean true, which is said rather than a bare "Keys should be strings"."""
+        if not isinstance(data, dict):
+            return data
+        if True in data:
+            raise ValueError(
+                "a key here was read as the boolean true: YAML 1.1 reads an unquoted `on` "
+                "(and yes, y, true) as true. Write `retry_on: [timeout, error]` (or quote it: "
+                '`"on": [...]`)'
+            )
+        if "retry_on" in data:
+            if "on" in data:
+                raise ValueError("give one of 'retry_on' and 'on', not both")
+            data = {("on" if k == "retry_on" else k): v for k, v in data.items()}
+        return data
 
 
 # (command field, source, source field)
@@ -171,7 +200,7 @@ class CompensationSpec(Fills):
     success: str
     failure: tuple[str, ...] = ()
     timeout_ms: int = Field(default=15_000, ge=1)
-    retry: RetryPolicy = RetryPolicy(max_attempts=5, on=("timeout", "failure"))
+    retry: RetryPolicy = RetryPolicy(max_attempts=5, on=("timeout", "error", "failure"))
 
 
 class StepSpec(Fills, _Conditional):
@@ -316,7 +345,8 @@ class Topology(_Model):
         return [name for name, h in self.handlers.items() if h.consumes in topics]
 
     def orchestrator_inputs(self) -> list[str]:
-        """Topics the orchestrator consumes: start events, step results and signals.
+        """Topics the orchestrator consumes: start events, step results, signals, and every
+        handler role's `produces` topic (where failed attempts are reported).
 
         Timers are not among them: the orchestrator fires them from its own state, inline.
         """
@@ -333,6 +363,8 @@ class Topology(_Model):
                 for topic in self.events[event].all_topics:
                     if topic not in names:
                         names.append(topic)
+        failed = self.events.get(ATTEMPT_FAILED_EVENT)
+        names += [t for t in (failed.all_topics if failed else ()) if t not in names]
         return names
 
     def all_topic_configs(self) -> list[tuple[str, int, dict[str, str]]]:
@@ -433,6 +465,7 @@ def _check(topology: Topology, schemas_dir: Path | None) -> list[tuple[str, str]
         for path, ref in refs:
             if ref not in topology.events:
                 problems.append((path, f"event '{ref}' is not declared under events (no schema)"))
+        problems += _ambiguous(base, saga)
         cycle = _find_cycle({n: s.depends_on for n, s in saga.steps.items()})
         if cycle:
             problems.append((f"{base}.steps", "dependency cycle: " + " -> ".join(cycle)))
@@ -444,6 +477,56 @@ def _check(topology: Topology, schemas_dir: Path | None) -> list[tuple[str, str]
                 detail = ", ".join(f"{t}={n}" for t, n in counts.items())
                 problems.append(
                     (base, f"topics of one saga must have the same partition count ({detail})")
+                )
+    return problems
+
+
+def _results(step: StepSpec) -> list[tuple[str, str]]:
+    """(role, event type) of every result a step's commands may get."""
+    out = [("success", step.success)] if step.success else []
+    out += [("failure", f) for f in step.failure]
+    if step.compensation:
+        comp = step.compensation
+        out += [("compensation.success", comp.success)]
+        out += [("compensation.failure", f) for f in comp.failure]
+    return out
+
+
+def _ambiguous(base: str, saga: SagaSpec) -> list[tuple[str, str]]:
+    """Layouts no result can be routed in, even with the step its command named (meta.step):
+    one event type in two roles of one step, or a result type that is also the saga's start
+    event or another step's command. Steps may share a result type in any other way."""
+    problems: list[tuple[str, str]] = []
+    commands = {
+        c: name
+        for name, step in saga.steps.items()
+        for c in (step.command, step.compensation.command if step.compensation else None)
+        if c
+    }
+    for name, step in saga.steps.items():
+        seen: dict[str, str] = {}
+        for role, event in _results(step):
+            path = f"{base}.steps.{name}.{role}"
+            if event in seen and seen[event] != role:
+                problems.append(
+                    (
+                        path,
+                        f"{event} is both the {seen[event]} and the {role} of step {name}: "
+                        "a result of it could mean either; give each its own event type",
+                    )
+                )
+            seen.setdefault(event, role)
+            if event == saga.start_event:
+                problems.append(
+                    (path, f"{event} is the saga's start event and a result of step {name}")
+                )
+            elif event in commands:
+                problems.append(
+                    (
+                        path,
+                        f"{event} is the command of step {commands[event]} and a result of "
+                        f"step {name}: a handler's result cannot also be a command",
+                    )
                 )
     return problems
 
@@ -688,8 +771,42 @@ def with_engine(data: Any) -> Any:
         }
         for name, topic in ENGINE_EVENT_TOPICS.items():
             events.setdefault(name, {"schema": name, "topic": topic})
+        produces = _step_result_topics(data, events)
+        if produces:
+            events.setdefault(
+                ATTEMPT_FAILED_EVENT, {"schema": ATTEMPT_FAILED_EVENT, "topics": produces}
+            )
         data["events"] = events
     return data
+
+
+def _step_result_topics(data: dict[str, Any], events: dict[str, Any]) -> list[str]:
+    """The `produces` topic of every handler role that runs a saga step or undo, in file order:
+    where its failed attempts travel. (A notification's handler answers no step.)"""
+    commands: set[str] = set()
+    sagas = data.get("sagas")
+    for saga in sagas.values() if isinstance(sagas, dict) else ():
+        steps = saga.get("steps") if isinstance(saga, dict) else None
+        for step in steps.values() if isinstance(steps, dict) else ():
+            if not isinstance(step, dict):
+                continue
+            comp = step.get("compensation")
+            commands |= {c for c in (step.get("command"),) if isinstance(c, str)}
+            if isinstance(comp, dict) and isinstance(comp.get("command"), str):
+                commands.add(comp["command"])
+    command_topics: set[Any] = set()
+    for name in commands:
+        spec = events.get(name)
+        if isinstance(spec, dict):
+            topics = spec.get("topics")
+            command_topics |= set(topics) if isinstance(topics, list) else {spec.get("topic")}
+    handlers = data.get("handlers")
+    produces = [
+        h.get("produces")
+        for h in (handlers.values() if isinstance(handlers, dict) else ())
+        if isinstance(h, dict) and h.get("consumes") in command_topics
+    ]
+    return list(dict.fromkeys(t for t in produces if isinstance(t, str)))
 
 
 def parse_topology(data: Any, source: str, schemas_dir: Path | None = None) -> Topology:

@@ -336,6 +336,7 @@ class Orchestrator:
             hop=meta["hop"],
             correlation_id=meta["correlation_id"],
             traceparent=meta["traceparent"],
+            step=meta.get("step"),
         )
         decision = decide(definition, state, incoming, now)
         if decision.duplicate:
@@ -352,7 +353,7 @@ class Orchestrator:
         refused = None if decision.dead_letter is None else Rejected("saga", decision.dead_letter)
         try:
             out = [
-                self.encoder.derived(c.event_type, key, c.fields, parent, c.attempt, now)
+                self.encoder.derived(c.event_type, key, c.fields, parent, c.attempt, now, c.step)
                 for c in decision.commands
             ]
             letter = None if refused is None else self._letter(msg, got, partition, refused)

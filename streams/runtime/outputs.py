@@ -59,9 +59,13 @@ class Encoder:
         parent: Mapping[str, Any],
         attempt: int,
         now: int | None = None,
+        step: str | None = None,
     ) -> OutRecord:
-        """The record of an event caused by `parent` (same saga and trace, one hop further)."""
-        meta = derive_meta(parent, event_type, self.producer, attempt=attempt, now_ms=now)
+        """The record of an event caused by `parent` (same saga and trace, one hop further);
+        `step` goes into its meta: the step a command is for, or the one a result answers."""
+        meta = derive_meta(
+            parent, event_type, self.producer, attempt=attempt, now_ms=now, step=step
+        )
         record = {name: fields[name] for name in self._schema_fields(event_type) if name in fields}
         record["meta"] = meta
         headers = [

@@ -384,6 +384,7 @@ def new_meta(
     hop: int = 0,
     attempt: int = 1,
     now_ms: int | None = None,
+    step: str | None = None,
 ) -> dict[str, Any]:
     """EventMeta for a new event; correlation_id defaults to the new event's own id."""
     event_id = str(uuid.UUID(int=_IDS.getrandbits(128), version=4))
@@ -398,6 +399,7 @@ def new_meta(
         "traceparent": traceparent,
         "hop": hop,
         "attempt": attempt,
+        "step": step,
     }
 
 
@@ -408,8 +410,10 @@ def derive_meta(
     *,
     attempt: int | None = None,
     now_ms: int | None = None,
+    step: str | None = None,
 ) -> dict[str, Any]:
-    """EventMeta for an event caused by `parent_meta`: same saga and trace, one hop further."""
+    """EventMeta for an event caused by `parent_meta`: same saga and trace, one hop further.
+    `step` is the saga step a command is for (a handler's result copies its command's)."""
     return new_meta(
         event_type,
         parent_meta["saga_key"],
@@ -420,6 +424,7 @@ def derive_meta(
         hop=parent_meta.get("hop", 0) + 1,
         attempt=parent_meta.get("attempt", 1) if attempt is None else attempt,
         now_ms=now_ms,
+        step=step,
     )
 
 

@@ -512,3 +512,18 @@ def test_prepare_resolves_ids_and_leaves_errors_to_encode() -> None:
     assert codec.encode("OrderPlaced", order_placed())[1:5] == struct.pack(">I", 3)
     with pytest.raises(EncodeError, match="PaymentFailed"):
         codec.encode("PaymentFailed", {})
+
+
+def test_meta_carries_the_step_a_command_is_for() -> None:
+    """A command names its step (meta.step), which the handler loop passes on to its result, so
+    results of steps sharing an event type tell their steps apart; other events say null."""
+    parent = new_meta("OrderPlaced", "order-1", "shop")
+    assert parent["step"] is None
+    command = derive_meta(parent, "ChargePayment", "orchestrator", step="payment")
+    assert command["step"] == "payment"
+    assert (
+        derive_meta(command, "SagaLifecycle", "orchestrator")["step"] is None
+    )  # given, not inherited
+    record = order_placed(meta={**new_meta("OrderPlaced", "order-1", "shop"), "step": "x"})
+    _, decoded = CODEC.decode(CODEC.encode("OrderPlaced", record))
+    assert decoded["meta"]["step"] == "x"

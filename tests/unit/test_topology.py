@@ -121,7 +121,11 @@ def _missing_required(d: dict[str, Any]) -> None:
         (_partition_mismatch, "sagas.order", "same partition count"),
         (_extra_key, "sagas.order.steps.payment.timeout", "Extra inputs are not permitted"),
         (_wrong_type, "topics.{payments.events}.partitions", "valid integer"),
-        (_bad_retry_literal, "sagas.order.steps.inventory.retry.on.1", "'timeout' or 'failure'"),
+        (
+            _bad_retry_literal,
+            "sagas.order.steps.inventory.retry.on.1",
+            "'timeout', 'error' or 'failure'",
+        ),
         (_missing_required, "sagas.order.key_field", "Field required"),
     ],
     ids=lambda v: v.__name__.strip("_") if callable(v) else None,
