@@ -2,11 +2,17 @@
 
 A `Checkpoint` collects one commit interval's work: the records the orchestrator produced, the
 saga states it changed with the changelog bytes they were encoded to when decided (coalesced
-per key: one changelog record per saga per transaction) and the input offsets it consumed.
-`commit` produces the changelog records, sends the offsets with the consumer's group metadata
-(so a fenced generation cannot commit), commits the transaction, and only then writes the
-states to each partition's store with the changelog offset they reach.
-`abort` forgets all of it; the caller re-reads from the last committed offsets.
+per key: one changelog record per saga per transaction), the
+audit trail of those changes, the metric updates that count them, and the input offsets it
+consumed. `commit` produces the changelog records, sends the offsets with the consumer's group
+metadata, commits the transaction, and only then writes the states to each partition's store
+with the changelog offset they reach and counts the metrics. `abort` (and a failed or fenced
+session) forgets all of it together; the caller re-reads from the last committed offsets.
+
+Every transaction is fenced by the group generation, timer-only ones too: it always sends the
+positions of every owned input partition, so a process that lost its partitions cannot commit.
+A commit that times out is resumed (librdkafka keeps it going and refuses an abort), so it ends
+as what it became: committed, aborted, or unknown (the session is rebuilt).
 """
 
 from __future__ import annotations
@@ -33,6 +39,13 @@ class TransactionFailed(RuntimeError):
 
 class ProducerFatal(RuntimeError):
     """The producer cannot go on (fenced, or a fatal error): rebuild it and rejoin."""
+
+
+Where = tuple[str, int]  # (topic, partition) of an input
+
+
+# a saga's audit entry of this transaction: saga, newest status, its changes, parent meta
+TrailEntry = tuple[str, str, list[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
@@ -70,8 +83,13 @@ class Checkpoint:
         self.open = False
         self.started = 0.0
         self.records = 0
-        self.offsets: dict[tuple[str, int], int] = {}
+        self.offsets: dict[Where, int] = {}
+        # the committed positions of the owned input partitions: every transaction sends them
+        self.positions: dict[Where, int] = {}
+        self.owned: set[Where] = set()
         self.work: dict[int, PartitionWork] = {}
+        self.trail: dict[bytes, tuple[TrailEntry, OutRecord]] = {}
+        self._after: list[Callable[[], None]] = []
         self._delivery_error: KafkaError | None = None
         # committed states as decide last saw them, so sagas in flight skip RocksDB and decoding
         self._cached: dict[bytes, dict[str, Any]] = {}
@@ -128,6 +146,25 @@ class Checkpoint:
         """Input consumed: its offset commits with this transaction."""
         self.offsets[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
 
+    def keep_trail(self, saga_key: bytes, audit: tuple[TrailEntry, OutRecord]) -> None:
+        """Audit: a saga's one SagaLifecycle record of this transaction (every change it made
+        here, encoded); it commits, or is forgotten, with the states it describes."""
+        self.trail[saga_key] = audit
+
+    def after_commit(self, count: Callable[[], None]) -> None:
+        """Run `count` (a metric update) once this transaction has committed; never if not."""
+        self._after.append(count)
+
+    def hold(self, positions: dict[Where, int]) -> None:
+        """Input partitions now owned, at their committed offsets (negative: none yet)."""
+        self.owned.update(positions)
+        self.positions.update({w: o for w, o in positions.items() if o >= 0})
+
+    def release(self, partitions: set[int]) -> None:
+        """Input partitions no longer owned: their positions are not ours to send."""
+        self.positions = {w: o for w, o in self.positions.items() if w[1] not in partitions}
+        self.owned = {w for w in self.owned if w[1] not in partitions}
+
     def pending_states(self, partition: int) -> dict[bytes, Touched]:
         work = self.work.get(partition)
         return work.touched if work else {}
@@ -150,23 +187,36 @@ class Checkpoint:
                     self._produce(
                         self.changelog_topic, saga_key, value, headers, partition, self._note(work)
                     )
-            if self.offsets:
-                offsets = [TopicPartition(t, p, o) for (t, p), o in self.offsets.items()]
-                self._call(
-                    self.producer.send_offsets_to_transaction,
-                    offsets,
-                    consumer.consumer_group_metadata(),
-                    _left(deadline, share=0.5),
+            positions = {**self.positions, **self.offsets}
+            if not positions:  # nothing committed or read yet: where the consumer stands
+                positions = self._fetch_positions(consumer)
+            if not positions:
+                raise KafkaException(
+                    KafkaError(
+                        KafkaError._STATE,
+                        "no owned input partition has a position to commit, so this transaction "
+                        "could not carry the group generation; aborted, it is redone later",
+                    )
                 )
-            self._commit_retrying(deadline - _left(deadline, share=0.2))
+            # every owned input, not only those read: a timer-only transaction is fenced too
+            self._call(
+                self.producer.send_offsets_to_transaction,
+                [TopicPartition(t, p, o) for (t, p), o in positions.items()],
+                consumer.consumer_group_metadata(),
+                _left(deadline, share=0.5),
+            )
         except KafkaException as exc:
             self.abort(_left(deadline))
             raise TransactionFailed(str(exc)) from exc
+        self._commit_resuming(deadline)
         if self._delivery_error is not None:
             # cannot happen after a successful commit, but the checkpoint must never lie
             error, self._delivery_error = self._delivery_error, None
             self._reset()
             raise ProducerFatal(f"a record of a committed transaction failed: {error}")
+        self.positions.update(self.offsets)
+        for count in self._after:
+            count()
         for partition, work in self.work.items():
             if work.touched and work.changelog_offset >= 0:
                 timers = {
@@ -191,6 +241,13 @@ class Checkpoint:
                 log.warning("aborting the transaction failed: %s", exc)
         self._reset()
 
+    def _fetch_positions(self, consumer: Consumer) -> dict[Where, int]:
+        """The consumer's positions of the owned inputs (known once it has fetched them)."""
+        if not self.owned:
+            return {}
+        found = consumer.position([TopicPartition(t, p) for t, p in sorted(self.owned)])
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+
     def forget_cached(self) -> None:
         """Drop cached states (partitions moved: a state may change elsewhere meanwhile)."""
         self._cached.clear()
@@ -205,6 +262,8 @@ class Checkpoint:
         self.records = 0
         self.offsets = {}
         self.work = {}
+        self.trail = {}
+        self._after = []
         self._delivery_error = None
 
     def _note(self, work: PartitionWork) -> Callable[[KafkaError | None, Message], None]:
@@ -228,7 +287,14 @@ class Checkpoint:
         produce(self.producer, topic, value, key, headers, partition, on_delivery)
         self.records += 1
 
-    def _commit_retrying(self, deadline: float) -> None:
+    def _commit_resuming(self, deadline: float) -> None:
+        """Commit; a call that times out is called again, as librdkafka asks, until `deadline`.
+
+        A timed-out commit goes on in librdkafka, which refuses to abort it: so it is resumed,
+        never aborted. Still unresolved at the deadline, its outcome is the coordinator's to
+        decide: the session is rebuilt (a new producer with this transactional id settles it)
+        and the inputs are re-read from the offsets that did commit.
+        """
         while True:
             try:
                 self.producer.commit_transaction(max(1.0, deadline - time.monotonic()))
@@ -238,10 +304,16 @@ class Checkpoint:
                 if err.fatal():
                     self._reset()
                     raise ProducerFatal(str(exc)) from exc
-                if err.retriable() and time.monotonic() < deadline:
-                    log.warning("commit is retried: %s", err)
-                    continue
-                raise
+                if not err.retriable():  # the transaction must abort
+                    self.abort(_left(deadline))
+                    raise TransactionFailed(str(exc)) from exc
+                if time.monotonic() >= deadline:
+                    self._reset()
+                    raise ProducerFatal(
+                        f"the commit did not finish in time ({err}); its outcome is the "
+                        "transaction coordinator's: rebuilding the producer settles it"
+                    ) from exc
+                log.warning("the commit goes on; resuming it: %s", err)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:

@@ -25,6 +25,7 @@ class Metrics:
     restore_seconds: Gauge
     handler_timeouts: Counter
     handler_polls: Counter
+    partitions_waiting: Gauge
 
     @classmethod
     def create(cls, role: str, registry: CollectorRegistry | None = None) -> Metrics:
@@ -77,7 +78,7 @@ class Metrics:
             ),
             transactions=Counter(
                 "sagastream_transactions",
-                "Orchestrator transactions by result (committed, aborted)",
+                "Orchestrator transactions by result (committed, aborted, failed: session rebuilt)",
                 ["result"],
                 registry=reg,
             ),
@@ -108,6 +109,12 @@ class Metrics:
                 "sagastream_handler_polls",
                 "Rounds of a handler loop (each polls the consumer and the producer once)",
                 ["role"],
+                registry=reg,
+            ),
+            partitions_waiting=Gauge(
+                "sagastream_partitions_waiting_for_owner",
+                "Input partitions this orchestrator holds but does not process: their store is "
+                "owned elsewhere (members disagree on the topology) or partition counts differ",
                 registry=reg,
             ),
         )

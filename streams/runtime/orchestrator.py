@@ -1,7 +1,8 @@
 """The orchestrator loop: consume a batch, decide per partition in offset order, commit together.
 
-One consumer subscribes to every orchestrator input topic with the range assignor, so partition
-p of every (co-partitioned) input topic lands on the same process and one store per partition
+One consumer subscribes to every orchestrator input topic, and to the state changelog as an
+anchor (paused, never read): a process owns store p only while it holds partition p of the
+anchor and of every input (see `ownership`), so one store per partition, owned by one process,
 holds every saga whose key hashes there. Each event is read (`read_input`), decided by the pure
 core (`decide`), and its outputs are encoded and handed to the open `Checkpoint`; due timers are
 decided inline, from the stores' due-index and this transaction's states. Once per commit
@@ -18,7 +19,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,7 +37,12 @@ from confluent_kafka import (
 from sagastream.core.saga import TERMINAL, Event, decide, saga_for
 from sagastream.core.state import StateEncodingError, encode_state
 from sagastream.core.topology import LIFECYCLE_EVENT, TIMER_EVENT, Topology
-from sagastream.runtime.checkpoint import Checkpoint, ProducerFatal, TransactionFailed
+from sagastream.runtime.checkpoint import (
+    Checkpoint,
+    ProducerFatal,
+    TrailEntry,
+    TransactionFailed,
+)
 from sagastream.runtime.health import Check, RoleHealth
 from sagastream.runtime.horizon import Horizon, timestamp
 from sagastream.runtime.inputs import (
@@ -49,6 +56,7 @@ from sagastream.runtime.inputs import (
 from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.outputs import Encoder, now_ms
+from sagastream.runtime.ownership import Ownership, ownership
 from sagastream.runtime.restore import restore
 from sagastream.runtime.settings import Settings
 from sagastream.runtime.store import (
@@ -69,9 +77,10 @@ PRODUCER_NAME = "sagastream-orchestrator"
 BATCH = 1000
 MAX_RECORDS_PER_TRANSACTION = 20_000
 MAX_DUE_PER_TICK = 5_000
+# how long an assignment waits for the metadata of a topic created a moment ago
+METADATA_WAIT_S = 30.0
 OUTCOME_CHANGES = frozenset({"started", *TERMINAL})
 # one saga's audit entry of the open transaction: saga, status, changes, parent meta
-TrailEntry = tuple[str, str, list[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
@@ -155,7 +164,7 @@ class Orchestrator:
         self._failures: dict[tuple[str, int], int] = {}
         # how far each input partition is read: a timer fires only below what its partition read
         self.horizon = Horizon(self.inputs)
-        self.trail: dict[bytes, tuple[TrailEntry, OutRecord]] = {}
+        self.owner = Ownership(frozenset(), settings.changelog_topic())
         self.ready = threading.Event()
         self.health = RoleHealth(settings)
         # the time decisions are made at: the wall clock, or event time in a shadow replay
@@ -193,7 +202,10 @@ class Orchestrator:
         ckpt = self._ckpt = Checkpoint(producer, self.settings.changelog_topic())
         consumer = self._consumer = Consumer(self._consumer_config())
         consumer.subscribe(
-            self.inputs, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
+            [*self.inputs, self.settings.changelog_topic()],
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
+            on_lost=self._lost,
         )
         log.info("orchestrator consuming %s", ", ".join(self.inputs))
         interval = self.settings.commit_interval_ms / 1000
@@ -237,12 +249,18 @@ class Orchestrator:
                 "partition.assignment.strategy": "range",
                 # restore runs in the assignment callback: a large one may take minutes
                 "max.poll.interval.ms": 900_000,
+                # partitions added to an input must be noticed (and refused) soon
+                "topic.metadata.refresh.interval.ms": 10_000,
             },
         )
 
     def readiness(self) -> Check:
         """/readyz: the stores are restored and it consumes, and no trouble RoleHealth watches."""
-        restoring = [] if self.ready.is_set() else ["no partitions assigned, or still restoring"]
+        restoring = (
+            []
+            if self.ready.is_set()
+            else [self.owner.refused or "no partitions assigned, or still restoring"]
+        )
         return self.health.ready(*restoring)
 
     # -- one input ------------------------------------------------------------------------
@@ -257,6 +275,12 @@ class Orchestrator:
                     self.health.input_failed(msg.topic() or "", err.str())
             return
         where = (msg.topic() or "", msg.partition() or 0)
+        if (
+            where[1] not in self.stores
+            or where in self.owner.waiting
+            or where[0] == self.owner.anchor
+        ):
+            return  # not ours (paused; the anchor is never read): its owner reads it
         if where in self.waiting:
             return  # its partition waits for the schema registry; this one is re-read later
         got = self._read(msg)
@@ -356,7 +380,7 @@ class Orchestrator:
         if new is not None:
             ckpt.put_state(partition, store, key, state, new, value)
         if audit is not None:
-            self.trail[key] = audit
+            ckpt.keep_trail(key, audit)
         for rec in out:
             ckpt.produce(rec)
         self.metrics.produced_many(ROLE, [c.event_type for c in decision.commands])
@@ -367,11 +391,13 @@ class Orchestrator:
             and new["status"] in TERMINAL
             and (state is None or state["status"] not in TERMINAL)
         ):
-            self.metrics.outcomes.labels(new["saga"], new["status"]).inc()
-            self.metrics.saga_seconds.labels(new["saga"], new["status"]).observe(
-                (new["ended"] - new["started"]) / 1000
-            )
+            ckpt.after_commit(partial(self._count_outcome, new["saga"], new["status"], new))
         return None
+
+    def _count_outcome(self, saga: str, status: str, state: dict[str, Any]) -> None:
+        self.metrics.outcomes.labels(saga, status).inc()
+        seconds = (state["ended"] - state["started"]) / 1000
+        self.metrics.saga_seconds.labels(saga, status).observe(seconds)
 
     def _audit(
         self,
@@ -393,7 +419,8 @@ class Orchestrator:
         ]
         if not changes:
             return None
-        kept = self.trail.get(key)
+        assert self._ckpt is not None
+        kept = self._ckpt.trail.get(key)
         saga, earlier = (state["saga"], []) if kept is None else (kept[0][0], kept[0][2])
         entry = (saga, state["status"], earlier + changes, parent)
         fields = {"saga_type": saga, "status": entry[1], "changes": entry[2]}
@@ -569,33 +596,21 @@ class Orchestrator:
         if not ckpt.open:
             return
         self._flush_trail()
-        records, started = ckpt.records, time.monotonic()
-        try:
-            ckpt.commit(consumer, timeout)
-            self.metrics.transactions.labels("committed").inc()
-            self.health.committed()
-            self.metrics.commit_seconds.observe(time.monotonic() - started)
-            self.metrics.transaction_records.observe(records)
-        except TransactionFailed as exc:
-            self.metrics.transactions.labels("aborted").inc()
-            self.health.aborted(exc)
-            log.warning("transaction aborted (%s); re-reading from the committed offsets", exc)
+        if not commit_counted(ckpt, consumer, self.metrics, self.health, timeout):
             self._rewind()
-        self.trail.clear()
 
     def _flush_trail(self) -> None:
         ckpt = self._ckpt
         assert ckpt is not None
-        for _, record in self.trail.values():
+        for _, record in ckpt.trail.values():
             ckpt.produce(record)
-        if self.trail:
-            self.metrics.produced_many(ROLE, [LIFECYCLE_EVENT] * len(self.trail))
+        if ckpt.trail:
+            self.metrics.produced_many(ROLE, [LIFECYCLE_EVENT] * len(ckpt.trail))
 
     def _rewind(self) -> None:
         """After an abort: every assigned partition back to its committed offset."""
         consumer = self._consumer
         assert consumer is not None
-        self.trail.clear()
         assigned = consumer.assignment()
         if not assigned:
             return
@@ -606,18 +621,36 @@ class Orchestrator:
                 tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
                 consumer.seek(tp)
             self.waiting.clear()
-            consumer.resume(assigned)
+            # only what this process owns: the anchor and others' inputs stay paused
+            consumer.resume([tp for tp in assigned if self.owner.owns(tp.topic, tp.partition)])
         except KafkaException as exc:
             # cannot rewind in place: start over (new consumer, committed offsets, restore)
             raise ProducerFatal(f"rewinding after an abort failed: {exc}") from exc
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        numbers = {tp.partition for tp in partitions} - set(self.stores)
+        # assigned here, so what is not ours is paused before anything of it is fetched
+        consumer.assign(partitions)
+        owner = self.owner = self._ownership(consumer, partitions)
+        mine = [tp for tp in partitions if owner.owns(tp.topic, tp.partition)]
+        others = [tp for tp in partitions if not owner.owns(tp.topic, tp.partition)]
+        if others:
+            consumer.pause(others)
+        if mine:
+            # librdkafka keeps an application's pause across rebalances: what waited for its
+            # store's owner or for the registry (a wait dropped with the partition) last
+            # generation and is ours now is read again from its committed offset, on purpose
+            consumer.resume(mine)
+        self.metrics.partitions_waiting.set(len(owner.waiting))
+        if owner.refused or owner.disagreement:
+            log.error("%s", owner.refused or owner.disagreement)
+        if owner.refused:
+            self.ready.clear()
+            return
         # waits until no transaction of a previous owner is pending on these partitions, so
         # the changelog below is final up to where our inputs start
-        committed = consumer.committed(partitions, timeout=60)
+        committed = consumer.committed(mine, timeout=60) if mine else []
         self.horizon.assigned((tp.topic, tp.partition, tp.offset) for tp in committed)
-        self._read_again(consumer, partitions)
+        numbers = set(owner.owned) - set(self.stores)
         opened = {p: RocksStore(self.instance.directory / f"p{p}") for p in sorted(numbers)}
         self.stores.update(opened)  # closed by the session's end even if restoring fails
         started = time.monotonic()
@@ -633,15 +666,35 @@ class Orchestrator:
                 else done.from_offset,
             )
         self.metrics.restore_seconds.set(time.monotonic() - started)
+        assert self._ckpt is not None
+        self._ckpt.hold({(tp.topic, tp.partition): tp.offset for tp in committed})
         self.ready.set()
-        log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+        log.info("assigned partitions %s; owns stores %s", _listed(partitions), sorted(owner.owned))
 
-    @staticmethod
-    def _read_again(consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """librdkafka keeps a partition's pause across a rebalance, but its wait for the registry
-        was dropped with it: a partition that comes back is read again from its committed offset
-        on purpose (a record that still cannot be decoded pauses it anew)."""
-        consumer.resume(partitions)
+    def _ownership(self, consumer: Consumer, partitions: list[TopicPartition]) -> Ownership:
+        held = [(tp.topic, tp.partition) for tp in partitions]
+        return ownership(self.settings.changelog_topic(), self.inputs, held, self._counts(held))
+
+    def _counts(self, held: list[tuple[str, int]]) -> dict[str, int]:
+        """Partition counts of the assigned topics, once this process's metadata has them all.
+
+        Asked through the producer: the consumer's own list_topics, called inside its
+        rebalance callback, breaks confluent-kafka's call state (the process aborts); and the
+        producer may not know a topic created a moment ago yet, so it asks again a while.
+        """
+        assert self._ckpt is not None
+        wanted = {t for t, _ in held}
+        deadline = time.monotonic() + METADATA_WAIT_S
+        while True:
+            topics = self._ckpt.producer.list_topics(timeout=10).topics
+            counts = {
+                t: len(topics[t].partitions)
+                for t in [self.settings.changelog_topic(), *self.inputs]
+                if t in topics and topics[t].error is None
+            }
+            if wanted <= set(counts) or time.monotonic() > deadline:
+                return counts
+            time.sleep(0.5)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._ckpt is not None and self._ckpt.open:
@@ -651,12 +704,13 @@ class Orchestrator:
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._ckpt is not None:
             self._ckpt.abort()
-        self.trail.clear()
         self._drop({tp.partition for tp in partitions})
 
     def _drop(self, numbers: set[int]) -> None:
         if self._ckpt is not None:
             self._ckpt.forget_cached()
+            self._ckpt.release(numbers)
+        self.owner = replace(self.owner, owned=self.owner.owned - numbers)
         self.waiting = {w: v for w, v in self.waiting.items() if w[1] not in numbers}
         self._failures = {w: n for w, n in self._failures.items() if w[1] not in numbers}
         self.health.registry_only(self._failures)
@@ -674,3 +728,37 @@ class Orchestrator:
         for store in self.stores.values():
             store.close()
         self.stores.clear()
+
+
+def _listed(partitions: list[TopicPartition]) -> str:
+    by_topic: dict[str, list[int]] = {}
+    for tp in partitions:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    return "; ".join(f"{t} {sorted(ps)}" for t, ps in sorted(by_topic.items()))
+
+
+def commit_counted(
+    ckpt: Checkpoint, consumer: Consumer, metrics: Metrics, health: RoleHealth, timeout: float
+) -> bool:
+    """Commit the open transaction and count it as what it became; False if it was aborted.
+
+    A commit whose outcome stays unknown (it timed out and could not be resumed in time) or a
+    fenced producer rebuilds the session: counted as `failed` (the inputs are re-read from the
+    offsets that did commit), then raised.
+    """
+    records, started = ckpt.records, time.monotonic()
+    try:
+        ckpt.commit(consumer, timeout)
+    except TransactionFailed as exc:
+        metrics.transactions.labels("aborted").inc()
+        health.aborted(exc)
+        log.warning("transaction aborted (%s); re-reading from the committed offsets", exc)
+        return False
+    except ProducerFatal:
+        metrics.transactions.labels("failed").inc()
+        raise
+    metrics.transactions.labels("committed").inc()
+    health.committed()
+    metrics.commit_seconds.observe(time.monotonic() - started)
+    metrics.transaction_records.observe(records)
+    return True

@@ -2,8 +2,16 @@
 
 Each store restores from its checkpoint (the changelog offset its states reach) to the end of
 the changelog partition, reading committed records only; so restart costs what changed since
-the last checkpoint, and an empty data directory rebuilds from the changelog alone. A checkpoint
-the changelog does not have (topic recreated, records deleted) wipes the store first.
+the last checkpoint, and an empty data directory rebuilds from the changelog alone.
+
+"The end" is the high watermark, not the last stable offset: while another producer's
+transaction is open on the changelog, records committed after its start lie beyond the LSO, and
+stopping there would miss them (KAFKA-10167). Restore waits, at most the transaction timeout,
+until that transaction ends; its records and control markers are skipped.
+
+A checkpoint is valid only if the changelog still holds it: the same topic (its topic id, kept
+with the checkpoint) and an offset between the log start and the high watermark. Otherwise
+(topic recreated, records deleted or truncated) the store is wiped and rebuilt.
 """
 
 from __future__ import annotations
@@ -16,7 +24,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from sagastream.core.state import decode_state
 from sagastream.runtime.settings import Settings
@@ -52,7 +69,7 @@ def restore(
     stores: Mapping[int, PartitionStore],
     timeout: float | None = None,
 ) -> list[Restored]:
-    """Replay each partition's changelog from its store's checkpoint to the end.
+    """Replay each partition's changelog from its store's checkpoint to the high watermark.
 
     Without a timeout it takes as long as the changelog needs (about 35,000 records/s here);
     a topic created a moment ago gets WATERMARK_WAIT_S to show its partitions.
@@ -69,70 +86,122 @@ def restore(
     )
     deadline = started + timeout if timeout is not None else math.inf
     try:
+        admin = AdminClient(settings.librdkafka())
+        wait = min(deadline, started + WATERMARK_WAIT_S)
+        ends = _ends(admin, topic, sorted(stores), wait)
+        topic_id = _topic_id(admin, topic, wait)
         starts: dict[int, int] = {}
         empty: set[int] = set()  # stores with nothing in them: no old state to read
         for partition, store in stores.items():
-            low, high = _watermarks(
-                consumer,
-                TopicPartition(topic, partition),
-                min(deadline, started + WATERMARK_WAIT_S),
-            )
-            checkpoint = store.checkpoint()
-            if checkpoint is not None and not (low <= checkpoint + 1 <= high):
-                log.warning(
-                    "%s[%d]: the store's checkpoint %d is not in the changelog (%d..%d); "
-                    "rebuilding it from the changelog",
-                    topic,
-                    partition,
-                    checkpoint,
-                    low,
-                    high,
-                )
-                store.wipe()
-                checkpoint = None
-            start = OFFSET_BEGINNING if checkpoint is None else checkpoint + 1
-            if high > 0 and (checkpoint is None or checkpoint + 1 < high):
-                starts[partition] = start
+            checkpoint = _valid_checkpoint(topic, partition, store, ends[partition], topic_id)
+            low, high = ends[partition]
+            if high > low and (checkpoint is None or checkpoint + 1 < high):
+                starts[partition] = OFFSET_BEGINNING if checkpoint is None else checkpoint + 1
                 if checkpoint is None:
                     empty.add(partition)
         counts = {p: 0 for p in stores}
         if starts:
             consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
-            _replay(consumer, stores, set(starts), empty, counts, deadline)
+            targets = {p: ends[p][1] for p in starts}
+            _replay(consumer, stores, targets, empty, counts, deadline)
         took = time.monotonic() - started
         return [Restored(p, counts[p], took, starts.get(p)) for p in stores]
     finally:
         consumer.close()
 
 
-def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
-    """The partition's low and high offsets; a topic created a moment ago may need a retry."""
+def _valid_checkpoint(
+    topic: str, partition: int, store: PartitionStore, ends: tuple[int, int], topic_id: str
+) -> int | None:
+    """The store's checkpoint if the changelog still holds it, else None (the store is wiped).
+
+    A store written before topic ids were kept has none: it adopts this topic's id if its
+    checkpoint lies in the range, as stores always did.
+    """
+    checkpoint, low, high = store.checkpoint(), ends[0], ends[1]
+    known = store.changelog_id()
+    why = None
+    if checkpoint is not None and known is not None and known != topic_id:
+        why = f"was written from topic id {known}, the changelog is now topic id {topic_id}"
+    elif checkpoint is not None and not low <= checkpoint + 1 <= high:
+        why = f"is not in the changelog ({low}..{high})"
+    if why is not None:
+        log.warning(
+            "%s[%d]: the store's checkpoint %d %s; rebuilding it from the changelog",
+            *(topic, partition, checkpoint, why),
+        )
+        store.wipe()
+        checkpoint = None
+    if known != topic_id or why is not None:
+        store.set_changelog_id(topic_id)
+    return checkpoint
+
+
+def _ends(
+    admin: AdminClient, topic: str, partitions: list[int], deadline: float
+) -> dict[int, tuple[int, int]]:
+    """Each partition's log start and high watermark (not the LSO: see the module docstring)."""
+    low = _retrying(
+        topic, deadline, lambda: _offsets(admin, topic, partitions, OffsetSpec.earliest())
+    )
+    high = _retrying(
+        topic, deadline, lambda: _offsets(admin, topic, partitions, OffsetSpec.latest())
+    )
+    return {p: (low[p], high[p]) for p in partitions}
+
+
+def _offsets(
+    admin: AdminClient, topic: str, partitions: list[int], spec: OffsetSpec
+) -> dict[int, int]:
+    asked = {TopicPartition(topic, p): spec for p in partitions}
+    answers = admin.list_offsets(
+        asked, isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10
+    )
+    return {tp.partition: int(f.result().offset) for tp, f in answers.items()}
+
+
+def _topic_id(admin: AdminClient, topic: str, deadline: float) -> str:
+    """The changelog's topic id: a recreated topic of the same name has another."""
+    described = _retrying(
+        topic,
+        deadline,
+        lambda: admin.describe_topics(TopicCollection([topic]), request_timeout=10)[topic].result(),
+    )
+    return str(described.topic_id)
+
+
+def _retrying(topic: str, deadline: float, ask: Any) -> Any:
+    """`ask()`, again while a topic created a moment ago has no leaders yet."""
     while True:
         try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-            return int(low), int(high)
+            return ask()
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
             if time.monotonic() > deadline or not (err.retriable() or err.code() in _NOT_YET):
                 raise
-            log.info("waiting for %s[%d]: %s", tp.topic, tp.partition, exc.args[0])
+            log.info("waiting for %s: %s", topic, err)
             time.sleep(0.5)
 
 
 def _replay(
     consumer: Consumer,
     stores: Mapping[int, PartitionStore],
-    open_partitions: set[int],
+    ends: Mapping[int, int],
     empty: set[int],
     counts: dict[int, int],
     deadline: float,
 ) -> None:
     """Apply changelog records in batches, each with the offset it reaches as checkpoint.
 
+    A partition is done once the consumer's end of it reaches `ends` (its high watermark when
+    restore began): a read_committed consumer first says "end" at the LSO, which an open
+    transaction holds back, and again once that transaction is over.
+
     The armed timers of a state travel in the record's `timers` header, so restore need not
     parse states; and a store that started empty has no old state to read for a key this
     restore has not written yet.
     """
+    open_partitions = set(ends)
     pending: dict[int, dict[bytes, bytes | None]] = {p: {} for p in open_partitions}
     timers: dict[int, dict[bytes, tuple[Mapping[str, int], Mapping[str, int]]]] = {
         p: {} for p in open_partitions
@@ -156,7 +225,8 @@ def _replay(
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     flush(partition)
-                    open_partitions.discard(partition)
+                    if (msg.offset() or 0) >= ends[partition]:
+                        open_partitions.discard(partition)
                 else:
                     log.warning("restore: %s", err)
                 continue

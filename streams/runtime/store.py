@@ -6,7 +6,9 @@ A store holds three key spaces:
 * `t<due, 13 digits><timer>\\0<saga key>` -> empty: the due-index, derived from the states'
   armed timers and, as timer `expire`, the time an ended saga leaves the store; written in the
   same batch, so a tick reads only what is due (sorted keys);
-* `m:checkpoint` -> the changelog offset the states reach.
+* `m:checkpoint` -> the changelog offset the states reach;
+* `m:changelog-id` -> the topic id of the changelog that offset is in (a topic recreated under
+  the same name has another id, and its offsets mean other records).
 
 Writes arrive only through `apply`, once per committed transaction, as one atomic batch with the
 new checkpoint; so after a crash the store is at some committed transaction, never past Kafka,
@@ -27,6 +29,7 @@ from sagastream.core.state import decode_state
 
 STATE, TIMER = b"s", b"t"
 CHECKPOINT_KEY = b"m:checkpoint"
+CHANGELOG_ID_KEY = b"m:changelog-id"
 # changelog records carry the state's due-index entries here, so restore need not parse the state
 TIMERS_HEADER = "timers"
 DUE_DIGITS = 13
@@ -80,6 +83,12 @@ class PartitionStore(Protocol):
         """The changelog offset the committed states reach; None if never written."""
         ...
 
+    def changelog_id(self) -> str | None:
+        """The topic id of the changelog the checkpoint is an offset of; None if never set."""
+        ...
+
+    def set_changelog_id(self, topic_id: str) -> None: ...
+
     def due(self, now_ms: int, limit: int) -> list[tuple[int, str, bytes]]:
         """(due, timer, saga key) of committed timers due at `now_ms`, oldest first."""
         ...
@@ -124,6 +133,13 @@ class MemoryStore:
     def checkpoint(self) -> int | None:
         raw = self._data.get(CHECKPOINT_KEY)
         return None if raw is None else int(raw)
+
+    def changelog_id(self) -> str | None:
+        raw = self._data.get(CHANGELOG_ID_KEY)
+        return None if raw is None else raw.decode()
+
+    def set_changelog_id(self, topic_id: str) -> None:
+        self._data[CHANGELOG_ID_KEY] = topic_id.encode()
 
     def due(self, now_ms: int, limit: int) -> list[tuple[int, str, bytes]]:
         found = sorted(parse_timer_index_key(k) for k in self._data if k[:1] == TIMER)
@@ -173,6 +189,13 @@ class RocksStore:
     def checkpoint(self) -> int | None:
         raw = self._db.get(CHECKPOINT_KEY)
         return None if raw is None else int(raw)
+
+    def changelog_id(self) -> str | None:
+        raw = self._db.get(CHANGELOG_ID_KEY)
+        return None if raw is None else bytes(raw).decode()
+
+    def set_changelog_id(self, topic_id: str) -> None:
+        self._db.put(CHANGELOG_ID_KEY, topic_id.encode())
 
     def due(self, now_ms: int, limit: int) -> list[tuple[int, str, bytes]]:
         bound = TIMER + b"%013d" % (now_ms + 1)

@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any
 
 from sagastream.ops.demo import WorkerSet, order_fields
+from sagastream.wire.codec import new_meta
 from tests.integration.helpers import OUTCOMES, every_dead_letter
 
 COMMAND_TOPICS = ("payments.commands", "inventory.commands", "shipping.commands")
@@ -35,16 +36,25 @@ def mixed_orders(n: int, name: str, rng: random.Random) -> list[tuple[str, dict[
 
 
 def publish_paced(
-    ns: Any, orders: list[tuple[str, dict[str, Any], str]], window: float
+    ns: Any, orders: list[tuple[str, dict[str, Any], str]], window: float, topic: str | None = None
 ) -> threading.Event:
-    """Publish the orders evenly over `window` seconds in the background; set when flushed."""
+    """Publish the orders evenly over `window` seconds in the background (to `topic`, else
+    OrderPlaced's own); set when flushed."""
     done = threading.Event()
+
+    def send(key: str, fields: dict[str, Any]) -> None:
+        if topic is None:
+            ns.client.publish("OrderPlaced", key, fields)
+            return
+        record = {**fields, "meta": new_meta("OrderPlaced", key, "test")}
+        value = ns.client.codec.encode("OrderPlaced", record)
+        ns.client.publish_raw(topic, key.encode(), value, [("event_type", b"OrderPlaced")])
 
     def publish() -> None:
         start = time.monotonic()
         for i, (key, fields, _) in enumerate(orders):
             time.sleep(max(0.0, start + window * i / len(orders) - time.monotonic()))
-            ns.client.publish("OrderPlaced", key, fields)
+            send(key, fields)
         ns.client.flush(120)
         done.set()
 

@@ -102,9 +102,15 @@ def lifecycle(ns: Any, key: str, until: str, timeout: float = 30.0) -> list[tupl
 
 
 def every_dead_letter(ns: Any) -> list[Received]:
-    """Every committed record of every dead-letter topic of the test's topology."""
-    dlqs = [ns.topic(ns.topology.dlq(t.name)) for t in ns.topology.topics]
-    return ns.client.read_to_end(dlqs)
+    """Every committed record of every dead-letter topic of the test's prefix (those of its
+    topology, and of any other version of it that a test deployed)."""
+    from sagastream.ops.admin import admin_client
+
+    prefix = ns.settings.topic_prefix
+    topics = admin_client(ns.settings).list_topics(timeout=30).topics
+    dlqs = {ns.topic(ns.topology.dlq(t.name)) for t in ns.topology.topics}
+    dlqs |= {t for t in topics if t.startswith(prefix) and t.endswith(".dlq")}
+    return ns.client.read_to_end(sorted(dlqs))
 
 
 def free_port() -> int:

@@ -163,7 +163,7 @@ def test_an_input_whose_saga_state_would_not_fit_is_dead_lettered_alone(
     assert [t for t, k in sent if k == b"o-big"] == ["orders.events.dlq"]
     assert ("payments.commands", b"o-ok") in sent
     assert list(orchestrator._ckpt.pending_states(0)) == [b"o-ok"]
-    assert list(orchestrator.trail) == [b"o-ok"]
+    assert list(orchestrator._ckpt.trail) == [b"o-ok"]
     labels = {"role": "orchestrator", "topic": "orders.events", "reason": "record_too_large"}
     assert metrics.registry.get_sample_value("sagastream_dead_letters_total", labels) == 1
     assert f"the saga state for {settings.changelog_topic()} would be" in caplog.text

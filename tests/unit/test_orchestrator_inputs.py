@@ -116,7 +116,7 @@ def test_a_state_that_cannot_be_encoded_dead_letters_its_input_alone(
     orders.send("orders.events", "o-good", "OrderPlaced", _order("o-good"))
 
     assert orders.produced("o-bad") == ["dlq:state_encoding"]  # no command of it went out
-    assert not orders.holds_state("o-bad") and b"o-bad" not in orders.orchestrator.trail
+    assert not orders.holds_state("o-bad") and b"o-bad" not in orders.ckpt.trail
     assert sorted(orders.produced("o-good")) == [
         "ChargePayment",
         "CreateShipment",

@@ -13,7 +13,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from sagastream.runtime.restore import _replay
+from sagastream.runtime.restore import _replay, _valid_checkpoint
 from sagastream.runtime.store import MemoryStore, changelog_headers
 
 
@@ -80,7 +80,7 @@ def test_replay_rebuilds_states_timers_and_checkpoints_of_each_partition() -> No
         ]
     )
     counts = {0: 0, 1: 0}
-    _replay(consumer, stores, {0, 1}, {0, 1}, counts, math.inf)  # type: ignore[arg-type]
+    _replay(consumer, stores, {0: 4, 1: 1}, {0, 1}, counts, math.inf)  # type: ignore[arg-type]
 
     assert counts == {0: 4, 1: 1}
     assert stores[0].checkpoint() == 3 and stores[1].checkpoint() == 0
@@ -98,7 +98,7 @@ def test_replay_onto_a_checkpoint_replaces_timers_the_store_already_had() -> Non
             Record(0, 9, None, None, eof=True),
         ]
     )
-    _replay(consumer, {0: store}, {0}, set(), {0: 0}, math.inf)  # type: ignore[arg-type]
+    _replay(consumer, {0: store}, {0: 9}, set(), {0: 0}, math.inf)  # type: ignore[arg-type]
     assert store.checkpoint() == 8
     assert store.due(10**6, 10) == []
     assert json.loads(store.get(b"a") or b"")["status"] == "completed"
@@ -108,7 +108,7 @@ def test_a_record_without_the_timers_header_is_read_from_its_state() -> None:
     store = MemoryStore()
     raw = json.dumps(state({"deadline||0": 42})).encode()
     consumer = FakeConsumer([Record(0, 0, b"a", raw), Record(0, 1, None, None, eof=True)])
-    _replay(consumer, {0: store}, {0}, {0}, {0: 0}, math.inf)  # type: ignore[arg-type]
+    _replay(consumer, {0: store}, {0: 1}, {0}, {0: 0}, math.inf)  # type: ignore[arg-type]
     assert store.due(10**6, 10) == [(42, "deadline||0", b"a")]
 
 
@@ -118,7 +118,7 @@ def test_a_tombstone_deletes_a_restored_state_and_its_expiry() -> None:
     store.apply({b"a": json.dumps(ended).encode()}, 7)
     assert store.due(10**6, 10) == [(500, "expire", b"a")]
     consumer = FakeConsumer([record(0, 8, b"a", None), Record(0, 9, None, None, eof=True)])
-    _replay(consumer, {0: store}, {0}, set(), {0: 0}, math.inf)  # type: ignore[arg-type]
+    _replay(consumer, {0: store}, {0: 9}, set(), {0: 0}, math.inf)  # type: ignore[arg-type]
     assert store.get(b"a") is None and store.due(10**6, 10) == []
     assert store.checkpoint() == 8
 
@@ -127,5 +127,57 @@ def test_an_expiry_travels_in_the_timers_header() -> None:
     store = MemoryStore()
     ended = {**state({}, status="compensated"), "expires": 500}
     consumer = FakeConsumer([record(0, 0, b"a", ended), Record(0, 1, None, None, eof=True)])
-    _replay(consumer, {0: store}, {0}, {0}, {0: 0}, math.inf)  # type: ignore[arg-type]
+    _replay(consumer, {0: store}, {0: 1}, {0}, {0: 0}, math.inf)  # type: ignore[arg-type]
     assert store.due(10**6, 10) == [(500, "expire", b"a")]
+
+
+def test_an_end_at_the_lso_is_not_the_end_while_an_open_transaction_holds_it_back() -> None:
+    # another producer's transaction is open at offset 1; a record committed after it (3) is
+    # beyond the LSO, so the consumer says "end" at 1 first and at 5 once that one is over
+    store = MemoryStore()
+    consumer = FakeConsumer(
+        [
+            record(0, 0, b"a", state({})),
+            Record(0, 1, None, None, eof=True),
+            record(0, 3, b"b", state({})),
+            Record(0, 5, None, None, eof=True),
+        ]
+    )
+    counts = {0: 0}
+    _replay(consumer, {0: store}, {0: 4}, {0}, counts, math.inf)  # type: ignore[arg-type]
+    assert counts == {0: 2}
+    assert [k for k, _ in store.states()] == [b"a", b"b"]
+    assert store.checkpoint() == 3
+
+
+def _checkpointed(offset: int, topic_id: str | None) -> MemoryStore:
+    store = MemoryStore()
+    store.apply({b"a": json.dumps(state({})).encode()}, offset)
+    if topic_id is not None:
+        store.set_changelog_id(topic_id)
+    return store
+
+
+def test_a_checkpoint_in_the_same_topic_and_below_the_high_watermark_is_kept() -> None:
+    store = _checkpointed(6, "topic-A")
+    assert _valid_checkpoint("changelog", 0, store, (0, 9), "topic-A") == 6
+    assert store.get(b"a") is not None
+
+
+def test_a_checkpoint_of_a_recreated_topic_wipes_the_store_even_inside_the_range() -> None:
+    store = _checkpointed(6, "topic-A")
+    assert _valid_checkpoint("changelog", 0, store, (0, 9), "topic-B") is None
+    assert store.get(b"a") is None and store.changelog_id() == "topic-B"
+
+
+def test_a_checkpoint_past_the_end_or_before_the_log_start_wipes_the_store() -> None:
+    for ends in ((0, 5), (8, 20)):
+        store = _checkpointed(6, "topic-A")
+        assert _valid_checkpoint("changelog", 0, store, ends, "topic-A") is None
+        assert store.get(b"a") is None
+
+
+def test_a_store_from_before_topic_ids_adopts_the_changelog_it_is_in() -> None:
+    store = _checkpointed(6, None)
+    assert _valid_checkpoint("changelog", 0, store, (0, 9), "topic-A") == 6
+    assert store.changelog_id() == "topic-A"
