@@ -3,10 +3,12 @@
 No Docker: ``mvn dependency:copy`` fetches the Quarkus distribution
 ``io.apicurio:apicurio-registry-app:2.6.13.Final:tar.gz:all`` (runner jar + ``lib/``)
 into a per-user cache once; the registry then runs as a plain
-``java -jar apicurio-registry-app-2.6.13.Final-runner.jar`` process with its
-in-memory (H2) storage, so it needs neither Kafka nor a database, and every start
-begins empty. ``--persist`` (``start(persist=True)``) puts the same H2 storage in a
-file instead, so schemas and their ids survive restarts.
+``java -jar apicurio-registry-app-2.6.13.Final-runner.jar`` process with its H2
+storage in a file, so it needs neither Kafka nor a database server, and schemas and
+their ids survive restarts, as the local Kafka keeps its topics: a registry that
+forgot its ids would give the ids that kept records carry to other schemas.
+``--memory`` (``start(persist=False)``) keeps the storage in memory instead, and every
+such start begins empty.
 
 Clients (``confluent_kafka.schema_registry.SchemaRegistryClient``, the Confluent
 serializers) talk to its Confluent-compatible API at
@@ -24,7 +26,7 @@ Paths
     dist:   ``<cache>/apicurio-registry-2.6.13.Final/dist`` (``.complete`` marker)
     run:    ``<cache>/registry/registry-<port>.pid`` and ``registry-<port>.log``
             (JVM stdout/stderr, i.e. the registry's log)
-    data:   ``<cache>/registry/data-<port>/registry.mv.db`` (only with ``--persist``)
+    data:   ``<cache>/registry/data-<port>/registry.mv.db`` (not with ``--memory``)
 
 Command line: ``python -m sagastream.local.registry start|stop|status [--port N]``.
 
@@ -135,7 +137,7 @@ def log_file(port: int) -> Path:
 
 
 def db_path(port: int) -> Path:
-    """H2 database of a persistent registry (``--persist``); H2 adds ``.mv.db``."""
+    """H2 database of a persistent registry (the default); H2 adds ``.mv.db``."""
     return run_dir() / f"data-{port}" / "registry"
 
 
@@ -348,13 +350,13 @@ def start(
     port: int | None = None,
     timeout: float = START_TIMEOUT_S,
     compatibility: str | None = DEFAULT_COMPATIBILITY,
-    persist: bool = False,
+    persist: bool = True,
 ) -> str:
     """Start the registry (idempotent); return its Confluent-compatible base URL.
 
-    Downloads the distribution on first use. By default storage is in memory: every
-    start begins empty. ``persist=True`` keeps schemas (and their ids) in an H2 file,
-    ``db_path(port)``, across restarts, like the local Kafka keeps its topics. A new
+    Downloads the distribution on first use. By default schemas (and their ids) are kept
+    in an H2 file, ``db_path(port)``, across restarts, like the local Kafka keeps its
+    topics; ``persist=False`` keeps them in memory, and every start begins empty. A new
     (empty) registry gets the global compatibility level ``compatibility`` (``BACKWARD``
     like Confluent; ``None`` keeps Apicurio's ``NONE``). When it already runs, nothing
     is changed (not even the storage kind) and the URL is returned once it answers.
@@ -401,7 +403,7 @@ def start(
 def stop(log: Log = print, port: int | None = None, timeout: float = STOP_TIMEOUT_S) -> None:
     """SIGTERM the registry JVM, wait up to ``timeout`` s, then SIGKILL it.
 
-    In-memory schemas are lost; a ``persist=True`` registry keeps its H2 file.
+    A persistent registry keeps its H2 file; an in-memory one (``persist=False``) loses all.
     """
     port = registry_port() if port is None else port
     with localproc.flock(run_dir() / f"registry-{port}.lock"):
@@ -454,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="registry-local",
         description=f"Local {REGISTRY_NAME} {REGISTRY_VERSION} (Confluent-compatible API, "
-        "in-memory storage) on loopback, from Maven Central.",
+        "storage in an H2 file) on loopback, from Maven Central.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p_start = sub.add_parser(
@@ -464,17 +466,21 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=START_TIMEOUT_S, help="readiness timeout, seconds"
     )
     p_start.add_argument(
-        "--persist",
-        action="store_true",
-        help="keep schemas in an H2 file under the cache across restarts (default: memory)",
+        "--memory",
+        dest="persist",
+        action="store_false",
+        help="keep schemas in memory: every start begins empty (default: an H2 file under "
+        "the cache, kept across restarts)",
     )
+    # the default now; still accepted from scripts written when memory was
+    p_start.add_argument("--persist", dest="persist", action="store_true", help=argparse.SUPPRESS)
     p_start.add_argument(
         "--compatibility",
         default=DEFAULT_COMPATIBILITY,
         help="global compatibility level set on a fresh start ('' keeps Apicurio's NONE)",
     )
     p_stop = sub.add_parser(
-        "stop", parents=[common], help="stop (in-memory schemas are lost; --persist ones kept)"
+        "stop", parents=[common], help="stop (schemas are kept, unless started with --memory)"
     )
     p_stop.add_argument(
         "--timeout", type=float, default=STOP_TIMEOUT_S, help="seconds before SIGKILL"

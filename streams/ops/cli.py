@@ -147,10 +147,10 @@ def _registry(args: argparse.Namespace) -> int:
     from sagastream.local import registry as localregistry
 
     argv = [args.action] + ([] if args.port is None else ["--port", str(args.port)])
-    if args.persist:
+    if args.memory:
         if args.action != "start":
-            raise ValueError("--persist applies to `registry start` only")
-        argv.append("--persist")
+            raise ValueError("--memory applies to `registry start` only")
+        argv.append("--memory")
     return localregistry.main(argv)
 
 
@@ -459,7 +459,11 @@ def parser() -> argparse.ArgumentParser:
     )
     r.add_argument("action", choices=["start", "stop", "status"])
     r.add_argument("--port", type=int, default=None, help="default: 8081")
-    r.add_argument("--persist", action="store_true", help="keep schemas across restarts")
+    r.add_argument(
+        "--memory",
+        action="store_true",
+        help="keep schemas in memory, lost at stop (default: kept in a file across restarts)",
+    )
     r.set_defaults(func=_registry)
 
     dq = sub.add_parser(

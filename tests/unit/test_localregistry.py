@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import io
 import json
 import socket
@@ -308,3 +309,23 @@ def test_main_reports_errors_without_traceback(
     monkeypatch.setattr(lr.shutil, "which", lambda name: None)
     assert lr.main(["start", "--port", str(_free_port())]) == 1
     assert "registry-local: error: `java` was not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "persist"),
+    [([], True), (["--persist"], True), (["--memory"], False)],
+)
+def test_start_keeps_schemas_in_a_file_unless_told_memory(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], persist: bool
+) -> None:
+    """Kept topics outlive a registry restart, so by default its ids do too."""
+    assert inspect.signature(lr.start).parameters["persist"].default is True
+    asked: dict[str, object] = {}
+
+    def start(**kwargs: object) -> str:
+        asked.update(kwargs)
+        return "http://127.0.0.1:1/apis/ccompat/v7"
+
+    monkeypatch.setattr(lr, "start", start)
+    assert lr.main(["start", *argv]) == 0
+    assert asked["persist"] is persist
