@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # the largest record a worker produces, headers and framing included: under the producer's
     # default message.max.bytes (1,000,000) and the broker's (1,048,588), with room to spare
     max_record_bytes: int = Field(default=990_000, ge=10_000)
+    # how often a worker looks its schema ids up again, to notice a registry that lost them
+    schema_ids_recheck_s: float = Field(default=30.0, gt=0)
 
     @field_validator("topology_file", "schemas_dir", "data_dir")
     @classmethod

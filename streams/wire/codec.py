@@ -47,7 +47,13 @@ _LONG_RANGE = (-(2**63), 2**63 - 1)
 
 ParsedSchema = dict[str, Any]
 DecodeReason = Literal[
-    "empty", "bad_magic", "unknown_schema_id", "incompatible_schema", "truncated", "corrupt"
+    "empty",
+    "bad_magic",
+    "unknown_schema_id",
+    "schema_mismatch",
+    "incompatible_schema",
+    "truncated",
+    "corrupt",
 ]
 
 
@@ -135,8 +141,8 @@ def canonical_json(schema: Any) -> str:
 class SchemaIds(Protocol):
     """Wire-format schema ids: a schema registry, or the local stand-in.
 
-    Either method may raise RegistryUnavailable; that is a reason to retry, never to
-    dead-letter.
+    id_for and writer_schema may raise RegistryUnavailable; that is a reason to retry, never
+    to dead-letter.
     """
 
     def id_for(self, event_type: str) -> int:
@@ -147,9 +153,35 @@ class SchemaIds(Protocol):
         """The schema JSON an id stands for (what the producer wrote with); None if unknown."""
         ...
 
+    def forget_schema(self, schema_id: int) -> None:
+        """Drop what is cached for this id: the next writer_schema asks again."""
+        ...
+
+    def renumbered(self) -> bool:
+        """Whether the producer ids were just re-resolved to other numbers (the registry lost
+        or renumbered them); callers then drop every id they derived from the old ones."""
+        ...
+
+    def suspect(self) -> None:
+        """Something read suggests the ids changed: the next renumbered() checks at once."""
+        ...
+
+    @property
+    def config_error(self) -> str | None:
+        """Why the registry refuses this worker (e.g. its credentials), while it does."""
+        ...
+
 
 class RegistryUnavailable(RuntimeError):
     """The schema registry could not be asked (unreachable, timing out, failing): retry later."""
+
+
+class RegistryRefused(RegistryUnavailable):
+    """The registry refused the credentials (401/403): a configuration error, not an outage.
+
+    It still makes inputs wait (nothing is dead-lettered for a wrong password), but the
+    worker says so loudly and is not ready until the registry accepts it.
+    """
 
 
 class LocalSchemaIds:
@@ -189,6 +221,19 @@ class LocalSchemaIds:
     def writer_schema(self, schema_id: int) -> dict[str, Any] | None:
         event_type = self._types.get(schema_id)
         return None if event_type is None else self._store.raw(event_type)
+
+    def forget_schema(self, schema_id: int) -> None:
+        """Nothing to forget: local ids are a pure function of the record names."""
+
+    def renumbered(self) -> bool:
+        return False
+
+    def suspect(self) -> None:
+        """Local ids cannot change while the process runs."""
+
+    @property
+    def config_error(self) -> str | None:
+        return None
 
 
 def local_schema_id(fullname: str) -> int:
@@ -245,7 +290,16 @@ class AvroCodec:
         self._writers: dict[str, tuple[bytes, ParsedSchema]] = {}
         self._readers: dict[int, tuple[str, ParsedSchema, ParsedSchema | None]] = {}
         self._by_fullname = {store.fullname(t): t for t in store.event_types()}
+        self._meta = _parse(_without_logical_types(store.raw(META_RECORD)), {})
         self._prepared = False
+
+    @property
+    def config_error(self) -> str | None:
+        """Why the schema registry refuses this worker (a configuration error), while it does.
+
+        For readiness: inputs wait meanwhile, but waiting will not fix it.
+        """
+        return self._ids.config_error
 
     def prepare(self, event_types: Iterable[str]) -> None:
         """Resolve the ids of these event types now, so producing later needs no registry.
@@ -253,6 +307,7 @@ class AvroCodec:
         A no-op once it has succeeded. Raises RegistryUnavailable; any other problem with
         an event type is left for encode to report when that type is produced.
         """
+        self._drop_renumbered()
         if self._prepared:
             return
         for event_type in event_types:
@@ -263,6 +318,7 @@ class AvroCodec:
 
     def encode(self, event_type: str, record: Mapping[str, Any]) -> bytes:
         """Serialize `record` as `event_type`; raises EncodeError naming the bad field."""
+        self._drop_renumbered()
         writer = self._writers.get(event_type) or self._writer_for(event_type)
         header, schema = writer
         if self._validate:
@@ -280,6 +336,9 @@ class AvroCodec:
         """Return (event_type, record) from one message; raises DecodeError with a reason.
 
         Raises RegistryUnavailable when the writer's schema had to be fetched and could not be.
+        A record whose meta names another type than its schema id is a `schema_mismatch`:
+        the registry lost or renumbered its ids. When that reading came from this codec's
+        cache, the id is asked again once first (the cache may be what is stale).
         """
         size = len(data)
         if size < _HEADER.size:
@@ -291,20 +350,38 @@ class AvroCodec:
                 "bad_magic",
                 f"magic byte is {magic}, expected {_MAGIC}: not Confluent wire format",
             )
-        event_type, writer, reader = self._readers.get(schema_id) or self._reader_for(schema_id)
+        cached = self._readers.get(schema_id)
+        try:
+            return self._read(data, schema_id, cached or self._reader_for(schema_id, data))
+        except DecodeError as exc:
+            if cached is None or exc.reason != "schema_mismatch":
+                raise
+        self._readers.pop(schema_id, None)
+        self._ids.forget_schema(schema_id)
+        return self._read(data, schema_id, self._reader_for(schema_id, data))
+
+    def _read(
+        self,
+        data: bytes,
+        schema_id: int,
+        decoder: tuple[str, ParsedSchema, ParsedSchema | None],
+    ) -> tuple[str, dict[str, Any]]:
+        """The body read with the id's schema; a body that fails or says another type raises."""
+        event_type, writer, reader = decoder
         body = io.BytesIO(data)
         body.seek(_HEADER.size)
         try:
             record = cast(dict[str, Any], schemaless_reader(body, writer, reader))
-        except SchemaResolutionError as exc:
-            raise DecodeError(
-                "incompatible_schema",
-                f"{event_type} (schema id {schema_id}): the writer's schema does not resolve "
-                f"to the local one: {exc}",
-                schema_id=schema_id,
-                event_type=event_type,
-            ) from exc
         except Exception as exc:
+            self._raise_if_mismatch(data, schema_id, event_type)
+            if isinstance(exc, SchemaResolutionError):
+                raise DecodeError(
+                    "incompatible_schema",
+                    f"{event_type} (schema id {schema_id}): the writer's schema does not resolve "
+                    f"to the local one: {exc}",
+                    schema_id=schema_id,
+                    event_type=event_type,
+                ) from exc
             reason: DecodeReason = "truncated" if _runs_out(writer, reader, data) else "corrupt"
             raise DecodeError(
                 reason,
@@ -312,7 +389,13 @@ class AvroCodec:
                 schema_id=schema_id,
                 event_type=event_type,
             ) from exc
+        meta = record.get("meta")
+        declared = meta.get("event_type") if isinstance(meta, dict) else None
+        if isinstance(declared, str) and declared != event_type:
+            raise self._mismatch(schema_id, event_type, declared)
+        size = len(data)
         if body.tell() != size:
+            self._raise_if_mismatch(data, schema_id, event_type)
             raise DecodeError(
                 "corrupt",
                 f"{event_type} (schema id {schema_id}): "
@@ -321,6 +404,45 @@ class AvroCodec:
                 event_type=event_type,
             )
         return event_type, record
+
+    def _declared_type(self, data: bytes) -> str | None:
+        """The event type the producer wrote in the record's meta, read without its schema.
+
+        Every event's first field is its EventMeta, so the meta reads the same whatever
+        schema the id names; None when not even that can be read.
+        """
+        body = io.BytesIO(data)
+        body.seek(_HEADER.size)
+        try:
+            meta = schemaless_reader(body, self._meta, None)
+        except Exception:
+            return None
+        declared = meta.get("event_type") if isinstance(meta, dict) else None
+        return declared if isinstance(declared, str) else None
+
+    def _raise_if_mismatch(self, data: bytes, schema_id: int, event_type: str) -> None:
+        """schema_mismatch when the record says it is another event type than the id names."""
+        declared = self._declared_type(data)
+        if declared is not None and declared != event_type:
+            raise self._mismatch(schema_id, event_type, declared)
+
+    def _mismatch(self, schema_id: int, event_type: str, declared: str) -> DecodeError:
+        self._ids.suspect()
+        return DecodeError(
+            "schema_mismatch",
+            f"schema id {schema_id} names {event_type}, the record says {declared}: the schema "
+            "registry lost or renumbered its ids after this record was written (its bytes "
+            "carry the old id, so a redrive cannot fix it)",
+            schema_id=schema_id,
+            event_type=event_type,
+        )
+
+    def _drop_renumbered(self) -> None:
+        """Forget ids derived from the registry's old numbering once it has changed."""
+        if self._ids.renumbered():
+            self._writers.clear()
+            self._readers.clear()
+            self._prepared = False
 
     def _writer_for(self, event_type: str) -> tuple[bytes, ParsedSchema]:
         try:
@@ -332,7 +454,9 @@ class AvroCodec:
         self._writers[event_type] = writer
         return writer
 
-    def _reader_for(self, schema_id: int) -> tuple[str, ParsedSchema, ParsedSchema | None]:
+    def _reader_for(
+        self, schema_id: int, data: bytes
+    ) -> tuple[str, ParsedSchema, ParsedSchema | None]:
         if schema_id > _MAX_SCHEMA_ID:
             raise DecodeError(
                 "unknown_schema_id",
@@ -342,8 +466,21 @@ class AvroCodec:
             )
         written = self._ids.writer_schema(schema_id)
         if written is None:
+            declared = self._declared_type(data)
+            if declared is not None:
+                self._ids.suspect()  # a registry that lost its ids answers like this
+            says = (
+                ""
+                if declared is None
+                else f", though the record says it is {declared}: the schema registry may have "
+                "lost its ids after it was written (its bytes carry the old id, so a redrive "
+                "cannot fix it)"
+            )
             raise DecodeError(
-                "unknown_schema_id", f"unknown schema id {schema_id}", schema_id=schema_id
+                "unknown_schema_id",
+                f"unknown schema id {schema_id}{says}",
+                schema_id=schema_id,
+                event_type=declared,
             )
         fullname = _fullname(str(written.get("name")), written.get("namespace"))
         event_type = self._by_fullname.get(fullname)

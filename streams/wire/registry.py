@@ -12,6 +12,7 @@ of topology.yaml (BACKWARD by default), overridden per ``<logical topic>-<record
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -28,6 +29,7 @@ from sagastream.wire.codec import (
     AvroCodec,
     DecodeError,
     LocalSchemaIds,
+    RegistryRefused,
     RegistryUnavailable,
     SchemaStore,
 )
@@ -41,8 +43,16 @@ with warnings.catch_warnings():
     from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+log = logging.getLogger("sagastream.registry")
+
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 30.0
+# After a failed request the codec's ids ask again no sooner than this (doubling from
+# RETRY_INITIAL_S): a batch of inputs, or a timer tick, costs one request, not one each.
+ASK_AGAIN_MAX_S = 2.0
+# A record that suggests the ids changed brings the next check forward, but no closer than
+# this to the previous one: a stream of bad records must not become a stream of lookups.
+SUSPECT_MIN_GAP_S = 5.0
 # An unknown id is remembered this long, so a burst of bad messages costs one request.
 UNKNOWN_ID_TTL_S = 30.0
 _UNKNOWN_IDS_MAX = 1024
@@ -124,9 +134,10 @@ class SchemaRejected(ValueError):
 class Registry:
     """The registry calls sagastream makes, with errors mapped to what callers act on.
 
-    Unreachable, timing out, throttling, failing (5xx) or refusing the credentials raises
-    RegistryUnavailable; "not found" answers become None. The client does not retry or
-    sleep (callers back off without blocking), and caches schemas by id and lookups.
+    Unreachable, timing out, throttling or failing (5xx) raises RegistryUnavailable;
+    refusing the credentials (401/403) raises RegistryRefused, and `refused` says why until
+    a request succeeds again. "Not found" answers become None. The client does not retry
+    or sleep (callers back off without blocking), and caches schemas by id and lookups.
     """
 
     def __init__(self, url: str, *, client: Any = None, timeout: float = 5.0) -> None:
@@ -135,6 +146,7 @@ class Registry:
             {"url": url, "max.retries": 0, "timeout": timeout}
         )
         self._addressed = False
+        self.refused: str | None = None
 
     def schema(self, schema_id: int) -> Schema | None:
         """The schema with this id; None if the registry says it has none.
@@ -240,7 +252,7 @@ class Registry:
 
     def _call(self, call: Callable[..., T], *args: Any) -> T:
         try:
-            return call(*args)
+            answer = call(*args)
         except (httpx.TransportError, OSError) as exc:
             raise RegistryUnavailable(
                 f"schema registry at {self.url} is unreachable: {type(exc).__name__}: {exc}"
@@ -249,10 +261,19 @@ class Registry:
             if exc.http_status_code >= 500 or exc.http_status_code in (408, 429):
                 raise RegistryUnavailable(f"schema registry at {self.url} failed: {exc}") from exc
             if exc.http_status_code in (401, 403):
-                raise RegistryUnavailable(
-                    f"schema registry at {self.url} refused the credentials: {exc}"
-                ) from exc
+                if self.refused is None:
+                    log.error(
+                        "schema registry at %s refused the credentials (%s): a configuration "
+                        "error, not an outage; inputs wait until it accepts them. Check the "
+                        "registry's user and password, or its ACLs",
+                        self.url,
+                        exc,
+                    )
+                self.refused = f"schema registry at {self.url} refused the credentials: {exc}"
+                raise RegistryRefused(self.refused) from exc
             raise
+        self.refused = None
+        return answer
 
 
 # ------------------------------------------------------------------ register and check
@@ -387,8 +408,17 @@ class RegistrySchemaIds:
     """SchemaIds from the registry: register-or-lookup per event type, fetch by id; all cached.
 
     A producer's id comes from the subject of the event's (first) topic; registries give
-    the same schema text the same id under every subject. Fetched schemas are kept for
-    good (an id never changes meaning), unknown ids for UNKNOWN_ID_TTL_S.
+    the same schema text the same id under every subject. Unknown ids are remembered for
+    UNKNOWN_ID_TTL_S. After a failed request nothing is asked again for a short backoff
+    (doubling up to ASK_AGAIN_MAX_S), so while the registry is down inputs and timers wait
+    without a request each.
+
+    A registry can lose its ids (one with in-memory storage, restarted) and give the same
+    numbers to other schemas. So the producer ids are looked up again every
+    `schema_ids_recheck_s`, and sooner when a consumed record suggests it (`suspect`): the
+    same lookup-or-register that found them re-registers them in a registry that forgot
+    them. When any id moved, `renumbered` answers True once and every cached schema is
+    dropped, as Confluent's serializers re-resolve on a subject's change.
     """
 
     def __init__(
@@ -408,11 +438,27 @@ class RegistrySchemaIds:
         self._ids: dict[str, int] = {}
         self._schemas: dict[int, dict[str, Any]] = {}
         self._unknown: dict[int, float] = {}
+        self._failures = 0
+        self._ask_at = 0.0
+        self._last_error: tuple[type[RegistryUnavailable], str] = (RegistryUnavailable, "")
+        self._checked = time.monotonic()
+        self._check_at = self._checked + settings.schema_ids_recheck_s
+
+    @property
+    def config_error(self) -> str | None:
+        """Why the registry refuses this worker (credentials), while it does; else None."""
+        return self._registry.refused
 
     def id_for(self, event_type: str) -> int:
         cached = self._ids.get(event_type)
         if cached is not None:
             return cached
+        schema_id = self._ask(self._resolve, event_type)
+        self._ids[event_type] = schema_id
+        return schema_id
+
+    def _resolve(self, event_type: str) -> int:
+        """The registry's id for the event type's schema, registering it if it has none."""
         event = self._topology.events.get(event_type)
         if event is None:
             raise KeyError(
@@ -433,8 +479,7 @@ class RegistrySchemaIds:
                 f"schema registry at {self._registry.url} answered {exc} for {subject}; "
                 "check SAGASTREAM_SCHEMA_REGISTRY_URL"
             ) from exc
-        self._ids[event_type] = schema_id
-        self._schemas.setdefault(schema_id, json.loads(text))
+        self._schemas[schema_id] = json.loads(text)
         return schema_id
 
     def writer_schema(self, schema_id: int) -> dict[str, Any] | None:
@@ -444,7 +489,7 @@ class RegistrySchemaIds:
         seen = self._unknown.get(schema_id)
         if seen is not None and time.monotonic() - seen < UNKNOWN_ID_TTL_S:
             return None
-        schema = self._registry.schema(schema_id)
+        schema = self._ask(self._registry.schema, schema_id)
         if schema is None:
             if len(self._unknown) >= _UNKNOWN_IDS_MAX:
                 self._unknown.clear()
@@ -460,6 +505,61 @@ class RegistrySchemaIds:
             )
         self._schemas[schema_id] = parsed
         return parsed
+
+    def forget_schema(self, schema_id: int) -> None:
+        self._schemas.pop(schema_id, None)
+        self._unknown.pop(schema_id, None)
+
+    def suspect(self) -> None:
+        self._check_at = min(self._check_at, self._checked + SUSPECT_MIN_GAP_S)
+
+    def renumbered(self) -> bool:
+        """Look the producer ids up again when due; True once if any of them moved.
+
+        All of them are resolved before any is replaced, so a check that fails half-way
+        (the registry went down) changes nothing and is tried again later.
+        """
+        now = time.monotonic()
+        if now < self._check_at or now < self._ask_at or not self._ids:
+            return False
+        self._checked = now
+        self._check_at = now + self._settings.schema_ids_recheck_s
+        schemas, self._schemas = self._schemas, {}
+        try:
+            fresh = {event_type: self._ask(self._resolve, event_type) for event_type in self._ids}
+        except (RegistryUnavailable, KeyError):
+            self._schemas = schemas
+            return False
+        if fresh == self._ids:
+            self._schemas = {**schemas, **self._schemas}
+            return False
+        moved = sorted(f"{t} {self._ids[t]}->{i}" for t, i in fresh.items() if self._ids[t] != i)
+        log.warning(
+            "schema registry at %s renumbered the schemas this worker writes (%s): it lost "
+            "or renumbered its ids; writing the new ids from now on",
+            self._registry.url,
+            ", ".join(moved),
+        )
+        self._ids = fresh
+        self._unknown.clear()
+        return True
+
+    def _ask(self, call: Callable[..., T], *args: Any) -> T:
+        """One registry request, unless a recent failure says to wait a little longer."""
+        now = time.monotonic()
+        if now < self._ask_at:
+            raise self._last_error[0](
+                f"{self._last_error[1]} (asking again in {self._ask_at - now:.1f}s)"
+            )
+        try:
+            answer = call(*args)
+        except RegistryUnavailable as exc:
+            self._last_error = (type(exc), str(exc))
+            self._ask_at = now + min(ASK_AGAIN_MAX_S, retry_delay(self._failures))
+            self._failures += 1
+            raise
+        self._failures = 0
+        return answer
 
 
 def _record_schema(schema: Schema) -> dict[str, Any] | None:

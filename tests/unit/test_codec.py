@@ -31,6 +31,8 @@ TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 class FixedIds:
     """A SchemaIds with hand-picked ids, standing in for a schema registry."""
 
+    suspected = False
+
     def __init__(self, ids: dict[str, int], store: SchemaStore = STORE) -> None:
         self._ids = ids
         self._store = store
@@ -41,6 +43,19 @@ class FixedIds:
     def writer_schema(self, schema_id: int) -> dict[str, Any] | None:
         event_type = next((t for t, i in self._ids.items() if i == schema_id), None)
         return None if event_type is None else self._store.raw(event_type)
+
+    def forget_schema(self, schema_id: int) -> None:
+        """Nothing is cached: every writer_schema reads the current ids."""
+
+    def renumbered(self) -> bool:
+        return False
+
+    def suspect(self) -> None:
+        self.suspected = True
+
+    @property
+    def config_error(self) -> str | None:
+        return None
 
 
 def order_placed(**changes: Any) -> dict[str, Any]:
@@ -527,3 +542,76 @@ def test_meta_carries_the_step_a_command_is_for() -> None:
     record = order_placed(meta={**new_meta("OrderPlaced", "order-1", "shop"), "step": "x"})
     _, decoded = CODEC.decode(CODEC.encode("OrderPlaced", record))
     assert decoded["meta"]["step"] == "x"
+
+
+# a registry that lost or renumbered its ids
+
+
+def failed(event_type: str) -> dict[str, Any]:
+    """A PaymentFailed or an InventoryFailed: two events with the very same fields."""
+    meta = new_meta(event_type, "order-1", "svc", now_ms=1_700_000_000_000)
+    return {"meta": meta, "order_id": "order-1", "reason": "declined"}
+
+
+@pytest.mark.parametrize(
+    ("written", "record", "named"),
+    [
+        # the same layout: without the check it would be read as the other type
+        ("PaymentFailed", failed("PaymentFailed"), "InventoryFailed"),
+        # a body that does not fit: without the check it is reported as a corrupt PaymentRefunded
+        ("OrderPlaced", order_placed(), "PaymentRefunded"),
+    ],
+)
+def test_a_record_whose_schema_id_names_another_type_is_a_schema_mismatch(
+    written: str, record: dict[str, Any], named: str
+) -> None:
+    data = AvroCodec(STORE, FixedIds({written: 7})).encode(written, record)
+    ids = FixedIds({named: 7})  # the registry gave id 7 to another schema since
+    with pytest.raises(DecodeError) as caught:
+        AvroCodec(STORE, ids).decode(data)
+    assert caught.value.reason == "schema_mismatch"
+    assert f"schema id 7 names {named}, the record says {written}" in str(caught.value)
+    assert ids.suspected, "a mismatch makes the codec check its own ids soon"
+
+
+def test_a_cached_reading_that_a_record_contradicts_is_asked_again() -> None:
+    ids = FixedIds({"InventoryFailed": 7})
+    consumer = AvroCodec(STORE, ids)
+    old = AvroCodec(STORE, FixedIds({"InventoryFailed": 7})).encode(
+        "InventoryFailed", failed("InventoryFailed")
+    )
+    assert consumer.decode(old)[0] == "InventoryFailed"  # id 7 is cached now
+    ids._ids = {"PaymentFailed": 7}  # the registry restarted and gave 7 to PaymentFailed
+    record = failed("PaymentFailed")
+    new = AvroCodec(STORE, FixedIds({"PaymentFailed": 7})).encode("PaymentFailed", record)
+    assert consumer.decode(new) == ("PaymentFailed", record)
+    with pytest.raises(DecodeError) as caught:
+        consumer.decode(old)
+    assert caught.value.reason == "schema_mismatch"
+
+
+def test_an_unknown_id_says_which_type_the_record_claims() -> None:
+    data = AvroCodec(STORE, FixedIds({"OrderPlaced": 7})).encode("OrderPlaced", order_placed())
+    ids = FixedIds({})
+    with pytest.raises(DecodeError) as caught:
+        AvroCodec(STORE, ids).decode(data)
+    assert caught.value.reason == "unknown_schema_id"
+    assert "unknown schema id 7, though the record says it is OrderPlaced" in str(caught.value)
+    assert ids.suspected
+
+
+def test_the_codec_writes_the_new_ids_once_the_registry_renumbered_them() -> None:
+    class Renumbering(FixedIds):
+        moved = False
+
+        def renumbered(self) -> bool:
+            moved, self.moved = self.moved, False
+            return moved
+
+    ids = Renumbering({"OrderPlaced": 7})
+    codec = AvroCodec(STORE, ids)
+    codec.prepare(["OrderPlaced"])
+    assert codec.encode("OrderPlaced", order_placed())[1:5] == struct.pack(">I", 7)
+    ids._ids = {"OrderPlaced": 9}
+    ids.moved = True
+    assert codec.encode("OrderPlaced", order_placed())[1:5] == struct.pack(">I", 9)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,14 @@ from sagastream.core.topology import TopologyError, load_topology, parse_topolog
 from sagastream.ops import cli
 from sagastream.runtime.inputs import Decoded, Rejected, Unavailable, read_input
 from sagastream.runtime.settings import Settings
-from sagastream.wire.codec import AvroCodec, DecodeError, RegistryUnavailable, SchemaStore, new_meta
+from sagastream.wire.codec import (
+    AvroCodec,
+    DecodeError,
+    RegistryRefused,
+    RegistryUnavailable,
+    SchemaStore,
+    new_meta,
+)
 from sagastream.wire.registry import (
     Registry,
     RegistrySchemaIds,
@@ -501,3 +509,52 @@ def test_a_registry_that_cannot_answer_makes_the_message_wait(
     del client.get_schema  # the registry answers again
     again = read_input(_message(data), _codec(STORE, client), TOPOLOGY, SETTINGS)
     assert isinstance(again, Decoded) and again.record == _order() | {"meta": again.record["meta"]}
+
+
+def test_after_a_failure_the_registry_is_not_asked_again_at_once(
+    client: FakeRegistryClient,
+) -> None:
+    """While it is down, a batch of inputs or a timer tick costs one request, not one each."""
+    _answer(client, "get_schema", 503, -1)
+    codec = _codec(STORE, client)
+    for _ in range(5):
+        with pytest.raises(RegistryUnavailable, match="failed"):
+            codec.decode(struct.pack(">BI", 0, 7) + b"\x00")
+    assert client.calls.count("get_schema") == 1
+
+
+def test_refused_credentials_are_a_configuration_error_that_waits(
+    client: FakeRegistryClient,
+) -> None:
+    _answer(client, "lookup_schema", 401, 40101)
+    codec = _codec(STORE, client)
+    for _ in range(2):  # asked, then held back: still the configuration error
+        with pytest.raises(RegistryRefused):
+            codec.encode("OrderPlaced", _order())
+    assert codec.config_error is not None
+    assert "refused the credentials" in codec.config_error
+    assert issubclass(RegistryRefused, RegistryUnavailable), "inputs wait, never dead-lettered"
+
+
+def test_a_registry_that_lost_its_ids_is_noticed_and_the_schemas_registered_again(
+    client: FakeRegistryClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = Registry("mock://unit", client=client)
+    settings = SETTINGS.model_copy(update={"schema_ids_recheck_s": 30.0})
+    ids = RegistrySchemaIds(STORE, settings, topology=TOPOLOGY, registry=registry)
+    codec = AvroCodec(STORE, ids)
+    codec.prepare(TOPOLOGY.events)
+    before = codec.encode("OrderPlaced", _order())[1:5]
+    # the registry restarts empty, and another producer registers a schema first
+    restarted = FakeRegistryClient()
+    restarted.register_schema("elsewhere", Schema(STORE.canonical("PaymentFailed"), "AVRO"))
+    registry._client = restarted
+    assert codec.encode("OrderPlaced", _order())[1:5] == before, "checked only when due"
+    clock = time.monotonic() + 31
+    monkeypatch.setattr(time, "monotonic", lambda: clock)
+    after = codec.encode("OrderPlaced", _order())
+    assert after[1:5] != before
+    subject = subject_name("p-orders.events", "sagastream.OrderPlaced")
+    found = restarted.lookup_schema(subject, Schema(STORE.canonical("OrderPlaced"), "AVRO"))
+    assert struct.pack(">I", found.schema_id) == after[1:5], "registered again, new id written"
+    assert codec.decode(after)[0] == "OrderPlaced"
