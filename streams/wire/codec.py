@@ -337,8 +337,8 @@ class AvroCodec:
 
         Raises RegistryUnavailable when the writer's schema had to be fetched and could not be.
         A record whose meta names another type than its schema id is a `schema_mismatch`:
-        the registry lost or renumbered its ids. When that reading came from this codec's
-        cache, the id is asked again once first (the cache may be what is stale).
+        the registry lost or renumbered its ids. The id is asked again once first, past
+        every cache, since what is stale may be the cached meaning of the id, not the record.
         """
         size = len(data)
         if size < _HEADER.size:
@@ -350,11 +350,11 @@ class AvroCodec:
                 "bad_magic",
                 f"magic byte is {magic}, expected {_MAGIC}: not Confluent wire format",
             )
-        cached = self._readers.get(schema_id)
         try:
-            return self._read(data, schema_id, cached or self._reader_for(schema_id, data))
+            decoder = self._readers.get(schema_id) or self._reader_for(schema_id, data)
+            return self._read(data, schema_id, decoder)
         except DecodeError as exc:
-            if cached is None or exc.reason != "schema_mismatch":
+            if exc.reason != "schema_mismatch":
                 raise
         self._readers.pop(schema_id, None)
         self._ids.forget_schema(schema_id)
@@ -438,10 +438,13 @@ class AvroCodec:
         )
 
     def _drop_renumbered(self) -> None:
-        """Forget ids derived from the registry's old numbering once it has changed."""
+        """Write the new ids once the registry renumbered them.
+
+        Readings of ids are kept: records written before still carry the old ids, and every
+        reading is checked against the record's own type, which asks the id again if needed.
+        """
         if self._ids.renumbered():
             self._writers.clear()
-            self._readers.clear()
             self._prepared = False
 
     def _writer_for(self, event_type: str) -> tuple[bytes, ParsedSchema]:

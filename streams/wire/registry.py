@@ -148,6 +148,11 @@ class Registry:
         self._addressed = False
         self.refused: str | None = None
 
+    def forget_cached(self) -> None:
+        """Drop what the client cached (schemas by id, lookups): the next calls ask the
+        registry, which may have lost or renumbered what was cached."""
+        self._client.clear_caches()
+
     def schema(self, schema_id: int) -> Schema | None:
         """The schema with this id; None if the registry says it has none.
 
@@ -417,8 +422,9 @@ class RegistrySchemaIds:
     numbers to other schemas. So the producer ids are looked up again every
     `schema_ids_recheck_s`, and sooner when a consumed record suggests it (`suspect`): the
     same lookup-or-register that found them re-registers them in a registry that forgot
-    them. When any id moved, `renumbered` answers True once and every cached schema is
-    dropped, as Confluent's serializers re-resolve on a subject's change.
+    them. When any id moved, `renumbered` answers True once, as Confluent's serializers
+    re-resolve on a subject's change. Schemas fetched by id stay cached: the codec checks
+    every record's type against its id's and asks again (`forget_schema`) when they differ.
     """
 
     def __init__(
@@ -509,6 +515,7 @@ class RegistrySchemaIds:
     def forget_schema(self, schema_id: int) -> None:
         self._schemas.pop(schema_id, None)
         self._unknown.pop(schema_id, None)
+        self._registry.forget_cached()  # it keeps schemas by id too; ours stay cached
 
     def suspect(self) -> None:
         self._check_at = min(self._check_at, self._checked + SUSPECT_MIN_GAP_S)
@@ -524,14 +531,12 @@ class RegistrySchemaIds:
             return False
         self._checked = now
         self._check_at = now + self._settings.schema_ids_recheck_s
-        schemas, self._schemas = self._schemas, {}
+        self._registry.forget_cached()  # its lookups are cached: ask the registry itself
         try:
             fresh = {event_type: self._ask(self._resolve, event_type) for event_type in self._ids}
         except (RegistryUnavailable, KeyError):
-            self._schemas = schemas
             return False
         if fresh == self._ids:
-            self._schemas = {**schemas, **self._schemas}
             return False
         moved = sorted(f"{t} {self._ids[t]}->{i}" for t, i in fresh.items() if self._ids[t] != i)
         log.warning(

@@ -558,3 +558,27 @@ def test_a_registry_that_lost_its_ids_is_noticed_and_the_schemas_registered_agai
     found = restarted.lookup_schema(subject, Schema(STORE.canonical("OrderPlaced"), "AVRO"))
     assert struct.pack(">I", found.schema_id) == after[1:5], "registered again, new id written"
     assert codec.decode(after)[0] == "OrderPlaced"
+
+
+def test_a_record_written_after_the_registry_gave_an_id_away_is_read_by_its_new_meaning(
+    client: FakeRegistryClient,
+) -> None:
+    """A worker knows id 1 as the PaymentFailed it writes; the registry restarts empty and a
+    new producer's OrderPlaced gets id 1: the worker reads it as an OrderPlaced."""
+    registry = Registry("mock://unit", client=client)
+    worker = AvroCodec(
+        STORE, RegistrySchemaIds(STORE, SETTINGS, topology=TOPOLOGY, registry=registry)
+    )
+    worker.prepare(["PaymentFailed"])
+    assert worker.encode("PaymentFailed", _payment_failed())[1:5] == struct.pack(">I", 1)
+    restarted = FakeRegistryClient()
+    registry._client = restarted
+    written = _codec(STORE, restarted).encode("OrderPlaced", _order())
+    assert written[1:5] == struct.pack(">I", 1)
+    event_type, record = worker.decode(written)
+    assert (event_type, record["order_id"]) == ("OrderPlaced", "order-1")
+
+
+def _payment_failed() -> dict[str, Any]:
+    meta = new_meta("PaymentFailed", "order-1", "payments", now_ms=1)
+    return {"meta": meta, "order_id": "order-1", "reason": "declined"}
