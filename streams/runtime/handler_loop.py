@@ -576,14 +576,17 @@ class HandlerLoop:
         if self._owned.get(job.partition) is not job.offsets:
             self._abandon(job)  # revoked while it queued: the partition's next owner runs it
             return
-        meta = command.record["meta"]
         bound = self._run_bounds[command.event_type]
         limit = asyncio.timeout(bound)
         try:
             async with limit:
                 result_type, fields = await self._invoke(command.event_type, command.record)
-            out = self._encoder.derived(result_type, command.key, fields, meta, meta["attempt"])
-            check_fits(self._limits, [(result_type, out.topic, out.key, out.value, out.headers)])
+            # outside the run-time bound: waiting for the registry is not the handler's time
+            out = await self._encoded(job, command, result_type, fields)
+            if out is not None:
+                check_fits(
+                    self._limits, [(result_type, out.topic, out.key, out.value, out.headers)]
+                )
         except RecordTooLarge as exc:
             # the result cannot be sent: the command is dead-lettered, the loop goes on
             self._dead_letter(job, Rejected(exc.reason, str(exc)))
@@ -595,8 +598,35 @@ class HandlerLoop:
             log.exception("%s handler failed on %s", self._role, _where(job.msg))
             self._dead_letter(job, Rejected("processing_error", f"{type(exc).__name__}: {exc}"))
             return
+        if out is None:
+            self._abandon(job)  # revoked or draining while its result waited: runs again
+            return
         self._send(job, out)
         self._metrics.produced.labels(self._role, result_type).inc()
+
+    async def _encoded(
+        self, job: _Job, command: Decoded, result_type: str, fields: dict[str, Any]
+    ) -> OutRecord | None:
+        """The result's record. While the registry cannot give its schema id the result waits,
+        retried with backoff, not dead-lettered; None once the partition is no longer ours."""
+        meta = command.record["meta"]
+        failures = 0
+        while True:
+            try:
+                out = self._encoder.derived(result_type, command.key, fields, meta, meta["attempt"])
+            except RegistryUnavailable as exc:
+                if self._owned.get(job.partition) is not job.offsets or self._deadline is not None:
+                    return None
+                delay = retry_delay(failures)
+                failures += 1
+                self._metrics.registry_up.labels(self._role).set(0)
+                self._metrics.registry_retries.labels(self._role).inc()
+                log.warning("%s; the result of %s waits %.1fs", exc, _where(job.msg), delay)
+                await asyncio.sleep(delay)
+                continue
+            if failures and not self._waiting:
+                self._metrics.registry_up.labels(self._role).set(1)
+            return out
 
     async def _invoke(self, command_type: str, record: dict[str, Any]) -> Result:
         """Async handlers run on the loop, plain functions each on a thread of its own."""

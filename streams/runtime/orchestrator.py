@@ -66,7 +66,7 @@ from sagastream.runtime.store import (
     changelog_headers,
     timers_of,
 )
-from sagastream.wire.codec import AvroCodec, EncodeError, SchemaStore
+from sagastream.wire.codec import AvroCodec, EncodeError, RegistryUnavailable, SchemaStore
 from sagastream.wire.dlq import Origin, dead_letter_headers
 from sagastream.wire.registry import retry_delay
 
@@ -171,6 +171,7 @@ class Orchestrator:
         self.clock: Callable[[], int] = now_ms
         self._consumer: Consumer | None = None
         self._ckpt: Checkpoint | None = None
+        self._timers_wait: str | None = None  # why due timers wait for the registry
 
     # -- the process ----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -284,6 +285,11 @@ class Orchestrator:
         if where in self.waiting:
             return  # its partition waits for the schema registry; this one is re-read later
         got = self._read(msg)
+        if isinstance(got, Decoded):
+            try:
+                self.encoder.prepare()  # what it causes must be encodable before it is decided
+            except RegistryUnavailable as exc:
+                got = Unavailable(f"cannot encode what {got.event_type} causes: {exc}")
         if isinstance(got, Unavailable):
             self._wait_for_registry(msg, got)
             return
@@ -294,7 +300,11 @@ class Orchestrator:
         if self._failures.pop(where, None) is not None and not self._failures:
             self.metrics.registry_up.labels(ROLE).set(1)
         ckpt.begin()
-        rejected = got if isinstance(got, Rejected) else self._decide(where[1], got, msg)
+        try:
+            rejected = got if isinstance(got, Rejected) else self._decide(where[1], got, msg)
+        except RegistryUnavailable as exc:
+            self._wait_for_registry(msg, Unavailable(str(exc)))
+            return
         if rejected is not None:
             self._dead_letter(self._letter(msg, None, where[1], rejected), rejected, msg)
         ckpt.consumed(msg)
@@ -312,8 +322,10 @@ class Orchestrator:
         why (the caller dead-letters the input, and the loop goes on)."""
         try:
             return self._decide_input(partition, got, msg)
-        except KafkaException:
-            raise  # the producer failed, not the input: the session is rebuilt
+        except (KafkaException, RegistryUnavailable):
+            # the producer failed (the session is rebuilt), or the registry cannot give an id
+            # (the input waits): not the input's fault, and nothing of it was kept
+            raise
         except Exception as exc:  # a bug must not stop the partition: park the input
             log.exception("orchestrator failed on %s of %r", got.event_type, got.key)
             return Rejected("processing_error", f"{type(exc).__name__}: {exc}")
@@ -506,6 +518,8 @@ class Orchestrator:
                     continue
                 if state is None or state["timers"].get(timer) != due_ms:
                     continue  # disarmed, or fired already in this transaction
+                if not self._can_encode():
+                    return  # every due timer stays armed and is fired on a later tick
                 kind, step, attempt = timer.split("|")
                 event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{key.hex()}|{timer}|{due_ms}"))
                 meta = {
@@ -523,7 +537,10 @@ class Orchestrator:
                 fields = {"kind": kind, "step": step, "attempt": int(attempt), "due_ms": due_ms}
                 fired = Decoded(TIMER_EVENT, {**fields, "meta": meta}, key)
                 ckpt.begin()
-                rejected = self._decide(partition, fired, None)
+                try:
+                    rejected = self._decide(partition, fired, None)
+                except RegistryUnavailable:
+                    return  # it stays armed; _can_encode says why on the next tick
                 if rejected is not None:
                     # it must not fail again every tick: park the timer, disarmed
                     disarmed = {**state, "timers": dict(state["timers"])}
@@ -561,6 +578,24 @@ class Orchestrator:
         return (max(low, 0), high) if high >= 0 else None
 
     # -- the schema registry is down --------------------------------------------------------
+    def _can_encode(self) -> bool:
+        """Whether what a timer causes can be encoded now; says so once when that changes."""
+        try:
+            self.encoder.prepare()
+        except RegistryUnavailable as exc:
+            if self._timers_wait is None:
+                log.warning("%s; due timers stay armed and fire once it answers", exc)
+                self.metrics.registry_up.labels(ROLE).set(0)
+            self.metrics.registry_retries.labels(ROLE).inc()
+            self._timers_wait = str(exc)
+            return False
+        if self._timers_wait is not None:
+            log.warning("schema registry answers again; due timers fire")
+            self._timers_wait = None
+            if not self._failures:
+                self.metrics.registry_up.labels(ROLE).set(1)
+        return True
+
     def _wait_for_registry(self, msg: Message, got: Unavailable) -> None:
         """Only this partition waits: paused, rewound to this message, retried after a backoff."""
         consumer = self._consumer

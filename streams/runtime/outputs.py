@@ -35,6 +35,15 @@ class Encoder:
         self._fields: dict[str, tuple[str, ...]] = {}
         self._topics: dict[str, str] = {}
 
+    def prepare(self) -> None:
+        """Resolve the schema id of every event type of the topology, once (retried until it
+        succeeds, and again when the registry renumbered its ids).
+
+        Raises RegistryUnavailable while the registry cannot give them: the caller makes what
+        it was about to decide wait, so nothing is decided that could not then be encoded.
+        """
+        self.codec.prepare(self.topology.events)
+
     def _schema_fields(self, event_type: str) -> tuple[str, ...]:
         names = self._fields.get(event_type)
         if names is None:

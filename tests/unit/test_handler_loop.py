@@ -235,14 +235,21 @@ class FakeProducer:
 
 
 class FlakyCodec(AvroCodec):
-    """A codec whose registry is down for messages that contain b'wait' while `down` is set."""
+    """A codec whose registry is down for messages that contain b'wait' while `down` is set,
+    and for encoding results while `results_down` is set."""
 
     down = True
+    results_down = False
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
         if self.down and b"wait" in data:
             raise RegistryUnavailable("schema registry at http://registry is unreachable")
         return super().decode(data)
+
+    def encode(self, event_type: str, record: Any) -> bytes:
+        if self.results_down and event_type == "PaymentCharged":
+            raise RegistryUnavailable("schema registry at http://registry is unreachable")
+        return super().encode(event_type, record)
 
 
 CODEC = FlakyCodec(STORE, LocalSchemaIds(STORE))
@@ -475,6 +482,31 @@ def test_a_partition_waits_for_the_registry_while_others_go_on(monkeypatch):
         assert metrics.get_sample_value("sagastream_registry_up", {"role": "payment"}) == 1
         retries = metrics.get_sample_value("sagastream_registry_retries_total", {"role": "payment"})
         assert retries is not None and retries >= 2
+
+
+def test_a_result_that_cannot_get_its_schema_id_waits_and_is_not_dead_lettered(monkeypatch):
+    monkeypatch.setattr(handler_loop, "retry_delay", lambda failures: 0.02)
+    monkeypatch.setattr(CODEC, "down", False)
+    monkeypatch.setattr(CODEC, "results_down", True)
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.append(0, b"o-1", charge("o-1"))
+    calls: list[str] = []
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        calls.append(record["order_id"])
+        return charged(record["order_id"])
+
+    with running(call, consumer=consumer, producer=producer) as loop:
+        metrics = loop._metrics.registry
+        eventually(lambda: calls == ["o-1"])
+        time.sleep(0.2)
+        assert producer.sent == [], "neither a result nor a dead letter while it waits"
+        assert consumer.committed(0) in (None, 0), "the command stays uncommitted"
+        assert metrics.get_sample_value("sagastream_registry_up", {"role": "payment"}) == 0
+        CODEC.results_down = False
+        eventually(lambda: consumer.committed(0) == 1)
+    [(key, event_type, record)] = results(producer)
+    assert (key, event_type, calls) == (b"o-1", "PaymentCharged", ["o-1"])
 
 
 def test_a_revoke_waits_for_running_commands_commits_and_drops_queued_ones():
