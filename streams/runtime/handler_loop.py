@@ -286,6 +286,9 @@ class HandlerLoop:
         """/readyz: assigned, and not saturated with calls past their bound (nor the common
         troubles of `RoleHealth`)."""
         reasons = [] if self._ready else ["no partitions assigned yet"]
+        refused = self._codec.config_error  # waiting will not fix wrong registry credentials
+        if refused:
+            reasons.append(refused)
         overdue = sum(not call.finished for call in list(self._overdue))
         if overdue >= self._bound:
             reasons.append(

@@ -262,7 +262,8 @@ class Orchestrator:
             if self.ready.is_set()
             else [self.owner.refused or "no partitions assigned, or still restoring"]
         )
-        return self.health.ready(*restoring)
+        refused = self.codec.config_error  # waiting will not fix wrong registry credentials
+        return self.health.ready(*restoring, *([refused] if refused else []))
 
     # -- one input ------------------------------------------------------------------------
     def _handle(self, msg: Message) -> None:

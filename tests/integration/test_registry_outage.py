@@ -148,7 +148,9 @@ def test_a_registry_down_while_the_workers_start_makes_them_wait_not_die(
         assert sorted((early | late) - set(per_saga)) == [], "sagas without an outcome"
         assert {k: n for k, n in per_saga.items() if n != 1} == {}, "sagas with several outcomes"
         assert {m.event_type for m in outcomes} == {"SagaCompleted"}
-        assert [(m.topic, read_dead_letter_headers(m.headers)) for m in every_dead_letter(world)] == []
+        assert [
+            (m.topic, read_dead_letter_headers(m.headers)) for m in every_dead_letter(world)
+        ] == []
         _stop_cleanly(workers)
     finally:
         workers.stop()

@@ -690,3 +690,17 @@ def test_the_demo_app_answers_a_role_once_per_idempotency_key(tmp_path):
     assert (tmp_path / "external" / "payment.sqlite").exists()
     with pytest.raises(ValueError, match="roles: payment, inventory"):
         app.role_handler("teleport", TOPOLOGY)
+
+
+def test_a_registry_that_refuses_the_credentials_makes_the_role_unready(monkeypatch):
+    refused = "schema registry at http://registry refused the credentials: 401"
+    monkeypatch.setattr(FlakyCodec, "config_error", property(lambda self: refused))
+    consumer = FakeConsumer()
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return charged(record["order_id"])
+
+    with running(call, consumer=consumer) as loop:
+        eventually(lambda: loop.ready)
+        check = loop.readiness()
+    assert (check.ok, check.reasons) == (False, (refused,))
