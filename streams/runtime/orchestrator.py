@@ -584,10 +584,10 @@ class Orchestrator:
         try:
             self.encoder.prepare()
         except RegistryUnavailable as exc:
-            if self._timers_wait is None:
+            if self._timers_wait is None:  # said once: this is asked again at every tick
                 log.warning("%s; due timers stay armed and fire once it answers", exc)
                 self.metrics.registry_up.labels(ROLE).set(0)
-            self.metrics.registry_retries.labels(ROLE).inc()
+                self.metrics.registry_retries.labels(ROLE).inc()
             self._timers_wait = str(exc)
             return False
         if self._timers_wait is not None:
