@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -425,6 +426,9 @@ class RegistrySchemaIds:
     them. When any id moved, `renumbered` answers True once, as Confluent's serializers
     re-resolve on a subject's change. Schemas fetched by id stay cached: the codec checks
     every record's type against its id's and asks again (`forget_schema`) when they differ.
+
+    The handler roles of one worker share it from their threads: what asks the registry
+    holds a lock (a cache hit does not).
     """
 
     def __init__(
@@ -449,6 +453,7 @@ class RegistrySchemaIds:
         self._last_error: tuple[type[RegistryUnavailable], str] = (RegistryUnavailable, "")
         self._checked = time.monotonic()
         self._check_at = self._checked + settings.schema_ids_recheck_s
+        self._lock = threading.RLock()
 
     @property
     def config_error(self) -> str | None:
@@ -459,9 +464,10 @@ class RegistrySchemaIds:
         cached = self._ids.get(event_type)
         if cached is not None:
             return cached
-        schema_id = self._ask(self._resolve, event_type)
-        self._ids[event_type] = schema_id
-        return schema_id
+        with self._lock:
+            schema_id = self._ask(self._resolve, event_type)
+            self._ids[event_type] = schema_id
+            return schema_id
 
     def _resolve(self, event_type: str) -> int:
         """The registry's id for the event type's schema, registering it if it has none."""
@@ -495,12 +501,13 @@ class RegistrySchemaIds:
         seen = self._unknown.get(schema_id)
         if seen is not None and time.monotonic() - seen < UNKNOWN_ID_TTL_S:
             return None
-        schema = self._ask(self._registry.schema, schema_id)
-        if schema is None:
-            if len(self._unknown) >= _UNKNOWN_IDS_MAX:
-                self._unknown.clear()
-            self._unknown[schema_id] = time.monotonic()
-            return None
+        with self._lock:
+            schema = self._ask(self._registry.schema, schema_id)
+            if schema is None:
+                if len(self._unknown) >= _UNKNOWN_IDS_MAX:
+                    self._unknown.clear()
+                self._unknown[schema_id] = time.monotonic()
+                return None
         parsed = _record_schema(schema)
         if parsed is None:
             raise DecodeError(
@@ -513,9 +520,10 @@ class RegistrySchemaIds:
         return parsed
 
     def forget_schema(self, schema_id: int) -> None:
-        self._schemas.pop(schema_id, None)
-        self._unknown.pop(schema_id, None)
-        self._registry.forget_cached()  # it keeps schemas by id too; ours stay cached
+        with self._lock:
+            self._schemas.pop(schema_id, None)
+            self._unknown.pop(schema_id, None)
+            self._registry.forget_cached()  # it keeps schemas by id too; ours stay cached
 
     def suspect(self) -> None:
         self._check_at = min(self._check_at, self._checked + SUSPECT_MIN_GAP_S)
@@ -529,11 +537,19 @@ class RegistrySchemaIds:
         now = time.monotonic()
         if now < self._check_at or now < self._ask_at or not self._ids:
             return False
+        with self._lock:
+            return self._recheck(now)
+
+    def _recheck(self, now: float) -> bool:
+        if now < self._check_at:
+            return False  # another thread checked while this one waited for the lock
         self._checked = now
         self._check_at = now + self._settings.schema_ids_recheck_s
         self._registry.forget_cached()  # its lookups are cached: ask the registry itself
         try:
-            fresh = {event_type: self._ask(self._resolve, event_type) for event_type in self._ids}
+            fresh = {
+                event_type: self._ask(self._resolve, event_type) for event_type in list(self._ids)
+            }
         except (RegistryUnavailable, KeyError):
             return False
         if fresh == self._ids:
