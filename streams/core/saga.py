@@ -56,7 +56,8 @@ class Command:
 
 @dataclass(frozen=True)
 class Timer:
-    """A durable timer: due time, kind (step_timeout, retry, deadline, undo_timeout, undo_retry)."""
+    """A durable timer: due time, kind (step_timeout, retry, deadline, undo_timeout, undo_retry,
+    max_wait)."""
 
     due_ms: int
     kind: str
@@ -133,6 +134,11 @@ class _Run:
     def disarm(self, kind: str, step: str, attempt: int) -> None:
         self.s["timers"].pop(f"{kind}|{step}|{attempt}", None)
 
+    def disarm_step(self, step: str, attempt: int) -> None:
+        """Every timer of a step's attempt: it has an answer, or nobody waits for one any more."""
+        for kind in ("step_timeout", "retry", "max_wait"):
+            self.disarm(kind, step, attempt)
+
     def note(self, what: str, step: str | None = None) -> None:
         self.out.lifecycle.append((what, step))
 
@@ -159,7 +165,11 @@ class _Run:
             fields = self.fill(spec)
             fields["idempotency_key"] = idempotency_key(self.saga_type, self.s["key"], name)
             self.emit(spec.command, fields, st["a"], name)
-        self.arm(spec.timeout_ms, "step_timeout", name, st["a"])
+        if not spec.human or spec.escalation:
+            # a person's wait ends by max_wait_ms or the deadline; timeout_ms says when to escalate
+            self.arm(spec.timeout_ms, "step_timeout", name, st["a"])
+        if spec.human and spec.max_wait_ms is not None:
+            self.arm(spec.max_wait_ms, "max_wait", name, st["a"])
         self.note("step_started", name)
 
     def start_ready(self) -> None:
@@ -186,8 +196,7 @@ class _Run:
 
     def step_succeeded(self, name: str, fields: dict[str, Any]) -> None:
         st = self.step(name)
-        self.disarm("step_timeout", name, st["a"])
-        self.disarm("retry", name, st["a"])
+        self.disarm_step(name, st["a"])
         st["st"] = SUCCEEDED
         self.s["order"].append(name)
         kept = _used(fields, self.spec.used_fields.get(name))
@@ -202,7 +211,7 @@ class _Run:
 
     def step_failed(self, name: str, reason: str, retry_on: str) -> None:
         spec, st = self.spec.steps[name], self.step(name)
-        self.disarm("step_timeout", name, st["a"])
+        self.disarm_step(name, st["a"])
         if (
             self.s["status"] == RUNNING
             and retry_on in spec.retry.on
@@ -233,9 +242,13 @@ class _Run:
         self.disarm("deadline", "", 0)
         self.note("compensating", failed_step)
         for name, st in self.s["steps"].items():
-            if st["st"] in (PENDING, WAITING_RETRY):
-                self.disarm("retry", name, st["a"])
+            waits_for_a_person = st["st"] == STARTED and self.spec.steps[name].human
+            if st["st"] in (PENDING, WAITING_RETRY) or waits_for_a_person:
+                # a person's decision has no side effect to wait for: nobody needs it now
+                self.disarm_step(name, st["a"])
                 st["st"] = CANCELLED
+                if waits_for_a_person:
+                    self.note("step_cancelled", name)
         self.compensate_next()
 
     def compensate_next(self) -> None:
@@ -248,8 +261,7 @@ class _Run:
                 continue
             comp = self.spec.steps[name].compensation
             if comp is None:
-                steps[name]["st"] = UNDONE
-                self.s["undone"].append(name)
+                steps[name]["st"] = UNDONE  # nothing to undo; not listed among compensated steps
                 continue
             steps[name]["st"] = UNDOING
             steps[name]["ca"] = 1
@@ -351,6 +363,18 @@ class _Run:
                 self.emit(notify.command, fields)
 
 
+def caused_by(state: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The parent meta of what a saga sends while handling an input with `meta`: the saga's own
+    trace and correlation, and its start's hop, so every event it causes is one hop past its
+    start however many steps it has (a long saga is no loop; the hop limit counts sagas)."""
+    return {
+        **meta,
+        "correlation_id": state["corr"] or meta["correlation_id"],
+        "traceparent": state["tp"] or meta["traceparent"],
+        "hop": state.get("hop", meta["hop"]),  # states written before keep the input's
+    }
+
+
 def new_state(saga_type: str, spec: SagaSpec, key: str, event: Event, now: int) -> dict[str, Any]:
     """The state of a saga that its start event has just created."""
     return {
@@ -373,6 +397,7 @@ def new_state(saga_type: str, spec: SagaSpec, key: str, event: Event, now: int) 
         "failed_step": None,
         "corr": event.correlation_id,
         "tp": event.traceparent,
+        "hop": event.hop,  # the start event's: what every event the saga causes is one hop past
     }
 
 
@@ -458,9 +483,12 @@ def decide(
     saga_type, spec = definition
     if state is not None and event.event_id in state["seen"]:
         return Decision(None, duplicate=True)
-    if event.hop > spec.max_hops:
-        return Decision(None, dead_letter=f"hop limit exceeded ({event.hop} > {spec.max_hops})")
     if state is None:
+        # The loop guard: a saga's commands carry its start's hop + 1, whatever its length (the
+        # runtime derives them from `hop` in the state), so hop counts sagas started one from
+        # another's events, and a loop of them ends here. Within a saga, attempts are bounded.
+        if event.hop > spec.max_hops:
+            return Decision(None, dead_letter=f"hop limit exceeded ({event.hop} > {spec.max_hops})")
         if event.event_type != spec.start_event:
             return Decision(None, dead_letter=f"no saga found for {event.event_type}")
         if event.fields.get(spec.key_field) in (None, ""):
@@ -471,7 +499,8 @@ def decide(
         run = _Run(saga_type, spec, new_state(saga_type, spec, key, event, now), now)
         run.s["seen"].append(event.event_id)
         run.note("started")
-        run.arm(spec.deadline_ms, "deadline", "", 0)
+        if spec.deadline_ms is not None:
+            run.arm(spec.deadline_ms, "deadline", "", 0)
         run.start_ready()
         return run.out
     run = _Run(saga_type, spec, _copy(state), now)
@@ -604,12 +633,14 @@ def _on_timer(run: _Run, fields: dict[str, Any]) -> None:
     st = s["steps"][name]
     spec = run.spec.steps[name]
     if kind == "step_timeout" and st["st"] == STARTED and st["a"] == attempt and spec.escalation:
-        # a person is slow: say so and keep waiting (the saga deadline still bounds it)
-        run.emit(
-            spec.escalation,
-            {"saga_type": run.saga_type, "step": name, "waited_ms": spec.timeout_ms},
-        )
+        # a person is slow: say so and keep waiting (max_wait_ms or the deadline bound it). No
+        # step in its meta: what answers it is no result of the step.
+        fields = {"saga_type": run.saga_type, "step": name, "waited_ms": spec.timeout_ms}
+        key = idempotency_key(run.saga_type, s["key"], f"{name}-escalation-{attempt}")
+        run.emit(spec.escalation, {**fields, "idempotency_key": key})
         run.note("step_escalated", name)
+    elif kind == "max_wait" and st["st"] == STARTED and st["a"] == attempt:
+        _expire(run, name)
     elif kind == "step_timeout" and st["st"] == STARTED and st["a"] == attempt:
         run.step_failed(name, f"timed out after {spec.timeout_ms} ms", "timeout")
     elif kind == "retry" and st["st"] == WAITING_RETRY and st["a"] == attempt:
@@ -620,6 +651,17 @@ def _on_timer(run: _Run, fields: dict[str, Any]) -> None:
     elif kind == "undo_retry" and st["st"] == UNDOING and st["ca"] == attempt:
         st["ca"] = attempt + 1
         run.send_undo(name)
+
+
+def _expire(run: _Run, name: str) -> None:
+    """A human step waited its max_wait_ms: it ends as if a person had decided `on_expiry`."""
+    spec = run.spec.steps[name]
+    why = f"no decision within {spec.max_wait_ms} ms"
+    run.note("step_expired", name)
+    if spec.on_expiry == "approved":
+        run.step_succeeded(name, {"note": why, "decided_by": "sagastream"})
+    else:
+        run.step_failed(name, f"{why}, so rejected", "signal")
 
 
 def _on_signal(run: _Run, fields: dict[str, Any]) -> None:

@@ -57,6 +57,8 @@ HUMAN_FIELDS = ("note", "decided_by")
 AUTOMATIC_FIELDS = ("idempotency_key",)
 UNDO_FIELDS = (*AUTOMATIC_FIELDS, "step")
 NOTIFY_FIELDS = (*AUTOMATIC_FIELDS, "template", "outcome", "channel")
+# what an escalation (an event for people, or a command a handler sends on as a notification) gets
+ESCALATION_FIELDS = (*AUTOMATIC_FIELDS, "saga_type", "step", "waited_ms")
 
 
 class TopologyError(ValueError):
@@ -213,7 +215,11 @@ class StepSpec(Fills, _Conditional):
     success: str | None = None
     failure: tuple[str, ...] = ()
     human: bool = False
+    # a human step: `escalation` is sent once it has waited timeout_ms; after max_wait_ms (None:
+    # no bound but the saga deadline) it gives up as if a person had decided `on_expiry`
     escalation: str | None = None
+    max_wait_ms: int | None = Field(default=None, ge=1)
+    on_expiry: Literal["rejected", "approved"] = "rejected"
     depends_on: tuple[str, ...] = ()
     optional: bool = False
     timeout_ms: int = Field(default=30_000, ge=1)
@@ -226,6 +232,8 @@ class StepSpec(Fills, _Conditional):
             raise ValueError("a step needs 'command' and 'success', unless it is 'human: true'")
         if self.escalation and not self.human:
             raise ValueError("'escalation' is for human steps; other steps time out and retry")
+        if self.max_wait_ms is not None and not self.human:
+            raise ValueError("'max_wait_ms' is for human steps; other steps time out and retry")
         if self.command is None and (self.inputs or self.params):
             raise ValueError("'inputs' and 'params' fill the step's command, and it has none")
         return self
@@ -249,7 +257,8 @@ class SagaSpec(_Model):
     start_event: str
     key_field: str
     outcome_topic: str = OUTCOMES_TOPIC
-    deadline_ms: int = Field(default=300_000, ge=1)
+    # None: no deadline; else the saga compensates once it has run this long, whatever it waits on
+    deadline_ms: int | None = Field(default=None, ge=1)
     max_hops: int = Field(default=32, ge=1)
     # full: every change; outcomes: only a saga's start and end; off: no SagaLifecycle records
     audit: Literal["full", "outcomes", "off"] = "full"
@@ -685,6 +694,8 @@ def _check_data_flow(base: str, saga: SagaSpec, records: _Records) -> list[tuple
         check_when(f"{sp}.when", step, flow)
         if step.command is not None:
             check(sp, step, step.command, flow)
+        if step.escalation is not None:
+            problems += _check_escalation(sp, step.escalation, records)
         if step.compensation is not None:
             undo = _Flow(
                 {START, name, *before},
@@ -707,6 +718,23 @@ def _check_data_flow(base: str, saga: SagaSpec, records: _Records) -> list[tuple
             check_when(f"{base}.notify.rules.{i}.when", rule, flow)
         check(f"{base}.notify", notify, notify.command, flow)
     return problems
+
+
+def _check_escalation(path: str, escalation: str, records: _Records) -> list[tuple[str, str]]:
+    """sagastream fills an escalation's fields itself, so every other field needs a default: found
+    at load, not when the escalation is due days later."""
+    fields = records.fields(escalation) or {}
+    unfilled = [f for f, default in fields.items() if not default and f not in ESCALATION_FIELDS]
+    if not unfilled:
+        return []
+    return [
+        (
+            f"{path}.escalation",
+            f"{escalation} field(s) {', '.join(unfilled)} cannot be filled: an escalation gets "
+            f"only {', '.join(ESCALATION_FIELDS)} (idempotency_key for a command); give the "
+            "others defaults, or escalate with an event such as StepEscalated",
+        )
+    ]
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from sagastream.core.saga import TERMINAL, Event, decide, saga_for
+from sagastream.core.saga import TERMINAL, Event, caused_by, decide, saga_for
 from sagastream.core.state import StateEncodingError, encode_state
 from sagastream.core.topology import LIFECYCLE_EVENT, TIMER_EVENT, Topology
 from sagastream.runtime.checkpoint import (
@@ -359,13 +359,7 @@ class Orchestrator:
         if decision.duplicate:
             return None
         new = decision.state
-        parent = meta
-        if new is not None:
-            parent = {
-                **meta,
-                "correlation_id": new["corr"] or meta["correlation_id"],
-                "traceparent": new["tp"] or meta["traceparent"],
-            }
+        parent = meta if new is None else caused_by(new, meta)
         # encode everything first: a failure here must leave nothing of this input behind
         refused = None if decision.dead_letter is None else Rejected("saga", decision.dead_letter)
         try:

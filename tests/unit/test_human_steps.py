@@ -70,7 +70,16 @@ def test_review_timeout_escalates_and_keeps_waiting(loan):
     due = state["timers"]["step_timeout|review|1"]
     d = decide(loan, state, timer_event(Timer(due, "step_timeout", "review", 1), "t1"), due)
     assert [(c.event_type, c.fields) for c in d.commands] == [
-        ("StepEscalated", {"saga_type": "loan", "step": "review", "waited_ms": 172_800_000})
+        (
+            "StepEscalated",
+            {
+                "saga_type": "loan",
+                "step": "review",
+                "waited_ms": 172_800_000,
+                # dropped by the encoder for StepEscalated; a command escalation carries it
+                "idempotency_key": "loan:L1:review-escalation-1",
+            },
+        )
     ]
     assert d.state["status"] == "running" and d.state["steps"]["review"]["st"] == "running"
     assert ("step_escalated", "review") in d.lifecycle

@@ -29,6 +29,7 @@ from sagastream.core.saga import (
     Event,
     Timer,
     backoff_ms,
+    caused_by,
     decide,
     idempotency_key,
     saga_for,
@@ -42,6 +43,7 @@ from sagastream.core.topology import (
     StepSpec,
     load_topology,
 )
+from sagastream.wire.codec import derive_meta, new_meta
 
 ROOT = Path(__file__).resolve().parents[2]
 UNDO_RETRY = RetryPolicy(max_attempts=2, initial_backoff_ms=100, on=("timeout", "failure"))
@@ -496,8 +498,9 @@ def test_compensation_is_sequential_in_reverse_completion_order() -> None:
     assert sent(d) == [("Undob", "b", 1)]
     d = s.send("bUndone")
     assert s.status == COMPENSATED
-    assert d.commands[0].fields["compensated_steps"] == ["a", "c", "d", "b"]
-    assert s.state is not None and s.state["undone"] == ["a", "c", "d", "b"]
+    # only steps actually undone: c had nothing to undo (finding 6 of issue 15)
+    assert d.commands[0].fields["compensated_steps"] == ["a", "d", "b"]
+    assert s.state is not None and s.state["undone"] == ["a", "d", "b"]
 
 
 def test_compensation_failure_is_retried_then_the_saga_fails() -> None:
@@ -687,16 +690,37 @@ def test_foreign_event_goes_to_the_dead_letter_topic() -> None:
     assert d.commands == [] and s.status == RUNNING
 
 
-@pytest.mark.parametrize("started", [False, True])
-def test_hop_limit_goes_to_the_dead_letter_topic(started: bool) -> None:
+def test_hop_limit_goes_to_the_dead_letter_topic() -> None:
     s = Saga(diamond())  # max_hops=8
-    if started:
-        s.start()
-    before = s.state
-    d = s.send("aDone" if started else "Begin", {"id": "k-1"}, hop=9)
+    d = s.send("Begin", {"id": "k-1"}, hop=9)
     assert d.state is None and d.commands == []
     assert d.dead_letter == "hop limit exceeded (9 > 8)"
-    assert s.state == before
+    assert s.state is None
+
+
+def test_the_hop_limit_counts_sagas_started_one_from_another_not_steps() -> None:
+    """Finding 6 of issue 15: hop counted depth, so a linear saga of more than 16 steps hit the
+    limit of 32. Meta derived as the runtime does (caused_by, then derive_meta for the command
+    and again for the handler's result): every result of a 40-step saga is one hop past its
+    command, and the next saga its outcome starts is two past this one's start."""
+    s = Saga(saga(*((n, step(n, *prev)) for n, prev in _chain(40))))
+    meta = new_meta("Begin", "k-1", "shop", hop=3)
+    d = s.send("Begin", {"id": "k-1"}, hop=3, event_id="begin")
+    for name, _ in _chain(40):
+        assert s.state is not None
+        (command,) = [c for c in d.commands if c.step == name]
+        sent_meta = derive_meta(caused_by(s.state, meta), command.event_type, "orchestrator")
+        meta = derive_meta(sent_meta, f"{name}Done", "handler")
+        d = s.send(f"{name}Done", hop=meta["hop"])
+        assert d.dead_letter is None and meta["hop"] == 5
+    assert s.status == COMPLETED and s.state is not None
+    outcome = derive_meta(caused_by(s.state, meta), "SagaCompleted", "orchestrator")
+    assert outcome["hop"] == 4
+
+
+def _chain(n: int) -> list[tuple[str, tuple[str, ...]]]:
+    """Steps s0..s{n-1}, each depending on the one before."""
+    return [(f"s{i}", (f"s{i - 1}",) if i else ()) for i in range(n)]
 
 
 def test_hop_count_at_the_limit_is_processed() -> None:
