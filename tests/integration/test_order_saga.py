@@ -56,6 +56,17 @@ def test_happy_path_completes_and_notifies(ns, workers):
     charge = next(m for m in events if m.event_type == "ChargePayment").record
     assert charge["idempotency_key"] == "order:order-ok-1:payment"
     assert charge["meta"]["hop"] == 1 and charge["meta"]["attempt"] == 1
+    # every command names its step (meta.step: results are routed by it, issue 15) and is one hop
+    # past the start event however late it is sent: the notification after the last result too
+    steps = {
+        "ChargePayment": "payment",
+        "ReserveInventory": "inventory",
+        "CreateShipment": "shipping",
+        "SendNotification": None,
+    }
+    commands = [m for m in events if m.event_type in steps]
+    assert {m.event_type: m.record["meta"]["step"] for m in commands} == steps
+    assert {m.record["meta"]["hop"] for m in commands} == {1}
     note = next(m for m in events if m.event_type == "SendNotification").record
     assert note["template"] == "order_completed" and note["outcome"] == "completed"
 
