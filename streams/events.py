@@ -291,7 +291,9 @@ class EventMeta(Record):
 class TimerFired(Event):
     """A durable saga timer came due; the orchestrator sends it to itself on the timer topic."""
 
-    kind: str = Field(description="step_timeout, retry, deadline, undo_timeout or undo_retry.")
+    kind: str = Field(
+        description="step_timeout, retry, deadline, undo_timeout, undo_retry or max_wait."
+    )
     step: str = Field(description="The step the timer guards; empty for the saga deadline.")
     attempt: Int32 = Field(description="The step attempt the timer belongs to.")
     due_ms: int = Field(description="When the timer was due, epoch milliseconds.")
