@@ -8,6 +8,7 @@ sagastream.Client().start(TripRequested(...))
 """
 
 from sagastream.app import App, Context, Fail
+from sagastream.errors import SagastreamError
 from sagastream.events import (
     AvroType,
     Command,
@@ -35,6 +36,7 @@ __all__ = [
     "Float32",
     "Int32",
     "Record",
+    "SagastreamError",
     "Settings",
     "TimestampMillis",
     "UuidStr",

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from sagastream.core.conditions import Condition, compile_condition
+from sagastream.errors import SagastreamError
 
 TIMER_EVENT = "TimerFired"
 SIGNAL_EVENT = "StepSignal"
@@ -59,7 +60,7 @@ UNDO_FIELDS = (*AUTOMATIC_FIELDS, "step")
 NOTIFY_FIELDS = (*AUTOMATIC_FIELDS, "template", "outcome", "channel")
 
 
-class TopologyError(ValueError):
+class TopologyError(SagastreamError, ValueError):
     """A topology file that cannot be used; the message names the file, the field and why."""
 
 

@@ -10,6 +10,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, TopicMetadata
 
 from sagastream.core.topology import Defaults, Topology
+from sagastream.errors import SagastreamError
 from sagastream.runtime.settings import Settings
 
 # a replica fewer than this many brokers leaves no room for one to be down
@@ -24,11 +25,11 @@ class TopicReport:
     weaker: list[str] = field(default_factory=list)
 
 
-class TopicMismatch(RuntimeError):
+class TopicMismatch(SagastreamError, RuntimeError):
     """An existing topic whose partition count differs from topology.yaml."""
 
 
-class DurabilityUnavailable(RuntimeError):
+class DurabilityUnavailable(SagastreamError, RuntimeError):
     """The cluster cannot give the replication topology.yaml asks for."""
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sagastream.errors import SagastreamError, UsageError
 from sagastream.runtime.settings import Settings
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def _schemas(args: argparse.Namespace) -> int:
         return _derived_schemas(args, settings, directory)
     url = args.url or settings.schema_registry_url
     if not url:
-        raise ValueError(
+        raise UsageError(
             "no schema registry: set SAGASTREAM_SCHEMA_REGISTRY_URL or pass --url "
             "(`sagastream registry start` runs one locally)"
         )
@@ -124,7 +125,7 @@ def _derived_schemas(args: argparse.Namespace, settings: Settings, directory: Pa
 
     module = args.app or settings.app or load_topology(settings.topology_file).app
     if not module:
-        raise ValueError(
+        raise UsageError(
             f"which module holds the event models? Pass --app MODULE or set `app:` in "
             f"{settings.topology_file}"
         )
@@ -149,7 +150,7 @@ def _registry(args: argparse.Namespace) -> int:
     argv = [args.action] + ([] if args.port is None else ["--port", str(args.port)])
     if args.memory:
         if args.action != "start":
-            raise ValueError("--memory applies to `registry start` only")
+            raise UsageError("--memory applies to `registry start` only")
         argv.append("--memory")
     return localregistry.main(argv)
 
@@ -598,21 +599,21 @@ def main(argv: list[str] | None = None) -> int:
     project = str(Settings().topology_file.parent)
     if project not in sys.path:
         sys.path.insert(0, project)
+    from sagastream.local.proc import LocalToolError  # standard library only: not a SagastreamError
+    from sagastream.runtime.kafka_io import DeliveryFailed
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:
-        from sagastream.core.topology import TopologyError
-        from sagastream.runtime.kafka_io import DeliveryFailed
-
-        if isinstance(exc, DeliveryFailed):
-            print(f"sagastream {args.command}: {exc}", file=sys.stderr)
-            return 1
-        if isinstance(exc, TopologyError | ValueError | RuntimeError | TimeoutError):
-            print(f"sagastream {args.command}: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except DeliveryFailed as exc:
+        print(f"sagastream {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (SagastreamError, LocalToolError, TimeoutError) as exc:
+        # expected: the message says what and what to do; anything else is a bug and shows
+        # its traceback
+        print(f"sagastream {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from sagastream.core.topology import Topology, load_topology
+from sagastream.errors import UsageError
 from sagastream.runtime import health
 from sagastream.runtime.health import Check
 from sagastream.runtime.limits import RecordLimits, discover
@@ -46,7 +47,7 @@ def parse_roles(spec: str, topology: Topology) -> list[str]:
     roles = known if spec == "all" else [r.strip() for r in spec.split(",") if r.strip()]
     unknown = [r for r in roles if r not in known]
     if unknown or not roles:
-        raise ValueError(
+        raise UsageError(
             f"unknown role(s) {', '.join(unknown) or spec!r}; choose from all, {', '.join(known)}"
         )
     return roles

@@ -23,6 +23,7 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import SchemaParseException, UnknownType
 
 from sagastream.core.topology import ENGINE_SCHEMAS_DIR
+from sagastream.errors import SagastreamError
 
 META_RECORD = "EventMeta"
 
@@ -172,7 +173,7 @@ class SchemaIds(Protocol):
         ...
 
 
-class RegistryUnavailable(RuntimeError):
+class RegistryUnavailable(SagastreamError, RuntimeError):
     """The schema registry could not be asked (unreachable, timing out, failing): retry later."""
 
 
@@ -242,7 +243,7 @@ def local_schema_id(fullname: str) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF or 1
 
 
-class EncodeError(ValueError):
+class EncodeError(SagastreamError, ValueError):
     """A record does not fit its event type's schema; `field` is a path such as meta.hop."""
 
     def __init__(self, event_type: str, field: str | None, detail: str) -> None:
@@ -253,7 +254,7 @@ class EncodeError(ValueError):
         self.detail = detail
 
 
-class DecodeError(ValueError):
+class DecodeError(SagastreamError, ValueError):
     """A message is not a decodable event; `reason` is a short code for dead-letter headers."""
 
     def __init__(

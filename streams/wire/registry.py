@@ -25,6 +25,7 @@ from urllib.parse import quote
 import httpx
 
 from sagastream.core.topology import Topology, load_topology
+from sagastream.errors import SagastreamError
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import (
     AvroCodec,
@@ -123,7 +124,7 @@ class Registered:
     version: int | None
 
 
-class SchemaRejected(ValueError):
+class SchemaRejected(SagastreamError, ValueError):
     """The registry refused a schema (incompatible with the subject, or not valid Avro)."""
 
     def __init__(self, subject: str, reason: str) -> None:
