@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any, cast, get_type_hints, overload
 
 from sagastream.core.topology import Topology
+from sagastream.errors import SagastreamError
 from sagastream.events import Command, Event, Record, model_named
+from sagastream.runtime.contract import Contract, ContractError
 
 Result = tuple[str, dict[str, Any]]
 HandlerFunction = Callable[..., Any]
@@ -56,7 +58,7 @@ class Fail(Exception):  # noqa: N818 - it reads as what the handler does: `raise
         self.fields = fields
 
 
-class AppError(ValueError):
+class AppError(SagastreamError, ValueError):
     """An app that cannot run a role: unknown role, missing functions, a bad registration."""
 
 
@@ -126,6 +128,7 @@ class App:
             for name, spec in topology.events.items()
             if consumes in spec.all_topics and _is_command(topology, name)
         ]
+        contract = Contract(topology)
         bound: dict[str, _Bound] = {}
         missing = []
         for command in commands:
@@ -133,12 +136,17 @@ class App:
             if function is None:
                 missing.append(command)
                 continue
-            bound[command] = _bind(function, command, role, topology)
+            bound[command] = _bind(function, command, role, contract)
         if missing:
             raise AppError(
                 f"handler role {role!r}: no function for {', '.join(missing)}; registered: "
                 f"{', '.join(f'{k} ({v})' for k, v in self.functions().items()) or 'nothing'}. "
                 "Register one with @app.handler (by command type) or @app.handler(role=...)"
+            )
+        # a role's function answers several commands: each declared type must answer one
+        for function in {id(b.function): b.function for b in bound.values()}.values():
+            contract.check_function(
+                function, [c for c, b in bound.items() if b.function is function]
             )
         return RoleHandler(role, bound)
 
@@ -197,6 +205,7 @@ class _Bound:
     takes_context: bool
     is_async: bool
     failures: tuple[str, ...]
+    contract: Contract
 
     def inputs(self, record: dict[str, Any]) -> tuple[Command, Context]:
         meta = record["meta"]
@@ -216,11 +225,16 @@ class _Bound:
         return self.function(command, ctx) if self.takes_context else self.function(command)
 
     def answer(self, result: Any) -> Result:
+        """The function's result, if the contract lets it answer this command; else
+        ContractError, which fails the attempt (kind contract)."""
         if not isinstance(result, Event):
-            raise TypeError(
+            raise ContractError(
                 f"{_name(self.function)} returned {type(result).__name__}, not an event; "
                 f"return the step's result event or raise sagastream.Fail(reason)"
             )
+        why = self.contract.check_result(self.command_type, type(result).__name__)
+        if why is not None:
+            raise ContractError(f"{_name(self.function)}: {why}")
         return type(result).__name__, result.fields()
 
     def failure(self, failed: Fail, command: Command) -> Result:
@@ -290,7 +304,7 @@ def _failures(topology: Topology, command: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _bind(function: HandlerFunction, command: str, role: str, topology: Topology) -> _Bound:
+def _bind(function: HandlerFunction, command: str, role: str, contract: Contract) -> _Bound:
     params = [
         p
         for p in inspect.signature(function).parameters.values()
@@ -314,7 +328,8 @@ def _bind(function: HandlerFunction, command: str, role: str, topology: Topology
         cast(type[Command], model),
         len(params) == 2,
         inspect.iscoroutinefunction(function),
-        _failures(topology, command),
+        _failures(contract.topology, command),
+        contract,
     )
 
 
