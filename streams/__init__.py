@@ -20,6 +20,7 @@ from sagastream.events import (
     UuidStr,
 )
 from sagastream.ops.client import AsyncClient, Client
+from sagastream.runtime.contract import heartbeat
 from sagastream.runtime.kafka_io import DeliveryFailed
 from sagastream.runtime.settings import Settings
 
@@ -40,4 +41,5 @@ __all__ = [
     "Settings",
     "TimestampMillis",
     "UuidStr",
+    "heartbeat",
 ]

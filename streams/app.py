@@ -11,7 +11,11 @@
     @app.handler(role="hotel")         # every command of the role that has no function of its own
     def hotels(cmd: sagastream.Command, ctx: sagastream.Context) -> sagastream.Event: ...
 
-Async functions run on the handler loop's event loop; plain functions in its thread pool.
+Async functions run on the handler loop's event loop; plain functions each on a thread of its own.
+What a function may return is the handler contract (sagastream.runtime.contract): the success
+or failure events of the steps that send its command, checked against the return annotation at
+start and against each result at run time. An exception, a wrong result or a run past the
+step's timeout_ms fails the attempt, which the orchestrator retries by the step's policy.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any, cast, get_type_hints, overload
 from sagastream.core.topology import Topology
 from sagastream.errors import SagastreamError
 from sagastream.events import Command, Event, Record, model_named
-from sagastream.runtime.contract import Contract, ContractError
+from sagastream.runtime.contract import Contract, ContractError, heartbeat
 
 Result = tuple[str, dict[str, Any]]
 HandlerFunction = Callable[..., Any]
@@ -42,6 +46,11 @@ class Context:
     event_id: str
     correlation_id: str
     role: str
+
+    def heartbeat(self) -> None:
+        """Say this attempt is alive: its run-time bound (the step's timeout_ms) starts again
+        from now. Call it as a long handler makes progress; the same as sagastream.heartbeat()."""
+        heartbeat()
 
 
 class Fail(Exception):  # noqa: N818 - it reads as what the handler does: `raise Fail("sold out")`

@@ -23,6 +23,7 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -132,6 +133,18 @@ class AttemptError:
     message: str
 
     @classmethod
+    def from_exception(cls, error: BaseException) -> AttemptError:
+        """An exception from a handler's function: a broken contract (ContractError), a result
+        too large to send (RecordTooLarge), else kind exception."""
+        from sagastream.runtime.limits import RecordTooLarge
+
+        if isinstance(error, ContractError):
+            return cls.of("contract", error)
+        if isinstance(error, RecordTooLarge):
+            return cls.of("too_large", error)
+        return cls.of("exception", error)
+
+    @classmethod
     def of(cls, kind: Kind, error: BaseException | str) -> AttemptError:
         if isinstance(error, str):
             return cls(kind, "ContractError" if kind == "contract" else kind, error)
@@ -193,6 +206,20 @@ class Contract:
 
     def reports_failures(self, command_type: str) -> bool:
         return reports_failures(self.topology, command_type)
+
+
+# The running attempt's heartbeat: set by whoever runs a handler (the loop, the kit) around
+# each call; a plain function's thread runs in a copy of the caller's context.
+HEARTBEAT: ContextVar[Callable[[], None] | None] = ContextVar("sagastream_heartbeat", default=None)
+
+
+def heartbeat() -> None:
+    """Say the running attempt is alive: its run-time bound (the step's timeout_ms) starts
+    again from now. Long handlers call it as they make progress (`sagastream.heartbeat()` or
+    `ctx.heartbeat()`); outside a handler it does nothing."""
+    beat = HEARTBEAT.get()
+    if beat is not None:
+        beat()
 
 
 # -------------------------------------------------------------------------- helpers
