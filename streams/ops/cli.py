@@ -122,6 +122,7 @@ def _derived_schemas(args: argparse.Namespace, settings: Settings, directory: Pa
     """schemas/*.avsc from the project's event models: write them, or say which are stale."""
     from sagastream.core.topology import load_topology
     from sagastream.events import records_of, stale_schemas, write_schemas
+    from sagastream.ops.validate import topology_problems
 
     module = args.app or settings.app or load_topology(settings.topology_file).app
     if not module:
@@ -140,7 +141,29 @@ def _derived_schemas(args: argparse.Namespace, settings: Settings, directory: Pa
     if problems:
         print(f"run `sagastream schemas generate` to derive them from {module}")
         return 1
-    print(f"{len(models)} schemas in {directory} match the models of {module}")
+    # the topology's references into the schemas (inputs, when) must hold as well
+    _, broken = topology_problems(settings, directory)
+    for line in broken:
+        print(line)
+    if broken:
+        return 1
+    print(f"{len(models)} schemas in {directory} match the models of {module} and the topology")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from sagastream.ops.validate import validate
+
+    settings = Settings()
+    if args.app:
+        settings = settings.model_copy(update={"app": args.app})
+    problems = validate(settings)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{len(problems)} problems: a worker would not start")
+        return 1
+    print(f"{settings.topology_file}, its schemas and the app's handlers are valid")
     return 0
 
 
@@ -437,11 +460,22 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, default=8088)
     a.set_defaults(func=_api)
 
+    v = sub.add_parser(
+        "validate",
+        help="check topology.yaml, the schemas and the app's handlers as a worker start would",
+        description="No broker needed; exit 1 if a worker would refuse to start (for CI).",
+    )
+    v.add_argument(
+        "--app", default=None, help="module of the handler functions (default: topology app)"
+    )
+    v.set_defaults(func=_validate)
+
     sc = sub.add_parser(
         "schemas",
         help="derive schemas/*.avsc from the event models, check them, or register them",
         description="generate: write schemas/<Event>.avsc for every event model of the app "
-        "module. check: exit 1 if one is missing or stale (for CI). "
+        "module. check: exit 1 if one is missing or stale, or the topology's inputs and "
+        "conditions do not match them (for CI). "
         "Registry subjects are <topic>-<record full name> (TopicRecordNameStrategy) with the "
         "topic prefix applied; compatibility levels come from topology.yaml schema_registry. "
         "register: idempotent; exit 1 if the registry refuses a schema. "
