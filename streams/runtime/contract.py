@@ -27,10 +27,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sagastream.core.topology import ENGINE_EVENTS, Topology
+from sagastream.core.topology import ATTEMPT_FAILED_EVENT, ENGINE_EVENTS, Topology
 from sagastream.errors import SagastreamError
 
-ATTEMPT_FAILED = "StepAttemptFailed"
+ATTEMPT_FAILED = ATTEMPT_FAILED_EVENT
 # why an attempt failed; `timeout` is retried under the policy's `on: timeout`, the rest `error`
 Kind = Literal["exception", "timeout", "contract", "too_large"]
 KINDS: tuple[Kind, ...] = ("exception", "timeout", "contract", "too_large")

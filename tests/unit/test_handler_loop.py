@@ -8,7 +8,6 @@ show what it commits, pauses and produces.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from confluent_kafka import KafkaError, TopicPartition
 
 import sagastream
@@ -44,19 +42,6 @@ from sagastream.wire.dlq import read_dead_letter_headers
 STORE = SchemaStore(Path(__file__).parents[2] / "schemas")
 TOPOLOGY = load_topology(Path(__file__).parents[2] / "topology.yaml", STORE.directory)
 TOPIC = "payments.commands"
-
-
-def _reporting_topology() -> Topology:
-    """The demo topology with StepAttemptFailed declared on the payment role's results topic
-    (core15's topology declares it there by itself; a project's own declaration wins)."""
-    data = yaml.safe_load((Path(__file__).parents[2] / "topology.yaml").read_text())
-    data["events"]["StepAttemptFailed"] = {"topic": "payments.events"}
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as out:
-        yaml.safe_dump(data, out)
-    return load_topology(Path(out.name), STORE.directory)
-
-
-REPORTING = _reporting_topology()
 
 
 # ------------------------------------------------------------------ pure bookkeeping
@@ -304,7 +289,7 @@ def running(
     *,
     consumer: FakeConsumer,
     producer: FakeProducer | None = None,
-    topology: Topology = REPORTING,
+    topology: Topology = TOPOLOGY,
     **settings: Any,
 ) -> Iterator[HandlerLoop]:
     options = {"commit_interval_ms": 10, "drain_timeout_s": 5.0, **settings}
