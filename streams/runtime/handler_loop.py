@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import inspect
 import logging
 import threading
@@ -271,6 +272,7 @@ class HandlerLoop:
         self._encoder = Encoder(settings, topology, store, codec, self._name)
         self._limits = limits or RecordLimits(settings.max_record_bytes)
         self._topic = settings.topic(topology.handlers[role].consumes)
+        self._results_topic = settings.topic(topology.handlers[role].produces)
         self._bound = topology.handlers[role].concurrency or settings.handler_concurrency
         self._run_bounds = command_bounds(topology, commands, settings.handler_timeout_ms)
         self._contract = Contract(topology)
@@ -698,6 +700,9 @@ class HandlerLoop:
                 continue
             if failures and not self._waiting:
                 self._metrics.registry_up.labels(self._role).set(1)
+            if result_type == contract.ATTEMPT_FAILED:
+                # declared on every role's results topic: this role's is the one its saga reads
+                out = dataclasses.replace(out, topic=self._results_topic)
             return out
 
     async def _invoke(self, command_type: str, record: dict[str, Any]) -> Result:
