@@ -9,6 +9,13 @@ The one place the handler side's rules live. The handler loop (runtime) and saga
     if why is not None:
         result = contract.attempt_failed(command_type, record, AttemptError.of("contract", why))
 
+A runner of handler functions (the handler loop, the kit) sets HEARTBEAT around each call (a
+function that starts the attempt's bound again), maps what the call raised with
+AttemptError.from_exception (ContractError from App's RoleHandler -> contract, RecordTooLarge ->
+too_large, else exception), a run past the bound with AttemptError.of("timeout", why), and
+answers with contract.attempt_failed(...) when reports_failures(command_type) (a command sent
+by a step or undo; a notification's failure is only logged).
+
 A command's results are the success and failure events of every step and compensation that
 sends it (a notification command's: the non-command events its role produces). Nothing else
 is accepted: not an outcome (SagaCompleted...), a signal (StepSignal), a timer, another step's
@@ -216,7 +223,8 @@ HEARTBEAT: ContextVar[Callable[[], None] | None] = ContextVar("sagastream_heartb
 def heartbeat() -> None:
     """Say the running attempt is alive: its run-time bound (the step's timeout_ms) starts
     again from now. Long handlers call it as they make progress (`sagastream.heartbeat()` or
-    `ctx.heartbeat()`); outside a handler it does nothing."""
+    `ctx.heartbeat()`); outside a handler it does nothing. The orchestrator still waits at most
+    the step's schedule_to_close_ms for an answer: raise it for handlers that run long."""
     beat = HEARTBEAT.get()
     if beat is not None:
         beat()

@@ -34,8 +34,16 @@ def topology_patch():
                 "schedule_to_close_ms": 1000,  # no handler runs: the orchestrator's own timer
                 "retry": {"max_attempts": 2, "initial_backoff_ms": 300, "jitter": "none"},
             },
-            inventory={"timeout_ms": 6000, "retry": {"max_attempts": 1}},
-            shipping={"timeout_ms": 6000, "retry": {"max_attempts": 1}},
+            inventory={
+                "timeout_ms": 6000,
+                "schedule_to_close_ms": 6000,
+                "retry": {"max_attempts": 1},
+            },
+            shipping={
+                "timeout_ms": 6000,
+                "schedule_to_close_ms": 6000,
+                "retry": {"max_attempts": 1},
+            },
         )
 
     return patch
