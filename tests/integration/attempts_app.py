@@ -1,7 +1,7 @@
 """Handler functions for the failed-attempt tests: the order saga's services, as plain functions.
 
 By the order id: `hang-*` hangs on its first charge (far past the bound), `raise-*` raises on
-it, `forge-*` answers it with a forged SagaCompleted; every charge takes LATENCY_S
+it (`broken-*` on every attempt), `forge-*` answers it with a forged SagaCompleted; every charge takes LATENCY_S
 (SAGASTREAM_TEST_LATENCY_MS) first. The others answer at once.
 """
 
@@ -39,6 +39,8 @@ def charge(cmd: ChargePayment, ctx: Context) -> PaymentCharged:
     first = ctx.attempt == 1
     if first and cmd.order_id.startswith("hang-"):
         time.sleep(3600)
+    if cmd.order_id.startswith("broken-"):
+        raise ConnectionError(f"card gateway refused {cmd.order_id}")
     if first and cmd.order_id.startswith("raise-"):
         raise ConnectionError(f"card gateway refused {cmd.order_id}")
     if first and cmd.order_id.startswith("forge-"):

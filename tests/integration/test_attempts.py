@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from sagastream.ops.client import Client
 from sagastream.runtime.orchestrator import PRODUCER_NAME
 from tests.integration.helpers import every_dead_letter, place_order, wait_outcomes
 
@@ -87,6 +88,29 @@ def test_a_hung_raising_or_forging_first_attempt_is_retried_and_the_saga_complet
     ]
     assert [m.event_type for m in finished] == ["SagaCompleted"]
     assert finished[0].record["meta"]["producer"] == PRODUCER_NAME
+    assert every_dead_letter(ns) == []
+
+
+def test_a_step_that_always_raises_compensates_and_says_why(
+    ns: Any, start_workers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 5: the saga said "timed out after 5000 ms"; now each attempt's exception is
+    reported at once and the last one is the saga's reason, as `saga show` prints it."""
+    monkeypatch.setenv("SAGASTREAM_APP", APP)
+    start_workers("orchestrator", ROLES)
+    place_order(ns, "broken-1")
+    outcome = wait_outcomes(ns, {"broken-1"}, timeout=40)["broken-1"]
+    assert outcome.event_type == "SagaCompensated"
+    assert outcome.record["failed_step"] == "payment"
+    why = "ConnectionError: card gateway refused broken-1"
+    assert why in outcome.record["reason"]
+    assert _attempts(ns, "payments.commands") == {"broken-1": [1, 2, 3]}
+    client = Client(ns.settings)
+    try:
+        view = client.describe("order", "broken-1")  # what `sagastream saga show` prints
+    finally:
+        client.close()
+    assert view is not None and view.reason is not None and why in view.reason
     assert every_dead_letter(ns) == []
 
 
