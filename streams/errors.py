@@ -19,3 +19,18 @@ class UsageError(SagastreamError, ValueError):
 
 class ClusterError(SagastreamError, RuntimeError):
     """The brokers are not as the command needs them: a topic missing, a group still active."""
+
+
+class NotFound(SagastreamError, KeyError):
+    """Something named does not exist: a schema, an event type, a saga."""
+
+    def __str__(self) -> str:  # the message, without the quotes KeyError adds
+        return str(self.args[0]) if self.args else ""
+
+
+class SchemaError(SagastreamError, ValueError):
+    """A schema file that cannot be read as an Avro record schema."""
+
+
+class ModelError(SagastreamError, TypeError):
+    """An event model whose fields do not map to Avro."""

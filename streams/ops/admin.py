@@ -10,7 +10,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, TopicMetadata
 
 from sagastream.core.topology import Defaults, Topology
-from sagastream.errors import SagastreamError
+from sagastream.errors import SagastreamError, UsageError
 from sagastream.runtime.settings import Settings
 
 # a replica fewer than this many brokers leaves no room for one to be down
@@ -144,7 +144,7 @@ def _weaker(
 def delete_topics(settings: Settings, prefix: str, timeout: float = 30.0) -> list[str]:
     """Delete every topic whose name starts with `prefix` (demo and test clean-up)."""
     if not prefix:
-        raise ValueError("refusing to delete topics without a prefix")
+        raise UsageError("refusing to delete topics without a prefix")
     admin = admin_client(settings)
     names = [t for t in admin.list_topics(timeout=timeout).topics if t.startswith(prefix)]
     if names:
