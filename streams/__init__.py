@@ -8,6 +8,7 @@ sagastream.Client().start(TripRequested(...))
 """
 
 from sagastream.app import App, Context, Fail
+from sagastream.errors import SagastreamError
 from sagastream.events import (
     AvroType,
     Command,
@@ -19,6 +20,7 @@ from sagastream.events import (
     UuidStr,
 )
 from sagastream.ops.client import AsyncClient, Client
+from sagastream.runtime.contract import heartbeat
 from sagastream.runtime.kafka_io import DeliveryFailed
 from sagastream.runtime.settings import Settings
 
@@ -35,7 +37,9 @@ __all__ = [
     "Float32",
     "Int32",
     "Record",
+    "SagastreamError",
     "Settings",
     "TimestampMillis",
     "UuidStr",
+    "heartbeat",
 ]

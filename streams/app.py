@@ -11,7 +11,11 @@
     @app.handler(role="hotel")         # every command of the role that has no function of its own
     def hotels(cmd: sagastream.Command, ctx: sagastream.Context) -> sagastream.Event: ...
 
-Async functions run on the handler loop's event loop; plain functions in its thread pool.
+Async functions run on the handler loop's event loop; plain functions each on a thread of its own.
+What a function may return is the handler contract (sagastream.runtime.contract): the success
+or failure events of the steps that send its command, checked against the return annotation at
+start and against each result at run time. An exception, a wrong result or a run past the
+step's timeout_ms fails the attempt, which the orchestrator retries by the step's policy.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from dataclasses import dataclass
 from typing import Any, cast, get_type_hints, overload
 
 from sagastream.core.topology import Topology
+from sagastream.errors import SagastreamError
 from sagastream.events import Command, Event, Record, model_named
+from sagastream.runtime.contract import Contract, ContractError, heartbeat
 
 Result = tuple[str, dict[str, Any]]
 HandlerFunction = Callable[..., Any]
@@ -41,6 +47,11 @@ class Context:
     correlation_id: str
     role: str
 
+    def heartbeat(self) -> None:
+        """Say this attempt is alive: its run-time bound (the step's timeout_ms) starts again
+        from now. Call it as a long handler makes progress; the same as sagastream.heartbeat()."""
+        heartbeat()
+
 
 class Fail(Exception):  # noqa: N818 - it reads as what the handler does: `raise Fail("sold out")`
     """A business failure: answered with the step's failure event, carrying `reason`.
@@ -56,7 +67,7 @@ class Fail(Exception):  # noqa: N818 - it reads as what the handler does: `raise
         self.fields = fields
 
 
-class AppError(ValueError):
+class AppError(SagastreamError, ValueError):
     """An app that cannot run a role: unknown role, missing functions, a bad registration."""
 
 
@@ -126,6 +137,7 @@ class App:
             for name, spec in topology.events.items()
             if consumes in spec.all_topics and _is_command(topology, name)
         ]
+        contract = Contract(topology)
         bound: dict[str, _Bound] = {}
         missing = []
         for command in commands:
@@ -133,12 +145,17 @@ class App:
             if function is None:
                 missing.append(command)
                 continue
-            bound[command] = _bind(function, command, role, topology)
+            bound[command] = _bind(function, command, role, contract)
         if missing:
             raise AppError(
                 f"handler role {role!r}: no function for {', '.join(missing)}; registered: "
                 f"{', '.join(f'{k} ({v})' for k, v in self.functions().items()) or 'nothing'}. "
                 "Register one with @app.handler (by command type) or @app.handler(role=...)"
+            )
+        # a role's function answers several commands: each declared type must answer one
+        for function in {id(b.function): b.function for b in bound.values()}.values():
+            contract.check_function(
+                function, [c for c, b in bound.items() if b.function is function]
             )
         return RoleHandler(role, bound)
 
@@ -197,6 +214,7 @@ class _Bound:
     takes_context: bool
     is_async: bool
     failures: tuple[str, ...]
+    contract: Contract
 
     def inputs(self, record: dict[str, Any]) -> tuple[Command, Context]:
         meta = record["meta"]
@@ -216,11 +234,16 @@ class _Bound:
         return self.function(command, ctx) if self.takes_context else self.function(command)
 
     def answer(self, result: Any) -> Result:
+        """The function's result, if the contract lets it answer this command; else
+        ContractError, which fails the attempt (kind contract)."""
         if not isinstance(result, Event):
-            raise TypeError(
+            raise ContractError(
                 f"{_name(self.function)} returned {type(result).__name__}, not an event; "
                 f"return the step's result event or raise sagastream.Fail(reason)"
             )
+        why = self.contract.check_result(self.command_type, type(result).__name__)
+        if why is not None:
+            raise ContractError(f"{_name(self.function)}: {why}")
         return type(result).__name__, result.fields()
 
     def failure(self, failed: Fail, command: Command) -> Result:
@@ -290,7 +313,7 @@ def _failures(topology: Topology, command: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _bind(function: HandlerFunction, command: str, role: str, topology: Topology) -> _Bound:
+def _bind(function: HandlerFunction, command: str, role: str, contract: Contract) -> _Bound:
     params = [
         p
         for p in inspect.signature(function).parameters.values()
@@ -314,7 +337,8 @@ def _bind(function: HandlerFunction, command: str, role: str, topology: Topology
         cast(type[Command], model),
         len(params) == 2,
         inspect.iscoroutinefunction(function),
-        _failures(topology, command),
+        _failures(contract.topology, command),
+        contract,
     )
 
 

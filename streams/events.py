@@ -29,6 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from sagastream.errors import ModelError, NotFound
+
 ENGINE_NAMESPACE = "sagastream"
 META_RECORD = f"{ENGINE_NAMESPACE}.EventMeta"
 META_DOC = "Envelope shared by every event."
@@ -106,7 +108,7 @@ def avro_schema(model: type[Record]) -> dict[str, Any]:
         try:
             field["type"] = _avro_type(info.annotation, info.metadata, model.avro_namespace)
         except TypeError as exc:
-            raise TypeError(f"{model.__module__}.{model.__name__}.{name}: {exc}") from None
+            raise ModelError(f"{model.__module__}.{model.__name__}.{name}: {exc}") from None
         if info.description:
             field["doc"] = info.description
         default = _default(info)
@@ -141,7 +143,7 @@ def model_named(name: str) -> type[Record]:
     for record in reversed(_RECORDS):
         if record.__name__ == name:
             return record
-    raise KeyError(name)
+    raise NotFound(name)
 
 
 def engine_records() -> list[type[Record]]:
@@ -226,31 +228,31 @@ def _avro_type(annotation: Any, metadata: list[Any], namespace: str) -> Any:
         args = typing.get_args(annotation)
         others = [a for a in args if a is not type(None)]
         if len(others) != 1:
-            raise TypeError(f"only `X | None` unions map to Avro here, not {annotation}")
+            raise ModelError(f"only `X | None` unions map to Avro here, not {annotation}")
         return ["null", _avro_type(others[0], [], namespace)]
     if origin in (list, tuple, typing.Sequence) or annotation is list:
         (item,) = typing.get_args(annotation)[:1] or (None,)
         if item is None:
-            raise TypeError("a list needs its item type, e.g. list[str]")
+            raise ModelError("a list needs its item type, e.g. list[str]")
         return {"type": "array", "items": _avro_type(item, [], namespace)}
     if origin is dict:
         key, value = typing.get_args(annotation)
         if key is not str:
-            raise TypeError("Avro maps have string keys: use dict[str, X]")
+            raise ModelError("Avro maps have string keys: use dict[str, X]")
         return {"type": "map", "values": _avro_type(value, [], namespace)}
     if origin is typing.Literal:
         values = typing.get_args(annotation)
         if all(isinstance(v, str) for v in values):
             return "string"
-        raise TypeError(f"only string literals map to Avro here, not {annotation}")
+        raise ModelError(f"only string literals map to Avro here, not {annotation}")
     if isinstance(annotation, type) and issubclass(annotation, Event):
-        raise TypeError(f"an event cannot nest another event ({annotation.__name__}); use Record")
+        raise ModelError(f"an event cannot nest another event ({annotation.__name__}); use Record")
     if isinstance(annotation, type) and issubclass(annotation, Record):
         same = annotation.avro_namespace == namespace
         return annotation.__name__ if same else annotation.avro_fullname()
     if annotation in _PRIMITIVES:
         return _PRIMITIVES[annotation]
-    raise TypeError(
+    raise ModelError(
         f"no Avro type for {annotation!r}; use str, int, float, bool, bytes, X | None, list[X], "
         "dict[str, X], a Record, or Annotated[..., AvroType(...)]"
     )

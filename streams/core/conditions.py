@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sagastream.errors import SagastreamError
+
 Data = Mapping[str, Mapping[str, Any]]
 _Node = Callable[[Data], Any]
 
@@ -32,7 +34,7 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
 }
 
 
-class ConditionError(ValueError):
+class ConditionError(SagastreamError, ValueError):
     """A `when:` text outside the grammar; the message says which part and why."""
 
 

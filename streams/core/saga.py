@@ -166,8 +166,10 @@ class _Run:
             fields["idempotency_key"] = idempotency_key(self.saga_type, self.s["key"], name)
             self.emit(spec.command, fields, st["a"], name)
         if not spec.human or spec.escalation:
-            # a person's wait ends by max_wait_ms or the deadline; timeout_ms says when to escalate
-            self.arm(spec.timeout_ms, "step_timeout", name, st["a"])
+            # a person's wait ends by max_wait_ms or the deadline; timeout_ms says when to
+            # escalate; a command's answer may queue before it runs (answer_within_ms)
+            delay = spec.timeout_ms if spec.human else spec.answer_within_ms
+            self.arm(delay, "step_timeout", name, st["a"])
         if spec.human and spec.max_wait_ms is not None:
             self.arm(spec.max_wait_ms, "max_wait", name, st["a"])
         self.note("step_started", name)
@@ -281,7 +283,7 @@ class _Run:
         fields["step"] = name  # the encoder drops it when the undo command has no such field
         fields["idempotency_key"] = idempotency_key(self.saga_type, self.s["key"], name, undo=True)
         self.emit(comp.command, fields, st["ca"], name)
-        self.arm(comp.timeout_ms, "undo_timeout", name, st["ca"])
+        self.arm(comp.answer_within_ms, "undo_timeout", name, st["ca"])
         self.note("compensation_started", name)
 
     def undo_result(self, name: str, ok: bool, reason: str, retry_on: str) -> None:
@@ -642,7 +644,8 @@ def _on_timer(run: _Run, fields: dict[str, Any]) -> None:
     elif kind == "max_wait" and st["st"] == STARTED and st["a"] == attempt:
         _expire(run, name)
     elif kind == "step_timeout" and st["st"] == STARTED and st["a"] == attempt:
-        run.step_failed(name, f"timed out after {spec.timeout_ms} ms", "timeout")
+        waited = spec.timeout_ms if spec.human else spec.answer_within_ms
+        run.step_failed(name, f"no answer within {waited} ms (timed out)", "timeout")
     elif kind == "retry" and st["st"] == WAITING_RETRY and st["a"] == attempt:
         st["a"] = attempt + 1
         run.send_step(name)

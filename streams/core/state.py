@@ -25,6 +25,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sagastream.core.topology import START
+from sagastream.errors import SagastreamError
 
 MAGIC = b"SS"
 FORMAT = 3
@@ -40,11 +41,11 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-class StateEncodingError(ValueError):
+class StateEncodingError(SagastreamError, ValueError):
     """A saga state holds a value no Avro schema gives; the message names the source and field."""
 
 
-class StateFormatError(ValueError):
+class StateFormatError(SagastreamError, ValueError):
     """Bytes that are not a saga state of a format this version reads."""
 
 

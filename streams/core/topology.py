@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from sagastream.core.conditions import Condition, compile_condition
+from sagastream.errors import SagastreamError
 
 TIMER_EVENT = "TimerFired"
 SIGNAL_EVENT = "StepSignal"
@@ -61,7 +62,7 @@ NOTIFY_FIELDS = (*AUTOMATIC_FIELDS, "template", "outcome", "channel")
 ESCALATION_FIELDS = (*AUTOMATIC_FIELDS, "saga_type", "step", "waited_ms")
 
 
-class TopologyError(ValueError):
+class TopologyError(SagastreamError, ValueError):
     """A topology file that cannot be used; the message names the file, the field and why."""
 
 
@@ -197,7 +198,39 @@ class _Conditional(_Model):
         return None if self.when is None else compile_condition(self.when)
 
 
-class CompensationSpec(Fills):
+# How long a command may wait to start (in the brokers, in a busy handler's queue) on top of
+# its run-time bound, unless a step sets schedule_to_close_ms.
+QUEUE_ALLOWANCE_MS = 60_000
+
+
+class _Timed(_Model):
+    """An attempt's two bounds, as Temporal's start-to-close and schedule-to-close.
+
+    `timeout_ms` bounds the run: the handler loop abandons an attempt that runs longer (a
+    heartbeat starts it again) and reports it failed at once. `schedule_to_close_ms` bounds the
+    wait for an answer, queueing included: past it the orchestrator counts the attempt as timed
+    out even without a report (a worker that died). Default: timeout_ms + QUEUE_ALLOWANCE_MS,
+    so that queueing under load causes no retry."""
+
+    timeout_ms: int = Field(default=30_000, ge=1)
+    schedule_to_close_ms: int | None = Field(default=None, ge=1)
+
+    @property
+    def answer_within_ms(self) -> int:
+        """How long the orchestrator waits for an attempt's answer."""
+        return self.schedule_to_close_ms or self.timeout_ms + QUEUE_ALLOWANCE_MS
+
+    @model_validator(mode="after")
+    def _closes_after_it_runs(self) -> _Timed:
+        if self.schedule_to_close_ms is not None and self.schedule_to_close_ms < self.timeout_ms:
+            raise ValueError(
+                f"schedule_to_close_ms ({self.schedule_to_close_ms}) is shorter than timeout_ms "
+                f"({self.timeout_ms}): an attempt could never run for its whole bound"
+            )
+        return self
+
+
+class CompensationSpec(Fills, _Timed):
     command: str
     success: str
     failure: tuple[str, ...] = ()
@@ -205,7 +238,7 @@ class CompensationSpec(Fills):
     retry: RetryPolicy = RetryPolicy(max_attempts=5, on=("timeout", "error", "failure"))
 
 
-class StepSpec(Fills, _Conditional):
+class StepSpec(Fills, _Conditional, _Timed):
     """A step: a command answered by a success or failure event, or a human decision (signal).
 
     A step whose `when` is false when it becomes ready is skipped, like an optional one.

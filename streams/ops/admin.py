@@ -10,6 +10,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, TopicMetadata
 
 from sagastream.core.topology import Defaults, Topology
+from sagastream.errors import SagastreamError, UsageError
 from sagastream.runtime.settings import Settings
 
 # a replica fewer than this many brokers leaves no room for one to be down
@@ -24,11 +25,11 @@ class TopicReport:
     weaker: list[str] = field(default_factory=list)
 
 
-class TopicMismatch(RuntimeError):
+class TopicMismatch(SagastreamError, RuntimeError):
     """An existing topic whose partition count differs from topology.yaml."""
 
 
-class DurabilityUnavailable(RuntimeError):
+class DurabilityUnavailable(SagastreamError, RuntimeError):
     """The cluster cannot give the replication topology.yaml asks for."""
 
 
@@ -143,7 +144,7 @@ def _weaker(
 def delete_topics(settings: Settings, prefix: str, timeout: float = 30.0) -> list[str]:
     """Delete every topic whose name starts with `prefix` (demo and test clean-up)."""
     if not prefix:
-        raise ValueError("refusing to delete topics without a prefix")
+        raise UsageError("refusing to delete topics without a prefix")
     admin = admin_client(settings)
     names = [t for t in admin.list_topics(timeout=timeout).topics if t.startswith(prefix)]
     if names:

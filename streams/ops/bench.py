@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sagastream.core.topology import load_topology
+from sagastream.errors import ClusterError, UsageError
 from sagastream.ops.demo import (
     OUTCOMES,
     WorkerSet,
@@ -103,9 +104,9 @@ def parse_rates(spec: str) -> tuple[float, ...]:
         try:
             rate = float(part)
         except ValueError:
-            raise ValueError(f"--rates: {part!r} is not a number of sagas per second") from None
+            raise UsageError(f"--rates: {part!r} is not a number of sagas per second") from None
         if not rate > 0 or math.isinf(rate):
-            raise ValueError(f"--rates: {part!r} must be a positive number of sagas per second")
+            raise UsageError(f"--rates: {part!r} must be a positive number of sagas per second")
         rates.append(rate)
     return tuple(dict.fromkeys(rates))
 
@@ -459,7 +460,7 @@ def _saga_phase(
     registered = register_subjects(Registry(str(settings.schema_registry_url)), subjects)
     if any(o.failed for o in registered):
         refused = ", ".join(o.subject.name for o in registered if o.failed)
-        raise RuntimeError(f"schema registry {settings.schema_registry_url} refused {refused}")
+        raise ClusterError(f"schema registry {settings.schema_registry_url} refused {refused}")
     workers = WorkerSet(settings, run.log_dir / settings.topic_prefix.removeprefix(run.prefix))
     client = EventClient(settings, topology, build_codec(settings), "bench")
     try:

@@ -33,6 +33,7 @@ from typing import Any
 from sagastream.core.saga import Event, decide
 from sagastream.core.state import decode_state, encode_state
 from sagastream.core.topology import Topology, load_topology
+from sagastream.errors import UsageError
 from sagastream.ops.bench import Run, process_cpu_s
 from sagastream.ops.demo import WorkerSet, order_fields, settings_env
 from sagastream.runtime.settings import Settings
@@ -306,7 +307,7 @@ def restore_phase(run: Run, n: int, timeout: float, seed: int = 42) -> dict[str,
     from sagastream.wire.registry import Registry, plan_subjects, register_subjects
 
     if n < 1:
-        raise ValueError(f"--restore: {n} is not a number of sagas (1 or more)")
+        raise UsageError(f"--restore: {n} is not a number of sagas (1 or more)")
     settings = run.phase("rst")
     topology = load_topology(settings.topology_file, settings.schemas_path)
     partitions = topology.partitions(topology.orchestrator_inputs()[0])

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sagastream.errors import SagastreamError, UsageError
 from sagastream.runtime.settings import Settings
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def _schemas(args: argparse.Namespace) -> int:
         return _derived_schemas(args, settings, directory)
     url = args.url or settings.schema_registry_url
     if not url:
-        raise ValueError(
+        raise UsageError(
             "no schema registry: set SAGASTREAM_SCHEMA_REGISTRY_URL or pass --url "
             "(`sagastream registry start` runs one locally)"
         )
@@ -121,10 +122,11 @@ def _derived_schemas(args: argparse.Namespace, settings: Settings, directory: Pa
     """schemas/*.avsc from the project's event models: write them, or say which are stale."""
     from sagastream.core.topology import load_topology
     from sagastream.events import records_of, stale_schemas, write_schemas
+    from sagastream.ops.validate import topology_problems
 
     module = args.app or settings.app or load_topology(settings.topology_file).app
     if not module:
-        raise ValueError(
+        raise UsageError(
             f"which module holds the event models? Pass --app MODULE or set `app:` in "
             f"{settings.topology_file}"
         )
@@ -139,7 +141,29 @@ def _derived_schemas(args: argparse.Namespace, settings: Settings, directory: Pa
     if problems:
         print(f"run `sagastream schemas generate` to derive them from {module}")
         return 1
-    print(f"{len(models)} schemas in {directory} match the models of {module}")
+    # the topology's references into the schemas (inputs, when) must hold as well
+    _, broken = topology_problems(settings, directory)
+    for line in broken:
+        print(line)
+    if broken:
+        return 1
+    print(f"{len(models)} schemas in {directory} match the models of {module} and the topology")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from sagastream.ops.validate import validate
+
+    settings = Settings()
+    if args.app:
+        settings = settings.model_copy(update={"app": args.app})
+    problems = validate(settings)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{len(problems)} problems: a worker would not start")
+        return 1
+    print(f"{settings.topology_file}, its schemas and the app's handlers are valid")
     return 0
 
 
@@ -149,7 +173,7 @@ def _registry(args: argparse.Namespace) -> int:
     argv = [args.action] + ([] if args.port is None else ["--port", str(args.port)])
     if args.memory:
         if args.action != "start":
-            raise ValueError("--memory applies to `registry start` only")
+            raise UsageError("--memory applies to `registry start` only")
         argv.append("--memory")
     return localregistry.main(argv)
 
@@ -436,11 +460,22 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, default=8088)
     a.set_defaults(func=_api)
 
+    v = sub.add_parser(
+        "validate",
+        help="check topology.yaml, the schemas and the app's handlers as a worker start would",
+        description="No broker needed; exit 1 if a worker would refuse to start (for CI).",
+    )
+    v.add_argument(
+        "--app", default=None, help="module of the handler functions (default: topology app)"
+    )
+    v.set_defaults(func=_validate)
+
     sc = sub.add_parser(
         "schemas",
         help="derive schemas/*.avsc from the event models, check them, or register them",
         description="generate: write schemas/<Event>.avsc for every event model of the app "
-        "module. check: exit 1 if one is missing or stale (for CI). "
+        "module. check: exit 1 if one is missing or stale, or the topology's inputs and "
+        "conditions do not match them (for CI). "
         "Registry subjects are <topic>-<record full name> (TopicRecordNameStrategy) with the "
         "topic prefix applied; compatibility levels come from topology.yaml schema_registry. "
         "register: idempotent; exit 1 if the registry refuses a schema. "
@@ -598,21 +633,21 @@ def main(argv: list[str] | None = None) -> int:
     project = str(Settings().topology_file.parent)
     if project not in sys.path:
         sys.path.insert(0, project)
+    from sagastream.local.proc import LocalToolError  # standard library only: not a SagastreamError
+    from sagastream.runtime.kafka_io import DeliveryFailed
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:
-        from sagastream.core.topology import TopologyError
-        from sagastream.runtime.kafka_io import DeliveryFailed
-
-        if isinstance(exc, DeliveryFailed):
-            print(f"sagastream {args.command}: {exc}", file=sys.stderr)
-            return 1
-        if isinstance(exc, TopologyError | ValueError | RuntimeError | TimeoutError):
-            print(f"sagastream {args.command}: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except DeliveryFailed as exc:
+        print(f"sagastream {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (SagastreamError, LocalToolError, TimeoutError) as exc:
+        # expected: the message says what and what to do; anything else is a bug and shows
+        # its traceback
+        print(f"sagastream {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

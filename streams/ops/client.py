@@ -15,6 +15,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from sagastream.core.state import decode_state
 from sagastream.core.topology import LIFECYCLE_EVENT, Topology, load_topology
+from sagastream.errors import UsageError
 from sagastream.events import Event
 from sagastream.ops.inspect import (
     Change,
@@ -243,13 +244,13 @@ class Client:
         spec = next((s for s in self.topology.sagas.values() if s.start_event == event_type), None)
         if spec is None:
             starts = ", ".join(f"{n} ({s.start_event})" for n, s in self.topology.sagas.items())
-            raise ValueError(
+            raise UsageError(
                 f"{event_type} starts no saga; the sagas and their start events: {starts}"
             )
         fields = event.fields()
         key = fields.get(spec.key_field)
         if key in (None, ""):
-            raise ValueError(f"{event_type}.{spec.key_field} (the saga key) is empty")
+            raise UsageError(f"{event_type}.{spec.key_field} (the saga key) is empty")
         if wait:
             self.events.deliver(event_type, str(key), fields)
         else:
@@ -272,7 +273,7 @@ class Client:
         """A saga's status, steps, pending timers and history; None if no such saga is stored."""
         spec = self.topology.sagas.get(saga)
         if spec is None:
-            raise ValueError(
+            raise UsageError(
                 f"unknown saga {saga!r}; topology.yaml has {', '.join(self.topology.sagas)}"
             )
         raw_key = key.encode()
@@ -289,7 +290,7 @@ class Client:
                 return None
             state = decode_state(value)
             if state["saga"] != saga:
-                raise ValueError(
+                raise UsageError(
                     f"{key} is the key of a {state['saga']} saga, not of a {saga} saga"
                 )
             history: list[Change] = []
@@ -350,11 +351,11 @@ class Client:
         compaction has not cleaned up yet, within LIST_TIMEOUT_S; it keeps only the matches.
         """
         if saga is not None and saga not in self.topology.sagas:
-            raise ValueError(
+            raise UsageError(
                 f"unknown saga {saga!r}; topology.yaml has {', '.join(self.topology.sagas)}"
             )
         if limit is not None and limit < 1:
-            raise ValueError(f"the limit must be at least 1, not {limit}")
+            raise UsageError(f"the limit must be at least 1, not {limit}")
         wanted = SagaFilter(frozenset(statuses), saga, older_than_ms)
         now = time.time_ns() // 1_000_000
         deadline = time.monotonic() + LIST_TIMEOUT_S

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sagastream.core.topology import load_topology
+from sagastream.errors import ClusterError, SagastreamError
 from sagastream.runtime.settings import Settings
 from sagastream.runtime.worker import parse_roles
 from sagastream.wire.registry import build_codec
@@ -53,7 +54,7 @@ class WorkerSet:
         for role, proc in self.procs.items():
             if proc.poll() is not None:
                 tail = (self.log_dir / f"{role}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"worker {role} exited with {proc.returncode}:\n{tail}")
+                raise SagastreamError(f"worker {role} exited with {proc.returncode}:\n{tail}")
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Wait until every worker's consumer group is stable with partitions assigned."""
@@ -272,7 +273,7 @@ def _run_orders(infra: Infrastructure, orders: int, seed: int, timeout: float, o
         registered = register_subjects(Registry(registry_url), subjects)
         if any(o.failed for o in registered):
             refused = ", ".join(o.subject.name for o in registered if o.failed)
-            raise RuntimeError(f"schema registry {registry_url} refused schemas for {refused}")
+            raise ClusterError(f"schema registry {registry_url} refused schemas for {refused}")
         print(f"schema registry {registry_url}: registered {len(subjects)} subjects", file=out)
         t0 = time.monotonic()
         roles = ["orchestrator", *topology.handlers_for("order")]

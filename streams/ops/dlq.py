@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sagastream.core.topology import Topology
+from sagastream.errors import UsageError
 from sagastream.ops.client import EventClient, Received
 from sagastream.ops.times import parse_time as parse_time
 from sagastream.runtime.inputs import logical_topic
@@ -95,7 +96,7 @@ def resolve_topic(topology: Topology, name: str) -> str:
     known = dlq_topics(topology)
     if name in known:
         return name
-    raise ValueError(
+    raise UsageError(
         f"{name} is neither a topic nor a dead-letter topic of topology.yaml; "
         f"dead-letter topics: {', '.join(known)}"
     )
@@ -281,7 +282,7 @@ def find(letters: Iterable[DeadLetter], topic: str, partition: int, offset: int)
     for letter in letters:
         if (letter.topic, letter.partition, letter.offset) == (topic, partition, offset):
             return letter
-    raise ValueError(
+    raise UsageError(
         f"no dead letter at {topic}[{partition}]@{offset}; `sagastream dlq list --topic {topic}` "
         "shows what there is"
     )

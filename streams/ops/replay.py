@@ -15,6 +15,7 @@ from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from sagastream.core.topology import Topology
+from sagastream.errors import ClusterError, UsageError
 from sagastream.ops.admin import admin_client
 from sagastream.ops.times import parse_time as parse_time
 from sagastream.runtime import kafka_io
@@ -81,7 +82,7 @@ def plan_rows(
             new = min(max(int(target.value or 0), low), high)
         else:
             if times is None or tp not in times:
-                raise ValueError(f"no offset for time resolved for {tp[0]}[{tp[1]}]")
+                raise UsageError(f"no offset for time resolved for {tp[0]}[{tp[1]}]")
             found = times[tp]
             new = high if found < 0 else min(max(found, low), high)
         rows.append(PlanRow(tp[0], tp[1], current.get(tp), new, low, high))
@@ -125,22 +126,22 @@ def role_topics(
     elif role in topology.handlers:
         consumed = [topology.handlers[role].consumes]
     else:
-        raise ValueError(
+        raise UsageError(
             f"unknown role {role!r}: use orchestrator or a handler of topology.yaml "
             f"({', '.join(sorted(topology.handlers))})"
         )
     if saga is not None:
         if role != "orchestrator":
-            raise ValueError("--saga applies to --group orchestrator only")
+            raise UsageError("--saga applies to --group orchestrator only")
         if saga not in topology.sagas:
-            raise ValueError(
+            raise UsageError(
                 f"unknown saga {saga!r}: topology.yaml has {', '.join(topology.sagas)}"
             )
         mine = set(topology.saga_topics(saga))
         consumed = [t for t in consumed if t in mine]
     if topic is not None:
         if topic not in consumed:
-            raise ValueError(f"{role} does not consume {topic}; it consumes {', '.join(consumed)}")
+            raise UsageError(f"{role} does not consume {topic}; it consumes {', '.join(consumed)}")
         consumed = [topic]
     return consumed
 
@@ -160,11 +161,11 @@ def read_offsets(
         tps: list[TopicPartition] = []
         for name in topics:
             if name not in metadata.topics or not metadata.topics[name].partitions:
-                raise ValueError(f"topic {name} does not exist (`sagastream topics create`)")
+                raise UsageError(f"topic {name} does not exist (`sagastream topics create`)")
             parts = sorted(metadata.topics[name].partitions)
             if partition is not None:
                 if partition not in parts:
-                    raise ValueError(f"topic {name} has no partition {partition} (0-{parts[-1]})")
+                    raise UsageError(f"topic {name} has no partition {partition} (0-{parts[-1]})")
                 parts = [partition]
             tps += [(name, p) for p in parts]
         ends = {tp: kafka_io.watermarks(consumer, *tp) for tp in tps}
@@ -190,7 +191,7 @@ def commit_plan(settings: Settings, group: str, rows: list[PlanRow]) -> None:
     admin = admin_client(settings)  # held: a collected client never resolves its futures
     state = admin.describe_consumer_groups([group], request_timeout=10)[group].result().state
     if state not in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
-        raise RuntimeError(
+        raise ClusterError(
             f"group {group} is {state.name}, with active members: stop its workers first"
         )
     offsets = [KafkaTopicPartition(r.topic, r.partition, r.new) for r in rows]
@@ -198,7 +199,7 @@ def commit_plan(settings: Settings, group: str, rows: list[PlanRow]) -> None:
     result = admin.alter_consumer_group_offsets([request], request_timeout=10)[group].result()
     failed = [tp for tp in result.topic_partitions if tp.error is not None]
     if failed:
-        raise RuntimeError(
+        raise ClusterError(
             "offsets not committed for "
             + ", ".join(f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in failed)
         )

@@ -11,6 +11,7 @@ import keyword
 import re
 from pathlib import Path
 
+from sagastream.errors import UsageError
 from sagastream.events import records_of, write_schemas
 
 TOPOLOGY = """\
@@ -313,7 +314,7 @@ def package_name(directory: Path) -> str:
 def init(directory: Path) -> list[Path]:
     """Write the project into `directory` (new, or empty); returns the files written."""
     if directory.exists() and any(directory.iterdir()):
-        raise ValueError(f"{directory} is not empty; sagastream init writes a new project")
+        raise UsageError(f"{directory} is not empty; sagastream init writes a new project")
     package = package_name(directory)
     files = {
         "topology.yaml": TOPOLOGY,

@@ -27,6 +27,7 @@ from confluent_kafka import Message
 
 from sagastream.core.state import decode_state
 from sagastream.core.topology import OUTCOME_EVENTS, Topology, load_topology
+from sagastream.errors import ClusterError, UsageError
 from sagastream.ops.admin import admin_client, create_topics, delete_topics
 from sagastream.ops.replay import Target, commit_plan, plan_rows, read_offsets
 from sagastream.runtime.event_time import EventTimeOrchestrator, Partition
@@ -177,7 +178,7 @@ def run_shadow(
     live_topology = load_topology(live.topology_file, live.schemas_path)
     if options.saga is not None:
         if options.saga not in topology.sagas:
-            raise ValueError(
+            raise UsageError(
                 f"unknown saga {options.saga!r}: {topology_file} has {', '.join(topology.sagas)}"
             )
         topology = topology.model_copy(
@@ -192,7 +193,7 @@ def run_shadow(
     committed, watermarks, times = read_offsets(shadow, group, inputs, None, target)
     until_ms = now_ms()
     if any(offset is not None for offset in committed.values()):
-        raise RuntimeError(f"consumer group {group} exists already: choose another --shadow-prefix")
+        raise ClusterError(f"consumer group {group} exists already: choose another --shadow-prefix")
     _check_partitions(shadow, topology, watermarks)
     rows = plan_rows({}, watermarks, target, times)
     ranges = {(r.topic, r.partition): (r.new, r.high) for r in rows}
@@ -252,7 +253,7 @@ def _check_partitions(
         have = sum(1 for t, _ in watermarks if t == topic)
         want = topology.partitions(logical_topic(shadow, topic))
         if have != want:
-            raise ValueError(
+            raise UsageError(
                 f"{topic} has {have} partitions, {shadow.topology_file} says {want}: the "
                 "shadow must partition sagas as the live run did"
             )
@@ -261,7 +262,7 @@ def _check_partitions(
 def shadow_settings(live: Settings, prefix: str, topology_file: Path) -> Settings:
     """The shadow's settings: the live inputs, its own prefix (after the live one) for the rest."""
     if not prefix:
-        raise ValueError("a shadow needs a prefix of its own for its topics")
+        raise UsageError("a shadow needs a prefix of its own for its topics")
     return live.model_copy(
         update={
             "topic_prefix": live.topic_prefix + prefix,

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from sagastream.core.topology import SIGNAL_EVENT, Topology
+from sagastream.errors import SagastreamError
 from sagastream.ops.client import EventClient
 from sagastream.runtime.kafka_io import DeliveryFailed
 
@@ -20,7 +21,7 @@ OUTCOMES = ("approved", "rejected")
 _PATH = re.compile(r"^/sagas/(?P<saga>[\w.-]+)/(?P<key>[^/]+)/steps/(?P<step>[\w.-]+)/signal$")
 
 
-class SignalError(ValueError):
+class SignalError(SagastreamError, ValueError):
     """A signal that cannot be delivered as asked."""
 
 

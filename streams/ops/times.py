@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+from sagastream.errors import UsageError
+
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -15,7 +17,7 @@ def parse_time(text: str) -> int:
     try:
         stamp = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(
+        raise UsageError(
             f"{text!r} is neither epoch milliseconds nor an ISO 8601 time: give "
             "epoch milliseconds or ISO 8601, e.g. 2026-11-25T09:30:00Z"
         ) from None
@@ -28,7 +30,7 @@ def parse_duration(text: str) -> int:
     """Milliseconds from a number with a unit: 500ms, 30s, 10m, 2h, 7d (1.5h works too)."""
     found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*", text)
     if found is None:
-        raise ValueError(
+        raise UsageError(
             f"{text!r} is not a duration: give a number and a unit (ms, s, m, h or d), e.g. 10m"
         )
     return int(float(found[1]) * _UNIT_MS[found[2]])

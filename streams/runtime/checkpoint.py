@@ -26,6 +26,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from sagastream.core.state import decode_state
+from sagastream.errors import SagastreamError
 from sagastream.runtime.inputs import OutRecord
 from sagastream.runtime.kafka_io import produce
 from sagastream.runtime.store import PartitionStore, changelog_headers, timers_of
@@ -33,11 +34,11 @@ from sagastream.runtime.store import PartitionStore, changelog_headers, timers_o
 log = logging.getLogger("sagastream.orchestrator")
 
 
-class TransactionFailed(RuntimeError):
+class TransactionFailed(SagastreamError, RuntimeError):
     """The transaction was aborted; state was rolled back and inputs must be re-read."""
 
 
-class ProducerFatal(RuntimeError):
+class ProducerFatal(SagastreamError, RuntimeError):
     """The producer cannot go on (fenced, or a fatal error): rebuild it and rejoin."""
 
 

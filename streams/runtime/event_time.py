@@ -25,6 +25,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from sagastream.core.topology import Topology
+from sagastream.errors import SagastreamError
 from sagastream.runtime.horizon import timestamp
 from sagastream.runtime.inputs import Decoded, Unavailable
 from sagastream.runtime.metrics import Metrics
@@ -38,7 +39,7 @@ Partition = tuple[str, int]
 BUFFERED_MAX = 10_000
 
 
-class ReplayFailed(RuntimeError):
+class ReplayFailed(SagastreamError, RuntimeError):
     """The replay cannot go on exactly (an aborted transaction, a rebalance, no registry)."""
 
 

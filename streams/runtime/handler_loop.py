@@ -1,8 +1,10 @@
 """The handler loop: a handler role's commands in, its results out, at least once.
 
-One consumer group per role. Commands of different keys run concurrently, up to
-`handler_concurrency` per loop; commands of one key run in order. A partition's offset is
-committed only below its oldest unfinished command, and a command finishes when the brokers
+One consumer group per role. Commands run concurrently, up to `handler_concurrency` per loop,
+but the attempts of one idempotency key run in order (a command without one: in the order of
+its saga key). Other commands of one saga, which the orchestrator sent concurrently, may run
+concurrently; an undo is sent only once its step's attempt has ended, so it follows it. A
+partition's offset is committed only below its oldest unfinished command, and a command finishes when the brokers
 have acknowledged its result or dead letter (acks=all). Side effects may therefore repeat;
 handlers make that safe with the command's idempotency key.
 
@@ -11,6 +13,14 @@ asyncio loop. Rebalance callbacks fire inside `consume`, when the asyncio loop i
 so a revocation can run the loop itself until the revoked partitions' work has finished. While
 nothing moves (results wait for a broker that does not answer), the slices grow, so an idle
 loop does not spin.
+
+An attempt is answered once: by its function's result, if the handler contract
+(runtime/contract.py) allows it, else by a StepAttemptFailed (the function raised, broke the
+contract, made a result too large to send, or ran past its bound) that the orchestrator
+retries by the step's policy at once. The dead-letter topic is for commands that cannot be
+decoded or routed, and results the brokers keep refusing. The run-time bound (start-to-close)
+counts from the moment the function starts, not while the command queues, and a heartbeat
+(sagastream.heartbeat()) starts it again.
 
 A command may run for its bound (`command_bounds`); past it, the attempt is abandoned as timed
 out (`_timed_out`, the one place that reports it) and its offset is done: an async function is
@@ -25,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import dataclasses
 import inspect
 import logging
 import threading
@@ -38,6 +50,8 @@ from typing import Any, cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from sagastream.core.topology import Topology
+from sagastream.runtime import contract
+from sagastream.runtime.contract import AttemptError, Contract
 from sagastream.runtime.health import Check, RoleHealth
 from sagastream.runtime.inputs import (
     Decoded,
@@ -181,7 +195,10 @@ class _PlainCall:
         self.future: asyncio.Future[Any] = loop.create_future()
         self._loop = loop
         name = f"handler-{args[0]}"
-        threading.Thread(target=self._run, args=(call, *args), name=name, daemon=True).start()
+        # the caller's context (its heartbeat) goes along to the thread
+        context = contextvars.copy_context()
+        run = partial(context.run, self._run, call, *args)
+        threading.Thread(target=run, name=name, daemon=True).start()
 
     def _run(self, call: Call, *args: Any) -> None:
         result: Any = None
@@ -255,8 +272,11 @@ class HandlerLoop:
         self._encoder = Encoder(settings, topology, store, codec, self._name)
         self._limits = limits or RecordLimits(settings.max_record_bytes)
         self._topic = settings.topic(topology.handlers[role].consumes)
+        self._results_topic = settings.topic(topology.handlers[role].produces)
         self._bound = topology.handlers[role].concurrency or settings.handler_concurrency
         self._run_bounds = command_bounds(topology, commands, settings.handler_timeout_ms)
+        self._contract = Contract(topology)
+        self._thread: threading.Thread | None = None
         # plain calls abandoned at their bound whose threads still run
         self._overdue: list[_PlainCall] = []
         self.health = RoleHealth(settings)
@@ -307,6 +327,7 @@ class HandlerLoop:
             self._settings.consumer_config(group, on_commit=_log_commit_errors)
         )
         self._loop = asyncio.new_event_loop()
+        self._thread = threading.current_thread()
         try:
             self._consumer.subscribe(
                 [self._topic],
@@ -408,10 +429,13 @@ class HandlerLoop:
             why = f"{self._role} cannot handle {read.event_type}"
             self._dead_letter(job, Rejected("unsupported_command", why))
             return
-        previous = self._tails.get(read.key)
+        # attempts of one idempotency key run in order; other commands of the saga need not
+        # (the orchestrator sends an undo only after its step's attempt has ended)
+        order = str(read.record.get("idempotency_key") or "").encode() or read.key
+        previous = self._tails.get(order)
         task = self._loop.create_task(self._execute(job, read, previous))
-        self._tails[read.key] = task
-        task.add_done_callback(partial(self._ended, read.key))
+        self._tails[order] = task
+        task.add_done_callback(partial(self._ended, order))
 
     def _read(self, msg: Message) -> Decoded | Rejected | Unavailable:
         try:
@@ -579,33 +603,78 @@ class HandlerLoop:
         if self._owned.get(job.partition) is not job.offsets:
             self._abandon(job)  # revoked while it queued: the partition's next owner runs it
             return
+        answer = await self._attempt(job, command)
+        answered = None if answer is None else await self._answered(job, command, answer)
+        if answered is None and answer is not None:
+            self._abandon(job)  # revoked or draining while its result waited: runs again
+            return
+        if answered is None or answered[1] is None:
+            self._finish(job)  # nobody to tell (a notification): logged, its offset passes
+            return
+        self._send(job, answered[1])
+        self._metrics.produced.labels(self._role, answered[0]).inc()
+
+    async def _attempt(self, job: _Job, command: Decoded) -> Result | None:
+        """Run the command's function within its bound: its result if the contract allows it,
+        else the StepAttemptFailed that says why (None if its sender cannot be told)."""
         bound = self._run_bounds[command.event_type]
         limit = asyncio.timeout(bound)
+        token = contract.HEARTBEAT.set(partial(self._heartbeat, limit, bound))
         try:
             async with limit:
                 result_type, fields = await self._invoke(command.event_type, command.record)
-            # outside the run-time bound: waiting for the registry is not the handler's time
+        except Exception as exc:  # a failing command must not stop its partition or the loop
+            if limit.expired():
+                return self._timed_out(job, command, bound)
+            return self._failed(job, command, AttemptError.from_exception(exc))
+        finally:
+            contract.HEARTBEAT.reset(token)
+        why = self._contract.check_result(command.event_type, result_type)
+        if why is not None:
+            return self._failed(job, command, AttemptError.of("contract", why))
+        return result_type, fields
+
+    def _heartbeat(self, limit: asyncio.Timeout, bound: float) -> None:
+        """The attempt's function says it is alive: its bound starts again from now. Called on
+        the loop (async functions) or from the function's own thread (plain ones)."""
+        deadline = time.monotonic() + bound  # the loop's clock is time.monotonic
+
+        def extend() -> None:
+            if not limit.expired():
+                with contextlib.suppress(RuntimeError):  # the attempt has ended meanwhile
+                    limit.reschedule(deadline)
+
+        if threading.current_thread() is self._thread:
+            extend()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(extend)
+
+    async def _answered(
+        self, job: _Job, command: Decoded, answer: Result
+    ) -> tuple[str, OutRecord | None] | None:
+        """The answer's record, its meta naming the command's step. A result that cannot be
+        encoded, or is too large to send, is answered by a StepAttemptFailed instead (no record
+        if nobody can be told). None once the partition is no longer ours while the registry
+        keeps the record waiting."""
+        result_type, fields = answer
+        try:
             out = await self._encoded(job, command, result_type, fields)
             if out is not None:
                 check_fits(
                     self._limits, [(result_type, out.topic, out.key, out.value, out.headers)]
                 )
+            return None if out is None else (result_type, out)
         except RecordTooLarge as exc:
-            # the result cannot be sent: the command is dead-lettered, the loop goes on
-            self._dead_letter(job, Rejected(exc.reason, str(exc)))
-            return
-        except Exception as exc:  # a failing command must not stop its partition or the loop
-            if limit.expired():
-                self._timed_out(job, command.event_type, bound)
-                return
-            log.exception("%s handler failed on %s", self._role, _where(job.msg))
-            self._dead_letter(job, Rejected("processing_error", f"{type(exc).__name__}: {exc}"))
-            return
-        if out is None:
-            self._abandon(job)  # revoked or draining while its result waited: runs again
-            return
-        self._send(job, out)
-        self._metrics.produced.labels(self._role, result_type).inc()
+            error = AttemptError.of("too_large", f"{exc.reason}: {exc}")
+        except Exception as exc:  # fields the result's schema does not take: the function's bug
+            error = AttemptError.from_exception(exc)
+        if result_type == contract.ATTEMPT_FAILED:
+            raise RuntimeError(f"the failed attempt report for {_where(job.msg)} did not encode")
+        failed = self._failed(job, command, error)
+        if failed is None:
+            return result_type, None
+        return await self._answered(job, command, failed)
 
     async def _encoded(
         self, job: _Job, command: Decoded, result_type: str, fields: dict[str, Any]
@@ -616,7 +685,9 @@ class HandlerLoop:
         failures = 0
         while True:
             try:
-                out = self._encoder.derived(result_type, command.key, fields, meta, meta["attempt"])
+                out = self._encoder.derived(
+                    result_type, command.key, fields, meta, meta["attempt"], step=meta.get("step")
+                )
             except RegistryUnavailable as exc:
                 if self._owned.get(job.partition) is not job.offsets or self._deadline is not None:
                     return None
@@ -629,6 +700,9 @@ class HandlerLoop:
                 continue
             if failures and not self._waiting:
                 self._metrics.registry_up.labels(self._role).set(1)
+            if result_type == contract.ATTEMPT_FAILED:
+                # declared on every role's results topic: this role's is the one its saga reads
+                out = dataclasses.replace(out, topic=self._results_topic)
             return out
 
     async def _invoke(self, command_type: str, record: dict[str, Any]) -> Result:
@@ -646,19 +720,29 @@ class HandlerLoop:
             result = await result
         return cast(Result, result)
 
-    def _timed_out(self, job: _Job, command_type: str, bound: float) -> None:
-        """The one place an attempt that outran its bound is reported. For now: a log line and a
-        metric, and its partition's commit passes it; the orchestrator's step timeout retries
-        it by the step's policy."""
-        self._metrics.handler_timeouts.labels(self._role, command_type).inc()
-        log.warning(
-            "%s handler: %s on %s ran past its bound of %.1fs; abandoned as timed out",
-            self._role,
-            command_type,
-            _where(job.msg),
-            bound,
-        )
-        self._finish(job)
+    def _timed_out(self, job: _Job, command: Decoded, bound: float) -> Result | None:
+        """The one place an attempt that outran its bound is reported: a log line, a metric,
+        and a StepAttemptFailed (kind timeout) that the orchestrator retries at once."""
+        self._metrics.handler_timeouts.labels(self._role, command.event_type).inc()
+        why = f"ran past its bound of {bound:.1f}s (the step's timeout_ms); abandoned"
+        log.warning("%s handler: %s on %s %s", self._role, command.event_type, _where(job.msg), why)
+        return self._failed(job, command, AttemptError.of("timeout", why), logged=True)
+
+    def _failed(
+        self, job: _Job, command: Decoded, error: AttemptError, *, logged: bool = False
+    ) -> Result | None:
+        """The StepAttemptFailed that answers a failed attempt; None for a command no step
+        sends (a notification), whose failure is only logged."""
+        self._metrics.attempts_failed.labels(self._role, command.event_type, error.kind).inc()
+        if not logged:
+            log.warning(
+                "%s handler: %s on %s failed (%s): %s: %s",
+                *(self._role, command.event_type, _where(job.msg)),
+                *(error.kind, error.error_type, error.message),
+            )
+        if not self._contract.reports_failures(command.event_type):
+            return None
+        return self._contract.attempt_failed(command.event_type, command.record, error)
 
     def _ended(self, key: bytes, task: asyncio.Task[None]) -> None:
         self._moved = True

@@ -26,6 +26,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from sagastream.errors import ClusterError, SagastreamError
 from sagastream.runtime.settings import Settings
 
 # how long a producer whose local queue is full waits for delivery reports before trying again
@@ -87,7 +88,7 @@ class Delivery:
         return f"{self.topic} ({key}): {self.error}"
 
 
-class DeliveryFailed(RuntimeError):
+class DeliveryFailed(SagastreamError, RuntimeError):
     """Records the broker refused or did not acknowledge in time; each is named with its error."""
 
     def __init__(self, failed: Sequence[Delivery], delivered: Sequence[Delivery] = ()) -> None:
@@ -228,7 +229,7 @@ def partitions(consumer: Consumer, topic: str) -> list[int]:
     """The topic's partition numbers; an error naming it if it does not exist."""
     found = consumer.list_topics(topic, timeout=10).topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
-        raise RuntimeError(
+        raise ClusterError(
             f"cannot read {topic}: it does not exist (check SAGASTREAM_TOPIC_PREFIX and "
             "SAGASTREAM_APP_ID; `sagastream topics create` makes the topics)"
         )
@@ -242,7 +243,7 @@ def watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int
             TopicPartition(topic, partition), timeout=10, cached=False
         )
     except KafkaException as exc:
-        raise RuntimeError(
+        raise ClusterError(
             f"cannot read {topic}[{partition}]: {exc.args[0].str()} (check SAGASTREAM_TOPIC_PREFIX "
             "and the broker; `sagastream topics create` makes the topics)"
         ) from exc

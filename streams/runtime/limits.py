@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka.admin import AdminClient, ConfigEntry, ConfigResource
 
+from sagastream.errors import SagastreamError
 from sagastream.runtime.settings import Settings
 from sagastream.wire.dlq import HEADER_PREFIX
 
@@ -56,7 +57,7 @@ class RecordLimits:
         return self.topics.get(topic, self.default)
 
 
-class RecordTooLarge(Exception):
+class RecordTooLarge(SagastreamError):
     """One record an input would produce does not fit: that input is dead-lettered alone."""
 
     reason = REASON

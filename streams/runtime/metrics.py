@@ -24,6 +24,7 @@ class Metrics:
     transaction_records: Histogram
     restore_seconds: Gauge
     handler_timeouts: Counter
+    attempts_failed: Counter
     handler_polls: Counter
     partitions_waiting: Gauge
 
@@ -103,6 +104,12 @@ class Metrics:
                 "sagastream_handler_timeouts",
                 "Handler attempts abandoned at their run-time bound (reported as timed out)",
                 ["role", "command"],
+                registry=reg,
+            ),
+            attempts_failed=Counter(
+                "sagastream_handler_attempts_failed",
+                "Handler attempts that failed, by kind: exception, timeout, contract, too_large",
+                ["role", "command", "kind"],
                 registry=reg,
             ),
             handler_polls=Counter(

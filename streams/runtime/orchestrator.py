@@ -37,6 +37,7 @@ from confluent_kafka import (
 from sagastream.core.saga import TERMINAL, Event, caused_by, decide, saga_for
 from sagastream.core.state import StateEncodingError, encode_state
 from sagastream.core.topology import LIFECYCLE_EVENT, TIMER_EVENT, Topology
+from sagastream.errors import ClusterError
 from sagastream.runtime.checkpoint import (
     Checkpoint,
     ProducerFatal,
@@ -115,7 +116,7 @@ class Instance:
                 else f"{group}-{socket.gethostname()}-{name}"
             )
             return cls(base / f"instance-{name}", txn, lock)
-        raise RuntimeError(
+        raise ClusterError(
             f"every instance slot in {base} is taken"
             + (
                 f" (SAGASTREAM_INSTANCE_ID={settings.instance_id} is in use)"

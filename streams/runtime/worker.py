@@ -17,9 +17,10 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sagastream.core.topology import Topology, load_topology
+from sagastream.errors import UsageError
 from sagastream.runtime import health
 from sagastream.runtime.health import Check
 from sagastream.runtime.limits import RecordLimits, discover
@@ -27,6 +28,9 @@ from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import RegistryUnavailable, SchemaStore
 from sagastream.wire.registry import build_codec, retry_delay
+
+if TYPE_CHECKING:
+    from sagastream.app import App, RoleHandler
 
 log = logging.getLogger("sagastream.worker")
 
@@ -46,7 +50,7 @@ def parse_roles(spec: str, topology: Topology) -> list[str]:
     roles = known if spec == "all" else [r.strip() for r in spec.split(",") if r.strip()]
     unknown = [r for r in roles if r not in known]
     if unknown or not roles:
-        raise ValueError(
+        raise UsageError(
             f"unknown role(s) {', '.join(unknown) or spec!r}; choose from all, {', '.join(known)}"
         )
     return roles
@@ -103,6 +107,24 @@ def _after_topics(
         failures += 1
 
 
+def bind_handlers(
+    settings: Settings, topology: Topology, roles: list[str]
+) -> tuple[App, dict[str, RoleHandler]]:
+    """The app's functions bound to each handler role: what a worker checks before it starts
+    (and `sagastream validate` too): the app module imports, every command of each role has a
+    function, and each function's declared return type keeps the handler contract."""
+    from sagastream.app import AppError, load_app
+
+    module = settings.app or topology.app
+    if not module:
+        raise AppError(
+            f"handler roles {', '.join(roles)} need the module of their functions: "
+            f"pass --app MODULE or set `app:` in {settings.topology_file}"
+        )
+    app = load_app(module)
+    return app, {role: app.role_handler(role, topology) for role in roles}
+
+
 def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     """Run the roles of `spec` until SIGTERM/SIGINT; returns the exit code."""
     logging.basicConfig(
@@ -128,17 +150,9 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     probes: dict[str, tuple[Callable[[], Check], Callable[[], Check]]] = {}
     handler_roles = [role for role in roles if role != ORCHESTRATOR]
     if handler_roles:
-        from sagastream.app import AppError, load_app
         from sagastream.runtime.handler_loop import HandlerLoop
 
-        module = settings.app or topology.app
-        if not module:
-            raise AppError(
-                f"handler roles {', '.join(handler_roles)} need the module of their functions: "
-                f"pass --app MODULE or set `app:` in {settings.topology_file}"
-            )
-        app = load_app(module)
-        handlers = {role: app.role_handler(role, topology) for role in handler_roles}
+        app, handlers = bind_handlers(settings, topology, handler_roles)
         app.start(settings)
         for role, handler in handlers.items():
             loop = HandlerLoop(

@@ -23,6 +23,7 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import SchemaParseException, UnknownType
 
 from sagastream.core.topology import ENGINE_SCHEMAS_DIR
+from sagastream.errors import NotFound, SagastreamError, SchemaError
 
 META_RECORD = "EventMeta"
 
@@ -69,7 +70,7 @@ class SchemaStore:
         sources = _read_sources(ENGINE_SCHEMAS_DIR) if engine else {}
         for name, (path, schema) in _read_sources(self.directory).items():
             if name in sources and sources[name][0] != path:
-                raise ValueError(
+                raise SchemaError(
                     f"{path}: {name} is one of sagastream's own records "
                     f"({sources[name][0]}); remove it from {self.directory}"
                 )
@@ -82,7 +83,7 @@ class SchemaStore:
             try:
                 self._parsed[name] = _parse(schema, named)
             except (SchemaParseException, UnknownType) as exc:
-                raise ValueError(f"{path}: invalid Avro schema: {exc}") from exc
+                raise SchemaError(f"{path}: invalid Avro schema: {exc}") from exc
         fullnames = {_fullname(s["name"], s.get("namespace")): n for n, (_, s) in sources.items()}
         self._raw = {
             name: _inline(schema, None, fullnames, sources, set())
@@ -105,20 +106,20 @@ class SchemaStore:
         try:
             return self._parsed[name]
         except KeyError:
-            raise KeyError(self._unknown(name)) from None
+            raise NotFound(self._unknown(name)) from None
 
     def raw(self, name: str) -> dict[str, Any]:
         """The record's schema JSON with referenced records inlined: self-contained, registrable."""
         try:
             return copy.deepcopy(self._raw[name])
         except KeyError:
-            raise KeyError(self._unknown(name)) from None
+            raise NotFound(self._unknown(name)) from None
 
     def fullname(self, name: str) -> str:
         """The record's full name (namespace.name), as registries and schema resolution see it."""
         raw = self._raw.get(name)
         if raw is None:
-            raise KeyError(self._unknown(name))
+            raise NotFound(self._unknown(name))
         return _fullname(raw["name"], raw.get("namespace"))
 
     def canonical(self, name: str) -> str:
@@ -172,7 +173,7 @@ class SchemaIds(Protocol):
         ...
 
 
-class RegistryUnavailable(RuntimeError):
+class RegistryUnavailable(SagastreamError, RuntimeError):
     """The schema registry could not be asked (unreachable, timing out, failing): retry later."""
 
 
@@ -202,7 +203,7 @@ class LocalSchemaIds:
             schema_id = local_schema_id(fullname)
             clash = self._types.get(schema_id)
             if clash is not None:
-                raise ValueError(
+                raise SchemaError(
                     f"{store.directory}: records {store.fullname(clash)} and {fullname} hash to "
                     f"the same local schema id {schema_id}; rename one, or use a schema registry"
                 )
@@ -213,7 +214,7 @@ class LocalSchemaIds:
         try:
             return self._ids[event_type]
         except KeyError:
-            raise KeyError(f"no schema id for event type {event_type!r}") from None
+            raise NotFound(f"no schema id for event type {event_type!r}") from None
 
     def event_type_for(self, schema_id: int) -> str | None:
         return self._types.get(schema_id)
@@ -242,7 +243,7 @@ def local_schema_id(fullname: str) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF or 1
 
 
-class EncodeError(ValueError):
+class EncodeError(SagastreamError, ValueError):
     """A record does not fit its event type's schema; `field` is a path such as meta.hop."""
 
     def __init__(self, event_type: str, field: str | None, detail: str) -> None:
@@ -253,7 +254,7 @@ class EncodeError(ValueError):
         self.detail = detail
 
 
-class DecodeError(ValueError):
+class DecodeError(SagastreamError, ValueError):
     """A message is not a decodable event; `reason` is a short code for dead-letter headers."""
 
     def __init__(
@@ -596,7 +597,7 @@ def _random_hex(nbytes: int) -> str:
 
 def _read_sources(directory: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
     if not directory.is_dir():
-        raise ValueError(
+        raise SchemaError(
             f"{directory}: no such schemas directory; set SAGASTREAM_SCHEMAS_DIR "
             "(default: schemas/ beside the topology file)"
         )
@@ -606,11 +607,11 @@ def _read_sources(directory: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
         try:
             schema = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: invalid JSON: {exc}") from exc
+            raise SchemaError(f"{path}: invalid JSON: {exc}") from exc
         if not isinstance(schema, dict) or schema.get("type") != "record":
-            raise ValueError(f"{path}: must hold one Avro record schema")
+            raise SchemaError(f"{path}: must hold one Avro record schema")
         if schema.get("name") != path.stem:
-            raise ValueError(
+            raise SchemaError(
                 f"{path}: record is named {schema.get('name')!r}; the file must be named "
                 "after the record it holds"
             )
@@ -658,7 +659,7 @@ def _dependency_order(sources: dict[str, tuple[Path, dict[str, Any]]]) -> list[s
         if state.get(name) == "done":
             return
         if state.get(name) == "visiting":
-            raise ValueError(f"{sources[name][0]}: schemas refer to each other in a cycle")
+            raise SchemaError(f"{sources[name][0]}: schemas refer to each other in a cycle")
         state[name] = "visiting"
         path, schema = sources[name]
         for ref in _references(schema, schema.get("namespace")):

@@ -36,6 +36,7 @@ from faust.serializers.codecs import Codec
 from faust.types.codecs import CodecT
 
 from sagastream.core.topology import Topology, load_topology
+from sagastream.errors import NotFound
 from sagastream.runtime.settings import Settings, get_settings
 from sagastream.wire.codec import AvroCodec, EncodeError, new_meta
 from sagastream.wire.registry import build_codec
@@ -98,7 +99,7 @@ def saga_topics(
     topology = topology or load_topology(settings.topology_file, settings.schemas_path)
     spec = topology.sagas.get(saga)
     if spec is None:
-        raise KeyError(
+        raise NotFound(
             f"no saga {saga!r} in {settings.topology_file}; sagas: {', '.join(topology.sagas)}"
         )
     codec = codec or EventCodec(build_codec(settings))

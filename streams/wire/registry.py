@@ -25,6 +25,7 @@ from urllib.parse import quote
 import httpx
 
 from sagastream.core.topology import Topology, load_topology
+from sagastream.errors import NotFound, SagastreamError, UsageError
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import (
     AvroCodec,
@@ -110,7 +111,7 @@ def plan_subjects(topology: Topology, store: SchemaStore, settings: Settings) ->
     unknown = sorted(set(spec.overrides) - logical)
     if unknown:
         example = min(logical)
-        raise ValueError(
+        raise UsageError(
             f"{settings.topology_file}: schema_registry.overrides: {', '.join(unknown)} "
             f"names no subject; keys are <logical topic>-<record full name>, e.g. {example}"
         )
@@ -123,7 +124,7 @@ class Registered:
     version: int | None
 
 
-class SchemaRejected(ValueError):
+class SchemaRejected(SagastreamError, ValueError):
     """The registry refused a schema (incompatible with the subject, or not valid Avro)."""
 
     def __init__(self, subject: str, reason: str) -> None:
@@ -440,7 +441,7 @@ class RegistrySchemaIds:
         registry: Registry | None = None,
     ) -> None:
         if registry is None and not settings.schema_registry_url:
-            raise ValueError("RegistrySchemaIds needs SAGASTREAM_SCHEMA_REGISTRY_URL")
+            raise UsageError("RegistrySchemaIds needs SAGASTREAM_SCHEMA_REGISTRY_URL")
         self._store = store
         self._settings = settings
         self._topology = topology or load_topology(settings.topology_file, store.directory)
@@ -473,7 +474,7 @@ class RegistrySchemaIds:
         """The registry's id for the event type's schema, registering it if it has none."""
         event = self._topology.events.get(event_type)
         if event is None:
-            raise KeyError(
+            raise NotFound(
                 f"event type {event_type!r} is not declared in {self._settings.topology_file}, "
                 "so it has no topic and no subject"
             )
@@ -484,7 +485,7 @@ class RegistrySchemaIds:
             found, _ = self._registry.lookup(subject, text)
             schema_id = found.schema_id if found else self._registry.register(subject, text)
         except SchemaRejected as exc:
-            raise KeyError(f"{exc}; run `sagastream schemas check`") from None
+            raise NotFound(f"{exc}; run `sagastream schemas check`") from None
         except SchemaRegistryError as exc:
             # e.g. a RESTEasy 404 for a URL without /apis/ccompat/v7: waiting beats dead-lettering
             raise RegistryUnavailable(

@@ -55,10 +55,11 @@ def plan_faults(kills: int, broker: bool, rng: random.Random) -> list[str]:
 
 
 def longest_step_timeout_s(topology: Any) -> float:
-    """The longest timeout of any step or undo of the order saga, in seconds."""
+    """The longest the orchestrator waits for any step's or undo's answer in the order saga
+    (its schedule_to_close_ms), in seconds."""
     steps = topology.sagas["order"].steps.values()
-    timeouts = [s.timeout_ms for s in steps]
-    timeouts += [s.compensation.timeout_ms for s in steps if s.compensation]
+    timeouts = [s.answer_within_ms for s in steps]
+    timeouts += [s.compensation.answer_within_ms for s in steps if s.compensation]
     return max(timeouts) / 1000
 
 

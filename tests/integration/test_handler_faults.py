@@ -185,10 +185,13 @@ def test_a_hung_plain_handler_is_passed_at_its_bound_and_saturates_the_role(
             charge(ns.client, commands, order)
         ns.client.flush()
         answered = ns.client.read(
-            [ns.topic("payments.events")], lambda m: len(m) >= len(others), 60
+            [ns.topic("payments.events")], lambda m: len(m) >= len(others) + 1, 60
         )
-        assert sorted(m.record["order_id"] for m in answered) == sorted(others)
-        # the hung charge is abandoned at its bound: the commit passes it
+        charged = [m.record["order_id"] for m in answered if m.event_type == "PaymentCharged"]
+        assert sorted(charged) == sorted(others)
+        # the hung charge is abandoned at its bound, reported, and the commit passes it
+        [failed] = [m for m in answered if m.event_type == "StepAttemptFailed"]
+        assert (failed.key, failed.record["kind"]) == (b"block-1", "timeout")
         wait_until(lambda: committed(ns, partition) == 4, 30, "the commit never passed block-1")
         labels = {"role": "payment", "command": "ChargePayment"}
         assert metric(port, "sagastream_handler_timeouts_total", **labels) == 1

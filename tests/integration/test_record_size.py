@@ -158,10 +158,12 @@ def test_an_undecodable_input_of_almost_1_mb_is_dead_lettered_cut_and_its_partit
     assert headers["reason"] == "bad_magic"
 
 
-def test_a_handler_result_of_1_1_mb_dead_letters_its_command_and_the_worker_goes_on(
+def test_a_handler_result_of_1_1_mb_fails_its_attempt_and_the_worker_goes_on(
     ns: Any, start_workers: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On main the result's produce raised in the handler: the worker exited, on every restart."""
+    """On main the result's produce raised in the handler: the worker exited, on every restart.
+    Then its command was dead-lettered and the saga waited for its step timeout; now each
+    attempt is reported failed (too_large) at once and retried, and the saga compensates."""
     start_workers("orchestrator", ORDER_HANDLERS)
     monkeypatch.setenv("SAGASTREAM_APP", "tests.integration.big_results")
     payment = start_workers("payment")
@@ -170,27 +172,30 @@ def test_a_handler_result_of_1_1_mb_dead_letters_its_command_and_the_worker_goes
     for key in normal:
         place_order(ns, key)
 
-    outcomes = wait_outcomes(ns, set(normal))
-    assert {k: m.event_type for k, m in outcomes.items()} == dict.fromkeys(normal, "SagaCompleted")
-    letters = dead_letters_once(ns, "payments.commands")
-    assert letters, "no dead letter for the command of huge-1"
+    outcomes = wait_outcomes(ns, {*normal, "huge-1"})
+    assert {k: m.event_type for k, m in outcomes.items()} == {
+        **dict.fromkeys(normal, "SagaCompleted"),
+        "huge-1": "SagaCompensated",
+    }
+    assert outcomes["huge-1"].record["failed_step"] == "payment"
     # and the worker goes on
     place_order(ns, "order-after-huge")
     assert wait_outcomes(ns, {"order-after-huge"})["order-after-huge"].event_type == (
         "SagaCompleted"
     )
     payment.check_alive()
-    for letter in letters:  # attempt 1, and retries the step has sent by now
-        assert (letter.topic, letter.key, letter.event_type) == (
-            ns.topic("payments.commands.dlq"),
-            b"huge-1",
-            "ChargePayment",
-        )
-        headers = read_dead_letter_headers(letter.headers)
-        assert headers["reason"] == "record_too_large", headers
-        assert f"PaymentCharged for {ns.topic('payments.events')}" in headers["error"]
-        assert f"over the limit of {DEFAULT_LIMIT}" in headers["error"]
-        assert "truncated" not in headers
+    reports = [
+        m
+        for m in ns.client.read_to_end([ns.topic("payments.events")])
+        if m.event_type == "StepAttemptFailed"
+    ]
+    assert reports, "no StepAttemptFailed for huge-1"
+    for report in reports:  # attempt 1, and each retry the step sent
+        assert report.key == b"huge-1"
+        assert (report.record["kind"], report.record["step"]) == ("too_large", "payment")
+        assert f"PaymentCharged for {ns.topic('payments.events')}" in report.record["message"]
+        assert f"over the limit of {DEFAULT_LIMIT}" in report.record["message"]
+    assert every_dead_letter(ns) == []
 
 
 def test_a_topic_that_accepts_less_than_the_setting_lowers_its_limit_at_start(

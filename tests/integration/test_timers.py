@@ -31,10 +31,19 @@ def topology_patch():
             data,
             payment={
                 "timeout_ms": 1000,
+                "schedule_to_close_ms": 1000,  # no handler runs: the orchestrator's own timer
                 "retry": {"max_attempts": 2, "initial_backoff_ms": 300, "jitter": "none"},
             },
-            inventory={"timeout_ms": 6000, "retry": {"max_attempts": 1}},
-            shipping={"timeout_ms": 6000, "retry": {"max_attempts": 1}},
+            inventory={
+                "timeout_ms": 6000,
+                "schedule_to_close_ms": 6000,
+                "retry": {"max_attempts": 1},
+            },
+            shipping={
+                "timeout_ms": 6000,
+                "schedule_to_close_ms": 6000,
+                "retry": {"max_attempts": 1},
+            },
         )
 
     return patch
@@ -50,7 +59,7 @@ def test_step_timeout_fires_with_no_other_traffic(ns, orchestrator_only):
     outcome = wait_outcomes(ns, {"order-silent"}, timeout=40)["order-silent"]
     assert outcome.event_type == "SagaCompensated"
     assert outcome.record["failed_step"] == "payment"
-    assert "timed out after 1000 ms" in outcome.record["reason"]
+    assert "no answer within 1000 ms" in outcome.record["reason"]
 
     charges = ns.client.read([ns.topic("payments.commands")], lambda m: len(m) >= 2, timeout=10)
     assert [m.record["meta"]["attempt"] for m in charges] == [1, 2]
@@ -75,7 +84,7 @@ class TestRetryAcrossCrash:
             }
             _steps(
                 data,
-                payment={"timeout_ms": 1000, "retry": retry},
+                payment={"timeout_ms": 1000, "schedule_to_close_ms": 1000, "retry": retry},
                 inventory={"timeout_ms": 60000},
                 shipping={"timeout_ms": 60000},
             )
@@ -116,7 +125,7 @@ class TestTimeoutAcrossCrash:
             retry = {"max_attempts": 3, "initial_backoff_ms": 100, "jitter": "none"}
             _steps(
                 data,
-                payment={"timeout_ms": 5000, "retry": retry},
+                payment={"timeout_ms": 5000, "schedule_to_close_ms": 5000, "retry": retry},
                 inventory={"timeout_ms": 60000},
                 shipping={"timeout_ms": 60000},
             )

@@ -82,10 +82,13 @@ def test_a_role_function_takes_what_has_no_function_of_its_own() -> None:
 
     @app.handler(role="payment")
     def anything(cmd):  # type: ignore[no-untyped-def]
-        return PaymentRefunded(order_id=cmd.order_id, payment_id=type(cmd).__name__)
+        if isinstance(cmd, RefundPayment):
+            return PaymentRefunded(order_id=cmd.order_id, payment_id=cmd.payment_id)
+        return PaymentCharged(order_id=cmd.order_id, payment_id=type(cmd).__name__, amount_cents=1)
 
     role = _payments(app)
     assert role("ChargePayment", _record(CHARGE))[1]["payment_id"] == "ChargePayment"
+    assert role("RefundPayment", _record(REFUND))[0] == "PaymentRefunded"
 
 
 def test_a_missing_function_is_an_error_at_start_that_lists_what_exists() -> None:

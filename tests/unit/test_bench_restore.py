@@ -32,7 +32,7 @@ def test_a_started_saga_has_every_step_sent_and_its_timers_armed(states: br.Orde
     spec = states.definition[1]
     assert state["timers"] == {
         "deadline||0": NOW + spec.deadline_ms,
-        **{f"step_timeout|{n}|1": NOW + s.timeout_ms for n, s in spec.steps.items()},
+        **{f"step_timeout|{n}|1": NOW + s.answer_within_ms for n, s in spec.steps.items()},
     }
     assert decode_state(encode_state(state)) == state  # the orchestrator can store it
     assert states.started(3) == state  # a function of (seed, i, now)

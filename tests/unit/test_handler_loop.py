@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
+import sagastream
 from sagastream.core.topology import Topology, load_topology
 from sagastream.examples import app
 from sagastream.runtime import handler_loop
@@ -255,9 +256,17 @@ class FlakyCodec(AvroCodec):
 CODEC = FlakyCodec(STORE, LocalSchemaIds(STORE))
 
 
-def charge(order: str, attempt: int = 1, command: str = "ChargePayment") -> bytes:
+def charge(
+    order: str,
+    attempt: int = 1,
+    command: str = "ChargePayment",
+    *,
+    saga: str | None = None,
+    step: str | None = "payment",
+) -> bytes:
+    """A command for `order` (its idempotency key), of saga key `saga` (default: the order)."""
     record: dict[str, Any] = {
-        "meta": new_meta(command, order, "test", attempt=attempt),
+        "meta": {**new_meta(command, saga or order, "test", attempt=attempt), "step": step},
         "idempotency_key": f"order:{order}:payment",
         "order_id": order,
         "customer_id": "c-1",
@@ -315,7 +324,9 @@ def eventually(condition: Callable[[], Any], timeout: float = 5.0) -> None:
 
 
 def results(producer: FakeProducer) -> list[tuple[bytes | None, str, dict[str, Any]]]:
-    return [(key, *CODEC.decode(value)) for topic, key, value, _ in producer.sent]
+    """What was produced, decoded, dead letters left out."""
+    sent = [(key, value) for topic, key, value, _ in producer.sent if not topic.endswith(".dlq")]
+    return [(key, *CODEC.decode(value)) for key, value in sent]
 
 
 # ------------------------------------------------------------------ the loop
@@ -342,28 +353,31 @@ def test_a_result_is_keyed_like_its_command_and_committed_once_acknowledged():
     assert producer.sent[0][0] == "payments.events"
 
 
-def test_commands_of_one_key_run_in_order_and_keys_run_concurrently():
+def test_attempts_of_one_idempotency_key_run_in_order_and_other_commands_concurrently():
     consumer = FakeConsumer()
-    for n in range(3):
-        for key in ("a", "b", "c"):
-            consumer.append(0 if key != "c" else 1, key.encode(), charge(f"{key}{n}"))
+    # three attempts of each of three commands; a and b are steps of one saga (key s)
+    for n in range(1, 4):
+        for name in ("a", "b", "c"):
+            saga = "s" if name != "c" else "c"
+            consumer.append(0 if name != "c" else 1, saga.encode(), charge(name, n, saga=saga))
     trace: list[tuple[str, str]] = []
 
     async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        trace.append(("start", record["order_id"]))
+        attempt = f"{record['order_id']}{record['meta']['attempt']}"
+        trace.append(("start", attempt))
         await asyncio.sleep(0.02)
-        trace.append(("end", record["order_id"]))
+        trace.append(("end", attempt))
         return charged(record["order_id"])
 
     with running(call, consumer=consumer):
         eventually(lambda: len(trace) == 18)
-    for key in "abc":
-        mine = [step for step in trace if step[1].startswith(key)]
-        assert mine == [(edge, f"{key}{n}") for n in range(3) for edge in ("start", "end")]
+    for name in "abc":
+        mine = [step for step in trace if step[1].startswith(name)]
+        assert mine == [(edge, f"{name}{n}") for n in range(1, 4) for edge in ("start", "end")]
     running_at_once = max(
         sum(1 if edge == "start" else -1 for edge, _ in trace[: i + 1]) for i in range(18)
     )
-    assert running_at_once == 3
+    assert running_at_once == 3  # a and b of one saga key run at once
 
 
 def test_a_full_loop_takes_no_more_then_pauses_and_runs_plain_functions_in_threads(monkeypatch):
@@ -426,15 +440,22 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_committed():
         if topic == "payments.commands.dlq":
             why = read_dead_letter_headers(list(headers.items()))
             dead[int(why["original.offset"])] = why["reason"]
-    assert dead == {
-        0: "missing_key",
-        1: "bad_magic",
-        2: "unsupported_command",
-        3: "processing_error",
+    # the exception is no dead letter: the attempt is reported failed, with the exception
+    assert dead == {0: "missing_key", 1: "bad_magic", 2: "unsupported_command"}
+    [(key, _, failed)] = [r for r in results(producer) if r[1] == "StepAttemptFailed"]
+    assert key == b"boom"
+    assert {k: failed[k] for k in ("saga_type", "step", "kind", "error_type", "message")} == {
+        "saga_type": "order",
+        "step": "payment",
+        "kind": "exception",
+        "error_type": "RuntimeError",
+        "message": "gateway exploded",
     }
+    assert failed["compensation"] is False
+    assert (failed["meta"]["step"], failed["meta"]["attempt"]) == ("payment", 1)
 
 
-def test_a_result_too_large_dead_letters_its_command_and_the_loop_goes_on():
+def test_a_result_too_large_fails_the_attempt_and_the_loop_goes_on():
     consumer = FakeConsumer(partitions=1)
     consumer.append(0, b"huge", charge("huge"))
     consumer.append(0, b"ok", charge("ok"))
@@ -448,13 +469,84 @@ def test_a_result_too_large_dead_letters_its_command_and_the_loop_goes_on():
     producer = FakeProducer()
     with running(call, consumer=consumer, producer=producer, max_record_bytes=10_000):
         eventually(lambda: consumer.committed(0) == 2)
-    [(topic, key, _, headers)] = [s for s in producer.sent if s[0] == "payments.commands.dlq"]
-    why = read_dead_letter_headers(list(headers.items()))
-    assert (key, why["reason"], why["original.offset"]) == (b"huge", "record_too_large", "0")
-    assert "PaymentCharged for payments.events" in why["error"]
-    assert "over the limit of 10000" in why["error"]
-    answered = [r for r in results(producer) if r[1] == "PaymentCharged"]
-    assert [record["order_id"] for _, _, record in answered] == ["ok"]
+    assert [s for s in producer.sent if s[0].endswith(".dlq")] == []
+    answered = {key: (event_type, record) for key, event_type, record in results(producer)}
+    event_type, failed = answered[b"huge"]
+    assert (event_type, failed["kind"], failed["error_type"]) == (
+        "StepAttemptFailed",
+        "too_large",
+        "too_large",
+    )
+    assert "PaymentCharged for payments.events" in failed["message"]
+    assert "over the limit of 10000" in failed["message"]
+    assert answered[b"ok"][0] == "PaymentCharged"
+
+
+def test_a_result_the_contract_refuses_fails_the_attempt_and_is_not_sent():
+    consumer = FakeConsumer(partitions=1)
+    consumer.append(0, b"forge", charge("forge"))
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return "SagaCompleted", {"saga_type": "order", "completed_steps": ["payment"]}
+
+    producer = FakeProducer()
+    with running(call, consumer=consumer, producer=producer):
+        eventually(lambda: consumer.committed(0) == 1)
+    [(_, event_type, failed)] = results(producer)
+    assert (event_type, failed["kind"]) == ("StepAttemptFailed", "contract")
+    assert "answered SagaCompleted, an engine event" in failed["message"]
+    assert producer.sent[0][0] == "payments.events"
+
+
+def test_a_result_names_the_step_its_command_named():
+    consumer = FakeConsumer(partitions=1)
+    consumer.append(0, b"o-1", charge("o-1", step="payment"))
+    consumer.append(0, b"o-2", charge("o-2", step=None))
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return charged(record["order_id"])
+
+    producer = FakeProducer()
+    with running(call, consumer=consumer, producer=producer):
+        eventually(lambda: consumer.committed(0) == 2)
+    steps = {key: record["meta"]["step"] for key, _, record in results(producer)}
+    assert steps == {b"o-1": "payment", b"o-2": None}
+
+
+@pytest.mark.parametrize("plain", [True, False])
+def test_a_heartbeat_starts_the_bound_again(plain: bool):
+    consumer = FakeConsumer(partitions=1)
+    consumer.append(0, b"long", charge("long"))
+    consumer.append(0, b"silent", charge("silent"))
+
+    def work(record: dict[str, Any], beat: bool) -> tuple[str, dict[str, Any]]:
+        for _ in range(8):  # 0.4s of work against a bound of 0.15s
+            time.sleep(0.05)
+            if beat:
+                sagastream.heartbeat()
+        return charged(record["order_id"])
+
+    def call(command_type: str, record: dict[str, Any]) -> Any:
+        beat = record["order_id"] == "long"
+        if plain:
+            return work(record, beat)
+
+        async def run() -> tuple[str, dict[str, Any]]:
+            for _ in range(8):
+                await asyncio.sleep(0.05)
+                if beat:
+                    sagastream.heartbeat()
+            return charged(record["order_id"])
+
+        return run()
+
+    producer = FakeProducer()
+    with running(call, consumer=consumer, producer=producer, handler_timeout_ms=150):
+        eventually(lambda: consumer.committed(0) == 2)
+    answered = {key: (event_type, record) for key, event_type, record in results(producer)}
+    assert answered[b"long"][0] == "PaymentCharged"
+    assert answered[b"silent"][0] == "StepAttemptFailed"
+    assert answered[b"silent"][1]["kind"] == "timeout"
 
 
 def test_a_partition_waits_for_the_registry_while_others_go_on(monkeypatch):
@@ -512,21 +604,21 @@ def test_a_result_that_cannot_get_its_schema_id_waits_and_is_not_dead_lettered(m
 def test_a_revoke_waits_for_running_commands_commits_and_drops_queued_ones():
     consumer = FakeConsumer(partitions=1)
     consumer.append(0, b"k", charge("first"))
-    consumer.append(0, b"k", charge("second"))
-    started: list[str] = []
+    consumer.append(0, b"k", charge("first", attempt=2))  # queues behind its first attempt
+    started: list[int] = []
 
     async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        started.append(record["order_id"])
+        started.append(record["meta"]["attempt"])
         await asyncio.sleep(0.1)
         return charged(record["order_id"])
 
     producer = FakeProducer()
     with running(call, consumer=consumer, producer=producer):
-        eventually(lambda: started == ["first"])
+        eventually(lambda: started == [1])
         consumer.revoke({0})
         eventually(lambda: ({0: 1}, False) in consumer.commits)
         time.sleep(0.15)
-    assert started == ["first"]
+    assert started == [1]
     assert len(producer.sent) == 1
 
 
@@ -601,7 +693,13 @@ def test_a_hung_plain_function_is_abandoned_at_its_bound_and_saturates_the_role(
     with running(call, consumer=consumer, producer=producer, **options) as loop:
         # the other keys are answered, and the commit passes the hung ones at their bound
         eventually(lambda: consumer.committed(0) == 4)
-        assert sorted(key for key, *_ in results(producer)) == [b"ok-1", b"ok-2"]
+        assert sorted(key for key, t, _ in results(producer) if t == "PaymentCharged") == [
+            b"ok-1",
+            b"ok-2",
+        ]
+        # each hung attempt is reported at its bound, at once
+        reports = [(key, r["kind"]) for key, t, r in results(producer) if t == "StepAttemptFailed"]
+        assert sorted(reports) == [(b"hung-1", "timeout"), (b"hung-2", "timeout")]
         assert timeouts(loop) == 2
         # both hung threads still run: they take every slot, so the role is not ready
         check = loop.readiness()
@@ -610,11 +708,12 @@ def test_a_hung_plain_function_is_abandoned_at_its_bound_and_saturates_the_role(
         )
         consumer.append(0, b"ok-3", charge("ok-3"))
         time.sleep(0.1)
-        assert sorted(key for key, *_ in results(producer)) == [b"ok-1", b"ok-2"]
+        assert len(results(producer)) == 4
         release.set()  # the threads return: their results are dropped, the slots free again
         eventually(lambda: consumer.committed(0) == 5)
         assert loop.readiness().ok
-    assert sorted(key for key, *_ in results(producer)) == [b"ok-1", b"ok-2", b"ok-3"]
+    answered = sorted(key for key, t, _ in results(producer) if t == "PaymentCharged")
+    assert answered == [b"ok-1", b"ok-2", b"ok-3"]
 
 
 def test_an_async_function_past_its_bound_is_cancelled():
@@ -634,7 +733,13 @@ def test_an_async_function_past_its_bound_is_cancelled():
     with running(call, consumer=consumer, producer=producer, handler_timeout_ms=100) as loop:
         eventually(lambda: consumer.committed(0) == 1)
         assert cancelled.is_set() and timeouts(loop) == 1 and loop.readiness().ok
-    assert producer.sent == []
+    [(_, event_type, failed)] = results(producer)
+    assert (event_type, failed["kind"], failed["error_type"]) == (
+        "StepAttemptFailed",
+        "timeout",
+        "timeout",
+    )
+    assert "ran past its bound of 0.1s" in failed["message"]
 
 
 def test_a_refused_result_is_sent_again_then_its_command_is_dead_lettered(monkeypatch):

@@ -37,6 +37,7 @@ from sagastream.core.saga import (
 )
 from sagastream.core.state import decode_state
 from sagastream.core.topology import (
+    QUEUE_ALLOWANCE_MS,
     CompensationSpec,
     RetryPolicy,
     SagaSpec,
@@ -224,11 +225,12 @@ def test_retry_on_timeout_with_full_jitter_backoff() -> None:
     policy = RetryPolicy(max_attempts=3, initial_backoff_ms=100, multiplier=2.0, max_backoff_ms=150)
     s = Saga(saga(("a", step("a", retry=policy))))
     first = s.start().commands[0]
-    assert s.due("step_timeout", "a", 1) == 1_000
+    waited = 1_000 + QUEUE_ALLOWANCE_MS  # its timeout_ms, and time to queue
+    assert s.due("step_timeout", "a", 1) == waited
 
     d = s.fire("step_timeout", "a", 1)
     assert sent(d) == [] and s.st("a") == WAITING_RETRY
-    assert 1_000 <= s.due("retry", "a", 1) <= 1_000 + 100  # min(150, 100 * 2^0)
+    assert waited <= s.due("retry", "a", 1) <= waited + 100  # min(150, 100 * 2^0)
     d = s.fire("retry", "a", 1)
     assert sent(d) == [("Doa", "a", 2)]
     second = d.commands[0]
@@ -244,6 +246,20 @@ def test_retry_on_timeout_with_full_jitter_backoff() -> None:
     assert key == second.fields["idempotency_key"] == third.fields["idempotency_key"]
     assert key == idempotency_key("demo", "k-1", "a")
     assert [first.attempt, second.attempt, third.attempt] == [1, 2, 3]
+
+
+def test_the_orchestrator_waits_for_an_answer_past_the_run_bound_to_allow_for_queueing() -> None:
+    """timeout_ms bounds the run (the handler loop reports a run past it at once); the
+    orchestrator's own timer, for an answer that never comes, allows for queueing too."""
+    s = Saga(saga(("a", step("a"))))
+    s.start()
+    assert s.due("step_timeout", "a", 1) == 1_000 + QUEUE_ALLOWANCE_MS
+    closing = saga(("a", step("a").model_copy(update={"schedule_to_close_ms": 5_000})))
+    t = Saga(closing)
+    t.start()
+    assert t.due("step_timeout", "a", 1) == 5_000
+    with pytest.raises(ValueError, match="schedule_to_close_ms .* is shorter than timeout_ms"):
+        StepSpec(command="Doa", success="aDone", timeout_ms=2_000, schedule_to_close_ms=1_000)
 
 
 def test_failure_is_retried_only_when_the_policy_says_so() -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from sagastream import testing
 from sagastream.core.state import StateEncodingError
+from sagastream.core.topology import QUEUE_ALLOWANCE_MS
 from sagastream.events import SagaCompensated, SagaCompleted
 from sagastream.examples.events import LoanApplied, OrderItem, OrderPlaced, PaymentCharged
 from sagastream.runtime.settings import Settings
@@ -66,7 +67,7 @@ def test_a_lost_command_times_out_and_is_retried_with_a_new_attempt(saga: SagaTe
     saga.drop(charge)
     saga.run()
     assert saga.status(key) == "running"
-    saga.advance(15_000)  # the step timeout
+    saga.advance(15_000 + QUEUE_ALLOWANCE_MS)  # the step timeout, and time to queue
     retry = [c for c in saga.commands(key) if c.event_type == "ChargePayment"]
     assert [c.attempt for c in retry] == [1]  # backoff first
     saga.advance(5_000)
