@@ -23,7 +23,9 @@ def topology_patch():
             timeout_ms=LONG_MS, retry={"max_attempts": 2, "initial_backoff_ms": 0}
         )
         for name in ("inventory", "shipping"):  # no handler answers: they fail by timeout
-            steps[name].update(timeout_ms=15_000, retry={"max_attempts": 1})
+            steps[name].update(
+                timeout_ms=15_000, schedule_to_close_ms=15_000, retry={"max_attempts": 1}
+            )
 
     return patch
 
