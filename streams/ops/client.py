@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -14,9 +15,15 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from sagastream.core.state import decode_state
-from sagastream.core.topology import LIFECYCLE_EVENT, Topology, load_topology
+from sagastream.core.topology import (
+    LIFECYCLE_EVENT,
+    OUTCOME_EVENTS,
+    SagaSpec,
+    Topology,
+    load_topology,
+)
 from sagastream.errors import UsageError
-from sagastream.events import Event
+from sagastream.events import Event, model_named
 from sagastream.ops.inspect import (
     Change,
     SagaFilter,
@@ -53,6 +60,8 @@ HISTORY_SCAN_LIMIT = 200_000
 LIST_TIMEOUT_S = 600.0
 # record times come from the orchestrators' clocks; this much skew is tolerated
 CLOCK_MARGIN_MS = 2_000
+# how long `result` waits in one poll before it looks at its deadline and stop flag again
+OUTCOME_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -271,37 +280,85 @@ class Client:
 
     def describe(self, saga: str, key: str) -> SagaView | None:
         """A saga's status, steps, pending timers and history; None if no such saga is stored."""
+        spec = self._spec(saga)
+        raw_key = key.encode()
+        deadline = time.monotonic() + DESCRIBE_TIMEOUT_S
+        consumer = _describer(self.settings)
+        try:
+            partition = self._partition(spec.start_event, raw_key)
+            last = stored(consumer, self.settings, partition, raw_key, saga, deadline)
+            if last is None:
+                return None
+            message, state = last
+            history: list[Change] = []
+            complete = True
+            if spec.audit != "off" and LIFECYCLE_EVENT in self.topology.events:
+                history, complete = self._history(
+                    consumer, raw_key, int(state["started"]), message.timestamp()[1], deadline
+                )
+        finally:
+            consumer.close()
+        return build_view(saga, key, partition, state, history, complete)
+
+    def result(
+        self, saga: str, key: str, timeout: float | None = None, stop: threading.Event | None = None
+    ) -> Event:
+        """Wait for the saga's outcome (SagaCompleted, SagaCompensated or SagaFailed) and return it.
+
+        It reads only the key's partition of the saga's outcome topic, committed records only:
+        from the saga's start if it is stored (so an outcome written before the call is found),
+        else from the end as of the call (the saga has not started yet: its outcome is to come).
+        `TimeoutError` after `timeout` seconds (None: no limit; `stop` set: gives up the same way).
+        """
+        spec = self._spec(saga)
+        raw_key = key.encode()
+        topic = self.settings.topic(spec.outcome_topic)
+        partition = partition_for(raw_key, self.topology.partitions(spec.outcome_topic))
+        consumer = _describer(self.settings)
+        try:
+            # taken before the state is read: an outcome written after that is at or past it
+            _, first = watermarks(consumer, topic, partition)
+            last = stored(
+                consumer,
+                self.settings,
+                self._partition(spec.start_event, raw_key),
+                raw_key,
+                saga,
+                time.monotonic() + DESCRIBE_TIMEOUT_S,
+            )
+            if last is not None:
+                first = _offset_at(consumer, topic, partition, int(last[1]["started"]), first)
+            record = _outcome_of(
+                consumer,
+                (topic, partition, first),
+                raw_key,
+                self.events.codec.decode,
+                timeout,
+                stop,
+            )
+        finally:
+            consumer.close()
+        if record is None:
+            raise TimeoutError(
+                f"saga {saga} {key!r} reached no outcome within {timeout}s (read {topic}, "
+                f"partition {partition}); `sagastream saga show {saga} {key}` says where it is"
+            )
+        event_type, fields = record
+        model = model_named(event_type)
+        assert issubclass(model, Event)
+        return model.model_validate(fields)
+
+    def _spec(self, saga: str) -> SagaSpec:
         spec = self.topology.sagas.get(saga)
         if spec is None:
             raise UsageError(
                 f"unknown saga {saga!r}; topology.yaml has {', '.join(self.topology.sagas)}"
             )
-        raw_key = key.encode()
-        deadline = time.monotonic() + DESCRIBE_TIMEOUT_S
-        consumer = _describer(self.settings)
-        try:
-            partition = partition_for(
-                raw_key, self.topology.partitions(self.topology.event_topic(spec.start_event))
-            )
-            changelog = self.settings.changelog_topic()
-            last = _last_record(consumer, changelog, partition, raw_key, deadline)
-            value = None if last is None else last.value()
-            if last is None or value is None:
-                return None
-            state = decode_state(value)
-            if state["saga"] != saga:
-                raise UsageError(
-                    f"{key} is the key of a {state['saga']} saga, not of a {saga} saga"
-                )
-            history: list[Change] = []
-            complete = True
-            if spec.audit != "off" and LIFECYCLE_EVENT in self.topology.events:
-                history, complete = self._history(
-                    consumer, raw_key, int(state["started"]), last.timestamp()[1], deadline
-                )
-        finally:
-            consumer.close()
-        return build_view(saga, key, partition, state, history, complete)
+        return spec
+
+    def _partition(self, start_event: str, key: bytes) -> int:
+        """The key's partition of the saga's topics (the state changelog's too)."""
+        return partition_for(key, self.topology.partitions(self.topology.event_topic(start_event)))
 
     def _history(
         self, consumer: Consumer, key: bytes, started_ms: int, changed_ms: int, deadline: float
@@ -350,10 +407,8 @@ class Client:
         there are live sagas (ended ones leave after their `retention_ms`) plus the updates
         compaction has not cleaned up yet, within LIST_TIMEOUT_S; it keeps only the matches.
         """
-        if saga is not None and saga not in self.topology.sagas:
-            raise UsageError(
-                f"unknown saga {saga!r}; topology.yaml has {', '.join(self.topology.sagas)}"
-            )
+        if saga is not None:
+            self._spec(saga)
         if limit is not None and limit < 1:
             raise UsageError(f"the limit must be at least 1, not {limit}")
         wanted = SagaFilter(frozenset(statuses), saga, older_than_ms)
@@ -417,6 +472,25 @@ class AsyncClient:
     async def describe(self, saga: str, key: str) -> SagaView | None:
         return await asyncio.to_thread(self.client.describe, saga, key)
 
+    async def result(self, saga: str, key: str, timeout: float | None = None) -> Event:
+        """`Client.result`; cancelling the wait stops its reader thread too."""
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(self.client.result, saga, key, timeout, stop)
+        finally:
+            stop.set()  # cancelled or done: the thread must not read on
+
+    async def list_sagas(
+        self,
+        statuses: Iterable[str] = (),
+        saga: str | None = None,
+        older_than_ms: int | None = None,
+        limit: int | None = None,
+    ) -> SagaList:
+        return await asyncio.to_thread(
+            self.client.list_sagas, tuple(statuses), saga, older_than_ms, limit
+        )
+
     async def close(self) -> None:
         await asyncio.to_thread(self.client.close)
 
@@ -453,4 +527,74 @@ def _last_record(
         if found is not None:
             return found
         stop, window = start, window * WINDOW_GROWTH
+    return None
+
+
+def stored(
+    consumer: Consumer, settings: Settings, partition: int, key: bytes, saga: str, deadline: float
+) -> tuple[Message, dict[str, Any]] | None:
+    """The saga's newest changelog record and its state; None if no saga of `key` is stored.
+    UsageError if the key belongs to a saga of another type."""
+    last = _last_record(consumer, settings.changelog_topic(), partition, key, deadline)
+    value = None if last is None else last.value()
+    if last is None or value is None:
+        return None
+    state = decode_state(value)
+    if state["saga"] != saga:
+        raise UsageError(
+            f"{key.decode(errors='replace')} is the key of a {state['saga']} saga, "
+            f"not of a {saga} saga"
+        )
+    return last, state
+
+
+def stored_state(
+    settings: Settings, topology: Topology, saga: str, key: str
+) -> dict[str, Any] | None:
+    """The stored state of the saga `saga` with `key`; None if none is stored (never started,
+    not started yet, or removed after its retention)."""
+    spec = topology.sagas[saga]
+    raw_key = key.encode()
+    partition = partition_for(raw_key, topology.partitions(topology.event_topic(spec.start_event)))
+    consumer = _describer(settings)
+    try:
+        found = stored(
+            consumer, settings, partition, raw_key, saga, time.monotonic() + DESCRIBE_TIMEOUT_S
+        )
+    finally:
+        consumer.close()
+    return None if found is None else found[1]
+
+
+def _offset_at(consumer: Consumer, topic: str, partition: int, at_ms: int, default: int) -> int:
+    """The partition's first offset written at `at_ms` or later (less the clock margin)."""
+    found = consumer.offsets_for_times(
+        [TopicPartition(topic, partition, at_ms - CLOCK_MARGIN_MS)], timeout=10
+    )[0]
+    return default if found.offset < 0 else found.offset
+
+
+def _outcome_of(
+    consumer: Consumer,
+    where: tuple[str, int, int],
+    key: bytes,
+    decode: Callable[[bytes], tuple[str, dict[str, Any]]],
+    timeout: float | None,
+    stop: threading.Event | None,
+) -> tuple[str, dict[str, Any]] | None:
+    """The key's outcome record (its type, its fields without meta) in `where` (topic, partition,
+    first offset), waiting for it to come; None once `timeout` s passed or `stop` is set."""
+    topic, partition, first = where
+    deadline = None if timeout is None else time.monotonic() + timeout
+    consumer.assign([TopicPartition(topic, partition, first)])
+    while deadline is None or time.monotonic() < deadline:
+        if stop is not None and stop.is_set():
+            return None
+        msg = consumer.poll(OUTCOME_POLL_S)
+        if msg is None or msg.error() is not None or msg.key() != key:
+            continue
+        event_type, record = decode(msg.value() or b"")
+        if event_type in OUTCOME_EVENTS:
+            record.pop("meta", None)
+            return event_type, record
     return None

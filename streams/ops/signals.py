@@ -1,7 +1,8 @@
 """Human decisions for waiting steps of any saga: `sagastream signal` and its HTTP twin.
 
 A signal is acknowledged only once the broker wrote it: the HTTP API answers 202 then, 400 for
-a signal no step would take, and 502 when the broker refused it.
+a signal no step would take, 404 for a saga key that no saga of that type is stored under, and
+502 when the broker refused it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from sagastream.core.topology import SIGNAL_EVENT, Topology
-from sagastream.errors import SagastreamError
-from sagastream.ops.client import EventClient
+from sagastream.errors import SagastreamError, UsageError
+from sagastream.ops.client import EventClient, stored_state
 from sagastream.runtime.kafka_io import DeliveryFailed
 
 OUTCOMES = ("approved", "rejected")
@@ -23,6 +24,10 @@ _PATH = re.compile(r"^/sagas/(?P<saga>[\w.-]+)/(?P<key>[^/]+)/steps/(?P<step>[\w
 
 class SignalError(SagastreamError, ValueError):
     """A signal that cannot be delivered as asked."""
+
+
+class UnknownSaga(SignalError):
+    """A signal for a saga key under which no saga of that type is stored."""
 
 
 def check_signal(topology: Topology, saga: str, step: str, outcome: str) -> None:
@@ -55,6 +60,16 @@ def send_signal(
     """Publish a StepSignal keyed by the saga key; returns its EventMeta once the broker wrote it
     (DeliveryFailed if it refused)."""
     check_signal(client.topology, saga, step, outcome)
+    try:
+        state = stored_state(client.settings, client.topology, saga, key)
+    except UsageError as exc:  # the key is another saga type's
+        raise UnknownSaga(f"cannot signal {saga}/{key}: {exc}") from exc
+    if state is None:
+        # the orchestrator would dead-letter it: say so now, while someone is waiting for it
+        raise UnknownSaga(
+            f"no {saga} saga with key {key!r} is stored (never started, not started yet, or "
+            f"removed after its retention_ms); `sagastream saga list --saga {saga}` lists them"
+        )
     fields = {"saga_type": saga, "step": step, "outcome": outcome, "note": note, "decided_by": by}
     return client.deliver(SIGNAL_EVENT, key, fields)
 
@@ -83,6 +98,9 @@ def serve(client: EventClient, host: str, port: int) -> ThreadingHTTPServer:
                     body.get("note"),
                     str(body.get("decided_by") or "http"),
                 )
+            except UnknownSaga as exc:
+                self._reply(HTTPStatus.NOT_FOUND, {"error": str(exc)})
+                return
             except (SignalError, json.JSONDecodeError, AttributeError) as exc:
                 self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
                 return

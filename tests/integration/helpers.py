@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any
 
 from sagastream.core.state import decode_state
@@ -139,3 +141,20 @@ def metric(port: int, name: str, **labels: str) -> float:
             if sample.name == name and labels.items() <= sample.labels.items():
                 return float(sample.value)
     return 0.0
+
+
+def store_saga(ns: Any, saga: str, key: str, start: Any) -> None:
+    """Write the state the orchestrator stores when `start` (a start event model) begins a saga
+    to the changelog, as if one had: for tests of clients that need a saga to exist, no more."""
+    from confluent_kafka import Producer
+
+    from sagastream.core.saga import Event, decide
+    from sagastream.core.state import encode_state
+
+    now = time.time_ns() // 1_000_000
+    event = Event(type(start).__name__, uuid.uuid4().hex, start.fields())
+    decision = decide((saga, ns.topology.sagas[saga]), None, event, now)
+    assert decision.state is not None, decision.dead_letter
+    producer = Producer(ns.settings.producer_config())
+    producer.produce(ns.settings.changelog_topic(), encode_state(decision.state), key.encode())
+    assert producer.flush(30) == 0

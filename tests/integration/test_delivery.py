@@ -28,7 +28,7 @@ from sagastream.ops.signals import serve
 from sagastream.runtime.kafka_io import DeliveryFailed
 from sagastream.wire.codec import new_meta
 from sagastream.wire.dlq import Origin, dead_letter_headers
-from tests.integration.helpers import good_order
+from tests.integration.helpers import good_order, loan_applied, store_saga
 
 pytestmark = pytest.mark.integration
 
@@ -101,6 +101,7 @@ def test_client_close_reports_a_refused_start_it_did_not_wait_for(ns, refuse) ->
 
 
 def test_signal_cli_exits_1_and_says_why_when_the_broker_refuses(ns, refuse) -> None:
+    store_saga(ns, "loan", "loan-1", loan_applied("loan-1"))
     refuse("sagas.signals")
     done = subprocess.run(
         [sys.executable, "-m", "sagastream.ops.cli", "signal", "loan", "loan-1", "review"]
@@ -117,6 +118,8 @@ def test_signal_cli_exits_1_and_says_why_when_the_broker_refuses(ns, refuse) -> 
 
 
 def test_signals_api_answers_502_when_the_broker_refuses(ns, refuse) -> None:
+    for key in ("loan-ok", "loan-refused"):
+        store_saga(ns, "loan", key, loan_applied(key))
     server = serve(ns.client, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/sagas/loan"
