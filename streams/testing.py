@@ -14,13 +14,23 @@ that returns a field its schema lacks fails here too; and every saga state is st
 back as the orchestrator's changelog keeps it (`sagastream.core.state`), so a payload the
 runtime cannot keep fails here too. Time stands still until `advance`, which
 fires the timers (timeouts, retries, the deadline) that come due, in order.
+
+Handlers run as the handler loop runs them: the commands pending at once run concurrently, each
+within its run-time bound, and async handlers on an event loop whose clock is the kit's virtual
+clock, so `await asyncio.sleep(3600)` in a handler moves the saga's time on by an hour (firing
+the saga's timers that come due meanwhile) and takes no real time. Plain functions run inline:
+their own `time.sleep` is real. The kit's calls are plain functions that work in async tests too:
+the handlers' loop runs in a thread of its own while a call lasts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import math
+import threading
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +48,7 @@ from sagastream.core.topology import (
 )
 from sagastream.events import Event as EventModel
 from sagastream.events import model_named
+from sagastream.runtime.handler_loop import command_bounds
 from sagastream.runtime.outputs import Encoder
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import AvroCodec, LocalSchemaIds, SchemaStore, new_meta
@@ -90,6 +101,7 @@ class SagaTest:
         self._roles: dict[str, RoleHandler] = {}
         self._sagas: dict[str, _Saga] = {}
         self._pending: deque[Sent] = deque()
+        self._orchestrator_reads = frozenset(topology.orchestrator_inputs())
 
     @classmethod
     def load(
@@ -141,33 +153,24 @@ class SagaTest:
         """Lose a command (or its answer): only a timeout will tell the saga."""
         self._pending.remove(command)
 
-    def handle(self, command: Sent) -> tuple[str, dict[str, Any]]:
-        """Run the app's function for one pending command and deliver its answer."""
+    def handle(self, command: Sent) -> tuple[str, dict[str, Any]] | None:
+        """Run the app's function for one pending command and deliver its answer (None if the
+        attempt sent none: it ran past its bound or raised, see `dead_letters`)."""
         self._pending.remove(command)
-        role = self._role_for(command.event_type)
-        answer = role(command.event_type, {**command.fields, "meta": command.meta})
-        if inspect.isawaitable(answer):
-            answer = asyncio.run(_awaited(answer))
-        result_type, fields = answer  # type: ignore[misc]
-        result = self._derived(result_type, command.key, fields, command.meta, command.attempt)
-        self._apply(command.key, result)
-        return result_type, fields
+        answers = self._in_handlers_loop(self._attempts([command], 1))
+        return answers[0] if answers else None
 
     def run(self, max_commands: int = 10_000) -> int:
         """Handle pending commands (and those they lead to) until only unhandled ones remain,
-        such as a human step's inbox; returns how many ran."""
-        ran = 0
-        while ran < max_commands:
-            ready = [c for c in self._pending if self._handled(c.event_type)]
-            if not ready:
-                return ran
-            self.handle(ready[0])
-            ran += 1
-        raise RuntimeError(f"more than {max_commands} commands: is a saga looping?")
+        such as a human step's inbox; returns how many ran. Commands pending together run
+        concurrently, as in the handler loop; each answer is delivered when it is ready."""
+        return len(self._in_handlers_loop(self._attempts(None, max_commands)))
 
     def advance(self, ms: int) -> None:
         """Move the clock forward, firing each timer that comes due, at its due time."""
-        until = self.now_ms + ms
+        self._advance_to(self.now_ms + ms)
+
+    def _advance_to(self, until: int) -> None:
         while True:
             due = sorted(
                 (when, timer, key)
@@ -184,7 +187,28 @@ class SagaTest:
             meta = new_meta(TIMER_EVENT, key, PRODUCER, now_ms=self.now_ms)
             fired = timer_event(Timer(when, kind, step, int(attempt)), meta["event_id"])
             self._apply(key, (meta, fired))
-        self.now_ms = until
+        self.now_ms = max(self.now_ms, until)
+
+    def result(self, key: str, within_ms: int = 365 * 86_400_000) -> EventModel:
+        """The saga's outcome, as `Client.result` waits for it: handlers run and the clock moves
+        on from timer to timer until the saga ends. AssertionError, saying where the saga is,
+        if it has not ended within `within_ms` of virtual time (a human step waits, say)."""
+        until = self.now_ms + within_ms
+        self.run()
+        while self.outcome(key) is None:
+            timers = (self.state(key) or {}).get("timers", {})
+            upcoming = [when for when in timers.values() if when <= until]
+            if not upcoming:
+                raise AssertionError(
+                    f"saga {key!r} has no outcome after {self.now_ms - self._t0} ms of virtual "
+                    f"time: it is {self.status(key)}, waiting for "
+                    f"{[c.event_type for c in self.pending(key)] or 'nothing'}"
+                )
+            self._advance_to(min(upcoming))
+            self.run()
+        outcome = self.outcome(key)
+        assert outcome is not None
+        return outcome
 
     # -- looking -------------------------------------------------------------------------
     def status(self, key: str) -> str:
@@ -217,6 +241,10 @@ class SagaTest:
     def dead_letters(self, key: str) -> list[str]:
         """Why events for this saga were refused (they would go to a dead-letter topic)."""
         return list(self._saga(key).dead_letters)
+
+    def saga_keys(self) -> list[str]:
+        """The keys of every saga an event was delivered to, in that order."""
+        return list(self._sagas)
 
     def state(self, key: str) -> dict[str, Any] | None:
         """The saga's stored state, as the orchestrator keeps it."""
@@ -300,6 +328,88 @@ class SagaTest:
             if command.event_type not in ENGINE_EVENT_TOPICS:  # StepEscalated is for people
                 self._pending.append(sent)
 
+    # -- the handler side -----------------------------------------------------------------
+    def _in_handlers_loop(self, work: Coroutine[Any, Any, list[Answer]]) -> list[Answer]:
+        """Run `work` on the handlers' virtual-time loop, in a thread of its own, so that a
+        test's own running loop (an async test) is neither needed nor disturbed."""
+        loop = _VirtualLoop(self)
+        done: list[list[Answer]] = []
+        failed: list[BaseException] = []
+
+        def drive() -> None:
+            try:
+                done.append(loop.run_until_complete(work))
+            except BaseException as exc:  # handed to the caller's thread
+                failed.append(exc)
+            finally:
+                loop.close()
+
+        thread = threading.Thread(target=drive, name="sagastream-testing-handlers")
+        thread.start()
+        thread.join()
+        if failed:
+            raise failed[0]
+        return done[0]
+
+    async def _attempts(self, commands: list[Sent] | None, most: int) -> list[Answer]:
+        """Run `commands` (None: every pending command a handler takes, and those their
+        answers lead to) concurrently; each answer is delivered as it comes, in virtual time."""
+        running: dict[asyncio.Task[Answer | None], int] = {}
+        answers: list[Answer] = []
+        started = 0
+        queued = list(commands) if commands is not None else []
+        while True:
+            if commands is None:
+                queued = [c for c in self._pending if self._handled(c.event_type)]
+            for command in queued:
+                if started == most:
+                    raise RuntimeError(f"more than {most} commands: is a saga looping?")
+                if command in self._pending:
+                    self._pending.remove(command)
+                running[asyncio.ensure_future(self._attempt(command))] = started
+                started += 1
+            queued = []
+            if not running:
+                return answers
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=running.__getitem__):  # as sent, when they tie
+                del running[task]
+                answer = task.result()
+                if answer is not None:
+                    answers.append(answer)
+
+    async def _attempt(self, command: Sent) -> Answer | None:
+        """One attempt of one command, as the handler loop runs it: within the command's
+        run-time bound, its answer delivered to the saga if the orchestrator reads its topic."""
+        role = self._role_for(command.event_type)
+        bound = command_bounds(self.topology, [command.event_type], None)[command.event_type]
+        record = {**command.fields, "meta": command.meta}
+        try:
+            async with asyncio.timeout(bound):
+                answer = await self._call(role, command.event_type, record)
+        except TimeoutError:
+            # the handler loop's rule today: abandoned, nothing sent; the step's timer retries
+            return None
+        except Exception as exc:
+            # as the handler loop: the command is dead-lettered (processing_error)
+            self._saga(command.key).dead_letters.append(
+                f"processing_error: {type(exc).__name__}: {exc}"
+            )
+            return None
+        result_type, fields = answer
+        result = self._derived(result_type, command.key, fields, command.meta, command.attempt)
+        if self.topology.event_topic(result_type) in self._orchestrator_reads:
+            self._apply(command.key, result)  # a notification's reply is read by no saga
+        return answer
+
+    async def _call(self, role: RoleHandler, command_type: str, record: dict[str, Any]) -> Answer:
+        """Async functions run on the loop; plain ones inline (the handler loop gives each a
+        thread; here the test waits for it anyway)."""
+        answer = role(command_type, record)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        return answer  # type: ignore[return-value]
+
     def _saga(self, key: str) -> _Saga:
         if key not in self._sagas:
             raise KeyError(f"no saga with key {key!r}; started: {', '.join(self._sagas) or 'none'}")
@@ -327,5 +437,30 @@ class SagaTest:
         return self._roles[role]
 
 
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
+Answer = tuple[str, dict[str, Any]]
+
+
+class _VirtualLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock is the kit's virtual clock: when nothing is ready to run but
+    something waits for a time (a handler's sleep, a run-time bound), the kit's clock moves on
+    to it, firing the saga timers due meanwhile, instead of the loop waiting in real time."""
+
+    def __init__(self, kit: SagaTest) -> None:
+        super().__init__()
+        self._kit = kit
+
+    def time(self) -> float:
+        return (self._kit.now_ms - self._kit._t0) / 1000
+
+    def _run_once(self) -> None:
+        # asyncio's own queues: `_ready` callbacks to run now, `_scheduled` a heap of timed ones
+        ready: deque[Any] = self._ready  # type: ignore[attr-defined]
+        scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
+        waiting = [h.when() for h in scheduled if not h.cancelled()]
+        if not ready and waiting:
+            when = min(waiting)
+            due_ms = self._kit._t0 + math.ceil(when * 1000 - 1e-6)
+            if (due_ms - self._kit._t0) / 1000 < when:  # float rounding: never short of it
+                due_ms += 1
+            self._kit._advance_to(max(due_ms, self._kit.now_ms))
+        super()._run_once()  # type: ignore[misc]

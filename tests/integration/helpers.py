@@ -84,8 +84,11 @@ def saga_state(ns: Any, key: str, timeout: float = 10.0) -> dict[str, Any]:
     return decode_state(values[-1])
 
 
-def lifecycle(ns: Any, key: str, until: str, timeout: float = 30.0) -> list[tuple[str, str | None]]:
-    """A saga's audit trail as (what, step) pairs, read until an entry `until` appears."""
+def lifecycle(
+    ns: Any, key: str, until: str, timeout: float = 30.0, step: str | None = None
+) -> list[tuple[str, str | None]]:
+    """A saga's audit trail as (what, step) pairs, read until an entry `until` (of `step`, if
+    given) appears."""
 
     def changes(msgs: list[Received]) -> list[tuple[str, str | None]]:
         return [
@@ -95,11 +98,12 @@ def lifecycle(ns: Any, key: str, until: str, timeout: float = 30.0) -> list[tupl
             for c in m.record["changes"]
         ]
 
-    msgs = ns.client.read(
-        [ns.topic("sagas.lifecycle")], lambda ms: any(w == until for w, _ in changes(ms)), timeout
-    )
+    def seen(trail: list[tuple[str, str | None]]) -> bool:
+        return any(w == until and step in (None, s) for w, s in trail)
+
+    msgs = ns.client.read([ns.topic("sagas.lifecycle")], lambda ms: seen(changes(ms)), timeout)
     trail = changes(msgs)
-    assert any(what == until for what, _ in trail), f"no {until} in the trail of {key}: {trail}"
+    assert seen(trail), f"no {until} {step or ''} in the trail of {key}: {trail}"
     return trail
 
 

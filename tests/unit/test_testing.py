@@ -1,5 +1,6 @@
 """sagastream.testing on the demo's sagas and services: no broker, a virtual clock."""
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -88,8 +89,8 @@ def test_a_duplicate_result_changes_nothing(saga: SagaTest) -> None:
     assert saga.state(key) == before
 
 
-def test_a_human_step_escalates_then_a_signal_lets_the_loan_pay_out(saga: SagaTest) -> None:
-    loan = LoanApplied(
+def _loan() -> LoanApplied:
+    return LoanApplied(
         loan_id="l-1",
         customer_id="c-1",
         email="a@example.com",
@@ -97,7 +98,10 @@ def test_a_human_step_escalates_then_a_signal_lets_the_loan_pay_out(saga: SagaTe
         term_months=12,
         iban="DE00",
     )
-    key = saga.start(loan)
+
+
+def test_a_human_step_escalates_then_a_signal_lets_the_loan_pay_out(saga: SagaTest) -> None:
+    key = saga.start(_loan())
     saga.run()
     assert [c.event_type for c in saga.pending(key)] == ["RequestReview"]  # a person's inbox
     saga.advance(172_800_000)
@@ -136,3 +140,47 @@ def test_a_state_the_runtime_cannot_store_is_dead_lettered_as_the_orchestrator_d
     assert saga.dead_letters(key) == [
         "state_encoding: cannot keep start.items in the saga state: a set"
     ]
+
+
+# -- the kit runs handlers as the handler loop does ----------------------------------------
+
+
+def test_a_notification_reply_is_no_dead_letter(saga: SagaTest) -> None:
+    key = saga.start(_order())
+    saga.run()
+    assert saga.sent(key)[-1] == "SendNotification" and saga.status(key) == "completed"
+    # NotificationSent goes to a topic no saga reads, as on Kafka: nothing refuses it
+    assert saga.dead_letters(key) == []
+
+
+def test_the_kit_works_inside_an_async_test(saga: SagaTest) -> None:
+    async def an_async_test() -> str:
+        key = saga.start(_order())
+        saga.run()  # the demo's handlers are async: they run while this loop runs
+        return saga.status(key)
+
+    assert asyncio.run(an_async_test()) == "completed"
+
+
+def test_handler_sleeps_are_virtual_and_commands_sent_together_run_together(
+    tmp_path: Path,
+) -> None:
+    slow = Settings(data_dir=tmp_path, handler_latency_ms=20_000)  # 20 s per call
+    kit = SagaTest.load(ROOT / "topology.yaml", settings=slow)
+    key = kit.start(_loan())
+    kit.run()  # credit and documents, sent together, each sleep 20 s of virtual time
+    succeeded = {step: at for at, what, step in kit.timeline(key) if what == "step_succeeded"}
+    assert succeeded == {"credit_check": 20_000, "documents": 20_000}
+    assert [c.step for c in kit.pending(key)] == ["review"]
+
+
+def test_result_runs_and_lets_time_pass_until_the_outcome(saga: SagaTest) -> None:
+    key = saga.start(_order())
+    charge = next(c for c in saga.pending(key) if c.event_type == "ChargePayment")
+    saga.drop(charge)  # only the step timeout, then a retry, can finish this saga
+    outcome = saga.result(key)
+    assert isinstance(outcome, SagaCompleted)
+    assert [c.attempt for c in saga.commands(key) if c.event_type == "ChargePayment"] == [1, 2]
+    loan = saga.start(_loan())
+    with pytest.raises(AssertionError, match="waiting for \\['RequestReview'\\]"):
+        saga.result(loan, within_ms=86_400_000)
