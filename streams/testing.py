@@ -272,17 +272,30 @@ class SagaTest:
         fields: dict[str, Any],
         parent: dict[str, Any],
         attempt: int,
+        step: str | None = None,
     ) -> tuple[dict[str, Any], Event]:
-        """An event caused by `parent`, encoded as the orchestrator and handler loops do."""
-        out = self._encoder.derived(event_type, key.encode(), fields, parent, attempt, self.now_ms)
+        """An event caused by `parent`, encoded as the orchestrator and handler loops do; `step`
+        goes into its meta (the step a command is for, or the one a result answers)."""
+        out = self._encoder.derived(
+            event_type, key.encode(), fields, parent, attempt, self.now_ms, step
+        )
         assert out.value is not None
         return self._received(out.value)
 
     def _received(self, value: bytes) -> tuple[dict[str, Any], Event]:
-        """(meta, event) of a record as a consumer decodes it."""
+        """(meta, event) of a record as a consumer decodes it, and as the orchestrator reads it."""
         event_type, record = self._codec.decode(value)
         meta = record.pop("meta")
-        return meta, Event(event_type, meta["event_id"], record, meta["attempt"], meta["hop"])
+        return meta, Event(
+            event_type,
+            meta["event_id"],
+            record,
+            attempt=meta["attempt"],
+            hop=meta["hop"],
+            correlation_id=meta["correlation_id"],
+            traceparent=meta["traceparent"],
+            step=meta.get("step"),
+        )
 
     def _apply(self, key: str, received: tuple[dict[str, Any], Event]) -> None:
         parent, event = received
@@ -310,7 +323,7 @@ class SagaTest:
             saga.dead_letters.append(decision.dead_letter)
         for command in decision.commands:
             meta, out = self._derived(
-                command.event_type, key, command.fields, parent, command.attempt
+                command.event_type, key, command.fields, parent, command.attempt, command.step
             )
             if command.event_type in OUTCOME_EVENTS:
                 saga.outcomes.append((command.event_type, out.fields))
@@ -397,7 +410,9 @@ class SagaTest:
             )
             return None
         result_type, fields = answer
-        result = self._derived(result_type, command.key, fields, command.meta, command.attempt)
+        result = self._derived(
+            result_type, command.key, fields, command.meta, command.attempt, command.step
+        )
         if self.topology.event_topic(result_type) in self._orchestrator_reads:
             self._apply(command.key, result)  # a notification's reply is read by no saga
         return answer

@@ -184,3 +184,11 @@ def test_result_runs_and_lets_time_pass_until_the_outcome(saga: SagaTest) -> Non
     loan = saga.start(_loan())
     with pytest.raises(AssertionError, match="waiting for \\['RequestReview'\\]"):
         saga.result(loan, within_ms=86_400_000)
+
+
+def test_commands_and_their_results_name_their_step_as_on_kafka(saga: SagaTest) -> None:
+    key = saga.start(_order())
+    saga.run()
+    steps = {c.event_type: c.meta["step"] for c in saga.commands(key)}
+    assert steps["ChargePayment"] == "payment" and steps["CreateShipment"] == "shipping"
+    assert all(c.meta["step"] == c.step for c in saga.commands(key))
