@@ -4,20 +4,20 @@ same scenarios on the test kit; both must pass."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sagastream.events import Event
 from sagastream.ops.client import Client
+from sagastream.ops.inspect import SagaView
 from tests.integration.helpers import every_dead_letter, lifecycle
-from tests.scenarios import SCENARIOS, Backend
+from tests.scenarios import DEMO, SCENARIOS, Scenario
 
 pytestmark = pytest.mark.integration
 
-# every handler role of the demo topology (the order and the loan sagas)
-ROLES = "payment,inventory,shipping,notification,credit,documents,disbursement"
 # the longest a scenario's saga may take on real workers
 OUTCOME_WITHIN_S = 90.0
 
@@ -41,17 +41,26 @@ class WorkersBackend:
     def result(self, saga: str, key: str) -> Event:
         return self.client.result(saga, key, timeout=OUTCOME_WITHIN_S)
 
+    def describe(self, saga: str, key: str) -> SagaView:
+        view = self.client.describe(saga, key)
+        assert view is not None, f"no {saga} saga {key}"
+        return view
+
 
 @pytest.fixture
-def backend(ns: Any, start_workers: Any) -> Iterator[WorkersBackend]:
-    start_workers("orchestrator", ROLES)
+def project(scenario: Scenario, tmp_path: Path) -> Path | None:
+    """The scenario's project (conftest's ns runs it); None: the demo's, which ns runs anyway."""
+    return None if scenario.project is DEMO else scenario.project.topology(tmp_path / "project")
+
+
+@pytest.fixture
+def backend(ns: Any, start_workers: Any, scenario: Scenario) -> Iterator[WorkersBackend]:
+    start_workers("orchestrator", scenario.project.roles)
     with Client(ns.settings) as client:
         yield WorkersBackend(ns, client)
     assert every_dead_letter(ns) == []  # no dead letter the kit would not show either
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
-def test_scenario_on_real_workers(
-    scenario: Callable[[Backend], None], backend: WorkersBackend
-) -> None:
-    scenario(backend)
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_scenario_on_real_workers(scenario: Scenario, backend: WorkersBackend) -> None:
+    scenario.run(backend)

@@ -7,10 +7,15 @@ real broker)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from sagastream.events import Event, SagaCompensated, SagaCompleted
 from sagastream.examples.events import LoanApplied, OrderItem, OrderPlaced
+from sagastream.ops.inspect import SagaView
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Backend(Protocol):
@@ -25,6 +30,24 @@ class Backend(Protocol):
 
     def result(self, saga: str, key: str) -> Event:
         """The saga's outcome, once it has ended (time passes as needed)."""
+
+    def describe(self, saga: str, key: str) -> SagaView:
+        """What `sagastream saga show` says of the saga: its steps, attempts and status."""
+
+
+@dataclass(frozen=True)
+class Project:
+    """A topology with its app, and the handler roles a worker runs for it."""
+
+    name: str
+    roles: str
+    write: Callable[[Path], Path] | None = None  # lays the project out in a directory
+
+    def topology(self, directory: Path) -> Path:
+        return ROOT / "topology.yaml" if self.write is None else self.write(directory)
+
+
+DEMO = Project("demo", "payment,inventory,shipping,notification,credit,documents,disbursement")
 
 
 def order(order_id: str, **changes: object) -> OrderPlaced:
@@ -80,8 +103,20 @@ def a_loan_waiting_for_review_is_approved_by_a_signal(backend: Backend) -> None:
     assert outcome.completed_steps[-2:] == ["review", "disbursement"]
 
 
-SCENARIOS: list[Callable[[Backend], None]] = [
-    the_order_saga_completes,
-    a_declined_payment_compensates,
-    a_loan_waiting_for_review_is_approved_by_a_signal,
+@dataclass(frozen=True)
+class Scenario:
+    """A scenario and the project it runs on."""
+
+    run: Callable[[Backend], None]
+    project: Project
+
+    @property
+    def name(self) -> str:
+        return self.run.__name__
+
+
+SCENARIOS = [
+    Scenario(the_order_saga_completes, DEMO),
+    Scenario(a_declined_payment_compensates, DEMO),
+    Scenario(a_loan_waiting_for_review_is_approved_by_a_signal, DEMO),
 ]

@@ -1,19 +1,17 @@
-"""The scenario suite (tests/scenarios) on the test kit: the demo's sagas and handlers, no broker,
-virtual time. tests/integration/test_scenarios.py runs the same scenarios on real workers."""
+"""The scenario suite (tests/scenarios) on the test kit: no broker, virtual time.
+tests/integration/test_scenarios.py runs the same scenarios on real workers."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from sagastream.events import Event
+from sagastream.ops.inspect import SagaView, build_view
 from sagastream.runtime.settings import Settings
 from sagastream.testing import SagaTest
-from tests.scenarios import SCENARIOS, Backend
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scenarios import SCENARIOS, Scenario
 
 
 class KitBackend:
@@ -35,10 +33,16 @@ class KitBackend:
     def result(self, saga: str, key: str) -> Event:
         return self.kit.result(key)
 
+    def describe(self, saga: str, key: str) -> SagaView:
+        state = self.kit.state(key)
+        assert state is not None, f"no {saga} saga {key}"
+        return build_view(saga, key, 0, state, [], True)  # as Client.describe builds it
 
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
-def test_scenario_on_the_kit(scenario: Callable[[Backend], None], tmp_path: Path) -> None:
-    kit = SagaTest.load(ROOT / "topology.yaml", settings=Settings(data_dir=tmp_path))
-    scenario(KitBackend(kit))
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_scenario_on_the_kit(scenario: Scenario, tmp_path: Path) -> None:
+    topology = scenario.project.topology(tmp_path / "project")
+    kit = SagaTest.load(topology, settings=Settings(data_dir=tmp_path))
+    scenario.run(KitBackend(kit))
     for key in kit.saga_keys():  # and the kit saw no dead letter the runtime would not write
         assert kit.dead_letters(key) == []
