@@ -48,7 +48,10 @@ from sagastream.core.topology import (
 )
 from sagastream.events import Event as EventModel
 from sagastream.events import model_named
+from sagastream.runtime import contract
+from sagastream.runtime.contract import AttemptError, Contract
 from sagastream.runtime.handler_loop import command_bounds
+from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
 from sagastream.runtime.outputs import Encoder
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import AvroCodec, LocalSchemaIds, SchemaStore, new_meta
@@ -83,6 +86,7 @@ class _Saga:
     outcomes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     timeline: list[tuple[int, str, str | None]] = field(default_factory=list)
     dead_letters: list[str] = field(default_factory=list)
+    failed_attempts: list[tuple[Sent, AttemptError]] = field(default_factory=list)
 
 
 class SagaTest:
@@ -102,6 +106,9 @@ class SagaTest:
         self._sagas: dict[str, _Saga] = {}
         self._pending: deque[Sent] = deque()
         self._orchestrator_reads = frozenset(topology.orchestrator_inputs())
+        # the handler side's rules, the very ones the handler loop applies
+        self._contract = Contract(topology)
+        self._limits = RecordLimits(Settings().max_record_bytes)
 
     @classmethod
     def load(
@@ -238,6 +245,15 @@ class SagaTest:
         """(ms since the test's clock started, what happened, step) for every change."""
         return [(at - self._t0, what, step) for at, what, step in self._saga(key).timeline]
 
+    def failed_attempts(self, key: str) -> list[tuple[str, int, str, str]]:
+        """(command type, attempt, kind, "ErrorType: message") of every attempt that ended
+        without a result: it raised, ran past its bound, answered a type it may not, or made
+        a result too large to send. Each was reported to the saga as a StepAttemptFailed."""
+        return [
+            (c.event_type, c.attempt, e.kind, f"{e.error_type}: {e.message}")
+            for c, e in self._saga(key).failed_attempts
+        ]
+
     def dead_letters(self, key: str) -> list[str]:
         """Why events for this saga were refused (they would go to a dead-letter topic)."""
         return list(self._saga(key).dead_letters)
@@ -366,21 +382,24 @@ class SagaTest:
 
     async def _attempts(self, commands: list[Sent] | None, most: int) -> list[Answer]:
         """Run `commands` (None: every pending command a handler takes, and those their
-        answers lead to) concurrently; each answer is delivered as it comes, in virtual time."""
+        answers lead to) concurrently; each answer is delivered as it comes, in virtual time.
+        As in the handler loop, only the attempts of one idempotency key run in order."""
         running: dict[asyncio.Task[Answer | None], int] = {}
+        tails: dict[str, asyncio.Task[Answer | None]] = {}
         answers: list[Answer] = []
-        started = 0
         queued = list(commands) if commands is not None else []
         while True:
             if commands is None:
                 queued = [c for c in self._pending if self._handled(c.event_type)]
             for command in queued:
-                if started == most:
+                if len(answers) + len(running) == most:
                     raise RuntimeError(f"more than {most} commands: is a saga looping?")
                 if command in self._pending:
                     self._pending.remove(command)
-                running[asyncio.ensure_future(self._attempt(command))] = started
-                started += 1
+                order = str(command.fields.get("idempotency_key") or command.key)
+                task = asyncio.ensure_future(self._attempt(command, tails.get(order)))
+                running[task] = len(answers) + len(running)
+                tails[order] = task
             queued = []
             if not running:
                 return answers
@@ -391,31 +410,86 @@ class SagaTest:
                 if answer is not None:
                     answers.append(answer)
 
-    async def _attempt(self, command: Sent) -> Answer | None:
-        """One attempt of one command, as the handler loop runs it: within the command's
-        run-time bound, its answer delivered to the saga if the orchestrator reads its topic."""
-        role = self._role_for(command.event_type)
-        bound = command_bounds(self.topology, [command.event_type], None)[command.event_type]
+    async def _attempt(
+        self, command: Sent, previous: asyncio.Task[Answer | None] | None
+    ) -> Answer | None:
+        """One attempt of one command, as the handler loop runs it (after the previous attempt
+        of its idempotency key): its answer, or the StepAttemptFailed that says why there is
+        none, delivered to the saga if the orchestrator reads its topic."""
+        if previous is not None:
+            await asyncio.wait([previous])  # for order only: its outcome is its own
         record = {**command.fields, "meta": command.meta}
-        try:
-            async with asyncio.timeout(bound):
-                answer = await self._call(role, command.event_type, record)
-        except TimeoutError:
-            # the handler loop's rule today: abandoned, nothing sent; the step's timer retries
+        answer = await self._run(command, record)
+        if answer is None:
             return None
-        except Exception as exc:
-            # as the handler loop: the command is dead-lettered (processing_error)
-            self._saga(command.key).dead_letters.append(
-                f"processing_error: {type(exc).__name__}: {exc}"
-            )
+        result = self._encoded(command, record, answer)
+        if result is None:
             return None
-        result_type, fields = answer
-        result = self._derived(
-            result_type, command.key, fields, command.meta, command.attempt, command.step
-        )
-        if self.topology.event_topic(result_type) in self._orchestrator_reads:
+        answer = (result[1].event_type, result[1].fields)
+        if self.topology.event_topic(answer[0]) in self._orchestrator_reads:
             self._apply(command.key, result)  # a notification's reply is read by no saga
         return answer
+
+    async def _run(self, command: Sent, record: dict[str, Any]) -> Answer | None:
+        """The function's result within the run-time bound (a heartbeat starts it again), if
+        the contract allows it; else the StepAttemptFailed (None for a notification)."""
+        role = self._role_for(command.event_type)
+        bound = command_bounds(self.topology, [command.event_type], None)[command.event_type]
+        limit = asyncio.timeout(bound)
+        loop = asyncio.get_running_loop()
+        token = contract.HEARTBEAT.set(lambda: limit.reschedule(loop.time() + bound))
+        try:
+            async with limit:
+                result_type, fields = await self._call(role, command.event_type, record)
+        except Exception as exc:
+            if limit.expired():
+                overran = f"ran past its bound of {bound:.1f}s (the step's timeout_ms); abandoned"
+                return self._failed(command, record, AttemptError.of("timeout", overran))
+            return self._failed(command, record, AttemptError.from_exception(exc))
+        finally:
+            contract.HEARTBEAT.reset(token)
+        why = self._contract.check_result(command.event_type, result_type)
+        if why is not None:
+            return self._failed(command, record, AttemptError.of("contract", why))
+        return result_type, fields
+
+    def _encoded(
+        self, command: Sent, record: dict[str, Any], answer: Answer
+    ) -> tuple[dict[str, Any], Event] | None:
+        """The answer as the saga receives it; one that cannot be encoded, or is too large to
+        send, is answered by a StepAttemptFailed instead, as in the handler loop."""
+        try:
+            return self._sent_result(command, *answer)
+        except RecordTooLarge as exc:
+            error = AttemptError.of("too_large", f"{exc.reason}: {exc}")
+        except Exception as exc:  # fields its schema does not take: the function's bug
+            error = AttemptError.from_exception(exc)
+        failed = self._failed(command, record, error)
+        return None if failed is None else self._sent_result(command, *failed)
+
+    def _sent_result(
+        self, command: Sent, result_type: str, fields: dict[str, Any]
+    ) -> tuple[dict[str, Any], Event]:
+        out = self._encoder.derived(
+            result_type,
+            command.key.encode(),
+            fields,
+            command.meta,
+            command.attempt,
+            self.now_ms,
+            command.step,
+        )
+        check_fits(self._limits, [(result_type, out.topic, out.key, out.value, out.headers)])
+        assert out.value is not None
+        return self._received(out.value)
+
+    def _failed(self, command: Sent, record: dict[str, Any], error: AttemptError) -> Answer | None:
+        """The StepAttemptFailed answering a failed attempt (kept for `failed_attempts`); None
+        for a command no step sends (a notification), whose failure the handler loop logs."""
+        self._saga(command.key).failed_attempts.append((command, error))
+        if not self._contract.reports_failures(command.event_type):
+            return None
+        return self._contract.attempt_failed(command.event_type, record, error)
 
     async def _call(self, role: RoleHandler, command_type: str, record: dict[str, Any]) -> Answer:
         """Async functions run on the loop; plain ones inline (the handler loop gives each a

@@ -14,6 +14,8 @@ from typing import Protocol
 from sagastream.events import Event, SagaCompensated, SagaCompleted
 from sagastream.examples.events import LoanApplied, OrderItem, OrderPlaced
 from sagastream.ops.inspect import SagaView
+from tests.scenarios.jobs import write_project
+from tests.scenarios.jobs.app import JobSubmitted
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,6 +50,7 @@ class Project:
 
 
 DEMO = Project("demo", "payment,inventory,shipping,notification,credit,documents,disbursement")
+JOBS = Project("jobs", "jobs", write_project)
 
 
 def order(order_id: str, **changes: object) -> OrderPlaced:
@@ -103,6 +106,14 @@ def a_loan_waiting_for_review_is_approved_by_a_signal(backend: Backend) -> None:
     assert outcome.completed_steps[-2:] == ["review", "disbursement"]
 
 
+def a_handler_that_raises_is_retried_and_succeeds(backend: Backend) -> None:
+    key = backend.start(JobSubmitted(job_id="job-flaky"))
+    outcome = backend.result("job", key)
+    assert isinstance(outcome, SagaCompleted), outcome
+    (run,) = backend.describe("job", key).steps
+    assert (run.name, run.state, run.attempts) == ("run", "succeeded", 2)
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A scenario and the project it runs on."""
@@ -119,4 +130,5 @@ SCENARIOS = [
     Scenario(the_order_saga_completes, DEMO),
     Scenario(a_declined_payment_compensates, DEMO),
     Scenario(a_loan_waiting_for_review_is_approved_by_a_signal, DEMO),
+    Scenario(a_handler_that_raises_is_retried_and_succeeds, JOBS),
 ]

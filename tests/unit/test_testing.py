@@ -14,6 +14,8 @@ from sagastream.runtime.settings import Settings
 from sagastream.testing import SagaTest
 from tests.binary import write_project
 from tests.binary.app import ArchiveDocument, DocumentFiled, seal_of
+from tests.scenarios.jobs import write_project as write_jobs
+from tests.scenarios.jobs.app import JobSubmitted
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -192,3 +194,16 @@ def test_commands_and_their_results_name_their_step_as_on_kafka(saga: SagaTest) 
     steps = {c.event_type: c.meta["step"] for c in saga.commands(key)}
     assert steps["ChargePayment"] == "payment" and steps["CreateShipment"] == "shipping"
     assert all(c.meta["step"] == c.step for c in saga.commands(key))
+
+
+def test_a_handler_exception_is_a_failed_attempt_retried_at_once(tmp_path: Path) -> None:
+    kit = SagaTest.load(write_jobs(tmp_path))
+    key = kit.start(JobSubmitted(job_id="j-1"))
+    assert isinstance(kit.result(key), SagaCompleted)
+    # reported as the runtime's handler loop reports it: a StepAttemptFailed, not a dead letter
+    assert kit.failed_attempts(key) == [
+        ("RunJob", 1, "exception", "PartnerDown: partner down for j-1")
+    ]
+    assert kit.dead_letters(key) == []
+    retried = [at for at, what, step in kit.timeline(key) if what == "step_started"][1]
+    assert retried < 20_000  # after the backoff, not after the step's timeout_ms

@@ -1,0 +1,39 @@
+"""The jobs saga's events and its handler: a partner that fails with an exception (not a
+business failure) on a job's first attempt and works on the next."""
+
+from __future__ import annotations
+
+import sagastream
+
+app = sagastream.App()
+
+
+class JobSubmitted(sagastream.Event):
+    """A job to run; starts the job saga."""
+
+    job_id: str
+
+
+class RunJob(sagastream.Command):
+    job_id: str
+
+
+class JobDone(sagastream.Event):
+    job_id: str
+    attempt: int
+
+
+class JobRefused(sagastream.Event):
+    job_id: str
+    reason: str
+
+
+class PartnerDown(RuntimeError):
+    """The partner's outage: an exception, so a failed attempt that the step retries."""
+
+
+@app.handler
+def run_job(cmd: RunJob, ctx: sagastream.Context) -> JobDone:
+    if ctx.attempt == 1:
+        raise PartnerDown(f"partner down for {cmd.job_id}")
+    return JobDone(job_id=cmd.job_id, attempt=ctx.attempt)
