@@ -57,7 +57,8 @@ sagas:
         inputs: {{start: [subscription_id, email]}}
         success: AccountOpened
         failure: [AccountRefused]
-        timeout_ms: 5000
+        timeout_ms: 5000              # one attempt's run
+        schedule_to_close_ms: 10000   # no answer 10 s after sending (a lost reply): retried
         retry: {{max_attempts: 3, initial_backoff_ms: 200}}
         compensation:
           command: CloseAccount
@@ -220,7 +221,7 @@ def test_a_lost_reply_is_retried_after_the_timeout() -> None:
     saga = SagaTest.load(TOPOLOGY)
     key = saga.start(_request())
     saga.drop(saga.pending(key)[0])
-    saga.advance(5_000)  # the step times out; the retry follows after a backoff
+    saga.advance(10_000)  # schedule_to_close_ms: no answer, so the retry follows a backoff
     saga.advance(1_000)
     saga.run()
     assert [c.attempt for c in saga.commands(key) if c.event_type == "OpenAccount"] == [1, 2]

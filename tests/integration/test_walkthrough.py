@@ -1,6 +1,8 @@
 """README's "Write your own saga", run as written: the wheel in a fresh venv outside the repository,
-`sagastream init`, a second saga of three parallel steps (sync, async, a slow optional one with a
-`when:`), the project's own tests, then workers of the installed package on the real broker.
+`sagastream init`, a second saga of parallel steps (sync, async, a slow optional one with a
+`when:` whose handler raises on its first attempt and is retried, a hotel retried on a business
+failure, a human approval that gives up after its maximum wait), the project's own tests, then
+workers of the installed package on the real broker.
 
 The outcomes are checked from the topics (read_committed), not from what the walkthrough prints.
 """
@@ -105,7 +107,7 @@ def test_the_readme_walkthrough_runs_on_an_installed_wheel(
         else:
             _write(cwd, block)
     assert "3 passed" in outputs[0]  # the generated project's own tests
-    assert "6 passed" in outputs[1]  # and the trip saga's
+    assert "8 passed" in outputs[1]  # and the trip saga's
     trips_out = outputs[2]
 
     project = work / "travel"
@@ -113,18 +115,22 @@ def test_the_readme_walkthrough_runs_on_an_installed_wheel(
     settings = Settings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix)
     topology = load_topology(project / "topology.yaml", store.directory)
     client = EventClient(settings, topology, AvroCodec(store, LocalSchemaIds(store)))
-    keys = dict(re.findall(r"^((lisbon|rome|atlantis)-\d+): ", trips_out, re.M))
-    assert set(keys.values()) == {"lisbon", "rome", "atlantis"}, trips_out
+    keys = dict(re.findall(r"^((lisbon|rome|atlantis|tokyo)-\d+): ", trips_out, re.M))
+    assert set(keys.values()) == {"lisbon", "rome", "atlantis", "tokyo"}, trips_out
     trip = {kind: key for key, kind in keys.items()}
 
     outcomes = {m.key.decode(): m for m in client.read_to_end([settings.topic("sagas.outcomes")])}
-    lisbon, rome, atlantis = (outcomes[trip[k]] for k in ("lisbon", "rome", "atlantis"))
+    lisbon, rome, atlantis, tokyo = (
+        outcomes[trip[k]] for k in ("lisbon", "rome", "atlantis", "tokyo")
+    )
     assert lisbon.event_type == "SagaCompleted"
     assert sorted(lisbon.record["completed_steps"]) == ["car", "flight", "hotel"]
     assert rome.event_type == "SagaCompleted"
     assert sorted(rome.record["completed_steps"]) == ["flight", "hotel"]
     assert atlantis.event_type == "SagaCompensated"
     assert atlantis.record["failed_step"] == "hotel"
+    assert tokyo.event_type == "SagaCompensated"
+    assert tokyo.record["failed_step"] == "approval"
 
     commands = client.read_to_end(
         [settings.topic(t) for t in ("flights.commands", "cars.commands")]
@@ -133,14 +139,23 @@ def test_the_readme_walkthrough_runs_on_an_installed_wheel(
     assert sent == sorted(
         [
             (trip["lisbon"], "BookFlight"),
+            (trip["lisbon"], "RentCar"),  # its first attempt raised
             (trip["lisbon"], "RentCar"),
             (trip["rome"], "BookFlight"),
             (trip["atlantis"], "BookFlight"),
             (trip["atlantis"], "CancelFlight"),
+            (trip["tokyo"], "BookFlight"),
+            (trip["tokyo"], "CancelFlight"),
         ]
     )
-    cancel = next(m for m in commands if m.event_type == "CancelFlight")
-    assert cancel.record["booking_ref"] == f"FL-trip:{trip['atlantis']}:flight"
+    hotels = client.read_to_end([settings.topic("hotels.commands")])
+    tries = [m.event_type for m in hotels if m.key == trip["atlantis"].encode()]
+    assert tries == ["BookHotel", "BookHotel"]  # the failure was retried once (retry_on: failure)
+    approvals = client.read_to_end([settings.topic("approvals.commands")])
+    assert [m.key.decode() for m in approvals] == [trip["tokyo"]]
+    cancels = {m.key.decode(): m.record for m in commands if m.event_type == "CancelFlight"}
+    for kind in ("atlantis", "tokyo"):
+        assert cancels[trip[kind]]["booking_ref"] == f"FL-trip:{trip[kind]}:flight"
 
 
 def _run(argv: list[str], **kwargs: Any) -> str:
