@@ -15,7 +15,7 @@ from sagastream.events import Event, SagaCompensated, SagaCompleted
 from sagastream.examples.events import LoanApplied, OrderItem, OrderPlaced
 from sagastream.ops.inspect import SagaView
 from tests.scenarios.jobs import write_project
-from tests.scenarios.jobs.app import JobSubmitted
+from tests.scenarios.jobs.app import ExpenseFiled, JobSubmitted
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,6 +114,16 @@ def a_handler_that_raises_is_retried_and_succeeds(backend: Backend) -> None:
     assert (run.name, run.state, run.attempts) == ("run", "succeeded", 2)
 
 
+def a_human_step_gives_up_after_its_max_wait(backend: Backend) -> None:
+    key = backend.start(ExpenseFiled(expense_id="expense-unanswered", amount_cents=9_900))
+    backend.waiting("expense", key, "approval")
+    outcome = backend.result("expense", key)  # nobody answers: max_wait_ms passes
+    assert isinstance(outcome, SagaCompensated), outcome
+    assert outcome.failed_step == "approval"
+    (approval,) = backend.describe("expense", key).steps
+    assert (approval.name, approval.state) == ("approval", "failed")
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A scenario and the project it runs on."""
@@ -131,4 +141,5 @@ SCENARIOS = [
     Scenario(a_declined_payment_compensates, DEMO),
     Scenario(a_loan_waiting_for_review_is_approved_by_a_signal, DEMO),
     Scenario(a_handler_that_raises_is_retried_and_succeeds, JOBS),
+    Scenario(a_human_step_gives_up_after_its_max_wait, JOBS),
 ]

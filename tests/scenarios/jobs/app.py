@@ -1,5 +1,6 @@
-"""The jobs saga's events and its handler: a partner that fails with an exception (not a
-business failure) on a job's first attempt and works on the next."""
+"""The jobs project's events and handler: a job whose partner fails with an exception (not a
+business failure) on its first attempt and works on the next, and an expense that waits for an
+approver who never answers."""
 
 from __future__ import annotations
 
@@ -26,6 +27,20 @@ class JobDone(sagastream.Event):
 class JobRefused(sagastream.Event):
     job_id: str
     reason: str
+
+
+class ExpenseFiled(sagastream.Event):
+    """An expense to approve; starts the expense saga."""
+
+    expense_id: str
+    amount_cents: int
+
+
+class ApproveExpense(sagastream.Command):
+    """The approvers' inbox: people answer it with a signal, no handler does."""
+
+    expense_id: str
+    amount_cents: int
 
 
 class PartnerDown(RuntimeError):
