@@ -9,15 +9,17 @@
         assert saga.status(key) == "completed"
         assert saga.sent(key) == ["BookFlight", "BookHotel"]
 
-Every command and result goes through the project's Avro schemas, as on Kafka, so a handler
-that returns a field its schema lacks fails here too; and every saga state is stored and read
-back as the orchestrator's changelog keeps it (`sagastream.core.state`), so a payload the
-runtime cannot keep fails here too. Time stands still until `advance`, which
-fires the timers (timeouts, retries, the deadline) that come due, in order.
+Every command and result goes through the project's Avro schemas, as on Kafka, and every saga
+state is stored and read back as the orchestrator's changelog keeps it (`sagastream.core.state`),
+so a payload the runtime cannot keep fails here too. Time stands still until `advance` (or
+`result`), which fires the timers (timeouts, retries, the deadline) that come due, in order.
 
-Handlers run as the handler loop runs them: the commands pending at once run concurrently, each
-within its run-time bound, and async handlers on an event loop whose clock is the kit's virtual
-clock, so `await asyncio.sleep(3600)` in a handler moves the saga's time on by an hour (firing
+Handlers run as the handler loop runs them, under the same contract
+(`sagastream.runtime.contract`): an attempt that raises, runs past its run-time bound, answers
+a type its command may not, or makes a result that does not encode or is too large, is answered
+with the StepAttemptFailed the worker would send (`failed_attempts` lists them); the commands
+pending at once run concurrently (attempts of one idempotency key in order), and async handlers
+on an event loop whose clock is the kit's virtual clock, so `await asyncio.sleep(3600)` in a handler moves the saga's time on by an hour (firing
 the saga's timers that come due meanwhile) and takes no real time. Plain functions run inline:
 their own `time.sleep` is real. The kit's calls are plain functions that work in async tests too:
 the handlers' loop runs in a thread of its own while a call lasts.
@@ -161,8 +163,9 @@ class SagaTest:
         self._pending.remove(command)
 
     def handle(self, command: Sent) -> tuple[str, dict[str, Any]] | None:
-        """Run the app's function for one pending command and deliver its answer (None if the
-        attempt sent none: it ran past its bound or raised, see `dead_letters`)."""
+        """Run the app's function for one pending command and deliver its answer: its result,
+        or the StepAttemptFailed that says why there is none (None for a notification whose
+        attempt failed: nobody is told, as in the handler loop)."""
         self._pending.remove(command)
         answers = self._in_handlers_loop(self._attempts([command], 1))
         return answers[0] if answers else None
