@@ -15,7 +15,7 @@ from sagastream.testing import SagaTest
 from tests.binary import write_project
 from tests.binary.app import ArchiveDocument, DocumentFiled, seal_of
 from tests.scenarios.jobs import write_project as write_jobs
-from tests.scenarios.jobs.app import JobSubmitted
+from tests.scenarios.jobs.app import JobSubmitted, ReportRequested
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -207,3 +207,13 @@ def test_a_handler_exception_is_a_failed_attempt_retried_at_once(tmp_path: Path)
     assert kit.dead_letters(key) == []
     retried = [at for at, what, step in kit.timeline(key) if what == "step_started"][1]
     assert retried < 20_000  # after the backoff, not after the step's timeout_ms
+
+
+def test_a_heartbeat_starts_the_run_time_bound_again_on_the_virtual_clock(
+    tmp_path: Path,
+) -> None:
+    kit = SagaTest.load(write_jobs(tmp_path))
+    built = kit.start(ReportRequested(report_id="r-1", parts=3))  # 24 s against a 10 s bound
+    assert isinstance(kit.result(built), SagaCompleted)
+    assert kit.failed_attempts(built) == []
+    assert [at for at, what, _ in kit.timeline(built) if what == "step_succeeded"] == [24_000]

@@ -4,6 +4,8 @@ approver who never answers."""
 
 from __future__ import annotations
 
+import asyncio
+
 import sagastream
 
 app = sagastream.App()
@@ -43,6 +45,22 @@ class ApproveExpense(sagastream.Command):
     amount_cents: int
 
 
+class ReportRequested(sagastream.Event):
+    """A report that takes longer than one run-time bound, in parts; starts the report saga."""
+
+    report_id: str
+    parts: int
+
+
+class BuildReport(sagastream.Command):
+    report_id: str
+    parts: int
+
+
+class ReportBuilt(sagastream.Event):
+    report_id: str
+
+
 class PartnerDown(RuntimeError):
     """The partner's outage: an exception, so a failed attempt that the step retries."""
 
@@ -52,3 +70,11 @@ def run_job(cmd: RunJob, ctx: sagastream.Context) -> JobDone:
     if ctx.attempt == 1:
         raise PartnerDown(f"partner down for {cmd.job_id}")
     return JobDone(job_id=cmd.job_id, attempt=ctx.attempt)
+
+
+@app.handler
+async def build_report(cmd: BuildReport, ctx: sagastream.Context) -> ReportBuilt:
+    for _ in range(cmd.parts):
+        await asyncio.sleep(8)  # one part: within the step's 10 s bound
+        ctx.heartbeat()  # and the bound starts again
+    return ReportBuilt(report_id=cmd.report_id)
