@@ -124,7 +124,8 @@ def test_describe_and_saga_show_answer_for_keys_on_either_orchestrator(
                     assert steps[name].compensation_attempts == 1
                     assert steps[name].compensation_ended_ms is not None
 
-        # the loan waits for a person: running, with its review timeout and deadline armed
+        # the loan waits for a person: running, with its review's escalation, its maximum wait
+        # and the deadline armed
         waiting = wait_for(
             lambda: client.describe("loan", "show-loan"),
             lambda v: {s.name: s.state for s in v.steps}["review"] == "running",
@@ -132,6 +133,7 @@ def test_describe_and_saga_show_answer_for_keys_on_either_orchestrator(
         assert waiting.status == "running" and waiting.ended_ms is None
         assert {(t.kind, t.step, t.attempt) for t in waiting.timers} == {
             ("step_timeout", "review", 1),
+            ("max_wait", "review", 1),
             ("deadline", None, 0),
         }
         assert ("step_started", "review") in [(c.what, c.step) for c in waiting.history]
