@@ -37,7 +37,11 @@ def topology_patch() -> Any:
     def patch(data: dict[str, Any]) -> None:
         # no payment handler runs: every saga keeps payment timers armed until it compensates
         retry = {"max_attempts": 3, "initial_backoff_ms": 300, "jitter": "none"}
-        data["sagas"]["order"]["steps"]["payment"].update(timeout_ms=1500, retry=retry)
+        # (no handler reports anything: the orchestrator's own timer, schedule_to_close_ms, ends
+        # each attempt)
+        data["sagas"]["order"]["steps"]["payment"].update(
+            timeout_ms=1500, schedule_to_close_ms=1500, retry=retry
+        )
 
     return patch
 
