@@ -153,14 +153,16 @@ class TestOrchestratorDownPastATimeout:
     """Time is judged against what has been read: results that came while the orchestrator was
     down, longer than the step's timeout, are decided before that timeout after the restart."""
 
-    ORDERS = 200
+    ORDERS = 300
 
     @pytest.fixture
     def topology_patch(self):
         def patch(data):
             # long enough that every charge is out before the first could time out, on a busy
-            # machine too; the orchestrator is then down for twice as long
-            _steps(data, payment={"timeout_ms": 5000, "retry": {"max_attempts": 1}})
+            # machine too; the orchestrator is then down for more than twice as long. Its own
+            # timer (schedule_to_close_ms) is what a restart could fire early, so it is the 5 s
+            payment = {"timeout_ms": 5000, "schedule_to_close_ms": 5000}
+            _steps(data, payment={**payment, "retry": {"max_attempts": 1}})
 
         return patch
 
@@ -181,7 +183,7 @@ class TestOrchestratorDownPastATimeout:
             [ns.topic("payments.events")], lambda m: len(m) >= self.ORDERS, timeout=60
         )
         assert {m.key.decode() for m in charged if m.key} == keys
-        time.sleep(max(0.0, down_at + 10 - time.monotonic()))  # down well past the timeout
+        time.sleep(max(0.0, down_at + 12 - time.monotonic()))  # down well past the timeout
         start_workers("orchestrator")
 
         outcomes = wait_outcomes(ns, keys, timeout=90)
