@@ -381,6 +381,7 @@ def new_state(saga_type: str, spec: SagaSpec, key: str, event: Event, now: int) 
     """The state of a saga that its start event has just created."""
     return {
         "saga": saga_type,
+        "shape": spec.shape,  # the definition it started on, which decides it to its end
         "key": key,
         "status": RUNNING,
         # each source's fields that the saga uses, by source: start, then each step that

@@ -301,6 +301,14 @@ class SagaSpec(_Model):
     notify: NotifySpec | None = None
 
     @cached_property
+    def shape(self) -> str:
+        """The identity of this definition's shape, which every saga started on it is pinned to
+        (sagastream.core.definition)."""
+        from sagastream.core.definition import shape_of  # it reads the topology's types
+
+        return shape_of(self)
+
+    @cached_property
     def used_fields(self) -> dict[str, frozenset[str]]:
         """Per source (start or a step), the fields the saga reads: those named by an `inputs`
         (steps, compensations, notify) or a `when:`, and the saga key. The state keeps these

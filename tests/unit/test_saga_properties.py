@@ -640,6 +640,7 @@ def test_a_true_when_changes_nothing(spec: SagaSpec, data: st.DataObject, dups: 
 
 
 def _without_data(decision: Decision) -> Decision:
-    """The decision with its state's kept fields left out."""
+    """The decision with its state's kept fields and shape left out (a `when` is part of the
+    shape, so the two definitions differ in it, as they should)."""
     state = decision.state
-    return replace(decision, state=None if state is None else {**state, "data": None})
+    return replace(decision, state=None if state is None else {**state, "data": None, "shape": None})
