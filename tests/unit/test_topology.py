@@ -527,3 +527,20 @@ def test_ended_sagas_are_kept_seven_days_unless_retention_ms_says_otherwise(
     data = copy.deepcopy(repo_data)
     data["sagas"]["order"]["retention_ms"] = -2  # -1 keeps them forever; less means nothing
     assert f"{SOURCE}: sagas.order.retention_ms: " in _error(data)
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys silently: the second `timeout_ms` of a step would
+    change it without a word. The loader names the key and both lines."""
+    text = (ROOT / "topology.yaml").read_text()
+    doubled = text.replace("timeout_ms: 15000\n", "timeout_ms: 15000\n        timeout_ms: 99\n", 1)
+    assert doubled != text
+    path = tmp_path / "topology.yaml"
+    path.write_text(doubled)
+    with pytest.raises(TopologyError) as caught:
+        load_topology(path, SCHEMAS)
+    message = str(caught.value)
+    first = doubled.splitlines().index("        timeout_ms: 15000") + 1
+    assert message.startswith(f"{path}: not valid YAML: ")
+    assert f"'timeout_ms' is given twice in one mapping (first on line {first})" in message
+    assert f"line {first + 1}" in message
