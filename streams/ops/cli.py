@@ -299,7 +299,11 @@ def _dlq(args: argparse.Namespace) -> int:
             since_ms=None if args.since is None else dlq.parse_time(args.since),
             until_ms=None if args.until is None else dlq.parse_time(args.until),
         )
-        plans = dlq.plan_redrives(dlq.select(letters, selection), args.max_redrives)
+        plans = dlq.plan_redrives(
+            dlq.select(letters, selection),
+            args.max_redrives,
+            dlq.redrive_sources(topology, client.settings),
+        )
         refused = sum(1 for p in plans if p.refused)
         if not args.execute:
             for plan in plans:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +19,7 @@ from sagastream.ops.client import EventClient, Received
 from sagastream.ops.times import parse_time as parse_time
 from sagastream.runtime.inputs import logical_topic
 from sagastream.runtime.kafka_io import Delivery
+from sagastream.runtime.settings import Settings
 from sagastream.wire.dlq import HEADER_PREFIX, REDRIVE_COUNT, read_dead_letter_headers
 
 DEFAULT_MAX_REDRIVES = 3
@@ -186,9 +187,30 @@ class Redrive:
     refused: str | None = None
 
 
-def plan_redrives(letters: Iterable[DeadLetter], max_redrives: int) -> list[Redrive]:
-    """A redrive per dead letter; past `max_redrives`, without a source topic or cut to fit its
-    DLQ (`dlq.truncated`) it is refused."""
+# dead-letter topic (logical) -> each physical topic it takes dead letters from -> the event
+# types that travel on that topic
+Sources = Mapping[str, Mapping[str, frozenset[str]]]
+
+
+def redrive_sources(topology: Topology, settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
+    """Where each dead-letter topic's records may go back to, by the topology alone: the topics
+    whose DLQ it is, each with the event types it carries. A redrive trusts no header beyond
+    that: whoever may write a DLQ could name any topic in `dlq.original.topic`."""
+    out: dict[str, dict[str, frozenset[str]]] = {}
+    for topic in topology.topics:
+        types = frozenset(
+            name for name, spec in topology.events.items() if topic.name in spec.all_topics
+        )
+        out.setdefault(topology.dlq(topic.name), {})[settings.topic(topic.name)] = types
+    return out
+
+
+def plan_redrives(
+    letters: Iterable[DeadLetter], max_redrives: int, sources: Sources
+) -> list[Redrive]:
+    """A redrive per dead letter; past `max_redrives`, without a source topic, naming a source
+    its DLQ does not take dead letters from (or an event type that topic does not carry), or cut
+    to fit its DLQ (`dlq.truncated`), it is refused."""
     plans = []
     for letter in letters:
         count = letter.redrive_count
@@ -197,6 +219,8 @@ def plan_redrives(letters: Iterable[DeadLetter], max_redrives: int) -> list[Redr
             plans.append(Redrive(letter, letter.source_topic, [], why))
         elif letter.source_topic is None:
             plans.append(Redrive(letter, None, [], "no dlq.original.topic header"))
+        elif (foreign := _foreign(letter, letter.source_topic, sources)) is not None:
+            plans.append(Redrive(letter, None, [], foreign))
         elif (cut := letter.dlq.get("truncated")) is not None:
             plans.append(Redrive(letter, letter.source_topic, [], _truncated(letter, cut)))
         else:
@@ -204,6 +228,29 @@ def plan_redrives(letters: Iterable[DeadLetter], max_redrives: int) -> list[Redr
                 Redrive(letter, letter.source_topic, redrive_headers(letter.headers, count + 1))
             )
     return plans
+
+
+def _foreign(letter: DeadLetter, source: str, sources: Sources) -> str | None:
+    """Why a dead letter may not go back where its header says, or None."""
+    allowed = sources.get(letter.topic, {})
+    if source not in allowed:
+        takes = ", ".join(sorted(allowed)) or "no topic of the topology"
+        return (
+            f"its dlq.original.topic header names {_printable(source)}, but {letter.topic} takes "
+            f"dead letters from {takes} only: not redriven there (anyone who may write "
+            f"{letter.topic} can set that header)"
+        )
+    if letter.event_type is not None and letter.event_type not in allowed[source]:
+        return (
+            f"it is a {letter.event_type}, which {source} does not carry by the topology: not "
+            "redriven"
+        )
+    return None
+
+
+def _printable(text: str) -> str:
+    """A header value as it may be shown on a terminal: control characters escaped."""
+    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
 
 
 def _truncated(letter: DeadLetter, cut: str) -> str:

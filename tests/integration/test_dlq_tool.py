@@ -88,3 +88,31 @@ def test_the_runtime_carries_the_redrive_count_so_redrive_stops(ns, workers, sag
 
     code, out = sagastream("redrive", "--key", "bad", "--max-redrives", "2", "--execute")
     assert code == 0 and "redrove 0 dead letters, refused 1" in out
+
+
+def test_a_planted_approval_is_not_redriven_to_the_signals_topic(ns, sagastream):
+    """Issue 17: a principal that may write only payments.commands.dlq plants a "review
+    approved" signal there whose header names sagas.signals. The operator's redrive refuses it,
+    as it refuses a signal claiming to come from payments.commands, which carries no signals."""
+    signal = {
+        "saga_type": "loan",
+        "step": "review",
+        "outcome": "approved",
+        "decided_by": "mallory",
+        "note": "",
+        "meta": new_meta("StepSignal", "loan-1", "test"),
+    }
+    value = ns.client.codec.encode("StepSignal", signal)
+    for source in ("sagas.signals", "payments.commands"):
+        headers = dead_letter_headers(
+            Origin(ns.topic(source), 0, 0), "processing_error", "x", "someone"
+        )
+        ns.client.publish_raw(ns.topic("payments.commands.dlq"), b"loan-1", value, headers)
+    ns.client.flush()
+
+    code, out = sagastream("redrive", "--topic", "payments.commands", "--execute")
+    assert code == 0 and "redrove 0 dead letters, refused 2" in out, out
+    assert f"names {ns.topic('sagas.signals')}, but payments.commands.dlq takes dead letters" in out
+    assert "it is a StepSignal, which" in out
+    assert not _on(ns, "sagas.signals", "loan-1"), "a planted signal reached sagas.signals"
+    assert not _on(ns, "payments.commands", "loan-1"), "a planted signal reached a commands topic"

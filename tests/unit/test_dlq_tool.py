@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -16,6 +17,7 @@ from sagastream.ops.dlq import (
     parse_time,
     plan_redrives,
     redrive_headers,
+    redrive_sources,
     resolve_topic,
     select,
     show,
@@ -24,6 +26,10 @@ from sagastream.runtime.settings import Settings
 from sagastream.wire.dlq import REDRIVE_COUNT, Origin, carried_headers, dead_letter_headers
 
 T0 = 1_764_000_000_000  # 2025-11-24T16:00:00Z
+
+
+# orders.events.dlq takes dead letters from p-orders.events, which carries OrderPlaced
+SOURCES = {"orders.events.dlq": {"p-orders.events": frozenset({"OrderPlaced"})}}
 
 
 def letter(
@@ -106,18 +112,18 @@ def test_redrive_headers_drop_dlq_headers_and_count_up() -> None:
 
 def test_plan_redrives_targets_the_source_topic_and_refuses_past_the_limit() -> None:
     fresh, twice, spent = letter(0), letter(1, redrives=2), letter(2, redrives=3)
-    plans = plan_redrives([fresh, twice, spent], max_redrives=3)
+    plans = plan_redrives([fresh, twice, spent], max_redrives=3, sources=SOURCES)
     assert [p.target for p in plans] == ["p-orders.events"] * 3
     assert plans[0].refused is None and plans[0].headers == [(REDRIVE_COUNT, b"1")]
     assert plans[1].refused is None and plans[1].headers == [(REDRIVE_COUNT, b"3")]
     assert plans[2].refused is not None and "redriven 3 times" in plans[2].refused
     assert plans[2].headers == []
-    assert plan_redrives([fresh], max_redrives=0)[0].refused
+    assert plan_redrives([fresh], max_redrives=0, sources=SOURCES)[0].refused
 
 
 def test_a_dead_letter_cut_to_fit_is_refused_and_says_where_the_whole_record_is() -> None:
     cut = letter(7, extra=[("dlq.original.size", b"999800"), ("dlq.truncated", b"value")])
-    [plan] = plan_redrives([cut], 3)
+    [plan] = plan_redrives([cut], 3, SOURCES)
     assert plan.refused == (
         "its value was cut to fit the DLQ (originally 999800 bytes); the whole record is at "
         "p-orders.events[0]@7"
@@ -126,7 +132,7 @@ def test_a_dead_letter_cut_to_fit_is_refused_and_says_where_the_whole_record_is(
 
 def test_a_dead_letter_without_a_source_topic_is_refused() -> None:
     orphan = DeadLetter("orders.events.dlq", 0, 0, b"k", b"v", [("dlq.reason", b"empty")])
-    assert plan_redrives([orphan], 3)[0].refused == "no dlq.original.topic header"
+    assert plan_redrives([orphan], 3, SOURCES)[0].refused == "no dlq.original.topic header"
 
 
 def test_group_counts_and_first_and_last_time_per_topic_and_reason() -> None:
@@ -178,3 +184,42 @@ def test_cli_redrive_parses_its_options() -> None:
         2,
     )
     assert args.max_redrives == 3 and not args.execute
+
+
+def test_a_dead_letter_naming_a_foreign_source_is_refused() -> None:
+    """Whoever may write a DLQ may set its headers: a "review approved" signal planted in
+    orders.events.dlq, naming sagas.signals as its source, must not reach sagas.signals."""
+    planted = letter(3)
+    planted = replace(
+        planted,
+        headers=[
+            (k, b"p-sagas.signals" if k == "dlq.original.topic" else v) for k, v in planted.headers
+        ],
+    )
+    [plan] = plan_redrives([planted], 3, SOURCES)
+    assert plan.target is None
+    assert plan.refused == (
+        "its dlq.original.topic header names p-sagas.signals, but orders.events.dlq takes dead "
+        "letters from p-orders.events only: not redriven there (anyone who may write "
+        "orders.events.dlq can set that header)"
+    )
+
+
+def test_a_dead_letter_of_a_type_its_source_does_not_carry_is_refused() -> None:
+    signal = replace(letter(4), event_type="StepSignal")
+    [plan] = plan_redrives([signal], 3, SOURCES)
+    assert plan.refused == (
+        "it is a StepSignal, which p-orders.events does not carry by the topology: not redriven"
+    )
+    [ok] = plan_redrives([replace(letter(5), event_type="OrderPlaced")], 3, SOURCES)
+    assert ok.refused is None and ok.target == "p-orders.events"
+
+
+def test_redrive_sources_follow_the_topology() -> None:
+    topology = load_topology(Settings().topology_file, Settings().schemas_path)
+    sources = redrive_sources(topology, Settings(topic_prefix="p-"))
+    assert sources["payments.commands.dlq"] == {
+        "p-payments.commands": frozenset({"ChargePayment", "RefundPayment"})
+    }
+    assert "StepSignal" in sources["sagas.signals.dlq"]["p-sagas.signals"]
+    assert "StepSignal" not in sources["payments.commands.dlq"]["p-payments.commands"]
