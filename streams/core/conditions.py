@@ -56,9 +56,28 @@ def compile_condition(text: str) -> Condition:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         raise ConditionError(f"not a valid expression: {exc.msg}") from None
+    except (RecursionError, MemoryError):  # the parser's own limits on nesting
+        raise ConditionError(f"nested too deeply (more than {MAX_DEPTH} levels)") from None
+    if _depth(tree.body) > MAX_DEPTH:
+        # a condition is evaluated by nested calls: bound them where the file is read, not
+        # where a saga first meets it
+        raise ConditionError(f"nested too deeply (more than {MAX_DEPTH} levels)")
     references: list[tuple[str, str]] = []
     evaluate = _compile(tree.body, references)
     return Condition(text, tuple(dict.fromkeys(references)), evaluate)
+
+
+MAX_DEPTH = 64  # levels of syntax (and/or/not, comparisons, fields) a `when:` may nest
+
+
+def _depth(node: ast.AST) -> int:
+    """How deeply an expression nests, without recursing (its depth is what is in doubt)."""
+    deepest, todo = 0, [(node, 1)]
+    while todo:
+        current, depth = todo.pop()
+        deepest = max(deepest, depth)
+        todo += [(child, depth + 1) for child in ast.iter_child_nodes(current)]
+    return deepest
 
 
 def _compile(node: ast.expr, references: list[tuple[str, str]]) -> _Node:

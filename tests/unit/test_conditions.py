@@ -58,9 +58,18 @@ def test_references_are_the_source_fields_it_reads_once_each() -> None:
         ("x if start.vip else y", "is not allowed"),
         ("start.nights >", "not a valid expression"),
         ("start.vip; start.city", "not a valid expression"),
+        # a RecursionError from the parser or the compiler, before the bound
+        ("not " * 2000 + "start.vip", "nested too deeply (more than 64 levels)"),
+        ("(" * 5000 + "start.vip" + ")" * 5000, "too many nested parentheses"),
+        (" and ".join(["start.vip"] * 3) + " or " + "not " * 70 + "start.vip", "nested too deeply"),
     ],
 )
 def test_anything_else_is_refused_with_the_part_named(text: str, why: str) -> None:
     with pytest.raises(ConditionError) as caught:
         compile_condition(text)
     assert why in str(caught.value)
+
+
+def test_a_realistic_nesting_compiles() -> None:
+    text = "(start.a > 0 and (start.b < 3 or not (start.c == 'x' or start.d))) or start.e != 1"
+    assert compile_condition(text).references[0] == ("start", "a")
