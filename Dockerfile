@@ -28,6 +28,10 @@ RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/sagastream --c
 COPY --from=install /opt/sagastream /opt/sagastream
 COPY topology.yaml /app/
 COPY schemas/*.avsc /app/schemas/
+# The metrics and health port listens on every interface of the container (0.0.0.0), so that
+# Prometheus and the orchestrator's probes reach it over the container network; it serves
+# read-only GETs within the HTTP limits (SAGASTREAM_HTTP_*). Publish it on the host's
+# loopback only (docker-compose.yml publishes nothing of it), or set SAGASTREAM_METRICS_HOST.
 ENV PATH=/opt/sagastream/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     SAGASTREAM_TOPOLOGY_FILE=/app/topology.yaml \

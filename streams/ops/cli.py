@@ -207,9 +207,11 @@ def _signal(args: argparse.Namespace) -> int:
 
 
 def _api(args: argparse.Namespace) -> int:
-    from sagastream.ops.signals import serve
+    from sagastream.ops.signals import ApiAuth, serve
 
-    server = serve(_client(Settings()), args.host, args.port)
+    settings = Settings()
+    auth = ApiAuth.from_settings(settings)  # before the client: no callers, no start
+    server = serve(_client(settings), args.host, args.port, auth)
     print(
         f"signals API on http://{args.host}:{server.server_address[1]}/sagas/<saga>/<key>/steps/<step>/signal"
     )

@@ -2,21 +2,27 @@
 
 A signal is acknowledged only once the broker wrote it: the HTTP API answers 202 then, 400 for
 a signal no step would take, 404 for a saga key that no saga of that type is stored under, and
-502 when the broker refused it.
+502 when the broker refused it. The API is for authenticated callers only (`ApiAuth`): a signal
+is approval authority.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import json
 import re
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from sagastream.core.topology import SIGNAL_EVENT, Topology
 from sagastream.errors import SagastreamError, UsageError
 from sagastream.ops.client import EventClient, stored_state
+from sagastream.runtime.http import BoundedHandler, BoundedServer, Limits
 from sagastream.runtime.kafka_io import DeliveryFailed
+from sagastream.runtime.settings import Settings
 
 OUTCOMES = ("approved", "rejected")
 _PATH = re.compile(r"^/sagas/(?P<saga>[\w.-]+)/(?P<key>[^/]+)/steps/(?P<step>[\w.-]+)/signal$")
@@ -74,50 +80,156 @@ def send_signal(
     return client.deliver(SIGNAL_EVENT, key, fields)
 
 
-def serve(client: EventClient, host: str, port: int) -> ThreadingHTTPServer:
-    """An HTTP server: POST /sagas/<saga>/<key>/steps/<step>/signal {"outcome", "note", "decided_by"}."""
+class ApiAuth:
+    """Who may call the signals API: principal -> token, from the settings' api_tokens (or
+    api_tokens_file). Tokens are compared in constant time and never printed."""
 
-    class Handler(BaseHTTPRequestHandler):
+    MIN_TOKEN_CHARS = 16
+
+    def __init__(self, tokens: dict[str, str]) -> None:
+        if not tokens:
+            raise UsageError(
+                "the signals API needs callers: set SAGASTREAM_API_TOKENS to principal=token "
+                "pairs separated by commas, or SAGASTREAM_API_TOKENS_FILE to a file of one pair "
+                "a line (a Docker or Kubernetes secret)"
+            )
+        for principal, token in tokens.items():
+            if not principal or not _PRINCIPAL.fullmatch(principal):
+                raise UsageError(f"API principal {principal!r}: letters, digits and . _ @ - only")
+            if len(token) < self.MIN_TOKEN_CHARS:
+                raise UsageError(
+                    f"the API token of {principal} is shorter than {self.MIN_TOKEN_CHARS} "
+                    "characters (e.g. `openssl rand -hex 24`)"
+                )
+        self._tokens = {p: t.encode() for p, t in tokens.items()}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiAuth:
+        text = settings.api_tokens.get_secret_value() if settings.api_tokens else ""
+        if settings.api_tokens_file is not None:
+            try:
+                text += "\n" + settings.api_tokens_file.read_text()
+            except OSError as exc:
+                raise UsageError(
+                    f"api_tokens_file {settings.api_tokens_file}: {exc.strerror}"
+                ) from None
+        tokens: dict[str, str] = {}
+        for item in re.split(r"[,\n]", text):
+            item = item.strip()
+            if not item or item.startswith("#"):
+                continue
+            principal, sep, token = item.partition("=")
+            if not sep:
+                raise UsageError(
+                    "API tokens are principal=token pairs; one has no '=' (its value is not shown)"
+                )
+            tokens[principal.strip()] = token.strip()
+        return cls(tokens)
+
+    def principal(self, authorization: str | None) -> str | None:
+        """The caller a `Authorization: Bearer <token>` (or Basic principal:token) proves."""
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        credentials = credentials.strip()
+        if scheme.lower() == "bearer":
+            given = credentials.encode()
+            found = None
+            for principal, token in self._tokens.items():  # every one compared: no early exit
+                if hmac.compare_digest(given, token):
+                    found = principal
+            return found
+        if scheme.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(credentials, validate=True).partition(b":")
+            except (ValueError, binascii.Error):
+                return None
+            name = user.decode("utf-8", "replace")
+            token = self._tokens.get(name, b"\x00" * self.MIN_TOKEN_CHARS)
+            return name if hmac.compare_digest(password, token) and name in self._tokens else None
+        return None
+
+
+_PRINCIPAL = re.compile(r"[\w.@-]+")
+
+
+def serve(
+    client: EventClient, host: str, port: int, auth: ApiAuth, limits: Limits | None = None
+) -> ThreadingHTTPServer:
+    """An HTTP server: POST /sagas/<saga>/<key>/steps/<step>/signal {"outcome", "note"}, with
+    `Authorization: Bearer <token>` and `Content-Type: application/json`. The caller's principal
+    is the signal's decided_by. Refused: 401 (no or a wrong token), 403 (a browser page of
+    another origin), 415 (not JSON: a cross-site form cannot send it), 411/413 (no length, too
+    long); the settings bound connections and time (sagastream.runtime.http)."""
+    settings = client.settings
+    origins = {o.strip() for o in settings.api_allowed_origins.split(",") if o.strip()}
+
+    class Handler(BoundedHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             match = _PATH.match(self.path)
             if match is None:
-                self._reply(
+                self.reply(
                     HTTPStatus.NOT_FOUND, {"error": "POST /sagas/<saga>/<key>/steps/<step>/signal"}
                 )
                 return
-            try:
-                body = json.loads(
-                    self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}"
+            principal = auth.principal(self.headers.get("Authorization"))
+            if principal is None:
+                self.reply(
+                    HTTPStatus.UNAUTHORIZED,
+                    {"error": "send Authorization: Bearer <token> (settings: api_tokens)"},
+                    headers={"WWW-Authenticate": 'Bearer realm="sagastream"'},
                 )
+                return
+            origin = self.headers.get("Origin")
+            if origin is not None and origin not in origins:
+                self.reply(
+                    HTTPStatus.FORBIDDEN,
+                    {
+                        "error": f"requests from origin {origin!r} are not allowed "
+                        "(settings: api_allowed_origins)"
+                    },
+                )
+                return
+            kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                self.reply(
+                    HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                    {"error": f"Content-Type must be application/json, not {kind or 'none'!r}"},
+                )
+                return
+            raw = self.read_body()
+            if raw is None:
+                return
+            self._signal(match, principal, raw)
+
+        def _signal(self, match: re.Match[str], principal: str, raw: bytes) -> None:
+            try:
+                body = json.loads(raw or b"{}")
+                if not isinstance(body, dict):
+                    raise SignalError('the body must be a JSON object: {"outcome": ...}')
+                named = body.get("decided_by")
+                if named not in (None, "", principal):
+                    raise SignalError(
+                        f"decided_by is the authenticated caller ({principal}); the body "
+                        f"names {named!r}"
+                    )
+                note = body.get("note")
                 meta = send_signal(
                     client,
                     match["saga"],
                     match["key"],
                     match["step"],
                     str(body.get("outcome")),
-                    body.get("note"),
-                    str(body.get("decided_by") or "http"),
+                    None if note is None else str(note),
+                    principal,
                 )
             except UnknownSaga as exc:
-                self._reply(HTTPStatus.NOT_FOUND, {"error": str(exc)})
+                self.reply(HTTPStatus.NOT_FOUND, {"error": str(exc)})
                 return
-            except (SignalError, json.JSONDecodeError, AttributeError) as exc:
-                self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            except (SignalError, ValueError) as exc:  # JSON errors are ValueErrors
+                self.reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
                 return
             except DeliveryFailed as exc:  # the request was fine; the broker did not take it
-                self._reply(HTTPStatus.BAD_GATEWAY, {"error": str(exc)})
+                self.reply(HTTPStatus.BAD_GATEWAY, {"error": str(exc)})
                 return
-            self._reply(HTTPStatus.ACCEPTED, {"event_id": meta["event_id"]})
+            self.reply(HTTPStatus.ACCEPTED, {"event_id": meta["event_id"], "decided_by": principal})
 
-        def _reply(self, status: HTTPStatus, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            return
-
-    return ThreadingHTTPServer((host, port), Handler)
+    return BoundedServer((host, port), Handler, limits or settings.http_limits())

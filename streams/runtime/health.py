@@ -9,17 +9,17 @@ also lists its reasons under "reasons", so the probe that failed says why.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from sagastream.runtime.http import BoundedHandler, BoundedServer, Limits
 from sagastream.runtime.settings import Settings
 
 
@@ -120,32 +120,27 @@ def body(roles: dict[str, Check]) -> tuple[HTTPStatus, dict[str, Any]]:
 
 
 def serve(
-    registry: CollectorRegistry, alive: Probe, ready: Probe, host: str, port: int
+    registry: CollectorRegistry,
+    alive: Probe,
+    ready: Probe,
+    host: str,
+    port: int,
+    limits: Limits | None = None,
 ) -> ThreadingHTTPServer:
-    """Serve the three endpoints on a daemon thread; returns the server (port 0: any free one)."""
+    """Serve the three endpoints on a daemon thread, within `limits` (sagastream.runtime.http);
+    returns the server (port 0: any free one)."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(BoundedHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(HTTPStatus.OK, generate_latest(registry), CONTENT_TYPE_LATEST)
+                self.reply(HTTPStatus.OK, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path in ("/healthz", "/readyz"):
                 status, answer = body((alive if path == "/healthz" else ready)())
-                self._send(status, json.dumps(answer).encode(), "application/json")
+                self.reply(status, answer)
             else:
-                self._send(HTTPStatus.NOT_FOUND, b"/metrics, /healthz or /readyz\n", "text/plain")
+                self.reply(HTTPStatus.NOT_FOUND, b"/metrics, /healthz or /readyz\n", "text/plain")
 
-        def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass  # probes every few seconds would drown the worker's log
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    server = BoundedServer((host, port), Handler, limits or Limits())
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

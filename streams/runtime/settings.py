@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sagastream.runtime.http import Limits
+
 
 class Settings(BaseSettings):
     """Connection and runtime settings; defaults point at the local broker."""
@@ -56,6 +58,18 @@ class Settings(BaseSettings):
     health_registry_wait_s: float = Field(default=60.0, gt=0.0)
     # /healthz: 503 when a role's loop has not advanced for this long
     health_stall_s: float = Field(default=120.0, gt=0.0)
+    # every HTTP server (metrics/health, signals API): connections served at once (one more is
+    # answered 503), and how long one may take to send its request or read its answer
+    http_max_connections: int = Field(default=64, ge=1)
+    http_timeout_s: float = Field(default=10.0, gt=0.0)
+    # the signals API: who may call it, as principal=token pairs separated by commas (or one
+    # per line in api_tokens_file); a caller sends `Authorization: Bearer <token>` (or basic
+    # credentials principal:token) and is recorded as the signal's decided_by
+    api_tokens: SecretStr | None = None
+    api_tokens_file: Path | None = None
+    # origins (scheme://host:port) a browser may call the API from; none by default
+    api_allowed_origins: str = ""
+    api_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     transaction_timeout_ms: int = Field(default=10_000, ge=1000)
     instance_id: str | None = None
     # the largest record a worker produces, headers and framing included: under the producer's
@@ -64,7 +78,7 @@ class Settings(BaseSettings):
     # how often a worker looks its schema ids up again, to notice a registry that lost them
     schema_ids_recheck_s: float = Field(default=30.0, gt=0)
 
-    @field_validator("topology_file", "schemas_dir", "data_dir")
+    @field_validator("topology_file", "schemas_dir", "data_dir", "api_tokens_file")
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:
         """Relative paths are the caller's, so a worker started elsewhere reads the same files."""
@@ -74,6 +88,12 @@ class Settings(BaseSettings):
     def schemas_path(self) -> Path:
         """The project's .avsc directory."""
         return self.schemas_dir or self.topology_file.parent / "schemas"
+
+    def http_limits(self, body_bytes: int | None = None) -> Limits:
+        """The limits of this process's HTTP servers."""
+        return Limits(
+            self.http_max_connections, self.http_timeout_s, body_bytes or self.api_max_body_bytes
+        )
 
     def topic(self, name: str) -> str:
         """Physical topic name for a topology topic (adds the test/tenant prefix)."""

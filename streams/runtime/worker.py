@@ -223,6 +223,7 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
             lambda: {role: probe[1]() for role, probe in probes.items()},
             settings.metrics_host,
             settings.metrics_port,
+            settings.http_limits(),
         )
         log.info("serving /metrics, /healthz and /readyz on %s:%d", *server.server_address[:2])
     log.info("worker running %s", ", ".join(roles))

@@ -17,6 +17,10 @@ from sagastream.ops.demo import order_fields
 
 OUTCOMES = ("SagaCompleted", "SagaCompensated", "SagaFailed")
 
+# a caller of the signals API (sagastream.ops.signals.ApiAuth), as the tests send it
+API_TOKEN = "bob-token-0123456789abcdef"
+API_HEADERS = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"}
+
 
 def good_order(order_id: str) -> dict[str, Any]:
     """The fields of an order built to complete."""

@@ -24,11 +24,11 @@ from sagastream.ops import cli
 from sagastream.ops.admin import admin_client
 from sagastream.ops.client import Client
 from sagastream.ops.demo import settings_env
-from sagastream.ops.signals import serve
+from sagastream.ops.signals import ApiAuth, serve
 from sagastream.runtime.kafka_io import DeliveryFailed
 from sagastream.wire.codec import new_meta
 from sagastream.wire.dlq import Origin, dead_letter_headers
-from tests.integration.helpers import good_order, loan_applied, store_saga
+from tests.integration.helpers import API_HEADERS, API_TOKEN, good_order, loan_applied, store_saga
 
 pytestmark = pytest.mark.integration
 
@@ -120,13 +120,15 @@ def test_signal_cli_exits_1_and_says_why_when_the_broker_refuses(ns, refuse) -> 
 def test_signals_api_answers_502_when_the_broker_refuses(ns, refuse) -> None:
     for key in ("loan-ok", "loan-refused"):
         store_saga(ns, "loan", key, loan_applied(key))
-    server = serve(ns.client, "127.0.0.1", 0)
+    server = serve(ns.client, "127.0.0.1", 0, ApiAuth({"bob": API_TOKEN}))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/sagas/loan"
 
     def post(key: str) -> tuple[int, dict[str, Any]]:
         body = json.dumps({"outcome": "approved"}).encode()
-        request = urllib.request.Request(f"{base}/{key}/steps/review/signal", body, method="POST")
+        request = urllib.request.Request(
+            f"{base}/{key}/steps/review/signal", body, API_HEADERS, method="POST"
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return response.status, json.loads(response.read())

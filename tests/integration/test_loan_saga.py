@@ -14,8 +14,8 @@ import urllib.request
 import pytest
 
 from sagastream.ops.demo import settings_env
-from sagastream.ops.signals import serve
-from tests.integration.helpers import lifecycle, wait_outcomes
+from sagastream.ops.signals import ApiAuth, serve
+from tests.integration.helpers import API_HEADERS, API_TOKEN, lifecycle, wait_outcomes
 
 pytestmark = pytest.mark.integration
 
@@ -92,14 +92,16 @@ def test_review_times_out_escalates_then_a_cli_approval_pays_out(ns, loan_worker
 def test_review_rejected_over_http_ends_the_loan_compensated(ns, loan_workers):
     apply(ns, "loan-2")
     lifecycle(ns, "loan-2", until="step_started", timeout=30)
-    server = serve(ns.client, "127.0.0.1", 0)
+    server = serve(ns.client, "127.0.0.1", 0, ApiAuth({"bob": API_TOKEN}))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}/sagas/loan/loan-2/steps"
     try:
 
         def post(path, body):
-            request = urllib.request.Request(base + path, json.dumps(body).encode(), method="POST")
+            request = urllib.request.Request(
+                base + path, json.dumps(body).encode(), API_HEADERS, method="POST"
+            )
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     return response.status, json.loads(response.read())
