@@ -451,16 +451,22 @@ def _saga_phase(
     from sagastream.ops.admin import create_topics
     from sagastream.ops.client import EventClient
     from sagastream.wire.codec import SchemaStore
-    from sagastream.wire.registry import Registry, build_codec, plan_subjects, register_subjects
+    from sagastream.wire.registry import (
+        Registry,
+        build_codec,
+        plan_subjects,
+        redact_url,
+        register_subjects,
+    )
 
     topology = load_topology(settings.topology_file, settings.schemas_path)
     create_topics(settings, topology)
     subjects = plan_subjects(topology, SchemaStore(settings.schemas_path), settings)
     run.subjects += subjects
-    registered = register_subjects(Registry(str(settings.schema_registry_url)), subjects)
+    registered = register_subjects(Registry.for_settings(settings), subjects)
     if any(o.failed for o in registered):
         refused = ", ".join(o.subject.name for o in registered if o.failed)
-        raise ClusterError(f"schema registry {settings.schema_registry_url} refused {refused}")
+        raise ClusterError(f"schema registry {redact_url(str(settings.schema_registry_url))} refused {refused}")
     workers = WorkerSet(settings, run.log_dir / settings.topic_prefix.removeprefix(run.prefix))
     client = EventClient(settings, topology, build_codec(settings), "bench")
     try:

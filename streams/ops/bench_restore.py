@@ -318,7 +318,7 @@ def restore_phase(run: Run, n: int, timeout: float, seed: int = 42) -> dict[str,
     if settings.schema_registry_url:  # the worker looks its schemas up as it starts
         subjects = plan_subjects(topology, SchemaStore(settings.schemas_path), settings)
         run.subjects += subjects
-        register_subjects(Registry(settings.schema_registry_url), subjects)
+        register_subjects(Registry.for_settings(settings), subjects)
     # under the data directory (not /tmp, which may be memory) and removed with the run's
     directory = settings.data_dir / f"{settings.topic_prefix}data"
     states = OrderStates(topology, time.time_ns() // 1_000_000 + AHEAD_MS, seed)

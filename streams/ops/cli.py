@@ -49,6 +49,7 @@ def _topics(args: argparse.Namespace) -> int:
     from sagastream.ops.admin import create_topics
 
     settings = Settings()
+    settings.check_librdkafka()
     report = create_topics(settings, load_topology(settings.topology_file, settings.schemas_path))
     print(f"created {len(report.created)} topics, {len(report.existing)} already existed")
     for name in report.created:
@@ -94,6 +95,7 @@ def _schemas(args: argparse.Namespace) -> int:
         Registry,
         check_subjects,
         plan_subjects,
+        redact_url,
         register_subjects,
         report,
     )
@@ -112,8 +114,10 @@ def _schemas(args: argparse.Namespace) -> int:
     topology = load_topology(settings.topology_file, store.directory)
     subjects = plan_subjects(topology, store, settings)
     checking = args.action == "compat"
-    outcomes = (check_subjects if checking else register_subjects)(Registry(url), subjects)
-    print(f"schema registry {url}: {len(subjects)} subjects, schemas from {store.directory}")
+    outcomes = (check_subjects if checking else register_subjects)(
+        Registry.for_settings(settings, url), subjects
+    )
+    print(f"schema registry {redact_url(url)}: {len(subjects)} subjects, schemas from {store.directory}")
     print("\n".join(report(outcomes, checking)))
     return 1 if any(o.failed for o in outcomes) else 0
 
@@ -183,6 +187,7 @@ def _client(settings: Settings):  # noqa: ANN202
     from sagastream.ops.client import EventClient
     from sagastream.wire.registry import build_codec
 
+    settings.check_librdkafka()
     return EventClient(
         settings,
         load_topology(settings.topology_file, settings.schemas_path),

@@ -20,7 +20,7 @@ from sagastream.core.topology import load_topology
 from sagastream.errors import ClusterError, SagastreamError
 from sagastream.runtime.settings import Settings
 from sagastream.runtime.worker import parse_roles
-from sagastream.wire.registry import build_codec
+from sagastream.wire.registry import build_codec, redact_url
 
 OUTCOMES = ("SagaCompleted", "SagaCompensated", "SagaFailed")
 
@@ -171,12 +171,12 @@ def local_infrastructure(name: str, keep: bool, out: TextIO) -> Iterator[Infrast
             for path in (settings.data_dir / "external").glob(f"{infra.prefix}*"):
                 path.unlink(missing_ok=True)
             if not started_registry:
-                delete_subjects(Registry(str(registry_url)), infra.subjects)
+                delete_subjects(Registry.for_settings(settings, str(registry_url)), infra.subjects)
         if started_broker:
             localkafka.stop(log=log)
         if started_registry and keep:
             log(
-                f"schema registry left running at {registry_url}: the kept topics' schema ids "
+                f"schema registry left running at {redact_url(str(registry_url))}: the kept topics' schema ids "
                 "live only in its memory (`sagastream registry stop` when done)"
             )
         elif started_registry:
@@ -270,11 +270,11 @@ def _run_orders(infra: Infrastructure, orders: int, seed: int, timeout: float, o
     workers = WorkerSet(settings, settings.data_dir / "demo-logs" / prefix.rstrip("-"))
     client = EventClient(settings, topology, build_codec(settings), "demo")
     try:
-        registered = register_subjects(Registry(registry_url), subjects)
+        registered = register_subjects(Registry.for_settings(settings, registry_url), subjects)
         if any(o.failed for o in registered):
             refused = ", ".join(o.subject.name for o in registered if o.failed)
-            raise ClusterError(f"schema registry {registry_url} refused schemas for {refused}")
-        print(f"schema registry {registry_url}: registered {len(subjects)} subjects", file=out)
+            raise ClusterError(f"schema registry {redact_url(registry_url)} refused schemas for {refused}")
+        print(f"schema registry {redact_url(registry_url)}: registered {len(subjects)} subjects", file=out)
         t0 = time.monotonic()
         roles = ["orchestrator", *topology.handlers_for("order")]
         workers.start(roles)

@@ -421,7 +421,7 @@ def remove_shadow(shadow: Settings, topology: Topology, schemas: SchemaStore) ->
     shutil.rmtree(shadow.data_dir / group, ignore_errors=True)
     if shadow.schema_registry_url:
         delete_subjects(
-            Registry(shadow.schema_registry_url), plan_subjects(topology, schemas, shadow)
+            Registry.for_settings(shadow), plan_subjects(topology, schemas, shadow)
         )
 
 

@@ -81,8 +81,7 @@ def send_signal(
 
 
 class ApiAuth:
-    """Who may call the signals API: principal -> token, from the settings' api_tokens (or
-    api_tokens_file). Tokens are compared in constant time and never printed."""
+    """Who may call the signals API: principal -> token, from the settings' api_tokens. Tokens are compared in constant time and never printed."""
 
     MIN_TOKEN_CHARS = 16
 
@@ -105,14 +104,8 @@ class ApiAuth:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiAuth:
+        # SAGASTREAM_API_TOKENS, or the file SAGASTREAM_API_TOKENS_FILE names: one pair a line
         text = settings.api_tokens.get_secret_value() if settings.api_tokens else ""
-        if settings.api_tokens_file is not None:
-            try:
-                text += "\n" + settings.api_tokens_file.read_text()
-            except OSError as exc:
-                raise UsageError(
-                    f"api_tokens_file {settings.api_tokens_file}: {exc.strerror}"
-                ) from None
         tokens: dict[str, str] = {}
         for item in re.split(r"[,\n]", text):
             item = item.strip()

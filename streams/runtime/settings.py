@@ -1,24 +1,189 @@
-"""Typed settings, read once from SAGASTREAM_* environment variables."""
+"""Typed settings, read once from SAGASTREAM_* environment variables.
+
+Strict: an environment variable SAGASTREAM_<X> that is no setting (nor one of the tools'
+variables, TOOL_VARIABLES) and an unknown keyword argument are refused, naming the nearest
+setting, so a misspelt SAGASTREAM_BOOTSTRAP_SERVER cannot silently leave the default in place.
+Any librdkafka property passes through as SAGASTREAM_LIBRDKAFKA_<PROPERTY> (dots as underscores:
+SAGASTREAM_LIBRDKAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM) or a properties file
+(`librdkafka_file`), and librdkafka validates it when the first client is built
+(`check_librdkafka`). A secret may come from a file: SAGASTREAM_<SECRET>_FILE (a Docker or
+Kubernetes secret).
+"""
 
 from __future__ import annotations
 
+import difflib
+import os
+import urllib.parse
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from sagastream.errors import SagastreamError
 from sagastream.runtime.http import Limits
+
+PREFIX = "SAGASTREAM_"
+PASSTHROUGH = PREFIX + "LIBRDKAFKA_"
+# SAGASTREAM_* variables read by sagastream's tools, not by Settings: the test fixtures, the
+# local broker and registry, docker-compose.yml
+TOOL_VARIABLES = frozenset(
+    PREFIX + name
+    for name in (
+        "TEST_BROKER",
+        "TEST_KAFKA_IMAGE",
+        "TEST_REGISTRY_IMAGE",
+        "TEST_LATENCY_MS",
+        "CACHE_DIR",
+        "KAFKA_DATA_DIR",
+        "LOCAL_KAFKA_PORT",
+        "LOCAL_KAFKA_CLUSTER_PORT",
+        "LOCAL_REGISTRY_PORT",
+        "KAFKA_PORT",
+        "REGISTRY_PORT",
+        "PROMETHEUS_PORT",
+        "IMAGE",
+        "COMPOSE_PROJECT",
+    )
+)
+# the settings a file may hold (SAGASTREAM_<NAME>_FILE)
+SECRETS = (
+    "sasl_password",
+    "ssl_key_password",
+    "schema_registry_password",
+    "schema_registry_token",
+    "api_tokens",
+)
+
+
+class SettingsError(SagastreamError, ValueError):
+    """A setting that does not exist, or a secret file that cannot be read."""
+
+
+class _Strict(PydanticBaseSettingsSource):
+    """The SAGASTREAM_* variables that are no field: librdkafka properties, secrets in files,
+    and the refusal of anything else."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the environment itself
+
+    def __call__(self) -> dict[str, Any]:
+        fields = set(self.settings_cls.model_fields)
+        found: dict[str, Any] = {}
+        passthrough: dict[str, str] = {}
+        unknown: list[str] = []
+        for name, value in sorted(os.environ.items()):
+            if not name.startswith(PREFIX) or name in TOOL_VARIABLES:
+                continue
+            field = name[len(PREFIX) :].lower()
+            if name.startswith(PASSTHROUGH) and field not in fields:
+                passthrough[name[len(PASSTHROUGH) :].lower().replace("_", ".")] = value
+            elif field.endswith("_file") and field[: -len("_file")] in SECRETS:
+                found[field[: -len("_file")]] = _read_secret(name, value)
+            elif field not in fields:
+                unknown.append(name)
+        if unknown:
+            raise SettingsError("; ".join(_unknown(name, fields) for name in unknown))
+        if passthrough:
+            found["librdkafka_properties"] = passthrough
+        return found
+
+
+def redact_url(url: str) -> str:
+    """A URL as it may be printed: credentials in it (user:password@) replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def _read_secret(variable: str, path: str) -> str:
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise SettingsError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+
+
+def _unknown(name: str, fields: set[str]) -> str:
+    known = [PREFIX + f.upper() for f in fields] + [PREFIX + f.upper() + "_FILE" for f in SECRETS]
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    hint = f"did you mean {near[0]}?" if near else "README.md lists the settings"
+    return f"{name} is not a sagastream setting ({hint})"
 
 
 class Settings(BaseSettings):
     """Connection and runtime settings; defaults point at the local broker."""
 
-    model_config = SettingsConfigDict(env_prefix="SAGASTREAM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="forbid")
 
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(type(self).model_fields))
+        if unknown:
+            fields = set(type(self).model_fields)
+            hints = []
+            for name in unknown:
+                near = difflib.get_close_matches(name, sorted(fields), n=1, cutoff=0.75)
+                hints.append(f"{name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+            raise SettingsError(f"Settings has no {', '.join(hints)}")
+        super().__init__(**values)
+
+    def __repr_args__(self) -> Any:
+        """repr() without secrets: SecretStr fields show ***, a registry URL no userinfo."""
+        for name, value in super().__repr_args__():
+            if name == "schema_registry_url" and isinstance(value, str):
+                value = redact_url(value)
+            yield name, value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(env_settings, EnvSettingsSource)
+        return init_settings, env_settings, _Strict(settings_cls)
+
+    # -- connection: Kafka -------------------------------------------------------------------
     bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    # the broker's CA; and this client's certificate, key and key password (mTLS)
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    # any other librdkafka property (SAGASTREAM_LIBRDKAFKA_<PROPERTY>, or a properties file of
+    # `name=value` lines); these win over everything above
+    librdkafka_properties: dict[str, str] = Field(default_factory=dict)
+    librdkafka_file: Path | None = None
+
+    # -- connection: schema registry ---------------------------------------------------------
     schema_registry_url: str | None = None
+    # basic auth (user and password), or a bearer token; the registry's CA, and a client
+    # certificate and key for mTLS
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+    schema_registry_token: SecretStr | None = None
+    schema_registry_cafile: Path | None = None
+    schema_registry_certfile: Path | None = None
+    schema_registry_keyfile: Path | None = None
+
+    # -- the project -------------------------------------------------------------------------
     data_dir: Path = Path.home() / ".local" / "share" / "sagastream"
     topology_file: Path = Path("topology.yaml")
     # default: schemas/ beside the topology file
@@ -30,18 +195,12 @@ class Settings(BaseSettings):
     # the live topics and writes under a prefix of its own
     input_prefix: str | None = None
     app_id: str = "sagastream"
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
+
+    # -- worker tuning -----------------------------------------------------------------------
     session_timeout_ms: int = Field(default=6000, ge=1000)
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
-    handler_latency_ms: int = Field(default=2, ge=0)
-    handler_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    handler_seed: int = 7
     timer_tick_ms: int = Field(default=100, ge=10)
     commit_interval_ms: int = Field(default=100, ge=1)
     commit_linger_ms: int = Field(default=20, ge=0)
@@ -63,10 +222,9 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(default=64, ge=1)
     http_timeout_s: float = Field(default=10.0, gt=0.0)
     # the signals API: who may call it, as principal=token pairs separated by commas (or one
-    # per line in api_tokens_file); a caller sends `Authorization: Bearer <token>` (or basic
+    # per line in the file SAGASTREAM_API_TOKENS_FILE names); a caller sends `Authorization: Bearer <token>` (or basic
     # credentials principal:token) and is recorded as the signal's decided_by
     api_tokens: SecretStr | None = None
-    api_tokens_file: Path | None = None
     # origins (scheme://host:port) a browser may call the API from; none by default
     api_allowed_origins: str = ""
     api_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
@@ -78,7 +236,23 @@ class Settings(BaseSettings):
     # how often a worker looks its schema ids up again, to notice a registry that lost them
     schema_ids_recheck_s: float = Field(default=30.0, gt=0)
 
-    @field_validator("topology_file", "schemas_dir", "data_dir", "api_tokens_file")
+    # -- the demo's simulated services -------------------------------------------------------
+    handler_latency_ms: int = Field(default=2, ge=0)
+    handler_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    handler_seed: int = 7
+
+    @field_validator(
+        "topology_file",
+        "schemas_dir",
+        "data_dir",
+        "librdkafka_file",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "schema_registry_cafile",
+        "schema_registry_certfile",
+        "schema_registry_keyfile",
+    )
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:
         """Relative paths are the caller's, so a worker started elsewhere reads the same files."""
@@ -125,6 +299,65 @@ class Settings(BaseSettings):
             conf["sasl.password"] = self.sasl_password.get_secret_value()
         if self.ssl_cafile:
             conf["ssl.ca.location"] = str(self.ssl_cafile)
+        if self.ssl_certfile:
+            conf["ssl.certificate.location"] = str(self.ssl_certfile)
+        if self.ssl_keyfile:
+            conf["ssl.key.location"] = str(self.ssl_keyfile)
+        if self.ssl_key_password:
+            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        return {**conf, **self._properties_file(), **self.librdkafka_properties}
+
+    def _properties_file(self) -> dict[str, str]:
+        """`librdkafka_file`: `name=value` lines, `#` and `!` comments, as Java clients' files."""
+        if self.librdkafka_file is None:
+            return {}
+        try:
+            text = self.librdkafka_file.read_text()
+        except OSError as exc:
+            raise SettingsError(f"librdkafka_file {self.librdkafka_file}: {exc.strerror}") from None
+        out: dict[str, str] = {}
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line[0] in "#!":
+                continue
+            name, sep, value = line.partition("=")
+            if not sep:
+                raise SettingsError(
+                    f"{self.librdkafka_file}:{number}: not a name=value line (its value is not shown)"
+                )
+            out[name.strip()] = value.strip()
+        return out
+
+    def check_librdkafka(self) -> None:
+        """Let librdkafka judge the client configuration now, so that a property it does not
+        know or a value it refuses stops a command or worker at start, naming the property."""
+        from confluent_kafka import KafkaException, Producer
+
+        try:
+            Producer({**self.librdkafka(), "client.id": "sagastream-settings-check"})
+        except KafkaException as exc:
+            raise SettingsError(f"the Kafka client configuration is refused: {exc}") from None
+
+    def schema_registry_config(self) -> dict[str, Any]:
+        """The schema registry client's configuration (url, auth, TLS); None of it is printed."""
+        conf: dict[str, Any] = {"url": self.schema_registry_url}
+        if self.schema_registry_username or self.schema_registry_password:
+            password = self.schema_registry_password
+            conf["basic.auth.user.info"] = (
+                f"{self.schema_registry_username or ''}:"
+                f"{password.get_secret_value() if password else ''}"
+            )
+        if self.schema_registry_token:
+            conf["bearer.auth.credentials.source"] = "STATIC_TOKEN"
+            conf["bearer.auth.token"] = self.schema_registry_token.get_secret_value()
+            # confluent-kafka's client requires it (Confluent Cloud's header); others ignore it
+            conf["bearer.auth.logical.cluster"] = "sagastream"
+        if self.schema_registry_cafile:
+            conf["ssl.ca.location"] = str(self.schema_registry_cafile)
+        if self.schema_registry_certfile:
+            conf["ssl.certificate.location"] = str(self.schema_registry_certfile)
+        if self.schema_registry_keyfile:
+            conf["ssl.key.location"] = str(self.schema_registry_keyfile)
         return conf
 
     def producer_config(self) -> dict[str, Any]:

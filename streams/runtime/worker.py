@@ -131,6 +131,7 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
         level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per schema registry request
+    settings.check_librdkafka()
     topology = load_topology(settings.topology_file, settings.schemas_path)
     roles = parse_roles(spec, topology)
     schemas = SchemaStore(settings.schemas_path)

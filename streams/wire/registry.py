@@ -26,7 +26,7 @@ import httpx
 
 from sagastream.core.topology import Topology, load_topology
 from sagastream.errors import NotFound, SagastreamError, UsageError
-from sagastream.runtime.settings import Settings
+from sagastream.runtime.settings import Settings, redact_url
 from sagastream.wire.codec import (
     AvroCodec,
     DecodeError,
@@ -142,13 +142,29 @@ class Registry:
     or sleep (callers back off without blocking), and caches schemas by id and lookups.
     """
 
-    def __init__(self, url: str, *, client: Any = None, timeout: float = 5.0) -> None:
-        self.url = url
+    def __init__(
+        self,
+        url: str,
+        *,
+        client: Any = None,
+        timeout: float = 5.0,
+        conf: dict[str, Any] | None = None,
+    ) -> None:
+        """`conf`: the client's credentials and TLS (Settings.schema_registry_config)."""
+        self.url = redact_url(url)  # what messages and logs show: never credentials
         self._client = client or SchemaRegistryClient.new_client(
-            {"url": url, "max.retries": 0, "timeout": timeout}
+            {**(conf or {}), "url": url, "max.retries": 0, "timeout": timeout}
         )
         self._addressed = False
         self.refused: str | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings, url: str | None = None) -> Registry:
+        """The registry of these settings (or at `url`), with their credentials and TLS."""
+        target = url or settings.schema_registry_url
+        if not target:
+            raise UsageError("no schema registry: set SAGASTREAM_SCHEMA_REGISTRY_URL")
+        return cls(target, conf=settings.schema_registry_config())
 
     def forget_cached(self) -> None:
         """Drop what the client cached (schemas by id, lookups): the next calls ask the
@@ -445,7 +461,7 @@ class RegistrySchemaIds:
         self._store = store
         self._settings = settings
         self._topology = topology or load_topology(settings.topology_file, store.directory)
-        self._registry = registry or Registry(str(settings.schema_registry_url))
+        self._registry = registry or Registry.for_settings(settings)
         self._ids: dict[str, int] = {}
         self._schemas: dict[int, dict[str, Any]] = {}
         self._unknown: dict[int, float] = {}

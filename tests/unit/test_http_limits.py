@@ -232,7 +232,9 @@ def test_the_health_server_has_the_same_limits(capfd: pytest.CaptureFixture[str]
     assert "Traceback" not in "".join(capfd.readouterr())
 
 
-def test_the_api_needs_callers_and_strong_tokens(tmp_path: Path) -> None:
+def test_the_api_needs_callers_and_strong_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(UsageError, match="SAGASTREAM_API_TOKENS"):
         signals.ApiAuth.from_settings(Settings())
     with pytest.raises(UsageError, match="shorter than 16") as caught:
@@ -242,7 +244,8 @@ def test_the_api_needs_callers_and_strong_tokens(tmp_path: Path) -> None:
         signals.ApiAuth.from_settings(Settings(api_tokens="alice-0123456789abcdefgh"))
     secret = tmp_path / "tokens"
     secret.write_text(f"# callers\nalice={TOKEN}\n\ncarol = carol-token-0123456789\n")
-    auth = signals.ApiAuth.from_settings(Settings(api_tokens_file=secret))
+    monkeypatch.setenv("SAGASTREAM_API_TOKENS_FILE", str(secret))
+    auth = signals.ApiAuth.from_settings(Settings())
     assert auth.principal(bearer()) == "alice"
     assert auth.principal("Bearer carol-token-0123456789") == "carol"
     assert auth.principal(None) is None and auth.principal("Bearer ") is None

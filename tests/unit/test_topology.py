@@ -544,3 +544,24 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
     assert message.startswith(f"{path}: not valid YAML: ")
     assert f"'timeout_ms' is given twice in one mapping (first on line {first})" in message
     assert f"line {first + 1}" in message
+
+
+def test_a_merge_key_may_be_overridden(tmp_path: Path) -> None:
+    """`<<: *anchor` then a key of the anchor is YAML's override, not a key given twice."""
+    text = (ROOT / "topology.yaml").read_text()
+    text = text.replace(
+        "retry: {max_attempts: 3, initial_backoff_ms: 200, multiplier: 2.0, max_backoff_ms: 5000}",
+        "retry: &retry {max_attempts: 3, initial_backoff_ms: 200, multiplier: 2.0, "
+        "max_backoff_ms: 5000}",
+        1,
+    ).replace(
+        "retry: {max_attempts: 3, initial_backoff_ms: 200, multiplier: 2.0, max_backoff_ms: 5000}",
+        "retry: {<<: *retry, max_attempts: 4}",
+        1,
+    )
+    path = tmp_path / "topology.yaml"
+    path.write_text(text)
+    steps = load_topology(path, SCHEMAS).sagas["order"].steps
+    assert steps["payment"].retry.max_attempts == 3
+    assert steps["inventory"].retry.max_attempts == 4
+    assert steps["inventory"].retry.max_backoff_ms == 5000
