@@ -97,7 +97,15 @@ class EventClient:
         self.topology = topology
         self.codec = codec
         self.producer_name = producer_name
-        self._publisher = Publisher(settings.producer_config())
+        # built on the first write: a read-only command (saga show, dlq list, a read-only
+        # principal's) opens no idempotent producer, which would need IDEMPOTENT_WRITE rights
+        self._writer: Publisher | None = None
+
+    @property
+    def _publisher(self) -> Publisher:
+        if self._writer is None:
+            self._writer = Publisher(self.settings.producer_config())
+        return self._writer
 
     def publish(
         self, event_type: str, key: str, fields: dict[str, Any], **meta: Any
@@ -144,7 +152,7 @@ class EventClient:
     def flush(self, timeout: float = 30.0) -> list[Delivery]:
         """Wait for the answers of everything queued and not confirmed yet; DeliveryFailed if the
         broker refused any (or did not answer within `timeout`)."""
-        return self._publisher.confirm(timeout=timeout)
+        return [] if self._writer is None else self._writer.confirm(timeout=timeout)
 
     def read(
         self, topics: list[str], until: Callable[[list[Received]], bool], timeout: float = 60.0
@@ -203,7 +211,8 @@ class EventClient:
     def close(self) -> None:
         """Confirm what is queued and let go of the broker connections; DeliveryFailed if the
         broker refused any of it."""
-        self._publisher.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 def _known_partitions(consumer: Consumer, topics: list[str], wait_s: float) -> list[Partition]:
