@@ -63,9 +63,7 @@ def test_the_readme_diff_example_prints_what_the_readme_shows(project: Path) -> 
     commands = _transcript(shown)
     assert [c for c, _ in commands][0] == "sagastream topology diff topology.yaml topology-v2.yaml"
     # one shell, so that `echo $?` sees the command before it
-    script = "".join(
-        f"{c}\n__rc=$?\nprintf '{SEPARATOR}'\n(exit $__rc)\n" for c, _ in commands
-    )
+    script = "".join(f"{c}\n__rc=$?\nprintf '{SEPARATOR}'\n(exit $__rc)\n" for c, _ in commands)
     done = _shell(script, project)
     outputs = [out.removesuffix("\n") for out in done.stdout.split(SEPARATOR)[:-1]]
     assert outputs == [out for _, out in commands], done.stderr
