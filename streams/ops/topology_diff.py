@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sagastream.core.definition import shape_json
-from sagastream.core.topology import ATTEMPT_FAILED_EVENT, SagaSpec, Topology, saga_event_types
+from sagastream.core.topology import (
+    ATTEMPT_FAILED_EVENT,
+    SIGNAL_EVENT,
+    SagaSpec,
+    Topology,
+    saga_event_types,
+)
 from sagastream.errors import UsageError
 
 Change = Literal["safe", "version", "refused"]
@@ -312,10 +318,13 @@ def _text(value: Any) -> str:
 
 
 def _users(topology: Topology) -> dict[str, list[str]]:
-    """Per event type, the sagas that send or read it."""
+    """Per event type, the sagas that send or read it (signals: those with a human step)."""
     users: dict[str, list[str]] = {}
     for saga, spec in topology.sagas.items():
-        for event in dict.fromkeys(saga_event_types(spec)):
+        events = saga_event_types(spec)
+        if any(step.human for step in spec.steps.values()):
+            events.append(SIGNAL_EVENT)
+        for event in dict.fromkeys(events):
             users.setdefault(event, []).append(saga)
     return users
 

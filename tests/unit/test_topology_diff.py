@@ -273,6 +273,17 @@ def test_an_event_topic_changed_under_a_saga_is_refused(demo: dict[str, Any]) ->
     assert all(s.change is None for s in diff.sagas)  # the shapes are the same
 
 
+def test_the_signal_topic_is_used_by_a_saga_with_a_human_step(demo: dict[str, Any]) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        d["topics"].append({"name": "decisions"})
+        d["events"]["StepSignal"] = {"topic": "decisions"}
+
+    diff = _diff(demo, edit)
+    assert diff.findings[0].where == "events.StepSignal.topic"
+    assert diff.findings[0].change == "refused"
+    assert "while saga loan uses it" in diff.findings[0].what
+
+
 def test_an_event_no_saga_uses_may_move(demo: dict[str, Any]) -> None:
     def edit(d: dict[str, Any]) -> None:
         d["topics"].append({"name": "partner.events"})
