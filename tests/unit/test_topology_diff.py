@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sagastream.core.definition import shape_of
-from sagastream.core.topology import SagaSpec, Topology, parse_topology
+from sagastream.core.topology import SagaSpec, StepSpec, Topology, parse_topology
 from sagastream.errors import UsageError
 from sagastream.ops.topology_diff import (
     Finding,
@@ -345,7 +345,7 @@ def _rename(saga: dict[str, Any], data: st.DataObject) -> None:
 
 
 def _add(saga: dict[str, Any], data: st.DataObject) -> None:
-    saga["steps"]["z"] = {"command": "Do_z", "success": "Done_z"}
+    saga["steps"]["z"] = StepSpec(command="Do_z", success="Done_z").model_dump(mode="json")
 
 
 def _remove(saga: dict[str, Any], data: st.DataObject) -> None:
