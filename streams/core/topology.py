@@ -432,7 +432,6 @@ class Topology(_Model):
 
 
 def saga_event_types(spec: SagaSpec) -> list[str]:
-    """Every event type a saga sends or reads: start, commands, results, escalations, notify."""
     events = [spec.start_event]
     for step in spec.steps.values():
         events += [e for e in (step.command, step.success, step.escalation) if e]

@@ -376,7 +376,7 @@ def _saga(args: argparse.Namespace) -> int:
     return 0
 
 
-def _topology(args: argparse.Namespace) -> int:
+def _topology_diff(args: argparse.Namespace) -> int:
     from sagastream.ops.topology_diff import SCHEMAS_NOTE, diff_topologies, parse_allow
     from sagastream.ops.validate import load_topology_file
 
@@ -416,7 +416,7 @@ def _add_topology(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="the change classes CI accepts, comma-separated (default: safe,version)",
     )
     td.add_argument("--json", action="store_true", help="the findings as JSON")
-    tp.set_defaults(func=_topology)
+    td.set_defaults(func=_topology_diff)
 
 
 def parser() -> argparse.ArgumentParser:
