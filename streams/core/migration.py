@@ -13,7 +13,7 @@ kept; a mapping naming unknown steps; a saga that is not running.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from sagastream.core.saga import (
@@ -30,6 +30,7 @@ from sagastream.core.saga import (
     WAITING_RETRY,
 )
 from sagastream.core.topology import START, SagaSpec, StepSpec
+from sagastream.errors import UsageError
 
 STATUSES = (
     PENDING,
@@ -135,6 +136,21 @@ def plan(
     blockers += _unkept_data(old, new, planned, taken)
     notes = _notes(old, new, steps, moves, planned)
     return MigrationPlan(tuple(planned.values()), moves, dropped, tuple(blockers), notes)
+
+
+def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:
+    """`--map old=new` options as a mapping; a malformed or repeated one is a usage error."""
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        source, sep, target = (part.strip() for part in pair.partition("="))
+        if not sep or not source or not target:
+            raise UsageError(f"--map {pair!r}: write OLD_STEP=NEW_STEP, e.g. --map shipping=ship")
+        if source in mapping:
+            raise UsageError(
+                f"--map names step {source} twice ({source}={mapping[source]}, {pair})"
+            )
+        mapping[source] = target
+    return mapping
 
 
 def _bad_mapping(old: SagaSpec, new: SagaSpec, mapping: Mapping[str, str]) -> list[str]:

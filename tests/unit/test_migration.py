@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sagastream.core.migration import MigrationPlan, StepStatus, plan
+from sagastream.core.migration import MigrationPlan, StepStatus, parse_mapping, plan
 from sagastream.core.saga import (
     COMPENSATING,
     COMPLETED,
@@ -23,6 +23,7 @@ from sagastream.core.saga import (
     WAITING_RETRY,
 )
 from sagastream.core.topology import SagaSpec, load_topology
+from sagastream.errors import UsageError
 from tests.unit.test_saga_properties import saga_specs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -358,3 +359,18 @@ def test_the_demo_order_saga_moves_to_the_readmes_version_2() -> None:
     moved = plan(order, v2, {"shipping": "ship"}, running)
     assert moved.can_move and moved.renamed == {"shipping": "ship"}
     assert moved.notes == ("ship succeeded before inventory, which the new version runs first",)
+
+
+def test_map_options_become_the_mapping() -> None:
+    assert parse_mapping(["shipping=ship", " pay = charge "]) == {
+        "shipping": "ship",
+        "pay": "charge",
+    }
+    assert parse_mapping([]) == {}
+    for bad, why in [
+        (["shipping"], "write OLD_STEP=NEW_STEP"),
+        (["=ship"], "write OLD_STEP=NEW_STEP"),
+        (["a=b", "a=c"], "names step a twice"),
+    ]:
+        with pytest.raises(UsageError, match=why):
+            parse_mapping(bad)
