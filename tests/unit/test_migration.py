@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import event as note_coverage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -374,3 +375,37 @@ def test_map_options_become_the_mapping() -> None:
     ]:
         with pytest.raises(UsageError, match=why):
             parse_mapping(bad)
+
+
+STATUSES_OF_A_RUNNING_SAGA = (PENDING, STARTED, WAITING_RETRY, SUCCEEDED, SKIPPED)
+
+
+@settings(max_examples=300, deadline=None)
+@given(saga_specs(), saga_specs(), st.data())
+def test_any_two_versions_give_a_plan_that_keeps_its_promises(
+    old: SagaSpec, new: SagaSpec, data: st.DataObject
+) -> None:
+    """Between unrelated generated sagas (steps a..e), with any mapping and any running state:
+    a plan, never an exception; and a plan that lets the instance move strands nothing."""
+    steps = {n: (data.draw(st.sampled_from(STATUSES_OF_A_RUNNING_SAGA)), 1, 0) for n in old.steps}
+    names = st.sampled_from("abcdef")
+    mapping = data.draw(st.dictionaries(names, names, max_size=2), label="mapping")
+    result = plan(old, new, mapping, steps)
+    note_coverage("can move" if result.can_move else "cannot move")
+    if not result.can_move:
+        return
+    assert [s.step for s in result.steps] == list(new.steps)
+    for source, (status, _, _) in steps.items():
+        target = result.mapping.get(source)
+        if status in (STARTED, WAITING_RETRY):
+            assert target is not None
+        if status == SUCCEEDED and old.steps[source].compensation:
+            assert target is not None and new.steps[target].compensation is not None
+        if target is None:
+            assert source in result.dropped
+    planned = {s.step: s for s in result.steps}
+    for step in result.steps:
+        done = all(
+            planned[d].status in (SUCCEEDED, SKIPPED) for d in new.steps[step.step].depends_on
+        )
+        assert step.ready == (step.status == PENDING and done)
