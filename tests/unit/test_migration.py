@@ -317,7 +317,7 @@ def test_the_dry_run_says_it_per_step() -> None:
     ]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(saga_specs(), st.data())
 def test_a_running_saga_moves_to_its_own_version_unchanged(
     spec: SagaSpec, data: st.DataObject
@@ -380,7 +380,7 @@ def test_map_options_become_the_mapping() -> None:
 STATUSES_OF_A_RUNNING_SAGA = (PENDING, STARTED, WAITING_RETRY, SUCCEEDED, SKIPPED)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(saga_specs(), saga_specs(), st.data())
 def test_any_two_versions_give_a_plan_that_keeps_its_promises(
     old: SagaSpec, new: SagaSpec, data: st.DataObject
