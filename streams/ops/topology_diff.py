@@ -151,33 +151,36 @@ def diff_sagas(name: str, old: SagaSpec | None, new: SagaSpec | None) -> SagaDif
         shapes = (None if old is None else old.shape), (None if new is None else new.shape)
         return SagaDiff(name, *shapes, (_added_or_removed(name, new),))
     findings = _identity(name, old, new)
-    old_body, new_body = _shape(old), _shape(new)
-    policy_old, policy_new = _policies(old, old_body), _policies(new, new_body)
-    findings += _changes(name, policy_old["saga"], policy_new["saga"], "safe")
-    old_steps, new_steps = old_body["steps"], new_body["steps"]
+    bodies = _shape(old), _shape(new)
+    policies = _policies(old, bodies[0]), _policies(new, bodies[1])
+    findings += _changes(name, policies[0]["saga"], policies[1]["saga"], "safe")
+    findings += _steps(name, new, bodies, policies)
+    return SagaDiff(name, old.shape, new.shape, tuple(findings))
+
+
+def _steps(
+    name: str,
+    new: SagaSpec,
+    bodies: tuple[dict[str, Any], dict[str, Any]],
+    policies: tuple[dict[str, Any], dict[str, Any]],
+) -> list[Finding]:
+    """Steps kept (and how they changed), renamed, removed, then added, in file order."""
+    old_steps, new_steps = bodies[0]["steps"], bodies[1]["steps"]
     renamed = _renames(old_steps, new_steps)
+    findings: list[Finding] = []
     for step in old_steps:
-        if step in new_steps:
-            findings += _step_changes(
-                name, step, step, (old_body, new_body), (policy_old, policy_new)
-            )
-        elif step in renamed:
-            findings += _renamed(name, step, renamed[step], old_steps[step]["command"])
-            pair = (old_body, new_body), (policy_old, policy_new)
-            findings += _step_changes(name, step, renamed[step], *pair)
+        if step in new_steps or step in renamed:
+            if step in renamed:
+                findings.append(_renamed(name, step, renamed[step], old_steps[step]["command"]))
+            findings += _step_changes(name, step, renamed.get(step, step), bodies, policies)
         else:
-            findings.append(
-                Finding(
-                    f"{name}.steps.{step}",
-                    "removed: sagas in flight on the old shape keep it and finish on their version",
-                    "version",
-                )
-            )
+            what = "removed: sagas in flight on the old shape keep it and finish on their version"
+            findings.append(Finding(f"{name}.steps.{step}", what, "version"))
     gained = set(renamed.values())
     for step in new_steps:
         if step not in old_steps and step not in gained:
             findings.append(Finding(f"{name}.steps.{step}", _added_step(new, step), "version"))
-    return SagaDiff(name, old.shape, new.shape, tuple(findings))
+    return findings
 
 
 def _added_or_removed(name: str, new: SagaSpec | None) -> Finding:
@@ -242,16 +245,14 @@ def _renames(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:
     return pairs
 
 
-def _renamed(name: str, old_step: str, new_step: str, command: str) -> list[Finding]:
-    return [
-        Finding(
-            f"{name}.steps.{old_step}",
-            f"renamed to {new_step}? no: removed, and {new_step} added with the same command "
-            f"({command}); sagas in flight keep {old_step} (`saga migrate --map "
-            f"{old_step}={new_step}` moves them)",
-            "version",
-        )
-    ]
+def _renamed(name: str, old_step: str, new_step: str, command: str) -> Finding:
+    return Finding(
+        f"{name}.steps.{old_step}",
+        f"renamed to {new_step}? no: removed, and {new_step} added with the same command "
+        f"({command}); sagas in flight keep {old_step} (`saga migrate --map "
+        f"{old_step}={new_step}` moves them)",
+        "version",
+    )
 
 
 def _step_changes(
