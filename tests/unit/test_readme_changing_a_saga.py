@@ -134,3 +134,15 @@ def test_exit_2_when_a_file_cannot_be_read(
     assert cli.main(["topology", "diff", old, str(elsewhere / "topology.yaml")]) == 2
     assert f"no schema file OrderPlaced.avsc in {elsewhere / 'schemas'}" in capsys.readouterr().err
     assert cli.main(["topology", "diff", old, old, "--allow", "safe,unsafe"]) == 2
+
+
+def test_the_schemas_dir_setting_serves_a_file_with_no_schemas_beside_it(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = project / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "topology.yaml").write_text((project / "topology.yaml").read_text())
+    monkeypatch.setenv("SAGASTREAM_SCHEMAS_DIR", str(ROOT / "schemas"))
+    old = str(project / "topology.yaml")
+    assert cli.main(["topology", "diff", old, str(elsewhere / "topology.yaml")]) == 0
+    assert "order: shape" in capsys.readouterr().out
