@@ -29,10 +29,14 @@ def shape_body(spec: SagaSpec) -> dict[str, Any]:
     }
 
 
+def shape_json(spec: SagaSpec) -> str:
+    """The shape's canonical JSON: what its identity hashes, and what `topology diff` compares."""
+    return json.dumps(shape_body(spec), sort_keys=True, separators=(",", ":"), default=_plain)
+
+
 def shape_of(spec: SagaSpec) -> str:
     """The shape's identity: the first SHAPE_CHARS hex digits of the sha-256 of its canonical JSON."""
-    text = json.dumps(shape_body(spec), sort_keys=True, separators=(",", ":"), default=_plain)
-    return hashlib.sha256(text.encode()).hexdigest()[:SHAPE_CHARS]
+    return hashlib.sha256(shape_json(spec).encode()).hexdigest()[:SHAPE_CHARS]
 
 
 def _step(step: StepSpec) -> dict[str, Any]:

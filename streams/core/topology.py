@@ -379,7 +379,7 @@ class Topology(_Model):
         """Every topic the saga reads or writes, in a stable order."""
         spec = self.sagas[saga]
         names: list[str] = []
-        for event in _saga_event_types(spec):
+        for event in saga_event_types(spec):
             for topic in self.events[event].all_topics:
                 if topic not in names:
                     names.append(topic)
@@ -431,7 +431,7 @@ class Topology(_Model):
         return out
 
 
-def _saga_event_types(spec: SagaSpec) -> list[str]:
+def saga_event_types(spec: SagaSpec) -> list[str]:
     events = [spec.start_event]
     for step in spec.steps.values():
         events += [e for e in (step.command, step.success, step.escalation) if e]

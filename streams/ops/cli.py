@@ -381,6 +381,49 @@ def _saga(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topology_diff(args: argparse.Namespace) -> int:
+    from sagastream.ops.topology_diff import SCHEMAS_NOTE, diff_topologies, parse_allow
+    from sagastream.ops.validate import load_topology_file
+
+    allow = parse_allow(args.allow)
+    diff = diff_topologies(load_topology_file(Path(args.old)), load_topology_file(Path(args.new)))
+    refused = diff.not_allowed(allow)
+    if args.json:
+        print(json.dumps({"old": args.old, "new": args.new, **diff.to_dict(allow)}, indent=2))
+    else:
+        print("\n".join(diff.lines()))
+        print(f"note: {SCHEMAS_NOTE}")
+        if refused:
+            print(f"{len(refused)} changes of a class not allowed (--allow {','.join(allow)}):")
+            print("\n".join(f"  {f}" for f in refused))
+    return 1 if refused else 0
+
+
+def _add_topology(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tp = sub.add_parser("topology", help="what a change of topology.yaml means for sagas in flight")
+    tp_sub = tp.add_subparsers(dest="action", required=True)
+    td = tp_sub.add_parser(
+        "diff",
+        help="classify every change from OLD to NEW: safe, version or refused",
+        description="safe: policies (timeouts, retries, waits, deadline, retention, audit, "
+        "notify) or anything outside the sagas: sagas in flight take it. version: a saga's shape "
+        "changed (steps added, removed or renamed, dependencies, inputs, commands, results, "
+        "conditions, compensations): sagas in flight finish on their version. refused: a "
+        "saga's start event or key field, a saga removed, an event type's topics or a topic's "
+        "partition count under a saga. Each file is read with the schemas next to it. Exit 0 "
+        "if every change's class is allowed, 1 if not, 2 if a file cannot be read.",
+    )
+    td.add_argument("old", metavar="OLD", help="the topology file deployed now")
+    td.add_argument("new", metavar="NEW", help="the changed one")
+    td.add_argument(
+        "--allow",
+        default="safe,version",
+        help="the change classes CI accepts, comma-separated (default: safe,version)",
+    )
+    td.add_argument("--json", action="store_true", help="the findings as JSON")
+    td.set_defaults(func=_topology_diff)
+
+
 def parser() -> argparse.ArgumentParser:
     from sagastream.core.saga import COMPENSATED, COMPENSATING, COMPLETED, FAILED, RUNNING
 
@@ -602,6 +645,8 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("--fail-on-diff", action="store_true", help="exit 1 if any saga differs")
     rs.add_argument("--timeout", type=float, default=600.0, help="seconds the replay may take")
     rs.set_defaults(func=_shadow)
+
+    _add_topology(sub)
 
     sg = sub.add_parser("saga", help="inspect sagas")
     sg_sub = sg.add_subparsers(dest="action", required=True)

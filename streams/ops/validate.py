@@ -24,6 +24,13 @@ def topology_problems(settings: Settings, schemas: Path) -> tuple[Topology | Non
         return None, [str(exc)]
 
 
+def load_topology_file(path: Path) -> Topology:
+    """Another topology file (say, the version being replaced), read as a worker reads its own:
+    with the schemas next to it, or SAGASTREAM_SCHEMAS_DIR."""
+    settings = Settings(topology_file=path)
+    return load_topology(settings.topology_file, settings.schemas_path)
+
+
 def validate(settings: Settings) -> list[str]:
     """Every problem found, as sentences; empty if a worker of every role could start."""
     from sagastream.app import load_app
