@@ -11,6 +11,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, TopicMe
 
 from sagastream.core.topology import Defaults, Topology
 from sagastream.errors import SagastreamError, UsageError
+from sagastream.runtime.definitions import TOPIC as DEFINITIONS_TOPIC
 from sagastream.runtime.settings import Settings
 
 # a replica fewer than this many brokers leaves no room for one to be down
@@ -83,6 +84,11 @@ def create_topics(settings: Settings, topology: Topology, timeout: float = 30.0)
         # the orchestrator's state changelog: compacted, one partition per input partition
         wanted[settings.changelog_topic()] = (
             topology.partitions(inputs[0]),
+            {"cleanup.policy": "compact", **chosen.topic_config()},
+        )
+        # every published shape of every saga: one partition keeps them in publish order
+        wanted[settings.topic(DEFINITIONS_TOPIC)] = (
+            1,
             {"cleanup.policy": "compact", **chosen.topic_config()},
         )
     existing = sorted(t for t in wanted if t in metadata.topics)

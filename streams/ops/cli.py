@@ -45,17 +45,44 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _topics(args: argparse.Namespace) -> int:
+    import time
+
     from sagastream.core.topology import load_topology
     from sagastream.ops.admin import create_topics
+    from sagastream.runtime.definitions import DefinitionBook
+    from sagastream.wire.codec import SchemaStore
 
     settings = Settings()
     settings.check_librdkafka()
-    report = create_topics(settings, load_topology(settings.topology_file, settings.schemas_path))
+    topology = load_topology(settings.topology_file, settings.schemas_path)
+    report = create_topics(settings, topology)
     print(f"created {len(report.created)} topics, {len(report.existing)} already existed")
     for name in report.created:
         print(f"  + {name}")
     for line in report.weaker:
         print(f"  ! {line} (existing topics are left as they are)")
+    book = DefinitionBook(settings, topology, SchemaStore(settings.schemas_path))
+    for found in book.publish("sagastream topics create", time.time_ns() // 1_000_000):
+        print(f"published {found.saga} v{found.version} (shape {found.shape}) to {book.topic}")
+    return 0
+
+
+def _topology(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sagastream.core.topology import load_topology
+    from sagastream.ops.versions import format_versions, versions
+    from sagastream.runtime.definitions import DefinitionBook
+    from sagastream.wire.codec import SchemaStore
+
+    settings = Settings()
+    topology = load_topology(settings.topology_file, settings.schemas_path)
+    book = DefinitionBook(settings, topology, SchemaStore(settings.schemas_path))
+    rows = versions(settings, topology, book)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    else:
+        print("\n".join(format_versions(rows)))
     return 0
 
 
@@ -451,6 +478,16 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("topics", help="manage the topology's topics")
     t.add_argument("action", choices=["create"])
     t.set_defaults(func=_topics)
+
+    tp = sub.add_parser("topology", help="the published versions of the topology's sagas")
+    tp.add_argument(
+        "action",
+        choices=["versions"],
+        help="versions: per saga each version, its shape, when it was published, its running "
+        "instances (from the state changelog) and whether it is current, draining or retired",
+    )
+    tp.add_argument("--json", action="store_true", help="print the rows as JSON")
+    tp.set_defaults(func=_topology)
 
     d = sub.add_parser("demo", help="run the order saga demo end to end")
     d.add_argument("--orders", type=int, default=200)

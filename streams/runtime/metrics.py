@@ -27,6 +27,7 @@ class Metrics:
     attempts_failed: Counter
     handler_polls: Counter
     partitions_waiting: Gauge
+    versions_running: Gauge
 
     @classmethod
     def create(cls, role: str, registry: CollectorRegistry | None = None) -> Metrics:
@@ -122,6 +123,13 @@ class Metrics:
                 "sagastream_partitions_waiting_for_owner",
                 "Input partitions this orchestrator holds but does not process: their store is "
                 "owned elsewhere (members disagree on the topology) or partition counts differ",
+                registry=reg,
+            ),
+            versions_running=Gauge(
+                "sagastream_saga_versions_running",
+                "Saga instances not ended in this orchestrator's stores, by the definition "
+                "version and shape they are pinned to",
+                ["saga", "version", "shape"],
                 registry=reg,
             ),
         )

@@ -35,8 +35,8 @@ from confluent_kafka import (
 )
 
 from sagastream.core.saga import TERMINAL, Event, caused_by, decide, saga_for
-from sagastream.core.state import StateEncodingError, encode_state
-from sagastream.core.topology import LIFECYCLE_EVENT, TIMER_EVENT, Topology
+from sagastream.core.state import StateEncodingError, decode_state, encode_state
+from sagastream.core.topology import LIFECYCLE_EVENT, TIMER_EVENT, SagaSpec, Topology
 from sagastream.errors import ClusterError
 from sagastream.runtime.checkpoint import (
     Checkpoint,
@@ -44,6 +44,7 @@ from sagastream.runtime.checkpoint import (
     TrailEntry,
     TransactionFailed,
 )
+from sagastream.runtime.definitions import DefinitionBook
 from sagastream.runtime.health import Check, RoleHealth
 from sagastream.runtime.horizon import Horizon, timestamp
 from sagastream.runtime.inputs import (
@@ -81,6 +82,8 @@ MAX_DUE_PER_TICK = 5_000
 # how long an assignment waits for the metadata of a topic created a moment ago
 METADATA_WAIT_S = 30.0
 OUTCOME_CHANGES = frozenset({"started", *TERMINAL})
+# how often a partition waiting for an unknown definition reads the definitions topic again
+SHAPE_RETRY_S = 2.0
 # one saga's audit entry of the open transaction: saga, status, changes, parent meta
 
 
@@ -126,6 +129,29 @@ class Instance:
         )
 
 
+class ShapeUnknown(Exception):  # noqa: N818 - a wait, not an error of the input
+    """A saga state pinned to a shape no definitions record has (yet): its input waits."""
+
+    def __init__(self, saga: str, shape: str | None, topic: str) -> None:
+        what = f"shape {shape}" if shape else "no shape (a state from before versions)"
+        super().__init__(
+            f"saga {saga} with {what} has no definition in {topic}: its inputs wait until "
+            "one is published (run the orchestrator of that version, or `sagastream topics "
+            "create` with its topology file)"
+        )
+
+
+def saga_of(state: dict[str, Any]) -> str:
+    """The saga type a state belongs to."""
+    return str(state["saga"])
+
+
+def shape_of(state: dict[str, Any]) -> str | None:
+    """The shape a state is pinned to; None for states written before versions."""
+    shape = state.get("shape")
+    return None if shape is None else str(shape)
+
+
 def _fetch(consumer: Consumer, timeout: float) -> list[Message]:
     """What is there now, up to BATCH: waits (up to `timeout`) for the first message only."""
     first = consumer.poll(timeout)
@@ -154,6 +180,12 @@ class Orchestrator:
         self.codec = codec
         self.metrics = metrics
         self.encoder = Encoder(settings, topology, schemas, codec, PRODUCER_NAME)
+        self.book = DefinitionBook(settings, topology, schemas)
+        self._book_read = 0.0  # when the definitions topic was last read (monotonic)
+        # partitions waiting for a definition of the shape of a state: why, for /readyz
+        self.shape_waits: dict[tuple[str, int], str] = {}
+        # running (not ended) saga instances per store partition, by saga and shape
+        self.running: dict[int, dict[tuple[str, str | None], int]] = {}
         self.inputs = [settings.input_topic(t) for t in topology.orchestrator_inputs()]
         self.timer_topic = (
             topology.event_topic(TIMER_EVENT) if TIMER_EVENT in topology.events else None
@@ -202,6 +234,7 @@ class Orchestrator:
         else:
             return
         ckpt = self._ckpt = Checkpoint(producer, self.settings.changelog_topic())
+        self._publish_definitions()
         consumer = self._consumer = Consumer(self._consumer_config())
         consumer.subscribe(
             [*self.inputs, self.settings.changelog_topic()],
@@ -244,6 +277,21 @@ class Orchestrator:
             self._close_stores()
             producer.flush(1)  # committed or aborted: nothing should be left
 
+    def _publish_definitions(self) -> None:
+        """Before anything is consumed, the file's definitions are on the definitions topic, so
+        no state is pinned to an unpublished shape. A refused write (DeliveryFailed) or a
+        missing topic (ClusterError) stops the worker with the reason."""
+        published = self.book.publish(self.instance.transactional_id, now_ms())
+        self._book_read = time.monotonic()
+        for found in published:
+            log.warning(
+                "published %s v%d (shape %s) to %s",
+                found.saga,
+                found.version,
+                found.shape,
+                self.book.topic,
+            )
+
     def _consumer_config(self) -> dict[str, Any]:
         return self.settings.consumer_config(
             self.settings.group(ROLE),
@@ -264,7 +312,8 @@ class Orchestrator:
             else [self.owner.refused or "no partitions assigned, or still restoring"]
         )
         refused = self.codec.config_error  # waiting will not fix wrong registry credentials
-        return self.health.ready(*restoring, *([refused] if refused else []))
+        shapes = [f"{t}[{p}] waits: {why}" for (t, p), why in sorted(self.shape_waits.items())]
+        return self.health.ready(*restoring, *([refused] if refused else []), *shapes)
 
     # -- one input ------------------------------------------------------------------------
     def _handle(self, msg: Message) -> None:
@@ -307,6 +356,11 @@ class Orchestrator:
         except RegistryUnavailable as exc:
             self._wait_for_registry(msg, Unavailable(str(exc)))
             return
+        except ShapeUnknown as exc:
+            self._wait_for_definition(msg, exc)
+            return
+        if self.shape_waits.pop(where, None) is not None:
+            log.warning("%s[%d] goes on: the definition it waited for is read", *where)
         if rejected is not None:
             self._dead_letter(self._letter(msg, None, where[1], rejected), rejected, msg)
         ckpt.consumed(msg)
@@ -324,9 +378,10 @@ class Orchestrator:
         why (the caller dead-letters the input, and the loop goes on)."""
         try:
             return self._decide_input(partition, got, msg)
-        except (KafkaException, RegistryUnavailable):
-            # the producer failed (the session is rebuilt), or the registry cannot give an id
-            # (the input waits): not the input's fault, and nothing of it was kept
+        except (KafkaException, RegistryUnavailable, ShapeUnknown):
+            # the producer failed (the session is rebuilt), or the registry cannot give an id,
+            # or its saga's definition is not read yet (the input waits): not the input's
+            # fault, and nothing of it was kept
             raise
         except Exception as exc:  # a bug must not stop the partition: park the input
             log.exception("orchestrator failed on %s of %r", got.event_type, got.key)
@@ -340,7 +395,7 @@ class Orchestrator:
         meta = record.pop("meta")
         state = ckpt.state(partition, store, key)
         if state is not None:
-            definition = (state["saga"], self.topology.sagas[state["saga"]])
+            definition = (saga_of(state), self._spec_of(state))
         elif (found := saga_for(self.topology.sagas, got.event_type)) is not None:
             definition = found
         else:
@@ -400,7 +455,70 @@ class Orchestrator:
             and (state is None or state["status"] not in TERMINAL)
         ):
             ckpt.after_commit(partial(self._count_outcome, new["saga"], new["status"], new))
+        if new is not None and _running(new) and not _running(state):
+            ckpt.after_commit(partial(self._count_running, partition, _version_of(new), 1))
+        elif state is not None and _running(state) and not _running(new):
+            ckpt.after_commit(partial(self._count_running, partition, _version_of(state), -1))
         return None
+
+    # -- definitions ----------------------------------------------------------------------
+    def _spec_of(self, state: dict[str, Any]) -> SagaSpec:
+        """The definition a stored saga is decided by: its pinned shape's (the lowest version's
+        for a state without one); ShapeUnknown, after reading the topic again, if none."""
+        saga, shape = saga_of(state), shape_of(state)
+        spec = self._recorded(saga, shape)
+        if spec is None and time.monotonic() - self._book_read >= SHAPE_RETRY_S:
+            self._reread_definitions()
+            spec = self._recorded(saga, shape)
+        if spec is None:
+            raise ShapeUnknown(saga, shape, self.book.topic)
+        return spec
+
+    def _recorded(self, saga: str, shape: str | None) -> SagaSpec | None:
+        if shape is None:
+            lowest = self.book.lowest(saga)
+            return None if lowest is None else self.book.spec(saga, lowest.shape)
+        return self.book.spec(saga, shape)
+
+    def _reread_definitions(self) -> None:
+        self.book.read()
+        self._book_read = time.monotonic()
+
+    def _wait_for_definition(self, msg: Message, exc: ShapeUnknown) -> None:
+        """Its partition waits (paused, rewound to it) and reads the topic again later."""
+        where = (msg.topic() or "", msg.partition() or 0)
+        if where not in self.shape_waits:
+            log.warning("%s[%d]@%d: %s", *where, msg.offset(), exc)
+        self.shape_waits[where] = str(exc)
+        self._hold(msg, SHAPE_RETRY_S)
+
+    def _count_running(self, partition: int, version: tuple[str, str | None], delta: int) -> None:
+        counts = self.running.setdefault(partition, {})
+        counts[version] = counts.get(version, 0) + delta
+        self._show_running({version})
+
+    def _count_restored(self, partition: int, store: PartitionStore) -> None:
+        """The running instances of a restored store, by saga and shape: read once here,
+        then kept by each start and end."""
+        counts: dict[tuple[str, str | None], int] = {}
+        for _, raw in store.states():
+            state = decode_state(raw)
+            if _running(state):
+                version = _version_of(state)
+                counts[version] = counts.get(version, 0) + 1
+        self.running[partition] = counts
+        self._show_running(set(counts))
+
+    def _show_running(self, versions: set[tuple[str, str | None]]) -> None:
+        """sagastream_saga_versions_running for these (saga, shape)s, over every store."""
+        for saga, shape in versions:
+            total = sum(c.get((saga, shape), 0) for c in self.running.values())
+            pinned = shape
+            if pinned is None and (lowest := self.book.lowest(saga)) is not None:
+                pinned = lowest.shape
+            found = None if pinned is None else self.book.find(saga, pinned)
+            version = "?" if found is None else str(found.version)
+            self.metrics.versions_running.labels(saga, version, pinned or "?").set(total)
 
     def _count_outcome(self, saga: str, status: str, state: dict[str, Any]) -> None:
         self.metrics.outcomes.labels(saga, status).inc()
@@ -537,6 +655,8 @@ class Orchestrator:
                     rejected = self._decide(partition, fired, None)
                 except RegistryUnavailable:
                     return  # it stays armed; _can_encode says why on the next tick
+                except ShapeUnknown:
+                    continue  # it stays armed until its definition is read
                 if rejected is not None:
                     # it must not fail again every tick: park the timer, disarmed
                     disarmed = {**state, "timers": dict(state["timers"])}
@@ -594,21 +714,26 @@ class Orchestrator:
 
     def _wait_for_registry(self, msg: Message, got: Unavailable) -> None:
         """Only this partition waits: paused, rewound to this message, retried after a backoff."""
-        consumer = self._consumer
-        assert consumer is not None
         where = (msg.topic() or "", msg.partition() or 0)
         failures = self._failures.get(where, 0)
         delay = retry_delay(failures)
         self._failures[where] = failures + 1
+        self._hold(msg, delay)
+        self.health.registry_waits(where)
+        self.metrics.registry_up.labels(ROLE).set(0)
+        self.metrics.registry_retries.labels(ROLE).inc()
+        log.warning("%s; %s[%d]@%d waits, retry in %.1fs", got.error, *where, msg.offset(), delay)
+
+    def _hold(self, msg: Message, delay: float) -> None:
+        """Pause the message's partition, rewound to it, until `delay` seconds from now."""
+        consumer = self._consumer
+        assert consumer is not None
+        where = (msg.topic() or "", msg.partition() or 0)
         tp = TopicPartition(where[0], where[1], msg.offset() or 0)
         consumer.pause([tp])
         consumer.seek(tp)
         self.horizon.held(where, tp.offset, timestamp(msg))
         self.waiting[where] = time.monotonic() + delay
-        self.health.registry_waits(where)
-        self.metrics.registry_up.labels(ROLE).set(0)
-        self.metrics.registry_retries.labels(ROLE).inc()
-        log.warning("%s; %s[%d]@%d waits, retry in %.1fs", got.error, *where, msg.offset(), delay)
 
     def _resume_waiting(self) -> None:
         if not self.waiting or self._consumer is None:
@@ -686,6 +811,7 @@ class Orchestrator:
         self.stores.update(opened)  # closed by the session's end even if restoring fails
         started = time.monotonic()
         self.health.input_read(tp.topic for tp in partitions)
+        self._reread_definitions()  # another member may have published a version meanwhile
         for done in restore(self.settings, self.settings.changelog_topic(), opened):
             self.health.advanced()
             log.info(
@@ -697,6 +823,8 @@ class Orchestrator:
                 else done.from_offset,
             )
         self.metrics.restore_seconds.set(time.monotonic() - started)
+        for partition, store in opened.items():
+            self._count_restored(partition, store)
         assert self._ckpt is not None
         self._ckpt.hold({(tp.topic, tp.partition): tp.offset for tp in committed})
         self.ready.set()
@@ -743,6 +871,9 @@ class Orchestrator:
             self._ckpt.release(numbers)
         self.owner = replace(self.owner, owned=self.owner.owned - numbers)
         self.waiting = {w: v for w, v in self.waiting.items() if w[1] not in numbers}
+        self.shape_waits = {w: v for w, v in self.shape_waits.items() if w[1] not in numbers}
+        for p in numbers & set(self.running):
+            self._show_running(set(self.running.pop(p)))
         self._failures = {w: n for w, n in self._failures.items() if w[1] not in numbers}
         self.health.registry_only(self._failures)
         self.horizon.dropped(numbers)
@@ -759,6 +890,14 @@ class Orchestrator:
         for store in self.stores.values():
             store.close()
         self.stores.clear()
+
+
+def _running(state: dict[str, Any] | None) -> bool:
+    return state is not None and state["status"] not in TERMINAL
+
+
+def _version_of(state: dict[str, Any]) -> tuple[str, str | None]:
+    return saga_of(state), shape_of(state)
 
 
 def _listed(partitions: list[TopicPartition]) -> str:

@@ -1,0 +1,249 @@
+"""The definitions topic: every published shape of every saga, and which one decides an instance.
+
+`sagas.definitions` (one partition, compacted) keeps one record per saga and shape, keyed
+`<saga>/<shape>`. A record is self-contained: the saga's spec and, per event type it uses, the
+event's topics and Avro schema, so any orchestrator can decide an instance pinned to a shape its
+own topology file no longer has. `DefinitionBook` reads the topic to its end, publishes the
+loaded topology's shapes that are missing (a new version: one more than the highest read) or
+whose policies changed (same version), and answers which spec decides a shape
+(docs/versioning.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from sagastream.core.topology import SagaSpec, Topology, saga_event_types
+from sagastream.errors import SagastreamError
+from sagastream.runtime.kafka_io import Publisher, read_to_end
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import SchemaStore
+
+log = logging.getLogger("sagastream.definitions")
+
+TOPIC = "sagas.definitions"
+FORMAT = 1
+# reading the definitions topic to its end: a few records per saga, this is generous
+READ_TIMEOUT_S = 60.0
+
+
+class DefinitionError(SagastreamError, ValueError):
+    """A definitions record that cannot be read; the message names its key and what is wrong."""
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """An event type as a definition recorded it: the topics it travels on and its schema."""
+
+    topics: tuple[str, ...]
+    schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One published shape of one saga, with the readable version number it was given."""
+
+    saga: str
+    shape: str
+    version: int
+    published_ms: int
+    published_by: str
+    spec: SagaSpec
+    events: dict[str, RecordedEvent] = field(default_factory=dict)
+
+    @property
+    def key(self) -> bytes:
+        return f"{self.saga}/{self.shape}".encode()
+
+    def encode(self) -> bytes:
+        """The record's value: UTF-8 JSON in the format docs/versioning.md describes."""
+        body = {
+            "format": FORMAT,
+            "saga": self.saga,
+            "shape": self.shape,
+            "version": self.version,
+            "published_ms": self.published_ms,
+            "published_by": self.published_by,
+            "definition": policies(self.spec),
+            "events": {
+                name: {"topics": list(e.topics), "schema": e.schema}
+                for name, e in sorted(self.events.items())
+            },
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, key: bytes, value: bytes) -> Definition:
+        """A record read back; DefinitionError naming the key if it is not one of ours."""
+        where = f"{TOPIC} record {key.decode(errors='replace')!r}"
+        try:
+            body = json.loads(value)
+            if body.get("format") != FORMAT:
+                raise DefinitionError(
+                    f"{where}: format {body.get('format')!r}, this sagastream reads {FORMAT}; "
+                    "upgrade sagastream to read it"
+                )
+            spec = SagaSpec.model_validate(body["definition"])
+            events = {
+                name: RecordedEvent(tuple(e["topics"]), e["schema"])
+                for name, e in body["events"].items()
+            }
+            found = cls(
+                body["saga"],
+                body["shape"],
+                int(body["version"]),
+                int(body["published_ms"]),
+                str(body["published_by"]),
+                spec,
+                events,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as exc:
+            if isinstance(exc, DefinitionError):
+                raise
+            raise DefinitionError(f"{where}: not a saga definition: {exc}") from exc
+        if spec.shape != found.shape:
+            raise DefinitionError(
+                f"{where}: its definition has shape {spec.shape}, not {found.shape}: the record "
+                "was altered; publish the saga again with `sagastream topics create`"
+            )
+        return found
+
+
+def policies(spec: SagaSpec) -> dict[str, Any]:
+    """The spec as JSON values: what a record keeps, and what tells a policy update apart."""
+    return spec.model_dump(mode="json", by_alias=True)
+
+
+def recorded(
+    topology: Topology,
+    schemas: SchemaStore,
+    saga: str,
+    version: int,
+    published_ms: int,
+    published_by: str,
+) -> Definition:
+    """The definition of one saga of `topology`, with every event type it sends or reads."""
+    spec = topology.sagas[saga]
+    events = {
+        name: RecordedEvent(
+            topology.events[name].all_topics,
+            schemas.raw(topology.events[name].schema_name),
+        )
+        for name in dict.fromkeys(saga_event_types(spec))
+    }
+    return Definition(saga, spec.shape, version, published_ms, published_by, spec, events)
+
+
+class DefinitionBook:
+    """What this process knows of the definitions topic, and the topology file it loaded.
+
+    `spec` answers the file's spec for the file's shape (its newest policies), else the
+    recorded one. Readers and publishers of one process share one book.
+    """
+
+    def __init__(self, settings: Settings, topology: Topology, schemas: SchemaStore) -> None:
+        self.settings = settings
+        self.topology = topology
+        self.schemas = schemas
+        self.topic = settings.topic(TOPIC)
+        self._known: dict[tuple[str, str], Definition] = {}
+
+    def read(self) -> None:
+        """Read the topic to its end, committed records only."""
+        messages = read_to_end(
+            self.settings, [self.topic], "sagastream-definitions", READ_TIMEOUT_S
+        )
+        self.take((msg.key() or b"", msg.value()) for msg in messages)
+
+    def take(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Know what these records of the topic say, in offset order, and nothing else: the
+        newest record per key wins, a tombstone removes its key."""
+        known: dict[tuple[str, str], Definition] = {}
+        for key, value in records:
+            saga, _, shape = key.decode(errors="replace").partition("/")
+            if value is None:
+                known.pop((saga, shape), None)
+                continue
+            try:
+                found = Definition.decode(key, value)
+            except DefinitionError as exc:
+                # one bad record must not hide the others; a state pinned to it waits, said
+                log.error("%s; skipped", exc)
+                continue
+            known[(found.saga, found.shape)] = found
+        self._known = known
+
+    def unpublished(self, by: str, now_ms: int) -> list[Definition]:
+        """The topology's sagas whose shape no record has (a new version: one more than the
+        highest read) or whose record's policies differ (a policy update: same version)."""
+        due: list[Definition] = []
+        for saga, spec in self.topology.sagas.items():
+            have = self._known.get((saga, spec.shape))
+            if have is not None and policies(have.spec) == policies(spec):
+                continue
+            version = have.version if have is not None else 1 + self.highest(saga)
+            due.append(recorded(self.topology, self.schemas, saga, version, now_ms, by))
+        return due
+
+    def publish(self, by: str, now_ms: int) -> list[Definition]:
+        """Read the topic, then publish what `unpublished` names, with confirmed delivery:
+        DeliveryFailed if the broker refused any record. Returns what was published."""
+        self.read()
+        due = self.unpublished(by, now_ms)
+        if due:
+            publisher = Publisher(self.settings.producer_config())
+            try:
+                for found in due:
+                    publisher.send(self.topic, found.key, found.encode())
+                publisher.confirm()
+            finally:
+                publisher.close()
+        self._known.update({(found.saga, found.shape): found for found in due})
+        return due
+
+    def spec(self, saga: str, shape: str) -> SagaSpec | None:
+        """What decides an instance of `saga` pinned to `shape`; None if no record has it."""
+        mine = self.topology.sagas.get(saga)
+        if mine is not None and mine.shape == shape:
+            return mine
+        found = self._known.get((saga, shape))
+        return None if found is None else found.spec
+
+    def lowest(self, saga: str) -> Definition | None:
+        """The saga's first published version: what decides states that carry no shape."""
+        return min(self.versions(saga), key=_order, default=None)
+
+    def highest(self, saga: str) -> int:
+        """The highest version number read for the saga (0: none)."""
+        return max((d.version for d in self.versions(saga)), default=0)
+
+    def find(self, saga: str, shape: str) -> Definition | None:
+        return self._known.get((saga, shape))
+
+    def versions(self, saga: str | None = None) -> list[Definition]:
+        """Every definition read, of one saga or all, by saga, version and publish time."""
+        return sorted(
+            (d for d in self._known.values() if saga is None or d.saga == saga),
+            key=lambda d: (d.saga, *_order(d)),
+        )
+
+    def recorded_events(self, sagas: Iterable[str]) -> dict[str, RecordedEvent]:
+        """Event types of the sagas' recorded definitions that the topology does not declare."""
+        out: dict[str, RecordedEvent] = {}
+        for found in self.versions():
+            if found.saga not in sagas:
+                continue
+            for name, event in found.events.items():
+                if name not in self.topology.events:
+                    out.setdefault(name, event)
+        return out
+
+
+def _order(found: Definition) -> tuple[int, int, str]:
+    return (found.version, found.published_ms, found.shape)

@@ -1,0 +1,144 @@
+"""The definitions topic's records and the book's choices: numbering, policy updates, lowest,
+which spec decides a shape, and the versions listing (nothing running)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sagastream.core.topology import Topology, parse_topology
+from sagastream.ops.versions import format_versions, version_rows
+from sagastream.runtime.definitions import (
+    Definition,
+    DefinitionBook,
+    DefinitionError,
+    policies,
+)
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import SchemaStore
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = SchemaStore(ROOT / "schemas")
+DATA = yaml.safe_load((ROOT / "topology.yaml").read_text())
+
+
+def topology(change: Any = None) -> Topology:
+    data = copy.deepcopy(DATA)
+    if change is not None:
+        change(data)
+    return parse_topology(data, "topology.yaml", ROOT / "schemas")
+
+
+def book(of: Topology, *records: Definition) -> DefinitionBook:
+    found = DefinitionBook(Settings(topic_prefix="unit-"), of, SCHEMAS)
+    found.take((r.key, r.encode()) for r in records)
+    return found
+
+
+def added_step(data: dict[str, Any]) -> None:
+    """v2: a second inventory check after shipping (a step routed by its name, like the first)."""
+    steps = data["sagas"]["order"]["steps"]
+    steps["recheck"] = {**copy.deepcopy(steps["inventory"]), "depends_on": ["shipping"]}
+    del steps["recheck"]["compensation"]
+
+
+def slower_payment(data: dict[str, Any]) -> None:
+    data["sagas"]["order"]["steps"]["payment"]["timeout_ms"] = 30_000
+
+
+def test_a_record_round_trips_with_its_spec_and_every_event_it_uses() -> None:
+    v1 = topology()
+    (order,) = [d for d in book(v1).unpublished("unit", 1_000) if d.saga == "order"]
+    back = Definition.decode(order.key, order.encode())
+    assert back == order
+    assert order.key == f"order/{v1.sagas['order'].shape}".encode()
+    assert back.spec == v1.sagas["order"] and back.spec.shape == v1.sagas["order"].shape
+    assert back.events["ChargePayment"].topics == ("payments.commands",)
+    assert back.events["ChargePayment"].schema == SCHEMAS.raw("ChargePayment")
+    assert set(back.events) >= {"OrderPlaced", "PaymentCharged", "RefundPayment"}
+    body = json.loads(order.encode())
+    assert body["format"] == 1 and body["version"] == 1 and body["published_by"] == "unit"
+
+
+def test_a_record_whose_definition_does_not_have_its_shape_is_refused_by_name() -> None:
+    (order, _) = book(topology()).unpublished("unit", 1)
+    body = json.loads(order.encode())
+    body["shape"] = "000000000000"
+    with pytest.raises(DefinitionError, match=r"order/.*has shape .*not 000000000000"):
+        Definition.decode(order.key, json.dumps(body).encode())
+    with pytest.raises(DefinitionError, match="not a saga definition"):
+        Definition.decode(b"order/x", b"{not json")
+
+
+def test_a_new_shape_is_one_more_than_the_highest_version_read() -> None:
+    first = book(topology()).unpublished("v1", 1)
+    assert [(d.saga, d.version) for d in first] == [("order", 1), ("loan", 1)]
+    v2 = topology(added_step)
+    due = book(v2, *first).unpublished("v2", 2)
+    assert [(d.saga, d.version) for d in due] == [("order", 2)]  # loan is published already
+    assert due[0].shape == v2.sagas["order"].shape != first[0].shape
+
+
+def test_a_policy_update_is_published_again_under_the_same_number() -> None:
+    v1 = book(topology()).unpublished("v1", 1)
+    v2 = book(topology(added_step), *v1).unpublished("v2", 2)
+    slower = topology(slower_payment)
+    assert slower.sagas["order"].shape == v1[0].shape  # a policy is not part of the shape
+    due = book(slower, *v1, *v2).unpublished("v1-slower", 3)
+    assert [(d.saga, d.version, d.shape) for d in due] == [("order", 1, v1[0].shape)]
+    assert policies(due[0].spec)["steps"]["payment"]["timeout_ms"] == 30_000
+    again = book(slower, *v1, *v2, *due)
+    assert again.unpublished("v1-slower", 4) == []
+    assert again.highest("order") == 2
+    assert again.spec("order", v1[0].shape) == slower.sagas["order"]
+
+
+def test_lowest_is_the_first_version_and_decides_states_without_a_shape() -> None:
+    v1 = book(topology()).unpublished("v1", 1)
+    v2 = book(topology(added_step), *v1).unpublished("v2", 2)
+    later = book(topology(added_step), *v2, *v1)  # offset order does not pick the lowest
+    lowest = later.lowest("order")
+    assert lowest is not None and lowest.version == 1 and lowest.shape == v1[0].shape
+    assert later.lowest("nothing") is None
+    assert [d.version for d in later.versions("order")] == [1, 2]
+
+
+def test_spec_is_the_files_for_its_shape_else_the_recorded_one_else_none() -> None:
+    v1_topology = topology()
+    v1 = book(v1_topology).unpublished("v1", 1)
+    v2_topology = topology(added_step)
+    on_v2 = book(v2_topology, *v1)
+    assert on_v2.spec("order", v2_topology.sagas["order"].shape) is v2_topology.sagas["order"]
+    assert on_v2.spec("order", v1[0].shape) == v1_topology.sagas["order"]
+    assert "receipt" not in on_v2.spec("order", v1[0].shape).steps  # type: ignore[union-attr]
+    assert on_v2.spec("order", "ffffffffffff") is None
+
+
+def test_a_tombstone_removes_its_definition_and_a_bad_record_hides_no_other() -> None:
+    v1 = book(topology()).unpublished("v1", 1)
+    found = DefinitionBook(Settings(), topology(), SCHEMAS)
+    found.take([(v1[0].key, b"garbage"), (v1[1].key, v1[1].encode()), (v1[0].key, None)])
+    assert [d.saga for d in found.versions()] == ["loan"]
+
+
+def test_versions_say_current_draining_and_retired_with_their_running_instances() -> None:
+    v1 = book(topology()).unpublished("v1", 1_000)
+    v2_topology = topology(added_step)
+    v2 = book(v2_topology, *v1).unpublished("v2", 2_000)
+    order_v1, loan_v1 = v1
+    running = {("order", order_v1.shape): 3, ("order", None): 2, ("order", v2[0].shape): 5}
+    rows = version_rows([*v1, *v2], running, v2_topology)
+    assert [(r.saga, r.version, r.running, r.state) for r in rows] == [
+        ("loan", 1, 0, "current"),
+        ("order", 1, 5, "draining"),  # 3 pinned to v1, 2 from before versions: the lowest's
+        ("order", 2, 5, "current"),
+    ]
+    drained = version_rows([*v1, *v2], {("order", v2[0].shape): 1}, v2_topology)
+    assert drained[1].state == "retired" and drained[1].running == 0
+    lines = format_versions(rows)
+    assert "SHAPE" in lines[0] and order_v1.shape in lines[2] and "draining" in lines[2]
