@@ -37,7 +37,7 @@ from confluent_kafka import (
 from sagastream.core.saga import TERMINAL, Event, caused_by, decide, saga_for
 from sagastream.core.state import StateEncodingError, decode_state, encode_state
 from sagastream.core.topology import LIFECYCLE_EVENT, TIMER_EVENT, SagaSpec, Topology
-from sagastream.errors import ClusterError
+from sagastream.errors import ClusterError, SagastreamError
 from sagastream.runtime.checkpoint import (
     Checkpoint,
     ProducerFatal,
@@ -129,7 +129,7 @@ class Instance:
         )
 
 
-class ShapeUnknown(Exception):  # noqa: N818 - a wait, not an error of the input
+class ShapeUnknown(SagastreamError, RuntimeError):
     """A saga state pinned to a shape no definitions record has (yet): its input waits."""
 
     def __init__(self, saga: str, shape: str | None, topic: str) -> None:
