@@ -1,0 +1,215 @@
+"""Versioned sagas on real workers: each instance finishes on the definition it started with.
+
+v1 is the demo's order saga; v2 renames its shipping step (delivery), adds a step (recheck, a
+second inventory check after it) and changes a retry policy. Orders are in flight on v1's slow
+shipping step when the v1 orchestrator is stopped (SIGTERM) and a v2 one takes over: v1 sagas
+end with v1's steps, new ones run v2's, one outcome each, no command twice, no dead letter.
+And a state pinned to a shape no definitions record has makes its input wait (its reason on
+/readyz), not dead-letter, until the definition is published.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sagastream.core.saga import Event, decide
+from sagastream.core.state import encode_state
+from sagastream.core.topology import Topology, load_topology
+from sagastream.ops.demo import WorkerSet
+from sagastream.ops.versions import versions
+from sagastream.runtime.definitions import DefinitionBook
+from sagastream.runtime.kafka_io import Publisher
+from sagastream.runtime.outputs import Encoder
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import SchemaStore, new_meta
+from tests.integration.faults import COMMAND_TOPICS
+from tests.integration.helpers import every_dead_letter, free_port, good_order, http_get, metric
+
+FAST_ROLES = "payment,inventory,notification"
+V1_STEPS = {"payment", "inventory", "shipping"}
+V2_STEPS = {"payment", "inventory", "delivery", "recheck"}
+IN_FLIGHT = 200
+AFTER = 100
+
+
+def v2_data(data: dict[str, Any]) -> dict[str, Any]:
+    """The demo topology with the order saga's v2: shipping renamed, a step added, a policy."""
+    data = copy.deepcopy(data)
+    steps = data["sagas"]["order"]["steps"]
+    steps["delivery"] = steps.pop("shipping")
+    undo = steps["delivery"]["compensation"]["inputs"]
+    undo["delivery"] = undo.pop("shipping")
+    steps["recheck"] = {**copy.deepcopy(steps["inventory"]), "depends_on": ["delivery"]}
+    del steps["recheck"]["compensation"]
+    steps["payment"]["retry"]["max_attempts"] = 4
+    return data
+
+
+@pytest.fixture
+def v2(ns: Any, tmp_path: Path) -> tuple[Settings, Topology]:
+    path = tmp_path / "topology-v2.yaml"
+    path.write_text(yaml.safe_dump(v2_data(yaml.safe_load(ns.settings.topology_file.read_text()))))
+    settings = ns.settings.model_copy(
+        update={"topology_file": path, "schemas_dir": ns.settings.schemas_path}
+    )
+    topology = load_topology(path, settings.schemas_path)
+    assert topology.sagas["order"].shape != ns.topology.sagas["order"].shape
+    return settings, topology
+
+
+def workers(settings: Settings, logs: Path, role: str, **env: str) -> WorkerSet:
+    started = WorkerSet(settings, logs)
+    started.start([role], extra_env=env)
+    started.wait_ready()
+    return started
+
+
+def outcomes(ns: Any) -> list[Any]:
+    found = ns.client.read_to_end([ns.topic("sagas.outcomes")])
+    return [m for m in found if m.event_type in ("SagaCompleted", "SagaCompensated", "SagaFailed")]
+
+
+def wait_outcomes(ns: Any, keys: set[str], running: list[WorkerSet], timeout: float) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        for worker in running:
+            worker.check_alive()
+        found = outcomes(ns)
+        if {m.key.decode() for m in found} >= keys or time.monotonic() > deadline:
+            return found
+        time.sleep(2)
+
+
+def test_sagas_in_flight_on_v1_end_on_v1_while_new_ones_run_v2(
+    ns: Any, tmp_path: Path, v2: tuple[Settings, Topology]
+) -> None:
+    v2_settings, v2_topology = v2
+    port = free_port()
+    running = [
+        workers(ns.settings, tmp_path / "fast", FAST_ROLES),
+        # the slow step: every v1 saga is still on it when its orchestrator stops
+        workers(ns.settings, tmp_path / "slow", "shipping", SAGASTREAM_HANDLER_LATENCY_MS="4000"),
+    ]
+    old = workers(ns.settings, tmp_path / "v1", "orchestrator")
+    new: WorkerSet | None = None
+    try:
+        first = [f"v1-{i:04d}" for i in range(IN_FLIGHT)]
+        for key in first:
+            ns.client.publish("OrderPlaced", key, good_order(key))
+        ns.client.flush(60)
+        shipping = ns.topic("shipping.commands")
+        commanded = ns.client.read([shipping], lambda ms: len(ms) >= IN_FLIGHT, timeout=90)
+        assert len(commanded) >= IN_FLIGHT
+        code, _ = old.terminate("orchestrator")
+        assert code == 0
+        ended_on_v1 = {m.key.decode() for m in outcomes(ns)}
+        assert len(ended_on_v1) <= IN_FLIGHT // 2, "the v1 sagas were not in flight at the stop"
+
+        new = workers(
+            v2_settings, tmp_path / "v2", "orchestrator", SAGASTREAM_METRICS_PORT=str(port)
+        )
+        running.append(new)
+        second = [f"v2-{i:04d}" for i in range(AFTER)]
+        for key in second:
+            ns.client.publish("OrderPlaced", key, good_order(key))
+        ns.client.flush(60)
+
+        found = wait_outcomes(ns, {*first, *second}, running, timeout=150)
+        per_saga = Counter(m.key.decode() for m in found)
+        assert sorted({*first, *second} - set(per_saga)) == [], "sagas without an outcome"
+        assert {k: n for k, n in per_saga.items() if n != 1} == {}, "several outcomes"
+        steps = {m.key.decode(): (m.event_type, set(m.record["completed_steps"])) for m in found}
+        assert {
+            k: s for k, s in steps.items() if k in first and s != ("SagaCompleted", V1_STEPS)
+        } == {}
+        assert {
+            k: s for k, s in steps.items() if k in second and s != ("SagaCompleted", V2_STEPS)
+        } == {}
+
+        for topic in COMMAND_TOPICS:
+            msgs = [m for m in ns.client.read_to_end([ns.topic(topic)]) if m.record]
+            seen = Counter((m.record["idempotency_key"], m.record["meta"]["attempt"]) for m in msgs)
+            assert {k: n for k, n in seen.items() if n > 1} == {}, f"a command twice on {topic}"
+        assert every_dead_letter(ns) == []
+
+        book = DefinitionBook(v2_settings, v2_topology, SchemaStore(v2_settings.schemas_path))
+        rows = {r.version: r for r in versions(v2_settings, v2_topology, book) if r.saga == "order"}
+        assert (rows[1].shape, rows[1].state) == (ns.topology.sagas["order"].shape, "retired")
+        assert (rows[2].shape, rows[2].state) == (v2_topology.sagas["order"].shape, "current")
+        # counted at restore and on each end: every v1 saga the v2 orchestrator restored ended
+        assert metric(port, "sagastream_saga_versions_running", saga="order", version="1") == 0
+        assert metric(port, "sagastream_saga_versions_running", saga="order", version="2") == 0
+        for worker in running:
+            worker.check_alive()
+    finally:
+        for worker in [*running, old]:
+            worker.stop()
+
+
+def stored_on(ns: Any, settings: Settings, topology: Topology, key: str) -> None:
+    """What an orchestrator running `topology` leaves when it starts an order: its state in the
+    changelog and its first commands on their topics, as if it had run and stopped."""
+    now = time.time_ns() // 1_000_000
+    fields = good_order(key)
+    decision = decide(
+        ("order", topology.sagas["order"]),
+        None,
+        Event("OrderPlaced", uuid.uuid4().hex, fields),
+        now,
+    )
+    assert decision.state is not None and decision.commands
+    parent = new_meta("OrderPlaced", key, "test", now_ms=now)
+    encoder = Encoder(
+        settings, topology, SchemaStore(settings.schemas_path), ns.client.codec, "test"
+    )
+    publisher = Publisher(settings.producer_config())
+    publisher.send(settings.changelog_topic(), key.encode(), encode_state(decision.state))
+    for c in decision.commands:
+        out = encoder.derived(c.event_type, key.encode(), c.fields, parent, c.attempt, now, c.step)
+        publisher.send(out.topic, out.key, out.value, out.headers)
+    publisher.close()
+
+
+def test_a_state_of_an_unpublished_shape_waits_and_goes_on_once_it_is_published(
+    ns: Any, tmp_path: Path, v2: tuple[Settings, Topology]
+) -> None:
+    v2_settings, v2_topology = v2
+    shape = v2_topology.sagas["order"].shape
+    stored_on(ns, v2_settings, v2_topology, "unpublished-1")
+    port = free_port()
+    running = [
+        workers(ns.settings, tmp_path / "handlers", f"{FAST_ROLES},shipping"),
+        workers(ns.settings, tmp_path / "v1", "orchestrator", SAGASTREAM_METRICS_PORT=str(port)),
+    ]
+    try:
+        reason = ""
+        deadline = time.monotonic() + 60
+        while shape not in reason and time.monotonic() < deadline:
+            time.sleep(1)
+            status, body = http_get(port, "/readyz")
+            reason = json.dumps(json.loads(body).get("reasons", {}))
+        assert status == 503 and "saga order with shape " + shape in reason
+        assert outcomes(ns) == [] and every_dead_letter(ns) == []
+
+        book = DefinitionBook(v2_settings, v2_topology, SchemaStore(v2_settings.schemas_path))
+        published = book.publish("test", time.time_ns() // 1_000_000)
+        assert [(d.saga, d.version) for d in published] == [("order", 2)]
+        (ended,) = wait_outcomes(ns, {"unpublished-1"}, running, timeout=60)
+        assert (ended.event_type, set(ended.record["completed_steps"])) == (
+            "SagaCompleted",
+            V2_STEPS,
+        )
+        assert every_dead_letter(ns) == []
+        assert http_get(port, "/readyz")[0] == 200
+    finally:
+        for worker in running:
+            worker.stop()
