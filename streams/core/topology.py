@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -394,14 +395,15 @@ class Topology(_Model):
         topics = set(self.saga_topics(saga))
         return [name for name, h in self.handlers.items() if h.consumes in topics]
 
-    def orchestrator_inputs(self) -> list[str]:
+    def orchestrator_inputs(self, recorded: Iterable[SagaSpec] = ()) -> list[str]:
         """Topics the orchestrator consumes: start events, step results, signals, and every
-        handler role's `produces` topic (where failed attempts are reported).
+        handler role's `produces` topic (where failed attempts are reported), of its sagas and
+        of the `recorded` definitions it decides too (their events declared here).
 
         Timers are not among them: the orchestrator fires them from its own state, inline.
         """
         names: list[str] = []
-        for spec in self.sagas.values():
+        for spec in [*self.sagas.values(), *recorded]:
             inputs = [spec.start_event, *(e for e in ENGINE_INPUTS if e in self.events)]
             inputs = [e for e in inputs if e != TIMER_EVENT]
             for step in spec.steps.values():

@@ -233,16 +233,43 @@ class DefinitionBook:
             key=lambda d: (d.saga, *_order(d)),
         )
 
-    def recorded_events(self, sagas: Iterable[str]) -> dict[str, RecordedEvent]:
-        """Event types of the sagas' recorded definitions that the topology does not declare."""
+    def recorded_specs(self) -> list[SagaSpec]:
+        """The recorded definitions of the topology's sagas other than the file's own shapes."""
+        mine = {saga: spec.shape for saga, spec in self.topology.sagas.items()}
+        return [d.spec for d in self.versions() if d.saga in mine and d.shape != mine[d.saga]]
+
+    def recorded_events(self) -> dict[str, RecordedEvent]:
+        """Event types of the topology's sagas' recorded definitions it does not declare."""
         out: dict[str, RecordedEvent] = {}
         for found in self.versions():
-            if found.saga not in sagas:
-                continue
-            for name, event in found.events.items():
-                if name not in self.topology.events:
-                    out.setdefault(name, event)
+            if found.saga in self.topology.sagas:
+                for name, event in found.events.items():
+                    if name not in self.topology.events:
+                        out.setdefault(name, event)
         return out
+
+    def with_recorded_events(self) -> Topology:
+        """The topology with the event types only recorded definitions of its sagas have (and
+        their topics), their schemas added to the SchemaStore, so that an orchestrator built
+        on both reads, decodes and encodes what its older instances need; the book keeps it."""
+        events = self.recorded_events()
+        if not events:
+            return self.topology
+        data = self.topology.model_dump(mode="json", by_alias=True)
+        declared = {t["name"] for t in data["topics"]}
+        for name, event in sorted(events.items()):
+            self.schemas.add(name, event.schema)
+            data["events"][name] = {"schema": name, "topics": list(event.topics)}
+            for topic in event.topics:
+                if topic not in declared:
+                    declared.add(topic)
+                    data["topics"].append({"name": topic})
+        log.warning(
+            "event types only recorded definitions have, added with their topics: %s",
+            ", ".join(sorted(events)),
+        )
+        self.topology = Topology.model_validate(data)
+        return self.topology
 
 
 def _order(found: Definition) -> tuple[int, int, str]:

@@ -171,22 +171,25 @@ class Orchestrator:
         codec: AvroCodec,
         metrics: Metrics,
         limits: RecordLimits | None = None,
+        book: DefinitionBook | None = None,
     ) -> None:
         """`limits`: the record size limits the worker read from the broker (default: the
-        setting `max_record_bytes` for every topic)."""
+        setting `max_record_bytes` for every topic). `book`: the definitions read before the
+        topology, codec and schemas were built (its recorded sagas' inputs are read too)."""
         self.settings = settings
         self.limits = limits or RecordLimits(settings.max_record_bytes)
         self.topology = topology
         self.codec = codec
         self.metrics = metrics
         self.encoder = Encoder(settings, topology, schemas, codec, PRODUCER_NAME)
-        self.book = DefinitionBook(settings, topology, schemas)
         self._book_read = 0.0  # when the definitions topic was last read (monotonic)
         # partitions waiting for a definition of the shape of a state: why, for /readyz
         self.shape_waits: dict[tuple[str, int], str] = {}
         # running (not ended) saga instances per store partition, by saga and shape
         self.running: dict[int, dict[tuple[str, str | None], int]] = {}
-        self.inputs = [settings.input_topic(t) for t in topology.orchestrator_inputs()]
+        self.book = book or DefinitionBook(settings, topology, schemas)
+        recorded = self.book.recorded_specs()
+        self.inputs = [settings.input_topic(t) for t in topology.orchestrator_inputs(recorded)]
         self.timer_topic = (
             topology.event_topic(TIMER_EVENT) if TIMER_EVENT in topology.events else None
         )

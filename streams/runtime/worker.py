@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sagastream.core.topology import Topology, load_topology
 from sagastream.errors import UsageError
 from sagastream.runtime import health
+from sagastream.runtime.definitions import DefinitionBook
 from sagastream.runtime.health import Check
 from sagastream.runtime.limits import RecordLimits, discover
 from sagastream.runtime.metrics import Metrics
@@ -135,15 +136,20 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     topology = load_topology(settings.topology_file, settings.schemas_path)
     roles = parse_roles(spec, topology)
     schemas = SchemaStore(settings.schemas_path)
-    codec = build_codec(settings, schemas)
+    # the topics first, so the limits read their configs; if the brokers are not up yet, the
+    # orchestrator role waits for them (and for its topics), the process does not exit
+    topics_there = ORCHESTRATOR not in roles or _create_topics(settings, topology, 0)
+    book = None
+    if ORCHESTRATOR in roles and topics_there:
+        # what older instances need and the file no longer has joins the topology and schemas
+        book = DefinitionBook(settings, topology, schemas)
+        book.read()
+        topology = book.with_recorded_events()
+    codec = build_codec(settings, schemas, topology)
     metrics = Metrics.create(",".join(roles))
     # learn every schema id before consuming; if the registry is down, inputs wait and retry
     with contextlib.suppress(RegistryUnavailable):
         codec.prepare(topology.events)
-
-    # the topics first, so the limits read their configs; if the brokers are not up yet, the
-    # orchestrator role waits for them (and for its topics), the process does not exit
-    topics_there = ORCHESTRATOR not in roles or _create_topics(settings, topology, 0)
     limits = record_limits(settings, topology)
 
     runners: dict[str, Callable[[threading.Event], None]] = {}
@@ -173,7 +179,7 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     if ORCHESTRATOR in roles:
         from sagastream.runtime.orchestrator import Orchestrator
 
-        orchestrator = Orchestrator(settings, topology, schemas, codec, metrics, limits)
+        orchestrator = Orchestrator(settings, topology, schemas, codec, metrics, limits, book)
         runners[ORCHESTRATOR] = (
             orchestrator.run
             if topics_there

@@ -93,6 +93,19 @@ class SchemaStore:
             name for name, (_, schema) in sources.items() if _is_event(schema, fullnames)
         )
 
+    def add(self, name: str, schema: dict[str, Any]) -> None:
+        """Know one more event's record: a self-contained schema (as `raw` gives it) that a
+        saga definition recorded, for an event type no longer in this project's schemas/. A
+        name already known keeps its own schema."""
+        if name in self._raw:
+            return
+        try:
+            self._parsed[name] = _parse(copy.deepcopy(schema), {})
+        except (SchemaParseException, UnknownType) as exc:
+            raise SchemaError(f"the recorded schema of {name} is not valid Avro: {exc}") from exc
+        self._raw[name] = copy.deepcopy(schema)
+        self._event_types = sorted({*self._event_types, name})
+
     def source(self, name: str) -> str:
         """The .avsc text a record was read from."""
         return self._paths[name].read_text(encoding="utf-8")

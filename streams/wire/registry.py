@@ -610,9 +610,12 @@ def _record_schema(schema: Schema) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) and parsed.get("type") == "record" else None
 
 
-def build_codec(settings: Settings, store: SchemaStore | None = None) -> AvroCodec:
-    """The codec every worker uses: schemas from schemas/, ids from the registry when configured."""
+def build_codec(
+    settings: Settings, store: SchemaStore | None = None, topology: Topology | None = None
+) -> AvroCodec:
+    """The codec every worker uses: schemas from schemas/, ids from the registry when configured
+    (subjects by the events' topics in `topology`, default: the settings' topology file)."""
     store = store or SchemaStore(settings.schemas_path)
     if settings.schema_registry_url:
-        return AvroCodec(store, RegistrySchemaIds(store, settings))
+        return AvroCodec(store, RegistrySchemaIds(store, settings, topology=topology))
     return AvroCodec(store, LocalSchemaIds(store))

@@ -37,13 +37,22 @@ from tests.integration.helpers import every_dead_letter, free_port, good_order, 
 FAST_ROLES = "payment,inventory,notification"
 V1_STEPS = {"payment", "inventory", "shipping"}
 V2_STEPS = {"payment", "inventory", "delivery", "recheck"}
+NOTIFICATION_EVENTS = ("SendNotification", "NotificationSent", "NotificationFailed")
 IN_FLIGHT = 200
 AFTER = 100
 
 
 def v2_data(data: dict[str, Any]) -> dict[str, Any]:
-    """The demo topology with the order saga's v2: shipping renamed, a step added, a policy."""
+    """The demo topology with the order saga's v2: shipping renamed, a step added, a policy
+    changed, and no notification (its command, results, handler and topics gone from the file:
+    v1 sagas still notify, through the event types their recorded definition has)."""
     data = copy.deepcopy(data)
+    for saga in data["sagas"].values():
+        saga.pop("notify", None)
+    del data["handlers"]["notification"]
+    data["topics"] = [t for t in data["topics"] if not t["name"].startswith("notifications.")]
+    for name in NOTIFICATION_EVENTS:
+        del data["events"][name]
     steps = data["sagas"]["order"]["steps"]
     steps["delivery"] = steps.pop("shipping")
     undo = steps["delivery"]["compensation"]["inputs"]
@@ -63,6 +72,7 @@ def v2(ns: Any, tmp_path: Path) -> tuple[Settings, Topology]:
     )
     topology = load_topology(path, settings.schemas_path)
     assert topology.sagas["order"].shape != ns.topology.sagas["order"].shape
+    assert not set(NOTIFICATION_EVENTS) & set(topology.events)
     return settings, topology
 
 
@@ -135,7 +145,16 @@ def test_sagas_in_flight_on_v1_end_on_v1_while_new_ones_run_v2(
             k: s for k, s in steps.items() if k in second and s != ("SagaCompleted", V2_STEPS)
         } == {}
 
-        for topic in COMMAND_TOPICS:
+        # v1's notification, which only its recorded definition has: once per v1 saga (email)
+        notified = Counter(
+            m.key.decode()
+            for m in ns.client.read_to_end([ns.topic("notifications.commands")])
+            if m.event_type == "SendNotification"
+        )
+        assert {k: n for k, n in notified.items() if k in first and n < 1} == {}
+        assert set(first) <= set(notified) and not set(second) & set(notified)
+
+        for topic in (*COMMAND_TOPICS, "notifications.commands"):
             msgs = [m for m in ns.client.read_to_end([ns.topic(topic)]) if m.record]
             seen = Counter((m.record["idempotency_key"], m.record["meta"]["attempt"]) for m in msgs)
             assert {k: n for k, n in seen.items() if n > 1} == {}, f"a command twice on {topic}"
@@ -202,7 +221,8 @@ def test_a_state_of_an_unpublished_shape_waits_and_goes_on_once_it_is_published(
 
         book = DefinitionBook(v2_settings, v2_topology, SchemaStore(v2_settings.schemas_path))
         published = book.publish("test", time.time_ns() // 1_000_000)
-        assert [(d.saga, d.version) for d in published] == [("order", 2)]
+        # the loan saga's only change is a policy (no notification): an update of its v1
+        assert {(d.saga, d.version) for d in published} == {("order", 2), ("loan", 1)}
         (ended,) = wait_outcomes(ns, {"unpublished-1"}, running, timeout=60)
         assert (ended.event_type, set(ended.record["completed_steps"])) == (
             "SagaCompleted",

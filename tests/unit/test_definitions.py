@@ -20,7 +20,7 @@ from sagastream.runtime.definitions import (
     policies,
 )
 from sagastream.runtime.settings import Settings
-from sagastream.wire.codec import SchemaStore
+from sagastream.wire.codec import AvroCodec, LocalSchemaIds, SchemaStore, new_meta
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = SchemaStore(ROOT / "schemas")
@@ -142,3 +142,58 @@ def test_versions_say_current_draining_and_retired_with_their_running_instances(
     assert drained[1].state == "retired" and drained[1].running == 0
     lines = format_versions(rows)
     assert "SHAPE" in lines[0] and order_v1.shape in lines[2] and "draining" in lines[2]
+
+
+SHIPPING = (
+    "CreateShipment",
+    "CancelShipment",
+    "ShipmentCreated",
+    "ShipmentFailed",
+    "ShipmentCancelled",
+)
+
+
+def without_shipping(data: dict[str, Any]) -> None:
+    """A version of the order saga that dropped its shipping step, its events and topics."""
+    del data["sagas"]["order"]["steps"]["shipping"]
+    del data["handlers"]["shipping"]
+    data["topics"] = [t for t in data["topics"] if not t["name"].startswith("shipping.")]
+    for name in SHIPPING:
+        del data["events"][name]
+    failed = data["events"]["CompensationFailed"]
+    failed["topics"] = [t for t in failed["topics"] if t != "shipping.events"]
+
+
+def test_an_event_type_only_a_recorded_definition_has_joins_the_topology_and_schemas(
+    tmp_path: Path,
+) -> None:
+    v1 = book(topology()).unpublished("v1", 1)
+    directory = tmp_path / "schemas"
+    directory.mkdir()
+    for path in (ROOT / "schemas").glob("*.avsc"):
+        if path.stem not in SHIPPING:
+            (directory / path.name).write_text(path.read_text())
+    data = copy.deepcopy(DATA)
+    without_shipping(data)
+    v2 = parse_topology(data, "v2.yaml", directory)
+    store = SchemaStore(directory)
+    found = DefinitionBook(Settings(), v2, store)
+    found.take((d.key, d.encode()) for d in v1)
+
+    assert sorted(found.recorded_events()) == sorted(SHIPPING)
+    merged = found.with_recorded_events()
+    assert sorted(set(merged.events) - set(v2.events)) == sorted(SHIPPING)
+    assert found.recorded_events() == {}  # the book now runs on the merged topology
+    assert merged.events["ShipmentCreated"].all_topics == ("shipping.events",)
+    assert {"shipping.commands", "shipping.events"} <= set(merged.topic_map)
+    assert "shipping.events" not in v2.orchestrator_inputs()
+    assert "shipping.events" in merged.orchestrator_inputs(found.recorded_specs())
+    codec = AvroCodec(store, LocalSchemaIds(store))
+    command = {
+        "order_id": "o-1",
+        "shipping_address": "1 Main Street",
+        "items": [],
+        "idempotency_key": "k",
+    }
+    fields = {**command, "meta": new_meta("CreateShipment", "o-1", "unit")}
+    assert codec.decode(codec.encode("CreateShipment", fields)) == ("CreateShipment", fields)
