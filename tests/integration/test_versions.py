@@ -20,13 +20,16 @@ from typing import Any
 
 import pytest
 import yaml
+from confluent_kafka import KafkaError, Producer
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from sagastream.core.saga import Event, decide
 from sagastream.core.state import encode_state
 from sagastream.core.topology import Topology, load_topology
+from sagastream.ops.admin import admin_client
 from sagastream.ops.demo import WorkerSet
 from sagastream.ops.versions import versions
-from sagastream.runtime.definitions import DefinitionBook
+from sagastream.runtime.definitions import TOPIC, DefinitionBook
 from sagastream.runtime.kafka_io import Publisher
 from sagastream.runtime.outputs import Encoder
 from sagastream.runtime.settings import Settings
@@ -233,3 +236,44 @@ def test_a_state_of_an_unpublished_shape_waits_and_goes_on_once_it_is_published(
     finally:
         for worker in running:
             worker.stop()
+
+
+def refuse_definitions(ns: Any) -> None:
+    """The broker refuses every record of 1,000 bytes or more on the definitions topic (a saga
+    definition is several KB): set, then probed until it holds."""
+    topic = ns.topic(TOPIC)
+    entry = ConfigEntry("max.message.bytes", "1000", incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[entry])
+    admin = admin_client(ns.settings)  # kept: the futures die with their client
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
+    probe = Producer(ns.settings.producer_config())
+    deadline = time.monotonic() + 30
+    while True:
+        answers: list[KafkaError | None] = []
+        probe.produce(
+            topic, b"x" * 2000, on_delivery=lambda err, _msg, into=answers: into.append(err)
+        )
+        probe.flush(30)
+        if answers and answers[0] is not None:
+            return
+        assert time.monotonic() < deadline, f"{topic} still takes large records"
+        time.sleep(0.2)
+
+
+def test_an_orchestrator_whose_definitions_are_refused_does_not_start(
+    ns: Any, tmp_path: Path
+) -> None:
+    refuse_definitions(ns)
+    refused = WorkerSet(ns.settings, tmp_path / "refused")
+    refused.start(["orchestrator"])
+    try:
+        code = refused.procs["orchestrator"].wait(90)
+    finally:
+        refused.stop()
+    log = (tmp_path / "refused" / "orchestrator.log").read_text()
+    assert code != 0
+    assert "records were not written" in log and ns.topic(TOPIC) in log
+    assert "MSG_SIZE_TOO_LARGE" in log
+    # it consumed nothing: no consumer group of the orchestrator was ever joined
+    assert "orchestrator consuming" not in log
