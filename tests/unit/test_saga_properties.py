@@ -643,6 +643,4 @@ def _without_data(decision: Decision) -> Decision:
     """The decision with its state's kept fields and shape left out (a `when` is part of the
     shape, so the two definitions differ in it, as they should)."""
     state = decision.state
-    return replace(
-        decision, state=None if state is None else {**state, "data": None, "shape": None}
-    )
+    return replace(decision, state=None if state is None else {**state, "data": None, "shape": None})
