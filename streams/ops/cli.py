@@ -67,7 +67,7 @@ def _topics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _topology(args: argparse.Namespace) -> int:
+def _topology_versions(args: argparse.Namespace) -> int:
     import dataclasses
 
     from sagastream.core.topology import load_topology
@@ -449,6 +449,13 @@ def _add_topology(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     td.add_argument("--json", action="store_true", help="the findings as JSON")
     td.set_defaults(func=_topology_diff)
+    tv = tp_sub.add_parser(
+        "versions",
+        help="per saga each published version: its shape, when it was published, its running "
+        "instances (from the state changelog) and whether it is current, draining or retired",
+    )
+    tv.add_argument("--json", action="store_true", help="the rows as JSON")
+    tv.set_defaults(func=_topology_versions)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -478,16 +485,6 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("topics", help="manage the topology's topics")
     t.add_argument("action", choices=["create"])
     t.set_defaults(func=_topics)
-
-    tp = sub.add_parser("topology", help="the published versions of the topology's sagas")
-    tp.add_argument(
-        "action",
-        choices=["versions"],
-        help="versions: per saga each version, its shape, when it was published, its running "
-        "instances (from the state changelog) and whether it is current, draining or retired",
-    )
-    tp.add_argument("--json", action="store_true", help="print the rows as JSON")
-    tp.set_defaults(func=_topology)
 
     d = sub.add_parser("demo", help="run the order saga demo end to end")
     d.add_argument("--orders", type=int, default=200)
