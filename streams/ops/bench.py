@@ -466,7 +466,9 @@ def _saga_phase(
     registered = register_subjects(Registry.for_settings(settings), subjects)
     if any(o.failed for o in registered):
         refused = ", ".join(o.subject.name for o in registered if o.failed)
-        raise ClusterError(f"schema registry {redact_url(str(settings.schema_registry_url))} refused {refused}")
+        raise ClusterError(
+            f"schema registry {redact_url(str(settings.schema_registry_url))} refused {refused}"
+        )
     workers = WorkerSet(settings, run.log_dir / settings.topic_prefix.removeprefix(run.prefix))
     client = EventClient(settings, topology, build_codec(settings), "bench")
     try:

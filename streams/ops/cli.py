@@ -144,7 +144,9 @@ def _schemas(args: argparse.Namespace) -> int:
     outcomes = (check_subjects if checking else register_subjects)(
         Registry.for_settings(settings, url), subjects
     )
-    print(f"schema registry {redact_url(url)}: {len(subjects)} subjects, schemas from {store.directory}")
+    print(
+        f"schema registry {redact_url(url)}: {len(subjects)} subjects, schemas from {store.directory}"
+    )
     print("\n".join(report(outcomes, checking)))
     return 1 if any(o.failed for o in outcomes) else 0
 

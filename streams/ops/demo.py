@@ -273,8 +273,13 @@ def _run_orders(infra: Infrastructure, orders: int, seed: int, timeout: float, o
         registered = register_subjects(Registry.for_settings(settings, registry_url), subjects)
         if any(o.failed for o in registered):
             refused = ", ".join(o.subject.name for o in registered if o.failed)
-            raise ClusterError(f"schema registry {redact_url(registry_url)} refused schemas for {refused}")
-        print(f"schema registry {redact_url(registry_url)}: registered {len(subjects)} subjects", file=out)
+            raise ClusterError(
+                f"schema registry {redact_url(registry_url)} refused schemas for {refused}"
+            )
+        print(
+            f"schema registry {redact_url(registry_url)}: registered {len(subjects)} subjects",
+            file=out,
+        )
         t0 = time.monotonic()
         roles = ["orchestrator", *topology.handlers_for("order")]
         workers.start(roles)

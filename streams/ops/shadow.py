@@ -420,9 +420,7 @@ def remove_shadow(shadow: Settings, topology: Topology, schemas: SchemaStore) ->
             time.sleep(0.5)
     shutil.rmtree(shadow.data_dir / group, ignore_errors=True)
     if shadow.schema_registry_url:
-        delete_subjects(
-            Registry.for_settings(shadow), plan_subjects(topology, schemas, shadow)
-        )
+        delete_subjects(Registry.for_settings(shadow), plan_subjects(topology, schemas, shadow))
 
 
 def _utc(ms: int) -> str:

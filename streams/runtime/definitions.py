@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +22,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from sagastream.core.topology import SagaSpec, Topology, saga_event_types
-from sagastream.errors import SagastreamError
-from sagastream.runtime.kafka_io import Publisher, read_to_end
+from sagastream.errors import ClusterError, SagastreamError
+from sagastream.runtime.kafka_io import Publisher, read_ranges, reader, whole
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import SchemaStore
 
@@ -153,13 +155,28 @@ class DefinitionBook:
         self.schemas = schemas
         self.topic = settings.topic(TOPIC)
         self._known: dict[tuple[str, str], Definition] = {}
+        self.read_at = -math.inf  # when the topic was last read to its end (monotonic)
 
-    def read(self) -> None:
-        """Read the topic to its end, committed records only."""
-        messages = read_to_end(
-            self.settings, [self.topic], "sagastream-definitions", READ_TIMEOUT_S
-        )
-        self.take((msg.key() or b"", msg.value()) for msg in messages)
+    def read(self, patience: float = READ_TIMEOUT_S) -> None:
+        """Read the topic to its end, committed records only. A topic created a moment ago
+        may have no leader yet: asked again for up to `patience` seconds, then ClusterError."""
+        deadline = time.monotonic() + patience
+        while True:
+            # its end is what a read waits for: told at once, not after a fetch's long wait
+            consumer = reader(self.settings, "sagastream-definitions", **{"fetch.wait.max.ms": 10})
+            try:
+                ranges = whole(consumer, [self.topic])
+                records = read_ranges(consumer, ranges, time.monotonic() + READ_TIMEOUT_S)
+                self.take((msg.key() or b"", msg.value()) for msg in records)
+                self.read_at = time.monotonic()
+                return
+            except ClusterError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("%s; reading it again", exc)
+                time.sleep(0.5)
+            finally:
+                consumer.close()
 
     def take(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
         """Know what these records of the topic say, in offset order, and nothing else: the
@@ -191,10 +208,12 @@ class DefinitionBook:
             due.append(recorded(self.topology, self.schemas, saga, version, now_ms, by))
         return due
 
-    def publish(self, by: str, now_ms: int) -> list[Definition]:
-        """Read the topic, then publish what `unpublished` names, with confirmed delivery:
-        DeliveryFailed if the broker refused any record. Returns what was published."""
-        self.read()
+    def publish(self, by: str, now_ms: int, fresh_s: float = 0.0) -> list[Definition]:
+        """Read the topic (unless it was read within `fresh_s` seconds), then publish what
+        `unpublished` names, with confirmed delivery: DeliveryFailed if the broker refused any
+        record. Returns what was published."""
+        if time.monotonic() - self.read_at > fresh_s:
+            self.read()
         due = self.unpublished(by, now_ms)
         if due:
             publisher = Publisher(self.settings.producer_config())

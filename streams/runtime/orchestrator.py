@@ -284,7 +284,8 @@ class Orchestrator:
         """Before anything is consumed, the file's definitions are on the definitions topic, so
         no state is pinned to an unpublished shape. A refused write (DeliveryFailed) or a
         missing topic (ClusterError) stops the worker with the reason."""
-        published = self.book.publish(self.instance.transactional_id, now_ms())
+        # the worker read the topic a moment ago, before it built the topology and codec
+        published = self.book.publish(self.instance.transactional_id, now_ms(), SHAPE_RETRY_S)
         self._book_read = time.monotonic()
         for found in published:
             log.warning(
@@ -484,8 +485,13 @@ class Orchestrator:
         return self.book.spec(saga, shape)
 
     def _reread_definitions(self) -> None:
-        self.book.read()
+        """Read the definitions topic again; while it cannot be read, what was read before
+        stays (an input whose shape is still unknown goes on waiting)."""
         self._book_read = time.monotonic()
+        try:
+            self.book.read(patience=0)  # the loop must go on: the next miss asks again
+        except (ClusterError, KafkaException, TimeoutError) as exc:
+            log.warning("cannot read %s again (%s); keeping what was read", self.book.topic, exc)
 
     def _wait_for_definition(self, msg: Message, exc: ShapeUnknown) -> None:
         """Its partition waits (paused, rewound to it) and reads the topic again later."""
