@@ -36,7 +36,13 @@ from confluent_kafka import (
 
 from sagastream.core.saga import TERMINAL, Event, caused_by, decide, saga_for
 from sagastream.core.state import StateEncodingError, decode_state, encode_state
-from sagastream.core.topology import LIFECYCLE_EVENT, TIMER_EVENT, SagaSpec, Topology
+from sagastream.core.topology import (
+    LIFECYCLE_EVENT,
+    TIMER_EVENT,
+    SagaSpec,
+    Topology,
+    saga_event_types,
+)
 from sagastream.errors import ClusterError, SagastreamError
 from sagastream.runtime.checkpoint import (
     Checkpoint,
@@ -132,12 +138,16 @@ class Instance:
 class ShapeUnknown(SagastreamError, RuntimeError):
     """A saga state pinned to a shape no definitions record has (yet): its input waits."""
 
-    def __init__(self, saga: str, shape: str | None, topic: str) -> None:
+    def __init__(self, saga: str, shape: str | None, topic: str, missing: list[str]) -> None:
         what = f"shape {shape}" if shape else "no shape (a state from before versions)"
         super().__init__(
             f"saga {saga} with {what} has no definition in {topic}: its inputs wait until "
             "one is published (run the orchestrator of that version, or `sagastream topics "
             "create` with its topology file)"
+            if not missing
+            else f"saga {saga} with {what} uses event types this orchestrator did not load "
+            f"({', '.join(missing)}: published after it started); its inputs wait until it "
+            "is restarted, which reads them"
         )
 
 
@@ -185,6 +195,7 @@ class Orchestrator:
         self._book_read = 0.0  # when the definitions topic was last read (monotonic)
         # partitions waiting for a definition of the shape of a state: why, for /readyz
         self.shape_waits: dict[tuple[str, int], str] = {}
+        self._unloaded_by_shape: dict[str, list[str]] = {}
         # running (not ended) saga instances per store partition, by saga and shape
         self.running: dict[int, dict[tuple[str, str | None], int]] = {}
         self.book = book or DefinitionBook(settings, topology, schemas)
@@ -354,6 +365,13 @@ class Orchestrator:
         self.health.registry_back(where)
         if self._failures.pop(where, None) is not None and not self._failures:
             self.metrics.registry_up.labels(ROLE).set(1)
+        try:
+            # before a transaction begins: one holding only a wait could not commit
+            if isinstance(got, Decoded):
+                self._definition_known(where[1], got.key)
+        except ShapeUnknown as exc:
+            self._wait_for_definition(msg, exc)
+            return
         ckpt.begin()
         try:
             rejected = got if isinstance(got, Rejected) else self._decide(where[1], got, msg)
@@ -475,8 +493,26 @@ class Orchestrator:
             self._reread_definitions()
             spec = self._recorded(saga, shape)
         if spec is None:
-            raise ShapeUnknown(saga, shape, self.book.topic)
+            raise ShapeUnknown(saga, shape, self.book.topic, [])
+        if missing := self._unloaded(spec):
+            raise ShapeUnknown(saga, shape, self.book.topic, missing)
         return spec
+
+    def _unloaded(self, spec: SagaSpec) -> list[str]:
+        """Event types of a definition the topology, codec and encoder were not built with."""
+        found = self._unloaded_by_shape.get(spec.shape)
+        if found is None:
+            events = dict.fromkeys(saga_event_types(spec))
+            found = [e for e in events if e not in self.topology.events]
+            self._unloaded_by_shape[spec.shape] = found
+        return found
+
+    def _definition_known(self, partition: int, key: bytes) -> None:
+        """ShapeUnknown if the saga stored under `key` has no definition this process can use."""
+        assert self._ckpt is not None
+        state = self._ckpt.state(partition, self.stores[partition], key)
+        if state is not None:
+            self._spec_of(state)
 
     def _recorded(self, saga: str, shape: str | None) -> SagaSpec | None:
         if shape is None:

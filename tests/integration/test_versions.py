@@ -220,6 +220,7 @@ def test_a_state_of_an_unpublished_shape_waits_and_goes_on_once_it_is_published(
             status, body = http_get(port, "/readyz")
             reason = json.dumps(json.loads(body).get("reasons", {}))
         assert status == 503 and "saga order with shape " + shape in reason
+        assert "aborted" not in reason  # a wait opens no transaction it could not commit
         assert outcomes(ns) == [] and every_dead_letter(ns) == []
 
         book = DefinitionBook(v2_settings, v2_topology, SchemaStore(v2_settings.schemas_path))
@@ -277,3 +278,43 @@ def test_an_orchestrator_whose_definitions_are_refused_does_not_start(
     assert "MSG_SIZE_TOO_LARGE" in log
     # it consumed nothing: no consumer group of the orchestrator was ever joined
     assert "orchestrator consuming" not in log
+
+
+def test_a_definition_with_event_types_published_after_the_start_waits_for_a_restart(
+    ns: Any, tmp_path: Path, v2: tuple[Settings, Topology]
+) -> None:
+    v2_settings, _ = v2
+    stored_on(ns, ns.settings, ns.topology, "older-1")  # a v1 order, under way
+    port = free_port()
+    handlers = workers(ns.settings, tmp_path / "handlers", f"{FAST_ROLES},shipping")
+    # v2 has no notifications, and no v1 record is there when it starts
+    v2_env = {"SAGASTREAM_METRICS_PORT": str(port)}
+    orchestrator = workers(v2_settings, tmp_path / "v2", "orchestrator", **v2_env)
+    try:
+        book = DefinitionBook(ns.settings, ns.topology, SchemaStore(ns.settings.schemas_path))
+        assert book.publish("test", time.time_ns() // 1_000_000)  # v1, after v2 started
+        reason = ""
+        deadline = time.monotonic() + 60
+        while "SendNotification" not in reason and time.monotonic() < deadline:
+            time.sleep(1)
+            reason = json.dumps(json.loads(http_get(port, "/readyz")[1]).get("reasons", {}))
+        assert "uses event types this orchestrator did not load" in reason
+        assert "SendNotification" in reason and "aborted" not in reason
+        assert outcomes(ns) == [] and every_dead_letter(ns) == []
+
+        code, _ = orchestrator.terminate("orchestrator")
+        assert code == 0
+        orchestrator.start(["orchestrator"], extra_env=v2_env)  # it reads them at start
+        (ended,) = wait_outcomes(ns, {"older-1"}, [handlers, orchestrator], timeout=60)
+        assert (ended.event_type, set(ended.record["completed_steps"])) == (
+            "SagaCompleted",
+            V1_STEPS,
+        )
+        notified = ns.client.read_to_end([ns.topic("notifications.commands")])
+        sent = [m for m in notified if m.event_type == "SendNotification" and m.record]
+        assert {m.key for m in sent} == {b"older-1"}  # a command per channel its rules choose
+        assert len({m.record["idempotency_key"] for m in sent}) == len(sent)
+        assert every_dead_letter(ns) == []
+    finally:
+        handlers.stop()
+        orchestrator.stop()
