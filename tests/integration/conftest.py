@@ -350,3 +350,13 @@ def start_workers(ns: Namespace, tmp_path: Path) -> Iterator[Callable[..., Worke
 def workers(start_workers: Callable[..., WorkerSet]) -> WorkerSet:
     """An orchestrator process and a process with every order handler, ready to consume."""
     return start_workers("orchestrator", HANDLERS)
+
+
+@pytest.fixture(scope="session")
+def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A SASL_SSL + mTLS node with ACLs (tests/integration/secured.py), for the tests that ask."""
+    from tests.integration.secured import start_secured
+
+    found = start_secured(tmp_path_factory.mktemp("secured"))
+    yield found
+    found.stop()
