@@ -21,6 +21,11 @@ class ClusterError(SagastreamError, RuntimeError):
     """The brokers are not as the command needs them: a topic missing, a group still active."""
 
 
+class NotAuthorized(ClusterError):
+    """The brokers refused an operation to this principal: the message names the principal,
+    the operation and the resource, and `sagastream acls` prints what the role needs."""
+
+
 class NotFound(SagastreamError, KeyError):
     """Something named does not exist: a schema, an event type, a saga."""
 

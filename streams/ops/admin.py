@@ -3,14 +3,15 @@ topology asks for, check what exists."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, TopicMetadata
 
 from sagastream.core.topology import Defaults, Topology
-from sagastream.errors import SagastreamError, UsageError
+from sagastream.errors import NotAuthorized, SagastreamError, UsageError
+from sagastream.ops.acls import refused
 from sagastream.runtime.definitions import TOPIC as DEFINITIONS_TOPIC
 from sagastream.runtime.settings import Settings
 
@@ -70,8 +71,15 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(settings.librdkafka())
 
 
-def create_topics(settings: Settings, topology: Topology, timeout: float = 30.0) -> TopicReport:
-    """Create every topic and dead-letter topic of the topology; running it twice is a no-op."""
+def create_topics(
+    settings: Settings,
+    topology: Topology,
+    timeout: float = 30.0,
+    only: Collection[str] | None = None,
+    role: str = "topic-creator",
+) -> TopicReport:
+    """Create every topic and dead-letter topic of the topology (or the physical topics `only`
+    names), asking for CREATE only for what is missing; running it twice is a no-op."""
     admin = admin_client(settings)
     metadata = admin.list_topics(timeout=timeout)
     chosen = durability(topology.defaults, len(metadata.brokers), settings.bootstrap_servers)
@@ -91,6 +99,8 @@ def create_topics(settings: Settings, topology: Topology, timeout: float = 30.0)
             1,
             {"cleanup.policy": "compact", **chosen.topic_config()},
         )
+    if only is not None:
+        wanted = {name: spec for name, spec in wanted.items() if name in only}
     existing = sorted(t for t in wanted if t in metadata.topics)
     for name in existing:
         have = len(metadata.topics[name].partitions)
@@ -112,8 +122,24 @@ def create_topics(settings: Settings, topology: Topology, timeout: float = 30.0)
             try:
                 future.result()
                 created.append(name)
-            except Exception as exc:  # a concurrent creator is fine
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+            except KafkaException as exc:  # a concurrent creator is fine
+                code = exc.args[0].code()
+                if code in (
+                    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+                ):
+                    raise NotAuthorized(
+                        refused(
+                            settings,
+                            "CREATE",
+                            f"topic {name}, which it does not see (missing, or no DESCRIBE "
+                            "or READ on it for this principal)",
+                            role,
+                        )
+                        + "; or create the topics first: `sagastream topics create` as the "
+                        "topic creator"
+                    ) from None
+                if code != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
                 existing.append(name)
     weaker = _weaker(

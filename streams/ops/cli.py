@@ -14,6 +14,7 @@ from sagastream.runtime.settings import Settings
 if TYPE_CHECKING:
     from sagastream.ops.client import EventClient
     from sagastream.ops.dlq import Redrive
+    from sagastream.runtime.kafka_io import DeliveryFailed
 
 
 def _broker(args: argparse.Namespace) -> int:
@@ -42,6 +43,30 @@ def _worker(args: argparse.Namespace) -> int:
     if args.app:
         settings = settings.model_copy(update={"app": args.app})
     return run_worker(settings, args.role, args.loglevel)
+
+
+def _acls(args: argparse.Namespace) -> int:
+    from sagastream.core.topology import load_topology
+    from sagastream.ops import acls
+
+    settings = Settings()
+    topology = load_topology(settings.topology_file, settings.schemas_path)
+    known = acls.roles(topology)
+    if args.all == (args.role is not None):
+        raise UsageError(f"give --role ROLE or --all (roles: {', '.join(known)})")
+    chosen = known if args.all else [args.role]
+    principals = acls.parse_principal_map(args.principal_map, known)
+    found = acls.generate(settings, topology, chosen, principals)
+    print("# ACL bindings")
+    for acl in found:
+        print(acl.binding())
+    print("\n# kafka-acls.sh commands (admin.properties: a super user's connection)")
+    for acl in found:
+        print(acl.command(settings.bootstrap_servers))
+    if args.apply:
+        settings.check_librdkafka()
+        print(f"\ncreated {acls.apply(settings, found)} ACLs at {settings.bootstrap_servers}")
+    return 0
 
 
 def _topics(args: argparse.Namespace) -> int:
@@ -484,6 +509,28 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--loglevel", default="warning")
     w.set_defaults(func=_worker)
 
+    ac = sub.add_parser(
+        "acls",
+        help="the least-privilege Kafka ACLs of each role (bindings and kafka-acls.sh commands)",
+    )
+    ac.add_argument(
+        "--role",
+        default=None,
+        help="orchestrator, a handler role, topic-creator, operator or operator-readonly",
+    )
+    ac.add_argument("--all", action="store_true", help="every role")
+    ac.add_argument(
+        "--principal-map",
+        action="append",
+        default=[],
+        metavar="ROLE=User:NAME",
+        help="the principal a role runs as (repeatable; default User:<role>)",
+    )
+    ac.add_argument(
+        "--apply", action="store_true", help="create them through the Admin API (as a super user)"
+    )
+    ac.set_defaults(func=_acls)
+
     t = sub.add_parser("topics", help="manage the topology's topics")
     t.add_argument("action", choices=["create"])
     t.set_defaults(func=_topics)
@@ -718,6 +765,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _refusals(exc: DeliveryFailed) -> list[str]:
+    """Who may not write where, for each topic the broker refused this principal."""
+    from sagastream.ops.acls import OPERATOR, refused
+
+    topics = sorted({d.topic for d in exc.failed if "AUTHORIZATION_FAILED" in (d.error or "")})
+    return [refused(Settings(), "WRITE", f"topic {topic}", OPERATOR) for topic in topics]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # a project's own modules (its app, its events) are importable from its folder, as with
@@ -734,6 +789,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except DeliveryFailed as exc:
         print(f"sagastream {args.command}: {exc}", file=sys.stderr)
+        for line in _refusals(exc):
+            print(f"sagastream {args.command}: {line}", file=sys.stderr)
         return 1
     except (SagastreamError, LocalToolError, TimeoutError) as exc:
         # expected: the message says what and what to do; anything else is a bug and shows

@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import SecretStr
+
 from sagastream.core.topology import load_topology
 from sagastream.errors import ClusterError, SagastreamError
 from sagastream.runtime.settings import Settings
@@ -195,6 +197,30 @@ def settings_env(settings: Settings) -> dict[str, str]:
         env["SAGASTREAM_APP"] = settings.app
     if settings.schema_registry_url:
         env["SAGASTREAM_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
+    return {**env, **_connection_env(settings)}
+
+
+# the connection settings a worker inherits as they are (secrets included: its own environment)
+_CONNECTION = (
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_key_password",
+    "librdkafka_file",
+)
+
+
+def _connection_env(settings: Settings) -> dict[str, str]:
+    env = {}
+    for name in _CONNECTION:
+        value = getattr(settings, name)
+        if value is not None:
+            text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            env[f"SAGASTREAM_{name.upper()}"] = text
     return env
 
 

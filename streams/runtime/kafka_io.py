@@ -195,8 +195,21 @@ class Publisher:
         deadline = time.monotonic() + timeout
         for pending in chosen:
             while not pending.done and (left := deadline - time.monotonic()) > 0:
-                self._producer.poll(min(0.1, left))
+                try:
+                    self._producer.poll(min(0.1, left))
+                except KafkaException as exc:  # fatal: say so for each record, as its answer
+                    self._fail_all(chosen, exc.args[0])
         return [p.answer(timeout) for p in chosen]
+
+    @staticmethod
+    def _fail_all(records: Iterable[Pending], err: KafkaError) -> None:
+        """A fatal producer error (an idempotent producer refused its id, when this principal
+        may write no topic at all) is the answer of every record still waiting."""
+        for pending in records:
+            if not pending.done:
+                pending.settle(
+                    Delivery(pending.topic, pending.key, error=f"{err.name()}: {err.str()}")
+                )
 
     def close(self, timeout: float = 10.0) -> None:
         """Confirm what is still queued, then let go of the broker connections."""
@@ -216,13 +229,11 @@ class Publisher:
 def reader(settings: Settings, purpose: str, **extra: Any) -> Consumer:
     """A consumer of committed records for assigned partitions, told at once of their end.
 
-    Its group (`<purpose>-<random>`) is never joined or committed to: it only names the client.
+    Its group (`<prefix><app_id>-ops-<purpose>-<random>`) is never joined or committed to: it
+    only names the client, under one prefix an operator's ACL can grant (`sagastream acls`).
     """
-    return Consumer(
-        settings.consumer_config(
-            f"{purpose}-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True, **extra}
-        )
-    )
+    group = f"{settings.group('ops')}-{purpose}-{uuid.uuid4().hex[:8]}"
+    return Consumer(settings.consumer_config(group, **{"enable.partition.eof": True, **extra}))
 
 
 def partitions(consumer: Consumer, topic: str) -> list[int]:

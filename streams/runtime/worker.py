@@ -20,7 +20,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sagastream.core.topology import Topology, load_topology
-from sagastream.errors import UsageError
+from sagastream.errors import SagastreamError, UsageError
 from sagastream.runtime import health
 from sagastream.runtime.definitions import DefinitionBook
 from sagastream.runtime.health import Check
@@ -57,23 +57,41 @@ def parse_roles(spec: str, topology: Topology) -> list[str]:
     return roles
 
 
-def record_limits(settings: Settings, topology: Topology) -> RecordLimits:
-    """max_record_bytes, lowered for every topic a worker writes that accepts less."""
-    topics = [settings.topic(name) for name, _, _ in topology.all_topic_configs()]
-    if topology.sagas:
-        topics.append(settings.changelog_topic())
-    return discover(settings, topics)
+def written_topics(settings: Settings, topology: Topology, roles: list[str]) -> list[str]:
+    """The physical topics the `roles` write: all a worker asks the broker about."""
+    from sagastream.ops.acls import handler_topics, orchestrator_topics
+
+    topics: list[str] = []
+    for role in roles:
+        if role == ORCHESTRATOR:
+            topics += orchestrator_topics(settings, topology)[1]
+        else:
+            topics += handler_topics(role, settings, topology)[1]
+    return list(dict.fromkeys(topics))
+
+
+def record_limits(
+    settings: Settings, topology: Topology, roles: list[str] | None = None
+) -> RecordLimits:
+    """max_record_bytes, lowered for every topic the `roles` (default: all) write that accepts
+    less."""
+    return discover(settings, written_topics(settings, topology, roles or roles_of(topology)))
 
 
 def _create_topics(settings: Settings, topology: Topology, failures: int) -> bool:
-    """One try at creating what is missing of the topics (the changelog above all); False, and
-    said, while the brokers do not answer (after `failures` tries already)."""
+    """One try at creating what is missing of the orchestrator's own topics (the changelog above
+    all), with no CREATE asked for when they are there; False, and said, while the brokers do
+    not answer (after `failures` tries already)."""
     from confluent_kafka import KafkaError, KafkaException
 
+    from sagastream.ops.acls import orchestrator_topics
     from sagastream.ops.admin import create_topics
 
+    reads, writes = orchestrator_topics(settings, topology)
     try:
-        report = create_topics(settings, topology, timeout=10)  # idempotent
+        report = create_topics(
+            settings, topology, timeout=10, only={*reads, *writes}, role=ORCHESTRATOR
+        )  # idempotent
     except KafkaException as exc:
         log.warning(
             "waiting for the brokers at %s to create the topics (%s); next try in %.1fs",
@@ -150,7 +168,7 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     # learn every schema id before consuming; if the registry is down, inputs wait and retry
     with contextlib.suppress(RegistryUnavailable):
         codec.prepare(topology.events)
-    limits = record_limits(settings, topology)
+    limits = record_limits(settings, topology, roles)
 
     runners: dict[str, Callable[[threading.Event], None]] = {}
     # per role: is its loop advancing (/healthz), is it ready (/readyz)
@@ -204,6 +222,10 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     def guarded(role: str, run: Callable[[threading.Event], None]) -> None:
         try:
             run(stop)
+        except SagastreamError as exc:  # expected, and explained by its message
+            log.error("role %s stopped the worker: %s", role, exc)
+            failed.append(role)
+            stop.set()
         except Exception:
             log.exception("role %s failed; stopping the worker", role)
             failed.append(role)

@@ -168,9 +168,7 @@ class SecuredBroker:
         deadline = time.monotonic() + 30
         while True:
             try:
-                probe = AdminClient(
-                    self.scram(Settings(), user).librdkafka() | {"log_level": 0}
-                )
+                probe = AdminClient(self.scram(Settings(), user).librdkafka() | {"log_level": 0})
                 probe.list_topics(timeout=5)
                 return
             except Exception:

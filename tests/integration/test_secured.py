@@ -1,0 +1,245 @@
+"""sagastream on a secured broker (tests/integration/secured.py): every role under only the ACLs
+`sagastream acls` generated for it, over SASL_SSL (SCRAM-SHA-512) and over mTLS; a role with one
+ACL fewer fails naming the principal, the operation and the resource."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sagastream.core.topology import load_topology
+from sagastream.ops import acls
+from sagastream.ops.admin import admin_client
+from sagastream.ops.client import EventClient
+from sagastream.ops.demo import WorkerSet, settings_env
+from sagastream.runtime.settings import Settings
+from sagastream.wire.codec import SchemaStore
+from sagastream.wire.registry import build_codec
+from tests.integration.conftest import Namespace, SchemaRegistry
+from tests.integration.helpers import good_order, lifecycle, loan_applied, wait_outcomes
+from tests.integration.secured import SecuredBroker
+from tests.integration.test_dlq_tool import _dead_letter
+
+pytestmark = pytest.mark.integration
+
+ORDER_HANDLERS = ("payment", "inventory", "shipping", "notification")
+Connect = Callable[[Settings, str], Settings]
+
+
+def cli(settings: Settings, *args: str, env: dict[str, str] | None = None) -> Any:
+    """`sagastream ARGS` as a process with these settings (and no other SAGASTREAM_*)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SAGASTREAM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "sagastream.ops.cli", *args],
+        env={**clean, **settings_env(settings), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+class Deployment:
+    """One test's world on the secured broker: a prefix, a principal per role, its ACLs."""
+
+    def __init__(
+        self, broker: SecuredBroker, registry: SchemaRegistry, tmp: Path, connect: str
+    ) -> None:
+        self.prefix = f"s{uuid.uuid4().hex[:8]}-"
+        self.tmp = tmp
+        base = Settings(schema_registry_url=registry.url, topic_prefix=self.prefix)
+        self.base = base.model_copy(update={"data_dir": tmp / "data"})
+        self.broker = broker
+        self.connect: Connect = broker.scram if connect == "scram" else broker.mtls
+        self.admin = broker.admin(self.base)
+        self.topology = load_topology(self.base.topology_file, self.base.schemas_path)
+        self.workers: list[WorkerSet] = []
+
+    def name(self, role: str) -> str:
+        return f"{self.prefix}{role}"
+
+    def principal(self, role: str) -> str:
+        return (
+            f"User:{self.name(role)}"
+            if self.connect == self.broker.scram
+            else (f"User:CN={self.name(role)}")
+        )
+
+    def settings(self, role: str) -> Settings:
+        return self.connect(self.base, self.name(role))
+
+    def grant(
+        self, roles: list[str], drop: acls.Acl | None = None, principal: str | None = None
+    ) -> list[acls.Acl]:
+        """The generated ACLs of `roles` (each as its own principal, or all as `principal`)
+        applied by the admin, less `drop`."""
+        found = acls.generate(
+            self.base, self.topology, roles, {r: principal or self.principal(r) for r in roles}
+        )
+        acls.apply(self.admin, [a for a in found if a != drop])
+        return found
+
+    def start(self, role: str, as_role: str | None = None) -> WorkerSet:
+        """A worker process of `role` (roles) connecting as the principal of `as_role`."""
+        ws = WorkerSet(self.settings(as_role or role), self.tmp / f"logs-{as_role or role}")
+        self.workers.append(ws)
+        ws.start([role])
+        return ws
+
+    def namespace(self, role: str) -> Namespace:
+        settings = self.settings(role)
+        client = EventClient(settings, self.topology, build_codec(settings), "test")
+        return Namespace(settings, self.topology, client)
+
+
+@pytest.fixture(params=["scram", "mtls"])
+def deployment(
+    request: pytest.FixtureRequest,
+    secured_broker: SecuredBroker,
+    registry: SchemaRegistry,
+    tmp_path: Path,
+) -> Iterator[Deployment]:
+    from sagastream.ops.admin import delete_topics
+    from sagastream.wire.registry import Registry, delete_subjects, plan_subjects, register_subjects
+
+    found = Deployment(secured_broker, registry, tmp_path, request.param)
+    subjects = plan_subjects(found.topology, SchemaStore(found.base.schemas_path), found.base)
+    schemas = Registry(registry.url)
+    assert not [o for o in register_subjects(schemas, subjects) if o.failed]
+    yield found
+    for ws in found.workers:
+        ws.stop()
+    delete_topics(found.admin, found.prefix)
+    delete_subjects(schemas, subjects)
+
+
+def test_acls_command_prints_bindings_and_commands_and_applies_them(
+    deployment: Deployment,
+) -> None:
+    """`sagastream acls --role ... --apply` as the admin: the bindings, the kafka-acls.sh lines,
+    and the ACLs really on the broker afterwards."""
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    principal = deployment.principal("payment")
+    done = cli(
+        deployment.admin,
+        *("acls", "--role", "payment", "--principal-map", f"payment={principal}", "--apply"),
+    )
+    assert done.returncode == 0, done.stderr
+    commands = [line for line in done.stdout.splitlines() if line.startswith("kafka-acls.sh")]
+    assert (
+        f"--allow-principal '{principal}' --operation Read --topic "
+        f"'{deployment.prefix}payments.commands'" in "\n".join(commands)
+    )
+    assert "created 7 ACLs" in done.stdout
+
+    query = AclBindingFilter(
+        ResourceType.ANY,
+        None,
+        ResourcePatternType.ANY,
+        principal,
+        None,
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
+    admin = admin_client(deployment.admin)
+    on_broker = admin.describe_acls(query).result(30)
+    assert len(on_broker) == len(commands) == 7
+
+
+def test_order_saga_each_role_under_its_generated_acls_only(deployment: Deployment) -> None:
+    """Topics made by the topic creator, the orchestrator and four handler processes as their
+    own principals, an order started by the client role: the saga completes; the operators show
+    it and list the dead letters; the read-only operator may not signal."""
+    roles = ["orchestrator", *ORDER_HANDLERS, "client", "topic-creator", "operator"]
+    deployment.grant([*roles, "operator-readonly"])
+    # the loan's checks as one process and principal with both roles' ACLs
+    deployment.grant(["credit", "documents"], principal=deployment.principal("loan-checks"))
+    created = cli(deployment.settings("topic-creator"), "topics", "create")
+    assert created.returncode == 0, created.stderr
+    started = [deployment.start(role) for role in ("orchestrator", *ORDER_HANDLERS)]
+    started.append(deployment.start("credit,documents", as_role="loan-checks"))
+    for ws in started:
+        ws.wait_ready()
+
+    shop = deployment.namespace("client")
+    shop.client.publish("OrderPlaced", "o-1", good_order("o-1"))
+    shop.client.flush()
+    shop.client.close()
+    viewer = deployment.namespace("operator-readonly")
+    outcome = wait_outcomes(viewer, {"o-1"}, timeout=90)["o-1"]
+    viewer.client.close()
+    assert outcome.event_type == "SagaCompleted"
+
+    for role in ("operator", "operator-readonly"):
+        shown = cli(deployment.settings(role), "saga", "show", "order", "o-1")
+        assert shown.returncode == 0, shown.stderr
+        assert "completed" in shown.stdout.lower()
+        listed = cli(deployment.settings(role), "dlq", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "Traceback" not in listed.stderr
+
+    # a dead letter the orchestrator wrote (planted here by the admin), fixed: the operator
+    # sends it back to its source topic and the saga runs
+    planted = deployment.namespace("admin-planter")
+    planted.settings = deployment.admin
+    planted.client = EventClient(
+        deployment.admin, deployment.topology, build_codec(deployment.admin), "test"
+    )
+    _dead_letter(planted, "o-2")
+    planted.client.flush()
+    planted.client.close()
+    redriven = cli(
+        deployment.settings("operator"), "dlq", "redrive", "--topic", "orders.events", "--execute"
+    )
+    assert redriven.returncode == 0, redriven.stderr + redriven.stdout
+    viewer = deployment.namespace("operator-readonly")
+    assert wait_outcomes(viewer, {"o-2"}, timeout=90)["o-2"].event_type == "SagaCompleted"
+    viewer.client.close()
+
+    # a loan waiting for its human review: WRITE on sagas.signals decides it
+    shop = deployment.namespace("client")
+    shop.client.publish("LoanApplied", "l-1", loan_applied("l-1").fields())
+    shop.client.flush()
+    shop.client.close()
+    viewer = deployment.namespace("operator-readonly")
+    lifecycle(viewer, "l-1", until="step_started", step="review", timeout=60)
+    viewer.client.close()
+    signal = ("signal", "loan", "l-1", "review", "--outcome", "approved")
+    sent = cli(deployment.settings("operator"), *signal)
+    assert sent.returncode == 0, sent.stderr
+    refused = cli(deployment.settings("operator-readonly"), *signal)
+    assert refused.returncode != 0
+    assert "Traceback" not in refused.stderr, refused.stderr
+    assert deployment.principal("operator-readonly") in refused.stderr
+    assert f"{deployment.prefix}sagas.signals" in refused.stderr
+
+
+def test_a_role_one_acl_short_fails_naming_what_it_lacks(deployment: Deployment) -> None:
+    """The orchestrator without READ on its changelog (so it cannot see it): its worker stops
+    with a message naming its principal, the operation and the topic, and no traceback."""
+    topic = deployment.base.changelog_topic()
+    drop = acls.Acl(deployment.principal("orchestrator"), "TOPIC", topic, "LITERAL", "READ")
+    deployment.grant(["orchestrator", "topic-creator"], drop=drop)
+    created = cli(deployment.settings("topic-creator"), "topics", "create")
+    assert created.returncode == 0, created.stderr
+    ws = deployment.start("orchestrator")
+    proc = ws.procs["orchestrator"]
+    proc.wait(timeout=90)
+    log = (ws.log_dir / "orchestrator.log").read_text()
+    assert proc.returncode != 0
+    assert "Traceback" not in log, log
+    assert f"{deployment.principal('orchestrator')} is not allowed" in log, log
+    assert f"on topic {topic}" in log and "DESCRIBE or READ" in log, log
