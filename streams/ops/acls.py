@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sagastream.core.topology import SIGNAL_EVENT, TIMER_EVENT, Topology
 from sagastream.errors import NotAuthorized, UsageError
+from sagastream.runtime.kafka_io import refused
 from sagastream.runtime.settings import Settings
 
 ORCHESTRATOR = "orchestrator"
@@ -97,35 +97,6 @@ def roles(topology: Topology) -> list[str]:
 
 def default_principal(role: str) -> str:
     return f"User:{role}"
-
-
-def principal_of(settings: Settings) -> str:
-    """The principal these settings connect as, as far as the client can tell."""
-    if settings.sasl_username:
-        return f"User:{settings.sasl_username}"
-    if settings.ssl_certfile:
-        return _certificate_principal(settings.ssl_certfile)
-    return "User:ANONYMOUS"
-
-
-def _certificate_principal(path: Path) -> str:
-    """User:<subject> as Kafka's default SSL principal builder names it (RFC 2253)."""
-    try:
-        from cryptography import x509
-
-        subject = x509.load_pem_x509_certificate(path.read_bytes()).subject.rfc4514_string()
-    except Exception:  # not installed, or not a PEM certificate: say where to look
-        return f"the principal of the certificate {path}"
-    return f"User:{subject}"
-
-
-def refused(settings: Settings, operation: str, resource: str, role: str) -> str:
-    """The message for a refusal: who lacks what on which resource, and where to look."""
-    return (
-        f"{principal_of(settings)} is not allowed {operation} on {resource} "
-        f"(at {settings.bootstrap_servers}); `sagastream acls --role {role}` prints the ACLs "
-        f"the {role} role needs"
-    )
 
 
 def parse_principal_map(pairs: Iterable[str], known: list[str]) -> dict[str, str]:

@@ -11,8 +11,8 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, TopicMe
 
 from sagastream.core.topology import Defaults, Topology
 from sagastream.errors import NotAuthorized, SagastreamError, UsageError
-from sagastream.ops.acls import refused
 from sagastream.runtime.definitions import TOPIC as DEFINITIONS_TOPIC
+from sagastream.runtime.kafka_io import refused
 from sagastream.runtime.settings import Settings
 
 # a replica fewer than this many brokers leaves no room for one to be down

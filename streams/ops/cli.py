@@ -767,7 +767,8 @@ def parser() -> argparse.ArgumentParser:
 
 def _refusals(exc: DeliveryFailed) -> list[str]:
     """Who may not write where, for each topic the broker refused this principal."""
-    from sagastream.ops.acls import OPERATOR, refused
+    from sagastream.ops.acls import OPERATOR
+    from sagastream.runtime.kafka_io import refused
 
     topics = sorted({d.topic for d in exc.failed if "AUTHORIZATION_FAILED" in (d.error or "")})
     return [refused(Settings(), "WRITE", f"topic {topic}", OPERATOR) for topic in topics]

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import (
@@ -62,6 +63,48 @@ def produce(
             return
         except BufferError:
             producer.poll(FULL_QUEUE_WAIT_S)
+
+
+# ------------------------------------------------------------------------- refusals
+
+# librdkafka's codes of a refusal: what `refused` explains
+AUTHORIZATION_CODES = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    }
+)
+
+
+def principal_of(settings: Settings) -> str:
+    """The principal these settings connect as, as far as the client can tell."""
+    if settings.sasl_username:
+        return f"User:{settings.sasl_username}"
+    if settings.ssl_certfile:
+        return _certificate_principal(settings.ssl_certfile)
+    return "User:ANONYMOUS"
+
+
+def _certificate_principal(path: Path) -> str:
+    """User:<subject> as Kafka's default SSL principal builder names it (RFC 2253)."""
+    try:
+        from cryptography import x509
+
+        subject = x509.load_pem_x509_certificate(path.read_bytes()).subject.rfc4514_string()
+    except Exception:  # not installed, or not a PEM certificate: say where to look
+        return f"the principal of the certificate {path}"
+    return f"User:{subject}"
+
+
+def refused(settings: Settings, operation: str, resource: str, role: str) -> str:
+    """The message for a refusal: who lacks what on which resource, and where to look."""
+    return (
+        f"{principal_of(settings)} is not allowed {operation} on {resource} "
+        f"(at {settings.bootstrap_servers}); `sagastream acls --role {role}` prints the ACLs "
+        f"the {role} role needs"
+    )
 
 
 # ------------------------------------------------------------------------- confirmed delivery

@@ -43,7 +43,7 @@ from sagastream.core.topology import (
     Topology,
     saga_event_types,
 )
-from sagastream.errors import ClusterError, SagastreamError
+from sagastream.errors import ClusterError, NotAuthorized, SagastreamError
 from sagastream.runtime.checkpoint import (
     Checkpoint,
     ProducerFatal,
@@ -61,6 +61,7 @@ from sagastream.runtime.inputs import (
     dead_letter,
     read_input,
 )
+from sagastream.runtime.kafka_io import AUTHORIZATION_CODES, refused
 from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.outputs import Encoder, now_ms
@@ -242,6 +243,15 @@ class Orchestrator:
                 producer.init_transactions(10)
                 break
             except KafkaException as exc:
+                if exc.args[0].code() in AUTHORIZATION_CODES:
+                    raise NotAuthorized(
+                        refused(
+                            self.settings,
+                            "WRITE",
+                            f"transactional id {self.instance.transactional_id}",
+                            ROLE,
+                        )
+                    ) from None
                 if exc.args[0].fatal():
                     raise ProducerFatal(str(exc)) from exc
                 log.warning("waiting for the transaction coordinator: %s", exc.args[0])
