@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from sagastream.core.topology import SIGNAL_EVENT, TIMER_EVENT, Topology
 from sagastream.errors import NotAuthorized, UsageError
+from sagastream.runtime.definitions import TOPIC as DEFINITIONS_TOPIC
 from sagastream.runtime.kafka_io import refused
 from sagastream.runtime.settings import Settings
 
@@ -150,7 +151,14 @@ def orchestrator_topics(settings: Settings, topology: Topology) -> tuple[list[st
     if TIMER_EVENT in topology.events:
         dead.append(settings.topic(topology.dlq(topology.event_topic(TIMER_EVENT))))
     changelog = settings.changelog_topic()
-    return [*inputs, changelog], [*outputs, *dict.fromkeys(dead), changelog]
+    # every saga's published shapes: read at start, the missing ones published
+    definitions = settings.topic(DEFINITIONS_TOPIC)
+    return [*inputs, changelog, definitions], [
+        *outputs,
+        *dict.fromkeys(dead),
+        changelog,
+        definitions,
+    ]
 
 
 def handler_topics(role: str, settings: Settings, topology: Topology) -> tuple[str, list[str]]:
@@ -190,13 +198,19 @@ def _handler(grants: _Grants, role: str, settings: Settings, topology: Topology)
 
 def _all_topics(settings: Settings, topology: Topology) -> list[str]:
     names = [settings.topic(name) for name, _, _ in topology.all_topic_configs()]
-    return [*names, settings.changelog_topic()] if topology.sagas else names
+    if not topology.sagas:
+        return names
+    return [*names, settings.changelog_topic(), settings.topic(DEFINITIONS_TOPIC)]
 
 
 def _creator(grants: _Grants, settings: Settings, topology: Topology) -> None:
     topics = _all_topics(settings, topology)
     grants.topics(topics, ["CREATE"], "creates the topology's topics (sagastream topics create)")
     grants.topics(topics, ["DESCRIBE", "DESCRIBE_CONFIGS"], "checks partitions and durability")
+    if topology.sagas:
+        definitions = [settings.topic(DEFINITIONS_TOPIC)]
+        grants.topics(definitions, ["READ", "WRITE"], "publishes the sagas' definitions")
+        grants.add("GROUP", reader_group(settings), "PREFIXED", "READ", "its definitions reader")
 
 
 def reader_group(settings: Settings) -> str:
