@@ -130,6 +130,7 @@ class Driver:
 def order(folder: Path) -> None:
     d = Driver("order", ORDER["order_id"])
     d.send("OrderPlaced", ORDER)
+    d.write(folder, "order-started")
     d.send(
         "PaymentCharged",
         {"order_id": "ord-7f3a9c", "payment_id": "pay_5d1e77", "amount_cents": 12999},
