@@ -7,8 +7,9 @@ format 3), never since; the bytes are the record of what that release wrote.
 It drives the demo's order and loan sagas (topology.yaml) through decide to the points below and
 writes, per point, format 3 (`<name>.v3`, that release's `encode_state`) and the same state as
 formats 2 and 1 kept it (`<name>.v2.json`, `<name>.v1.json`: bare JSON, `v` inside; format 2 had
-no `shape` nor `hop`, format 1 one merged `ctx` and no `expires`), and the commands each point's
-last decision sent (`<name>.commands.json`, what the restore test hands its handlers).
+no `shape` nor `hop`, format 1 one merged `ctx` and no `expires`), and every command the saga
+sent up to that point, with the time of its last decision (`<name>.commands.json`: what the
+restore test hands its handlers, as if the release that wrote the state had sent them).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class Driver:
         decision = decide(self.definition, self.state, event, self.now)
         assert decision.state is not None, (event_type, decision.dead_letter)
         self.state = decision.state
-        self.commands = [
+        self.commands += [
             {"event_type": c.event_type, "fields": c.fields, "attempt": c.attempt, "step": c.step}
             for c in decision.commands
         ]
@@ -108,7 +109,7 @@ class Driver:
         )
         assert decision.state is not None
         self.state = decision.state
-        self.commands = [
+        self.commands += [
             {"event_type": c.event_type, "fields": c.fields, "attempt": c.attempt, "step": c.step}
             for c in decision.commands
         ]
@@ -124,7 +125,8 @@ class Driver:
         v1 = {"v": 1, **{k: v for k, v in v2.items() if k not in ("v", "data", "expires")}}
         v1["ctx"] = ctx
         (folder / f"{name}.v1.json").write_text(json.dumps(v1, separators=(",", ":")))
-        (folder / f"{name}.commands.json").write_text(json.dumps(self.commands, indent=1))
+        sent = {"decided_at": self.now, "commands": self.commands}
+        (folder / f"{name}.commands.json").write_text(json.dumps(sent, indent=1))
 
 
 def order(folder: Path) -> None:
