@@ -281,9 +281,7 @@ class _Run:
             steps[name].undo_attempt = 1
             self.send_undo(name)
             return
-        if self.s.status == COMPENSATING and not any(
-            st.status == STARTED for st in steps.values()
-        ):
+        if self.s.status == COMPENSATING and not any(st.status == STARTED for st in steps.values()):
             failed = any(st.status == UNDO_FAILED for st in steps.values())
             self.finish(FAILED if failed else COMPENSATED)
 
@@ -340,9 +338,7 @@ class _Run:
         self.note(status)
         saga = self.saga_type
         if status == COMPLETED:
-            self.emit(
-                "SagaCompleted", {"saga_type": saga, "completed_steps": list(self.s.order)}
-            )
+            self.emit("SagaCompleted", {"saga_type": saga, "completed_steps": list(self.s.order)})
         elif status == COMPENSATED:
             self.emit(
                 "SagaCompensated",
@@ -392,18 +388,18 @@ def caused_by(state: SagaState, meta: dict[str, Any]) -> dict[str, Any]:
 
 def new_state(saga_type: str, spec: SagaSpec, key: str, event: Event, now: int) -> SagaState:
     """The state of a saga that its start event has just created."""
-    return SagaState(
-        saga=saga_type,
-        key=key,
-        shape=spec.shape,
-        status=RUNNING,
-        data={START: _used(event.fields, spec.used_fields.get(START))},
-        steps={name: StepState() for name in spec.steps},
-        started=now,
-        correlation_id=event.correlation_id,
-        traceparent=event.traceparent,
-        hop=event.hop,  # the start event's: what every event the saga causes is one hop past
+    state = SagaState(
+        saga_type,
+        key,
+        spec.shape,
+        RUNNING,
+        {START: _used(event.fields, spec.used_fields.get(START))},
+        {name: StepState() for name in spec.steps},
+        now,
     )
+    state.correlation_id, state.traceparent = event.correlation_id, event.traceparent
+    state.hop = event.hop  # the start event's: what every event the saga causes is one hop past
+    return state
 
 
 def _roles(step: StepSpec, event_type: str) -> list[str]:
@@ -548,9 +544,7 @@ def decide(
         # success after the step was given up on (timed out, cancelled, skipped as optional):
         # the side effect happened, so it is recorded and compensated unless the saga completed.
         given_up = (
-            {STEP_FAILED, CANCELLED}
-            if s.status == COMPLETED
-            else {STEP_FAILED, CANCELLED, SKIPPED}
+            {STEP_FAILED, CANCELLED} if s.status == COMPLETED else {STEP_FAILED, CANCELLED, SKIPPED}
         )
         if (st.status in given_up or st.status in (STARTED, WAITING_RETRY)) and st.attempt > 0:
             if event.attempt != st.attempt:
@@ -592,9 +586,7 @@ def _on_attempt_failed(run: _Run, event: Event) -> Decision:
     st = run.step(name)
     unsent = _unsent(name, st, "undo_fail" if undo else "fail", event.attempt)
     if unsent is not None:
-        return Decision(
-            None, dead_letter=f"{ATTEMPT_FAILED_EVENT} for saga {run.s.key}: {unsent}"
-        )
+        return Decision(None, dead_letter=f"{ATTEMPT_FAILED_EVENT} for saga {run.s.key}: {unsent}")
     kind = str(fields.get("kind") or "exception")
     retry_on = "timeout" if kind == "timeout" else "error"
     reason = f"attempt {event.attempt} failed ({kind}): {fields.get('error_type')}: {fields.get('message')}"
@@ -630,7 +622,12 @@ def _on_timer(run: _Run, fields: dict[str, Any]) -> None:
         return
     st = s.steps[name]
     spec = run.spec.steps[name]
-    if kind == "step_timeout" and st.status == STARTED and st.attempt == attempt and spec.escalation:
+    if (
+        kind == "step_timeout"
+        and st.status == STARTED
+        and st.attempt == attempt
+        and spec.escalation
+    ):
         # a person is slow: say so and keep waiting (max_wait_ms or the deadline bound it). No
         # step in its meta: what answers it is no result of the step.
         fields = {"saga_type": run.saga_type, "step": name, "waited_ms": spec.timeout_ms}

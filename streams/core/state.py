@@ -20,6 +20,7 @@ Lists, strings, numbers, booleans and null are plain JSON; floats keep NaN and t
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import hashlib
 import json
@@ -141,51 +142,78 @@ class SagaState:
 
 
 def seen_digest(event_id: str) -> str:
-    """What a state keeps of an event id it decided: 64 bits of blake2b, base64url (11 chars)."""
-    raw = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return base64.urlsafe_b64encode(raw)[:11].decode("ascii")
+    """What a state keeps of an event id it decided: 64 bits of blake2b, base64 (11 chars)."""
+    raw = _blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return _b64(raw, newline=False)[:11].decode("ascii")
+
+
+_blake2b, _b64 = hashlib.blake2b, binascii.b2a_base64
 
 
 def encode_state(state: SagaState) -> bytes:
     """The changelog bytes of a saga state; raises StateEncodingError naming what cannot be kept."""
-    index = {name: i for i, name in enumerate(state.steps)}
-    t0 = state.started
+    t0, steps, code = state.started, state.steps, _STEP_CODE
     body: dict[str, Any] = {
         "s": state.saga,
         "k": state.key,
         "st": _SAGA_CODE[state.status],
         "b": t0,
         "d": {source: _tag_fields(source, fields) for source, fields in state.data.items()},
-        "p": {
-            name: [_STEP_CODE[st.status], st.attempt, st.undo_attempt]
-            for name, st in state.steps.items()
-        },
+        "p": {name: [code[st.status], st.attempt, st.undo_attempt] for name, st in steps.items()},
     }
-    # what most states leave at its default is left out
-    optional = {
-        "h": state.shape,
-        "o": [index[name] for name in state.order],
-        "u": [index[name] for name in state.undone],
-        "ue": state.undo_errors,
-        "n": state.seen,
-        "t": [_timer(key, due - t0) for key, due in state.timers.items()],
-        "e": None if state.ended is None else state.ended - t0,
-        "x": None if state.expires is None else state.expires - t0,
-        "r": state.reason,
-        "f": state.failed_step,
-        "c": state.correlation_id,
-        "tp": state.traceparent,
-        "hp": state.hop,
-    }
-    body.update((k, v) for k, v in optional.items() if v is not None and v != [])
+    # what most states leave at its default is left out (tested in this order: cheapest)
+    if state.shape is not None:
+        body["h"] = state.shape
+    if state.order or state.undone:
+        index = {name: i for i, name in enumerate(state.steps)}
+        body["o"] = [index[name] for name in state.order]
+        body["u"] = [index[name] for name in state.undone]
+    if state.undo_errors:
+        body["ue"] = state.undo_errors
+    if state.seen:
+        body["n"] = state.seen
+    if state.timers:
+        body["t"] = [[*_timer(key), due - t0] for key, due in state.timers.items()]
+    if state.ended is not None:
+        body["e"] = state.ended - t0
+    if state.expires is not None:
+        body["x"] = state.expires - t0
+    if state.reason is not None:
+        body["r"] = state.reason
+    if state.failed_step is not None:
+        body["f"] = state.failed_step
+    if state.correlation_id is not None:
+        body["c"] = state.correlation_id
+    if state.traceparent is not None:
+        body["tp"] = state.traceparent
+    if state.hop is not None:
+        body["hp"] = state.hop
     text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     # a lone surrogate is a valid Python str (and JSON escape); keep it rather than fail
     return PREFIX + text.encode("utf-8", "surrogatepass")
 
 
-def _timer(key: str, after_start: int) -> list[Any]:
-    kind, step, attempt = key.split("|")
-    return [_TIMER_CODE[kind], step, int(attempt), after_start]
+def _timer(key: str) -> tuple[int, str, int]:
+    """(kind code, step, attempt) of a timer key: few keys recur in every saga, so kept."""
+    parts = _TIMER_PARTS.get(key)
+    if parts is None:
+        kind, step, attempt = key.split("|")
+        parts = (_TIMER_CODE[kind], step, int(attempt))
+        if len(_TIMER_PARTS) < _TIMER_KEYS_KEPT:
+            _TIMER_PARTS[key] = parts
+            _TIMER_KEYS[parts] = key
+    return parts
+
+
+def _timer_key(kind: int, step: str, attempt: int) -> str:
+    key = _TIMER_KEYS.get((kind, step, attempt))
+    return f"{_TIMER_CODES[kind]}|{step}|{attempt}" if key is None else key
+
+
+# timer keys parsed and built, both ways; bounded, as step names come from topologies
+_TIMER_KEYS_KEPT = 10_000
+_TIMER_PARTS: dict[str, tuple[int, str, int]] = {}
+_TIMER_KEYS: dict[tuple[int, str, int], str] = {}
 
 
 def decode_state(raw: bytes) -> SagaState:
@@ -235,7 +263,7 @@ def _format_4(body: dict[str, Any]) -> SagaState:
             undone=[names[i] for i in body.get("u", ())],
             undo_errors=body.get("ue", []),
             seen=body.get("n", []),
-            timers={f"{_TIMER_CODES[k]}|{s}|{a}": t0 + due for k, s, a, due in body.get("t", ())},
+            timers={_timer_key(k, s, a): t0 + due for k, s, a, due in body.get("t", ())},
             ended=None if ended is None else t0 + ended,
             expires=None if expires is None else t0 + expires,
             reason=body.get("r"),

@@ -95,7 +95,8 @@ def test_states_of_formats_1_to_3_restore_and_finish(ns: Any, start_workers: Any
         for version in FILES:
             key = f"{KEYS[point.split('-')[0]]}-{point.split('-', 1)[1]}-v{version}"
             raw, sent = _as_written_now(point, version, key, now)
-            headers = changelog_headers(decode_state(raw))  # as the orchestrator writes them
+            # headers as the orchestrator writes them
+            headers: list[tuple[str, str | bytes | None]] = [*changelog_headers(decode_state(raw))]
             producer.produce(ns.settings.changelog_topic(), raw, key.encode(), headers=headers)
             parent = new_meta("OrderPlaced", key, "sagastream-orchestrator", hop=0)
             for c in _outstanding(raw, sent):
