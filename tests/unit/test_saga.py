@@ -35,7 +35,7 @@ from sagastream.core.saga import (
     saga_for,
     timer_event,
 )
-from sagastream.core.state import decode_state
+from sagastream.core.state import SagaState, decode_state, seen_digest
 from sagastream.core.topology import (
     QUEUE_ALLOWANCE_MS,
     CompensationSpec,
@@ -102,7 +102,7 @@ class Saga:
 
     def __init__(self, spec: SagaSpec, name: str = "demo") -> None:
         self.definition = (name, spec)
-        self.state: dict[str, Any] | None = None
+        self.state: SagaState | None = None
         self.now = 0
         self.ids = 0
         self.decisions: list[Decision] = []
@@ -753,6 +753,19 @@ def test_decide_does_not_mutate_its_input() -> None:
     frozen = repr(s.state)
     decide(s.definition, s.state, Event("aDone", "z", {"a_ref": 1}), 10)
     assert repr(s.state) == frozen
+
+
+def test_a_fired_timer_is_no_seen_event_and_firing_it_again_stores_nothing() -> None:
+    s = Saga(diamond())
+    s.start()
+    assert s.state is not None
+    seen = list(s.state.seen)
+    assert seen == [seen_digest("begin")]  # digests of input event ids, not the ids
+    fired = s.fire("step_timeout", "a", 1)
+    assert fired.state is not None and fired.state.seen == seen
+    timer = Timer(fired.state.started, "step_timeout", "a", 1)
+    again = decide(s.definition, fired.state, timer_event(timer, "timer-again"), s.now + 1)
+    assert again.duplicate and again.state is None and not again.commands
 
 
 def test_idempotency_keys_are_stable_per_saga_and_step() -> None:
