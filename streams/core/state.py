@@ -300,7 +300,9 @@ def _from_dict(state: dict[str, Any], version: int) -> SagaState:
         return SagaState(
             saga=state["saga"],
             key=state["key"],
-            shape=state.get("shape"),
+            # formats 1 to 3 predate shapes (ad0bba4's format 3 wrote one before any was
+            # published): decided by their saga's lowest published version (docs/versioning.md)
+            shape=None,
             status=state["status"],
             data=state["data"],
             steps={
