@@ -557,9 +557,7 @@ def stored(
     return last, state
 
 
-def stored_state(
-    settings: Settings, topology: Topology, saga: str, key: str
-) -> SagaState | None:
+def stored_state(settings: Settings, topology: Topology, saga: str, key: str) -> SagaState | None:
     """The stored state of the saga `saga` with `key`; None if none is stored (never started,
     not started yet, or removed after its retention)."""
     spec = topology.sagas[saga]

@@ -103,9 +103,7 @@ class Checkpoint:
             self.open = True
             self.started = time.monotonic()
 
-    def state(
-        self, partition: int, store: PartitionStore, saga_key: bytes
-    ) -> SagaState | None:
+    def state(self, partition: int, store: PartitionStore, saga_key: bytes) -> SagaState | None:
         """A saga's newest state: this transaction's, else the store's."""
         work = self.work.get(partition)
         if work is not None and (t := work.touched.get(saga_key)) is not None:
