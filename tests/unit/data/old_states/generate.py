@@ -145,27 +145,21 @@ def order(folder: Path) -> None:
     d.fire("step_timeout|payment|1")
     d.write(folder, "order-waiting-retry")
 
-    d = Driver("order", ORDER["order_id"])
-    d.send("OrderPlaced", ORDER)
-    d.send("PaymentCharged", {"order_id": "ord-7f3a9c", "payment_id": "pay_5d1e77"}, step="payment")
-    d.send(
-        "InventoryReserved",
-        {"order_id": "ord-7f3a9c", "reservation_id": "res-91c2"},
-        step="inventory",
-    )
-    d.send(
-        "ShipmentFailed", {"order_id": "ord-7f3a9c", "reason": "address unknown"}, step="shipping"
-    )
+    def reserved() -> Driver:
+        d = Driver("order", ORDER["order_id"])
+        d.send("OrderPlaced", ORDER)
+        paid = {"order_id": "ord-7f3a9c", "payment_id": "pay_5d1e77"}
+        d.send("PaymentCharged", paid, step="payment")
+        reservation = {"order_id": "ord-7f3a9c", "reservation_id": "res-91c2"}
+        d.send("InventoryReserved", reservation, step="inventory")
+        return d
+
+    d = reserved()
+    failed = {"order_id": "ord-7f3a9c", "reason": "address unknown"}
+    d.send("ShipmentFailed", failed, step="shipping")
     d.write(folder, "order-compensating")
 
-    d = Driver("order", ORDER["order_id"])
-    d.send("OrderPlaced", ORDER)
-    d.send("PaymentCharged", {"order_id": "ord-7f3a9c", "payment_id": "pay_5d1e77"}, step="payment")
-    d.send(
-        "InventoryReserved",
-        {"order_id": "ord-7f3a9c", "reservation_id": "res-91c2"},
-        step="inventory",
-    )
+    d = reserved()
     d.send(
         "ShipmentCreated", {"order_id": "ord-7f3a9c", "shipment_id": "shp-44e0"}, step="shipping"
     )
@@ -186,41 +180,26 @@ def loan(folder: Path) -> None:
     d.fire("step_timeout|documents|1")
     d.write(folder, "loan-waiting-retry")
 
-    d = started()
-    d.send("DocumentsVerified", {"loan_id": "loan-2b81"}, step="documents")
-    d.write(folder, "loan-waiting-for-a-person")
+    def verified() -> Driver:
+        d = started()
+        d.send("DocumentsVerified", {"loan_id": "loan-2b81"}, step="documents")
+        return d
 
-    d = started()
-    d.send("DocumentsVerified", {"loan_id": "loan-2b81"}, step="documents")
-    d.send(
-        SIGNAL_EVENT,
-        {
-            "saga_type": "loan",
-            "step": "review",
-            "outcome": "approved",
-            "decided_by": "marta",
-            "note": "ok",
-        },
-    )
+    def reviewed(outcome: str, note: str) -> Driver:
+        d = verified()
+        decision = {"saga_type": "loan", "step": "review", "outcome": outcome}
+        d.send(SIGNAL_EVENT, {**decision, "decided_by": "marta", "note": note})
+        return d
+
+    verified().write(folder, "loan-waiting-for-a-person")
+
+    d = reviewed("approved", "ok")
     d.fire("deadline||0")
-    d.send(
-        "LoanDisbursed", {"loan_id": "loan-2b81", "transfer_id": "trf-0d3a"}, step="disbursement"
-    )
+    paid = {"loan_id": "loan-2b81", "transfer_id": "trf-0d3a"}
+    d.send("LoanDisbursed", paid, step="disbursement")
     d.write(folder, "loan-compensating")
 
-    d = started()
-    d.send("DocumentsVerified", {"loan_id": "loan-2b81"}, step="documents")
-    d.send(
-        SIGNAL_EVENT,
-        {
-            "saga_type": "loan",
-            "step": "review",
-            "outcome": "rejected",
-            "decided_by": "marta",
-            "note": "income too low",
-        },
-    )
-    d.write(folder, "loan-ended")
+    reviewed("rejected", "income too low").write(folder, "loan-ended")
 
 
 if __name__ == "__main__":
