@@ -247,30 +247,32 @@ def _json(raw: bytes) -> dict[str, Any]:
 
 def _format_4(body: dict[str, Any]) -> SagaState:
     data = _untag_data(body.get("d"), 4)
+    get = body.get
     try:
-        names = list(body["p"])
-        t0 = body["b"]
-        ended, expires = body.get("e"), body.get("x")
+        steps, t0 = body["p"], body["b"]
+        order, undone, ended, expires = get("o"), get("u"), get("e"), get("x")
+        names = list(steps) if order or undone else []
+        # positional, in the fields' order: this runs for every state read
         return SagaState(
-            saga=body["s"],
-            key=body["k"],
-            shape=body.get("h"),
-            status=_SAGA_CODES[body["st"]],
-            data=data,
-            steps={n: StepState(_STEP_CODES[c], a, ca) for n, (c, a, ca) in body["p"].items()},
-            started=t0,
-            order=[names[i] for i in body.get("o", ())],
-            undone=[names[i] for i in body.get("u", ())],
-            undo_errors=body.get("ue", []),
-            seen=body.get("n", []),
-            timers={_timer_key(k, s, a): t0 + due for k, s, a, due in body.get("t", ())},
-            ended=None if ended is None else t0 + ended,
-            expires=None if expires is None else t0 + expires,
-            reason=body.get("r"),
-            failed_step=body.get("f"),
-            correlation_id=body.get("c"),
-            traceparent=body.get("tp"),
-            hop=body.get("hp"),
+            body["s"],
+            body["k"],
+            get("h"),
+            _SAGA_CODES[body["st"]],
+            data,
+            {n: StepState(_STEP_CODES[c], a, ca) for n, (c, a, ca) in steps.items()},
+            t0,
+            [names[i] for i in order] if order else [],
+            [names[i] for i in undone] if undone else [],
+            get("ue") or [],
+            get("n") or [],
+            {_timer_key(k, s, a): t0 + due for k, s, a, due in get("t") or ()},
+            None if ended is None else t0 + ended,
+            None if expires is None else t0 + expires,
+            get("r"),
+            get("f"),
+            get("c"),
+            get("tp"),
+            get("hp"),
         )
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise StateFormatError(f"a format-4 saga state that is incomplete: {exc!r}") from None
