@@ -114,7 +114,7 @@ def test_ended_sagas_leave_the_store_and_a_restore_does_not_bring_them_back(
         (removed_at, tombstone), (_, last) = changelog[key][-1], changelog[key][-2]
         assert tombstone is None and [s for _, s in changelog[key]].count(None) == 1
         assert last is not None and last.status in ("completed", "compensated")
-        assert last.expires == last.ended + RETENTION_MS
+        assert last.ended is not None and last.expires == last.ended + RETENTION_MS
         assert removed_at >= last.expires
         lags.append(removed_at - last.expires)
     print(f"tombstones written {min(lags)}..{max(lags)} ms after the retention ended")
