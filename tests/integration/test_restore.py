@@ -27,12 +27,13 @@ def _transaction(producer: Producer, topic: str, records: dict[bytes, bytes]) ->
     offsets: list[int] = []
     producer.begin_transaction()
     for key, value in records.items():
+        headers: list[tuple[str, str | bytes | None]] = [*changelog_headers(decode_state(value))]
         producer.produce(
             topic,
             key=key,
             value=value,
             partition=0,
-            headers=changelog_headers(decode_state(value)),
+            headers=headers,
             on_delivery=lambda err, msg: offsets.append(msg.offset()),
         )
     producer.commit_transaction(30)
