@@ -6,11 +6,11 @@ Prints figures; asserts nothing. Run: .venv/bin/python scripts/bench_core.py [--
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from sagastream.core.saga import Event, decide
+from sagastream.core.state import decode_state, encode_state
 from sagastream.core.topology import load_topology
 from sagastream.wire.codec import AvroCodec, LocalSchemaIds, SchemaStore, new_meta
 
@@ -63,17 +63,17 @@ def main() -> None:
     decoded = [codec.decode(b) for b in wire]
     t_decode = time.perf_counter() - started
 
-    states: dict[str, dict] = {}
+    states: dict[str, bytes] = {}
     commands = 0
     started = time.perf_counter()
     for event_type, record in decoded:
         meta = record.pop("meta")
         key = meta["saga_key"]
         raw = states.get(key)
-        state = json.loads(raw) if raw else None
+        state = decode_state(raw) if raw else None
         decision = decide(definition, state, Event(event_type, meta["event_id"], record), 0)
         if decision.state is not None:
-            states[key] = json.dumps(decision.state, separators=(",", ":"))
+            states[key] = encode_state(decision.state)
         commands += len(decision.commands)
     t_decide = time.perf_counter() - started
 
@@ -81,9 +81,7 @@ def main() -> None:
     size = sum(len(s) for s in states.values()) / len(states)
     print(f"events {n}, sagas {args.sagas}, commands {commands}")
     print(f"decode              {n / t_decode:10.0f} events/s")
-    print(
-        f"load+decide+store   {n / t_decide:10.0f} events/s  (state JSON, {size:.0f} bytes per saga)"
-    )
+    print(f"load+decide+store   {n / t_decide:10.0f} events/s  (state, {size:.0f} bytes per saga)")
 
 
 if __name__ == "__main__":

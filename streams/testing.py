@@ -39,7 +39,7 @@ from typing import Any
 
 from sagastream.app import App, RoleHandler, load_app
 from sagastream.core.saga import Event, Timer, decide, saga_for, timer_event
-from sagastream.core.state import StateEncodingError, decode_state, encode_state
+from sagastream.core.state import SagaState, StateEncodingError, decode_state, encode_state
 from sagastream.core.topology import (
     ENGINE_EVENT_TOPICS,
     OUTCOME_EVENTS,
@@ -83,7 +83,7 @@ class Sent:
 
 @dataclass
 class _Saga:
-    state: dict[str, Any] | None = None
+    state: SagaState | None = None
     sent: list[Sent] = field(default_factory=list)
     outcomes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     timeline: list[tuple[int, str, str | None]] = field(default_factory=list)
@@ -186,7 +186,7 @@ class SagaTest:
                 (when, timer, key)
                 for key, saga in self._sagas.items()
                 if saga.state is not None
-                for timer, when in saga.state["timers"].items()
+                for timer, when in saga.state.timers.items()
                 if when <= until
             )
             if not due:
@@ -206,7 +206,8 @@ class SagaTest:
         until = self.now_ms + within_ms
         self.run()
         while self.outcome(key) is None:
-            timers = (self.state(key) or {}).get("timers", {})
+            state = self.state(key)
+            timers = {} if state is None else state.timers
             upcoming = [when for when in timers.values() if when <= until]
             if not upcoming:
                 raise AssertionError(
@@ -224,7 +225,7 @@ class SagaTest:
     def status(self, key: str) -> str:
         """running, compensating, completed, compensated or failed."""
         state = self._saga(key).state
-        return "not started" if state is None else str(state["status"])
+        return "not started" if state is None else state.status
 
     def outcome(self, key: str) -> EventModel | None:
         """The outcome event (SagaCompleted, SagaCompensated, SagaFailed), once the saga ended."""
@@ -265,8 +266,8 @@ class SagaTest:
         """The keys of every saga an event was delivered to, in that order."""
         return list(self._sagas)
 
-    def state(self, key: str) -> dict[str, Any] | None:
-        """The saga's stored state, as the orchestrator keeps it."""
+    def state(self, key: str) -> SagaState | None:
+        """The saga's stored state, as the orchestrator keeps it (read back from its bytes)."""
         return self._saga(key).state
 
     # -- inside --------------------------------------------------------------------------
@@ -320,7 +321,7 @@ class SagaTest:
         parent, event = received
         saga = self._sagas.setdefault(key, _Saga())
         if saga.state is not None:
-            definition = (saga.state["saga"], self.topology.sagas[saga.state["saga"]])
+            definition = (saga.state.saga, self.topology.sagas[saga.state.saga])
         elif (found := saga_for(self.topology.sagas, event.event_type)) is not None:
             definition = found
         else:

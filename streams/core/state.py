@@ -1,26 +1,32 @@
-"""The saga state's bytes: `encode_state` and `decode_state` are the only way in and out.
+"""The saga state: its type (`SagaState`, `StepState`) and its bytes (`encode_state`,
+`decode_state`, the only way in and out of the changelog).
 
-Format 3 is `b"SS\\x03"` followed by compact JSON. The state's own keys (status, steps, timers...)
-are plain JSON; inside `data` (each source's fields) every mapping and every value JSON cannot
-carry is a tagged one-key object, so whatever a user's map keys are, decoding is unambiguous:
+Format 4 is `b"SS\\x04"` followed by compact JSON with short keys (docs/state-format.md): the
+saga's and its steps' states as small codes, steps as `name: [state, attempt, undo attempt]`,
+timers as `[kind, step, attempt, due]` with times after `started`, the event ids seen as 64-bit
+digests, step names in `order` and `undone` as indices into the steps. Inside `data` (each
+source's fields) every mapping and every value JSON cannot carry is a tagged one-key object, as
+in format 3, so whatever a user's map keys are, decoding is unambiguous:
 
     {"m": {...}} record or map    {"b": "<base64>"} bytes, fixed    {"d": "12.30"} decimal
     {"ts": "<iso>"} datetime      {"dt": "<iso>"} date              {"t": "<iso>"} time
     {"u": "<uuid>"} UUID
 
 Lists, strings, numbers, booleans and null are plain JSON; floats keep NaN and the infinities
-(Python's JSON tokens). Formats 1 and 2 were bare JSON objects (their first byte is `{`), so the
-prefix tells every format apart, and `decode_state` upgrades them to the current in-memory shape
-(docs/state-format.md).
+(Python's JSON tokens). Format 3 was `b"SS\\x03"` and the in-memory dict as JSON; formats 1 and
+2 were bare JSON objects (their first byte is `{`); `decode_state` reads all of them.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -28,8 +34,30 @@ from sagastream.core.topology import START
 from sagastream.errors import SagastreamError
 
 MAGIC = b"SS"
-FORMAT = 3
+FORMAT = 4
 PREFIX = MAGIC + bytes([FORMAT])
+FORMAT_3 = MAGIC + bytes([3])
+
+# a saga's status
+RUNNING, COMPENSATING = "running", "compensating"
+COMPLETED, COMPENSATED, FAILED = "completed", "compensated", "failed"
+TERMINAL = frozenset({COMPLETED, COMPENSATED, FAILED})
+
+# a step's state
+PENDING, STARTED, WAITING_RETRY, SUCCEEDED = "pending", "running", "waiting_retry", "succeeded"
+STEP_FAILED, SKIPPED, CANCELLED = "failed", "skipped", "cancelled"
+UNDOING, UNDONE, UNDO_FAILED = "compensating", "compensated", "compensation_failed"
+
+# format 4's codes: a code's position in its tuple; append only, the bytes on disk depend on it
+_SAGA_CODES = (RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED)
+_STEP_CODES = (
+    PENDING, STARTED, WAITING_RETRY, SUCCEEDED, STEP_FAILED,
+    SKIPPED, CANCELLED, UNDOING, UNDONE, UNDO_FAILED,
+)  # fmt: skip
+_TIMER_CODES = ("step_timeout", "retry", "deadline", "undo_timeout", "undo_retry", "max_wait")
+_SAGA_CODE = {name: code for code, name in enumerate(_SAGA_CODES)}
+_STEP_CODE = {name: code for code, name in enumerate(_STEP_CODES)}
+_TIMER_CODE = {name: code for code, name in enumerate(_TIMER_CODES)}
 
 _DECODERS: dict[str, Callable[[Any], Any]] = {
     "b": lambda text: base64.b64decode(text, validate=True),
@@ -49,33 +77,161 @@ class StateFormatError(SagastreamError, ValueError):
     """Bytes that are not a saga state of a format this version reads."""
 
 
-def encode_state(state: Mapping[str, Any]) -> bytes:
+@dataclass(slots=True)
+class StepState:
+    """One step of a saga: its state, the attempt last sent (0: never) and its undo's."""
+
+    status: str = PENDING
+    attempt: int = 0
+    undo_attempt: int = 0
+
+
+@dataclass(slots=True)
+class SagaState:
+    """One saga instance: what decide reads and changes, and the changelog keeps."""
+
+    saga: str
+    key: str
+    # the definition's shape it started on, which decides it to its end (None: a state of a
+    # format before shapes)
+    shape: str | None
+    status: str
+    # each source's fields that the saga uses, by source: start, then each step that succeeded
+    data: dict[str, dict[str, Any]]
+    steps: dict[str, StepState]
+    started: int
+    order: list[str] = field(default_factory=list)  # steps in the order they succeeded
+    undone: list[str] = field(default_factory=list)  # steps compensated, in that order
+    undo_errors: list[str] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)  # digests of the last event ids decided
+    timers: dict[str, int] = field(default_factory=dict)  # `kind|step|attempt` -> due ms
+    ended: int | None = None
+    expires: int | None = None  # when an ended saga leaves the store (None: never, or running)
+    reason: str | None = None
+    failed_step: str | None = None
+    correlation_id: str | None = None
+    traceparent: str | None = None
+    # the start event's hop, which every event the saga causes is one past (None: a state
+    # written before it was kept, where the input's hop is used)
+    hop: int | None = None
+
+    def copy(self) -> SagaState:
+        """A copy decide may change; no generic deepcopy (several times slower). A source's
+        fields are stored once and never changed, so their dicts are shared."""
+        return SagaState(
+            self.saga,
+            self.key,
+            self.shape,
+            self.status,
+            dict(self.data),
+            {n: StepState(s.status, s.attempt, s.undo_attempt) for n, s in self.steps.items()},
+            self.started,
+            list(self.order),
+            list(self.undone),
+            list(self.undo_errors),
+            list(self.seen),
+            dict(self.timers),
+            self.ended,
+            self.expires,
+            self.reason,
+            self.failed_step,
+            self.correlation_id,
+            self.traceparent,
+            self.hop,
+        )
+
+
+def seen_digest(event_id: str) -> str:
+    """What a state keeps of an event id it decided: 64 bits of blake2b, base64 (11 chars)."""
+    raw = _blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return _b64(raw, newline=False)[:11].decode("ascii")
+
+
+_blake2b, _b64 = hashlib.blake2b, binascii.b2a_base64
+
+
+def encode_state(state: SagaState) -> bytes:
     """The changelog bytes of a saga state; raises StateEncodingError naming what cannot be kept."""
-    body = dict(state)
-    body["data"] = {source: _tag_fields(source, fields) for source, fields in state["data"].items()}
+    t0, steps, code = state.started, state.steps, _STEP_CODE
+    body: dict[str, Any] = {
+        "s": state.saga,
+        "k": state.key,
+        "st": _SAGA_CODE[state.status],
+        "b": t0,
+        "d": {source: _tag_fields(source, fields) for source, fields in state.data.items()},
+        "p": {name: [code[st.status], st.attempt, st.undo_attempt] for name, st in steps.items()},
+    }
+    # what most states leave at its default is left out (tested in this order: cheapest)
+    if state.shape is not None:
+        body["h"] = state.shape
+    if state.order or state.undone:
+        index = {name: i for i, name in enumerate(state.steps)}
+        body["o"] = [index[name] for name in state.order]
+        body["u"] = [index[name] for name in state.undone]
+    if state.undo_errors:
+        body["ue"] = state.undo_errors
+    if state.seen:
+        body["n"] = state.seen
+    if state.timers:
+        body["t"] = [[*_timer(key), due - t0] for key, due in state.timers.items()]
+    if state.ended is not None:
+        body["e"] = state.ended - t0
+    if state.expires is not None:
+        body["x"] = state.expires - t0
+    if state.reason is not None:
+        body["r"] = state.reason
+    if state.failed_step is not None:
+        body["f"] = state.failed_step
+    if state.correlation_id is not None:
+        body["c"] = state.correlation_id
+    if state.traceparent is not None:
+        body["tp"] = state.traceparent
+    if state.hop is not None:
+        body["hp"] = state.hop
     text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     # a lone surrogate is a valid Python str (and JSON escape); keep it rather than fail
     return PREFIX + text.encode("utf-8", "surrogatepass")
 
 
-def decode_state(raw: bytes) -> dict[str, Any]:
-    """The in-memory state of changelog bytes of format 1, 2 or 3; raises StateFormatError."""
-    if raw[:3] == PREFIX:
+def _timer(key: str) -> tuple[int, str, int]:
+    """(kind code, step, attempt) of a timer key: few keys recur in every saga, so kept."""
+    parts = _TIMER_PARTS.get(key)
+    if parts is None:
+        kind, step, attempt = key.split("|")
+        parts = (_TIMER_CODE[kind], step, int(attempt))
+        if len(_TIMER_PARTS) < _TIMER_KEYS_KEPT:
+            _TIMER_PARTS[key] = parts
+            _TIMER_KEYS[parts] = key
+    return parts
+
+
+def _timer_key(kind: int, step: str, attempt: int) -> str:
+    key = _TIMER_KEYS.get((kind, step, attempt))
+    return f"{_TIMER_CODES[kind]}|{step}|{attempt}" if key is None else key
+
+
+# timer keys parsed and built, both ways; bounded, as step names come from topologies
+_TIMER_KEYS_KEPT = 10_000
+_TIMER_PARTS: dict[str, tuple[int, str, int]] = {}
+_TIMER_KEYS: dict[tuple[int, str, int], str] = {}
+
+
+def decode_state(raw: bytes) -> SagaState:
+    """The state of changelog bytes of format 1, 2, 3 or 4; raises StateFormatError."""
+    head = raw[:3]
+    if head == PREFIX:
+        return _format_4(_json(raw[3:]))
+    if head == FORMAT_3:
         body = _json(raw[3:])
-        try:
-            body["data"] = {
-                source: _untag_fields(source, fields) for source, fields in body["data"].items()
-            }
-        except (KeyError, AttributeError, TypeError) as exc:
-            raise StateFormatError(f"a format-3 saga state without a usable data: {exc}") from None
-        return body
+        body["data"] = _untag_data(body.get("data"), 3)
+        return _from_dict(body, 3)
     if raw[:2] == MAGIC:
         raise StateFormatError(
             f"saga state format {raw[2] if len(raw) > 2 else '?'}: this sagastream reads formats "
             f"1 to {FORMAT}; run the version that wrote it, or a newer one"
         )
     if raw[:1] == b"{":
-        return _upgrade(_json(raw))
+        return _bare(_json(raw))
     raise StateFormatError(f"not a saga state: starts with {raw[:8]!r}")
 
 
@@ -89,18 +245,104 @@ def _json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
-    """Format 1 or 2 (bare JSON, its version in `v`) to the current in-memory shape."""
+def _format_4(body: dict[str, Any]) -> SagaState:
+    data = _untag_data(body.get("d"), 4)
+    get = body.get
+    try:
+        steps, t0 = body["p"], body["b"]
+        order, undone, ended, expires = get("o"), get("u"), get("e"), get("x")
+        names = list(steps) if order or undone else []
+        # positional, in the fields' order: this runs for every state read
+        return SagaState(
+            body["s"],
+            body["k"],
+            get("h"),
+            _SAGA_CODES[body["st"]],
+            data,
+            {n: StepState(_STEP_CODES[c], a, ca) for n, (c, a, ca) in steps.items()},
+            t0,
+            [names[i] for i in order] if order else [],
+            [names[i] for i in undone] if undone else [],
+            get("ue") or [],
+            get("n") or [],
+            {_timer_key(k, s, a): t0 + due for k, s, a, due in get("t") or ()},
+            None if ended is None else t0 + ended,
+            None if expires is None else t0 + expires,
+            get("r"),
+            get("f"),
+            get("c"),
+            get("tp"),
+            get("hp"),
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise StateFormatError(f"a format-4 saga state that is incomplete: {exc!r}") from None
+
+
+def _bare(state: dict[str, Any]) -> SagaState:
+    """Format 1 or 2 (bare JSON, its version in `v`)."""
     version = state.pop("v", None)
     if "ctx" in state:
         # format 1 merged every result into one context: each source reads all of it, as
         # format 1's commands did
         ctx = state.pop("ctx")
         state["data"] = {START: ctx, **dict.fromkeys(state.get("order", ()), ctx)}
+        version = 1
     elif version not in (None, 2):
         raise StateFormatError(f"a bare-JSON saga state of version {version!r}: not 1 or 2")
-    state.setdefault("expires", None)  # format 2 before ended sagas expired
-    return state
+    return _from_dict(state, version or 2)
+
+
+def _from_dict(state: dict[str, Any], version: int) -> SagaState:
+    """A state of format 1 to 3: the dict of short keys the in-memory state was until format 4.
+
+    Its event ids become digests; fired timers' ids (uuid5) are dropped, as decide no longer
+    keeps them: a fired timer is disarmed, so firing it again changes nothing anyway.
+    """
+    try:
+        return SagaState(
+            saga=state["saga"],
+            key=state["key"],
+            # formats 1 to 3 predate shapes (ad0bba4's format 3 wrote one before any was
+            # published): decided by their saga's lowest published version (docs/versioning.md)
+            shape=None,
+            status=state["status"],
+            data=state["data"],
+            steps={
+                name: StepState(st["st"], st["a"], st["ca"]) for name, st in state["steps"].items()
+            },
+            started=state["started"],
+            order=list(state["order"]),
+            undone=list(state["undone"]),
+            undo_errors=list(state["undo_errors"]),
+            seen=[seen_digest(i) for i in state["seen"] if not _fired_timer_id(i)],
+            timers=dict(state["timers"]),
+            ended=state.get("ended"),
+            expires=state.get("expires"),  # format 2 before ended sagas expired had none
+            reason=state.get("reason"),
+            failed_step=state.get("failed_step"),
+            correlation_id=state.get("corr"),
+            traceparent=state.get("tp"),
+            hop=state.get("hop"),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise StateFormatError(f"a format-{version} saga state without {exc}") from None
+
+
+def _fired_timer_id(event_id: str) -> bool:
+    """A fired timer's event id: uuid5 (the orchestrator's, of saga key, timer and due time)."""
+    try:
+        return uuid.UUID(event_id).version == 5
+    except ValueError:
+        return False
+
+
+def _untag_data(data: Any, version: int) -> dict[str, dict[str, Any]]:
+    try:
+        return {source: _untag_fields(source, fields, version) for source, fields in data.items()}
+    except (KeyError, AttributeError, TypeError) as exc:
+        raise StateFormatError(
+            f"a format-{version} saga state without a usable data: {exc}"
+        ) from None
 
 
 # -- tagged values inside `data` ----------------------------------------------------------------
@@ -181,14 +423,14 @@ def _item(index: int, value: Any) -> Any:
         raise _Unstorable(exc.what, f"[{index}]{exc.path}") from None
 
 
-def _untag_fields(source: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+def _untag_fields(source: str, fields: Mapping[str, Any], version: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in fields.items():
         try:
             out[name] = _untag(value)
         except (ValueError, TypeError, AttributeError, InvalidOperation) as exc:
             raise StateFormatError(
-                f"saga state field {source}.{name}: not a tagged value of format {FORMAT}: {exc}"
+                f"saga state field {source}.{name}: not a tagged value of format {version}: {exc}"
             ) from None
     return out
 

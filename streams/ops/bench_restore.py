@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sagastream.core.saga import Event, decide
-from sagastream.core.state import decode_state, encode_state
+from sagastream.core.state import SagaState, decode_state, encode_state
 from sagastream.core.topology import Topology, load_topology
 from sagastream.errors import UsageError
 from sagastream.ops.bench import Run, process_cpu_s
@@ -65,7 +65,7 @@ class OrderStates:
         self.now = now_ms
         self.seed = seed
 
-    def started(self, i: int) -> dict[str, Any]:
+    def started(self, i: int) -> SagaState:
         """Saga i just after its OrderPlaced: every step sent, its timers armed."""
         key = saga_key(i)
         rng = random.Random(f"{self.seed}:{key}")
@@ -75,32 +75,32 @@ class OrderStates:
         event = Event("OrderPlaced", event_id, fields, correlation_id=event_id, traceparent=trace)
         return self._decided(None, event, self.now)
 
-    def paid(self, i: int, state: dict[str, Any]) -> dict[str, Any]:
+    def paid(self, i: int, state: SagaState) -> SagaState:
         """Saga i after its payment result."""
         rng = random.Random(f"{self.seed}:{saga_key(i)}:paid")
         fields = {
-            "order_id": state["key"],
+            "order_id": state.key,
             "payment_id": f"pay-{rng.getrandbits(48):012x}",
-            "amount_cents": state["data"]["start"]["amount_cents"],
+            "amount_cents": state.data["start"]["amount_cents"],
         }
         return self._decided(
             state, Event("PaymentCharged", _uuid(rng), fields, hop=1), self.now + 250
         )
 
-    def reserved(self, i: int, state: dict[str, Any]) -> dict[str, Any]:
+    def reserved(self, i: int, state: SagaState) -> SagaState:
         """Saga i after its stock reservation."""
         rng = random.Random(f"{self.seed}:{saga_key(i)}:reserved")
-        fields = {"order_id": state["key"], "reservation_id": f"res-{rng.getrandbits(48):012x}"}
+        fields = {"order_id": state.key, "reservation_id": f"res-{rng.getrandbits(48):012x}"}
         return self._decided(
             state, Event("InventoryReserved", _uuid(rng), fields, hop=1), self.now + 400
         )
 
-    def stored(self, i: int) -> dict[str, Any]:
+    def stored(self, i: int) -> SagaState:
         """Saga i as the changelog of `changelog_transactions` leaves it."""
         state = self.started(i)
         return self.paid(i, state) if i % UPDATE_EVERY == 0 else state
 
-    def _decided(self, state: dict[str, Any] | None, event: Event, at: int) -> dict[str, Any]:
+    def _decided(self, state: SagaState | None, event: Event, at: int) -> SagaState:
         decision = decide(self.definition, state, event, at)
         if decision.state is None:
             raise AssertionError(f"{event.event_type} left no state: {decision}")
@@ -117,7 +117,7 @@ def changelog_transactions(
     """The changelog of sagas 1..n, a transaction at a time: n started states, then n / 10
     updates, each in the transaction after its saga's start (as a result arrives after it)."""
     batch: list[Record] = []
-    paying: list[tuple[int, dict[str, Any]]] = []
+    paying: list[tuple[int, SagaState]] = []
     for i in range(1, n + 1):
         state = states.started(i)
         batch.append((saga_key(i).encode(), encode_state(state)))

@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from sagastream.core.state import decode_state
+from sagastream.core.state import SagaState, decode_state
 from sagastream.core.topology import (
     LIFECYCLE_EVENT,
     OUTCOME_EVENTS,
@@ -303,7 +303,7 @@ class Client:
             complete = True
             if spec.audit != "off" and LIFECYCLE_EVENT in self.topology.events:
                 history, complete = self._history(
-                    consumer, raw_key, int(state["started"]), message.timestamp()[1], deadline
+                    consumer, raw_key, state.started, message.timestamp()[1], deadline
                 )
         finally:
             consumer.close()
@@ -336,7 +336,7 @@ class Client:
                 time.monotonic() + DESCRIBE_TIMEOUT_S,
             )
             if last is not None:
-                first = _offset_at(consumer, topic, partition, int(last[1]["started"]), first)
+                first = _offset_at(consumer, topic, partition, last[1].started, first)
             record = _outcome_of(
                 consumer,
                 (topic, partition, first),
@@ -541,7 +541,7 @@ def _last_record(
 
 def stored(
     consumer: Consumer, settings: Settings, partition: int, key: bytes, saga: str, deadline: float
-) -> tuple[Message, dict[str, Any]] | None:
+) -> tuple[Message, SagaState] | None:
     """The saga's newest changelog record and its state; None if no saga of `key` is stored.
     UsageError if the key belongs to a saga of another type."""
     last = _last_record(consumer, settings.changelog_topic(), partition, key, deadline)
@@ -549,17 +549,15 @@ def stored(
     if last is None or value is None:
         return None
     state = decode_state(value)
-    if state["saga"] != saga:
+    if state.saga != saga:
         raise UsageError(
-            f"{key.decode(errors='replace')} is the key of a {state['saga']} saga, "
+            f"{key.decode(errors='replace')} is the key of a {state.saga} saga, "
             f"not of a {saga} saga"
         )
     return last, state
 
 
-def stored_state(
-    settings: Settings, topology: Topology, saga: str, key: str
-) -> dict[str, Any] | None:
+def stored_state(settings: Settings, topology: Topology, saga: str, key: str) -> SagaState | None:
     """The stored state of the saga `saga` with `key`; None if none is stored (never started,
     not started yet, or removed after its retention)."""
     spec = topology.sagas[saga]

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sagastream.core.state import SagaState, StepState
+
 # lifecycle changes that begin or end a step's forward run and its compensation
 _STARTS = "step_started"
 _ENDS = frozenset({"step_succeeded", "step_failed"})
@@ -134,7 +136,7 @@ def parse_timers(timers: Mapping[str, int]) -> list[TimerView]:
     return sorted(out, key=lambda t: (t.due_ms, t.kind, t.step or ""))
 
 
-def step_views(steps: Mapping[str, Mapping[str, Any]], history: Iterable[Change]) -> list[StepView]:
+def step_views(steps: Mapping[str, StepState], history: Iterable[Change]) -> list[StepView]:
     """Steps in the saga's order; a run's start is its first start, its end its last end."""
     times: dict[str, dict[str, int]] = {name: {} for name in steps}
     for change in history:
@@ -152,9 +154,9 @@ def step_views(steps: Mapping[str, Mapping[str, Any]], history: Iterable[Change]
     return [
         StepView(
             name,
-            str(st["st"]),
-            int(st["a"]),
-            int(st["ca"]),
+            st.status,
+            st.attempt,
+            st.undo_attempt,
             times[name].get("started"),
             times[name].get("ended"),
             times[name].get("undo_started"),
@@ -168,39 +170,39 @@ def build_view(
     saga: str,
     key: str,
     partition: int,
-    state: Mapping[str, Any],
+    state: SagaState,
     history: list[Change],
     history_complete: bool = True,
 ) -> SagaView:
-    """The view of a saga state (only its lasting keys are read) and its history."""
+    """The view of a saga state and its history."""
     return SagaView(
         saga=saga,
         key=key,
         partition=partition,
-        status=str(state["status"]),
-        started_ms=int(state["started"]),
-        ended_ms=state.get("ended"),
-        reason=state.get("reason"),
-        failed_step=state.get("failed_step"),
-        steps=step_views(state["steps"], history),
-        timers=parse_timers(state.get("timers") or {}),
+        status=state.status,
+        started_ms=state.started,
+        ended_ms=state.ended,
+        reason=state.reason,
+        failed_step=state.failed_step,
+        steps=step_views(state.steps, history),
+        timers=parse_timers(state.timers),
         history=history,
         history_complete=history_complete,
-        expires_ms=state.get("expires"),
+        expires_ms=state.expires,
     )
 
 
-def summarize(key: str, partition: int, state: Mapping[str, Any]) -> SagaSummary:
-    """The summary of a saga state (only its lasting keys are read)."""
+def summarize(key: str, partition: int, state: SagaState) -> SagaSummary:
+    """The summary of a saga state."""
     return SagaSummary(
-        saga=str(state["saga"]),
+        saga=state.saga,
         key=key,
         partition=partition,
-        status=str(state["status"]),
-        started_ms=int(state["started"]),
-        ended_ms=state.get("ended"),
-        failed_step=state.get("failed_step"),
-        reason=state.get("reason"),
+        status=state.status,
+        started_ms=state.started,
+        ended_ms=state.ended,
+        failed_step=state.failed_step,
+        reason=state.reason,
     )
 
 

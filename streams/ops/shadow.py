@@ -358,7 +358,7 @@ def _started(
 
 
 def _live_order(live: Settings, group: str, keys: set[str]) -> dict[bytes, list[str]]:
-    """The event ids each of these sagas' live state has seen, in the order it decided them
+    """The event ids' digests each of these sagas' live state has seen, in the order it decided them
     (its newest state in the live changelog; the last 64 events of a longer saga)."""
     wanted = {key.encode() for key in keys}
     states: dict[bytes, bytes | None] = {}
@@ -366,7 +366,7 @@ def _live_order(live: Settings, group: str, keys: set[str]) -> dict[bytes, list[
     for msg in _messages(live, ranges):
         if msg.key() in wanted:
             states[msg.key() or b""] = msg.value()
-    return {key: decode_state(value)["seen"] for key, value in states.items() if value}
+    return {key: decode_state(value).seen for key, value in states.items() if value}
 
 
 def _ranges(

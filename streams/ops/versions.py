@@ -45,8 +45,8 @@ def count_running(settings: Settings) -> dict[tuple[str, str | None], int]:
         if key is None:
             continue
         state = None if value is None else decode_state(value)
-        running = state is not None and state["status"] not in TERMINAL
-        newest[key] = (state["saga"], state.get("shape")) if state and running else None
+        running = state is not None and state.status not in TERMINAL
+        newest[key] = (state.saga, state.shape) if state and running else None
     counts: dict[tuple[str, str | None], int] = {}
     for version in newest.values():
         if version is not None:

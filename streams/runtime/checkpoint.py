@@ -25,7 +25,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from sagastream.core.state import decode_state
+from sagastream.core.state import SagaState, decode_state
 from sagastream.errors import SagastreamError
 from sagastream.runtime.inputs import OutRecord
 from sagastream.runtime.kafka_io import produce
@@ -55,7 +55,7 @@ class Touched:
     state's changelog bytes (None: removed)."""
 
     committed_timers: dict[str, int]
-    state: dict[str, Any] | None
+    state: SagaState | None
     value: bytes | None
 
 
@@ -93,7 +93,7 @@ class Checkpoint:
         self._after: list[Callable[[], None]] = []
         self._delivery_error: KafkaError | None = None
         # committed states as decide last saw them, so sagas in flight skip RocksDB and decoding
-        self._cached: dict[bytes, dict[str, Any]] = {}
+        self._cached: dict[bytes, SagaState] = {}
         self._cache_size = cached_states
 
     # -- filling it -----------------------------------------------------------------------
@@ -103,9 +103,7 @@ class Checkpoint:
             self.open = True
             self.started = time.monotonic()
 
-    def state(
-        self, partition: int, store: PartitionStore, saga_key: bytes
-    ) -> dict[str, Any] | None:
+    def state(self, partition: int, store: PartitionStore, saga_key: bytes) -> SagaState | None:
         """A saga's newest state: this transaction's, else the store's."""
         work = self.work.get(partition)
         if work is not None and (t := work.touched.get(saga_key)) is not None:
@@ -125,8 +123,8 @@ class Checkpoint:
         partition: int,
         store: PartitionStore,
         saga_key: bytes,
-        old: dict[str, Any] | None,
-        new: dict[str, Any] | None,
+        old: SagaState | None,
+        new: SagaState | None,
         value: bytes | None,
     ) -> None:
         """Record a saga's new state and its changelog bytes (`encode_state(new)`, None with a
@@ -253,7 +251,7 @@ class Checkpoint:
         """Drop cached states (partitions moved: a state may change elsewhere meanwhile)."""
         self._cached.clear()
 
-    def _remember(self, saga_key: bytes, state: dict[str, Any]) -> None:
+    def _remember(self, saga_key: bytes, state: SagaState) -> None:
         if len(self._cached) >= self._cache_size:
             del self._cached[next(iter(self._cached))]  # the oldest entry
         self._cached[saga_key] = state

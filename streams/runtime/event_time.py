@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import heapq
 import threading
-import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
+from sagastream.core.state import seen_digest
 from sagastream.core.topology import Topology
 from sagastream.errors import SagastreamError
 from sagastream.runtime.horizon import timestamp
@@ -150,14 +150,13 @@ class Merge:
 
 
 class LiveOrder:
-    """The order the live run decided each saga's events in (the `seen` of its state), so that
-    a replay decides them in that order too: an event waits for those decided before it."""
+    """The order the live run decided each saga's events in (the `seen` of its state: digests
+    of the event ids, fired timers left out), so that a replay decides them in that order too:
+    an event waits for those decided before it."""
 
     def __init__(self, seen: Mapping[bytes, Sequence[str]]) -> None:
         self._position = {
-            event_id: (key, n)
-            for key, ids in seen.items()
-            for n, event_id in enumerate(i for i in ids if not fired_timer(i))
+            digest: (key, n) for key, digests in seen.items() for n, digest in enumerate(digests)
         }
         self._next: dict[bytes, int] = {}
         self._held: dict[bytes, dict[int, Message]] = {}
@@ -165,7 +164,7 @@ class LiveOrder:
     def admit(self, msg: Message, event_id: str | None) -> list[Message]:
         """What may be decided now: `msg` and the events it held back, or nothing while an
         event the live run decided before it has not come."""
-        where = self._position.get(event_id or "")
+        where = None if event_id is None else self._position.get(seen_digest(event_id))
         if where is None:
             return [msg]
         key, n = where
@@ -187,14 +186,6 @@ class LiveOrder:
         out = [msg for held in self._held.values() for _, msg in sorted(held.items())]
         self._held.clear()
         return out
-
-
-def fired_timer(event_id: str) -> bool:
-    """A fired timer's event id (uuid5, see Orchestrator._fire_due): not an input to replay."""
-    try:
-        return uuid.UUID(event_id).version == 5
-    except ValueError:
-        return False
 
 
 class EventTimeOrchestrator(Orchestrator):

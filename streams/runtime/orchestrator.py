@@ -35,7 +35,7 @@ from confluent_kafka import (
 )
 
 from sagastream.core.saga import TERMINAL, Event, caused_by, decide, saga_for
-from sagastream.core.state import StateEncodingError, decode_state, encode_state
+from sagastream.core.state import SagaState, StateEncodingError, decode_state, encode_state
 from sagastream.core.topology import (
     LIFECYCLE_EVENT,
     TIMER_EVENT,
@@ -150,17 +150,6 @@ class ShapeUnknown(SagastreamError, RuntimeError):
             f"({', '.join(missing)}: published after it started); its inputs wait until it "
             "is restarted, which reads them"
         )
-
-
-def saga_of(state: dict[str, Any]) -> str:
-    """The saga type a state belongs to."""
-    return str(state["saga"])
-
-
-def shape_of(state: dict[str, Any]) -> str | None:
-    """The shape a state is pinned to; None for states written before versions."""
-    shape = state.get("shape")
-    return None if shape is None else str(shape)
 
 
 def _fetch(consumer: Consumer, timeout: float) -> list[Message]:
@@ -427,7 +416,7 @@ class Orchestrator:
         meta = record.pop("meta")
         state = ckpt.state(partition, store, key)
         if state is not None:
-            definition = (saga_of(state), self._spec_of(state))
+            definition = (state.saga, self._spec_of(state))
         elif (found := saga_for(self.topology.sagas, got.event_type)) is not None:
             definition = found
         else:
@@ -483,10 +472,10 @@ class Orchestrator:
             self._dead_letter(letter, refused, msg)
         if (
             new is not None
-            and new["status"] in TERMINAL
-            and (state is None or state["status"] not in TERMINAL)
+            and new.status in TERMINAL
+            and (state is None or state.status not in TERMINAL)
         ):
-            ckpt.after_commit(partial(self._count_outcome, new["saga"], new["status"], new))
+            ckpt.after_commit(partial(self._count_outcome, new.saga, new.status, new))
         if new is not None and _running(new) and not _running(state):
             ckpt.after_commit(partial(self._count_running, partition, _version_of(new), 1))
         elif state is not None and _running(state) and not _running(new):
@@ -494,10 +483,10 @@ class Orchestrator:
         return None
 
     # -- definitions ----------------------------------------------------------------------
-    def _spec_of(self, state: dict[str, Any]) -> SagaSpec:
+    def _spec_of(self, state: SagaState) -> SagaSpec:
         """The definition a stored saga is decided by: its pinned shape's (the lowest version's
         for a state without one); ShapeUnknown, after reading the topic again, if none."""
-        saga, shape = saga_of(state), shape_of(state)
+        saga, shape = state.saga, state.shape
         spec = self._recorded(saga, shape)
         if spec is None and time.monotonic() - self._book_read >= SHAPE_RETRY_S:
             self._reread_definitions()
@@ -575,16 +564,17 @@ class Orchestrator:
             version = "?" if found is None else str(found.version)
             self.metrics.versions_running.labels(saga, version, pinned or "?").set(total)
 
-    def _count_outcome(self, saga: str, status: str, state: dict[str, Any]) -> None:
+    def _count_outcome(self, saga: str, status: str, state: SagaState) -> None:
         self.metrics.outcomes.labels(saga, status).inc()
-        seconds = (state["ended"] - state["started"]) / 1000
+        assert state.ended is not None  # an ended saga's
+        seconds = (state.ended - state.started) / 1000
         self.metrics.saga_seconds.labels(saga, status).observe(seconds)
 
     def _audit(
         self,
         key: bytes,
         audit: str,
-        state: dict[str, Any],
+        state: SagaState,
         lifecycle: list[tuple[str, str | None]],
         parent: dict[str, Any],
     ) -> tuple[TrailEntry, OutRecord] | None:
@@ -602,8 +592,8 @@ class Orchestrator:
             return None
         assert self._ckpt is not None
         kept = self._ckpt.trail.get(key)
-        saga, earlier = (state["saga"], []) if kept is None else (kept[0][0], kept[0][2])
-        entry = (saga, state["status"], earlier + changes, parent)
+        saga, earlier = (state.saga, []) if kept is None else (kept[0][0], kept[0][2])
+        entry = (saga, state.status, earlier + changes, parent)
         fields = {"saga_type": saga, "status": entry[1], "changes": entry[2]}
         return entry, self.encoder.derived(LIFECYCLE_EVENT, key, fields, parent, 1)
 
@@ -612,7 +602,7 @@ class Orchestrator:
         key: bytes,
         commands: list[Any],
         out: list[OutRecord],
-        state: dict[str, Any] | None,
+        state: SagaState | None,
         encoded: bytes | None,
         audit: tuple[TrailEntry, OutRecord] | None,
     ) -> None:
@@ -680,12 +670,12 @@ class Orchestrator:
             for due_ms, timer, key in sorted(due):
                 state = ckpt.state(partition, store, key)
                 if timer == EXPIRY:  # an ended saga's retention is over: a tombstone removes it
-                    if state is not None and state.get("expires") == due_ms:
+                    if state is not None and state.expires == due_ms:
                         ckpt.begin()
                         ckpt.put_state(partition, store, key, state, None, None)
                         self.metrics.timers_fired.labels(EXPIRY).inc()
                     continue
-                if state is None or state["timers"].get(timer) != due_ms:
+                if state is None or state.timers.get(timer) != due_ms:
                     continue  # disarmed, or fired already in this transaction
                 if not self._can_encode():
                     return  # every due timer stays armed and is fired on a later tick
@@ -697,9 +687,9 @@ class Orchestrator:
                     "saga_key": key.decode(errors="replace"),
                     "occurred_at": now,
                     "producer": PRODUCER_NAME,
-                    "correlation_id": state.get("corr") or event_id,
+                    "correlation_id": state.correlation_id or event_id,
                     "causation_id": None,
-                    "traceparent": state.get("tp"),
+                    "traceparent": state.traceparent,
                     "hop": 0,
                     "attempt": 1,
                 }
@@ -714,8 +704,8 @@ class Orchestrator:
                     continue  # it stays armed until its definition is read
                 if rejected is not None:
                     # it must not fail again every tick: park the timer, disarmed
-                    disarmed = {**state, "timers": dict(state["timers"])}
-                    del disarmed["timers"][timer]
+                    disarmed = state.copy()
+                    del disarmed.timers[timer]
                     value = encode_state(disarmed)  # its state was stored: it encodes
                     ckpt.put_state(partition, store, key, state, disarmed, value)
                     letter = self._letter(None, fired, partition, rejected)
@@ -947,12 +937,12 @@ class Orchestrator:
         self.stores.clear()
 
 
-def _running(state: dict[str, Any] | None) -> bool:
-    return state is not None and state["status"] not in TERMINAL
+def _running(state: SagaState | None) -> bool:
+    return state is not None and state.status not in TERMINAL
 
 
-def _version_of(state: dict[str, Any]) -> tuple[str, str | None]:
-    return saga_of(state), shape_of(state)
+def _version_of(state: SagaState) -> tuple[str, str | None]:
+    return state.saga, state.shape
 
 
 def _listed(partitions: list[TopicPartition]) -> str:

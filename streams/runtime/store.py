@@ -21,11 +21,11 @@ import json
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from rocksdict import Options, Rdict, WriteBatch
 
-from sagastream.core.state import decode_state
+from sagastream.core.state import SagaState, decode_state
 
 STATE, TIMER = b"s", b"t"
 CHECKPOINT_KEY = b"m:checkpoint"
@@ -48,17 +48,17 @@ def parse_timer_index_key(raw: bytes) -> tuple[int, str, bytes]:
     return due, timer.decode(), saga_key
 
 
-def timers_of(state: Mapping[str, Any] | None) -> dict[str, int]:
+def timers_of(state: SagaState | None) -> dict[str, int]:
     """What the due-index holds for a state: its armed timers and, once ended, its expiry."""
-    if not state:
+    if state is None:
         return {}
-    timers = dict(state["timers"])
-    if state.get("expires") is not None:
-        timers[EXPIRY] = state["expires"]
+    timers = dict(state.timers)
+    if state.expires is not None:
+        timers[EXPIRY] = state.expires
     return timers
 
 
-def changelog_headers(state: Mapping[str, Any] | None) -> list[tuple[str, bytes]]:
+def changelog_headers(state: SagaState | None) -> list[tuple[str, bytes]]:
     """Headers of a state's changelog record: its due-index entries, so restore need not parse it."""
     return [(TIMERS_HEADER, json.dumps(timers_of(state)).encode())]
 

@@ -10,7 +10,7 @@ import urllib.request
 import uuid
 from typing import Any
 
-from sagastream.core.state import decode_state
+from sagastream.core.state import SagaState, decode_state
 from sagastream.examples.events import LoanApplied
 from sagastream.ops.client import Received
 from sagastream.ops.demo import order_fields
@@ -79,7 +79,7 @@ def events_for(
     return [m for m in msgs if m.key == key.encode() and m.event_type]
 
 
-def saga_state(ns: Any, key: str, timeout: float = 10.0) -> dict[str, Any]:
+def saga_state(ns: Any, key: str, timeout: float = 10.0) -> SagaState:
     """The last state the orchestrator wrote for a saga, read back from its changelog topic."""
     changelog = f"{ns.settings.group('orchestrator')}-sagas-changelog"
     msgs = ns.client.read([changelog], lambda m: False, timeout)

@@ -59,13 +59,13 @@ def test_bytes_fixed_and_decimal_travel_through_the_saga_state(ns: Any, start_wo
             FEE_BYTES,
         )
         state = saga_state(ns, key)
-        assert state["data"]["start"] == {
+        assert state.data["start"] == {
             "doc_id": key,
             "blob": blob,
             "digest": digest,
             "fee": FEE_BYTES,
         }
-        assert state["data"]["seal"] == {"seal": seal_of(blob, digest)}  # the note is not kept
+        assert state.data["seal"] == {"seal": seal_of(blob, digest)}  # the note is not kept
 
     assert every_dead_letter(ns) == []
 

@@ -71,10 +71,10 @@ def test_happy_path_completes_and_notifies(ns, workers):
     assert note["template"] == "order_completed" and note["outcome"] == "completed"
 
     state = saga_state(ns, "order-ok-1")
-    assert state["status"] == "completed"
-    assert {s["st"] for s in state["steps"].values()} == {"succeeded"}
-    assert state["timers"] == {}
-    assert state["data"]["payment"]["payment_id"].startswith("pay_")
+    assert state.status == "completed"
+    assert {s.status for s in state.steps.values()} == {"succeeded"}
+    assert state.timers == {}
+    assert state.data["payment"]["payment_id"].startswith("pay_")
 
 
 def test_payment_failure_compensates_completed_steps_in_reverse_order(ns, workers):
@@ -85,13 +85,13 @@ def test_payment_failure_compensates_completed_steps_in_reverse_order(ns, worker
     assert "card declined" in outcome.record["reason"]
 
     state = saga_state(ns, "order-declined-1")
-    assert state["status"] == "compensated"
-    assert state["steps"]["payment"]["st"] == "failed"
-    succeeded = [s for s in state["order"] if s != "payment"]
+    assert state.status == "compensated"
+    assert state.steps["payment"].status == "failed"
+    succeeded = [s for s in state.order if s != "payment"]
     assert sorted(succeeded) == ["inventory", "shipping"]
     # Steps done when the payment failed are undone in reverse completion order; a step that
     # succeeds later is undone after them (the unit and property tests pin the exact rule).
-    assert sorted(state["undone"]) == ["inventory", "shipping"]
+    assert sorted(state.undone) == ["inventory", "shipping"]
 
     undo_types = {"ReleaseInventory", "CancelShipment", "RefundPayment", "SendNotification"}
 
@@ -107,9 +107,9 @@ def test_payment_failure_compensates_completed_steps_in_reverse_order(ns, worker
         m.event_type for m in sorted(undo_events, key=lambda m: m.record["meta"]["occurred_at"])
     ]
     expected = {"inventory": "ReleaseInventory", "shipping": "CancelShipment"}
-    assert undo == [expected[s] for s in state["undone"]]
+    assert undo == [expected[s] for s in state.undone]
     release = next(m for m in events if m.event_type == "ReleaseInventory").record
-    assert release["reservation_id"] == state["data"]["inventory"]["reservation_id"]
+    assert release["reservation_id"] == state.data["inventory"]["reservation_id"]
     note = next(m for m in events if m.event_type == "SendNotification").record
     assert note["template"] == "order_cancelled"
 

@@ -7,18 +7,19 @@ the changelog has lost.
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
 from confluent_kafka import Producer
 
+from sagastream.core.state import decode_state
 from sagastream.runtime.restore import restore
 from sagastream.runtime.store import MemoryStore, changelog_headers
+from tests.unit.states import state_bytes
 
 
 def _state(status: str) -> bytes:
-    return json.dumps({"status": status, "timers": {}}).encode()
+    return state_bytes(status=status)
 
 
 def _transaction(producer: Producer, topic: str, records: dict[bytes, bytes]) -> list[int]:
@@ -26,12 +27,13 @@ def _transaction(producer: Producer, topic: str, records: dict[bytes, bytes]) ->
     offsets: list[int] = []
     producer.begin_transaction()
     for key, value in records.items():
+        headers: list[tuple[str, str | bytes | None]] = [*changelog_headers(decode_state(value))]
         producer.produce(
             topic,
             key=key,
             value=value,
             partition=0,
-            headers=changelog_headers(json.loads(value)),
+            headers=headers,
             on_delivery=lambda err, msg: offsets.append(msg.offset()),
         )
     producer.commit_transaction(30)

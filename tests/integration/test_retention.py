@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sagastream.core.state import decode_state
+from sagastream.core.state import SagaState, decode_state
 from sagastream.ops.client import Client
 from sagastream.runtime.kafka_io import read_to_end
 from sagastream.runtime.store import RocksStore
@@ -48,10 +48,10 @@ def _stored(ns: Any, keys: set[str]) -> set[str]:
     return held
 
 
-def _changelog(ns: Any) -> dict[str, list[tuple[int, dict[str, Any] | None]]]:
+def _changelog(ns: Any) -> dict[str, list[tuple[int, SagaState | None]]]:
     """Every committed changelog record per key, in offset order: (its time, the state)."""
     topic = ns.settings.changelog_topic()
-    records: dict[str, list[tuple[int, dict[str, Any] | None]]] = defaultdict(list)
+    records: dict[str, list[tuple[int, SagaState | None]]] = defaultdict(list)
     for m in read_to_end(ns.settings, [topic], "test-changelog", timeout=60):
         value = m.value()
         state = None if value is None else decode_state(value)
@@ -113,10 +113,10 @@ def test_ended_sagas_leave_the_store_and_a_restore_does_not_bring_them_back(
     for key in orders:
         (removed_at, tombstone), (_, last) = changelog[key][-1], changelog[key][-2]
         assert tombstone is None and [s for _, s in changelog[key]].count(None) == 1
-        assert last is not None and last["status"] in ("completed", "compensated")
-        assert last["expires"] == last["ended"] + RETENTION_MS
-        assert removed_at >= last["expires"]
-        lags.append(removed_at - last["expires"])
+        assert last is not None and last.status in ("completed", "compensated")
+        assert last.ended is not None and last.expires == last.ended + RETENTION_MS
+        assert removed_at >= last.expires
+        lags.append(removed_at - last.expires)
     print(f"tombstones written {min(lags)}..{max(lags)} ms after the retention ended")
     assert changelog["retained-loan"][-1][1] is not None
 

@@ -26,27 +26,27 @@ def states() -> br.OrderStates:
 
 def test_a_started_saga_has_every_step_sent_and_its_timers_armed(states: br.OrderStates) -> None:
     state = states.started(3)
-    assert state["key"] == "order-000003" and state["status"] == "running"
-    assert state["data"]["start"]["order_id"] == "order-000003"
-    assert {s["st"] for s in state["steps"].values()} == {"running"}
+    assert state.key == "order-000003" and state.status == "running"
+    assert state.data["start"]["order_id"] == "order-000003"
+    assert {s.status for s in state.steps.values()} == {"running"}
     spec = states.definition[1]
-    assert state["timers"] == {
+    assert state.timers == {
         "deadline||0": NOW + spec.deadline_ms,
         **{f"step_timeout|{n}|1": NOW + s.answer_within_ms for n, s in spec.steps.items()},
     }
     assert decode_state(encode_state(state)) == state  # the orchestrator can store it
     assert states.started(3) == state  # a function of (seed, i, now)
-    assert states.started(4)["seen"] != state["seen"]
+    assert states.started(4).seen != state.seen
 
 
 def test_a_result_moves_the_saga_on_and_disarms_its_step_timeout(states: br.OrderStates) -> None:
     paid = states.paid(10, states.started(10))
-    assert paid["steps"]["payment"]["st"] == "succeeded" and paid["order"] == ["payment"]
-    assert "step_timeout|payment|1" not in paid["timers"] and len(paid["timers"]) == 3
-    assert paid["data"]["payment"]["payment_id"].startswith("pay-")
+    assert paid.steps["payment"].status == "succeeded" and paid.order == ["payment"]
+    assert "step_timeout|payment|1" not in paid.timers and len(paid.timers) == 3
+    assert paid.data["payment"]["payment_id"].startswith("pay-")
     assert states.stored(10) == paid and states.stored(11) == states.started(11)
     reserved = states.reserved(10, paid)
-    assert reserved["order"] == ["payment", "inventory"] and len(reserved["timers"]) == 2
+    assert reserved.order == ["payment", "inventory"] and len(reserved.timers) == 2
 
 
 def test_the_changelog_writes_every_saga_then_one_in_ten_again(states: br.OrderStates) -> None:
@@ -62,7 +62,7 @@ def test_the_changelog_writes_every_saga_then_one_in_ten_again(states: br.OrderS
     for t, txn in enumerate(txns):
         for key, value in txn:
             if key in first:
-                assert t > first[key] and decode_state(value)["order"] == ["payment"]
+                assert t > first[key] and decode_state(value).order == ["payment"]
             first.setdefault(key, t)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from sagastream.core.state import decode_state, encode_state
+from sagastream.core.state import SagaState, decode_state, encode_state
 from sagastream.runtime.checkpoint import Checkpoint, ProducerFatal, TransactionFailed
 from sagastream.runtime.health import RoleHealth
 from sagastream.runtime.inputs import OutRecord
@@ -20,6 +20,7 @@ from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.orchestrator import commit_counted
 from sagastream.runtime.settings import Settings
 from sagastream.runtime.store import MemoryStore
+from tests.unit.states import a_state
 
 
 @dataclass
@@ -94,15 +95,15 @@ class FakeConsumer:
         return partitions
 
 
-def _put(ckpt: Checkpoint, store: MemoryStore, old: Any, new: dict[str, Any] | None) -> None:
+def _put(ckpt: Checkpoint, store: MemoryStore, old: Any, new: SagaState | None) -> None:
     ckpt.put_state(0, store, b"order-1", old, new, None if new is None else encode_state(new))
 
 
 def _work(ckpt: Checkpoint, store: MemoryStore) -> None:
     ckpt.begin()
     old = ckpt.state(0, store, b"order-1")
-    _put(ckpt, store, old, {"status": "running", "timers": {"deadline||0": 9}, "data": {}})
-    _put(ckpt, store, old, {"status": "completed", "timers": {}, "data": {}})
+    _put(ckpt, store, old, a_state(timers={"deadline||0": 9}))
+    _put(ckpt, store, old, a_state(status="completed"))
     ckpt.produce(OutRecord("payments.commands", b"order-1", b"charge", []))
     ckpt.consumed(FakeMessage("orders.events", 0, 41))  # type: ignore[arg-type]
 
@@ -116,14 +117,10 @@ def test_commit_carries_outputs_one_changelog_record_per_saga_and_offsets() -> N
     topics = [topic for topic, *_ in producer.committed]
     assert topics == ["payments.commands", "changelog"]  # two decisions, one changelog record
     # the bytes the last decision was encoded to, as they were handed over
-    assert decode_state(producer.committed[-1][2]) == {
-        "status": "completed",
-        "timers": {},
-        "data": {},
-    }
+    assert decode_state(producer.committed[-1][2]) == a_state(status="completed")
     assert producer.offsets == [[("orders.events", 0, 42)]]
     assert store.checkpoint() == 101
-    assert ckpt.state(0, store, b"order-1") == {"status": "completed", "timers": {}, "data": {}}
+    assert ckpt.state(0, store, b"order-1") == a_state(status="completed")
     assert store.due(10**6, 10) == []
     assert not ckpt.open
 
@@ -147,7 +144,7 @@ def test_states_reach_the_store_only_after_the_commit() -> None:
     ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
     _work(ckpt, store)
     assert store.get(b"order-1") is None  # decided, not committed
-    assert ckpt.state(0, store, b"order-1") == {"status": "completed", "timers": {}, "data": {}}
+    assert ckpt.state(0, store, b"order-1") == a_state(status="completed")
     ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
     assert store.get(b"order-1") is not None
 
@@ -156,7 +153,7 @@ def test_a_removed_saga_commits_as_a_tombstone_and_leaves_the_store() -> None:
     producer, store = FakeProducer(), MemoryStore()
     ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
     ckpt.hold({("orders.events", 0): 7})
-    ended = {"status": "completed", "timers": {}, "expires": 500, "data": {}}
+    ended = a_state(status="completed", ended=400, expires=500)
     ckpt.begin()
     _put(ckpt, store, None, ended)
     ckpt.commit(FakeConsumer())  # type: ignore[arg-type]
@@ -175,7 +172,7 @@ def test_a_removed_saga_commits_as_a_tombstone_and_leaves_the_store() -> None:
 
 def _put_running(ckpt: Checkpoint, store: MemoryStore, partition: int, key: bytes) -> None:
     """A saga changed with no input consumed, as a fired timer changes it."""
-    state = {"status": "running", "timers": {}, "data": {}}
+    state = a_state()
     ckpt.put_state(partition, store, key, None, state, encode_state(state))
 
 

@@ -5,7 +5,6 @@ the speed of the replay. The orchestrator runs on a fake producer and in-memory 
 from __future__ import annotations
 
 import random
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import yaml
 
 from sagastream.core.saga import Event, decide
+from sagastream.core.state import seen_digest
 from sagastream.core.topology import Topology, parse_topology
 from sagastream.ops.demo import order_fields
 from sagastream.runtime.checkpoint import Checkpoint
@@ -173,7 +173,8 @@ def test_a_sagas_events_are_decided_in_the_order_the_live_run_saw_them(tmp_path:
         _input("shipping.events", 0, 1060, "ShipmentCreated", shipment_id="s"),
         _input("payments.events", 0, 1100, "PaymentFailed", reason="declined"),
     ]
-    seen = ["OrderPlaced#1", "ShipmentCreated#1", "InventoryReserved#1", "PaymentFailed#1"]
+    ids = ["OrderPlaced#1", "ShipmentCreated#1", "InventoryReserved#1", "PaymentFailed#1"]
+    seen = [seen_digest(i) for i in ids]  # as the live state keeps them
     undo = {"ReleaseInventory", "CancelShipment"}
 
     _, by_time = _replay(tmp_path / "a", _topology(retry_failures=False), records, {})
@@ -184,8 +185,7 @@ def test_a_sagas_events_are_decided_in_the_order_the_live_run_saw_them(tmp_path:
 
 
 def test_live_order_holds_an_event_back_until_those_decided_before_it_came() -> None:
-    timer = str(uuid.uuid5(uuid.NAMESPACE_URL, "k|retry|a|1|1234"))  # not an input: not awaited
-    order = LiveOrder({b"k": ["a", timer, "b", "c"]})
+    order = LiveOrder({b"k": [seen_digest(i) for i in ("a", "b", "c")]})
     a, b, c, other = "msg-a", "msg-b", "msg-c", "msg-other"
     assert order.admit(c, "c") == []  # type: ignore[arg-type]
     assert order.admit(other, "x") == [other]  # type: ignore[arg-type] # not in any live order
@@ -194,7 +194,7 @@ def test_live_order_holds_an_event_back_until_those_decided_before_it_came() -> 
     assert order.admit(a, "a") == [a]  # type: ignore[arg-type] # a duplicate is not held
     assert order.rest() == []
     assert order.admit(c, "c") == [c]  # type: ignore[arg-type]
-    held = LiveOrder({b"k": ["a", "b"]})
+    held = LiveOrder({b"k": [seen_digest("a"), seen_digest("b")]})
     assert held.admit(b, "b") == []  # type: ignore[arg-type]
     assert held.rest() == [b]  # a never came (outside the replay): b goes at the end
 
@@ -210,5 +210,5 @@ def test_backoffs_do_not_depend_on_the_clock() -> None:
         state = decide(order, None, placed, 1000 + shift).state
         after = decide(order, state, failed, 1100 + shift).state
         assert after is not None
-        delays.add(after["timers"]["retry|payment|1"] - (1100 + shift))
+        delays.add(after.timers["retry|payment|1"] - (1100 + shift))
     assert len(delays) == 1

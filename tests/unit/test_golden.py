@@ -47,7 +47,7 @@ def _replay(topology: Topology, golden: dict[str, Any]) -> dict[str, Any]:
             # a recording is only valid if the timer was armed, with that due time, and is due
             assert state is not None
             key = f"{fields['kind']}|{fields['step']}|{fields['attempt']}"
-            assert state["timers"].get(key) == fields["due_ms"], (key, state["timers"])
+            assert state.timers.get(key) == fields["due_ms"], (key, state.timers)
             assert now >= fields["due_ms"]
         event = Event(record["event_type"], record["event_id"], fields, record["attempt"])
         decision = decide(definition, state, event, now)
@@ -60,9 +60,9 @@ def _replay(topology: Topology, golden: dict[str, Any]) -> dict[str, Any]:
             dead_letters.append(decision.dead_letter)
     assert state is not None
     return {
-        "status": state["status"],
+        "status": state.status,
         "commands": commands,
-        "compensated": state["undone"],
+        "compensated": state.undone,
         "dead_letter": bool(dead_letters),
         "sent": sent,
     }
@@ -117,5 +117,5 @@ def test_golden_replay_with_every_event_twice(topology: Topology, path: Path) ->
             state = decision.state
         again = decide(definition, state, event, record["at"])
         assert again.duplicate and again.state is None and not again.commands
-    assert state is not None and state["status"] == golden["expect"]["status"]
-    assert state["undone"] == golden["expect"]["compensated"]
+    assert state is not None and state.status == golden["expect"]["status"]
+    assert state.undone == golden["expect"]["compensated"]

@@ -67,7 +67,7 @@ def signal(outcome="approved", step="review", saga="loan", event_id="s1", **extr
 
 def test_review_timeout_escalates_and_keeps_waiting(loan):
     state = waiting_for_review(loan)
-    due = state["timers"]["step_timeout|review|1"]
+    due = state.timers["step_timeout|review|1"]
     d = decide(loan, state, timer_event(Timer(due, "step_timeout", "review", 1), "t1"), due)
     assert [(c.event_type, c.fields) for c in d.commands] == [
         (
@@ -81,7 +81,7 @@ def test_review_timeout_escalates_and_keeps_waiting(loan):
             },
         )
     ]
-    assert d.state["status"] == "running" and d.state["steps"]["review"]["st"] == "running"
+    assert d.state.status == "running" and d.state.steps["review"].status == "running"
     assert ("step_escalated", "review") in d.lifecycle
     d = decide(loan, d.state, signal("approved"), due + 5)
     assert [c.event_type for c in d.commands] == ["DisburseLoan"]
@@ -92,14 +92,14 @@ def test_review_timeout_escalates_and_keeps_waiting(loan):
         "idempotency_key": "loan:L1:disbursement",
     }
     # no step of the loan saga reads the review's note or decider, so the state keeps neither
-    assert "review" not in d.state["data"]
+    assert "review" not in d.state.data
 
 
 def test_rejection_fails_the_step_and_compensates(loan):
     d = decide(loan, waiting_for_review(loan), signal("rejected"), 30)
-    assert d.state["status"] == "compensated"
-    assert d.state["failed_step"] == "review"
-    assert d.state["reason"] == "review: rejected by ann: n"
+    assert d.state.status == "compensated"
+    assert d.state.failed_step == "review"
+    assert d.state.reason == "review: rejected by ann: n"
     assert [c.event_type for c in d.commands] == ["SagaCompensated", "SendNotification"]
 
 

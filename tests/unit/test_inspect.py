@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
+from sagastream.core.state import SagaState, StepState
 from sagastream.examples.events import PaymentCharged
 from sagastream.ops.client import Client
 from sagastream.ops.inspect import (
@@ -26,6 +28,7 @@ from sagastream.ops.inspect import (
 from sagastream.ops.times import parse_duration
 from sagastream.runtime.settings import Settings
 from sagastream.wire.partitioner import murmur2, partition_for
+from tests.unit.states import a_state
 
 T0 = 1_764_000_000_000  # 2025-11-24T16:00:00Z
 
@@ -53,25 +56,21 @@ def test_partition_is_the_positive_hash_modulo_the_partition_count() -> None:
     assert partition_for(b"", 4) == (murmur2(b"") & 0x7FFFFFFF) % 4
 
 
-def state(**overrides: object) -> dict[str, object]:
-    """A saga state with only the keys describe reads (no `ctx` or `data`)."""
-    base: dict[str, object] = {
-        "saga": "order",
-        "key": "o-1",
+def state(**overrides: Any) -> SagaState:
+    """A compensated order saga's state."""
+    fields: dict[str, Any] = {
         "status": "compensated",
         "steps": {
-            "payment": {"st": "failed", "a": 3, "ca": 0},
-            "inventory": {"st": "compensated", "a": 1, "ca": 2},
-            "shipping": {"st": "cancelled", "a": 0, "ca": 0},
+            "payment": StepState("failed", 3, 0),
+            "inventory": StepState("compensated", 1, 2),
+            "shipping": StepState("cancelled", 0, 0),
         },
-        "timers": {},
         "started": T0,
         "ended": T0 + 2_000,
         "reason": "payment: card declined",
         "failed_step": "payment",
     }
-    base.update(overrides)
-    return base
+    return a_state(**{**fields, **overrides})
 
 
 HISTORY = [
@@ -94,7 +93,7 @@ HISTORY = [
 
 
 def test_step_times_come_from_the_first_start_and_the_last_end_of_each_run() -> None:
-    steps = step_views(state()["steps"], HISTORY)  # type: ignore[arg-type]
+    steps = step_views(state().steps, HISTORY)
     assert steps == [
         StepView("payment", "failed", 3, 0, T0 + 10, T0 + 1_000),
         StepView("inventory", "compensated", 1, 2, T0 + 10, T0 + 80, T0 + 1_000, T0 + 1_990),
@@ -104,7 +103,7 @@ def test_step_times_come_from_the_first_start_and_the_last_end_of_each_run() -> 
 
 def test_a_history_of_outcomes_only_gives_no_step_times() -> None:
     outcomes = [Change(T0, "started"), Change(T0 + 5, "compensated")]
-    steps = step_views(state()["steps"], outcomes)  # type: ignore[arg-type]
+    steps = step_views(state().steps, outcomes)
     assert all(s.started_ms is None and s.ended_ms is None for s in steps)
 
 
@@ -116,7 +115,7 @@ def test_timers_are_parsed_soonest_first_and_the_deadline_has_no_step() -> None:
     ]
 
 
-def test_the_view_reads_only_the_lasting_keys_of_a_state() -> None:
+def test_the_view_of_a_state() -> None:
     view = build_view("order", "o-1", 2, state(), HISTORY)
     assert (view.status, view.started_ms, view.ended_ms) == ("compensated", T0, T0 + 2_000)
     assert (view.failed_step, view.reason) == ("payment", "payment: card declined")

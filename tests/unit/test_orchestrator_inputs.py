@@ -107,7 +107,7 @@ def test_a_state_that_cannot_be_encoded_dead_letters_its_input_alone(
     real = orchestrator_module.encode_state
 
     def refuse_one(state: dict[str, Any]) -> bytes:
-        if state["key"] == "o-bad":
+        if state.key == "o-bad":
             raise StateEncodingError("cannot keep start.blob in the saga state: a set")
         return real(state)
 
@@ -211,7 +211,7 @@ def test_a_saga_of_binary_payloads_commits_and_its_state_keeps_them(tmp_path: Pa
     (record,) = [v for t, k, v, _ in vault.producer.committed if t == "changelog"]
     assert record is not None
     state = decode_state(record)
-    assert state["data"]["start"] == {
+    assert state.data["start"] == {
         "doc_id": "d-1",
         "blob": blob,
         "digest": digest,

@@ -6,15 +6,16 @@ restoring from a real changelog is covered by the integration tests (rebuild, cr
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError
 
+from sagastream.core.state import SagaState, decode_state, encode_state
 from sagastream.runtime.restore import _replay, _valid_checkpoint
 from sagastream.runtime.store import MemoryStore, changelog_headers
+from tests.unit.states import a_state
 
 
 @dataclass
@@ -57,12 +58,12 @@ class FakeConsumer:
         return taken
 
 
-def state(timers: dict[str, int], status: str = "running") -> dict[str, Any]:
-    return {"status": status, "timers": timers}
+def state(timers: dict[str, int], status: str = "running", **fields: Any) -> SagaState:
+    return a_state(status=status, timers=timers, **fields)
 
 
-def record(partition: int, offset: int, key: bytes, value: dict[str, Any] | None) -> Record:
-    raw = None if value is None else json.dumps(value).encode()
+def record(partition: int, offset: int, key: bytes, value: SagaState | None) -> Record:
+    raw = None if value is None else encode_state(value)
     return Record(partition, offset, key, raw, changelog_headers(value))
 
 
@@ -91,7 +92,7 @@ def test_replay_rebuilds_states_timers_and_checkpoints_of_each_partition() -> No
 
 def test_replay_onto_a_checkpoint_replaces_timers_the_store_already_had() -> None:
     store = MemoryStore()
-    store.apply({b"a": json.dumps(state({"step_timeout|pay|1": 100})).encode()}, 7)
+    store.apply({b"a": encode_state(state({"step_timeout|pay|1": 100}))}, 7)
     consumer = FakeConsumer(
         [
             record(0, 8, b"a", state({}, status="completed")),
@@ -101,12 +102,12 @@ def test_replay_onto_a_checkpoint_replaces_timers_the_store_already_had() -> Non
     _replay(consumer, {0: store}, {0: 9}, set(), {0: 0}, math.inf)  # type: ignore[arg-type]
     assert store.checkpoint() == 8
     assert store.due(10**6, 10) == []
-    assert json.loads(store.get(b"a") or b"")["status"] == "completed"
+    assert decode_state(store.get(b"a") or b"").status == "completed"
 
 
 def test_a_record_without_the_timers_header_is_read_from_its_state() -> None:
     store = MemoryStore()
-    raw = json.dumps(state({"deadline||0": 42})).encode()
+    raw = encode_state(state({"deadline||0": 42}))
     consumer = FakeConsumer([Record(0, 0, b"a", raw), Record(0, 1, None, None, eof=True)])
     _replay(consumer, {0: store}, {0: 1}, {0}, {0: 0}, math.inf)  # type: ignore[arg-type]
     assert store.due(10**6, 10) == [(42, "deadline||0", b"a")]
@@ -114,8 +115,8 @@ def test_a_record_without_the_timers_header_is_read_from_its_state() -> None:
 
 def test_a_tombstone_deletes_a_restored_state_and_its_expiry() -> None:
     store = MemoryStore()
-    ended = {**state({}, status="completed"), "expires": 500}
-    store.apply({b"a": json.dumps(ended).encode()}, 7)
+    ended = state({}, status="completed", ended=400, expires=500)
+    store.apply({b"a": encode_state(ended)}, 7)
     assert store.due(10**6, 10) == [(500, "expire", b"a")]
     consumer = FakeConsumer([record(0, 8, b"a", None), Record(0, 9, None, None, eof=True)])
     _replay(consumer, {0: store}, {0: 9}, set(), {0: 0}, math.inf)  # type: ignore[arg-type]
@@ -125,7 +126,7 @@ def test_a_tombstone_deletes_a_restored_state_and_its_expiry() -> None:
 
 def test_an_expiry_travels_in_the_timers_header() -> None:
     store = MemoryStore()
-    ended = {**state({}, status="compensated"), "expires": 500}
+    ended = state({}, status="compensated", ended=400, expires=500)
     consumer = FakeConsumer([record(0, 0, b"a", ended), Record(0, 1, None, None, eof=True)])
     _replay(consumer, {0: store}, {0: 1}, {0}, {0: 0}, math.inf)  # type: ignore[arg-type]
     assert store.due(10**6, 10) == [(500, "expire", b"a")]
@@ -152,7 +153,7 @@ def test_an_end_at_the_lso_is_not_the_end_while_an_open_transaction_holds_it_bac
 
 def _checkpointed(offset: int, topic_id: str | None) -> MemoryStore:
     store = MemoryStore()
-    store.apply({b"a": json.dumps(state({})).encode()}, offset)
+    store.apply({b"a": encode_state(state({}))}, offset)
     if topic_id is not None:
         store.set_changelog_id(topic_id)
     return store

@@ -35,7 +35,7 @@ from sagastream.core.saga import (
     saga_for,
     timer_event,
 )
-from sagastream.core.state import decode_state
+from sagastream.core.state import SagaState, decode_state, seen_digest
 from sagastream.core.topology import (
     QUEUE_ALLOWANCE_MS,
     CompensationSpec,
@@ -102,7 +102,7 @@ class Saga:
 
     def __init__(self, spec: SagaSpec, name: str = "demo") -> None:
         self.definition = (name, spec)
-        self.state: dict[str, Any] | None = None
+        self.state: SagaState | None = None
         self.now = 0
         self.ids = 0
         self.decisions: list[Decision] = []
@@ -135,7 +135,7 @@ class Saga:
 
     def due(self, kind: str, step_name: str, attempt: int) -> int:
         assert self.state is not None
-        return self.state["timers"][f"{kind}|{step_name}|{attempt}"]
+        return self.state.timers[f"{kind}|{step_name}|{attempt}"]
 
     def fire(self, kind: str, step_name: str, attempt: int) -> Decision:
         due = self.due(kind, step_name, attempt)
@@ -145,11 +145,11 @@ class Saga:
     @property
     def status(self) -> str:
         assert self.state is not None
-        return self.state["status"]
+        return self.state.status
 
     def st(self, step_name: str) -> str:
         assert self.state is not None
-        return self.state["steps"][step_name]["st"]
+        return self.state.steps[step_name].status
 
     def notes(self) -> list[tuple[str, str | None]]:
         return [note for d in self.decisions for note in d.lifecycle]
@@ -195,7 +195,7 @@ def test_fan_in_waits_for_every_dependency() -> None:
     assert s.status == COMPLETED
     assert sent(d) == [("SagaCompleted", None, 1)]
     assert d.commands[0].fields["completed_steps"] == ["b", "a", "c"]
-    assert s.state is not None and s.state["timers"] == {}
+    assert s.state is not None and s.state.timers == {}
 
 
 def test_optional_step_failure_does_not_fail_the_saga() -> None:
@@ -299,8 +299,8 @@ def test_retry_exhaustion_compensates() -> None:
     s.fire("retry", "b", 1)
     d = s.fire("step_timeout", "b", 2)
     assert s.status == COMPENSATING
-    assert s.state is not None and s.state["failed_step"] == "b"
-    assert "timed out" in s.state["reason"]
+    assert s.state is not None and s.state.failed_step == "b"
+    assert "timed out" in s.state.reason
     assert sent(d) == [("Undoa", "a", 1)]
     d = s.send("aUndone")
     assert s.status == COMPENSATED
@@ -332,7 +332,7 @@ def test_success_of_an_earlier_attempt_is_accepted() -> None:
     d = s.send("aDone", attempt=1)
     assert s.status == COMPLETED
     assert ("stale_success_accepted", "a") in d.lifecycle
-    assert s.state is not None and s.state["timers"] == {}
+    assert s.state is not None and s.state.timers == {}
 
 
 def test_success_while_waiting_for_a_retry_cancels_the_retry() -> None:
@@ -341,7 +341,7 @@ def test_success_while_waiting_for_a_retry_cancels_the_retry() -> None:
     s.fire("step_timeout", "a", 1)
     s.send("aDone", attempt=1)
     assert s.st("a") == SUCCEEDED
-    assert s.state is not None and "retry|a|1" not in s.state["timers"]
+    assert s.state is not None and "retry|a|1" not in s.state.timers
 
 
 # -- results for attempts never sent ------------------------------------------------------------
@@ -444,7 +444,7 @@ def test_steps_waiting_for_a_retry_are_cancelled_by_compensation() -> None:
     s.fire("step_timeout", "a", 1)
     s.send("bFailed")
     assert s.st("a") == CANCELLED and s.status == COMPENSATED
-    assert s.state is not None and s.state["timers"] == {}
+    assert s.state is not None and s.state.timers == {}
     # the timed-out attempt did its work after all: undone, though the saga has ended
     d = s.send("aDone", attempt=1)
     assert sent(d) == [("Undoa", "a", 1)] and s.status == COMPENSATED
@@ -516,7 +516,7 @@ def test_compensation_is_sequential_in_reverse_completion_order() -> None:
     assert s.status == COMPENSATED
     # only steps actually undone: c had nothing to undo (finding 6 of issue 15)
     assert d.commands[0].fields["compensated_steps"] == ["a", "d", "b"]
-    assert s.state is not None and s.state["undone"] == ["a", "d", "b"]
+    assert s.state is not None and s.state.undone == ["a", "d", "b"]
 
 
 def test_compensation_failure_is_retried_then_the_saga_fails() -> None:
@@ -583,7 +583,7 @@ def test_undo_success_after_the_last_attempt_timed_out_is_accepted() -> None:
     assert s.st("b") == UNDONE
     s.send("aUndone")
     assert s.status == COMPENSATED
-    assert s.state is not None and s.state["undo_errors"] == []
+    assert s.state is not None and s.state.undo_errors == []
 
 
 def test_stale_undo_failure_is_ignored() -> None:
@@ -616,7 +616,7 @@ def test_deadline_compensates() -> None:
     d = s.fire("deadline", "", 0)
     assert s.now == 5_000
     assert s.status == COMPENSATING
-    assert s.state is not None and s.state["reason"] == "saga deadline exceeded"
+    assert s.state is not None and s.state.reason == "saga deadline exceeded"
     assert sent(d) == [("Undoa", "a", 1)]
     s.send("aUndone")
     assert s.status == COMPENSATING  # b is still in flight
@@ -628,7 +628,7 @@ def test_deadline_is_disarmed_when_the_saga_ends() -> None:
     s = Saga(saga(("a", step("a")), deadline_ms=5_000))
     s.start()
     s.send("aDone")
-    assert s.state is not None and s.state["timers"] == {}
+    assert s.state is not None and s.state.timers == {}
     d = s.deliver(timer_event(Timer(5_000, "deadline", "", 0), "late-deadline"), 5_000)
     assert sent(d) == [] and s.status == COMPLETED
 
@@ -636,13 +636,13 @@ def test_deadline_is_disarmed_when_the_saga_ends() -> None:
 def test_an_ended_saga_expires_its_retention_after_the_end() -> None:
     s = Saga(saga(("a", step("a"))))
     s.start()
-    assert s.state is not None and s.state["expires"] is None  # running: never removed
+    assert s.state is not None and s.state.expires is None  # running: never removed
     s.send("aDone", at=1_000)
-    assert s.state["ended"] == 1_000
-    assert s.state["expires"] == 1_000 + SagaSpec.model_fields["retention_ms"].default
+    assert s.state.ended == 1_000
+    assert s.state.expires == 1_000 + SagaSpec.model_fields["retention_ms"].default
     # a late event changes the state, not when it goes
     s.send("aDone", at=9_000)
-    assert s.state["expires"] == 1_000 + SagaSpec.model_fields["retention_ms"].default
+    assert s.state.expires == 1_000 + SagaSpec.model_fields["retention_ms"].default
 
 
 def test_retention_minus_one_keeps_an_ended_saga() -> None:
@@ -650,7 +650,7 @@ def test_retention_minus_one_keeps_an_ended_saga() -> None:
     s = Saga(spec)
     s.start()
     s.send("aFailed")
-    assert s.status == COMPENSATED and s.state is not None and s.state["expires"] is None
+    assert s.status == COMPENSATED and s.state is not None and s.state.expires is None
 
 
 def test_timer_that_was_disarmed_does_nothing() -> None:
@@ -755,6 +755,19 @@ def test_decide_does_not_mutate_its_input() -> None:
     assert repr(s.state) == frozen
 
 
+def test_a_fired_timer_is_no_seen_event_and_firing_it_again_stores_nothing() -> None:
+    s = Saga(diamond())
+    s.start()
+    assert s.state is not None
+    seen = list(s.state.seen)
+    assert seen == [seen_digest("begin")]  # digests of input event ids, not the ids
+    fired = s.fire("step_timeout", "a", 1)
+    assert fired.state is not None and fired.state.seen == seen
+    timer = Timer(fired.state.started, "step_timeout", "a", 1)
+    again = decide(s.definition, fired.state, timer_event(timer, "timer-again"), s.now + 1)
+    assert again.duplicate and again.state is None and not again.commands
+
+
 def test_idempotency_keys_are_stable_per_saga_and_step() -> None:
     assert idempotency_key("order", "o-1", "payment") == "order:o-1:payment"
     assert idempotency_key("order", "o-1", "payment", undo=True) == "order:o-1:payment:undo"
@@ -777,7 +790,7 @@ def test_same_named_result_fields_do_not_overwrite_each_other() -> None:
     s.send("aDone", {"ref": "A", "meta": {"event_id": "x"}})
     d = s.send("bDone", {"ref": "B"})
     assert d.commands[0].fields == {"first": "A", "second": "B", "idempotency_key": "demo:k-1:c"}
-    assert s.state is not None and s.state["data"] == {
+    assert s.state is not None and s.state.data == {
         "start": {"id": "k-1"},
         "a": {"ref": "A"},
         "b": {"ref": "B"},
@@ -819,7 +832,7 @@ def test_a_false_when_skips_the_step_and_its_dependants_still_run() -> None:
     s = Saga(spec)
     s.start(nights=0)
     d = s.send("aDone", {"ref": "A"})
-    assert s.st("b") == SKIPPED and s.state is not None and s.state["steps"]["b"]["a"] == 0
+    assert s.st("b") == SKIPPED and s.state is not None and s.state.steps["b"].attempt == 0
     assert ("step_skipped", "b") in d.lifecycle and ("step_started", "b") not in d.lifecycle
     assert sent(d) == [("Doc", "c", 1)]
     assert d.commands[0].fields == {"nights": 0, "idempotency_key": "demo:k-1:c"}
@@ -857,7 +870,7 @@ def test_a_skip_readies_steps_declared_before_it() -> None:
 def test_a_saga_whose_every_step_is_skipped_completes_at_once() -> None:
     s = Saga(saga(("a", step("a", when="not start.go")), ("b", step("b", "a", when="False"))))
     d = s.start(go=True)
-    assert s.status == COMPLETED and s.state is not None and s.state["timers"] == {}
+    assert s.status == COMPLETED and s.state is not None and s.state.timers == {}
     assert sent(d) == [("SagaCompleted", None, 1)]
     assert d.commands[0].fields["completed_steps"] == []
 
@@ -869,7 +882,7 @@ def test_a_stray_success_of_a_step_skipped_by_its_when_is_refused() -> None:
     assert sent(d) == [] and s.st("a") == SKIPPED
     assert d.dead_letter is not None and "step a was never started" in d.dead_letter
     s.send("bFailed")
-    assert s.status == COMPENSATED and s.state is not None and s.state["undone"] == []
+    assert s.status == COMPENSATED and s.state is not None and s.state.undone == []
 
 
 def test_a_version_1_state_reads_its_merged_context_for_every_source() -> None:
@@ -878,8 +891,28 @@ def test_a_version_1_state_reads_its_merged_context_for_every_source() -> None:
     s.start()
     s.send("aDone", {"a_ref": "A1"})
     assert s.state is not None
-    v1 = {k: v for k, v in s.state.items() if k != "data"}
-    v1.update(v=1, ctx={"id": "k-1", "a_ref": "A1"})
+    now = s.state
+    v1 = {
+        "v": 1,
+        "saga": now.saga,
+        "key": now.key,
+        "status": now.status,
+        "ctx": {"id": "k-1", "a_ref": "A1"},
+        "steps": {
+            n: {"st": x.status, "a": x.attempt, "ca": x.undo_attempt} for n, x in now.steps.items()
+        },
+        "order": now.order,
+        "undone": [],
+        "undo_errors": [],
+        "seen": [],
+        "timers": now.timers,
+        "started": now.started,
+        "ended": None,
+        "reason": None,
+        "failed_step": None,
+        "corr": None,
+        "tp": None,
+    }
     upgraded = decode_state(json.dumps(v1).encode())
     d = decide(s.definition, upgraded, Event("bFailed", "b-failed", {"reason": "no"}), 5)
     assert d.commands[0].fields == {
@@ -888,7 +921,7 @@ def test_a_version_1_state_reads_its_merged_context_for_every_source() -> None:
         "step": "a",
         "idempotency_key": "demo:k-1:a:undo",
     }
-    assert d.state is not None and "v" not in d.state and "ctx" not in d.state
+    assert d.state is not None and d.state.data["a"] == {"id": "k-1", "a_ref": "A1"}
 
 
 # -- the order saga of topology.yaml --------------------------------------------------------------
@@ -977,14 +1010,14 @@ def test_the_state_keeps_only_the_fields_the_saga_uses(order: SagaSpec) -> None:
     s.send("PaymentCharged", {"order_id": "o-42", "payment_id": "pay_1", "amount_cents": 1999})
     s.send("ShipmentFailed", {"order_id": "o-42", "reason": "no address"})
     assert s.state is not None
-    assert s.state["data"] == {"start": ORDER, "payment": {"payment_id": "pay_1"}}
+    assert s.state.data == {"start": ORDER, "payment": {"payment_id": "pay_1"}}
 
 
 def test_a_result_no_step_reads_leaves_nothing_in_the_state() -> None:
     s = Saga(saga(("a", step("a")), ("b", step("b", "a", inputs={"start": ["id"]}))))
     s.start(secret="not used")
     s.send("aDone", {"ref": "A1", "card": "4111"})
-    assert s.state is not None and s.state["data"] == {"start": {"id": "k-1"}}
+    assert s.state is not None and s.state.data == {"start": {"id": "k-1"}}
     assert sent(s.decisions[-1]) == [("Dob", "b", 1)]
 
 
@@ -1018,7 +1051,7 @@ def test_order_refund_failure_routes_by_step_field(order: SagaSpec) -> None:
     # CompensationFailed routes to payment by type; the step field says it is about inventory
     s.send("CompensationFailed", {"order_id": "o-42", "step": "inventory", "reason": "locked"})
     assert s.st("inventory") == UNDOING and s.st("payment") == SUCCEEDED
-    assert s.state is not None and "undo_retry|inventory|1" in s.state["timers"]
+    assert s.state is not None and "undo_retry|inventory|1" in s.state.timers
 
 
 def test_order_refund_gets_the_payment_id_of_the_charge(order: SagaSpec) -> None:

@@ -157,7 +157,7 @@ class World:
         )
 
     def fire_next_timer(self) -> bool:
-        timers = self.state["timers"] if self.state else {}
+        timers = self.state.timers if self.state else {}
         if not timers:
             return False
         key, due = min(timers.items(), key=lambda kv: (kv[1], kv[0]))
@@ -168,7 +168,7 @@ class World:
 
     def signal_a_waiting_person(self) -> None:
         assert self.state is not None
-        waiting = [n for n, s in self.state["steps"].items() if s["st"] == STARTED]
+        waiting = [n for n, s in self.state.steps.items() if s.status == STARTED]
         waiting = [n for n in waiting if self.spec.steps[n].human]
         if waiting:
             fields = {
@@ -203,8 +203,8 @@ class World:
     def check_ended(self) -> None:
         state = self.state
         assert state is not None
-        assert not state["timers"], f"timers left after time passed them all: {state['timers']}"
-        if state["status"] in TERMINAL:
+        assert not state.timers, f"timers left after time passed them all: {state.timers}"
+        if state.status in TERMINAL:
             assert len(self.outcomes) == 1, self.outcomes
             assert (
                 self.outcomes[0]
@@ -212,13 +212,13 @@ class World:
                     "completed": "SagaCompleted",
                     "compensated": "SagaCompensated",
                     "failed": "SagaFailed",
-                }[state["status"]]
+                }[state.status]
             )
             return
         # a person may still decide: a human step waits, and nothing bounds its wait
         assert self.outcomes == [], self.outcomes
         assert self.spec.deadline_ms is None, state
-        waiting = [n for n, s in state["steps"].items() if s["st"] == STARTED]
+        waiting = [n for n, s in state.steps.items() if s.status == STARTED]
         assert waiting and all(
             self.spec.steps[n].human and self.spec.steps[n].max_wait_ms is None for n in waiting
         ), state

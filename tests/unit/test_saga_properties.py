@@ -14,6 +14,7 @@ value would show. Some steps have a `when` on the start event, so they are skipp
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,7 @@ from sagastream.core.saga import (
     decide,
     timer_event,
 )
+from sagastream.core.state import SagaState
 from sagastream.core.topology import (
     NOTIFY_FIELDS,
     UNDO_FIELDS,
@@ -213,7 +215,7 @@ class World:
         self.start_fields = {"id": "k1", "amount": 5, "n": self.draw(st.integers(0, 3))}
         self.deliver(Event("Start", "start", dict(self.start_fields)), duplicate=False)
         for _ in range(MAX_DELIVERIES):
-            timers = self.state["timers"] if self.state else {}
+            timers = self.state.timers if self.state else {}
             if not self.pending and not timers:
                 return
             choices = []
@@ -261,22 +263,22 @@ class World:
             self.dead_letters.append(decision.dead_letter)
         if decision.state is None:
             return
-        old_status = before["status"] if before else None
+        old_status = before.status if before else None
         self.state = decision.state
         self.check_state(old_status)
         if old_status in TERMINAL:
             assert before is not None
             newly = {
                 n
-                for n, st_ in self.state["steps"].items()
-                if st_["st"] == UNDO_FAILED and before["steps"][n]["st"] != UNDO_FAILED
+                for n, st_ in self.state.steps.items()
+                if st_.status == UNDO_FAILED and before.steps[n].status != UNDO_FAILED
             }
             if newly:
                 assert decision.dead_letter, "a late compensation failed after the end, unreported"
                 self.late_undo_failures += 1
-        elif self.state["status"] in TERMINAL:
+        elif self.state.status in TERMINAL:
             self.failed_at_end = {
-                n for n, st_ in self.state["steps"].items() if st_["st"] == UNDO_FAILED
+                n for n, st_ in self.state.steps.items() if st_.status == UNDO_FAILED
             }
             self.end_dead_letter = decision.dead_letter
         for command in decision.commands:
@@ -289,26 +291,26 @@ class World:
         s = self.state
         assert s is not None
         if old_status in TERMINAL:
-            assert s["status"] == old_status, f"left terminal state {old_status} for {s['status']}"
-        if old_status == RUNNING and s["status"] not in (RUNNING, COMPLETED):
-            self.order_when_compensating = list(s["order"])
-        steps = s["steps"]
-        undoing = [n for n, st_ in steps.items() if st_["st"] == UNDOING]
+            assert s.status == old_status, f"left terminal state {old_status} for {s.status}"
+        if old_status == RUNNING and s.status not in (RUNNING, COMPLETED):
+            self.order_when_compensating = list(s.order)
+        steps = s.steps
+        undoing = [n for n, st_ in steps.items() if st_.status == UNDOING]
         assert len(undoing) <= 1, f"undos in flight together: {undoing}"
-        if s["status"] == RUNNING:
+        if s.status == RUNNING:
             # fan-out: nothing that could start is left waiting
             for name, step in self.spec.steps.items():
-                if steps[name]["st"] == PENDING:
-                    assert not all(steps[d]["st"] in (SUCCEEDED, SKIPPED) for d in step.depends_on)
-        assert len(s["undone"]) == len(set(s["undone"])), "a step was compensated twice"
-        assert set(s["order"]) >= set(s["undone"]), "compensated a step that never succeeded"
-        assert len(s["order"]) == len(set(s["order"])), "a step completed twice"
+                if steps[name].status == PENDING:
+                    assert not all(steps[d].status in (SUCCEEDED, SKIPPED) for d in step.depends_on)
+        assert len(s.undone) == len(set(s.undone)), "a step was compensated twice"
+        assert set(s.order) >= set(s.undone), "compensated a step that never succeeded"
+        assert len(s.order) == len(set(s.order)), "a step completed twice"
 
     def check_command(self, command: Command) -> None:
         s = self.state
         assert s is not None
         if command.event_type in SAGA_END:
-            assert SAGA_END[command.event_type] == s["status"]
+            assert SAGA_END[command.event_type] == s.status
             return
         if command.step is None:
             assert command.event_type == "Notify" and self.spec.notify is not None
@@ -330,9 +332,9 @@ class World:
         if command.event_type == step.command:
             self.check_fields(command, step, ("idempotency_key",))
             assert command.attempt <= step.retry.max_attempts
-            assert s["status"] == RUNNING, "a step started or retried after compensation began"
+            assert s.status == RUNNING, "a step started or retried after compensation began"
             for dep in step.depends_on:
-                assert s["steps"][dep]["st"] in (SUCCEEDED, SKIPPED), "started before a dependency"
+                assert s.steps[dep].status in (SUCCEEDED, SKIPPED), "started before a dependency"
         else:
             assert step.compensation is not None
             assert command.event_type == step.compensation.command
@@ -353,7 +355,7 @@ class World:
         for target, source, name in fills.bindings:
             if source == "start":
                 expected[target] = self.start_fields[name]
-            elif source in self.state["order"]:
+            elif source in self.state.order:
                 assert name == "ref"
                 expected[target] = f"ref-{source}"
         given = {k: v for k, v in command.fields.items() if k not in automatic}
@@ -391,11 +393,11 @@ class World:
     def check_end(self) -> None:
         s = self.state
         assert s is not None
-        status = s["status"]
+        status = s.status
         assert status in TERMINAL, f"quiescent but not terminal: {status}"
-        assert not s["timers"]
-        steps = s["steps"]
-        live = {n for n, st_ in steps.items() if st_["st"] in (STARTED, WAITING_RETRY, UNDOING)}
+        assert not s.timers
+        steps = s.steps
+        live = {n for n, st_ in steps.items() if st_.status in (STARTED, WAITING_RETRY, UNDOING)}
         assert not live, f"steps still in flight at the end: {live}"
         ends = [c.event_type for c in self.commands if c.event_type in SAGA_END]
         assert ends == [next(k for k, v in SAGA_END.items() if v == status)], ends
@@ -404,14 +406,14 @@ class World:
         undo_types = {s_.compensation.command for s_ in self.spec.steps.values() if s_.compensation}
         undos = [c for c in self.commands if c.event_type in undo_types]
         for name in self.when_false:
-            assert steps[name]["st"] in (SKIPPED, CANCELLED) and steps[name]["a"] == 0
+            assert steps[name].status in (SKIPPED, CANCELLED) and steps[name].attempt == 0
         if status == COMPLETED:
-            assert not undos and not s["undone"] and self.order_when_compensating is None
+            assert not undos and not s.undone and self.order_when_compensating is None
             for name, step in self.spec.steps.items():
                 if name in self.when_false:
-                    assert steps[name]["st"] == SKIPPED
+                    assert steps[name].status == SKIPPED
                     continue
-                assert step.optional or steps[name]["st"] == SUCCEEDED
+                assert step.optional or steps[name].status == SUCCEEDED
                 assert step.optional or self.effects[name] == 1
             assert not self.dead_letters and self.end_dead_letter is None
             return
@@ -424,13 +426,13 @@ class World:
         for name in self.successes_told:
             spec = self.spec.steps[name]
             if spec.compensation is None:
-                assert steps[name]["st"] == UNDONE, f"{name}: {steps[name]}"
+                assert steps[name].status == UNDONE, f"{name}: {steps[name]}"
             else:
-                assert steps[name]["st"] in (UNDONE, UNDO_FAILED), f"{name}: {steps[name]}"
-                assert self.undo_effects[name] == 1 or steps[name]["st"] == UNDO_FAILED
+                assert steps[name].status in (UNDONE, UNDO_FAILED), f"{name}: {steps[name]}"
+                assert self.undo_effects[name] == 1 or steps[name].status == UNDO_FAILED
         # an undo the saga was told had succeeded (maybe by an earlier attempt) is not a failure
         for name in self.undos_told:
-            assert steps[name]["st"] == UNDONE, f"told {name} was undone, but: {steps[name]}"
+            assert steps[name].status == UNDONE, f"told {name} was undone, but: {steps[name]}"
         # compensation order: reverse completion order for what succeeded before it began
         before = self.order_when_compensating or []
         first_undos = [c.step for c in undos if c.attempt == 1]
@@ -454,9 +456,9 @@ def _replay(
     return state, sent
 
 
-def _outcome(state: dict[str, Any] | None) -> dict[str, Any]:
+def _outcome(state: SagaState | None) -> SagaState:
     assert state is not None
-    return {k: v for k, v in state.items() if k != "seen"}
+    return dataclasses.replace(state, seen=[])
 
 
 @settings(max_examples=300, deadline=None)
@@ -469,10 +471,10 @@ def test_every_saga_ends_once_and_leaves_nothing_behind(
     world.run()
     world.check_end()
     # coverage of the interesting paths, shown by --hypothesis-show-statistics
-    note_coverage(f"ended {world.state['status'] if world.state else None}")
+    note_coverage(f"ended {world.state.status if world.state else None}")
     for note in sorted(INTERESTING & set(world.notes)):
         note_coverage(note)
-    if world.state and world.state["reason"] == "saga deadline exceeded":
+    if world.state and world.state.reason == "saga deadline exceeded":
         note_coverage("deadline fired")
     if world.late_undo_failures:
         note_coverage("late compensation failed after the end")
@@ -554,7 +556,7 @@ def test_results_for_attempts_never_sent_change_nothing(
         name = data.draw(st.sampled_from(sorted(spec.steps)))
         step = spec.steps[name]
         undo = step.compensation is not None and data.draw(st.booleans())
-        sent = state["steps"][name]["ca" if undo else "a"]
+        sent = state.steps[name].undo_attempt if undo else state.steps[name].attempt
         unsent = st.one_of(st.integers(max_value=0), st.integers(sent + 1, sent + 9))
         attempt = data.draw(unsent if sent else st.integers(-2, 3))
         if undo:
@@ -609,9 +611,9 @@ def test_a_false_when_skips_its_step_and_the_saga_goes_on(
                 commanded.append(command.step)
                 done = {"ref": f"ref-{command.step}"}
                 pending.append(Event(f"Done_{command.step}", f"done-{command.step}", done))
-    assert state is not None and state["status"] == COMPLETED
+    assert state is not None and state.status == COMPLETED
     assert sorted(commanded) == sorted(runs)
-    skipped = {name for name, st_ in state["steps"].items() if st_["st"] == SKIPPED}
+    skipped = {name for name, st_ in state.steps.items() if st_.status == SKIPPED}
     assert skipped == set(spec.steps) - runs == skipped_notes
 
 
@@ -626,15 +628,15 @@ def test_a_true_when_changes_nothing(spec: SagaSpec, data: st.DataObject, dups: 
     world.run()
     chosen = data.draw(st.lists(st.sampled_from(sorted(spec.steps)), unique=True, min_size=1))
     guarded = _with_whens(plain, {name: data.draw(st.sampled_from(TRUE_WHENS)) for name in chosen})
-    without: dict[str, Any] | None = None
-    with_when: dict[str, Any] | None = None
+    without: SagaState | None = None
+    with_when: SagaState | None = None
     for now, event, _ in world.trace:
         a = decide(("sim", plain), without, event, now)
         b = decide(("sim", guarded), with_when, event, now)
         assert _without_data(a) == _without_data(b), event
         if a.state is not None and b.state is not None:
-            for source, fields in a.state["data"].items():
-                assert fields.items() <= b.state["data"][source].items(), event
+            for source, fields in a.state.data.items():
+                assert fields.items() <= b.state.data[source].items(), event
         without = a.state or without
         with_when = b.state or with_when
 
@@ -643,4 +645,4 @@ def _without_data(decision: Decision) -> Decision:
     """The decision with its state's kept fields and shape left out (a `when` is part of the
     shape, so the two definitions differ in it, as they should)."""
     state = decision.state
-    return replace(decision, state=None if state is None else {**state, "data": None, "shape": None})
+    return replace(decision, state=None if state is None else replace(state, data={}, shape=None))

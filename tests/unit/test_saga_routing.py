@@ -121,7 +121,7 @@ def test_a_shared_result_without_a_step_that_fits_several_steps_is_refused() -> 
     d = result(s, "RenditionRendered", None)
     assert d.dead_letter is not None
     assert "answers steps r1080, r360, r4k, r720" in d.dead_letter and "meta.step" in d.dead_letter
-    assert s.state is not None and before is not None and s.state["steps"] == before["steps"]
+    assert s.state is not None and before is not None and s.state.steps == before.steps
 
 
 def test_a_result_naming_a_step_it_does_not_answer_is_refused() -> None:
@@ -247,13 +247,13 @@ def test_an_exception_is_a_failed_attempt_retried_at_once_by_default() -> None:
     d = attempt_failed(s, "a")
     assert s.st("a") == WAITING_RETRY and d.dead_letter is None
     assert [t.kind for t in d.timers] == ["retry"]
-    assert "step_timeout|a|1" not in s.state["timers"]  # type: ignore[index]
+    assert "step_timeout|a|1" not in s.state.timers  # type: ignore[index]
     d = s.fire("retry", "a", 1)
     assert sent(d) == [("Doa", "a", 2)]
     attempt_failed(s, "a", "timeout", attempt=2)
     assert s.status == COMPENSATED and s.st("a") == STEP_FAILED
     assert s.state is not None
-    assert s.state["reason"] == "a: attempt 2 failed (timeout): ValueError: boom"
+    assert s.state.reason == "a: attempt 2 failed (timeout): ValueError: boom"
 
 
 @pytest.mark.parametrize(

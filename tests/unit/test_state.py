@@ -1,4 +1,4 @@
-"""The saga state's bytes (format 3): every Avro value round-trips, formats 1 and 2 are upgraded,
+"""The saga state's bytes (format 4): every Avro value round-trips, formats 1 to 3 are read,
 and what cannot be kept is refused with the field's name."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import math
 import uuid
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,13 @@ from hypothesis import strategies as st
 from sagastream.core.saga import Event, decide
 from sagastream.core.state import (
     PREFIX,
+    SagaState,
     StateEncodingError,
     StateFormatError,
+    StepState,
     decode_state,
     encode_state,
+    seen_digest,
 )
 from sagastream.core.topology import load_topology
 
@@ -29,27 +33,27 @@ ROOT = Path(__file__).resolve().parents[2]
 TAGS = ("m", "b", "d", "ts", "dt", "t", "u")
 
 
-def _state(**data: dict[str, Any]) -> dict[str, Any]:
+def _state(**data: dict[str, Any]) -> SagaState:
     """A running saga's state with these sources' fields."""
-    return {
-        "saga": "vault",
-        "key": "doc-1",
-        "status": "running",
-        "data": data,
-        "steps": {"seal": {"st": "running", "a": 1, "ca": 0}},
-        "order": [],
-        "undone": [],
-        "undo_errors": [],
-        "seen": ["e-1"],
-        "timers": {"deadline||0": 60_000, "step_timeout|seal|1": 20_000},
-        "started": 0,
-        "ended": None,
-        "expires": None,
-        "reason": None,
-        "failed_step": None,
-        "corr": "e-1",
-        "tp": None,
-    }
+    return SagaState(
+        saga="vault",
+        key="doc-1",
+        shape="5e2b0c4a9f13",
+        status="running",
+        data=data,
+        steps={"seal": StepState("running", 1, 0)},
+        started=0,
+        seen=[seen_digest("e-1")],
+        timers={"deadline||0": 60_000, "step_timeout|seal|1": 20_000},
+        correlation_id="e-1",
+        hop=0,
+    )
+
+
+def round_trips(state: SagaState) -> bool:
+    """Decoding the state's bytes gives it back, its data value for value (see `same`)."""
+    back = decode_state(encode_state(state))
+    return same(back.data, state.data) and replace(back, data={}) == replace(state, data={})
 
 
 def same(a: Any, b: Any) -> bool:
@@ -102,17 +106,32 @@ EVERY_TYPE = {
 
 def test_every_avro_value_round_trips() -> None:
     state = _state(start=EVERY_TYPE, seal={"seal": b"\x00\xff"})
-    raw = encode_state(state)
-    assert raw.startswith(PREFIX)
-    assert same(decode_state(raw), state)
+    assert encode_state(state).startswith(PREFIX)
+    assert round_trips(state)
 
 
-def test_the_state_outside_data_is_plain_json() -> None:
+def test_the_state_outside_data_is_short_keys_and_codes() -> None:
     raw = encode_state(_state(start={"blob": b"\x00"}))
+    assert raw.startswith(b"SS\x04")
     body = json.loads(raw[len(PREFIX) :])
-    assert body["steps"] == {"seal": {"st": "running", "a": 1, "ca": 0}}
-    assert body["timers"] == {"deadline||0": 60_000, "step_timeout|seal|1": 20_000}
-    assert body["data"] == {"start": {"blob": {"b": "AA=="}}}
+    assert body["p"] == {"seal": [1, 1, 0]}  # running, attempt 1, no undo attempt
+    assert body["t"] == [[2, "", 0, 60_000], [0, "seal", 1, 20_000]]  # deadline, step_timeout
+    assert body["d"] == {"start": {"blob": {"b": "AA=="}}}  # tagged as in format 3
+    assert body["n"] == [seen_digest("e-1")] and len(body["n"][0]) == 11
+    # what is at its default is left out: no order, no end, no reason...
+    assert set(body) == {"s", "k", "h", "st", "b", "d", "p", "n", "t", "c", "hp"}
+
+
+def test_times_are_kept_after_the_start_and_read_back_whole() -> None:
+    ended = replace(
+        _state(), status="completed", started=1764547200100, ended=1764547200400,
+        expires=1765152000400, timers={"retry|seal|2": 1764547200900},
+        order=["seal"], undone=["seal"], undo_errors=["seal: gone"], reason="r", failed_step="seal",
+    )  # fmt: skip
+    body = json.loads(encode_state(ended)[len(PREFIX) :])
+    assert (body["e"], body["x"], body["t"]) == (300, 604800300, [[1, "seal", 2, 800]])
+    assert (body["o"], body["u"]) == ([0], [0])  # steps by their index
+    assert round_trips(ended)
 
 
 @pytest.mark.parametrize("tag", TAGS)
@@ -123,7 +142,7 @@ def test_map_keys_that_look_like_tags_stay_map_keys(tag: str) -> None:
         "record_with_tag_field": {tag: 1, "other": 2},
         "list": [{tag: "AA=="}],
     }
-    assert same(decode_state(encode_state(_state(start=values))), _state(start=values))
+    assert round_trips(_state(start=values))
 
 
 def _timezones() -> st.SearchStrategy[dt.timezone]:
@@ -159,8 +178,7 @@ VALUES = st.recursive(
     st.dictionaries(st.sampled_from(("start", "seal", "archive")), st.dictionaries(KEYS, VALUES))
 )
 def test_any_avro_value_round_trips(data: dict[str, dict[str, Any]]) -> None:
-    state = _state(**data)
-    assert same(decode_state(encode_state(state)), state)
+    assert round_trips(_state(**data))
 
 
 # -- what cannot be kept, and bytes that are not a state ----------------------------------------
@@ -178,14 +196,18 @@ def test_a_value_no_avro_schema_gives_is_refused_naming_its_field() -> None:
 
 
 def test_bytes_that_are_no_state_of_a_known_format_are_refused() -> None:
-    with pytest.raises(StateFormatError, match="format 4"):
+    with pytest.raises(StateFormatError, match="format 5: this sagastream reads formats 1 to 4"):
+        decode_state(b"SS\x05{}")
+    with pytest.raises(StateFormatError, match="format-4 saga state without a usable data"):
         decode_state(b"SS\x04{}")
     with pytest.raises(StateFormatError, match="not a saga state"):
         decode_state(b"\x00\x01")
     with pytest.raises(StateFormatError, match="not JSON"):
         decode_state(PREFIX + b"{nope")
     with pytest.raises(StateFormatError, match=r"start\.blob"):
-        decode_state(PREFIX + b'{"data":{"start":{"blob":{"zz":"1"}}}}')
+        decode_state(PREFIX + b'{"d":{"start":{"blob":{"zz":"1"}}}}')
+    with pytest.raises(StateFormatError, match=r"start\.blob.* format 3"):
+        decode_state(b'SS\x03{"data":{"start":{"blob":{"zz":"1"}}}}')
 
 
 # -- formats 1 and 2: bare JSON, as earlier versions wrote them ---------------------------------
@@ -228,12 +250,12 @@ def order() -> tuple[str, Any]:
     return "order", load_topology(ROOT / "topology.yaml", ROOT / "schemas").sagas["order"]
 
 
-def _declined_inventory(definition: tuple[str, Any], state: dict[str, Any]) -> list[Any]:
+def _declined_inventory(definition: tuple[str, Any], state: SagaState) -> list[Any]:
     """What the saga sends when its inventory step fails: the refund of the payment."""
     fields = {"order_id": "ord-7f3a9c", "reason": "out of stock"}
     decision = decide(definition, state, Event("InventoryFailed", "e-3", fields), 1764547201000)
     assert decision.state is not None
-    decode_state(encode_state(decision.state))  # and the upgraded saga is stored as format 3
+    assert round_trips(decision.state)  # and the upgraded saga is stored as format 4
     return [(c.event_type, c.fields) for c in decision.commands]
 
 
@@ -251,22 +273,23 @@ REFUND = (
 
 def test_format_2_is_read_as_it_was_kept(order: tuple[str, Any]) -> None:
     state = decode_state(V2)
-    assert "v" not in state and state["expires"] is None
-    assert state["data"]["payment"] == {
+    assert state.expires is None and state.shape is None and state.hop is None
+    assert state.data["payment"] == {
         "order_id": "ord-7f3a9c",
         "payment_id": "pay_5d1e77",
         "amount_cents": 12999,
     }
-    assert state["steps"]["inventory"] == {"st": "running", "a": 1, "ca": 0}
+    assert state.steps["inventory"] == StepState("running", 1, 0)
+    assert state.seen == [seen_digest(i) for i in json.loads(V2)["seen"]]
     assert REFUND in _declined_inventory(order, state)
 
 
 def test_format_1_gives_every_source_its_merged_context(order: tuple[str, Any]) -> None:
     state = decode_state(V1)
-    assert "ctx" not in state and "v" not in state and state["expires"] is None
-    assert set(state["data"]) == {"start", "payment"}
-    assert state["data"]["payment"]["payment_id"] == "pay_5d1e77"
-    assert state["data"]["start"]["card_token"] == "tok_visa"
+    assert state.expires is None
+    assert set(state.data) == {"start", "payment"}
+    assert state.data["payment"]["payment_id"] == "pay_5d1e77"
+    assert state.data["start"]["card_token"] == "tok_visa"
     assert REFUND in _declined_inventory(order, state)
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from sagastream.core.state import decode_state
 from sagastream.runtime.store import (
     EXPIRY,
     MemoryStore,
@@ -16,10 +16,11 @@ from sagastream.runtime.store import (
     parse_timer_index_key,
     timer_index_key,
 )
+from tests.unit.states import state_bytes
 
 
 def state(**timers: int) -> bytes:
-    return json.dumps({"status": "running", "timers": timers}).encode()
+    return state_bytes(timers=timers)
 
 
 @pytest.fixture(params=["rocksdb", "memory"])
@@ -38,7 +39,7 @@ def test_empty_store_has_no_checkpoint_and_nothing_due(store: PartitionStore) ->
 def test_apply_writes_states_and_checkpoint_together(store: PartitionStore) -> None:
     store.apply({b"a": state(), b"b": state()}, 41)
     assert store.checkpoint() == 41
-    assert json.loads(store.get(b"a") or b"")["status"] == "running"
+    assert decode_state(store.get(b"a") or b"").status == "running"
     assert [k for k, _ in store.states()] == [b"a", b"b"]
 
 
@@ -69,7 +70,7 @@ def test_due_index_follows_armed_timers_oldest_first(store: PartitionStore) -> N
 def test_an_ended_saga_is_indexed_by_its_expiry_until_a_tombstone_removes_it(
     store: PartitionStore,
 ) -> None:
-    ended = json.dumps({"status": "completed", "timers": {}, "expires": 700}).encode()
+    ended = state_bytes(status="completed", ended=600, expires=700)
     store.apply({b"a": state(**{"deadline||0": 900}), b"b": state()}, 1)
     store.apply({b"a": ended}, 2)
     assert store.due(699, 10) == []

@@ -126,8 +126,8 @@ def test_binary_payloads_reach_the_next_command_intact(tmp_path: Path) -> None:
     assert isinstance(archive, ArchiveDocument)
     assert (archive.blob, archive.seal, archive.fee) == (blob, seal_of(blob, digest), b"\x04\xce")
     state = vault.state(key)
-    assert state is not None and state["data"]["start"]["blob"] == blob
-    assert "note" not in state["data"]["start"]  # no step reads it: the changelog never has it
+    assert state is not None and state.data["start"]["blob"] == blob
+    assert "note" not in state.data["start"]  # no step reads it: the changelog never has it
 
 
 def test_a_state_the_runtime_cannot_store_is_dead_lettered_as_the_orchestrator_does(

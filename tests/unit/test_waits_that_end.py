@@ -44,7 +44,7 @@ def loan_with(**review: Any) -> tuple[str, SagaSpec]:
 
 def fire(loan: tuple[str, SagaSpec], state: dict[str, Any], key: str) -> Any:
     kind, name, attempt = key.split("|")
-    due = state["timers"][key]
+    due = state.timers[key]
     return decide(loan, state, timer_event(Timer(due, kind, name, int(attempt)), key), due)
 
 
@@ -59,10 +59,10 @@ def test_the_deadline_ends_a_saga_waiting_for_a_person() -> None:
     loan = loan_with()
     state = waiting_for_review(loan)
     d = fire(loan, state, "deadline||0")
-    assert d.state is not None and d.state["status"] == COMPENSATED
-    assert d.state["steps"]["review"]["st"] == CANCELLED
+    assert d.state is not None and d.state.status == COMPENSATED
+    assert d.state.steps["review"].status == CANCELLED
     assert ("step_cancelled", "review") in d.lifecycle
-    assert d.state["timers"] == {}
+    assert d.state.timers == {}
     assert outcome(d) == (
         "SagaCompensated",
         {
@@ -73,7 +73,7 @@ def test_the_deadline_ends_a_saga_waiting_for_a_person() -> None:
         },
     )
     assert [c.event_type for c in d.commands] == ["SagaCompensated", "SendNotification"]
-    late = decide(loan, d.state, signal(), d.state["ended"] + 1)
+    late = decide(loan, d.state, signal(), d.state.ended + 1)
     assert late.commands == [] and ("signal_ignored", "review") in late.lifecycle
 
 
@@ -98,27 +98,27 @@ def test_a_person_who_never_decides_counts_as_on_expiry(on_expiry: str, status: 
     week = 7 * 86_400_000
     loan = loan_with(max_wait_ms=week, on_expiry=on_expiry)
     state = waiting_for_review(loan)
-    assert state["timers"]["max_wait|review|1"] == 20 + week
-    assert state["timers"]["step_timeout|review|1"] < 20 + week  # escalated before giving up
+    assert state.timers["max_wait|review|1"] == 20 + week
+    assert state.timers["step_timeout|review|1"] < 20 + week  # escalated before giving up
     d = fire(loan, state, "step_timeout|review|1")
     assert [c.event_type for c in d.commands] == ["StepEscalated"]
     d = fire(loan, d.state, "max_wait|review|1")
     assert ("step_expired", "review") in d.lifecycle
     if on_expiry == "rejected":
-        assert d.state["status"] == status and d.state["steps"]["review"]["st"] == STEP_FAILED
-        assert d.state["reason"] == f"review: no decision within {week} ms, so rejected"
+        assert d.state.status == status and d.state.steps["review"].status == STEP_FAILED
+        assert d.state.reason == f"review: no decision within {week} ms, so rejected"
     else:
-        assert d.state["steps"]["review"]["st"] == SUCCEEDED
+        assert d.state.steps["review"].status == SUCCEEDED
         assert [c.event_type for c in d.commands] == ["DisburseLoan"]
-        assert d.state["data"].get("review", {}) == {}  # nothing reads the decision's note
-    assert "max_wait|review|1" not in d.state["timers"]
+        assert d.state.data.get("review", {}) == {}  # nothing reads the decision's note
+    assert "max_wait|review|1" not in d.state.timers
 
 
 def test_a_decision_before_the_maximum_wait_disarms_it() -> None:
     loan = loan_with(max_wait_ms=1_000_000)
     state = waiting_for_review(loan)
     d = decide(loan, state, signal(), 100)
-    assert d.state is not None and "max_wait|review|1" not in d.state["timers"]
+    assert d.state is not None and "max_wait|review|1" not in d.state.timers
 
 
 def test_max_wait_is_for_human_steps() -> None:
@@ -133,8 +133,8 @@ def test_no_deadline_unless_set() -> None:
     )
     assert spec.deadline_ms is None
     d = decide(("demo", spec), None, Event("Begin", "b", {"id": "k"}), 0)
-    assert d.state is not None and d.state["timers"] == {}  # a person's wait has no timer either
-    assert d.state["steps"]["ask"]["st"] == STARTED
+    assert d.state is not None and d.state.timers == {}  # a person's wait has no timer either
+    assert d.state.steps["ask"].status == STARTED
 
 
 def test_compensated_steps_lists_only_steps_undone() -> None:
@@ -212,9 +212,9 @@ def test_the_demo_loan_saga_ends_from_its_first_event_with_no_answer() -> None:
     d = decide(loan, None, Event("LoanApplied", "e1", dict(APPLIED)), 0)
     state = copy.deepcopy(d.state)
     outcomes: list[str] = []
-    while state is not None and state["timers"]:
-        key = min(state["timers"], key=lambda k: (state["timers"][k], k))
+    while state is not None and state.timers:
+        key = min(state.timers, key=lambda k: (state.timers[k], k))
         d = fire(loan, state, key)
         outcomes += [c.event_type for c in d.commands if c.event_type.startswith("Saga")]
         state = d.state or state
-    assert state is not None and state["status"] == COMPENSATED and outcomes == ["SagaCompensated"]
+    assert state is not None and state.status == COMPENSATED and outcomes == ["SagaCompensated"]
