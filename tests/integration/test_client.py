@@ -20,8 +20,8 @@ import pytest
 from sagastream.examples.events import OrderPlaced
 from sagastream.ops.client import AsyncClient, Client
 from sagastream.ops.demo import settings_env
-from sagastream.ops.signals import UnknownSaga, serve
-from tests.integration.helpers import good_order, loan_applied, store_saga
+from sagastream.ops.signals import ApiAuth, UnknownSaga, serve
+from tests.integration.helpers import API_HEADERS, API_TOKEN, good_order, loan_applied, store_saga
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +91,7 @@ def test_a_signal_for_a_saga_key_not_stored_is_refused_everywhere(ns) -> None:
     assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
     assert "no loan saga with key 'loan-unknown'" in done.stderr and not done.stdout
 
-    server = serve(ns.client, "127.0.0.1", 0)
+    server = serve(ns.client, "127.0.0.1", 0, ApiAuth({"bob": API_TOKEN}))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         status, body = _post(server.server_address[1], "loan-unknown")
@@ -106,7 +106,7 @@ def test_a_signal_for_a_saga_key_not_stored_is_refused_everywhere(ns) -> None:
 
 def _post(port: int, key: str) -> tuple[int, dict[str, Any]]:
     url = f"http://127.0.0.1:{port}/sagas/loan/{key}/steps/review/signal"
-    request = urllib.request.Request(url, json.dumps({"outcome": "approved"}).encode())
+    request = urllib.request.Request(url, json.dumps({"outcome": "approved"}).encode(), API_HEADERS)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
