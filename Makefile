@@ -24,14 +24,29 @@ install: $(STAMP)
 demo: install
 	$(BIN)/sagastream demo --orders 200
 
+# `make test` runs every test, unit and integration, in two passes: all but the `serial` ones
+# on TEST_WORKERS pytest-xdist workers, then the `serial` ones (they restart the broker the
+# others share) alone. The second pass runs even if the first failed; a pass that selects
+# nothing (exit 5) is no failure unless neither selects anything. TESTS narrows both to some
+# paths; PYTEST_ARGS is added to both.
+TEST_WORKERS ?= 2
+TESTS ?=
+PYTEST_ARGS ?= --durations=25
+
 test: install
-	$(BIN)/pytest
+	parallel=0; serial=0; \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal -m "not serial" $(PYTEST_ARGS) $(TESTS) \
+		|| parallel=$$?; \
+	$(BIN)/pytest -m serial $(PYTEST_ARGS) $(TESTS) || serial=$$?; \
+	if [ $$parallel = 5 ] && [ $$serial = 5 ]; then exit 5; fi; \
+	[ $$parallel = 5 ] && parallel=0; [ $$serial = 5 ] && serial=0; \
+	[ $$parallel = 0 ] && exit $$serial; exit $$parallel
 
 unit: install
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal tests/unit
 
-integration: install
-	$(BIN)/pytest tests/integration
+integration:
+	$(MAKE) test TESTS=tests/integration
 
 lint: install
 	$(BIN)/ruff check streams handlers tests

@@ -8,6 +8,10 @@
 One schema registry fixture: SAGASTREAM_SCHEMA_REGISTRY_URL, else the container's with
 `testcontainers`, else the local Apicurio Registry (sagastream.local.registry). Each test gets
 a unique topic prefix, consumer groups and schema subjects (see `ns`).
+
+Under pytest-xdist each worker has its own session fixtures. The local broker and registry are
+shared by the whole run: the first worker to need one starts it and the controller stops it
+after the last worker (tests/conftest.py); containers are each worker's own.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from sagastream.ops.demo import WorkerSet
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import SchemaStore
 from sagastream.wire.registry import build_codec
+from tests.conftest import note_started, run_lock, say_in_summary
 
 HANDLERS = "payment,inventory,shipping,notification"
 
@@ -175,9 +180,6 @@ def _start_registry_container() -> tuple[Any, str, str]:
     return container, url, image
 
 
-ANNOUNCED: list[str] = []
-
-
 def _announce(request: pytest.FixtureRequest, line: str, remember: bool = True) -> None:
     """Say it now, past output capture, and again in the summary next to the test counts."""
     capture = request.config.pluginmanager.get_plugin("capturemanager")
@@ -185,12 +187,23 @@ def _announce(request: pytest.FixtureRequest, line: str, remember: bool = True) 
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         (reporter.write_line if reporter else print)(line)
     if remember:
-        ANNOUNCED.append(line)
+        say_in_summary(request.config, line)
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for line in ANNOUNCED:
-        terminalreporter.write_line(line)
+def _start_shared(
+    request: pytest.FixtureRequest,
+    service: str,
+    running: Callable[[], bool],
+    start: Callable[[], str],
+) -> str:
+    """Start a local service once for the whole run (its xdist workers too): whoever finds it
+    down starts it, and the run stops it at its end; one found running is left running."""
+    with run_lock(request.config, service):
+        if not running():
+            found = start()
+            note_started(request.config, service)
+            return found
+        return start()  # running: start() only waits until it answers
 
 
 @pytest.fixture(scope="session")
@@ -200,12 +213,13 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     if choice == "local":
         from sagastream.local import kafka as localkafka
 
-        was_running = localkafka.status()["running"]
-        found = Broker(
-            "local Apache Kafka (Maven Central)", localkafka.start(), localkafka.KAFKA_VERSION
+        bootstrap = _start_shared(
+            request,
+            "local-kafka",
+            lambda: bool(localkafka.status()["running"]),
+            localkafka.start,
         )
-        if not was_running:
-            stop = localkafka.stop
+        found = Broker("local Apache Kafka (Maven Central)", bootstrap, localkafka.KAFKA_VERSION)
     elif choice == "testcontainers":
         if not _docker_available():
             pytest.fail(
@@ -249,12 +263,15 @@ def registry(request: pytest.FixtureRequest) -> Iterator[SchemaRegistry]:
     else:
         from sagastream.local import registry as localregistry
 
-        was_running = localregistry.status()["running"]
         name = f"local {localregistry.REGISTRY_NAME} {localregistry.REGISTRY_VERSION}"
-        # the first start downloads it (about 20 s): say so rather than look stuck
-        found = SchemaRegistry(f"{name} (Maven Central)", localregistry.start(log=say))
-        if not was_running:
-            stop = localregistry.stop
+        url = _start_shared(
+            request,
+            "local-registry",
+            lambda: bool(localregistry.status()["running"]),
+            # the first start downloads it (about 20 s): say so rather than look stuck
+            lambda: localregistry.start(log=say),
+        )
+        found = SchemaRegistry(f"{name} (Maven Central)", url)
     _announce(request, f"integration schema registry: {found.backend} at {found.url}")
     yield found
     if stop is not None:

@@ -25,6 +25,9 @@ from tests.integration.faults import (
     wait_all_ended,
 )
 
+# it restarts the broker every other test of the run uses: alone, after the others (Makefile)
+pytestmark = pytest.mark.serial
+
 # each fault gets this long before the next, so that its effect (rebalance, restore) shows
 SECONDS_PER_FAULT = 7.0
 
