@@ -453,6 +453,36 @@ def _topology_diff(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
+def _topology_check(args: argparse.Namespace) -> int:
+    from sagastream.core.topology import load_topology
+    from sagastream.ops.topology_diff import SCHEMAS_NOTE, check_deployed, parse_allow
+    from sagastream.ops.versions import count_running
+    from sagastream.runtime.definitions import DefinitionBook
+    from sagastream.wire.codec import SchemaStore
+
+    allow = parse_allow(args.allow)
+    settings = Settings()
+    topology = load_topology(settings.topology_file, settings.schemas_path)
+    book = DefinitionBook(settings, topology, SchemaStore(settings.schemas_path))
+    book.read()
+    newest = {d.saga: d for d in book.versions()}  # by version: the last one is the newest
+    running: dict[str, int] = {}
+    for (saga, _), count in count_running(settings).items():
+        running[saga] = running.get(saga, 0) + count
+    diff = check_deployed({s: d.spec for s, d in newest.items()}, running, topology)
+    refused = diff.not_allowed(allow)
+    for saga, deployed in newest.items():
+        print(
+            f"{saga}: deployed v{deployed.version} ({deployed.shape}), {running.get(saga, 0)} running"
+        )
+    print("\n".join(diff.lines()))
+    print(f"note: {SCHEMAS_NOTE}")
+    if refused:
+        print(f"{len(refused)} changes of a class not allowed (--allow {','.join(allow)}):")
+        print("\n".join(f"  {f}" for f in refused))
+    return 1 if refused else 0
+
+
 def _add_topology(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tp = sub.add_parser("topology", help="what a change of topology.yaml means for sagas in flight")
     tp_sub = tp.add_subparsers(dest="action", required=True)
@@ -483,6 +513,20 @@ def _add_topology(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     tv.add_argument("--json", action="store_true", help="the rows as JSON")
     tv.set_defaults(func=_topology_versions)
+    tc = tp_sub.add_parser(
+        "check",
+        help="classify the topology file's changes against the deployed versions (the "
+        "definitions topic), as `diff` does between two files",
+        description="Each saga of SAGASTREAM_TOPOLOGY_FILE against its newest published version; "
+        "a saga the file drops is refused while instances of it run. Exit 0 if every change's "
+        "class is allowed, 1 if not.",
+    )
+    tc.add_argument(
+        "--allow",
+        default="safe,version",
+        help="the change classes CI accepts, comma-separated (default: safe,version)",
+    )
+    tc.set_defaults(func=_topology_check)
 
 
 def parser() -> argparse.ArgumentParser:

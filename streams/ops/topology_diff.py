@@ -19,6 +19,7 @@ refused change. Pure: two Topology (or SagaSpec) objects in, findings out.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -408,3 +409,33 @@ def _rest(old: Topology, new: Topology) -> list[Finding]:
 def _worst(findings: tuple[Finding, ...]) -> Change | None:
     classes = {f.change for f in findings}
     return next((c for c in reversed(CLASSES) if c in classes), None)
+
+
+def check_deployed(
+    deployed: Mapping[str, SagaSpec], running: Mapping[str, int], new: Topology
+) -> TopologyDiff:
+    """`topology check`: the file against what is deployed, per saga its newest published
+    version (`deployed`). A saga the file drops is refused while instances of it run
+    (`running`, by saga) and safe once none does: nothing would decide them."""
+    names = [*deployed, *(n for n in new.sagas if n not in deployed)]
+    sagas = []
+    for name in names:
+        if name in new.sagas or running.get(name, 0) == 0:
+            diff = diff_sagas(name, deployed.get(name), new.sagas.get(name))
+            if name not in new.sagas:  # retired: no instance left for anyone to decide
+                diff = SagaDiff(
+                    name,
+                    diff.old_shape,
+                    None,
+                    (Finding(name, "removed; no instance of it runs", "safe"),),
+                )
+            sagas.append(diff)
+            continue
+        removed = Finding(
+            name,
+            f"removed while {running[name]} instances of it run: an orchestrator of this file "
+            "would decide none of them; let them drain first (`sagastream topology versions`)",
+            "refused",
+        )
+        sagas.append(SagaDiff(name, deployed[name].shape, None, (removed,)))
+    return TopologyDiff(tuple(sagas), ())

@@ -19,6 +19,7 @@ from sagastream.errors import UsageError
 from sagastream.ops.topology_diff import (
     Finding,
     TopologyDiff,
+    check_deployed,
     diff_sagas,
     diff_topologies,
     parse_allow,
@@ -410,3 +411,28 @@ def test_a_finding_reads_as_where_what_class() -> None:
         "what": "3 -> 5",
         "class": "safe",
     }
+
+
+def test_check_against_the_deployed_versions(demo: dict[str, Any]) -> None:
+    """`topology check`: each saga of the file against its newest published version; a saga the
+    file drops is refused while instances of it run, and safe once none does."""
+    deployed = _load(demo).sagas
+    new = copy.deepcopy(demo)
+    _step(new, "payment")["retry"]["max_attempts"] = 5
+    _order(new)["steps"]["fraud"] = {
+        "command": "ChargePayment",
+        "success": "PaymentCharged",
+        "failure": ["PaymentFailed"],
+        "inputs": {"start": ["order_id", "customer_id", "amount_cents", "currency", "card_token"]},
+    }
+    new["sagas"].pop("loan")
+    diff = check_deployed(deployed, {"loan": 2}, _load(new))
+    assert [s.change for s in diff.sagas] == ["version", "refused"]
+    assert diff.sagas[1].findings[0].what.startswith("removed while 2 instances of it run")
+    assert diff.not_allowed(("safe", "version")) == [diff.sagas[1].findings[0]]
+
+    drained = check_deployed(deployed, {"loan": 0}, _load(new))
+    assert [s.change for s in drained.sagas] == ["version", "safe"]
+    assert str(drained.sagas[1].findings[0]) == "loan: removed; no instance of it runs: safe"
+    first = check_deployed({}, {}, _load(demo))
+    assert [s.change for s in first.sagas] == ["safe", "safe"]
