@@ -1,9 +1,11 @@
 """Versioned sagas on real workers: each instance finishes on the definition it started with.
 
 v1 is the demo's order saga; v2 renames its shipping step (delivery), adds a step (recheck, a
-second inventory check after it) and changes a retry policy. Orders are in flight on v1's slow
-shipping step when the v1 orchestrator is stopped (SIGTERM) and a v2 one takes over: v1 sagas
-end with v1's steps, new ones run v2's, one outcome each, no command twice, no dead letter.
+second inventory check after it) and changes a retry policy. 1,000 orders are in flight on v1's
+slow shipping step when the two v1 orchestrators are stopped, one by SIGTERM and one by SIGKILL,
+and two v2 ones on fresh data directories (so every store is restored from the changelog) take
+over: v1 sagas end with v1's steps, new ones run v2's, one outcome each, no command twice, no
+dead letter.
 And a state pinned to a shape no definitions record has makes its input wait (its reason on
 /readyz), not dead-letter, until the definition is published.
 """
@@ -41,7 +43,7 @@ FAST_ROLES = "payment,inventory,notification"
 V1_STEPS = {"payment", "inventory", "shipping"}
 V2_STEPS = {"payment", "inventory", "delivery", "recheck"}
 NOTIFICATION_EVENTS = ("SendNotification", "NotificationSent", "NotificationFailed")
-IN_FLIGHT = 200
+IN_FLIGHT = 1000
 AFTER = 100
 
 
@@ -110,33 +112,43 @@ def test_sagas_in_flight_on_v1_end_on_v1_while_new_ones_run_v2(
     running = [
         workers(ns.settings, tmp_path / "fast", FAST_ROLES),
         # the slow step: every v1 saga is still on it when its orchestrator stops
-        workers(ns.settings, tmp_path / "slow", "shipping", SAGASTREAM_HANDLER_LATENCY_MS="4000"),
+        workers(
+            ns.settings,
+            tmp_path / "slow",
+            "shipping",
+            SAGASTREAM_HANDLER_LATENCY_MS="4000",
+            SAGASTREAM_HANDLER_CONCURRENCY="256",
+        ),
     ]
-    old = workers(ns.settings, tmp_path / "v1", "orchestrator")
-    new: WorkerSet | None = None
+    old = [workers(ns.settings, tmp_path / f"v1-{n}", "orchestrator") for n in "ab"]
+    # the v2 orchestrators start on an empty data directory: every store comes from the changelog
+    v2_settings = v2_settings.model_copy(update={"data_dir": tmp_path / "v2-data"})
     try:
         first = [f"v1-{i:04d}" for i in range(IN_FLIGHT)]
         for key in first:
             ns.client.publish("OrderPlaced", key, good_order(key))
         ns.client.flush(60)
         shipping = ns.topic("shipping.commands")
-        commanded = ns.client.read([shipping], lambda ms: len(ms) >= IN_FLIGHT, timeout=90)
+        commanded = ns.client.read([shipping], lambda ms: len(ms) >= IN_FLIGHT, timeout=120)
         assert len(commanded) >= IN_FLIGHT
-        code, _ = old.terminate("orchestrator")
+        code, _ = old[0].terminate("orchestrator")
         assert code == 0
+        old[1].kill("orchestrator")
         ended_on_v1 = {m.key.decode() for m in outcomes(ns)}
         assert len(ended_on_v1) <= IN_FLIGHT // 2, "the v1 sagas were not in flight at the stop"
 
-        new = workers(
-            v2_settings, tmp_path / "v2", "orchestrator", SAGASTREAM_METRICS_PORT=str(port)
-        )
-        running.append(new)
+        running += [
+            workers(
+                v2_settings, tmp_path / "v2-a", "orchestrator", SAGASTREAM_METRICS_PORT=str(port)
+            ),
+            workers(v2_settings, tmp_path / "v2-b", "orchestrator"),
+        ]
         second = [f"v2-{i:04d}" for i in range(AFTER)]
         for key in second:
             ns.client.publish("OrderPlaced", key, good_order(key))
         ns.client.flush(60)
 
-        found = wait_outcomes(ns, {*first, *second}, running, timeout=150)
+        found = wait_outcomes(ns, {*first, *second}, running, timeout=240)
         per_saga = Counter(m.key.decode() for m in found)
         assert sorted({*first, *second} - set(per_saga)) == [], "sagas without an outcome"
         assert {k: n for k, n in per_saga.items() if n != 1} == {}, "several outcomes"
@@ -167,13 +179,13 @@ def test_sagas_in_flight_on_v1_end_on_v1_while_new_ones_run_v2(
         rows = {r.version: r for r in versions(v2_settings, v2_topology, book) if r.saga == "order"}
         assert (rows[1].shape, rows[1].state) == (ns.topology.sagas["order"].shape, "retired")
         assert (rows[2].shape, rows[2].state) == (v2_topology.sagas["order"].shape, "current")
-        # counted at restore and on each end: every v1 saga the v2 orchestrator restored ended
+        # counted at restore and on each end: every v1 saga the v2 orchestrators restored ended
         assert metric(port, "sagastream_saga_versions_running", saga="order", version="1") == 0
         assert metric(port, "sagastream_saga_versions_running", saga="order", version="2") == 0
         for worker in running:
             worker.check_alive()
     finally:
-        for worker in [*running, old]:
+        for worker in [*running, *old]:
             worker.stop()
 
 
