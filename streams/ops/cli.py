@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -820,16 +821,20 @@ def _refusals(exc: DeliveryFailed) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    # a project's own modules (its app, its events) are importable from its folder, as with
-    # `python -m`; that folder is the topology file's
-    project = str(Settings().topology_file.parent)
-    if project not in sys.path:
-        sys.path.insert(0, project)
     from sagastream.local.proc import LocalToolError  # standard library only: not a SagastreamError
     from sagastream.runtime.kafka_io import DeliveryFailed
 
     try:
+        # a project's own modules (its app, its events) are importable from its folder, as with
+        # `python -m`; that folder is the topology file's
+        project = str(Settings().topology_file.parent)
+        if project not in sys.path:
+            sys.path.insert(0, project)
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # the reader left (`| head`): stop writing, quietly, as a Unix tool does on SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         return 130
     except DeliveryFailed as exc:

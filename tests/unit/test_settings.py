@@ -121,3 +121,40 @@ def test_a_registry_url_with_credentials_is_printed_without_them() -> None:
     assert redact_url("http://reg/x") == "http://reg/x"
     assert Registry("http://svc:pw@127.0.0.1:1/x").url == "http://***@127.0.0.1:1/x"
     assert "pw" not in repr(Settings(schema_registry_url="http://svc:pw@reg:1"))
+
+
+def test_the_cli_says_a_misspelt_variable_in_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SAGASTREAM_TOPIC_PREFX": "p-"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sagastream.ops.cli", "topology", "versions"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        "sagastream topology: SAGASTREAM_TOPIC_PREFX is not a sagastream setting "
+        "(did you mean SAGASTREAM_TOPIC_PREFIX?)"
+    )
+
+
+def test_the_cli_stops_quietly_when_its_reader_leaves() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        f"{sys.executable} -m sagastream.ops.cli acls --all"
+        " | head -c 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+        executable="/bin/bash",
+    )
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
