@@ -360,6 +360,21 @@ class StepSignal(Event):
     decided_by: str = Field(description="Who decided.")
 
 
+class SagaMigrate(Event):
+    """Move one running saga instance from one version (shape) of its definition to another
+    (sagastream saga migrate --execute); keyed by the saga key."""
+
+    saga_type: str = Field(description="Saga the instance belongs to.")
+    from_shape: str = Field(
+        description="The shape the instance must be on; otherwise the event is dead-lettered."
+    )
+    to_shape: str = Field(description="The shape it moves to.")
+    mapping: dict[str, str] = Field(
+        default_factory=dict, description="Old step name to new step name, where they differ."
+    )
+    requested_by: str = Field(description="Who asked for the move.")
+
+
 class StepEscalated(Event):
     """A human step waited past its timeout; someone should look at it."""
 

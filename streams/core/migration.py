@@ -6,9 +6,12 @@ Pure: the two definitions, a mapping of old step names to new ones, and the inst
 the same name map to each other unless the mapping says otherwise. A new step nothing maps to
 starts pending; one whose dependencies are all done is ready, and the orchestrator starts it
 after the move. The plan refuses (its `blockers`) what would strand or corrupt the instance:
-an attempt in flight, a retry or an undo that the new version has no step for; a side effect
-the new version could no longer undo; data a step still to run reads that the instance never
-kept; a mapping naming unknown steps; a saga that is not running.
+an attempt in flight, a retry or an undo that the new version has no step for, or renames; a
+side effect the new version could no longer undo; data a step still to run reads that the
+instance never kept; a mapping naming unknown steps; a saga that is not running.
+
+`repin` applies a plan to a state (the orchestrator's half of a `SagaMigrate` event): it plans
+again with the state as it is now, and moves it or says why not.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sagastream.core.saga import (
     CANCELLED,
     PENDING,
     RUNNING,
+    SEEN_LIMIT,
     SKIPPED,
     STARTED,
     STEP_FAILED,
@@ -28,7 +32,11 @@ from sagastream.core.saga import (
     UNDOING,
     UNDONE,
     WAITING_RETRY,
+    Decision,
+    Event,
+    carry_on,
 )
+from sagastream.core.state import SagaState, StepState, seen_digest
 from sagastream.core.topology import START, SagaSpec, StepSpec
 from sagastream.errors import UsageError
 
@@ -153,6 +161,79 @@ def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:
     return mapping
 
 
+MIGRATE_CHANGE = "migrated"  # the lifecycle change a move records
+
+
+def repin(
+    saga_type: str, old: SagaSpec, new: SagaSpec | None, state: SagaState, event: Event, now: int
+) -> Decision:
+    """A `SagaMigrate` event applied to the stored `state` (decided by `old`): planned again
+    with the state as it is now, and moved to `new` (the event's to_shape; None: not recorded),
+    or refused with why (the orchestrator dead-letters it). A redelivered one is a duplicate."""
+    digest = seen_digest(event.event_id)
+    if digest in state.seen:
+        return Decision(None, duplicate=True)
+    fields = event.fields
+    refused = _refusal(saga_type, old, new, state, fields)
+    if refused is None and new is not None:
+        steps = {n: (s.status, s.attempt, s.undo_attempt) for n, s in state.steps.items()}
+        found = plan(old, new, fields.get("mapping") or {}, steps, status=state.status)
+        if found.can_move:
+            moved = _moved(state, new, found)
+            moved.seen.append(digest)
+            del moved.seen[:-SEEN_LIMIT]
+            return carry_on(saga_type, new, moved, now, MIGRATE_CHANGE)
+        refused = "; ".join(found.blockers)
+    where = f"{saga_type} {state.key} from {fields.get('from_shape')} to {fields.get('to_shape')}"
+    return Decision(None, dead_letter=f"cannot migrate saga {where}: {refused}")
+
+
+def _refusal(
+    saga_type: str,
+    old: SagaSpec,
+    new: SagaSpec | None,
+    state: SagaState,
+    fields: Mapping[str, object],
+) -> str | None:
+    """Why the event does not fit the instance as it is now, before any plan."""
+    if fields.get("saga_type") != saga_type:
+        return f"the event is for saga {fields.get('saga_type')}, the instance is a {saga_type}"
+    if fields.get("from_shape") != old.shape:
+        return (
+            f"the instance is on shape {old.shape} now, not {fields.get('from_shape')} (it moved "
+            "since the dry run): run the dry run again"
+        )
+    if new is None:
+        return f"no definition of shape {fields.get('to_shape')} is recorded for {saga_type}"
+    return None
+
+
+def _moved(state: SagaState, new: SagaSpec, found: MigrationPlan) -> SagaState:
+    """A copy of `state` on `new`: its steps as planned; the data, timers, completion order and
+    undone list of each renamed step under its new name; what belongs to dropped steps gone."""
+    moves = found.mapping
+    s = state.copy()
+    s.shape = new.shape
+    s.steps = {p.step: StepState(p.status, p.attempt, p.undo_attempt) for p in found.steps}
+    s.data = {
+        (source if source == START else moves[source]): fields
+        for source, fields in state.data.items()
+        if source == START or source in moves
+    }
+    s.order = [moves[n] for n in state.order if n in moves]
+    s.undone = [moves[n] for n in state.undone if n in moves]
+    s.timers = {}
+    for key, due in state.timers.items():
+        kind, step, attempt = key.split("|")
+        if not step:  # the saga's own (its deadline)
+            s.timers[key] = due
+        elif step in moves:
+            s.timers[f"{kind}|{moves[step]}|{attempt}"] = due
+    if s.failed_step is not None and s.failed_step in moves:
+        s.failed_step = moves[s.failed_step]
+    return s
+
+
 def _bad_mapping(old: SagaSpec, new: SagaSpec, mapping: Mapping[str, str]) -> list[str]:
     out = []
     for source, target in mapping.items():
@@ -252,7 +333,14 @@ def _changed_under_way(
     out = []
     for source, target in moves.items():
         was, now = old.steps[source], new.steps[target]
-        status = steps[source][0]
+        status, attempt, undo = steps[source]
+        if source != target and status in IN_FLIGHT:
+            # what answers it (a result, a timer, an undo) names the old step, which the moved
+            # instance no longer has: the smallest sound rule is to wait for it to end
+            out.append(
+                f"step {source} is {_in_flight(status, attempt, undo)} and the new version "
+                f"renames it to {target}: what answers it names {source}; wait until it ends"
+            )
         if status == STARTED:
             out += _answer_fits(source, target, was, now)
         comp = was.compensation
@@ -333,11 +421,6 @@ def _notes(
     notes = []
     for source, target in moves.items():
         status, attempt, _ = steps[source]
-        if source != target and status in IN_FLIGHT:
-            notes.append(
-                f"{source} is {_in_flight(status, attempt, steps[source][2])} under its old "
-                f"name: what answers it names {source}, which is {target} now"
-            )
         limit = new.steps[target].retry.max_attempts
         fewer = limit < old.steps[source].retry.max_attempts
         if fewer and status in (STARTED, WAITING_RETRY) and attempt >= limit:

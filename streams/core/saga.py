@@ -402,6 +402,15 @@ def new_state(saga_type: str, spec: SagaSpec, key: str, event: Event, now: int) 
     return state
 
 
+def carry_on(saga_type: str, spec: SagaSpec, state: SagaState, now: int, change: str) -> Decision:
+    """A state changed outside decide (re-pinned by a migration) going on under `spec`: the
+    `change` recorded, then the steps now ready start (or the saga completes)."""
+    run = _Run(saga_type, spec, state, now)
+    run.note(change)
+    run.start_ready()
+    return run.out
+
+
 def _roles(step: StepSpec, event_type: str) -> list[str]:
     """What an event type is to one step: ok, fail, undo_ok or undo_fail (the loader refuses an
     event type with two roles in one step)."""

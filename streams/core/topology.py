@@ -24,12 +24,14 @@ from sagastream.errors import SagastreamError
 
 TIMER_EVENT = "TimerFired"
 SIGNAL_EVENT = "StepSignal"
+# `sagastream saga migrate --execute`: move one instance to another version of its saga
+MIGRATE_EVENT = "SagaMigrate"
 # a handler's runtime reports a failed attempt with it, on the handler role's `produces` topic
 ATTEMPT_FAILED_EVENT = "StepAttemptFailed"
 LIFECYCLE_EVENT = "SagaLifecycle"
 OUTCOME_EVENTS = ("SagaCompleted", "SagaCompensated", "SagaFailed")
 # events the engine itself consumes or produces, declared in topology.yaml like any other
-ENGINE_INPUTS = (TIMER_EVENT, SIGNAL_EVENT)
+ENGINE_INPUTS = (TIMER_EVENT, SIGNAL_EVENT, MIGRATE_EVENT)
 ENGINE_EVENTS = (*ENGINE_INPUTS, LIFECYCLE_EVENT, *OUTCOME_EVENTS)
 # the engine's own Avro records, shipped inside the package
 ENGINE_SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
@@ -48,6 +50,7 @@ ENGINE_EVENT_TOPICS = {
     "SagaFailed": OUTCOMES_TOPIC,
     LIFECYCLE_EVENT: "sagas.lifecycle",
     SIGNAL_EVENT: "sagas.signals",
+    MIGRATE_EVENT: "sagas.signals",
     "StepEscalated": "sagas.escalations",
     TIMER_EVENT: "sagas.timers",
 }

@@ -266,6 +266,38 @@ def _signal(args: argparse.Namespace) -> int:
     return 0
 
 
+def _saga_migrate(args: argparse.Namespace) -> int:
+    from sagastream.core.migration import parse_mapping
+    from sagastream.ops.migrate import dry_run_lines, plan_all, running_on, send_moves, version_of
+    from sagastream.runtime.definitions import DefinitionBook
+    from sagastream.runtime.kafka_io import DeliveryFailed
+    from sagastream.wire.codec import SchemaStore
+
+    settings = Settings()
+    client = _client(settings)
+    try:
+        book = DefinitionBook(settings, client.topology, SchemaStore(settings.schemas_path))
+        book.read()
+        old, new = version_of(book, args.saga, args.source), version_of(book, args.saga, args.to)
+        mapping = parse_mapping(args.map or ())
+        lowest = book.lowest(args.saga)
+        found = running_on(
+            settings, args.saga, old.shape, lowest is not None and lowest.shape == old.shape
+        )
+        planned = plan_all(old, new, mapping, found)
+        print("\n".join(dry_run_lines(old, new, planned)))
+        if not args.execute:
+            return 0
+        try:
+            print("\n".join(send_moves(client, old, new, mapping, planned, args.by)))
+        except DeliveryFailed as exc:
+            print(f"sagastream saga migrate: the broker refused: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        client.close()
+
+
 def _api(args: argparse.Namespace) -> int:
     from sagastream.ops.signals import ApiAuth, serve
 
@@ -787,6 +819,26 @@ def parser() -> argparse.ArgumentParser:
     ss.add_argument("saga", help="the saga type (order, loan, ...)")
     ss.add_argument("key", help="the saga key (order id, loan id, ...)")
     ss.add_argument("--json", action="store_true", help="the view as JSON (times in epoch ms)")
+    sm = sg_sub.add_parser(
+        "migrate",
+        help="move running instances of a saga from one published version to another",
+        description="Dry run by default: per instance running on --from, what it would be on "
+        "--to, or why it cannot move. --execute sends one SagaMigrate per movable instance to "
+        "sagas.signals; the orchestrator plans again and moves it in its transaction, or "
+        "dead-letters the event with why. Exit 1 if the broker refused any.",
+    )
+    sm.add_argument("--saga", required=True, help="the saga type (order, loan, ...)")
+    sm.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="the version it runs on (2, v2 or a shape prefix)",
+    )
+    sm.add_argument("--to", required=True, help="the version to move to (number or shape prefix)")
+    sm.add_argument("--map", action="append", metavar="OLD=NEW", help="a renamed step; repeatable")
+    sm.add_argument("--execute", action="store_true", help="send the moves (default: dry run)")
+    sm.add_argument("--by", default="cli", help="who asks (the events' requested_by)")
+    sm.set_defaults(func=_saga_migrate)
     sl = sg_sub.add_parser(
         "list",
         help="sagas of every partition by status and age, oldest first",

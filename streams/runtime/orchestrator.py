@@ -34,10 +34,12 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from sagastream.core.saga import TERMINAL, Event, caused_by, decide, saga_for
+from sagastream.core.migration import MIGRATE_CHANGE, repin
+from sagastream.core.saga import TERMINAL, Decision, Event, caused_by, decide, saga_for
 from sagastream.core.state import SagaState, StateEncodingError, decode_state, encode_state
 from sagastream.core.topology import (
     LIFECYCLE_EVENT,
+    MIGRATE_EVENT,
     TIMER_EVENT,
     SagaSpec,
     Topology,
@@ -88,7 +90,7 @@ MAX_RECORDS_PER_TRANSACTION = 20_000
 MAX_DUE_PER_TICK = 5_000
 # how long an assignment waits for the metadata of a topic created a moment ago
 METADATA_WAIT_S = 30.0
-OUTCOME_CHANGES = frozenset({"started", *TERMINAL})
+OUTCOME_CHANGES = frozenset({"started", MIGRATE_CHANGE, *TERMINAL})
 # how often a partition waiting for an unknown definition reads the definitions topic again
 SHAPE_RETRY_S = 2.0
 # one saga's audit entry of the open transaction: saga, status, changes, parent meta
@@ -432,7 +434,12 @@ class Orchestrator:
             traceparent=meta["traceparent"],
             step=meta.get("step"),
         )
-        decision = decide(definition, state, incoming, now)
+        if incoming.event_type == MIGRATE_EVENT:
+            if state is None:
+                return Rejected("no_saga", f"{MIGRATE_EVENT}: no saga is stored under this key")
+            decision, definition = self._migrate(definition, state, incoming, now)
+        else:
+            decision = decide(definition, state, incoming, now)
         if decision.duplicate:
             return None
         new = decision.state
@@ -476,11 +483,27 @@ class Orchestrator:
             and (state is None or state.status not in TERMINAL)
         ):
             ckpt.after_commit(partial(self._count_outcome, new.saga, new.status, new))
-        if new is not None and _running(new) and not _running(state):
+        moved = new is not None and state is not None and new.shape != state.shape
+        if new is not None and _running(new) and (moved or not _running(state)):
             ckpt.after_commit(partial(self._count_running, partition, _version_of(new), 1))
-        elif state is not None and _running(state) and not _running(new):
+        if state is not None and _running(state) and (moved or not _running(new)):
             ckpt.after_commit(partial(self._count_running, partition, _version_of(state), -1))
         return None
+
+    def _migrate(
+        self, definition: tuple[str, SagaSpec], state: SagaState, event: Event, now: int
+    ) -> tuple[Decision, tuple[str, SagaSpec]]:
+        """A SagaMigrate: the instance re-pinned to the event's to_shape (read the definitions
+        again once if that shape is not read yet), or refused; and the definition it is on after."""
+        saga, to_shape = state.saga, str(event.fields.get("to_shape"))
+        new = self.book.spec(saga, to_shape)
+        if new is None:
+            self._reread_definitions()
+            new = self.book.spec(saga, to_shape)
+        if new is not None and (missing := self._unloaded(new)):
+            raise ShapeUnknown(saga, to_shape, self.book.topic, missing)
+        decision = repin(saga, definition[1], new, state, event, now)
+        return decision, definition if decision.state is None or new is None else (saga, new)
 
     # -- definitions ----------------------------------------------------------------------
     def _spec_of(self, state: SagaState) -> SagaSpec:

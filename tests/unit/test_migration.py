@@ -122,15 +122,28 @@ def test_a_skipped_dependency_counts_as_done() -> None:
     assert _by_step(result)["fraud"][-1] is True
 
 
-def test_a_running_step_moves_to_the_step_the_mapping_names() -> None:
-    steps = _steps(pay=(SUCCEEDED, 1, 0), stock=(SUCCEEDED, 1, 0), ship=(STARTED, 2, 0))
+def test_a_renamed_step_moves_to_the_step_the_mapping_names() -> None:
+    steps = _steps(pay=(SUCCEEDED, 1, 0), stock=(SUCCEEDED, 1, 0), ship=(SUCCEEDED, 2, 0))
     result = plan(_spec(), _spec(_rename_ship), {"ship": "deliver"}, steps)
     assert result.can_move, result.blockers
-    assert _by_step(result)["deliver"] == ("ship", STARTED, 2, 0, False)
+    assert _by_step(result)["deliver"] == ("ship", SUCCEEDED, 2, 0, False)
     assert result.renamed == {"ship": "deliver"}
-    assert result.notes == (
-        "ship is running (attempt 2) under its old name: what answers it names ship, which is "
-        "deliver now",
+
+
+@pytest.mark.parametrize(
+    ("status", "what"),
+    [
+        ((STARTED, 2, 0), "running (attempt 2)"),
+        ((WAITING_RETRY, 1, 0), "waiting to retry (after attempt 1)"),
+    ],
+)
+def test_a_renamed_step_in_flight_cannot_move(status: StepStatus, what: str) -> None:
+    # its answer, retry or timer names the old step, which the moved instance no longer has
+    steps = _steps(pay=(SUCCEEDED, 1, 0), stock=(SUCCEEDED, 1, 0), ship=status)
+    result = plan(_spec(), _spec(_rename_ship), {"ship": "deliver"}, steps)
+    assert result.blockers == (
+        f"step ship is {what} and the new version renames it to deliver: what answers it "
+        "names ship; wait until it ends",
     )
 
 
@@ -299,13 +312,12 @@ def test_what_moves_but_differs_is_noted() -> None:
 
 def test_the_dry_run_says_it_per_step() -> None:
     steps = _steps(pay=(SUCCEEDED, 1, 0), stock=(SUCCEEDED, 1, 0), ship=(STARTED, 2, 0))
-    assert plan(_spec(), _spec(_rename_ship), {"ship": "deliver"}, steps).describe() == [
+    waiting = _steps(pay=(SUCCEEDED, 1, 0), stock=(STARTED, 1, 0))
+    assert plan(_spec(), _spec(_rename_ship), {"ship": "deliver"}, waiting).describe() == [
         "can move:",
         "  pay (kept): succeeded, attempt 1",
-        "  stock (kept): succeeded, attempt 1",
-        "  deliver (was ship): running, attempt 2",
-        "  note: ship is running (attempt 2) under its old name: what answers it names ship, "
-        "which is deliver now",
+        "  stock (kept): running, attempt 1",
+        "  deliver (was ship): pending, attempt 0",
     ]
     assert plan(_spec(), _spec(_add_fraud), {}, _steps(pay=(SUCCEEDED, 1, 0))).describe()[-1] == (
         "  fraud (new): pending, attempt 0: ready, starts"

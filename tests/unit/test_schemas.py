@@ -68,6 +68,10 @@ def records_of(schema: Any, namespace: str | None = None, named: dict | None = N
         return strategy
     if kind == "array":
         return st.lists(records_of(schema["items"], namespace, named), max_size=3)
+    if kind == "map":
+        return st.dictionaries(
+            st.text(max_size=5), records_of(schema["values"], namespace, named), max_size=3
+        )
     return records_of(kind, namespace, named)
 
 
