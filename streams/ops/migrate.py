@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 from sagastream.core.migration import MigrationPlan, plan
 from sagastream.core.saga import RUNNING
-from sagastream.core.state import SagaState, decode_state
+from sagastream.core.state import SagaState
 from sagastream.core.topology import MIGRATE_EVENT
 from sagastream.errors import UsageError
 from sagastream.ops.client import EventClient
+from sagastream.ops.versions import running_states
 from sagastream.runtime.definitions import Definition, DefinitionBook
-from sagastream.runtime.kafka_io import read_to_end
 from sagastream.runtime.settings import Settings
 
 
@@ -54,17 +54,12 @@ def running_on(
     settings: Settings, saga: str, shape: str, lowest: bool
 ) -> list[tuple[str, SagaState]]:
     """The running instances of `saga` pinned to `shape` (with `lowest`, also those without a
-    shape, which the lowest version decides): each key's newest committed state."""
-    newest: dict[bytes, SagaState | None] = {}
-    for msg in read_to_end(settings, [settings.changelog_topic()], "sagastream-migrate"):
-        key, value = msg.key(), msg.value()
-        if key is not None:
-            newest[key] = None if value is None else decode_state(value)
+    shape, which the lowest version decides), by key."""
     pinned = (shape, None) if lowest else (shape,)
     return sorted(
         (key.decode("utf-8", "replace"), s)
-        for key, s in newest.items()
-        if s is not None and s.saga == saga and s.status == RUNNING and s.shape in pinned
+        for key, s in running_states(settings, "sagastream-migrate")
+        if s.saga == saga and s.status == RUNNING and s.shape in pinned
     )
 
 

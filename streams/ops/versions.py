@@ -8,12 +8,12 @@ current (the shape of the topology file given), draining (instances still run on
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from sagastream.core.saga import TERMINAL
-from sagastream.core.state import decode_state
+from sagastream.core.state import SagaState, decode_state
 from sagastream.core.topology import Topology
 from sagastream.ops.inspect import _clock, _table
 from sagastream.runtime.definitions import Definition, DefinitionBook
@@ -36,21 +36,25 @@ class VersionRow:
     state: VersionState
 
 
-def count_running(settings: Settings) -> dict[tuple[str, str | None], int]:
-    """Instances not ended in the state changelog, by saga and pinned shape: each key's newest
-    committed record, read to the changelog's end now."""
-    newest: dict[bytes, tuple[str, str | None] | None] = {}
-    for msg in read_to_end(settings, [settings.changelog_topic()], "sagastream-versions"):
+def running_states(settings: Settings, purpose: str) -> Iterator[tuple[bytes, SagaState]]:
+    """The saga instances not ended in the state changelog: each key's newest committed record,
+    read to the changelog's end now."""
+    newest: dict[bytes, SagaState | None] = {}
+    for msg in read_to_end(settings, [settings.changelog_topic()], purpose):
         key, value = msg.key(), msg.value()
         if key is None:
             continue
         state = None if value is None else decode_state(value)
-        running = state is not None and state.status not in TERMINAL
-        newest[key] = (state.saga, state.shape) if state and running else None
+        newest[key] = state if state is not None and state.status not in TERMINAL else None
+    return ((key, state) for key, state in newest.items() if state is not None)
+
+
+def count_running(settings: Settings) -> dict[tuple[str, str | None], int]:
+    """Instances not ended in the state changelog, by saga and pinned shape."""
     counts: dict[tuple[str, str | None], int] = {}
-    for version in newest.values():
-        if version is not None:
-            counts[version] = counts.get(version, 0) + 1
+    for _, state in running_states(settings, "sagastream-versions"):
+        version = (state.saga, state.shape)
+        counts[version] = counts.get(version, 0) + 1
     return counts
 
 

@@ -24,7 +24,7 @@ from sagastream.ops.demo import settings_env
 from sagastream.ops.migrate import running_on
 from sagastream.runtime.settings import Settings
 from tests.integration.faults import COMMAND_TOPICS
-from tests.integration.helpers import every_dead_letter, good_order
+from tests.integration.helpers import every_dead_letter, free_port, good_order, metric
 from tests.integration.test_versions import V1_STEPS, V2_STEPS, v2_data, wait_outcomes, workers
 
 pytestmark = pytest.mark.integration
@@ -88,7 +88,9 @@ def test_orders_waiting_on_v1_move_to_v2_and_finish_on_its_steps(
         ns.client.flush(30)
         commanded(ns, "shipping.commands", {"stuck-0"})
         assert old.terminate("orchestrator")[0] == 0
-        new = workers(v2_settings, tmp_path / "v2", "orchestrator")  # publishes v2
+        port = free_port()
+        v2_env = {"SAGASTREAM_METRICS_PORT": str(port)}
+        new = workers(v2_settings, tmp_path / "v2", "orchestrator", **v2_env)  # publishes v2
         running.append(new)
 
         code, out = migrate(monkeypatch, capsys, v2_settings, "--from", "1", "--to", "2")
@@ -121,6 +123,17 @@ def test_orders_waiting_on_v1_move_to_v2_and_finish_on_its_steps(
         while {k for k, _ in running_on(ns.settings, "order", v2_shape, False)} != moving:
             assert time.monotonic() < deadline, "the orders were not moved to v2"
             time.sleep(1)
+
+        # the orchestrator counts the moved instances under v2 once it committed their move
+        def counted() -> tuple[float, float]:
+            name = "sagastream_saga_versions_running"
+            v1 = metric(port, name, saga="order", version="1")
+            return v1, metric(port, name, saga="order", version="2")
+
+        deadline = time.monotonic() + 30
+        while counted() != (1, MOVED):
+            assert time.monotonic() < deadline, f"running by version (v1, v2): {counted()}"
+            time.sleep(0.5)
 
         handlers = workers(ns.settings, tmp_path / "rest", "inventory,shipping")
         running.append(handlers)
