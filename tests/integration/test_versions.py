@@ -330,3 +330,58 @@ def test_a_definition_with_event_types_published_after_the_start_waits_for_a_res
     finally:
         handlers.stop()
         orchestrator.stop()
+
+
+def test_a_rollback_to_v1_leaves_the_v2_sagas_on_v2(
+    ns: Any, tmp_path: Path, v2: tuple[Settings, Topology], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v1 is published, v2 deployed; orders wait on v2's slow delivery step when v1's file goes
+    back out. `topology check` of v1's file against what is deployed (v2) says version: allowed;
+    the v1 orchestrator then finishes the v2 sagas on v2's steps and starts new ones on v1."""
+    from sagastream.ops import cli
+    from sagastream.ops.demo import settings_env
+
+    v2_settings, v2_topology = v2
+    for name, value in settings_env(ns.settings).items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["topics", "create"]) == 0  # publishes v1, as the first deploy did
+    running = [
+        workers(ns.settings, tmp_path / "fast", FAST_ROLES),
+        workers(ns.settings, tmp_path / "slow", "shipping", SAGASTREAM_HANDLER_LATENCY_MS="6000"),
+    ]
+    new = workers(v2_settings, tmp_path / "v2", "orchestrator")
+    old: WorkerSet | None = None
+    try:
+        on_v2 = [f"v2-{i:03d}" for i in range(60)]
+        for key in on_v2:
+            ns.client.publish("OrderPlaced", key, good_order(key))
+        ns.client.flush(60)
+        shipping = ns.topic("shipping.commands")
+        assert len(ns.client.read([shipping], lambda ms: len(ms) >= 60, timeout=90)) >= 60
+        assert new.terminate("orchestrator")[0] == 0
+        assert len(outcomes(ns)) <= 30, "the v2 sagas were not in flight at the rollback"
+
+        assert cli.main(["topology", "check"]) == 0  # v1's file against the deployed v2
+        assert cli.main(["topology", "check", "--allow", "safe"]) == 1
+
+        old = workers(ns.settings, tmp_path / "v1", "orchestrator")
+        running.append(old)
+        on_v1 = [f"v1-{i:03d}" for i in range(30)]
+        for key in on_v1:
+            ns.client.publish("OrderPlaced", key, good_order(key))
+        ns.client.flush(60)
+        found = wait_outcomes(ns, {*on_v2, *on_v1}, running, timeout=150)
+        per_saga = Counter(m.key.decode() for m in found)
+        assert sorted({*on_v2, *on_v1} - set(per_saga)) == [], "sagas without an outcome"
+        assert {k: n for k, n in per_saga.items() if n != 1} == {}, "several outcomes"
+        steps = {m.key.decode(): set(m.record["completed_steps"]) for m in found}
+        assert {k: s for k, s in steps.items() if k in on_v2 and s != V2_STEPS} == {}
+        assert {k: s for k, s in steps.items() if k in on_v1 and s != V1_STEPS} == {}
+        assert every_dead_letter(ns) == []
+        book = DefinitionBook(ns.settings, ns.topology, SchemaStore(ns.settings.schemas_path))
+        rows = {r.version: r for r in versions(ns.settings, ns.topology, book) if r.saga == "order"}
+        assert (rows[1].state, rows[2].state) == ("current", "retired")
+        assert rows[2].shape == v2_topology.sagas["order"].shape
+    finally:
+        for worker in [*running, new]:
+            worker.stop()
