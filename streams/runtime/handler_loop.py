@@ -47,7 +47,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from sagastream.core.topology import Topology
 from sagastream.runtime import contract
@@ -294,6 +302,10 @@ class HandlerLoop:
         self._deadline: float | None = None
         self._crash: BaseException | None = None
         self._polls = metrics.handler_polls.labels(role)
+        self._calls_running = 0  # of _in_flight, those whose function runs (the rest queue)
+        self._in_flight_gauge = metrics.handler_in_flight.labels(role)
+        self._queued_gauge = metrics.handler_queued.labels(role)
+        self._timings: dict[str, tuple[Any, Any]] = {}  # by command: (run, queue) children
         self._moved = False
         self._still_ticks = 0
 
@@ -366,6 +378,9 @@ class HandlerLoop:
             self._next_commit = now + self._settings.commit_interval_ms / 1000
         if self._in_flight:
             self._run_loop(0 if messages else self._slice())
+        # once a round, not per command: the gauges are read seconds apart
+        self._in_flight_gauge.set(self._calls_running)
+        self._queued_gauge.set(self._in_flight - self._calls_running)
 
     def _slice(self) -> float:
         """How long the asyncio loop runs before the next poll: TICK_S while anything moves,
@@ -620,6 +635,7 @@ class HandlerLoop:
         bound = self._run_bounds[command.event_type]
         limit = asyncio.timeout(bound)
         token = contract.HEARTBEAT.set(partial(self._heartbeat, limit, bound))
+        run_time, started = self._started(job, command.event_type)
         try:
             async with limit:
                 result_type, fields = await self._invoke(command.event_type, command.record)
@@ -629,10 +645,26 @@ class HandlerLoop:
             return self._failed(job, command, AttemptError.from_exception(exc))
         finally:
             contract.HEARTBEAT.reset(token)
+            self._calls_running -= 1
+            run_time.observe(time.monotonic() - started)
         why = self._contract.check_result(command.event_type, result_type)
         if why is not None:
             return self._failed(job, command, AttemptError.of("contract", why))
         return result_type, fields
+
+    def _started(self, job: _Job, command_type: str) -> tuple[Any, float]:
+        """A command's function starts: its queue time (from the command's produce time) is
+        observed; its run-time histogram child and the start are returned."""
+        timing = self._timings.get(command_type)
+        if timing is None:
+            run = self._metrics.handler_run_seconds.labels(self._role, command_type)
+            queue = self._metrics.handler_queue_seconds.labels(self._role, command_type)
+            timing = self._timings[command_type] = (run, queue)
+        kind, produced_ms = job.msg.timestamp()
+        if kind != TIMESTAMP_NOT_AVAILABLE:
+            timing[1].observe(max(0.0, time.time() - produced_ms / 1000))
+        self._calls_running += 1
+        return timing[0], time.monotonic()
 
     def _heartbeat(self, limit: asyncio.Timeout, bound: float) -> None:
         """The attempt's function says it is alive: its bound starts again from now. Called on

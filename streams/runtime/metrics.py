@@ -1,10 +1,50 @@
-"""Prometheus metrics of one worker, in one object built from a registry that is passed in."""
+"""Prometheus metrics of one worker, in one object built from a registry that is passed in.
+
+Labels stay bounded: saga type, step, result, role, command type, never a saga key. The hot
+path takes labelled children from small caches here (`labels()` once per label set).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# saga durations reach days: a saga may wait on people or timers for a week
+HOUR, DAY = 3600, 86_400
+SAGA_BUCKETS: tuple[float, ...] = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    900,
+    HOUR,
+    4 * HOUR,
+)
+SAGA_BUCKETS += (DAY, 3 * DAY, 7 * DAY, 30 * DAY)
+HANDLER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+# the decision's lifecycle notes counted by sagastream_step_changes, by the change they are
+CHANGE_OF_NOTE = {
+    "step_retry_scheduled": "retry",
+    "compensation_retry_scheduled": "compensation_retry",
+    "step_expired": "timeout",
+    "compensating": "compensation",
+    "step_compensated": "step_compensated",
+    "compensation_failed": "compensation_failed",
+    "step_escalated": "escalation",
+}
+# the notes after which a step's attempts are observed, by its result
+RESULT_OF_NOTE = {"step_succeeded": "succeeded", "step_failed": "failed"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +68,13 @@ class Metrics:
     handler_polls: Counter
     partitions_waiting: Gauge
     versions_running: Gauge
+    sagas_running: Gauge
+    step_attempts: Histogram
+    step_changes: Counter
+    handler_run_seconds: Histogram
+    handler_queue_seconds: Histogram
+    handler_in_flight: Gauge
+    handler_queued: Gauge
 
     @classmethod
     def create(cls, role: str, registry: CollectorRegistry | None = None) -> Metrics:
@@ -59,7 +106,7 @@ class Metrics:
                 "sagastream_saga_seconds",
                 "Saga duration from start event to terminal state",
                 ["saga", "status"],
-                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+                buckets=SAGA_BUCKETS,
                 registry=reg,
             ),
             timers_fired=Counter(
@@ -132,6 +179,52 @@ class Metrics:
                 ["saga", "version", "shape"],
                 registry=reg,
             ),
+            sagas_running=Gauge(
+                "sagastream_sagas_running",
+                "Saga instances not ended in this orchestrator's stores, by saga type and status",
+                ["saga", "status"],
+                registry=reg,
+            ),
+            step_attempts=Histogram(
+                "sagastream_step_attempts",
+                "Attempts a step took, observed when it succeeded or failed for good",
+                ["saga", "step", "result"],
+                buckets=(1, 2, 3, 5, 10, 20),
+                registry=reg,
+            ),
+            step_changes=Counter(
+                "sagastream_step_changes",
+                "Retries, timeouts, compensations and escalations, by saga type and step",
+                ["saga", "step", "change"],
+                registry=reg,
+            ),
+            handler_run_seconds=Histogram(
+                "sagastream_handler_run_seconds",
+                "How long a handler function ran for one command",
+                ["role", "command"],
+                buckets=HANDLER_BUCKETS,
+                registry=reg,
+            ),
+            handler_queue_seconds=Histogram(
+                "sagastream_handler_queue_seconds",
+                "From a command's produce time to its handler function's start",
+                ["role", "command"],
+                buckets=HANDLER_BUCKETS,
+                registry=reg,
+            ),
+            handler_in_flight=Gauge(
+                "sagastream_handler_in_flight",
+                "Commands whose handler function is running",
+                ["role"],
+                registry=reg,
+            ),
+            handler_queued=Gauge(
+                "sagastream_handler_queued",
+                "Commands taken from Kafka whose function has not started (or whose result "
+                "is being sent)",
+                ["role"],
+                registry=reg,
+            ),
         )
         metrics.up.labels(role).set(1)
         metrics.registry_up.labels(role).set(1)
@@ -141,3 +234,53 @@ class Metrics:
         """Count a decision's outputs (one call per decision, not per event)."""
         for event_type in event_types:
             self.produced.labels(role, event_type).inc()
+
+
+class LifecycleMetrics:
+    """Counts a decision's lifecycle notes. Children are looked up once per (saga, step, note)
+    and kept, so a decision costs one dict lookup per note."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._changes: dict[tuple[str, str | None, str], Any] = {}
+        self._attempts: dict[tuple[str, str | None, str], Any] = {}
+
+    def noted(
+        self, saga: str, lifecycle: list[tuple[str, str | None]], attempts: Mapping[str, Any]
+    ) -> None:
+        """Count these notes of one decision of a `saga`; `attempts` is the new state's steps
+        (each with the attempt last sent), read for the step a note ends."""
+        for what, step in lifecycle:
+            key = (saga, step, what)
+            child = self._changes.get(key, _UNSEEN)
+            if child is _UNSEEN:
+                child = self._change_child(key)
+            if child is not None:
+                child.inc()
+                continue
+            observe = self._attempts.get(key, _UNSEEN)
+            if observe is _UNSEEN:
+                observe = self._attempt_child(key)
+            if observe is not None and step is not None and step in attempts:
+                observe.observe(attempts[step].attempt)
+
+    def _change_child(self, key: tuple[str, str | None, str]) -> Any:
+        saga, step, what = key
+        change = CHANGE_OF_NOTE.get(what)
+        child = None
+        if change is not None:
+            child = self._metrics.step_changes.labels(saga, step or "", change)
+        self._changes[key] = child
+        return child
+
+    def _attempt_child(self, key: tuple[str, str | None, str]) -> Any:
+        saga, step, what = key
+        result = RESULT_OF_NOTE.get(what)
+        child = None
+        if result is not None:
+            child = self._metrics.step_attempts.labels(saga, step or "", result)
+        self._attempts[key] = child
+        return child
+
+
+_UNSEEN = object()

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -65,7 +65,7 @@ from sagastream.runtime.inputs import (
 )
 from sagastream.runtime.kafka_io import AUTHORIZATION_CODES, refused
 from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
-from sagastream.runtime.metrics import Metrics
+from sagastream.runtime.metrics import LifecycleMetrics, Metrics
 from sagastream.runtime.outputs import Encoder, now_ms
 from sagastream.runtime.ownership import Ownership, ownership
 from sagastream.runtime.restore import restore
@@ -190,6 +190,9 @@ class Orchestrator:
         self._unloaded_by_shape: dict[str, list[str]] = {}
         # running (not ended) saga instances per store partition, by saga and shape
         self.running: dict[int, dict[tuple[str, str | None], int]] = {}
+        # and by saga and status (running or compensating)
+        self.statuses: dict[int, dict[tuple[str, str], int]] = {}
+        self._lifecycle = LifecycleMetrics(metrics)
         self.book = book or DefinitionBook(settings, topology, schemas)
         recorded = self.book.recorded_specs()
         self.inputs = [settings.input_topic(t) for t in topology.orchestrator_inputs(recorded)]
@@ -475,6 +478,8 @@ class Orchestrator:
         for rec in out:
             ckpt.produce(rec)
         self.metrics.produced_many(ROLE, [c.event_type for c in decision.commands])
+        if new is not None:
+            self._lifecycle.noted(new.saga, decision.lifecycle, new.steps)
         if letter is not None and refused is not None:
             self._dead_letter(letter, refused, msg)
         if (
@@ -488,6 +493,8 @@ class Orchestrator:
             ckpt.after_commit(partial(self._count_running, partition, _version_of(new), 1))
         if state is not None and _running(state) and (moved or not _running(new)):
             ckpt.after_commit(partial(self._count_running, partition, _version_of(state), -1))
+        if _status_of(new) != _status_of(state):  # started, compensating or ended: rare
+            ckpt.after_commit(partial(self._count_status, partition, state, new))
         return None
 
     def _migrate(
@@ -564,17 +571,39 @@ class Orchestrator:
         counts[version] = counts.get(version, 0) + delta
         self._show_running({version})
 
+    def _count_status(self, partition: int, old: SagaState | None, new: SagaState | None) -> None:
+        """sagastream_sagas_running after a saga's status changed (it started, began
+        compensating or ended)."""
+        counts = self.statuses.setdefault(partition, {})
+        changed = []
+        for state, delta in ((old, -1), (new, 1)):
+            status = _status_of(state)
+            if state is not None and status is not None:
+                counts[state.saga, status] = counts.get((state.saga, status), 0) + delta
+                changed.append((state.saga, status))
+        self._show_statuses(changed)
+
+    def _show_statuses(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """sagastream_sagas_running for these (saga, status)es, over every store."""
+        for saga, status in pairs:
+            total = sum(c.get((saga, status), 0) for c in self.statuses.values())
+            self.metrics.sagas_running.labels(saga, status).set(total)
+
     def _count_restored(self, partition: int, store: PartitionStore) -> None:
-        """The running instances of a restored store, by saga and shape: read once here,
-        then kept by each start and end."""
+        """The running instances of a restored store, by saga and shape and by saga and
+        status: read once here, then kept by each start, status change and end."""
         counts: dict[tuple[str, str | None], int] = {}
+        statuses: dict[tuple[str, str], int] = {}
         for _, raw in store.states():
             state = decode_state(raw)
             if _running(state):
                 version = _version_of(state)
                 counts[version] = counts.get(version, 0) + 1
+                statuses[state.saga, state.status] = statuses.get((state.saga, state.status), 0) + 1
         self.running[partition] = counts
+        self.statuses[partition] = statuses
         self._show_running(set(counts))
+        self._show_statuses(set(statuses))
 
     def _show_running(self, versions: set[tuple[str, str | None]]) -> None:
         """sagastream_saga_versions_running for these (saga, shape)s, over every store."""
@@ -942,6 +971,8 @@ class Orchestrator:
         self.shape_waits = {w: v for w, v in self.shape_waits.items() if w[1] not in numbers}
         for p in numbers & set(self.running):
             self._show_running(set(self.running.pop(p)))
+        for p in numbers & set(self.statuses):
+            self._show_statuses(set(self.statuses.pop(p)))
         self._failures = {w: n for w, n in self._failures.items() if w[1] not in numbers}
         self.health.registry_only(self._failures)
         self.horizon.dropped(numbers)
@@ -962,6 +993,11 @@ class Orchestrator:
 
 def _running(state: SagaState | None) -> bool:
     return state is not None and state.status not in TERMINAL
+
+
+def _status_of(state: SagaState | None) -> str | None:
+    """The status a running saga is counted under; None for none or an ended one."""
+    return None if state is None or state.status in TERMINAL else state.status
 
 
 def _version_of(state: SagaState) -> tuple[str, str | None]:
