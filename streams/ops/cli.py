@@ -25,6 +25,12 @@ def _broker(args: argparse.Namespace) -> int:
     return localkafka.main(argv)
 
 
+def _jaeger(args: argparse.Namespace) -> int:
+    from sagastream.local import jaeger as localjaeger
+
+    return localjaeger.main([args.action])
+
+
 def _init(args: argparse.Namespace) -> int:
     from sagastream.ops.scaffold import init, package_name
 
@@ -752,6 +758,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("action", choices=["start", "stop", "status"])
     b.add_argument("--cluster", action="store_true", help="3 brokers, replication factor 3")
     b.set_defaults(func=_broker)
+
+    j = sub.add_parser(
+        "jaeger", help="the local Jaeger v2 trace backend (built with Go from the module proxy)"
+    )
+    j.add_argument("action", choices=["build", "start", "stop", "status"])
+    j.set_defaults(func=_jaeger)
 
     rp = sub.add_parser("replay", help="reprocess a consumer group's input from an earlier point")
     rp_sub = rp.add_subparsers(dest="action", required=True)
