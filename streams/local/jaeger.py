@@ -81,6 +81,9 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 KILL_TIMEOUT_S = 10.0
 
+# A static binary (no cgo, as Jaeger's own release builds): it runs on any Linux of the same
+# architecture, e.g. in the Debian image for compose whatever the host's glibc.
+BUILD_ENV = {"CGO_ENABLED": "0"}
 GO_HINT = "install Go 1.24+ (https://go.dev/dl/, or `apt-get install golang-go` if recent enough)"
 
 _NAME = "Jaeger"
@@ -218,7 +221,9 @@ def ensure_jaeger(log: Log = print, version: str = JAEGER_VERSION) -> Path:
         log(f"Building {_NAME} from {JAEGER_MODULE}@{version} with {go} (minutes when cold) ...")
         started = time.monotonic()
         _writable_copy(_download_source(go, version), src)
-        localproc.run_tool(build_command(go, partial, version), LocalJaegerError, cwd=src)
+        localproc.run_tool(
+            build_command(go, partial, version), LocalJaegerError, cwd=src, env=BUILD_ENV
+        )
         partial.replace(home / "jaeger")
         shutil.rmtree(src, ignore_errors=True)
         seconds = time.monotonic() - started

@@ -27,7 +27,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -152,11 +152,19 @@ def require_java(
 
 
 def run_tool(
-    cmd: Sequence[str], error: type[LocalToolError], cwd: Path | None = None
+    cmd: Sequence[str],
+    error: type[LocalToolError],
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` to completion; ``error`` with the last 30 output lines when it fails."""
+    """Run ``cmd`` to completion; ``error`` with the last 30 output lines when it fails.
+
+    ``env`` is added to this process's environment."""
+    full_env = None if env is None else {**os.environ, **env}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=cwd)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, check=False, cwd=cwd, env=full_env
+        )
     except OSError as exc:
         raise error(f"could not run {cmd[0]}: {exc}") from exc
     if proc.returncode != 0:

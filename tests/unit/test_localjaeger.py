@@ -138,7 +138,7 @@ def _fake_go(bin_dir: Path, module_dir: Path, calls: Path) -> None:
     script = bin_dir / "go"
     script.write_text(
         "#!/bin/sh\n"
-        f'echo "$PWD $*" >> {calls}\n'
+        f'echo "$PWD CGO_ENABLED=$CGO_ENABLED $*" >> {calls}\n'
         'if [ "$1" = mod ]; then\n'
         f'  printf \'{{"Path": "x", "Dir": "{module_dir}"}}\\n\'\n'
         "  exit 0\n"
@@ -178,7 +178,8 @@ def test_build_copies_the_module_builds_in_it_and_caches_the_binary(
     home = binary.parent
     mod_call, build_call = calls.read_text().splitlines()
     assert mod_call.endswith("mod download -json github.com/jaegertracing/jaeger@v1.75.0")
-    assert build_call.startswith(f"{home / 'src'} build -trimpath")  # built in the copy
+    # built in the copy, static
+    assert build_call.startswith(f"{home / 'src'} CGO_ENABLED=0 build -trimpath")
     assert not (home / "src").exists()  # the copy is removed after the build
     assert json.loads((home / ".complete").read_text())["version"] == "v1.75.0"
     assert any("built in" in m for m in messages)
