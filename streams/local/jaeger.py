@@ -12,9 +12,9 @@ It runs with a small config of ours (not the embedded all-in-one config, which a
 ports 5778, 5779, 6831, 6832, 9411, 13133, 14250, 14268, 27777, 27778 and 8888): OTLP
 receivers on ``127.0.0.1:4317`` (gRPC) and ``:4318`` (HTTP), memory storage, and the
 query service (API and UI) on ``:16686`` (HTTP) and ``:16685`` (gRPC). Traces are lost
-at stop. Built without the ``ui`` build tag, ``/`` serves a placeholder page instead of
-the Jaeger UI; the query API (``/api/services``, ``/api/traces``, ``/api/v3/...``),
-which is what tests read, is complete.
+at stop. The module on the proxy holds no built UI assets (Jaeger's release builds embed
+them from the jaeger-ui npm build), so ``/`` serves Jaeger's placeholder page; the query
+API (``/api/services``, ``/api/traces``, ``/api/v3/...``), which tests read, is complete.
 
 Paths
     cache:  ``$SAGASTREAM_CACHE_DIR`` or ``~/.cache/sagastream``
