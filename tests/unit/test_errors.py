@@ -12,7 +12,14 @@ from sagastream.ops import cli
 
 # a business result, not an error; internal carriers; local tooling kept free of sagastream
 # imports (sagastream.local.proc imports the standard library only)
-NOT_ERRORS = {"Fail", "_Unstorable", "LocalToolError", "LocalKafkaError", "LocalRegistryError"}
+NOT_ERRORS = {
+    "Fail",
+    "_Unstorable",
+    "LocalToolError",
+    "LocalKafkaError",
+    "LocalRegistryError",
+    "LocalJaegerError",
+}
 
 
 def _exception_classes() -> list[type[BaseException]]:
