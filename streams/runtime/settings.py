@@ -33,7 +33,7 @@ from sagastream.runtime.http import Limits
 PREFIX = "SAGASTREAM_"
 PASSTHROUGH = PREFIX + "LIBRDKAFKA_"
 # SAGASTREAM_* variables read by sagastream's tools, not by Settings: the test fixtures, the
-# local broker and registry, docker-compose.yml
+# local broker, registry and Jaeger, docker-compose.yml
 TOOL_VARIABLES = frozenset(
     PREFIX + name
     for name in (
@@ -46,6 +46,13 @@ TOOL_VARIABLES = frozenset(
         "LOCAL_KAFKA_PORT",
         "LOCAL_KAFKA_CLUSTER_PORT",
         "LOCAL_REGISTRY_PORT",
+        "LOCAL_JAEGER_QUERY_PORT",
+        "LOCAL_JAEGER_QUERY_GRPC_PORT",
+        "LOCAL_JAEGER_OTLP_GRPC_PORT",
+        "LOCAL_JAEGER_OTLP_HTTP_PORT",
+        "JAEGER_QUERY_PORT",
+        "JAEGER_OTLP_GRPC_PORT",
+        "JAEGER_OTLP_HTTP_PORT",
         "KAFKA_PORT",
         "REGISTRY_PORT",
         "PROMETHEUS_PORT",
