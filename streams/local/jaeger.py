@@ -242,9 +242,8 @@ def ensure_jaeger(log: Log = print, version: str = JAEGER_VERSION) -> Path:
 # ------------------------------------------------------------------------ config
 
 
-def render_config(ports: JaegerPorts, max_traces: int = MAX_TRACES, host: str = HOST) -> str:
-    """The Jaeger v2 (collector) YAML: OTLP in, memory storage, query service, on ``host``
-    (loopback here; ``0.0.0.0`` in the compose image).
+def render_config(ports: JaegerPorts, max_traces: int = MAX_TRACES) -> str:
+    """The Jaeger v2 (collector) YAML: OTLP in, memory storage, query service; loopback only.
 
     Its own metrics are off (``level: none``) so it opens no Prometheus port (8888).
     """
@@ -273,17 +272,17 @@ extensions:
     storage:
       traces: memstore
     http:
-      endpoint: {host}:{ports.query}
+      endpoint: {HOST}:{ports.query}
     grpc:
-      endpoint: {host}:{ports.query_grpc}
+      endpoint: {HOST}:{ports.query_grpc}
 
 receivers:
   otlp:
     protocols:
       grpc:
-        endpoint: {host}:{ports.otlp_grpc}
+        endpoint: {HOST}:{ports.otlp_grpc}
       http:
-        endpoint: {host}:{ports.otlp_http}
+        endpoint: {HOST}:{ports.otlp_http}
 
 processors:
   batch:
