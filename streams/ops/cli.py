@@ -15,6 +15,7 @@ from sagastream.runtime.settings import Settings
 if TYPE_CHECKING:
     from sagastream.ops.client import EventClient
     from sagastream.ops.dlq import Redrive
+    from sagastream.ops.topology_diff import Change, TopologyDiff
     from sagastream.runtime.kafka_io import DeliveryFailed
 
 
@@ -475,26 +476,33 @@ def _saga(args: argparse.Namespace) -> int:
 
 
 def _topology_diff(args: argparse.Namespace) -> int:
-    from sagastream.ops.topology_diff import SCHEMAS_NOTE, diff_topologies, parse_allow
+    from sagastream.ops.topology_diff import diff_topologies, parse_allow
     from sagastream.ops.validate import load_topology_file
 
     allow = parse_allow(args.allow)
     diff = diff_topologies(load_topology_file(Path(args.old)), load_topology_file(Path(args.new)))
-    refused = diff.not_allowed(allow)
     if args.json:
         print(json.dumps({"old": args.old, "new": args.new, **diff.to_dict(allow)}, indent=2))
-    else:
-        print("\n".join(diff.lines()))
-        print(f"note: {SCHEMAS_NOTE}")
-        if refused:
-            print(f"{len(refused)} changes of a class not allowed (--allow {','.join(allow)}):")
-            print("\n".join(f"  {f}" for f in refused))
+        return 1 if diff.not_allowed(allow) else 0
+    return _report_diff(diff, allow)
+
+
+def _report_diff(diff: TopologyDiff, allow: tuple[Change, ...]) -> int:
+    """A diff's findings, then those of a class `allow` lacks; exit 1 if there are any."""
+    from sagastream.ops.topology_diff import SCHEMAS_NOTE
+
+    refused = diff.not_allowed(allow)
+    print("\n".join(diff.lines()))
+    print(f"note: {SCHEMAS_NOTE}")
+    if refused:
+        print(f"{len(refused)} changes of a class not allowed (--allow {','.join(allow)}):")
+        print("\n".join(f"  {f}" for f in refused))
     return 1 if refused else 0
 
 
 def _topology_check(args: argparse.Namespace) -> int:
     from sagastream.core.topology import load_topology
-    from sagastream.ops.topology_diff import SCHEMAS_NOTE, check_deployed, parse_allow
+    from sagastream.ops.topology_diff import check_deployed, parse_allow
     from sagastream.ops.versions import count_running
     from sagastream.runtime.definitions import DefinitionBook
     from sagastream.wire.codec import SchemaStore
@@ -509,17 +517,11 @@ def _topology_check(args: argparse.Namespace) -> int:
     for (saga, _), count in count_running(settings).items():
         running[saga] = running.get(saga, 0) + count
     diff = check_deployed({s: d.spec for s, d in newest.items()}, running, topology)
-    refused = diff.not_allowed(allow)
     for saga, deployed in newest.items():
         print(
             f"{saga}: deployed v{deployed.version} ({deployed.shape}), {running.get(saga, 0)} running"
         )
-    print("\n".join(diff.lines()))
-    print(f"note: {SCHEMAS_NOTE}")
-    if refused:
-        print(f"{len(refused)} changes of a class not allowed (--allow {','.join(allow)}):")
-        print("\n".join(f"  {f}" for f in refused))
-    return 1 if refused else 0
+    return _report_diff(diff, allow)
 
 
 def _add_topology(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
