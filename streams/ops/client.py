@@ -4,7 +4,6 @@ sagas; `EventClient` under it publishes events and reads topics (also for the de
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -45,11 +44,20 @@ from sagastream.runtime.kafka_io import (
     whole,
 )
 from sagastream.runtime.settings import Settings
-from sagastream.wire.codec import AvroCodec, DecodeError, new_meta
+from sagastream.wire.codec import (
+    AvroCodec,
+    DecodeError,
+    RegistryRefused,
+    RegistryUnavailable,
+    new_meta,
+)
 from sagastream.wire.partitioner import partition_for
 from sagastream.wire.registry import build_codec
 
 PRODUCER_NAME = "sagastream-client"
+# how long a read waits for a schema registry that does not answer (a slow start, a hiccup)
+# before it gives up with RegistryUnavailable, as the workers wait rather than fail
+REGISTRY_WAIT_S = 20.0
 DESCRIBE_TIMEOUT_S = 30.0
 # describe reads the changelog backwards in windows growing by WINDOW_GROWTH from this size
 FIRST_WINDOW = 256
@@ -191,9 +199,7 @@ class EventClient:
             consumer.close()
 
     def _received(self, msg: Message) -> Received:
-        event_type, record = None, None
-        with contextlib.suppress(DecodeError):  # raw bytes are still yielded
-            event_type, record = self.codec.decode(msg.value() or b"")
+        event_type, record = self._decoded(msg.value() or b"")
         return Received(
             msg.topic() or "",
             msg.partition() or 0,
@@ -207,6 +213,23 @@ class EventClient:
             event_type,
             record,
         )
+
+    def _decoded(self, value: bytes) -> tuple[str | None, dict[str, Any] | None]:
+        """A record's event type and fields; (None, None) for bytes that are no event (still
+        yielded raw). A registry that does not answer is asked again for REGISTRY_WAIT_S."""
+        deadline, pause = time.monotonic() + REGISTRY_WAIT_S, 0.5
+        while True:
+            try:
+                return self.codec.decode(value)
+            except DecodeError:
+                return None, None
+            except RegistryRefused:
+                raise  # wrong credentials: waiting will not help
+            except RegistryUnavailable:
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def close(self) -> None:
         """Confirm what is queued and let go of the broker connections; DeliveryFailed if the

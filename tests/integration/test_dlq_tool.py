@@ -23,7 +23,8 @@ def sagastream(ns, monkeypatch, capsys):
 
     def run(*argv: str) -> tuple[int, str]:
         code = cli.main(["dlq", *argv])
-        return code, capsys.readouterr().out
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err  # an error's message shows in a failure
 
     return run
 
