@@ -63,6 +63,28 @@ SINGLE_NODE_ENV = {
 }
 
 
+LOG_TAIL_CHARS = 4000  # of each log a failed test leaves under its tmp_path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report carries the tails of the logs its processes wrote under its
+    tmp_path (workers, brokers): a failure seen once in CI must say why."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if not isinstance(tmp, Path) or not tmp.is_dir():
+        return
+    # a broker's partition segments are named *.log too: digits only
+    logs = [p for p in sorted(tmp.rglob("*.log")) if not p.stem.isdigit()]
+    for log in logs[:12]:
+        with contextlib.suppress(OSError):
+            text = log.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+            report.sections.append((f"log {log.relative_to(tmp)} (tail)", text))
+
+
 @dataclass(frozen=True)
 class Broker:
     backend: str
