@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from sagastream.core.state import SagaState, decode_state
 from sagastream.core.topology import (
@@ -183,7 +183,9 @@ class EventClient:
         consumer = reader(self.settings, "reader")
         try:
             deadline = time.monotonic() + timeout
-            known = _known_partitions(consumer, topics, min(10.0, timeout))
+            # read until a predicate: a broker just back (its topics' metadata not yet served)
+            # is waited for as long as the read may take; a read to the end asks only briefly
+            known = _known_partitions(consumer, topics, min(10.0, timeout) if to_end else timeout)
             if to_end:
                 ranges = {}
                 for tp in known:
@@ -243,8 +245,17 @@ def _known_partitions(consumer: Consumer, topics: list[str], wait_s: float) -> l
     partitions at once, so this waits up to `wait_s` for every one to."""
     give_up = time.monotonic() + wait_s
     while True:
-        metadata = consumer.list_topics(timeout=10)
-        known = {t: metadata.topics[t].partitions for t in topics if t in metadata.topics}
+        try:
+            metadata = consumer.list_topics(timeout=min(10.0, max(1.0, wait_s)))
+        except KafkaException:
+            if time.monotonic() > give_up:
+                raise
+            metadata = None  # the broker does not answer yet: asked again below
+        known = (
+            {}
+            if metadata is None
+            else {t: metadata.topics[t].partitions for t in topics if t in metadata.topics}
+        )
         if all(known.get(t) for t in topics) or time.monotonic() > give_up:
             return [(t, p) for t, parts in known.items() for p in parts]
         time.sleep(0.2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from sagastream.core.topology import load_topology
 from sagastream.ops.client import EventClient
@@ -55,3 +56,42 @@ def test_a_read_waits_for_a_registry_that_does_not_answer_yet(
         client._decoded(b"x")
     answers[:] = [DecodeError("not avro", "bad_magic")]
     assert client._decoded(b"x") == (None, None)
+
+
+class _Metadata:
+    def __init__(self, topics: dict[str, dict[int, object]]) -> None:
+        self.topics = {t: type("T", (), {"partitions": parts})() for t, parts in topics.items()}
+
+
+class _BrokerJustBack:
+    """A consumer whose broker first does not answer, then serves a topic without partitions
+    (its leader not yet back), then the whole topic."""
+
+    def __init__(self) -> None:
+        self.answers: list[Exception | _Metadata] = [
+            KafkaException(KafkaError(KafkaError._TRANSPORT)),
+            _Metadata({"t": {}}),
+            _Metadata({"t": {0: object(), 1: object()}}),
+        ]
+
+    def list_topics(self, timeout: float) -> _Metadata:
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_a_read_waits_for_the_partitions_of_a_broker_just_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a frozen broker resumed, a read found no partitions (or no answer) at once and
+    read nothing for its whole timeout; it asks again until its partitions are known."""
+    from sagastream.ops import client as module
+
+    monkeypatch.setattr(module.time, "sleep", lambda s: None)
+    assert module._known_partitions(_BrokerJustBack(), ["t"], 60) == [("t", 0), ("t", 1)]  # type: ignore[arg-type]
+    # a broker that never answers is an error once the wait is over, not an empty read
+    gone = _BrokerJustBack()
+    gone.answers = gone.answers[:1]
+    with pytest.raises(KafkaException):
+        module._known_partitions(gone, ["t"], 0)  # type: ignore[arg-type]
