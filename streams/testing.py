@@ -19,21 +19,27 @@ Handlers run as the handler loop runs them, under the same contract
 a type its command may not, or makes a result that does not encode or is too large, is answered
 with the StepAttemptFailed the worker would send (`failed_attempts` lists them); the commands
 pending at once run concurrently (attempts of one idempotency key in order), and async handlers
-on an event loop whose clock is the kit's virtual clock, so `await asyncio.sleep(3600)` in a handler moves the saga's time on by an hour (firing
-the saga's timers that come due meanwhile) and takes no real time. Plain functions run inline:
-their own `time.sleep` is real. The kit's calls are plain functions that work in async tests too:
-the handlers' loop runs in a thread of its own while a call lasts.
+on an event loop whose clock is the kit's virtual clock, so `await asyncio.sleep(3600)` in a
+handler moves the saga's time on by an hour (firing the saga's timers that come due meanwhile)
+and takes no real time. Plain functions run as the worker runs them, each on a thread of its
+own: their time is real, and while one runs the kit's clock follows the real one, so a plain
+function that hangs is abandoned at its run-time bound (in real time: give such a step a short
+`timeout_ms` in a test). The kit's calls are plain functions that work in async tests too: the
+handlers' loop runs in a thread of its own while a call lasts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +58,7 @@ from sagastream.events import Event as EventModel
 from sagastream.events import model_named
 from sagastream.runtime import contract
 from sagastream.runtime.contract import AttemptError, Contract
-from sagastream.runtime.handler_loop import command_bounds
+from sagastream.runtime.handler_loop import PlainCall, command_bounds
 from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
 from sagastream.runtime.outputs import Encoder
 from sagastream.runtime.settings import Settings
@@ -370,6 +376,7 @@ class SagaTest:
         failed: list[BaseException] = []
 
         def drive() -> None:
+            loop.thread = threading.current_thread()
             try:
                 done.append(loop.run_until_complete(work))
             except BaseException as exc:  # handed to the caller's thread
@@ -441,7 +448,7 @@ class SagaTest:
         bound = command_bounds(self.topology, [command.event_type], None)[command.event_type]
         limit = asyncio.timeout(bound)
         loop = asyncio.get_running_loop()
-        token = contract.HEARTBEAT.set(lambda: limit.reschedule(loop.time() + bound))
+        token = contract.HEARTBEAT.set(partial(_heartbeat, loop, limit, bound))
         try:
             async with limit:
                 result_type, fields = await self._call(role, command.event_type, record)
@@ -496,9 +503,18 @@ class SagaTest:
         return self._contract.attempt_failed(command.event_type, record, error)
 
     async def _call(self, role: RoleHandler, command_type: str, record: dict[str, Any]) -> Answer:
-        """Async functions run on the loop; plain ones inline (the handler loop gives each a
-        thread; here the test waits for it anyway)."""
-        answer = role(command_type, record)
+        """Async functions run on the loop; plain ones each on a thread of its own, as the
+        handler loop runs them, so that their bound holds (one that overran runs on, dropped)."""
+        if role.is_async(command_type):
+            answer = role(command_type, record)
+        else:
+            loop = asyncio.get_running_loop()
+            assert isinstance(loop, _VirtualLoop)
+            loop.plain_calls += 1
+            try:
+                answer = await PlainCall(loop, role, command_type, record).future
+            finally:
+                loop.plain_calls -= 1
         if inspect.isawaitable(answer):
             answer = await answer
         return answer  # type: ignore[return-value]
@@ -533,6 +549,22 @@ class SagaTest:
 Answer = tuple[str, dict[str, Any]]
 
 
+def _heartbeat(loop: asyncio.AbstractEventLoop, limit: asyncio.Timeout, bound: float) -> None:
+    """The attempt's function says it is alive: its bound starts again from now. Called on the
+    loop (async functions) or from the function's own thread (plain ones)."""
+
+    def extend() -> None:
+        if not limit.expired():
+            with contextlib.suppress(RuntimeError):  # the attempt has ended meanwhile
+                limit.reschedule(loop.time() + bound)
+
+    if threading.current_thread() is getattr(loop, "thread", None):  # the loop's own
+        extend()
+    else:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(extend)
+
+
 class _VirtualLoop(asyncio.SelectorEventLoop):
     """An event loop whose clock is the kit's virtual clock: when nothing is ready to run but
     something waits for a time (a handler's sleep, a run-time bound), the kit's clock moves on
@@ -541,12 +573,31 @@ class _VirtualLoop(asyncio.SelectorEventLoop):
     def __init__(self, kit: SagaTest) -> None:
         super().__init__()
         self._kit = kit
+        self.plain_calls = 0  # plain functions running on their threads, in real time
+        self.thread: threading.Thread | None = None  # the thread that runs the loop
+        self._real_since: float | None = None  # while plain calls run: real time not yet counted
 
     def time(self) -> float:
-        return (self._kit.now_ms - self._kit._t0) / 1000
+        virtual = (self._kit.now_ms - self._kit._t0) / 1000
+        if self._real_since is None:
+            return virtual
+        return virtual + time.monotonic() - self._real_since  # not yet added to the kit's clock
 
     def _run_once(self) -> None:
         # asyncio's own queues: `_ready` callbacks to run now, `_scheduled` a heap of timed ones
+        if self.plain_calls:
+            # a plain function's time is real: the loop waits for it (or for its bound) as an
+            # event loop does, its clock running in real time from `_real_since`, and the kit's
+            # clock then moves on by the whole milliseconds that passed (firing saga timers)
+            if self._real_since is None:
+                self._real_since = time.monotonic()
+            super()._run_once()  # type: ignore[misc]
+            passed_ms = int((time.monotonic() - self._real_since) * 1000)
+            if passed_ms:
+                self._real_since += passed_ms / 1000
+                self._kit._advance_to(self._kit.now_ms + passed_ms)
+            return
+        self._real_since = None
         ready: deque[Any] = self._ready  # type: ignore[attr-defined]
         scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
         waiting = [h.when() for h in scheduled if not h.cancelled()]

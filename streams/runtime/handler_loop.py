@@ -191,7 +191,7 @@ class _Job:
     dead_lettered: bool = False
 
 
-class _PlainCall:
+class PlainCall:
     """A plain handler function running on a daemon thread of its own, its outcome a future.
 
     A thread per call, not a pool: a call that hangs must not keep later ones from starting,
@@ -286,7 +286,7 @@ class HandlerLoop:
         self._contract = Contract(topology)
         self._thread: threading.Thread | None = None
         # plain calls abandoned at their bound whose threads still run
-        self._overdue: list[_PlainCall] = []
+        self._overdue: list[PlainCall] = []
         self.health = RoleHealth(settings)
         self._given = (consumer, producer)
         self._ready = False
@@ -742,7 +742,7 @@ class HandlerLoop:
         if self._is_async(command_type):
             result: Any = self._call(command_type, record)
         else:
-            call = _PlainCall(self._loop, self._call, command_type, record)
+            call = PlainCall(self._loop, self._call, command_type, record)
             try:
                 result = await call.future
             except asyncio.CancelledError:

@@ -1,6 +1,7 @@
 """sagastream.testing on the demo's sagas and services: no broker, a virtual clock."""
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from sagastream import testing
 from sagastream.core.state import StateEncodingError
 from sagastream.core.topology import QUEUE_ALLOWANCE_MS
-from sagastream.events import SagaCompensated, SagaCompleted
+from sagastream.events import SagaCompensated, SagaCompleted, records_of, write_schemas
 from sagastream.examples.events import LoanApplied, OrderItem, OrderPlaced, PaymentCharged
 from sagastream.runtime.settings import Settings
 from sagastream.testing import SagaTest
@@ -217,3 +218,42 @@ def test_a_heartbeat_starts_the_run_time_bound_again_on_the_virtual_clock(
     assert isinstance(kit.result(built), SagaCompleted)
     assert kit.failed_attempts(built) == []
     assert [at for at, what, _ in kit.timeline(built) if what == "step_succeeded"] == [24_000]
+
+
+HUNG_APP = "tests.unit.data.hung.hung_app"
+
+
+def _probes(tmp_path: Path) -> SagaTest:
+    """The probe project (tests/unit/data/hung): one step run by a plain function, bound 0.4 s."""
+    shutil.copy(Path(__file__).parent / "data" / "hung" / "topology.yaml", tmp_path)
+    write_schemas(records_of(HUNG_APP), tmp_path / "schemas")
+    return SagaTest.load(tmp_path / "topology.yaml")
+
+
+def test_a_plain_function_that_hangs_is_abandoned_at_its_bound_as_the_worker_does(
+    tmp_path: Path,
+) -> None:
+    """The kit ran plain functions inline: one that hung (a blocking call to a gateway) held
+    the test for as long as it hung and then succeeded, where the worker abandons it at the
+    step's bound and reports a timeout, and the saga retries and fails."""
+    from tests.unit.data.hung.hung_app import ProbeRequested
+
+    kit = _probes(tmp_path)
+    key = kit.start(ProbeRequested(probe_id="p-1", seconds=3.0, parts=1))
+    outcome = kit.result(key)
+    assert isinstance(outcome, SagaCompensated), outcome  # nothing to undo
+    assert [(t, a, kind) for t, a, kind, _ in kit.failed_attempts(key)] == [
+        ("RunProbe", 1, "timeout"),
+        ("RunProbe", 2, "timeout"),
+    ]
+
+
+def test_a_plain_function_that_says_it_is_alive_outlives_its_bound(tmp_path: Path) -> None:
+    """The same work in parts, with a heartbeat from the function's thread after each: its
+    bound starts again each time, and the step succeeds at its first attempt."""
+    from tests.unit.data.hung.hung_app import ProbeRequested
+
+    kit = _probes(tmp_path)
+    key = kit.start(ProbeRequested(probe_id="p-2", seconds=1.2, parts=6))
+    assert isinstance(kit.result(key), SagaCompleted)
+    assert kit.failed_attempts(key) == []
