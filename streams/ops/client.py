@@ -183,9 +183,7 @@ class EventClient:
         consumer = reader(self.settings, "reader")
         try:
             deadline = time.monotonic() + timeout
-            # read until a predicate: a broker just back (its topics' metadata not yet served)
-            # is waited for as long as the read may take; a read to the end asks only briefly
-            known = _known_partitions(consumer, topics, min(10.0, timeout) if to_end else timeout)
+            known = _known_partitions(consumer, topics, min(10.0, timeout), timeout)
             if to_end:
                 ranges = {}
                 for tp in known:
@@ -240,23 +238,27 @@ class EventClient:
             self._writer.close()
 
 
-def _known_partitions(consumer: Consumer, topics: list[str], wait_s: float) -> list[Partition]:
+def _known_partitions(
+    consumer: Consumer, topics: list[str], wait_s: float, none_wait_s: float = 0.0
+) -> list[Partition]:
     """The partitions of the topics that exist; a topic created a moment ago may not show its
-    partitions at once, so this waits up to `wait_s` for every one to."""
-    give_up = time.monotonic() + wait_s
+    partitions at once, so this waits up to `wait_s` for every one to. While not one topic has
+    any (a broker just back, its metadata not yet served; it may not even answer), it waits up
+    to `none_wait_s`: a read that then knew no partition read nothing for its whole timeout."""
+    started = time.monotonic()
     while True:
         try:
             metadata = consumer.list_topics(timeout=min(10.0, max(1.0, wait_s)))
-        except KafkaException:
-            if time.monotonic() > give_up:
-                raise
-            metadata = None  # the broker does not answer yet: asked again below
-        known = (
-            {}
-            if metadata is None
-            else {t: metadata.topics[t].partitions for t in topics if t in metadata.topics}
-        )
-        if all(known.get(t) for t in topics) or time.monotonic() > give_up:
+            known = {t: metadata.topics[t].partitions for t in topics if t in metadata.topics}
+            error = None
+        except KafkaException as exc:
+            known, error = {}, exc
+        waited = time.monotonic() - started
+        if all(known.get(t) for t in topics) or waited > max(
+            wait_s, 0.0 if any(known.values()) else none_wait_s
+        ):
+            if error is not None:
+                raise error
             return [(t, p) for t, parts in known.items() for p in parts]
         time.sleep(0.2)
 

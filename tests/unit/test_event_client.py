@@ -89,9 +89,13 @@ def test_a_read_waits_for_the_partitions_of_a_broker_just_back(
     from sagastream.ops import client as module
 
     monkeypatch.setattr(module.time, "sleep", lambda s: None)
-    assert module._known_partitions(_BrokerJustBack(), ["t"], 60) == [("t", 0), ("t", 1)]  # type: ignore[arg-type]
+    assert module._known_partitions(_BrokerJustBack(), ["t"], 0, 60) == [("t", 0), ("t", 1)]  # type: ignore[arg-type]
     # a broker that never answers is an error once the wait is over, not an empty read
     gone = _BrokerJustBack()
     gone.answers = gone.answers[:1]
     with pytest.raises(KafkaException):
         module._known_partitions(gone, ["t"], 0)  # type: ignore[arg-type]
+    # a topic that does not exist beside one that does is given up after the short wait
+    one = _BrokerJustBack()
+    one.answers = one.answers[2:]
+    assert module._known_partitions(one, ["t", "missing"], 0, 60) == [("t", 0), ("t", 1)]  # type: ignore[arg-type]
