@@ -214,7 +214,7 @@ def _moved(state: SagaState, new: SagaSpec, found: MigrationPlan) -> SagaState:
     moves = found.mapping
     s = state.copy()
     s.shape = new.shape
-    s.steps = {p.step: StepState(p.status, p.attempt, p.undo_attempt) for p in found.steps}
+    s.steps = {p.step: _step_moved(state, p) for p in found.steps}
     s.data = {
         (source if source == START else moves[source]): fields
         for source, fields in state.data.items()
@@ -264,6 +264,18 @@ def _bad_steps(old: SagaSpec, steps: Mapping[str, StepStatus]) -> list[str]:
         if status not in STATUSES:
             out.append(f"step {name} has status {status!r}, not one of {', '.join(STATUSES)}")
     return out
+
+
+def _step_moved(state: SagaState, planned: StepPlan) -> StepState:
+    """A step as planned, with its old step's times (its spans and durations go on)."""
+    old = state.steps.get(planned.source) if planned.source is not None else None
+    step = StepState() if old is None else old.copy()
+    step.status, step.attempt, step.undo_attempt = (
+        planned.status,
+        planned.attempt,
+        planned.undo_attempt,
+    )
+    return step
 
 
 def _collisions(moves: dict[str, str]) -> list[str]:

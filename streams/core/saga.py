@@ -173,6 +173,9 @@ class _Run:
         spec = self.spec.steps[name]
         st = self.step(name)
         st.status = STARTED
+        st.sent, st.done = self.now, None
+        if st.first_sent is None:
+            st.first_sent = self.now
         if spec.command:
             fields = self.fill(spec)
             fields["idempotency_key"] = idempotency_key(self.saga_type, self.s.key, name)
@@ -212,6 +215,7 @@ class _Run:
         st = self.step(name)
         self.disarm_step(name, st.attempt)
         st.status = SUCCEEDED
+        st.done = self.now
         self.s.order.append(name)
         kept = _used(fields, self.spec.used_fields.get(name))
         if kept:
@@ -226,6 +230,7 @@ class _Run:
     def step_failed(self, name: str, reason: str, retry_on: str) -> None:
         spec, st = self.spec.steps[name], self.step(name)
         self.disarm_step(name, st.attempt)
+        st.done = self.now
         if (
             self.s.status == RUNNING
             and retry_on in spec.retry.on
@@ -262,6 +267,7 @@ class _Run:
                 self.disarm_step(name, st.attempt)
                 st.status = CANCELLED
                 if waits_for_a_person:
+                    st.done = self.now
                     self.note("step_cancelled", name)
         self.compensate_next()
 
@@ -289,6 +295,7 @@ class _Run:
         comp = self.spec.steps[name].compensation
         assert comp is not None
         st = self.step(name)
+        st.undo_sent, st.undo_done = self.now, None
         fields = self.fill(comp)
         fields["step"] = name  # the encoder drops it when the undo command has no such field
         fields["idempotency_key"] = idempotency_key(self.saga_type, self.s.key, name, undo=True)
@@ -301,6 +308,7 @@ class _Run:
         assert comp is not None
         st = self.step(name)
         self.disarm("undo_timeout", name, st.undo_attempt)
+        st.undo_done = self.now
         if ok:
             self.disarm("undo_retry", name, st.undo_attempt)
             if st.status == UNDO_FAILED:  # its last attempt had timed out, but the undo happened

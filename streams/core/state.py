@@ -1,8 +1,9 @@
 """The saga state: its type (`SagaState`, `StepState`) and its bytes (`encode_state`,
 `decode_state`, the only way in and out of the changelog).
 
-Format 4 is `b"SS\\x04"` followed by compact JSON with short keys (docs/state-format.md): the
-saga's and its steps' states as small codes, steps as `name: [state, attempt, undo attempt]`,
+Format 5 is `b"SS\\x05"` followed by compact JSON with short keys (docs/state-format.md): the
+saga's and its steps' states as small codes, steps as `name: [state, attempt, undo attempt,
+first sent, sent, done, undo sent, undo done]` (the times as short offsets; format 4 had none),
 timers as `[kind, step, attempt, due]` with times after `started`, the event ids seen as 64-bit
 digests, step names in `order` and `undone` as indices into the steps. Inside `data` (each
 source's fields) every mapping and every value JSON cannot carry is a tagged one-key object, as
@@ -13,8 +14,8 @@ in format 3, so whatever a user's map keys are, decoding is unambiguous:
     {"u": "<uuid>"} UUID
 
 Lists, strings, numbers, booleans and null are plain JSON; floats keep NaN and the infinities
-(Python's JSON tokens). Format 3 was `b"SS\\x03"` and the in-memory dict as JSON; formats 1 and
-2 were bare JSON objects (their first byte is `{`); `decode_state` reads all of them.
+(Python's JSON tokens). Format 4 was format 5 without the steps' times; format 3 was
+`b"SS\\x03"` and the in-memory dict as JSON; formats 1 and 2 were bare JSON objects (their first byte is `{`); `decode_state` reads all of them.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from sagastream.core.topology import START
 from sagastream.errors import SagastreamError
 
 MAGIC = b"SS"
-FORMAT = 4
+FORMAT = 5
 PREFIX = MAGIC + bytes([FORMAT])
+FORMAT_4 = MAGIC + bytes([4])
 FORMAT_3 = MAGIC + bytes([3])
 
 # a saga's status
@@ -48,7 +50,7 @@ PENDING, STARTED, WAITING_RETRY, SUCCEEDED = "pending", "running", "waiting_retr
 STEP_FAILED, SKIPPED, CANCELLED = "failed", "skipped", "cancelled"
 UNDOING, UNDONE, UNDO_FAILED = "compensating", "compensated", "compensation_failed"
 
-# format 4's codes: a code's position in its tuple; append only, the bytes on disk depend on it
+# format 4 and 5's codes: a code's position in its tuple; append only (the bytes depend on it)
 _SAGA_CODES = (RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED)
 _STEP_CODES = (
     PENDING, STARTED, WAITING_RETRY, SUCCEEDED, STEP_FAILED,
@@ -79,11 +81,31 @@ class StateFormatError(SagastreamError, ValueError):
 
 @dataclass(slots=True)
 class StepState:
-    """One step of a saga: its state, the attempt last sent (0: never) and its undo's."""
+    """One step of a saga: its state, the attempt last sent (0: never) and its undo's, and when
+    (epoch ms, None: not yet) its first attempt was sent, its current attempt was sent and
+    ended, and its undo's current attempt was sent and ended: what its spans and durations
+    are made of, decided times, so a re-decided input gives the same ones."""
 
     status: str = PENDING
     attempt: int = 0
     undo_attempt: int = 0
+    first_sent: int | None = None
+    sent: int | None = None
+    done: int | None = None
+    undo_sent: int | None = None
+    undo_done: int | None = None
+
+    def copy(self) -> StepState:
+        return StepState(
+            self.status,
+            self.attempt,
+            self.undo_attempt,
+            self.first_sent,
+            self.sent,
+            self.done,
+            self.undo_sent,
+            self.undo_done,
+        )
 
 
 @dataclass(slots=True)
@@ -124,7 +146,7 @@ class SagaState:
             self.shape,
             self.status,
             dict(self.data),
-            {n: StepState(s.status, s.attempt, s.undo_attempt) for n, s in self.steps.items()},
+            {name: step.copy() for name, step in self.steps.items()},
             self.started,
             list(self.order),
             list(self.undone),
@@ -159,7 +181,7 @@ def encode_state(state: SagaState) -> bytes:
         "st": _SAGA_CODE[state.status],
         "b": t0,
         "d": {source: _tag_fields(source, fields) for source, fields in state.data.items()},
-        "p": {name: [code[st.status], st.attempt, st.undo_attempt] for name, st in steps.items()},
+        "p": {name: _step(st, code[st.status], t0) for name, st in steps.items()},
     }
     # what most states leave at its default is left out (tested in this order: cheapest)
     if state.shape is not None:
@@ -193,6 +215,56 @@ def encode_state(state: SagaState) -> bytes:
     return PREFIX + text.encode("utf-8", "surrogatepass")
 
 
+def _step(st: StepState, code: int, t0: int) -> list[int | None]:
+    """A step as `[state, attempt, undo attempt, first sent, sent, done, undo sent, undo done]`;
+    each time after the one it follows (first sent and undo sent after `started`, sent after
+    first sent, done after sent, undo done after undo sent; after 0 where that one is unset, as
+    in a state upgraded from format 4), so the numbers stay short; trailing unset ones left out."""
+    first, sent, usent = st.first_sent, st.sent, st.undo_sent
+    row = [
+        code,
+        st.attempt,
+        st.undo_attempt,
+        _after(first, t0),
+        _after(sent, first),
+        _after(st.done, sent),
+        _after(usent, t0),
+        _after(st.undo_done, usent),
+    ]
+    while row[-1] is None:
+        row.pop()
+    return row
+
+
+def _after(ms: int | None, base: int | None) -> int | None:
+    return None if ms is None else ms - (base or 0)
+
+
+def _at(offset: int | None, base: int | None) -> int | None:
+    return None if offset is None else offset + (base or 0)
+
+
+def _step_state(row: list[Any], t0: int) -> StepState:
+    """A step of format 4 (`[state, attempt, undo attempt]`: no times) or 5."""
+    if len(row) == 3:
+        return StepState(_STEP_CODES[row[0]], row[1], row[2])
+    code, attempt, undo_attempt, *times = row
+    times += [None] * (5 - len(times))
+    first = _at(times[0], t0)
+    sent = _at(times[1], first)
+    undo_sent = _at(times[3], t0)
+    return StepState(
+        _STEP_CODES[code],
+        attempt,
+        undo_attempt,
+        first,
+        sent,
+        _at(times[2], sent),
+        undo_sent,
+        _at(times[4], undo_sent),
+    )
+
+
 def _timer(key: str) -> tuple[int, str, int]:
     """(kind code, step, attempt) of a timer key: few keys recur in every saga, so kept."""
     parts = _TIMER_PARTS.get(key)
@@ -217,10 +289,11 @@ _TIMER_KEYS: dict[tuple[int, str, int], str] = {}
 
 
 def decode_state(raw: bytes) -> SagaState:
-    """The state of changelog bytes of format 1, 2, 3 or 4; raises StateFormatError."""
+    """The state of changelog bytes of format 1 to 5; raises StateFormatError."""
     head = raw[:3]
-    if head == PREFIX:
-        return _format_4(_json(raw[3:]))
+    if head in (PREFIX, FORMAT_4):
+        # format 5 is format 4 with the steps' times appended to each step's row
+        return _format_4(_json(raw[3:]), raw[2])
     if head == FORMAT_3:
         body = _json(raw[3:])
         body["data"] = _untag_data(body.get("data"), 3)
@@ -245,8 +318,8 @@ def _json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _format_4(body: dict[str, Any]) -> SagaState:
-    data = _untag_data(body.get("d"), 4)
+def _format_4(body: dict[str, Any], version: int) -> SagaState:
+    data = _untag_data(body.get("d"), version)
     get = body.get
     try:
         steps, t0 = body["p"], body["b"]
@@ -259,7 +332,7 @@ def _format_4(body: dict[str, Any]) -> SagaState:
             get("h"),
             _SAGA_CODES[body["st"]],
             data,
-            {n: StepState(_STEP_CODES[c], a, ca) for n, (c, a, ca) in steps.items()},
+            {name: _step_state(row, t0) for name, row in steps.items()},
             t0,
             [names[i] for i in order] if order else [],
             [names[i] for i in undone] if undone else [],
@@ -275,7 +348,9 @@ def _format_4(body: dict[str, Any]) -> SagaState:
             get("hp"),
         )
     except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise StateFormatError(f"a format-4 saga state that is incomplete: {exc!r}") from None
+        raise StateFormatError(
+            f"a format-{version} saga state that is incomplete: {exc!r}"
+        ) from None
 
 
 def _bare(state: dict[str, Any]) -> SagaState:

@@ -1,4 +1,4 @@
-"""The saga state's bytes (format 4): every Avro value round-trips, formats 1 to 3 are read,
+"""The saga state's bytes (format 5): every Avro value round-trips, formats 1 to 3 are read,
 and what cannot be kept is refused with the field's name."""
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def test_every_avro_value_round_trips() -> None:
 
 def test_the_state_outside_data_is_short_keys_and_codes() -> None:
     raw = encode_state(_state(start={"blob": b"\x00"}))
-    assert raw.startswith(b"SS\x04")
+    assert raw.startswith(b"SS\x05")
     body = json.loads(raw[len(PREFIX) :])
     assert body["p"] == {"seal": [1, 1, 0]}  # running, attempt 1, no undo attempt
     assert body["t"] == [[2, "", 0, 60_000], [0, "seal", 1, 20_000]]  # deadline, step_timeout
@@ -132,6 +132,29 @@ def test_times_are_kept_after_the_start_and_read_back_whole() -> None:
     assert (body["e"], body["x"], body["t"]) == (300, 604800300, [[1, "seal", 2, 800]])
     assert (body["o"], body["u"]) == ([0], [0])  # steps by their index
     assert round_trips(ended)
+
+
+def test_a_steps_times_are_short_offsets_and_read_back_whole() -> None:
+    t0 = 1764547200100
+    retried = StepState("succeeded", 2, 0, t0 + 5, t0 + 900, t0 + 1_400)
+    undone = StepState("compensated", 1, 1, t0 + 5, t0 + 5, t0 + 50, t0 + 2_000, t0 + 2_075)
+    undoing = StepState("compensating", 1, 1, t0, t0, t0 + 7, t0 + 2_000)
+    state = replace(
+        _state(), started=t0, timers={},
+        steps={"seal": retried, "stamp": undone, "file": undoing, "wait": StepState()},
+    )  # fmt: skip
+    body = json.loads(encode_state(state)[len(PREFIX) :])
+    # first sent after the start, sent after first sent, done after sent; undo's alike
+    assert body["p"] == {
+        "seal": [3, 2, 0, 5, 895, 500],
+        "stamp": [8, 1, 1, 5, 0, 45, 2_000, 75],
+        "file": [7, 1, 1, 0, 0, 7, 2_000],  # its undo not done: left out
+        "wait": [0, 0, 0],  # never sent: no times
+    }
+    assert round_trips(state)
+    running = replace(state, steps={"seal": StepState("running", 1, 0, t0, t0)})
+    assert json.loads(encode_state(running)[len(PREFIX) :])["p"] == {"seal": [1, 1, 0, 0, 0]}
+    assert round_trips(running)
 
 
 @pytest.mark.parametrize("tag", TAGS)
@@ -196,7 +219,9 @@ def test_a_value_no_avro_schema_gives_is_refused_naming_its_field() -> None:
 
 
 def test_bytes_that_are_no_state_of_a_known_format_are_refused() -> None:
-    with pytest.raises(StateFormatError, match="format 5: this sagastream reads formats 1 to 4"):
+    with pytest.raises(StateFormatError, match="format 6: this sagastream reads formats 1 to 5"):
+        decode_state(b"SS\x06{}")
+    with pytest.raises(StateFormatError, match="format-5 saga state without a usable data"):
         decode_state(b"SS\x05{}")
     with pytest.raises(StateFormatError, match="format-4 saga state without a usable data"):
         decode_state(b"SS\x04{}")
@@ -255,7 +280,7 @@ def _declined_inventory(definition: tuple[str, Any], state: SagaState) -> list[A
     fields = {"order_id": "ord-7f3a9c", "reason": "out of stock"}
     decision = decide(definition, state, Event("InventoryFailed", "e-3", fields), 1764547201000)
     assert decision.state is not None
-    assert round_trips(decision.state)  # and the upgraded saga is stored as format 4
+    assert round_trips(decision.state)  # and the upgraded saga is stored as format 5
     return [(c.event_type, c.fields) for c in decision.commands]
 
 

@@ -10,6 +10,10 @@ formats 2 and 1 kept it (`<name>.v2.json`, `<name>.v1.json`: bare JSON, `v` insi
 no `shape` nor `hop`, format 1 one merged `ctx` and no `expires`), and every command the saga
 sent up to that point, with the time of its last decision (`<name>.commands.json`: what the
 restore test hands its handlers, as if the release that wrote the state had sent them).
+
+`<name>.v4` is format 3's state decoded and written again by the last release of format 4
+(before the steps' times of format 5), pinned to the demo topology's shape, as that release
+kept a state it had upgraded or started on that shape.
 """
 
 from __future__ import annotations
