@@ -45,6 +45,7 @@ from typing import Any
 
 from sagastream.app import App, RoleHandler, load_app
 from sagastream.core.saga import Event, Timer, decide, saga_for, timer_event
+from sagastream.core.spans import Span, decision_spans, traceparents
 from sagastream.core.state import SagaState, StateEncodingError, decode_state, encode_state
 from sagastream.core.topology import (
     ENGINE_EVENT_TOPICS,
@@ -95,6 +96,7 @@ class _Saga:
     timeline: list[tuple[int, str, str | None]] = field(default_factory=list)
     dead_letters: list[str] = field(default_factory=list)
     failed_attempts: list[tuple[Sent, AttemptError]] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
 
 
 class SagaTest:
@@ -264,6 +266,14 @@ class SagaTest:
             for c, e in self._saga(key).failed_attempts
         ]
 
+    def spans(self, key: str) -> list[Span]:
+        """The spans the orchestrator would export for this saga (sagastream.core.spans), in
+        the order its decisions finished them: each step attempt's and undo attempt's, instants
+        (a step a `when:` skipped, an escalation, a dead letter) and, once it ended, the saga's,
+        with its critical path. The ids and times are the runtime's: derived from the saga, on
+        the virtual clock."""
+        return list(self._saga(key).spans)
+
     def dead_letters(self, key: str) -> list[str]:
         """Why events for this saga were refused (they would go to a dead-letter topic)."""
         return list(self._saga(key).dead_letters)
@@ -299,11 +309,13 @@ class SagaTest:
         parent: dict[str, Any],
         attempt: int,
         step: str | None = None,
+        traceparent: str | None = None,
     ) -> tuple[dict[str, Any], Event]:
         """An event caused by `parent`, encoded as the orchestrator and handler loops do; `step`
-        goes into its meta (the step a command is for, or the one a result answers)."""
+        goes into its meta (the step a command is for, or the one a result answers), and
+        `traceparent` (a command's: its attempt's span)."""
         out = self._encoder.derived(
-            event_type, key.encode(), fields, parent, attempt, self.now_ms, step
+            event_type, key.encode(), fields, parent, attempt, self.now_ms, step, traceparent
         )
         assert out.value is not None
         return self._received(out.value)
@@ -336,6 +348,7 @@ class SagaTest:
         decision = decide(definition, saga.state, event, self.now_ms)
         if decision.duplicate:
             return
+        before, spec = saga.state, definition[1]
         if decision.state is not None:
             try:
                 stored = encode_state(decision.state)
@@ -344,12 +357,28 @@ class SagaTest:
                 saga.dead_letters.append(f"state_encoding: {exc}")
                 return
             saga.state = decode_state(stored)
+            spans = decision_spans(
+                spec, before, decision, event, self.now_ms, self._encoder.topic_of
+            )
+            saga.spans += spans
         saga.timeline += [(self.now_ms, what, step) for what, step in decision.lifecycle]
         if decision.dead_letter:
             saga.dead_letters.append(decision.dead_letter)
-        for command in decision.commands:
+        new = decision.state
+        parents = (
+            traceparents(spec, new, decision.commands)
+            if new is not None
+            else [None] * len(decision.commands)
+        )
+        for command, traceparent in zip(decision.commands, parents, strict=True):
             meta, out = self._derived(
-                command.event_type, key, command.fields, parent, command.attempt, command.step
+                command.event_type,
+                key,
+                command.fields,
+                parent,
+                command.attempt,
+                command.step,
+                traceparent,
             )
             if command.event_type in OUTCOME_EVENTS:
                 saga.outcomes.append((command.event_type, out.fields))

@@ -12,6 +12,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from sagastream.core.spans import AttemptEnded
+
 # saga durations reach days: a saga may wait on people or timers for a week
 HOUR, DAY = 3600, 86_400
 SAGA_BUCKETS: tuple[float, ...] = (
@@ -70,6 +72,7 @@ class Metrics:
     versions_running: Gauge
     sagas_running: Gauge
     step_attempts: Histogram
+    step_seconds: Histogram
     step_changes: Counter
     handler_run_seconds: Histogram
     handler_queue_seconds: Histogram
@@ -192,6 +195,14 @@ class Metrics:
                 buckets=(1, 2, 3, 5, 10, 20),
                 registry=reg,
             ),
+            step_seconds=Histogram(
+                "sagastream_step_duration_seconds",
+                "One attempt of a step (or of its undo, step `<name>:undo`), from its command "
+                "decided to its result decided, by result: succeeded, failed, timeout, cancelled",
+                ["saga", "step", "result"],
+                buckets=SAGA_BUCKETS,
+                registry=reg,
+            ),
             step_changes=Counter(
                 "sagastream_step_changes",
                 "Retries, timeouts, compensations and escalations, by saga type and step",
@@ -244,6 +255,7 @@ class LifecycleMetrics:
         self._metrics = metrics
         self._changes: dict[tuple[str, str | None, str], Any] = {}
         self._attempts: dict[tuple[str, str | None, str], Any] = {}
+        self._durations: dict[tuple[str, str, str], Any] = {}
 
     def noted(
         self, saga: str, lifecycle: list[tuple[str, str | None]], attempts: Mapping[str, Any]
@@ -272,6 +284,16 @@ class LifecycleMetrics:
             child = self._metrics.step_changes.labels(saga, step or "", change)
         self._changes[key] = child
         return child
+
+    def ended(self, saga: str, attempts: list[AttemptEnded]) -> None:
+        """Observe the attempts one decision ended, each by its decided times."""
+        for a in attempts:
+            step = f"{a.step}:undo" if a.undo else a.step
+            key = (saga, step, a.result)
+            child = self._durations.get(key)
+            if child is None:
+                child = self._durations[key] = self._metrics.step_seconds.labels(*key)
+            child.observe((a.end_ms - a.start_ms) / 1000)
 
     def _attempt_child(self, key: tuple[str, str | None, str]) -> Any:
         saga, step, what = key

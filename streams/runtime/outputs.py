@@ -69,11 +69,19 @@ class Encoder:
         attempt: int,
         now: int | None = None,
         step: str | None = None,
+        traceparent: str | None = None,
     ) -> OutRecord:
         """The record of an event caused by `parent` (same saga and trace, one hop further);
-        `step` goes into its meta: the step a command is for, or the one a result answers."""
+        `step` goes into its meta: the step a command is for, or the one a result answers;
+        `traceparent` its own (a command's: its attempt's span), else a new child span's."""
         meta = derive_meta(
-            parent, event_type, self.producer, attempt=attempt, now_ms=now, step=step
+            parent,
+            event_type,
+            self.producer,
+            attempt=attempt,
+            now_ms=now,
+            step=step,
+            traceparent=traceparent,
         )
         record = {name: fields[name] for name in self._schema_fields(event_type) if name in fields}
         record["meta"] = meta

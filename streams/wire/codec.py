@@ -565,16 +565,18 @@ def derive_meta(
     attempt: int | None = None,
     now_ms: int | None = None,
     step: str | None = None,
+    traceparent: str | None = None,
 ) -> dict[str, Any]:
     """EventMeta for an event caused by `parent_meta`: same saga and trace, one hop further.
-    `step` is the saga step a command is for (a handler's result copies its command's)."""
+    `step` is the saga step a command is for (a handler's result copies its command's);
+    `traceparent` its own (a command's: its attempt's span), else a new child span's."""
     return new_meta(
         event_type,
         parent_meta["saga_key"],
         producer,
         correlation_id=parent_meta["correlation_id"],
         causation_id=parent_meta["event_id"],
-        traceparent=_child_traceparent(parent_meta.get("traceparent")),
+        traceparent=traceparent or _child_traceparent(parent_meta.get("traceparent")),
         hop=parent_meta.get("hop", 0) + 1,
         attempt=parent_meta.get("attempt", 1) if attempt is None else attempt,
         now_ms=now_ms,
