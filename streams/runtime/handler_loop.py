@@ -58,7 +58,7 @@ from confluent_kafka import (
 )
 
 from sagastream.core.topology import Topology
-from sagastream.runtime import contract
+from sagastream.runtime import contract, tracing
 from sagastream.runtime.contract import AttemptError, Contract
 from sagastream.runtime.health import Check, RoleHealth
 from sagastream.runtime.inputs import (
@@ -308,6 +308,7 @@ class HandlerLoop:
         self._timings: dict[str, tuple[Any, Any]] = {}  # by command: (run, queue) children
         self._moved = False
         self._still_ticks = 0
+        self._tracer = tracing.tracer(f"{settings.app_id}-{role}")
 
     @property
     def ready(self) -> bool:
@@ -357,6 +358,8 @@ class HandlerLoop:
             self._cancel_tasks()
             self._consumer.close()
             self._loop.close()
+            if self._tracer is not None:
+                self._tracer.shutdown()  # the spans of the last commands, before the process ends
 
     # ------------------------------------------------------------------ the Kafka side
 
@@ -630,6 +633,20 @@ class HandlerLoop:
         self._metrics.produced.labels(self._role, answered[0]).inc()
 
     async def _attempt(self, job: _Job, command: Decoded) -> Result | None:
+        """The command's attempt, inside its span when tracing is on: the child of the span its
+        command's traceparent names (its attempt's), current while the function runs."""
+        if self._tracer is None:
+            return await self._bounded(job, command)
+        meta = command.record["meta"]
+        name = f"handle {command.event_type}"
+        with self._tracer.handling(
+            name, meta.get("traceparent"), _span_attributes(job, command)
+        ) as span:
+            answer = await self._bounded(job, command)
+            tracing.answered(span, None if answer is None else answer[0], answer and answer[1])
+            return answer
+
+    async def _bounded(self, job: _Job, command: Decoded) -> Result | None:
         """Run the command's function within its bound: its result if the contract allows it,
         else the StepAttemptFailed that says why (None if its sender cannot be told)."""
         bound = self._run_bounds[command.event_type]
@@ -855,6 +872,26 @@ class HandlerLoop:
     def _abandon(self, job: _Job) -> None:
         job.offsets.abandon(job.offset)
         self._in_flight -= 1
+
+
+def _span_attributes(job: _Job, command: Decoded) -> dict[str, Any]:
+    """A handler span's attributes: OpenTelemetry's messaging ones, and the saga's."""
+    meta, msg = command.record["meta"], job.msg
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": msg.topic() or "",
+        "messaging.destination.partition.id": str(msg.partition()),
+        "messaging.kafka.offset": msg.offset() or 0,
+        "messaging.kafka.message.key": meta.get("saga_key") or "",
+        "messaging.message.id": meta.get("event_id") or "",
+        "saga.command": command.event_type,
+        "saga.key": meta.get("saga_key") or "",
+        "saga.step": meta.get("step") or "",
+        "saga.attempt": meta.get("attempt") or 1,
+        "saga.idempotency_key": command.record.get("idempotency_key") or "",
+        "saga.correlation_id": meta.get("correlation_id") or "",
+    }
 
 
 def _where(msg: Message) -> str:

@@ -36,6 +36,7 @@ from confluent_kafka import (
 
 from sagastream.core.migration import MIGRATE_CHANGE, repin
 from sagastream.core.saga import TERMINAL, Decision, Event, caused_by, decide, saga_for
+from sagastream.core.spans import attempts_ended, decision_spans, traceparents
 from sagastream.core.state import SagaState, StateEncodingError, decode_state, encode_state
 from sagastream.core.topology import (
     LIFECYCLE_EVENT,
@@ -46,6 +47,7 @@ from sagastream.core.topology import (
     saga_event_types,
 )
 from sagastream.errors import ClusterError, NotAuthorized, SagastreamError
+from sagastream.runtime import tracing
 from sagastream.runtime.checkpoint import (
     Checkpoint,
     ProducerFatal,
@@ -193,6 +195,7 @@ class Orchestrator:
         # and by saga and status (running or compensating)
         self.statuses: dict[int, dict[tuple[str, str], int]] = {}
         self._lifecycle = LifecycleMetrics(metrics)
+        self.tracer = tracing.tracer(f"{settings.app_id}-orchestrator")
         self.book = book or DefinitionBook(settings, topology, schemas)
         recorded = self.book.recorded_specs()
         self.inputs = [settings.input_topic(t) for t in topology.orchestrator_inputs(recorded)]
@@ -226,6 +229,8 @@ class Orchestrator:
                 self.health.aborted(exc)
                 self._close_stores()
                 stop.wait(1.0)
+        if self.tracer is not None:
+            self.tracer.shutdown()  # the spans of the last transactions, before the process ends
 
     def _session(self, stop: threading.Event) -> None:
         producer = Producer(
@@ -447,12 +452,21 @@ class Orchestrator:
             return None
         new = decision.state
         parent = meta if new is None else caused_by(new, meta)
+        spec = definition[1]
+        # a step's command carries its attempt's span as parent (the handler's span nests there)
+        parents = (
+            [None] * len(decision.commands)
+            if new is None
+            else traceparents(spec, new, decision.commands)
+        )
         # encode everything first: a failure here must leave nothing of this input behind
         refused = None if decision.dead_letter is None else Rejected("saga", decision.dead_letter)
         try:
             out = [
-                self.encoder.derived(c.event_type, key, c.fields, parent, c.attempt, now, c.step)
-                for c in decision.commands
+                self.encoder.derived(
+                    c.event_type, key, c.fields, parent, c.attempt, now, c.step, tp
+                )
+                for c, tp in zip(decision.commands, parents, strict=True)
             ]
             letter = None if refused is None else self._letter(msg, got, partition, refused)
             audit = (
@@ -480,6 +494,7 @@ class Orchestrator:
         self.metrics.produced_many(ROLE, [c.event_type for c in decision.commands])
         if new is not None:
             self._lifecycle.noted(new.saga, decision.lifecycle, new.steps)
+            self._observe(spec, state, decision, incoming, now, msg)
         if letter is not None and refused is not None:
             self._dead_letter(letter, refused, msg)
         if (
@@ -496,6 +511,29 @@ class Orchestrator:
         if _status_of(new) != _status_of(state):  # started, compensating or ended: rare
             ckpt.after_commit(partial(self._count_status, partition, state, new))
         return None
+
+    def _observe(
+        self,
+        spec: SagaSpec,
+        before: SagaState | None,
+        decision: Decision,
+        event: Event,
+        now: int,
+        msg: Message | None,
+    ) -> None:
+        """Once the decision commits: the attempts it ended into the step-duration metric and,
+        when tracing is on, the spans it finished to the exporter (never an aborted one's)."""
+        assert self._ckpt is not None and decision.state is not None
+        ended = attempts_ended(before, decision.state, event)
+        if ended:
+            self._ckpt.after_commit(partial(self._lifecycle.ended, decision.state.saga, ended))
+        if self.tracer is None:
+            return
+        spans = decision_spans(
+            spec, before, decision, event, now, self.encoder.topic_of, _where(msg)
+        )
+        if spans:
+            self._ckpt.after_commit(partial(self.tracer.export, spans))
 
     def _migrate(
         self, definition: tuple[str, SagaSpec], state: SagaState, event: Event, now: int
@@ -989,6 +1027,17 @@ class Orchestrator:
         for store in self.stores.values():
             store.close()
         self.stores.clear()
+
+
+def _where(msg: Message | None) -> dict[str, Any]:
+    """The messaging attributes of a decided input (a fired timer has none)."""
+    if msg is None:
+        return {}
+    return {
+        "messaging.source.name": msg.topic() or "",
+        "messaging.destination.partition.id": str(msg.partition()),
+        "messaging.kafka.offset": msg.offset() or 0,
+    }
 
 
 def _running(state: SagaState | None) -> bool:
