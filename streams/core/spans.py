@@ -205,7 +205,13 @@ def decision_spans(
     is the messaging attributes of the input decided (its topic, partition and offset)."""
     after = decision.state
     if after is None:
-        return []
+        # a refused input changes nothing stored, but its saga's trace says it was refused
+        if before is None or decision.dead_letter is None:
+            return []
+        trace, _, sampled = trace_of(before)
+        ids = (trace, span_id(before, "saga"))
+        span = _dead_letter_span(before, decision, event, now, ids, _attributes(before, where))
+        return [span if sampled else replace(span, sampled=False)]
     trace, _, sampled = trace_of(after)
     saga_id = span_id(after, "saga")
     base = _attributes(after, where)

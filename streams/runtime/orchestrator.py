@@ -494,7 +494,7 @@ class Orchestrator:
         self.metrics.produced_many(ROLE, [c.event_type for c in decision.commands])
         if new is not None:
             self._lifecycle.noted(new.saga, decision.lifecycle, new.steps)
-            self._observe(spec, state, decision, incoming, now, msg)
+        self._observe(spec, state, decision, incoming, now, msg)
         if letter is not None and refused is not None:
             self._dead_letter(letter, refused, msg)
         if (
@@ -523,10 +523,11 @@ class Orchestrator:
     ) -> None:
         """Once the decision commits: the attempts it ended into the step-duration metric and,
         when tracing is on, the spans it finished to the exporter (never an aborted one's)."""
-        assert self._ckpt is not None and decision.state is not None
-        ended = attempts_ended(before, decision.state, event)
-        if ended:
-            self._ckpt.after_commit(partial(self._lifecycle.ended, decision.state.saga, ended))
+        assert self._ckpt is not None
+        after = decision.state
+        ended = [] if after is None else attempts_ended(before, after, event)
+        if ended and after is not None:
+            self._ckpt.after_commit(partial(self._lifecycle.ended, after.saga, ended))
         if self.tracer is None:
             return
         spans = decision_spans(

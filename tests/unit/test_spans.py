@@ -295,3 +295,34 @@ def test_a_skipped_dependency_is_passed_over_and_no_times_no_path() -> None:
 def test_a_tie_picks_the_step_declared_first() -> None:
     spec = _spec(x=(), y=())
     assert critical_path(spec, _timed(x=(0, 100), y=(0, 100))).steps == ("x",)
+
+
+def test_an_escalation_and_a_dead_letter_are_instants_under_the_saga_span() -> None:
+    spec = load_topology(ROOT / "topology.yaml", ROOT / "schemas").sagas["loan"]
+    loan = ("loan", spec)
+    start = {"loan_id": "l-1", "customer_id": "c", "amount_cents": 1, "iban": "x", "email": "e"}
+    state = decide(loan, None, Event("LoanApplied", "e-0", start), 0).state
+    assert state is not None
+    for n, (name, result) in enumerate(
+        [("credit_check", "CreditApproved"), ("documents", "DocumentsVerified")], 1
+    ):
+        fields = {"credit_score": 700} if name == "credit_check" else {}
+        state, _ = _step(loan, state, Event(result, f"e-{n}", fields, step=name), 10 * n)
+    due = state.timers["step_timeout|review|1"]
+    fired = {"kind": "step_timeout", "step": "review", "attempt": 1, "due_ms": due}
+    state, spans = _step(loan, state, Event(TIMER_EVENT, "t-1", fired), due)
+    (escalated,) = spans
+    assert (escalated.name, escalated.kind) == ("escalate review", "instant")
+    assert escalated.parent_id == span_id(state, "saga")
+    assert [e.name for e in escalated.events] == ["escalation"]
+    assert escalated.attributes["saga.command"] == "StepEscalated"
+    # a result for a step never sent: dead-lettered, and said so in the trace
+    stray = Event("LoanDisbursed", "e-9", {"transfer_id": "t"}, step="disbursement")
+    decision = decide(loan, state, stray, due + 1)
+    assert decision.dead_letter is not None and decision.state is None  # nothing stored
+    (refused,) = decision_spans(spec, state, decision, stray, due + 1)
+    assert (refused.name, refused.parent_id) == ("dead letter", span_id(state, "saga"))
+    assert refused.error == decision.dead_letter
+    assert refused.attributes["saga.event_type"] == "LoanDisbursed"
+    assert [e.name for e in refused.events] == ["dead letter"]
+    assert decision_spans(spec, None, decision, stray, due + 1) == []  # no saga: no trace
