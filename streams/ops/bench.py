@@ -7,7 +7,9 @@ A run has phases, each under its own topic prefix inside the run's (`bench-<time
 ``base-``      the same hops on plain confluent-kafka (sagastream.ops.pipeline_baseline), with as
                many writes per saga: the physical limit every sagastream figure is divided by;
 ``par-/seq-``  handler latencies of 200, 100 and 150 ms, the saga's steps in parallel (as
-               topology.yaml defines them) and chained one after the other.
+               topology.yaml defines them) and chained one after the other;
+``tr0-/tr10-/tr100-``  with `--trace`: the order saga at the maximum rate with tracing off, and
+               exporting spans by OTLP sampled at 0.1 and at 1.0 (runtime/tracing.py).
 
 Latency is the time from publishing the start event to reading its outcome (read_committed) in
 this process; sagas/s counts from the first publish to the last outcome; CPU is utime+stime
@@ -80,6 +82,7 @@ class BenchOptions:
     seed: int = 42
     keep: bool = False
     restore: int | None = None  # sagas for the restore measurement (sagastream.ops.bench_restore)
+    trace: int | None = None  # sagas per tracing point (off, sampled 0.1, sampled 1.0)
     saga_phases: bool = True
 
     def points(self) -> list[tuple[Rate, int]]:
@@ -441,9 +444,14 @@ def chained_topology(source: Path, directory: Path, saga: str = "order") -> Path
 
 @contextlib.contextmanager
 def _saga_phase(
-    run: Run, settings: Settings, handler_latency_ms: dict[str, int], seed: int
+    run: Run,
+    settings: Settings,
+    handler_latency_ms: dict[str, int],
+    seed: int,
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[Source, Callable[[int, bool], list[str]]]]:
-    """Topics, schemas and a worker process per role for the order saga under one prefix.
+    """Topics, schemas and a worker process per role for the order saga under one prefix;
+    `env` is added to the workers' environment.
 
     Yields the source to measure and `orders(n, completing_only)`, which makes n orders (only
     ones built to complete, if asked) for the source to publish, and returns their keys.
@@ -476,7 +484,7 @@ def _saga_phase(
         roles = ["orchestrator", *topology.handlers_for("order")]
         for role in roles:  # one process each, so each handler role can get its own latency
             latency = str(handler_latency_ms.get(role, 0))
-            workers.start([role], {"SAGASTREAM_HANDLER_LATENCY_MS": latency})
+            workers.start([role], {"SAGASTREAM_HANDLER_LATENCY_MS": latency, **(env or {})})
         workers.wait_ready()
         run.say(f"  {len(roles)} worker processes ready in {time.monotonic() - t0:.1f}s")
         rng = random.Random(seed)
@@ -657,6 +665,59 @@ def _fanout_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
     return fanout_summary(results["parallel"], results["sequential"])
 
 
+# (name, prefix, sampler ratio: None is tracing off)
+TRACE_POINTS = (
+    ("off", "tr0", None),
+    ("sampled 0.1", "tr10", "0.1"),
+    ("sampled 1.0", "tr100", "1.0"),
+)
+
+
+def _trace_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
+    """The order saga at the maximum rate, tracing off, then exporting spans sampled at 0.1
+    and 1.0 (to OTEL_EXPORTER_OTLP_ENDPOINT if set, else a local Jaeger): CPU per saga each."""
+    assert options.trace is not None
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or _local_jaeger(run)
+    run.say(f"\ntracing: {options.trace} orders at the maximum rate per point, spans to {endpoint}")
+    points: dict[str, Point] = {}
+    for name, prefix, sampled in TRACE_POINTS:
+        env = {"OTEL_SDK_DISABLED": "true"}  # off, whatever this process's environment says
+        if sampled is not None:
+            env = {
+                "OTEL_SDK_DISABLED": "false",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                "OTEL_TRACES_SAMPLER": "traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": sampled,
+            }
+        settings = run.phase(prefix)
+        run.say(f"  {name}")
+        with _saga_phase(run, settings, {}, options.seed, env) as (source, orders):
+            measure(source, orders(WARMUP_ORDERS, False), None, options.timeout, None)
+            keys = orders(options.trace, False)
+            points[name] = measure(source, keys, None, options.timeout, run.out)
+    return trace_summary(points)
+
+
+def _local_jaeger(run: Run) -> str:
+    """Start the local Jaeger (sagastream.local.jaeger; built first if it never was)."""
+    from sagastream.local import jaeger
+
+    jaeger.start(log=run.say)
+    return f"http://127.0.0.1:{jaeger.jaeger_ports().otlp_http}"
+
+
+def trace_summary(points: dict[str, Point]) -> dict[str, Any]:
+    """Each tracing point, and its CPU per saga against tracing off (total and per process)."""
+    off = points["off"]["cpu_ms_per_saga"]
+    return {
+        "points": points,
+        "cpu_to_off": {
+            name: {proc: ratio(ms, off.get(proc)) for proc, ms in p["cpu_ms_per_saga"].items()}
+            for name, p in points.items()
+        },
+    }
+
+
 def fanout_summary(parallel: Point, sequential: Point) -> dict[str, Any]:
     """Both p50 latencies against the largest branch and the sum of the branches."""
     largest, total = max(FANOUT_LATENCY_MS.values()), sum(FANOUT_LATENCY_MS.values())
@@ -753,10 +814,28 @@ def format_report(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"  sequential / parallel p50: {_num(fan['sequential_to_parallel_p50'], 2, 'x')}"
         )
+    if "tracing" in results:
+        lines += format_trace(results["tracing"])
     if "restore" in results:
         from sagastream.ops.bench_restore import format_restore
 
         lines += format_restore(results["restore"])
+    return lines
+
+
+def format_trace(tracing: dict[str, Any]) -> list[str]:
+    """CPU ms per saga per process with tracing off and on, and on against off."""
+    points = tracing["points"]
+    columns = list(points["off"]["cpu_ms_per_saga"])
+    lines = ["", f"  {'tracing':<14} {'sagas':>5}" + "".join(f"{c:>13}" for c in columns)]
+    for name, p in points.items():
+        cpu = p["cpu_ms_per_saga"]
+        cells = "".join(f"{_num(cpu.get(c), 3):>13}" for c in columns)
+        lines.append(f"  {name:<14} {p['completed']:>5}{cells}")
+        if name != "off":
+            against = tracing["cpu_to_off"][name]
+            cells = "".join(f"{_num(against.get(c), 2, 'x'):>13}" for c in columns)
+            lines.append(f"  {'  / off':<14} {'':>5}{cells}")
     return lines
 
 
@@ -794,6 +873,7 @@ def run_bench(options: BenchOptions, out: TextIO = sys.stdout) -> int:
     points = [p for phase in phases if phase for p in phase["points"]]
     fan = results.get("fanout")
     points += [fan["parallel"], fan["sequential"]] if fan else []
+    points += list(results["tracing"]["points"].values()) if "tracing" in results else []
     return 1 if any(p["stuck"] for p in points) else 0
 
 
@@ -802,6 +882,8 @@ def _run_phases(run: Run, options: BenchOptions, results: dict[str, Any]) -> Non
         from sagastream.ops.bench_restore import restore_phase
 
         results["restore"] = restore_phase(run, options.restore, options.timeout, options.seed)
+    if options.trace is not None:
+        results["tracing"] = _trace_phase(run, options)
     if not options.saga_phases:
         return
     results["sagastream"] = _sagastream_phase(run, options)

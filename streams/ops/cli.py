@@ -142,8 +142,12 @@ def _bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         keep=args.keep,
         restore=args.restore,
-        # --restore alone measures only restore; --orders or --rates ask for the saga phases too
-        saga_phases=args.restore is None or args.orders is not None or args.rates is not None,
+        trace=args.trace,
+        # --restore or --trace alone measure only that; --orders or --rates ask for the saga
+        # phases too
+        saga_phases=(args.restore is None and args.trace is None)
+        or args.orders is not None
+        or args.rates is not None,
     )
     return run_bench(options)
 
@@ -663,6 +667,17 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="time an orchestrator's restore of N sagas, from an empty data directory and from "
         "its checkpoint; alone, runs only that (add --orders or --rates for the saga phases)",
+    )
+    bn.add_argument(
+        "--trace",
+        type=int,
+        nargs="?",
+        const=1000,
+        default=None,
+        metavar="N",
+        help="CPU per saga with tracing off, and exporting spans sampled at 0.1 and 1.0, N orders "
+        "each (default 1000) at the maximum rate; to OTEL_EXPORTER_OTLP_ENDPOINT, else the local "
+        "Jaeger; alone, runs only that",
     )
     bn.set_defaults(func=_bench)
 

@@ -171,3 +171,50 @@ def test_without_matplotlib_the_plot_is_skipped_with_a_reason(
     reason = bench.write_plot({"sagastream": []}, tmp_path / "latency.png")
     assert reason is not None and "matplotlib" in reason
     assert not (tmp_path / "latency.png").exists()
+
+
+def test_tracing_is_reported_against_off_per_process() -> None:
+    summary = bench.trace_summary(
+        {
+            "off": point("max", 500.0, 100.0, 2.0),
+            "sampled 0.1": point("max", 480.0, 110.0, 2.2),
+            "sampled 1.0": point("max", 400.0, 150.0, 3.0),
+        }
+    )
+    assert summary["cpu_to_off"]["sampled 1.0"] == {
+        "orchestrator": 1.5,
+        "broker": 1.5,
+        "total": 1.5,
+    }
+    assert summary["cpu_to_off"]["sampled 0.1"]["total"] == pytest.approx(1.1)
+    lines = bench.format_trace(summary)
+    assert [line.split()[0] for line in lines[2:]] == ["off", "sampled", "/", "sampled", "/"]
+    assert "1.50x" in lines[-1] and "1.10x" in lines[-3]
+    text = "\n".join(bench.format_report({"tracing": summary}))
+    assert "sampled 0.1" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "trace", "saga_phases"),
+    [
+        ([], None, True),
+        (["--trace"], 1000, False),
+        (["--trace", "300"], 300, False),
+        (["--trace", "300", "--orders", "50"], 300, True),
+    ],
+)
+def test_trace_alone_runs_only_the_tracing_points(
+    argv: list[str], trace: int | None, saga_phases: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sagastream.ops.cli import parser
+
+    seen: list[bench.BenchOptions] = []
+
+    def run_bench(options: bench.BenchOptions) -> int:
+        seen.append(options)
+        return 0
+
+    monkeypatch.setattr(bench, "run_bench", run_bench)
+    args = parser().parse_args(["bench", *argv])
+    assert args.func(args) == 0
+    assert (seen[0].trace, seen[0].saga_phases) == (trace, saga_phases)
