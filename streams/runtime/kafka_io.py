@@ -290,18 +290,46 @@ def partitions(consumer: Consumer, topic: str) -> list[int]:
     return sorted(found.partitions)
 
 
-def watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
-    """The partition's first offset and its high watermark, asked of the broker now."""
-    try:
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=10, cached=False
-        )
-    except KafkaException as exc:
-        raise ClusterError(
-            f"cannot read {topic}[{partition}]: {exc.args[0].str()} (check SAGASTREAM_TOPIC_PREFIX "
-            "and the broker; `sagastream topics create` makes the topics)"
-        ) from exc
-    return int(low), int(high)
+WATERMARK_WAIT_S = 30.0  # how long a passing refusal (a leader being elected) is asked again
+# refusals that pass (librdkafka does not mark them retriable in what it raises here)
+PASSING_ERRORS = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.OFFSET_NOT_AVAILABLE,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
+
+
+def watermarks(
+    consumer: Consumer, topic: str, partition: int, wait_s: float = WATERMARK_WAIT_S
+) -> tuple[int, int]:
+    """The partition's first offset and its high watermark, asked of the broker now. A
+    retriable refusal (no leader yet for a topic just made, a leader moving) is asked again for
+    up to `wait_s`; any other (a topic that does not exist) is an error at once."""
+    give_up, pause = time.monotonic() + wait_s, 0.2
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=10, cached=False
+            )
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() not in PASSING_ERRORS or time.monotonic() + pause > give_up:
+                raise ClusterError(
+                    f"cannot read {topic}[{partition}]: {error.str()} (check "
+                    "SAGASTREAM_TOPIC_PREFIX and the broker; `sagastream topics create` makes "
+                    "the topics)"
+                ) from exc
+        time.sleep(pause)
+        pause = min(2.0, pause * 2)
 
 
 def whole(consumer: Consumer, topics: Iterable[str]) -> dict[Partition, tuple[int, int]]:

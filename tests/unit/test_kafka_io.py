@@ -1,11 +1,15 @@
-"""kafka_io without a broker: the full-queue retry, and a record nobody answered is a failure."""
+"""kafka_io without a broker: the full-queue retry, a record nobody answered is a failure, and
+watermarks asked again while a leader is elected."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from sagastream.errors import ClusterError
+from sagastream.runtime import kafka_io
 from sagastream.runtime.kafka_io import Delivery, DeliveryFailed, Publisher, produce
 
 
@@ -56,3 +60,31 @@ def test_delivery_failed_names_every_refused_record_up_to_five() -> None:
     message = str(DeliveryFailed(refused, written))
     assert message.startswith("7 of 8 records were not written: t (key 'k0'): MSG_SIZE")
     assert "(key 'k4')" in message and "(key 'k5')" not in message and "(and 2 more)" in message
+
+
+class _ElectingLeader:
+    """A consumer whose partition has no leader yet for its first `refusals` asks."""
+
+    def __init__(self, refusals: int, code: int = KafkaError.NOT_LEADER_FOR_PARTITION) -> None:
+        self.refusals, self.code, self.asked = refusals, code, 0
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float, cached: bool) -> tuple:
+        self.asked += 1
+        if self.asked <= self.refusals:
+            raise KafkaException(KafkaError(self.code, "Broker: Not leader for partition"))
+        return (0, 7)
+
+
+def test_watermarks_ask_again_while_a_leader_is_elected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dlq redrive` on a DLQ topic made a moment before failed with "Not leader for partition"
+    (seen in CI); a passing refusal is asked again, a missing topic is an error at once."""
+    monkeypatch.setattr(kafka_io.time, "sleep", lambda s: None)
+    electing = _ElectingLeader(2)
+    assert kafka_io.watermarks(electing, "t", 0) == (0, 7)  # type: ignore[arg-type]
+    assert electing.asked == 3
+    missing = _ElectingLeader(1, KafkaError.UNKNOWN_TOPIC_OR_PART)
+    with pytest.raises(ClusterError, match=r"cannot read t\[0\]"):
+        kafka_io.watermarks(missing, "t", 0)  # type: ignore[arg-type]
+    assert missing.asked == 1
+    with pytest.raises(ClusterError, match="Not leader"):
+        kafka_io.watermarks(_ElectingLeader(1000), "t", 0, wait_s=0)  # type: ignore[arg-type]
