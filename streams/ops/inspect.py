@@ -97,6 +97,8 @@ class SagaSummary:
     ended_ms: int | None
     failed_step: str | None
     reason: str | None
+    # the definition's shape it runs on (None: a state from before shapes)
+    shape: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,7 @@ def summarize(key: str, partition: int, state: SagaState) -> SagaSummary:
         ended_ms=state.ended,
         failed_step=state.failed_step,
         reason=state.reason,
+        shape=state.shape,
     )
 
 
