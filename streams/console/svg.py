@@ -5,7 +5,7 @@ markup); the colours are CSS classes of static/console.css.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from html import escape
 
 from markupsafe import Markup
@@ -102,5 +102,35 @@ def timeline_svg(timeline: Timeline) -> Markup:
             f'<circle class="mark {escape(mark.what)}" cx="{x:.1f}" cy="{y + LANE_H / 2}" r="4">'
             f"<title>{escape(mark.step)} {escape(mark.what)}</title></circle>"
         )
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+RATE_BAR, RATE_ROW, RATE_LABEL = 6, 30, 96
+
+
+def rate_svg(per_minute: Mapping[str, Sequence[int]], series: Sequence[str]) -> Markup:
+    """Counts per minute, a row of bars per series scaled to its own largest minute (each
+    bar's title says its count); the newest minute on the right."""
+    minutes = max((len(per_minute[s]) for s in series), default=0)
+    width, height = RATE_LABEL + minutes * RATE_BAR + PAD, len(series) * RATE_ROW + PAD
+    parts = [
+        f'<svg class="rates" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" role="img">'
+    ]
+    for row, name in enumerate(series):
+        counts = per_minute[name]
+        top, base = row * RATE_ROW + 4, (row + 1) * RATE_ROW
+        parts.append(_text(0, base - 8, f"{name} {sum(counts)}", "lane"))
+        peak = max(counts, default=0) or 1
+        for i, count in enumerate(counts):
+            if count:
+                h = max(1.0, (base - top) * count / peak)
+                ago = len(counts) - 1 - i
+                parts.append(
+                    f'<rect class="rate {escape(name)}" x="{RATE_LABEL + i * RATE_BAR}" '
+                    f'y="{base - h:.1f}" width="{RATE_BAR - 1}" height="{h:.1f}">'
+                    f"<title>{count} {escape(name)}, {ago} min ago</title></rect>"
+                )
     parts.append("</svg>")
     return Markup("".join(parts))
