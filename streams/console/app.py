@@ -86,11 +86,12 @@ class Pages:
 
     def sagas(self, request: Request) -> Response:
         query = _query(request, self.reader.topology.sagas)
-        found = self.reader.sagas(query)
+        found, versions = self.reader.sagas(query)
         return self.render(
             "sagas.html",
             query=query,
             found=found,
+            versions=versions,
             saga_types=list(self.reader.topology.sagas),
             statuses=STATUSES,
             older=request.query_params.get("older_than", ""),
@@ -98,7 +99,7 @@ class Pages:
 
     def saga(self, request: Request) -> Response:
         name, key = request.path_params["saga"], request.path_params["key"]
-        spec = _spec(self.reader.topology.sagas, name)
+        _spec(self.reader.topology.sagas, name)
         view = self.reader.saga(name, key)
         if view is None:
             return self.render(
@@ -108,6 +109,7 @@ class Pages:
                 message=f"no {name} saga with key {key!r} is stored (never started, not started "
                 "yet, or removed after its retention_ms)",
             )
+        spec, version = self.reader.definition(name, view.shape)
         depends = {step: s.depends_on for step, s in spec.steps.items()}
         human = [step for step, s in spec.steps.items() if s.human]
         end = view.ended_ms if view.ended_ms is not None else now_ms()
@@ -116,6 +118,7 @@ class Pages:
         return self.render(
             "saga.html",
             view=view,
+            version=version,
             dag=dag_svg(dag_layout(depends), states),
             gantt=timeline_svg(line),
             refresh=None if view.status in TERMINAL else REFRESH_S,

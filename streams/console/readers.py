@@ -19,6 +19,7 @@ from sagastream.console.views import (
     overview,
     page_of,
 )
+from sagastream.core.topology import SagaSpec
 from sagastream.ops import dlq
 from sagastream.ops.client import Client
 from sagastream.ops.inspect import SagaView
@@ -50,22 +51,36 @@ class ConsoleReader:
         self.topology = self.client.topology
         self.schemas = SchemaStore(settings.schemas_path)
 
-    def versions(self) -> dict[str, int]:
-        """Each published shape's version number (the definitions topic, read now)."""
+    def book(self) -> DefinitionBook:
+        """The published definitions (the definitions topic, read now)."""
         book = DefinitionBook(self.settings, self.topology, self.schemas)
         book.read()
-        return {d.shape: d.version for d in book.versions()}
+        return book
 
-    def sagas(self, query: SagaQuery) -> SagaPage:
-        """A page of the sagas the query selects, as `saga list` reads them."""
+    def versions(self) -> dict[str, int]:
+        """Each published shape's version number."""
+        return {d.shape: d.version for d in self.book().versions()}
+
+    def sagas(self, query: SagaQuery) -> tuple[SagaPage, dict[str, int]]:
+        """A page of the sagas the query selects, as `saga list` reads them, and the version
+        number of each published shape."""
         listing = self.client.list_sagas(
             (query.status,) if query.status else (), query.saga or None
         )
-        versions = self.versions() if query.version else {}
-        return page_of(listing.sagas, query, versions, now_ms())
+        versions = self.versions()
+        return page_of(listing.sagas, query, versions, now_ms()), versions
 
     def saga(self, saga: str, key: str) -> SagaView | None:
         return self.client.describe(saga, key)
+
+    def definition(self, saga: str, shape: str | None) -> tuple[SagaSpec, int | None]:
+        """What decides a saga on `shape` (None: a state from before shapes, decided by the
+        first version), and its version number; the topology file's when it is not published."""
+        book = self.book()
+        found = book.lowest(saga) if shape is None else book.find(saga, shape)
+        if found is None:
+            return self.topology.sagas[saga], None
+        return found.spec, found.version
 
     def dead_letters(self) -> list[dlq.DeadLetter]:
         """Every dead letter of every dead-letter topic of the topology, read to the end now."""

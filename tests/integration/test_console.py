@@ -120,7 +120,10 @@ def test_every_page_shows_what_the_topics_hold(ns: Any, start_workers: Any, cons
             for step in view.steps:
                 assert f'class="step state-{step.state}"><title>{step.name}: ' in shown
             assert '<svg class="timeline"' in shown and '<svg class="dag"' in shown
+            assert f"<dt>version</dt><dd>v1 {view.shape}</dd>" in shown
     assert "<script>" not in listed and "&lt;script&gt;alert(" in listed
+    # every saga runs on the first published version of its definition
+    assert listed.count("<td>v1</td>") == len(expected)
 
     running = page(console, "/sagas?status=running&saga=loan")
     assert [(s, k) for s, _, _, k in ROW.findall(running)] == [("running", "con-loan")]
