@@ -15,6 +15,8 @@ from sagastream.console.layout import Bar, DagLayout, Timeline
 NODE_W, NODE_H, GAP_X, GAP_Y, PAD = 150, 34, 60, 18, 10
 LABEL_W, PLOT_W, LANE_H, AXIS_H = 150, 640, 24, 22
 TICKS = 5
+# room right of the plot for the last tick's label
+AXIS_LABEL_W = 60
 
 
 def _text(x: float, y: float, text: str, cls: str = "") -> str:
@@ -80,7 +82,7 @@ def _bar(bar: Bar, row: int, timeline: Timeline) -> str:
 def timeline_svg(timeline: Timeline) -> Markup:
     """The Gantt chart: a lane per step, time from the saga's start along the top."""
     height = AXIS_H + max(1, len(timeline.lanes)) * LANE_H + PAD
-    width = LABEL_W + PLOT_W + PAD * 4
+    width = LABEL_W + PLOT_W + AXIS_LABEL_W
     parts = [
         f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}" role="img">'
