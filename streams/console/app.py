@@ -125,8 +125,17 @@ class Pages:
         )
 
     def dead_letters(self, request: Request) -> Response:
+        """Every dead letter grouped; the messages of one topic and reason if the query names
+        them (`dlq redrive`'s selection)."""
         letters = self.reader.dead_letters()
-        return self.render("dlq.html", groups=dlq.group(letters), letters=letters)
+        q = request.query_params
+        selection = dlq.Selection(topic=q.get("topic") or None, reason=q.get("reason") or None)
+        return self.render(
+            "dlq.html",
+            groups=dlq.group(letters),
+            letters=dlq.select(letters, selection),
+            selection=selection,
+        )
 
     def dead_letter(self, request: Request) -> Response:
         p = request.path_params

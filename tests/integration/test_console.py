@@ -21,6 +21,7 @@ import pytest
 from sagastream.examples.events import OrderPlaced
 from sagastream.ops.client import Client
 from sagastream.ops.demo import settings_env
+from sagastream.wire.dlq import read_dead_letter_headers
 from tests.integration.conftest import HANDLERS
 from tests.integration.helpers import (
     every_dead_letter,
@@ -162,6 +163,16 @@ def check_dead_letters(ns: Any, port: int) -> None:
     assert f"<h2>Messages ({len(letters)})</h2>" in listed
     assert "<b>poison" not in listed and "&lt;b&gt;poison&lt;/b&gt;" in listed
     poison = next(m for m in letters if m.key == POISON_KEY)
+    reason = read_dead_letter_headers(poison.headers)["reason"]
+    chosen = [
+        m
+        for m in letters
+        if m.topic == poison.topic and read_dead_letter_headers(m.headers)["reason"] == reason
+    ]
+    query = urllib.parse.urlencode({"topic": "orders.events.dlq", "reason": reason})
+    one = page(port, f"/dlq?{query}")
+    assert f"<h2>Messages ({len(chosen)}): orders.events.dlq, {html.escape(reason)}" in one
+    assert one.count('<tr><td><a href="/dlq/') == len(chosen)
     path = f"/dlq/{urllib.parse.quote('orders.events.dlq')}/{poison.partition}/{poison.offset}"
     assert f'href="{path}"' in listed
     shown = page(port, path)
