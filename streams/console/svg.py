@@ -115,7 +115,7 @@ def rate_svg(per_minute: Mapping[str, Sequence[int]], series: Sequence[str]) -> 
     """Counts per minute, a row of bars per series scaled to its own largest minute (each
     bar's title says its count); the newest minute on the right."""
     minutes = max((len(per_minute[s]) for s in series), default=0)
-    width, height = RATE_LABEL + minutes * RATE_BAR + PAD, len(series) * RATE_ROW + PAD
+    width, height = RATE_LABEL + minutes * RATE_BAR + PAD * 3, len(series) * RATE_ROW + AXIS_H
     parts = [
         f'<svg class="rates" xmlns="http://www.w3.org/2000/svg" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}" role="img">'
@@ -134,5 +134,8 @@ def rate_svg(per_minute: Mapping[str, Sequence[int]], series: Sequence[str]) -> 
                     f'y="{base - h:.1f}" width="{RATE_BAR - 1}" height="{h:.1f}">'
                     f"<title>{count} {escape(name)}, {ago} min ago</title></rect>"
                 )
+    axis = len(series) * RATE_ROW + 14
+    parts.append(_text(RATE_LABEL, axis, f"-{minutes} min", "axis"))
+    parts.append(_text(RATE_LABEL + minutes * RATE_BAR - 18, axis, "now", "axis"))
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -4,7 +4,7 @@ percentiles, the sagas page's filters and paging, and the escaping of what the S
 from __future__ import annotations
 
 from sagastream.console.layout import Bar, Mark, dag_layout, lane_order, layer_of, timeline
-from sagastream.console.svg import dag_svg, timeline_svg
+from sagastream.console.svg import dag_svg, rate_svg, timeline_svg
 from sagastream.console.views import (
     Outcome,
     SagaQuery,
@@ -168,3 +168,11 @@ def test_the_sagas_page_filters_by_key_age_and_version_and_pages_oldest_first() 
     assert [r.key for r in page_of(rows, SagaQuery(key="6"), versions, 0).rows] == ["k6"]
     assert page_of(rows, SagaQuery(older_than_ms=998), versions, 2000).matched == 3
     assert not version_matches("2", None, versions) and version_matches("", None, versions)
+
+
+def test_the_rate_chart_draws_a_bar_per_minute_with_counts_and_says_how_many_in_all() -> None:
+    drawn = str(rate_svg({"started": [0, 2, 0, 5], "failed": [0, 0, 0, 0]}, ("started", "failed")))
+    assert drawn.count('class="rate started"') == 2 and 'class="rate failed"' not in drawn
+    assert "<title>5 started, 0 min ago</title>" in drawn
+    assert "<title>2 started, 2 min ago</title>" in drawn
+    assert ">started 7</text>" in drawn and ">failed 0</text>" in drawn
