@@ -21,11 +21,14 @@ from sagastream.console.views import (
 )
 from sagastream.core.topology import SagaSpec
 from sagastream.ops import dlq
+from sagastream.ops.admin import admin_client
 from sagastream.ops.client import Client
 from sagastream.ops.inspect import SagaView
 from sagastream.runtime.definitions import DefinitionBook
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import SchemaStore
+
+METADATA_TIMEOUT_S = 10.0
 
 
 def now_ms() -> int:
@@ -82,9 +85,16 @@ class ConsoleReader:
             return self.topology.sagas[saga], None
         return found.spec, found.version
 
+    def existing(self, topics: list[str]) -> list[str]:
+        """The logical topics that exist on the broker: one not created yet (a dead-letter topic
+        before its first dead letter, say) holds nothing, and a read would wait for it."""
+        metadata = admin_client(self.settings).list_topics(timeout=METADATA_TIMEOUT_S)
+        return [t for t in topics if self.settings.topic(t) in metadata.topics]
+
     def dead_letters(self) -> list[dlq.DeadLetter]:
         """Every dead letter of every dead-letter topic of the topology, read to the end now."""
-        return dlq.read_dead_letters(self.client.events, dlq.dlq_topics(self.topology))
+        topics = self.existing(dlq.dlq_topics(self.topology))
+        return dlq.read_dead_letters(self.client.events, topics) if topics else []
 
     def dead_letter(self, topic: str, partition: int, offset: int) -> dlq.DeadLetter:
         """One dead letter (UsageError naming where to look if there is none there)."""
@@ -94,12 +104,11 @@ class ConsoleReader:
 
     def outcomes_since(self, since_ms: int) -> list[Outcome]:
         """The outcome records of every saga's outcome topic written since `since_ms`."""
-        topics = sorted(
-            {self.settings.topic(s.outcome_topic) for s in self.topology.sagas.values()}
-        )
+        logical = sorted({s.outcome_topic for s in self.topology.sagas.values()})
+        topics = [self.settings.topic(t) for t in self.existing(logical)]
         return [
             Outcome(str(m.record.get("saga_type", "")), m.event_type, _written_ms(m.record))
-            for m in self.client.events.read_since(topics, since_ms)
+            for m in (self.client.events.read_since(topics, since_ms) if topics else [])
             if m.record is not None and m.event_type is not None
         ]
 

@@ -335,6 +335,8 @@ def _console(args: argparse.Namespace) -> int:
     settings.check_librdkafka()
     host = args.host or settings.console_host
     port = settings.console_port if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port} is no TCP port: give 1-65535, or 0 for a free one")
     reader = ConsoleReader(settings)
     sock = listen(host, port)
     print(f"sagastream console on {address(sock)} (read-only)", flush=True)

@@ -4,6 +4,7 @@ a key carrying HTML is shown escaped; the console refuses to write and foreign H
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import re
@@ -41,22 +42,23 @@ ROW = re.compile(
 )
 
 
-@pytest.fixture
-def console(ns: Any, tmp_path: Path) -> Iterator[int]:
-    """A console process on a free port, with the test's settings; its port."""
-    out = tmp_path / "console.log"
-    with open(out, "wb") as log:
+@contextlib.contextmanager
+def running_console(env: dict[str, str], log_path: Path) -> Iterator[int]:
+    """A console process on a free port with the settings of `env`; its port."""
+    with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sagastream.ops.cli", "console", "--port", "0"],
-            env={**os.environ, **settings_env(ns.settings)},
+            env={**os.environ, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 60
-        while not (found := re.search(r"on http://127\.0\.0\.1:(\d+)/", out.read_text())):
-            assert proc.poll() is None, f"the console exited: {out.read_text()}"
-            assert time.monotonic() < deadline, f"the console never listened: {out.read_text()}"
+        while not (found := re.search(r"on http://127\.0\.0\.1:(\d+)/", log_path.read_text())):
+            assert proc.poll() is None, f"the console exited: {log_path.read_text()}"
+            assert time.monotonic() < deadline, (
+                f"the console never listened: {log_path.read_text()}"
+            )
             time.sleep(0.2)
         yield int(found.group(1))
     finally:
@@ -64,8 +66,15 @@ def console(ns: Any, tmp_path: Path) -> Iterator[int]:
         proc.wait(timeout=20)
 
 
+@pytest.fixture
+def console(ns: Any, tmp_path: Path) -> Iterator[int]:
+    """A console with the test's settings; its port."""
+    with running_console(settings_env(ns.settings), tmp_path / "console.log") as port:
+        yield port
+
+
 def page(port: int, path: str) -> str:
-    status, body = http_get(port, path)
+    status, body = http_get(port, path, timeout=60)
     text = body.decode()
     assert status == 200, f"GET {path}: {status}\n{text[-2000:]}"
     return text
@@ -196,3 +205,19 @@ def test_the_console_is_read_only_and_answers_only_to_loopback_names(console: in
     with urllib.request.urlopen(f"http://127.0.0.1:{console}/topology", timeout=30) as answer:
         assert "script-src" not in answer.headers["Content-Security-Policy"]
         assert answer.headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_console_before_the_topics_exist_says_so_and_lists_no_dead_letters(
+    ns: Any, tmp_path: Path
+) -> None:
+    """Under a prefix with no topic: the pages that need the changelog name it and the command
+    that makes it (503); the dead-letter page lists none at once rather than waiting the whole
+    read's timeout (120 s) for topics that do not exist. The answers must come within the
+    HTTP client's 30 s: a hang guard, not a speed bound."""
+    settings = ns.settings.model_copy(update={"topic_prefix": f"{ns.settings.topic_prefix}none-"})
+    with running_console(settings_env(settings), tmp_path / "console.log") as port:
+        status, body = http_get(port, "/sagas", timeout=30)
+        assert status == 503 and b"`sagastream topics create` makes the topics" in body
+        assert settings.changelog_topic().encode() in body
+        status, body = http_get(port, "/dlq", timeout=30)
+        assert status == 200 and b"<h2>Messages (0)</h2>" in body

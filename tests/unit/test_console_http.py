@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -49,3 +50,10 @@ def test_a_body_past_the_limit_is_refused_and_every_answer_has_the_security_head
     for name, value in SECURITY_HEADERS.items():
         assert answer.headers[name] == value
     assert "script-src" not in answer.headers["Content-Security-Policy"]
+
+
+def test_console_refuses_a_port_that_is_no_tcp_port(capsys: pytest.CaptureFixture[str]) -> None:
+    from sagastream.ops.cli import main
+
+    assert main(["console", "--port", "99999"]) == 2
+    assert "--port 99999 is no TCP port" in capsys.readouterr().err
