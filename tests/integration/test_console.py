@@ -202,6 +202,10 @@ def test_the_console_is_read_only_and_answers_only_to_loopback_names(console: in
     assert rebound.value.code == 400
     status, body = http_get(console, "/sagas?status=nonsense")
     assert status == 400 and b"unknown status &#39;nonsense&#39;" in body
+    status, body = http_get(console, "/sagas/order/never-started", timeout=60)
+    assert status == 404 and b"no order saga with key &#39;never-started&#39;" in body
+    status, body = http_get(console, "/sagas/nosuch/key")
+    assert status == 400 and b"unknown saga &#39;nosuch&#39;; topology.yaml has order, loan" in body
     with urllib.request.urlopen(f"http://127.0.0.1:{console}/topology", timeout=30) as answer:
         assert "script-src" not in answer.headers["Content-Security-Policy"]
         assert answer.headers["X-Frame-Options"] == "DENY"
