@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml $(PACKAGE_DIRS) | $(BIN)/python
-	$(BIN)/pip install --quiet --config-settings editable_mode=strict -e '.[dev]'
+	$(BIN)/pip install --quiet --config-settings editable_mode=strict -e '.[dev,console]'
 	touch $(STAMP)
 
 install: $(STAMP)

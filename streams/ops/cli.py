@@ -322,6 +322,31 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _console(args: argparse.Namespace) -> int:
+    try:
+        from sagastream.console.app import address, listen, serve
+        from sagastream.console.readers import ConsoleReader
+    except ImportError as exc:
+        raise UsageError(
+            f"the console needs its extra ({exc.name} is missing): pip install 'sagastream[console]'"
+        ) from exc
+
+    settings = Settings()
+    settings.check_librdkafka()
+    host = args.host or settings.console_host
+    port = settings.console_port if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port} is no TCP port: give 1-65535, or 0 for a free one")
+    reader = ConsoleReader(settings)
+    sock = listen(host, port)
+    print(f"sagastream console on {address(sock)} (read-only)", flush=True)
+    try:
+        serve(reader, sock)
+    finally:
+        reader.close()
+    return 0
+
+
 def _replay(args: argparse.Namespace) -> int:
     from sagastream.core.topology import load_topology
     from sagastream.ops.replay import (
@@ -696,6 +721,18 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8088)
     a.set_defaults(func=_api)
+
+    co = sub.add_parser(
+        "console",
+        help="the read-only web console: overview, sagas, one saga's DAG and timeline, dead "
+        "letters, topology",
+        description="Serves HTML pages read from Kafka (the state changelog, sagas.lifecycle, "
+        "the outcome topics, the dead-letter topics, the definitions) with the workers' "
+        "settings; no database. Read-only.",
+    )
+    co.add_argument("--host", default=None, help="default: SAGASTREAM_CONSOLE_HOST, 127.0.0.1")
+    co.add_argument("--port", type=int, default=None, help="default: SAGASTREAM_CONSOLE_PORT, 8088")
+    co.set_defaults(func=_console)
 
     v = sub.add_parser(
         "validate",

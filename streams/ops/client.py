@@ -177,9 +177,19 @@ class EventClient:
         """Every committed message of the physical topics, from the beginning to their end now."""
         return list(self.stream(topics, timeout, to_end=True))
 
-    def stream(self, topics: list[str], timeout: float, to_end: bool = False) -> Iterator[Received]:
-        """Yield every message of the physical topics from the beginning, for up to `timeout` s
-        (or, `to_end`, until every partition has been read to its end as of now)."""
+    def read_since(
+        self, topics: list[str], since_ms: int, timeout: float = 120.0
+    ) -> list[Received]:
+        """The committed messages of the physical topics written at `since_ms` or later (by
+        their timestamps, less the clock margin), up to their end now."""
+        return list(self.stream(topics, timeout, to_end=True, since_ms=since_ms))
+
+    def stream(
+        self, topics: list[str], timeout: float, to_end: bool = False, since_ms: int | None = None
+    ) -> Iterator[Received]:
+        """Yield every message of the physical topics from the beginning (`to_end` only: from
+        `since_ms`), for up to `timeout` s (or, `to_end`, until every partition has been read
+        to its end as of now)."""
         consumer = reader(self.settings, "reader")
         try:
             deadline = time.monotonic() + timeout
@@ -188,6 +198,8 @@ class EventClient:
                 ranges = {}
                 for tp in known:
                     low, high = watermarks(consumer, *tp)
+                    if since_ms is not None:
+                        low = _offset_at(consumer, *tp, since_ms, high)
                     ranges[tp] = (low, high)
                 messages: Iterable[Message] = read_ranges(consumer, ranges, deadline)
             else:

@@ -80,6 +80,8 @@ class SagaView:
     history_complete: bool = True
     # when the orchestrator removes the ended saga from its store (its retention_ms)
     expires_ms: int | None = None
+    # the definition's shape it runs on (None: a state from before shapes)
+    shape: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,6 +99,8 @@ class SagaSummary:
     ended_ms: int | None
     failed_step: str | None
     reason: str | None
+    # the definition's shape it runs on (None: a state from before shapes)
+    shape: str | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,7 @@ def build_view(
         history=history,
         history_complete=history_complete,
         expires_ms=state.expires,
+        shape=state.shape,
     )
 
 
@@ -203,6 +208,7 @@ def summarize(key: str, partition: int, state: SagaState) -> SagaSummary:
         ended_ms=state.ended,
         failed_step=state.failed_step,
         reason=state.reason,
+        shape=state.shape,
     )
 
 

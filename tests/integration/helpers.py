@@ -130,10 +130,10 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def http_get(port: int, path: str) -> tuple[int, bytes]:
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
     """GET a worker's endpoint: (status, body), 503s included."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()

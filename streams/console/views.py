@@ -1,0 +1,176 @@
+"""What the console's pages show, computed from what the readers return: the overview's counts
+per minute, latency percentiles and running sagas per saga type; the sagas page's filtering and
+paging; the version a saga runs on.
+
+Pure: summaries (`saga list`'s), outcome records and definitions in, rows out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from sagastream.core.state import TERMINAL
+from sagastream.ops.inspect import SagaSummary
+
+MINUTE_MS = 60_000
+WINDOW_MINUTES = 60
+# an outcome event's type, and the status it ends a saga in
+OUTCOME_STATUS = {
+    "SagaCompleted": "completed",
+    "SagaCompensated": "compensated",
+    "SagaFailed": "failed",
+}
+SERIES = ("started", "completed", "compensated", "failed")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One record of an outcome topic: the saga type, its outcome event and when it was written."""
+
+    saga: str
+    event_type: str
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class TypeOverview:
+    """One saga type over the window: counts per minute (oldest first) and in all, end-to-end
+    latency percentiles (ms) of the sagas that ended in it, the sagas running now and the age
+    (ms) of the oldest."""
+
+    saga: str
+    per_minute: dict[str, list[int]]
+    totals: dict[str, int]
+    latency_ms: dict[str, int | None]
+    running: int
+    oldest_running_ms: int | None
+
+
+def minute_of(at_ms: int, now_ms: int, minutes: int) -> int | None:
+    """The bucket of `at_ms` among the last `minutes` whole minutes up to now (the last is the
+    minute now is in); None outside them."""
+    back = (now_ms // MINUTE_MS) - (at_ms // MINUTE_MS)
+    return None if back < 0 or back >= minutes else minutes - 1 - back
+
+
+def percentile(values: Sequence[int], q: float) -> int | None:
+    """The nearest-rank percentile `q` (0-100) of the values; None if there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class _Tally:
+    """One saga type's numbers while the records are counted."""
+
+    per_minute: dict[str, list[int]]
+    latencies: list[int] = field(default_factory=list)
+    running: int = 0
+    oldest_start: int | None = None
+
+
+def overview(
+    saga_types: Iterable[str],
+    summaries: Iterable[SagaSummary],
+    outcomes: Iterable[Outcome],
+    now_ms: int,
+    minutes: int = WINDOW_MINUTES,
+) -> list[TypeOverview]:
+    """Per saga type: starts (from the states), outcomes (from the outcome topics) per minute;
+    latency of the sagas that ended in the window; running sagas and the oldest one's age."""
+    tallies: dict[str, _Tally] = {
+        name: _Tally({s: [0] * minutes for s in SERIES}) for name in saga_types
+    }
+
+    def tally(saga: str) -> _Tally:
+        return tallies.setdefault(saga, _Tally({s: [0] * minutes for s in SERIES}))
+
+    for summary in summaries:
+        _count_state(tally(summary.saga), summary, now_ms, minutes)
+    for outcome in outcomes:
+        status = OUTCOME_STATUS.get(outcome.event_type)
+        bucket = minute_of(outcome.at_ms, now_ms, minutes)
+        if status is not None and bucket is not None:
+            tally(outcome.saga).per_minute[status][bucket] += 1
+    return [_finish(name, t, now_ms) for name, t in tallies.items()]
+
+
+def _count_state(t: _Tally, summary: SagaSummary, now_ms: int, minutes: int) -> None:
+    started = minute_of(summary.started_ms, now_ms, minutes)
+    if started is not None:
+        t.per_minute["started"][started] += 1
+    if summary.status not in TERMINAL:
+        t.running += 1
+        if t.oldest_start is None or summary.started_ms < t.oldest_start:
+            t.oldest_start = summary.started_ms
+    elif summary.ended_ms is not None and minute_of(summary.ended_ms, now_ms, minutes) is not None:
+        t.latencies.append(summary.ended_ms - summary.started_ms)
+
+
+def _finish(saga: str, t: _Tally, now_ms: int) -> TypeOverview:
+    return TypeOverview(
+        saga=saga,
+        per_minute=t.per_minute,
+        totals={s: sum(counts) for s, counts in t.per_minute.items()},
+        latency_ms={f"p{q}": percentile(t.latencies, q) for q in (50, 95, 99)},
+        running=t.running,
+        oldest_running_ms=None if t.oldest_start is None else now_ms - t.oldest_start,
+    )
+
+
+@dataclass(frozen=True)
+class SagaQuery:
+    """The sagas page's filters (empty: any) and page. `key` matches a part of the key;
+    `version` a version number (`2` or `v2`) or the start of a shape."""
+
+    saga: str = ""
+    status: str = ""
+    key: str = ""
+    older_than_ms: int | None = None
+    version: str = ""
+    page: int = 1
+    size: int = 50
+
+
+@dataclass(frozen=True)
+class SagaPage:
+    """One page of the matching sagas, oldest first, and how many matched in all."""
+
+    rows: list[SagaSummary]
+    matched: int
+    page: int
+    pages: int
+
+
+def version_matches(wanted: str, shape: str | None, versions: Mapping[str, int]) -> bool:
+    """Whether a saga on `shape` runs on the version `wanted` (a number, or a shape's start)."""
+    if not wanted:
+        return True
+    number = wanted.lower().removeprefix("v")
+    if number.isdigit():
+        return shape is not None and versions.get(shape) == int(number)
+    return shape is not None and shape.startswith(wanted)
+
+
+def page_of(
+    summaries: Iterable[SagaSummary], query: SagaQuery, versions: Mapping[str, int], now_ms: int
+) -> SagaPage:
+    """The query's page of the summaries (which `saga list`'s reading has already narrowed to
+    the query's type and status); `versions` maps a shape to its version number."""
+    kept = [
+        s
+        for s in summaries
+        if query.key in s.key
+        and (query.older_than_ms is None or now_ms - s.started_ms >= query.older_than_ms)
+        and version_matches(query.version, s.shape, versions)
+    ]
+    kept.sort(key=lambda s: (s.started_ms, s.saga, s.key))
+    pages = max(1, math.ceil(len(kept) / query.size))
+    page = min(max(1, query.page), pages)
+    first = (page - 1) * query.size
+    return SagaPage(kept[first : first + query.size], len(kept), page, pages)
