@@ -731,7 +731,7 @@ def parser() -> argparse.ArgumentParser:
         "settings; no database. Read-only.",
     )
     co.add_argument("--host", default=None, help="default: SAGASTREAM_CONSOLE_HOST, 127.0.0.1")
-    co.add_argument("--port", type=int, default=None, help="default: SAGASTREAM_CONSOLE_PORT, 8088")
+    co.add_argument("--port", type=int, default=None, help="default: SAGASTREAM_CONSOLE_PORT, 8089")
     co.set_defaults(func=_console)
 
     v = sub.add_parser(

@@ -234,7 +234,7 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     # `sagastream console`: where it listens (loopback: only this machine's browsers reach it)
     console_host: str = "127.0.0.1"
-    console_port: int = Field(default=8088, ge=0, le=65535)
+    console_port: int = Field(default=8089, ge=0, le=65535)
     transaction_timeout_ms: int = Field(default=10_000, ge=1000)
     instance_id: str | None = None
     # the largest record a worker produces, headers and framing included: under the producer's
