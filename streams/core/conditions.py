@@ -34,6 +34,10 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
 }
 
 
+# the constants a condition may hold: what event data can be compared with (no bytes, no ...)
+_LITERALS = (str, int, float, bool, type(None))
+
+
 class ConditionError(SagastreamError, ValueError):
     """A `when:` text outside the grammar; the message says which part and why."""
 
@@ -89,7 +93,7 @@ def _compile(node: ast.expr, references: list[tuple[str, str]]) -> _Node:
         return lambda data: not inner(data)
     if isinstance(node, ast.Compare):
         first = _compile(node.left, references)
-        ops = [_COMPARE[type(op)] for op in node.ops]
+        ops = [_comparison(op) for op in node.ops]
         rest = [_compile(c, references) for c in node.comparators]
         return _compare(first, list(zip(ops, rest, strict=True)))
     if (
@@ -103,9 +107,19 @@ def _compile(node: ast.expr, references: list[tuple[str, str]]) -> _Node:
     return lambda data: value
 
 
+def _comparison(op: ast.cmpop) -> Callable[[Any, Any], bool]:
+    """The function of a comparison of the grammar; `is` and `is not` are none."""
+    found = _COMPARE.get(type(op))
+    if found is None:
+        text = "is not" if isinstance(op, ast.IsNot) else "is"
+        raise ConditionError(f"'{text}' is not allowed: {GRAMMAR}")
+    return found
+
+
 def _constant(node: ast.expr) -> Any:
-    """A literal: a constant, a negative number, or a list or tuple of those."""
-    if isinstance(node, ast.Constant):
+    """A literal: a constant (text, number, boolean, None), a negative number, or a list or
+    tuple of those."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, _LITERALS):
         return node.value
     if (
         isinstance(node, ast.UnaryOp)

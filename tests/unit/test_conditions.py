@@ -57,6 +57,11 @@ def test_references_are_the_source_fields_it_reads_once_each() -> None:
         ("__import__('os').system('x')", "is not allowed"),
         ("x if start.vip else y", "is not allowed"),
         ("start.nights >", "not a valid expression"),
+        # comparisons and constants outside the grammar (`is` raised a bare KeyError)
+        ("start.city is None", "'is' is not allowed"),
+        ("start.city is not None", "'is not' is not allowed"),
+        ("start.city == ...", "'...' is not allowed"),
+        ("start.city == b'x'", "'b'x'' is not allowed"),
         ("start.vip; start.city", "not a valid expression"),
         # a RecursionError from the parser or the compiler, before the bound
         ("not " * 2000 + "start.vip", "nested too deeply (more than 64 levels)"),

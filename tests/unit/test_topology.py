@@ -337,6 +337,10 @@ def _when_not_an_expression(d: dict[str, Any]) -> None:
     _steps(d)["inventory"]["when"] = "start.priority =="
 
 
+def _when_is_none(d: dict[str, Any]) -> None:
+    _steps(d)["inventory"]["when"] = "start.priority is None"
+
+
 def _when_reads_a_step_not_depended_on(d: dict[str, Any]) -> None:
     _steps(d)["shipping"]["when"] = "payment.payment_id != ''"
 
@@ -435,6 +439,11 @@ def _inputs_without_a_command(d: dict[str, Any]) -> None:
             _when_not_an_expression,
             "sagas.order.steps.inventory.when",
             "not a valid expression",
+        ),
+        (
+            _when_is_none,
+            "sagas.order.steps.inventory.when",
+            "'is' is not allowed",
         ),
         (
             _when_reads_a_step_not_depended_on,
