@@ -16,6 +16,7 @@ from typing import Any
 from sagastream.core.topology import Topology
 from sagastream.errors import UsageError
 from sagastream.ops.client import EventClient, Received
+from sagastream.ops.terminal import printable
 from sagastream.ops.times import parse_time as parse_time
 from sagastream.runtime.inputs import logical_topic
 from sagastream.runtime.kafka_io import Delivery
@@ -236,7 +237,7 @@ def _foreign(letter: DeadLetter, source: str, sources: Sources) -> str | None:
     if source not in allowed:
         takes = ", ".join(sorted(allowed)) or "no topic of the topology"
         return (
-            f"its dlq.original.topic header names {_printable(source)}, but {letter.topic} takes "
+            f"its dlq.original.topic header names {printable(source)}, but {letter.topic} takes "
             f"dead letters from {takes} only: not redriven there (anyone who may write "
             f"{letter.topic} can set that header)"
         )
@@ -246,11 +247,6 @@ def _foreign(letter: DeadLetter, source: str, sources: Sources) -> str | None:
             "redriven"
         )
     return None
-
-
-def _printable(text: str) -> str:
-    """A header value as it may be shown on a terminal: control characters escaped."""
-    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
 
 
 def _truncated(letter: DeadLetter, cut: str) -> str:
@@ -266,7 +262,7 @@ def describe(plan: Redrive, delivery: Delivery | None = None) -> str:
     """One line per dead letter: refused, would redrive (a dry run, no `delivery`), or the
     broker's answer to its redrive."""
     letter = plan.letter
-    head = f"{letter.where} reason={letter.reason} redrives={letter.redrive_count}"
+    head = f"{letter.where} reason={printable(letter.reason)} redrives={letter.redrive_count}"
     if plan.refused:
         return f"refused {head}: {plan.refused}"
     how = f"as redrive {letter.redrive_count + 1}"
@@ -280,7 +276,13 @@ def describe(plan: Redrive, delivery: Delivery | None = None) -> str:
 def group_table(groups: list[Group]) -> list[str]:
     """`dlq list` output: a row per (topic, reason)."""
     rows = [("TOPIC", "REASON", "COUNT", "FIRST", "LAST")] + [
-        (g.topic, g.reason, str(g.count), format_time(g.first_ms), format_time(g.last_ms))
+        (
+            g.topic,
+            printable(g.reason),
+            str(g.count),
+            format_time(g.first_ms),
+            format_time(g.last_ms),
+        )
         for g in groups
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]

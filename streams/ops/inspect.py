@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sagastream.core.state import SagaState, StepState
+from sagastream.ops.terminal import printable
 
 # lifecycle changes that begin or end a step's forward run and its compensation
 _STARTS = "step_started"
@@ -236,6 +237,8 @@ def _until(due_ms: int, now_ms: int) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Aligned columns; cells hold user data (keys, reasons), escaped for the terminal."""
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return [
         "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
@@ -247,7 +250,7 @@ def format_view(view: SagaView, now_ms: int) -> list[str]:
     """A readable report; step and history times are counted from the saga's start."""
     origin = view.started_ms
     lines = [
-        f"saga     {view.saga} {view.key} (partition {view.partition})",
+        f"saga     {view.saga} {printable(view.key)} (partition {view.partition})",
         f"status   {view.status}",
         f"started  {_clock(origin)}",
     ]
@@ -260,9 +263,9 @@ def format_view(view: SagaView, now_ms: int) -> list[str]:
     else:
         lines.append(f"running  for {(now_ms - origin) / 1000:.1f}s")
     if view.failed_step:
-        lines.append(f"failed   {view.failed_step}")
+        lines.append(f"failed   {printable(view.failed_step)}")
     if view.reason:
-        lines.append(f"reason   {view.reason}")
+        lines.append(f"reason   {printable(view.reason)}")
     lines += ["", "steps (times from the start, as committed)"]
     lines += _table(
         ["step", "state", "attempts", "undo attempts", "started", "ended", "undo", "undone"],

@@ -19,6 +19,7 @@ from sagastream.core.state import SagaState
 from sagastream.core.topology import MIGRATE_EVENT
 from sagastream.errors import UsageError
 from sagastream.ops.client import EventClient
+from sagastream.ops.terminal import printable
 from sagastream.ops.versions import running_states
 from sagastream.runtime.definitions import Definition, DefinitionBook
 from sagastream.runtime.settings import Settings
@@ -88,7 +89,7 @@ def plan_all(
 def dry_run_lines(old: Definition, new: Definition, planned: list[Planned]) -> list[str]:
     lines = []
     for p in planned:
-        lines.append(f"{old.saga} {p.key}: {' '.join(p.plan.describe()[:1])}")
+        lines.append(f"{old.saga} {printable(p.key)}: {' '.join(p.plan.describe()[:1])}")
         lines += p.plan.describe()[1:]
     movable = sum(p.plan.can_move for p in planned)
     lines.append(
@@ -121,7 +122,7 @@ def send_moves(
         }
         meta = client.publish(MIGRATE_EVENT, p.key, fields)
         lines.append(
-            f"sent {MIGRATE_EVENT} for {old.saga} {p.key}: v{old.version} -> v{new.version} "
+            f"sent {MIGRATE_EVENT} for {old.saga} {printable(p.key)}: v{old.version} -> v{new.version} "
             f"(event {meta['event_id']})"
         )
     client.flush()

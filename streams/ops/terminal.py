@@ -1,0 +1,19 @@
+"""What operator tools print of user data: saga keys, reasons, dead letters' headers, event
+data and who published a version come from records anyone allowed to write a topic can shape.
+
+On a terminal, control characters in them would act: ESC sequences clear the screen, move the
+cursor or recolour text, a newline forges a line of the report. `printable` escapes them (as
+Python does, \\x1b, \\n, \\u202e) and leaves every printable character, non-ASCII included, as
+it is. JSON output needs nothing: json.dumps escapes control characters itself.
+"""
+
+from __future__ import annotations
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printable character escaped; printable text unchanged."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
