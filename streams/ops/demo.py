@@ -211,6 +211,12 @@ _CONNECTION = (
     "ssl_keyfile",
     "ssl_key_password",
     "librdkafka_file",
+    "schema_registry_username",
+    "schema_registry_password",
+    "schema_registry_token",
+    "schema_registry_cafile",
+    "schema_registry_certfile",
+    "schema_registry_keyfile",
 )
 
 

@@ -9,7 +9,6 @@ either.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -27,7 +26,7 @@ from sagastream.runtime.health import Check
 from sagastream.runtime.limits import RecordLimits, discover
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.settings import Settings
-from sagastream.wire.codec import RegistryUnavailable, SchemaStore
+from sagastream.wire.codec import AvroCodec, RegistryRefused, RegistryUnavailable, SchemaStore
 from sagastream.wire.registry import build_codec, retry_delay
 
 if TYPE_CHECKING:
@@ -144,6 +143,20 @@ def bind_handlers(
     return app, {role: app.role_handler(role, topology) for role in roles}
 
 
+def _prepare_ids(codec: AvroCodec, topology: Topology) -> None:
+    """Learn every schema id before consuming. If the registry is down, inputs wait and retry
+    later; if it refuses the credentials, the worker stops now: waiting will not fix them."""
+    try:
+        codec.prepare(topology.events)
+    except RegistryRefused as exc:
+        raise RegistryRefused(
+            f"{exc}. Not starting: check SAGASTREAM_SCHEMA_REGISTRY_USERNAME and "
+            "SAGASTREAM_SCHEMA_REGISTRY_PASSWORD (or _TOKEN, or their _FILE forms)"
+        ) from None
+    except RegistryUnavailable:
+        pass
+
+
 def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     """Run the roles of `spec` until SIGTERM/SIGINT; returns the exit code."""
     logging.basicConfig(
@@ -165,9 +178,7 @@ def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
         topology = book.with_recorded_events()
     codec = build_codec(settings, schemas, topology)
     metrics = Metrics.create(",".join(roles))
-    # learn every schema id before consuming; if the registry is down, inputs wait and retry
-    with contextlib.suppress(RegistryUnavailable):
-        codec.prepare(topology.events)
+    _prepare_ids(codec, topology)
     limits = record_limits(settings, topology, roles)
 
     runners: dict[str, Callable[[threading.Event], None]] = {}

@@ -287,8 +287,9 @@ class Registry:
                 if self.refused is None:
                     log.error(
                         "schema registry at %s refused the credentials (%s): a configuration "
-                        "error, not an outage; inputs wait until it accepts them. Check the "
-                        "registry's user and password, or its ACLs",
+                        "error, not an outage (a worker stops if so at its start; a running one "
+                        "keeps its inputs waiting until it accepts them). Check the registry's "
+                        "user and password, or its ACLs",
                         self.url,
                         exc,
                     )

@@ -399,3 +399,13 @@ def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     found = start_secured(tmp_path_factory.mktemp("secured"))
     yield found
     found.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_gate(secured_broker: Any, registry: SchemaRegistry) -> Iterator[Any]:
+    """The registry behind HTTPS and basic auth (secured.RegistryGate), for the secured tests."""
+    from tests.integration.secured import RegistryGate
+
+    gate = RegistryGate(secured_broker.pki, registry.url, "sagastream")
+    yield gate
+    gate.stop()

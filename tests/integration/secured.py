@@ -6,17 +6,28 @@
   User:CN=broker, User:CN=admin (certificates).
 Every certificate (a CA, the broker's, each client's) is made at test time with openssl.
 The shared broker on 9092 is not touched.
+
+The schema registry is secured the same way: `RegistryGate`, a small HTTPS reverse proxy with
+basic auth (Apicurio 2.x has none of its own), in front of the shared local registry.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hmac
+import http.client
+import http.server
 import secrets
 import socket
+import ssl
 import subprocess
+import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -276,3 +287,81 @@ def start_secured(root: Path) -> SecuredBroker:
     broker = SecuredBroker(root, Pki(root / "pki"), node.port, _free_port(), node)
     broker.start()
     return broker
+
+
+class RegistryGate:
+    """An HTTPS reverse proxy with basic auth in front of a registry: TLS with a certificate of
+    `pki`, one user and password; a request without them earns 401 and never reaches the
+    registry. `url` is the registry's URL through the gate (its API path kept)."""
+
+    def __init__(self, pki: Pki, upstream: str, user: str) -> None:
+        self.user, self.password = user, secrets.token_urlsafe(18)
+        self._ca = pki.ca
+        self._upstream = urllib.parse.urlsplit(upstream)
+        cert, key = pki.issue("registry-gate", server=True)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
+        self._server = http.server.ThreadingHTTPServer((HOST, 0), self._handler())
+        self._server.daemon_threads = True
+        self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self.url = f"https://{HOST}:{self._server.server_address[1]}{self._upstream.path}"
+        self.refused = 0  # requests answered 401
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def _allowed(self, header: str | None) -> bool:
+        expected = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        return header is not None and hmac.compare_digest(header, f"Basic {expected}")
+
+    def _forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Any:
+        upstream = http.client.HTTPConnection(
+            self._upstream.hostname or HOST, self._upstream.port or 80, timeout=30
+        )
+        upstream.request(method, path, body=body or None, headers=headers)
+        return upstream.getresponse()
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        gate = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _relay(self) -> None:
+                if not gate._allowed(self.headers.get("Authorization")):
+                    gate.refused += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="registry"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                passed = {
+                    k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")
+                }
+                answer = gate._forward(self.command, self.path, body, passed)
+                data = answer.read()
+                self.send_response(answer.status)
+                self.send_header("Content-Type", answer.getheader("Content-Type") or "")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _relay
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the registry's clients say what failed; a line per request is noise
+
+        return Handler
+
+    def settings(self, base: Settings, password: str | None = None) -> Settings:
+        """`base` reaching the registry through the gate, with its CA and credentials."""
+        return base.model_copy(
+            update={
+                "schema_registry_url": self.url,
+                "schema_registry_username": self.user,
+                "schema_registry_password": SecretStr(password or self.password),
+                "schema_registry_cafile": self._ca,
+            }
+        )
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,11 +1,14 @@
 """sagastream on a secured broker (tests/integration/secured.py): every role under only the ACLs
 `sagastream acls` generated for it, over SASL_SSL (SCRAM-SHA-512) and over mTLS; a role with one
-ACL fewer fails naming the principal, the operation and the resource."""
+ACL fewer fails naming the principal, the operation and the resource. The schema registry is
+reached over HTTPS with basic auth (secured.RegistryGate); a wrong password stops a worker at
+start; no credential appears in anything the CLI printed or a worker logged."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import subprocess
 import sys
 import uuid
@@ -24,8 +27,13 @@ from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import SchemaStore
 from sagastream.wire.registry import build_codec
 from tests.integration.conftest import Namespace, SchemaRegistry
-from tests.integration.helpers import good_order, lifecycle, loan_applied, wait_outcomes
-from tests.integration.secured import SecuredBroker
+from tests.integration.helpers import (
+    good_order,
+    lifecycle,
+    loan_applied,
+    wait_outcomes,
+)
+from tests.integration.secured import RegistryGate, SecuredBroker
 from tests.integration.test_dlq_tool import _dead_letter
 
 pytestmark = pytest.mark.integration
@@ -37,26 +45,31 @@ Connect = Callable[[Settings, str], Settings]
 def cli(settings: Settings, *args: str, env: dict[str, str] | None = None) -> Any:
     """`sagastream ARGS` as a process with these settings (and no other SAGASTREAM_*)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SAGASTREAM_")}
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "sagastream.ops.cli", *args],
         env={**clean, **settings_env(settings), **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
     )
+    _CAPTURED.append(f"$ sagastream {' '.join(args)}\n{done.stdout}{done.stderr}")
+    return done
+
+
+# what every `cli` call printed, read by Deployment.assert_no_secret_shown
+_CAPTURED: list[str] = []
 
 
 class Deployment:
     """One test's world on the secured broker: a prefix, a principal per role, its ACLs."""
 
-    def __init__(
-        self, broker: SecuredBroker, registry: SchemaRegistry, tmp: Path, connect: str
-    ) -> None:
+    def __init__(self, broker: SecuredBroker, gate: RegistryGate, tmp: Path, connect: str) -> None:
         self.prefix = f"s{uuid.uuid4().hex[:8]}-"
         self.tmp = tmp
-        base = Settings(schema_registry_url=registry.url, topic_prefix=self.prefix)
+        base = gate.settings(Settings(topic_prefix=self.prefix))
         self.base = base.model_copy(update={"data_dir": tmp / "data"})
         self.broker = broker
+        self.gate = gate
         self.connect: Connect = broker.scram if connect == "scram" else broker.mtls
         self.admin = broker.admin(self.base)
         self.topology = load_topology(self.base.topology_file, self.base.schemas_path)
@@ -93,6 +106,20 @@ class Deployment:
         ws.start([role])
         return ws
 
+    def secrets(self) -> list[str]:
+        """Every credential of this world: the principals' Kafka passwords, the registry's."""
+        return [*self.broker.passwords.values(), self.gate.password]
+
+    def assert_no_secret_shown(self) -> None:
+        """No credential in what the CLI printed nor in any worker's log."""
+        shown = {f"cli output {n}": text for n, text in enumerate(_CAPTURED)}
+        shown |= {str(p): p.read_text(errors="replace") for p in self.tmp.rglob("*.log")}
+        assert shown, "nothing was captured to check"
+        leaks = [
+            (where, s[:4] + "...") for where, t in shown.items() for s in self.secrets() if s in t
+        ]
+        assert not leaks, f"credentials shown: {leaks}"
+
     def namespace(self, role: str) -> Namespace:
         settings = self.settings(role)
         client = EventClient(settings, self.topology, build_codec(settings), "test")
@@ -104,12 +131,14 @@ def deployment(
     request: pytest.FixtureRequest,
     secured_broker: SecuredBroker,
     registry: SchemaRegistry,
+    registry_gate: RegistryGate,
     tmp_path: Path,
 ) -> Iterator[Deployment]:
     from sagastream.ops.admin import delete_topics
     from sagastream.wire.registry import Registry, delete_subjects, plan_subjects, register_subjects
 
-    found = Deployment(secured_broker, registry, tmp_path, request.param)
+    _CAPTURED.clear()
+    found = Deployment(secured_broker, registry_gate, tmp_path, request.param)
     subjects = plan_subjects(found.topology, SchemaStore(found.base.schemas_path), found.base)
     schemas = Registry(registry.url)
     assert not [o for o in register_subjects(schemas, subjects) if o.failed]
@@ -145,6 +174,7 @@ def test_acls_command_prints_bindings_and_commands_and_applies_them(
         f"'{deployment.prefix}payments.commands'" in "\n".join(commands)
     )
     assert "created 7 ACLs" in done.stdout
+    deployment.assert_no_secret_shown()
 
     query = AclBindingFilter(
         ResourceType.ANY,
@@ -226,24 +256,58 @@ def test_order_saga_each_role_under_its_generated_acls_only(deployment: Deployme
     assert "Traceback" not in refused.stderr, refused.stderr
     assert deployment.principal("operator-readonly") in refused.stderr
     assert f"{deployment.prefix}sagas.signals" in refused.stderr
+    deployment.assert_no_secret_shown()
+
+
+def _stops_naming(deployment: Deployment, ws: WorkerSet, role: str, *expected: str) -> None:
+    """The worker of `role` exits non-zero by itself, its log saying each of `expected` and
+    holding no traceback."""
+    proc = ws.procs[role]
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=60)
+    log = (ws.log_dir / f"{role}.log").read_text()
+    assert proc.returncode not in (None, 0), log[-4000:]
+    assert "Traceback" not in log, log
+    for text in expected:
+        assert text in log, log
+    deployment.assert_no_secret_shown()
 
 
 def test_a_role_one_acl_short_fails_naming_what_it_lacks(deployment: Deployment) -> None:
     """The orchestrator without its transactional id ACL: its worker stops with a message
     naming its principal, the operation and the resource, and no traceback."""
     tid = f"{deployment.base.group('orchestrator')}-"
-    drop = acls.Acl(
-        deployment.principal("orchestrator"), "TRANSACTIONAL_ID", tid, "PREFIXED", "WRITE"
-    )
+    principal = deployment.principal("orchestrator")
+    drop = acls.Acl(principal, "TRANSACTIONAL_ID", tid, "PREFIXED", "WRITE")
     deployment.grant(["orchestrator", "topic-creator"], drop=drop)
     created = cli(deployment.settings("topic-creator"), "topics", "create")
     assert created.returncode == 0, created.stderr
     ws = deployment.start("orchestrator")
-    proc = ws.procs["orchestrator"]
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=60)
-    log = (ws.log_dir / "orchestrator.log").read_text()
-    assert proc.returncode not in (None, 0), log[-4000:]
-    assert "Traceback" not in log, log
-    assert f"{deployment.principal('orchestrator')} is not allowed" in log, log
-    assert f"WRITE on transactional id {tid}" in log, log
+    _stops_naming(
+        deployment,
+        ws,
+        "orchestrator",
+        f"{principal} is not allowed",
+        f"WRITE on transactional id {tid}",
+    )
+
+
+@pytest.mark.parametrize("deployment", ["scram"], indirect=True)
+def test_a_wrong_registry_password_stops_a_worker_at_start(deployment: Deployment) -> None:
+    """The registry behind HTTPS and basic auth refuses a handler's password: the worker stops
+    at start with a configuration error naming the settings to check, no traceback, and
+    shows no password, the wrong one included."""
+    deployment.grant(["payment"])
+    wrong = secrets.token_urlsafe(12)
+    settings = deployment.gate.settings(deployment.settings("payment"), password=wrong)
+    ws = WorkerSet(settings, deployment.tmp / "logs-wrong-password")
+    deployment.workers.append(ws)
+    ws.start(["payment"])
+    _stops_naming(
+        deployment,
+        ws,
+        "payment",
+        f"schema registry at {deployment.gate.url} refused the credentials",
+        "SAGASTREAM_SCHEMA_REGISTRY_PASSWORD",
+    )
+    assert wrong not in (ws.log_dir / "payment.log").read_text()
