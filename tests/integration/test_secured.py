@@ -12,6 +12,7 @@ import secrets
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from sagastream.wire.codec import SchemaStore
 from sagastream.wire.registry import build_codec
 from tests.integration.conftest import Namespace, SchemaRegistry
 from tests.integration.helpers import (
+    OUTCOMES,
     good_order,
     lifecycle,
     loan_applied,
@@ -311,3 +313,47 @@ def test_a_wrong_registry_password_stops_a_worker_at_start(deployment: Deploymen
         "SAGASTREAM_SCHEMA_REGISTRY_PASSWORD",
     )
     assert wrong not in (ws.log_dir / "payment.log").read_text()
+
+
+@pytest.mark.parametrize("deployment", ["scram"], indirect=True)
+def test_an_orchestrator_killed_mid_run_restarts_under_its_acls_and_each_saga_ends_once(
+    deployment: Deployment,
+) -> None:
+    """SIGKILL of the orchestrator with orders in flight, started again as the same
+    least-privilege principal: it restores its state from the changelog and every saga ends
+    exactly once (outcomes read read_committed, as every client reads)."""
+    deployment.grant(["orchestrator", "client", "topic-creator", "operator-readonly"])
+    # the four order handlers as one process and principal with their roles' ACLs
+    deployment.grant(list(ORDER_HANDLERS), principal=deployment.principal("order-handlers"))
+    created = cli(deployment.settings("topic-creator"), "topics", "create")
+    assert created.returncode == 0, created.stderr
+    orchestrator = deployment.start("orchestrator")
+    handlers = deployment.start(",".join(ORDER_HANDLERS), as_role="order-handlers")
+    for ws in (orchestrator, handlers):
+        ws.wait_ready()
+
+    shop = deployment.namespace("client")
+    viewer = deployment.namespace("operator-readonly")
+    first, second = [f"o-{i:02d}" for i in range(12)], [f"o-{i:02d}" for i in range(12, 24)]
+    for key in first:
+        shop.client.publish("OrderPlaced", key, good_order(key))
+    shop.client.flush()
+    viewer.client.read([viewer.topic("sagas.outcomes")], lambda m: len(m) >= 3, timeout=60)
+    # the second batch is in flight when the orchestrator dies
+    for key in second:
+        shop.client.publish("OrderPlaced", key, good_order(key))
+    shop.client.flush()
+    shop.client.close()
+    orchestrator.kill("orchestrator")
+
+    deployment.start("orchestrator").wait_ready()
+    wait_outcomes(viewer, {*first, *second}, timeout=120)
+    outcomes = [
+        m
+        for m in viewer.client.read_to_end([viewer.topic("sagas.outcomes")])
+        if m.event_type in OUTCOMES
+    ]
+    viewer.client.close()
+    assert Counter(m.key.decode() for m in outcomes if m.key) == dict.fromkeys([*first, *second], 1)
+    assert {m.event_type for m in outcomes} == {"SagaCompleted"}
+    deployment.assert_no_secret_shown()
