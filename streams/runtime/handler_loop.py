@@ -58,6 +58,7 @@ from confluent_kafka import (
 )
 
 from sagastream.core.topology import Topology
+from sagastream.errors import NotAuthorized
 from sagastream.runtime import contract, tracing
 from sagastream.runtime.contract import AttemptError, Contract
 from sagastream.runtime.health import Check, RoleHealth
@@ -70,7 +71,7 @@ from sagastream.runtime.inputs import (
     logical_topic,
     read_input,
 )
-from sagastream.runtime.kafka_io import produce
+from sagastream.runtime.kafka_io import AUTHORIZATION_CODES, produce, read_refused, refused
 from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.outputs import Encoder
@@ -418,6 +419,10 @@ class HandlerLoop:
         if err is not None:
             if err.fatal():
                 raise KafkaException(err)
+            group = self._settings.group(self._role)
+            refusal = read_refused(self._settings, err, msg.topic(), group, self._role)
+            if refusal is not None:
+                raise refusal
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("%s handler: consumer error: %s", self._role, err)
                 if msg.topic():
@@ -840,7 +845,13 @@ class HandlerLoop:
 
     def _refused(self, job: _Job, out: OutRecord, err: KafkaError) -> None:
         """Send it again after a backoff, a few times; then dead-letter the command instead;
-        a refused dead letter leaves the command to run again after a restart."""
+        a refused dead letter leaves the command to run again after a restart. A missing ACL
+        stops the worker: every command would be dead-lettered for it."""
+        if err.code() in AUTHORIZATION_CODES:
+            what = f"topic {out.topic}"
+            self._crash = NotAuthorized(refused(self._settings, "WRITE", what, self._role))
+            self._abandon(job)  # not committed: it runs again once the ACL is there
+            return
         if err.fatal():
             self._crash = KafkaException(err)  # the producer is done for: restart the worker
         job.refused += 1

@@ -27,7 +27,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from sagastream.errors import ClusterError, SagastreamError
+from sagastream.errors import ClusterError, NotAuthorized, SagastreamError
 from sagastream.runtime.settings import Settings
 
 # how long a producer whose local queue is full waits for delivery reports before trying again
@@ -105,6 +105,20 @@ def refused(settings: Settings, operation: str, resource: str, role: str) -> str
         f"(at {settings.bootstrap_servers}); `sagastream acls --role {role}` prints the ACLs "
         f"the {role} role needs"
     )
+
+
+def read_refused(
+    settings: Settings, err: KafkaError, topic: str | None, group: str, role: str
+) -> NotAuthorized | None:
+    """A consumer's error as the NotAuthorized naming what this principal may not read (a topic,
+    or its group); None for any other error. Waiting does not mend a missing ACL: a reader
+    that only warned would stall for good."""
+    if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        what = f"topic {topic}" if topic else f"a topic it reads ({err.str()})"
+        return NotAuthorized(refused(settings, "READ", what, role))
+    if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+        return NotAuthorized(refused(settings, "READ", f"group {group}", role))
+    return None
 
 
 # ------------------------------------------------------------------------- confirmed delivery

@@ -65,7 +65,7 @@ from sagastream.runtime.inputs import (
     dead_letter,
     read_input,
 )
-from sagastream.runtime.kafka_io import AUTHORIZATION_CODES, refused
+from sagastream.runtime.kafka_io import AUTHORIZATION_CODES, read_refused, refused
 from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
 from sagastream.runtime.metrics import LifecycleMetrics, Metrics
 from sagastream.runtime.outputs import Encoder, now_ms
@@ -345,6 +345,9 @@ class Orchestrator:
         assert ckpt is not None
         err = msg.error()
         if err is not None:
+            refusal = read_refused(self.settings, err, msg.topic(), self.settings.group(ROLE), ROLE)
+            if refusal is not None:
+                raise refusal
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer: %s", err)
                 if msg.topic():

@@ -36,6 +36,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from sagastream.core.state import decode_state
+from sagastream.runtime.kafka_io import AUTHORIZATION_CODES, read_refused
 from sagastream.runtime.settings import Settings
 from sagastream.runtime.store import TIMERS_HEADER, PartitionStore, timers_of
 
@@ -103,7 +104,14 @@ def restore(
         if starts:
             consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
             targets = {p: ends[p][1] for p in starts}
-            _replay(consumer, stores, targets, empty, counts, deadline)
+            try:
+                _replay(consumer, stores, targets, empty, counts, deadline)
+            except KafkaException as exc:
+                group = f"{settings.group('orchestrator')}-restore"
+                refusal = read_refused(settings, exc.args[0], topic, group, "orchestrator")
+                if refusal is None:
+                    raise
+                raise refusal from None
         took = time.monotonic() - started
         return [Restored(p, counts[p], took, starts.get(p)) for p in stores]
     finally:
@@ -227,6 +235,8 @@ def _replay(
                     flush(partition)
                     if (msg.offset() or 0) >= ends[partition]:
                         open_partitions.discard(partition)
+                elif err.code() in AUTHORIZATION_CODES:
+                    raise KafkaException(err)  # restore() names what is missing
                 else:
                     log.warning("restore: %s", err)
                 continue

@@ -316,6 +316,51 @@ def test_a_wrong_registry_password_stops_a_worker_at_start(deployment: Deploymen
 
 
 @pytest.mark.parametrize("deployment", ["scram"], indirect=True)
+def test_a_restore_without_read_on_the_changelog_stops_naming_it(deployment: Deployment) -> None:
+    """The orchestrator may not READ its changelog, which holds states to restore: its worker
+    stops naming its principal, READ and the changelog, rather than wait with warnings."""
+    from confluent_kafka import Producer
+
+    changelog = deployment.base.changelog_topic()
+    principal = deployment.principal("orchestrator")
+    drop = acls.Acl(principal, "TOPIC", changelog, "LITERAL", "READ")
+    deployment.grant(["orchestrator", "topic-creator"], drop=drop)
+    created = cli(deployment.settings("topic-creator"), "topics", "create")
+    assert created.returncode == 0, created.stderr
+    # what an earlier run leaves: a state in the changelog (written here by the admin)
+    planter = Producer(deployment.admin.producer_config())
+    planter.produce(changelog, key=b"o-1", value=b"{}", partition=0)
+    assert planter.flush(30) == 0
+    ws = deployment.start("orchestrator")
+    _stops_naming(
+        deployment, ws, "orchestrator", f"{principal} is not allowed READ on topic {changelog}"
+    )
+
+
+@pytest.mark.parametrize("deployment", ["scram"], indirect=True)
+def test_a_handler_without_write_on_its_results_stops_naming_it(deployment: Deployment) -> None:
+    """The payment handler may not WRITE its results topic: at its first result its worker
+    stops naming its principal, WRITE and the topic (the command is neither dead-lettered nor
+    committed: it runs again once the ACL is there)."""
+    results = deployment.base.topic("payments.events")
+    principal = deployment.principal("payment")
+    drop = acls.Acl(principal, "TOPIC", results, "LITERAL", "WRITE")
+    deployment.grant(["orchestrator", "payment", "client", "topic-creator"], drop=drop)
+    created = cli(deployment.settings("topic-creator"), "topics", "create")
+    assert created.returncode == 0, created.stderr
+    started = [deployment.start(role) for role in ("orchestrator", "payment")]
+    for ws in started:
+        ws.wait_ready()
+    shop = deployment.namespace("client")
+    shop.client.publish("OrderPlaced", "o-1", good_order("o-1"))
+    shop.client.flush()
+    shop.client.close()
+    _stops_naming(
+        deployment, started[1], "payment", f"{principal} is not allowed WRITE on topic {results}"
+    )
+
+
+@pytest.mark.parametrize("deployment", ["scram"], indirect=True)
 def test_an_orchestrator_killed_mid_run_restarts_under_its_acls_and_each_saga_ends_once(
     deployment: Deployment,
 ) -> None:
