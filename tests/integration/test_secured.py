@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from tests.integration.helpers import (
 )
 from tests.integration.secured import RegistryGate, SecuredBroker
 from tests.integration.test_dlq_tool import _dead_letter
+from tests.unit import test_readme_secured as readme_secured
 
 pytestmark = pytest.mark.integration
 
@@ -190,6 +192,27 @@ def test_acls_command_prints_bindings_and_commands_and_applies_them(
     admin = admin_client(deployment.admin)
     on_broker = admin.describe_acls(query).result(30)
     assert len(on_broker) == len(commands) == 7
+
+    # README's "Running against a secured Kafka" applies them as written, run by the admin
+    (written,) = [c for c in readme_secured.commands() if "--apply" in c]
+    done = readme_secured.run_as_written(written, settings_env(deployment.admin), deployment.tmp)
+    _CAPTURED.append(done.stdout + done.stderr)
+    assert done.returncode == 0, done.stderr
+    assert "created 7 ACLs" in done.stdout
+    named = re.search(r"payment=(\S+)", written)
+    assert named is not None, written
+    found = admin.describe_acls(
+        AclBindingFilter(
+            ResourceType.ANY,
+            None,
+            ResourcePatternType.ANY,
+            named.group(1),
+            None,
+            AclOperation.ANY,
+            AclPermissionType.ANY,
+        )
+    ).result(30)
+    assert len([b for b in found if b.name.startswith(deployment.prefix)]) == 7
 
 
 def test_order_saga_each_role_under_its_generated_acls_only(deployment: Deployment) -> None:
