@@ -7,11 +7,13 @@ start; no credential appears in anything the CLI printed or a worker logged."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import re
 import secrets
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,6 +23,7 @@ from typing import Any
 import pytest
 
 from sagastream.core.topology import load_topology
+from sagastream.local.proc import port_open
 from sagastream.ops import acls
 from sagastream.ops.admin import admin_client
 from sagastream.ops.client import EventClient
@@ -31,12 +34,13 @@ from sagastream.wire.registry import build_codec
 from tests.integration.conftest import Namespace, SchemaRegistry
 from tests.integration.helpers import (
     OUTCOMES,
+    free_port,
     good_order,
     lifecycle,
     loan_applied,
     wait_outcomes,
 )
-from tests.integration.secured import RegistryGate, SecuredBroker
+from tests.integration.secured import HOST, RegistryGate, SecuredBroker
 from tests.integration.test_dlq_tool import _dead_letter
 from tests.unit import test_readme_secured as readme_secured
 
@@ -74,6 +78,7 @@ class Deployment:
         self.base = base.model_copy(update={"data_dir": tmp / "data"})
         self.broker = broker
         self.gate = gate
+        self.api_token = secrets.token_urlsafe(24)
         self.connect: Connect = broker.scram if connect == "scram" else broker.mtls
         self.admin = broker.admin(self.base)
         self.topology = load_topology(self.base.topology_file, self.base.schemas_path)
@@ -110,9 +115,42 @@ class Deployment:
         ws.start([role])
         return ws
 
+    def api_signal(self, role: str, path: str) -> int:
+        """`sagastream api` started as `role`'s principal, with a caller token of its own; the
+        status of an approval POSTed to `path` with that token."""
+        port = free_port()
+        log_dir = self.tmp / "logs-api"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("SAGASTREAM_")}
+        env = {**clean, **settings_env(self.settings(role))}
+        env["SAGASTREAM_API_TOKENS"] = f"reviewer={self.api_token}"
+        with open(log_dir / "api.log", "ab") as log:
+            api = subprocess.Popen(
+                [sys.executable, "-m", "sagastream.ops.cli", "api", "--port", str(port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while not port_open(HOST, port) and api.poll() is None:
+                assert time.monotonic() < deadline, "sagastream api did not listen in 60 s"
+                time.sleep(0.2)
+            conn = http.client.HTTPConnection(HOST, port, timeout=30)
+            headers = {
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {self.api_token}",
+            }
+            conn.request("POST", path, b'{"outcome": "approved"}', headers)
+            return conn.getresponse().status
+        finally:
+            api.terminate()
+            api.wait(30)
+
     def secrets(self) -> list[str]:
-        """Every credential of this world: the principals' Kafka passwords, the registry's."""
-        return [*self.broker.passwords.values(), self.gate.password]
+        """Every credential of this world: the principals' Kafka passwords, the registry's,
+        the API's caller token."""
+        return [*self.broker.passwords.values(), self.gate.password, self.api_token]
 
     def assert_no_secret_shown(self) -> None:
         """No credential in what the CLI printed nor in any worker's log."""
@@ -212,7 +250,14 @@ def test_acls_command_prints_bindings_and_commands_and_applies_them(
             AclPermissionType.ANY,
         )
     ).result(30)
-    assert len([b for b in found if b.name.startswith(deployment.prefix)]) == 7
+
+    def what(bindings: list[Any]) -> set[tuple[str, str, str]]:
+        return {(str(b.restype), b.name, str(b.operation)) for b in bindings}
+
+    # the same ACLs as the command above made, for the README's principal (the CLUSTER one is
+    # shared by every prefix)
+    mine = [b for b in found if b.name.startswith(deployment.prefix) or b.name == acls.CLUSTER]
+    assert what(mine) == what(on_broker)
 
 
 def test_order_saga_each_role_under_its_generated_acls_only(deployment: Deployment) -> None:
@@ -273,6 +318,11 @@ def test_order_saga_each_role_under_its_generated_acls_only(deployment: Deployme
     viewer = deployment.namespace("operator-readonly")
     lifecycle(viewer, "l-1", until="step_started", step="review", timeout=60)
     viewer.client.close()
+    if deployment.connect == deployment.broker.scram:
+        # the signals API as the operator principal, its caller authenticated by a token (once:
+        # its start costs seconds); its token joins the credentials no output may show
+        status = deployment.api_signal("operator", "/sagas/loan/l-1/steps/review/signal")
+        assert status == 202
     signal = ("signal", "loan", "l-1", "review", "--outcome", "approved")
     sent = cli(deployment.settings("operator"), *signal)
     assert sent.returncode == 0, sent.stderr
