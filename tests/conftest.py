@@ -119,8 +119,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
     if _on_xdist_worker(config):
         # the long integration tests first, the many short unit tests after: these fill the
-        # workers' last minutes instead of one long test running alone at the end
-        items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+        # workers' last minutes instead of one long test running alone at the end. Tests that
+        # read Jaeger go last: in CI its build may still be running beside the first ones.
+        items.sort(
+            key=lambda item: (
+                "jaeger" in getattr(item, "fixturenames", ()),
+                item.get_closest_marker("integration") is None,
+            )
+        )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
