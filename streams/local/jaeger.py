@@ -245,7 +245,8 @@ def ensure_jaeger(log: Log = print, version: str = JAEGER_VERSION) -> Path:
 def render_config(ports: JaegerPorts, max_traces: int = MAX_TRACES) -> str:
     """The Jaeger v2 (collector) YAML: OTLP in, memory storage, query service; loopback only.
 
-    Its own metrics are off (``level: none``) so it opens no Prometheus port (8888).
+    Its own metrics are off (``level: none``) so it opens no Prometheus port (8888), and so is
+    the query service's tracing of itself (``enable_tracing``).
     """
     return f"""\
 # Written by sagastream.local.jaeger; rewritten at every start.
@@ -271,6 +272,10 @@ extensions:
   jaeger_query:
     storage:
       traces: memstore
+    # on by default: it would export its own query spans wherever the OTEL_* variables of its
+    # environment point (a shell set up to export to it: every UI query a trace), and each stop
+    # would wait 10 s on that export
+    enable_tracing: false
     http:
       endpoint: {HOST}:{ports.query}
     grpc:

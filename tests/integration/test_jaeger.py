@@ -6,8 +6,12 @@ import json
 import secrets
 import time
 import urllib.request
+from pathlib import Path
 
-from tests.integration.tracing import Jaeger
+import pytest
+
+from sagastream.local import jaeger as localjaeger
+from tests.integration.tracing import Jaeger, free_jaeger_ports
 
 
 def _otlp_json_span(service: str, trace_id: str, parent: str, child: str) -> bytes:
@@ -81,3 +85,43 @@ def test_a_span_sent_over_otlp_http_is_read_back_from_the_query_api(jaeger: Jaeg
     by_id = jaeger.trace(trace_id, until=lambda t: len(t.spans) == 2)
     assert {s.span_id for s in by_id.spans} == {parent, child}
     assert service in jaeger.services()
+
+
+def test_jaeger_does_not_trace_its_own_queries(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Jaeger's query service traces itself by default and exports those spans wherever the
+    standard OTEL_* variables of its environment point: a shell set up to export to Jaeger
+    (README) makes every query API call a trace of service "jaeger" there, and every stop wait
+    10 s for an export to a port that may be closed. Here it is pointed at itself, with a short
+    export delay, so a trace of its own would show up in its own storage."""
+    ports = free_jaeger_ports()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{ports.otlp_grpc}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    localjaeger.start(log=lambda m: None, ports=ports)
+    own = Jaeger(ports)
+    try:
+        for _ in range(5):
+            assert own.services() == []
+        # a span of ours, sent after those calls and read back: the pipeline has carried
+        # whatever came before it; then some time for a self-export that came late
+        service = f"test-{secrets.token_hex(4)}"
+        trace_id = secrets.token_hex(16)
+        post = urllib.request.Request(
+            f"{own.otlp_endpoint}/v1/traces",
+            data=_otlp_json_span(service, trace_id, secrets.token_hex(8), secrets.token_hex(8)),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        urllib.request.build_opener(urllib.request.ProxyHandler({})).open(post, timeout=10).close()
+        own.trace(trace_id)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert own.services() == [service]
+            time.sleep(0.2)
+    finally:
+        localjaeger.stop(log=lambda m: None, ports=ports)
+        (tmp_path / "jaeger.log").write_bytes(localjaeger.log_file(ports.query).read_bytes())
+        for leftover in localjaeger.run_dir().glob(f"jaeger-{ports.query}.*"):
+            leftover.unlink()
