@@ -242,8 +242,9 @@ def ensure_jaeger(log: Log = print, version: str = JAEGER_VERSION) -> Path:
 # ------------------------------------------------------------------------ config
 
 
-def render_config(ports: JaegerPorts, max_traces: int = MAX_TRACES) -> str:
-    """The Jaeger v2 (collector) YAML: OTLP in, memory storage, query service; loopback only.
+def render_config(ports: JaegerPorts, max_traces: int = MAX_TRACES, host: str = HOST) -> str:
+    """The Jaeger v2 (collector) YAML: OTLP in, memory storage, query service, on ``host``
+    (loopback here; ``0.0.0.0`` in the compose image).
 
     Its own metrics are off (``level: none``) so it opens no Prometheus port (8888), and so is
     the query service's tracing of itself (``enable_tracing``).
@@ -277,17 +278,17 @@ extensions:
     # would wait 10 s on that export
     enable_tracing: false
     http:
-      endpoint: {HOST}:{ports.query}
+      endpoint: {host}:{ports.query}
     grpc:
-      endpoint: {HOST}:{ports.query_grpc}
+      endpoint: {host}:{ports.query_grpc}
 
 receivers:
   otlp:
     protocols:
       grpc:
-        endpoint: {HOST}:{ports.otlp_grpc}
+        endpoint: {host}:{ports.otlp_grpc}
       http:
-        endpoint: {HOST}:{ports.otlp_http}
+        endpoint: {host}:{ports.otlp_http}
 
 processors:
   batch:
