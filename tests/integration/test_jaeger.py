@@ -87,6 +87,7 @@ def test_a_span_sent_over_otlp_http_is_read_back_from_the_query_api(jaeger: Jaeg
     assert service in jaeger.services()
 
 
+@pytest.mark.usefixtures("jaeger")  # its binary, built (once) by the fixture
 def test_jaeger_does_not_trace_its_own_queries(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
