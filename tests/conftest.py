@@ -113,14 +113,31 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+# A test's time bound (pyproject's `timeout`) covers its fixtures' setup: the first test that
+# reads Jaeger may wait for its cold Go build (CI's background build, or the fixture's own).
+JAEGER_COLD_BUILD_TIMEOUT_S = 3600
+
+
+def _reads_jaeger(item: pytest.Item) -> bool:
+    return "jaeger" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from sagastream.local import jaeger as localjaeger
+
+    jaeger_built = bool(localjaeger.status()["built"])
     for item in items:
         if "tests/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+        if _reads_jaeger(item) and not jaeger_built:
+            item.add_marker(pytest.mark.timeout(JAEGER_COLD_BUILD_TIMEOUT_S))
     if _on_xdist_worker(config):
         # the long integration tests first, the many short unit tests after: these fill the
-        # workers' last minutes instead of one long test running alone at the end
-        items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+        # workers' last minutes instead of one long test running alone at the end. Tests that
+        # read Jaeger go last: in CI its build may still be running beside the first ones.
+        items.sort(
+            key=lambda item: (_reads_jaeger(item), item.get_closest_marker("integration") is None)
+        )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -242,10 +242,12 @@ def ensure_jaeger(log: Log = print, version: str = JAEGER_VERSION) -> Path:
 # ------------------------------------------------------------------------ config
 
 
-def render_config(ports: JaegerPorts, max_traces: int = MAX_TRACES) -> str:
-    """The Jaeger v2 (collector) YAML: OTLP in, memory storage, query service; loopback only.
+def render_config(ports: JaegerPorts, max_traces: int = MAX_TRACES, host: str = HOST) -> str:
+    """The Jaeger v2 (collector) YAML: OTLP in, memory storage, query service, on ``host``
+    (loopback here; ``0.0.0.0`` in the compose image).
 
-    Its own metrics are off (``level: none``) so it opens no Prometheus port (8888).
+    Its own metrics are off (``level: none``) so it opens no Prometheus port (8888), and so is
+    the query service's tracing of itself (``enable_tracing``).
     """
     return f"""\
 # Written by sagastream.local.jaeger; rewritten at every start.
@@ -271,18 +273,22 @@ extensions:
   jaeger_query:
     storage:
       traces: memstore
+    # on by default: it would export its own query spans wherever the OTEL_* variables of its
+    # environment point (a shell set up to export to it: every UI query a trace), and each stop
+    # would wait 10 s on that export
+    enable_tracing: false
     http:
-      endpoint: {HOST}:{ports.query}
+      endpoint: {host}:{ports.query}
     grpc:
-      endpoint: {HOST}:{ports.query_grpc}
+      endpoint: {host}:{ports.query_grpc}
 
 receivers:
   otlp:
     protocols:
       grpc:
-        endpoint: {HOST}:{ports.otlp_grpc}
+        endpoint: {host}:{ports.otlp_grpc}
       http:
-        endpoint: {HOST}:{ports.otlp_http}
+        endpoint: {host}:{ports.otlp_http}
 
 processors:
   batch:

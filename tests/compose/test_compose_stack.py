@@ -5,8 +5,9 @@ Docker; `pytest tests/compose` runs it (CI does), and fails without an engine. T
 as its own compose project on free loopback ports; orders go in from this process through
 `sagastream.Client`, every saga's outcome is read back from sagas.outcomes (read_committed),
 one orchestrator container is SIGKILLed while a second batch runs, and the sagas must still
-each end once, as built for. Prometheus must scrape every worker replica. Everything is torn
-down (volumes too), whatever happened.
+each end once, as built for. Prometheus must scrape every worker replica, and Jaeger must be
+healthy with its query API on its published port. Everything is torn down (volumes too),
+whatever happened.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Stack:
     kafka_port: int
     registry_port: int
     prometheus_port: int
+    jaeger_port: int
 
     def compose(self, *args: str, timeout: float = 600) -> str:
         cmd = ["docker-compose", "-p", self.project, "-f", str(ROOT / "docker-compose.yml")]
@@ -115,7 +117,7 @@ def _wait_healthy(stack: Stack) -> None:
 def stack() -> Iterator[Stack]:
     if shutil.which("docker-compose") is None:
         pytest.fail("docker-compose is not installed (apt-get install docker-compose)")
-    kafka_port, registry_port, prometheus_port = _free_ports(3)
+    kafka_port, registry_port, prometheus_port, jaeger_port = _free_ports(4)
     stack = Stack(
         # CI names it, to tear it down whatever becomes of this process
         os.environ.get("SAGASTREAM_COMPOSE_PROJECT") or f"sagastream-smoke-{os.getpid()}",
@@ -124,10 +126,12 @@ def stack() -> Iterator[Stack]:
             "SAGASTREAM_KAFKA_PORT": str(kafka_port),
             "SAGASTREAM_REGISTRY_PORT": str(registry_port),
             "SAGASTREAM_PROMETHEUS_PORT": str(prometheus_port),
+            "SAGASTREAM_JAEGER_QUERY_PORT": str(jaeger_port),
         },
         kafka_port,
         registry_port,
         prometheus_port,
+        jaeger_port,
     )
     started = time.monotonic()
     try:
@@ -233,3 +237,19 @@ def test_orders_end_once_through_an_orchestrator_crash(stack: Stack) -> None:
             break
         assert time.monotonic() < deadline, f"Prometheus targets: {targets}"
         time.sleep(2)
+
+
+def test_jaeger_is_healthy_and_answers_on_its_published_port(stack: Stack) -> None:
+    [container] = stack.containers("jaeger")
+    deadline = time.monotonic() + 60
+    while stack.inspect(container, "{{.State.Health.Status}}") != "healthy":
+        assert time.monotonic() < deadline, f"jaeger: {stack.inspect(container, '{{json .State}}')}"
+        time.sleep(1)
+    url = f"http://127.0.0.1:{stack.jaeger_port}/api/services"
+    with _OPENER.open(url, timeout=10) as response:
+        assert response.status == 200
+        assert isinstance(json.load(response)["data"], list | None)
+    # the workers are told where to export (their spans come when tracing is on in them)
+    [worker, *_] = stack.containers("orchestrator")
+    env = stack.inspect(worker, "{{json .Config.Env}}")
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318" in json.loads(env)

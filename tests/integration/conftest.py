@@ -38,6 +38,7 @@ from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import SchemaStore
 from sagastream.wire.registry import build_codec
 from tests.conftest import note_started, run_lock, say_in_summary
+from tests.integration.tracing import jaeger  # noqa: F401 - the fixture, for every test here
 
 HANDLERS = "payment,inventory,shipping,notification"
 

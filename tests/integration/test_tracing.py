@@ -1,7 +1,8 @@
-"""Spans in a real Jaeger (issue 18): real worker processes export by OTLP to a Jaeger of this
-module's own (its own ports, so no other test's spans meet these), and the test reads its query
-API: the seeds' notification fan-out (tests/scenarios/notify), a retried step, a handler span
-under its attempt's span, and the demo's declined order compensating."""
+"""Spans in a real Jaeger (issue 18): real worker processes export by OTLP to the Jaeger of the
+`jaeger` fixture (tests/integration/tracing.py; each test reads its own trace ids, so no other
+test's spans meet these), and the test reads its query API: the seeds' notification fan-out
+(tests/scenarios/notify), a retried step, a handler span under its attempt's span, and the
+demo's declined order compensating."""
 
 from __future__ import annotations
 
@@ -16,17 +17,16 @@ from typing import Any
 import pytest
 
 from sagastream.core.spans import trace_of
-from sagastream.local import jaeger
 from sagastream.ops.client import Client
 from sagastream.ops.demo import WorkerSet
 from tests.integration.conftest import HANDLERS
 from tests.integration.helpers import (
     every_dead_letter,
-    free_port,
     place_order,
     saga_state,
     wait_outcomes,
 )
+from tests.integration.tracing import Jaeger
 from tests.scenarios.notify.app import NoticeRequested, write_project
 
 pytestmark = pytest.mark.integration
@@ -35,12 +35,9 @@ TRACE_WITHIN_S = 60.0
 
 
 @pytest.fixture(scope="module")
-def own_jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """A Jaeger on free ports: (its OTLP HTTP endpoint, its query API's base URL)."""
-    ports = jaeger.JaegerPorts(free_port(), free_port(), free_port(), free_port())
-    url = jaeger.start(log=lambda _message: None, ports=ports)
-    yield f"http://127.0.0.1:{ports.otlp_http}", url
-    jaeger.stop(log=lambda _message: None, ports=ports)
+def own_jaeger(jaeger: Jaeger) -> tuple[str, str]:
+    """The session's Jaeger: (its OTLP HTTP endpoint, its query API's base URL)."""
+    return jaeger.otlp_endpoint, jaeger.query_url
 
 
 @pytest.fixture

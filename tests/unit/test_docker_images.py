@@ -39,6 +39,7 @@ def test_every_file_names_the_images_the_script_builds() -> None:
     assert defaults["kafka"] == tags["kafka"]
     assert defaults["schema-registry"] == tags["registry"]
     assert defaults["prometheus"] == tags["prometheus"]
+    assert defaults["jaeger"] == tags["jaeger"]
     worker = tags["worker"].rsplit(":", 1)[0] + ":latest"
     assert {defaults[s] for s in ("setup", "orchestrator", "handlers")} == {worker}
     # every FROM starts from an image built here, unless a build argument says otherwise

@@ -241,7 +241,9 @@ def test_status_of_a_jaeger_that_never_ran(
     assert info["version"] == "v1.75.0"
 
 
-def test_the_cli_accepts_the_port_variables_of_the_local_jaeger() -> None:
+def test_the_cli_accepts_the_port_variables_of_the_local_and_compose_jaeger() -> None:
     from sagastream.runtime.settings import TOOL_VARIABLES
 
-    assert set(_PORT_VARS) <= TOOL_VARIABLES
+    compose = (Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text()
+    assert "SAGASTREAM_JAEGER_QUERY_PORT" in compose
+    assert {*_PORT_VARS, "SAGASTREAM_JAEGER_QUERY_PORT"} <= TOOL_VARIABLES
