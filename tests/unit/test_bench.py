@@ -206,6 +206,12 @@ def test_tracing_is_reported_against_off_per_process() -> None:
 def test_trace_alone_runs_only_the_tracing_points(
     argv: list[str], trace: int | None, saga_phases: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    options = bench_options(argv, monkeypatch)
+    assert (options.trace, options.saga_phases) == (trace, saga_phases)
+
+
+def bench_options(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> bench.BenchOptions:
+    """The options `sagastream bench ARGV` would run the bench with (the bench not run)."""
     from sagastream.ops.cli import parser
 
     seen: list[bench.BenchOptions] = []
@@ -217,4 +223,4 @@ def test_trace_alone_runs_only_the_tracing_points(
     monkeypatch.setattr(bench, "run_bench", run_bench)
     args = parser().parse_args(["bench", *argv])
     assert args.func(args) == 0
-    assert (seen[0].trace, seen[0].saga_phases) == (trace, saga_phases)
+    return seen[0]

@@ -10,9 +10,9 @@ import pytest
 from sagastream.core.state import decode_state, encode_state
 from sagastream.core.topology import load_topology
 from sagastream.ops import bench_restore as br
-from sagastream.ops.cli import parser
 from sagastream.runtime.settings import Settings
 from sagastream.runtime.store import MemoryStore
+from tests.unit.test_bench import bench_options
 
 NOW = 1_700_000_000_000
 
@@ -179,16 +179,6 @@ def test_the_table_has_a_row_per_run_and_the_targets_on_the_worker_rows() -> Non
 def test_restore_alone_runs_only_the_restore_measurement(
     argv: list[str], restore: int | None, saga_phases: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sagastream.ops import bench
-
-    seen: list[bench.BenchOptions] = []
-
-    def run_bench(options: bench.BenchOptions) -> int:
-        seen.append(options)
-        return 0
-
-    monkeypatch.setattr(bench, "run_bench", run_bench)
-    args = parser().parse_args(["bench", *argv])
-    assert args.func(args) == 0
-    assert (seen[0].restore, seen[0].saga_phases) == (restore, saga_phases)
-    assert seen[0].rates == ((100.0,) if "--rates" in argv else (100.0, 300.0, 600.0))
+    options = bench_options(argv, monkeypatch)
+    assert (options.restore, options.saga_phases) == (restore, saga_phases)
+    assert options.rates == ((100.0,) if "--rates" in argv else (100.0, 300.0, 600.0))
