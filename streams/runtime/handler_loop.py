@@ -72,6 +72,7 @@ from sagastream.runtime.inputs import (
     read_input,
 )
 from sagastream.runtime.kafka_io import AUTHORIZATION_CODES, produce, read_refused, refused
+from sagastream.runtime.lag import ConsumerLag
 from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.outputs import Encoder
@@ -337,8 +338,15 @@ class HandlerLoop:
         consumer, producer = self._given
         group = self._settings.group(self._role)
         self._producer = producer or Producer(self._settings.producer_config())
+        lag = ConsumerLag(
+            self._metrics.consumer_lag,
+            group,
+            [self._topic],
+            interval_ms=self._settings.consumer_lag_interval_ms,
+            unfinished=self._unfinished,
+        )
         self._consumer = consumer or Consumer(
-            self._settings.consumer_config(group, on_commit=_log_commit_errors)
+            self._settings.consumer_config(group, on_commit=_log_commit_errors, **lag.config())
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.current_thread()
@@ -385,6 +393,11 @@ class HandlerLoop:
         # once a round, not per command: the gauges are read seconds apart
         self._in_flight_gauge.set(self._calls_running)
         self._queued_gauge.set(self._in_flight - self._calls_running)
+
+    def _unfinished(self, topic: str, partition: int) -> int:
+        """Commands of a partition taken from Kafka and not finished: lag still (ConsumerLag)."""
+        offsets = self._owned.get((topic, partition))
+        return 0 if offsets is None else offsets.outstanding
 
     def _slice(self) -> float:
         """How long the asyncio loop runs before the next poll: TICK_S while anything moves,

@@ -78,6 +78,7 @@ class Metrics:
     handler_queue_seconds: Histogram
     handler_in_flight: Gauge
     handler_queued: Gauge
+    consumer_lag: Gauge
 
     @classmethod
     def create(cls, role: str, registry: CollectorRegistry | None = None) -> Metrics:
@@ -234,6 +235,13 @@ class Metrics:
                 "Commands taken from Kafka whose function has not started (or whose result "
                 "is being sent)",
                 ["role"],
+                registry=reg,
+            ),
+            consumer_lag=Gauge(
+                "sagastream_consumer_lag",
+                "Records of an input partition its consumer group has not processed: the "
+                "partition's end minus the group's position (see sagastream.runtime.lag)",
+                ["group", "topic", "partition"],
                 registry=reg,
             ),
         )

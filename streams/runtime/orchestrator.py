@@ -66,6 +66,7 @@ from sagastream.runtime.inputs import (
     read_input,
 )
 from sagastream.runtime.kafka_io import AUTHORIZATION_CODES, read_refused, refused
+from sagastream.runtime.lag import ConsumerLag
 from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
 from sagastream.runtime.metrics import LifecycleMetrics, Metrics
 from sagastream.runtime.outputs import Encoder, now_ms
@@ -317,8 +318,16 @@ class Orchestrator:
             )
 
     def _consumer_config(self) -> dict[str, Any]:
+        group = self.settings.group(ROLE)
+        lag = ConsumerLag(
+            self.metrics.consumer_lag,
+            group,
+            self.inputs,
+            interval_ms=self.settings.consumer_lag_interval_ms,
+        )
         return self.settings.consumer_config(
-            self.settings.group(ROLE),
+            group,
+            **lag.config(),
             **{
                 "partition.assignment.strategy": "range",
                 # restore runs in the assignment callback: a large one may take minutes

@@ -206,6 +206,8 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    # how often each consumer reports its positions for sagastream_consumer_lag; 0: no lag gauge
+    consumer_lag_interval_ms: int = Field(default=5000, ge=0)
     timer_tick_ms: int = Field(default=100, ge=10)
     commit_interval_ms: int = Field(default=100, ge=1)
     commit_linger_ms: int = Field(default=20, ge=0)
