@@ -59,7 +59,7 @@ from confluent_kafka import (
 
 from sagastream.core.topology import Topology
 from sagastream.errors import NotAuthorized
-from sagastream.runtime import contract, tracing
+from sagastream.runtime import contract, logs, tracing
 from sagastream.runtime.contract import AttemptError, Contract
 from sagastream.runtime.health import Check, RoleHealth
 from sagastream.runtime.inputs import (
@@ -113,6 +113,20 @@ def command_bounds(
                 if sends is not None and sends.command is not None:
                     longest[sends.command] = max(longest.get(sends.command, 0), sends.timeout_ms)
     return {c: (override_ms or longest.get(c, NO_STEP_BOUND_MS)) / 1000 for c in commands}
+
+
+def sagas_sending(topology: Topology, commands: Iterable[str]) -> dict[str, str]:
+    """The saga types whose steps, compensations or notifications send each command, for the
+    logs (comma separated when several do)."""
+    sending: dict[str, set[str]] = {c: set() for c in commands}
+    for name, saga in topology.sagas.items():
+        if saga.notify is not None and saga.notify.command in sending:
+            sending[saga.notify.command].add(name)
+        for step in saga.steps.values():
+            for sends in (step, step.compensation):
+                if sends is not None and sends.command in sending:
+                    sending[sends.command].add(name)
+    return {c: ",".join(sorted(names)) for c, names in sending.items()}
 
 
 class PartitionOffsets:
@@ -285,6 +299,7 @@ class HandlerLoop:
         self._results_topic = settings.topic(topology.handlers[role].produces)
         self._bound = topology.handlers[role].concurrency or settings.handler_concurrency
         self._run_bounds = command_bounds(topology, commands, settings.handler_timeout_ms)
+        self._sagas = sagas_sending(topology, commands)
         self._contract = Contract(topology)
         self._thread: threading.Thread | None = None
         # plain calls abandoned at their bound whose threads still run
@@ -640,6 +655,12 @@ class HandlerLoop:
             self._abandon(job)  # revoked while it queued: the partition's next owner runs it
             return
         answer = await self._attempt(job, command)
+        logs.handled(
+            self._role,
+            self._sagas.get(command.event_type, ""),
+            command.record["meta"],
+            None if answer is None else answer[0],
+        )
         answered = None if answer is None else await self._answered(job, command, answer)
         if answered is None and answer is not None:
             self._abandon(job)  # revoked or draining while its result waited: runs again

@@ -47,7 +47,7 @@ from sagastream.core.topology import (
     saga_event_types,
 )
 from sagastream.errors import ClusterError, NotAuthorized, SagastreamError
-from sagastream.runtime import tracing
+from sagastream.runtime import logs, tracing
 from sagastream.runtime.checkpoint import (
     Checkpoint,
     ProducerFatal,
@@ -507,6 +507,13 @@ class Orchestrator:
         if new is not None:
             self._lifecycle.noted(new.saga, decision.lifecycle, new.steps)
         self._observe(spec, state, decision, incoming, now, msg)
+        logs.decided(
+            definition[0],
+            parent,  # the input's ids, with the saga's own trace and correlation
+            None if new is None else new.status,
+            (c.event_type for c in decision.commands),
+            (what if step is None else f"{what}:{step}" for what, step in decision.lifecycle),
+        )
         if letter is not None and refused is not None:
             self._dead_letter(letter, refused, msg)
         if (

@@ -13,6 +13,7 @@ Kubernetes secret).
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import urllib.parse
 from functools import lru_cache
@@ -206,6 +207,9 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    # worker logs: text lines, or one JSON object per line (with a line per decision and per
+    # handled command: ids, never payloads)
+    log_format: Literal["text", "json"] = "text"
     # how often each consumer reports its positions for sagastream_consumer_lag; 0: no lag gauge
     consumer_lag_interval_ms: int = Field(default=5000, ge=0)
     timer_tick_ms: int = Field(default=100, ge=10)
@@ -315,6 +319,8 @@ class Settings(BaseSettings):
             conf["ssl.key.location"] = str(self.ssl_keyfile)
         if self.ssl_key_password:
             conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        if self.log_format == "json":  # the clients' own lines too, as JSON lines
+            conf["logger"] = logging.getLogger("sagastream.librdkafka")
         return {**conf, **self._properties_file(), **self.librdkafka_properties}
 
     def _properties_file(self) -> dict[str, str]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sagastream.core.topology import Topology, load_topology
 from sagastream.errors import SagastreamError, UsageError
-from sagastream.runtime import health
+from sagastream.runtime import health, logs
 from sagastream.runtime.definitions import DefinitionBook
 from sagastream.runtime.health import Check
 from sagastream.runtime.limits import RecordLimits, discover
@@ -159,10 +159,7 @@ def _prepare_ids(codec: AvroCodec, topology: Topology) -> None:
 
 def run_worker(settings: Settings, spec: str, loglevel: str = "warning") -> int:
     """Run the roles of `spec` until SIGTERM/SIGINT; returns the exit code."""
-    logging.basicConfig(
-        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per schema registry request
+    logs.setup(loglevel, settings.log_format)
     settings.check_librdkafka()
     topology = load_topology(settings.topology_file, settings.schemas_path)
     roles = parse_roles(spec, topology)
