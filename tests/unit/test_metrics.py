@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from sagastream.core.state import StepState
-from sagastream.runtime.metrics import LifecycleMetrics, Metrics
+from sagastream.runtime.metrics import CHANGE_OF_NOTE, LifecycleMetrics, Metrics
 from tests.unit.test_handler_loop import FakeConsumer, charge, charged, eventually, running
 
 
@@ -86,3 +88,21 @@ def test_a_handler_shows_its_running_command_then_its_run_and_queue_time():
     # the fake message was produced in 2023: its queue time is that old
     queued = value(metrics, "sagastream_handler_queue_seconds_sum", **by_command)
     assert queued is not None and queued > 86_400
+
+
+def test_every_metric_with_its_labels_and_every_change_is_in_the_readme_metrics_table():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("### Metrics\n", 1)[1].split("\n\n", 2)[1]
+    # | `name` | type | labels | meaning |
+    rows = [[cell.strip() for cell in line.split("|")[1:4]] for line in table.splitlines()[2:]]
+    documented = {name.strip("`"): labels for name, _, labels in rows}
+    metrics = Metrics.create("any", CollectorRegistry())
+    shown = {}
+    for f in fields(Metrics):
+        metric = getattr(metrics, f.name)
+        if f.name != "registry":
+            suffix = "_total" if metric._type == "counter" else ""
+            shown[metric._name + suffix] = ", ".join(metric._labelnames)
+    assert documented == shown, "README.md's Observability metrics table differs from metrics.py"
+    changes = next(r for r in table.splitlines() if r.startswith("| `sagastream_step_changes"))
+    assert all(f"`{change}`" in changes for change in CHANGE_OF_NOTE.values())
