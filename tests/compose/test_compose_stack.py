@@ -6,7 +6,9 @@ as its own compose project on free loopback ports; orders go in from this proces
 `sagastream.Client`, every saga's outcome is read back from sagas.outcomes (read_committed),
 one orchestrator container is SIGKILLed while a second batch runs, and the sagas must still
 each end once, as built for. Prometheus must scrape every worker replica, and Jaeger must be
-healthy with its query API on its published port. Everything is torn down (volumes too),
+healthy with its query API on its published port. Once the handler replicas stop, the alert
+SagastreamWorkerRoleDown fires (the shipped rules, loaded with `for: 0s` through a compose
+override, so the test need not wait minutes). Everything is torn down (volumes too),
 whatever happened.
 """
 
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from sagastream import Client, Settings
 from sagastream.examples.events import OrderPlaced
@@ -65,9 +68,11 @@ class Stack:
     registry_port: int
     prometheus_port: int
     jaeger_port: int
+    override: Path  # a compose file of the test's own, over docker-compose.yml
 
     def compose(self, *args: str, timeout: float = 600) -> str:
-        cmd = ["docker-compose", "-p", self.project, "-f", str(ROOT / "docker-compose.yml")]
+        files = ("-f", str(ROOT / "docker-compose.yml"), "-f", str(self.override))
+        cmd = ["docker-compose", "-p", self.project, *files]
         proc = subprocess.run(
             [*cmd, *args], env=self.env, capture_output=True, text=True, timeout=timeout
         )
@@ -113,8 +118,24 @@ def _wait_healthy(stack: Stack) -> None:
         time.sleep(2)
 
 
+def _fast_alerts(folder: Path) -> Path:
+    """A compose override whose Prometheus loads the shipped alert rules with `for: 0s`."""
+    rules = yaml.safe_load((ROOT / "scripts" / "prometheus-alerts.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule["for"] = "0s"
+    (folder / "alerts.yml").write_text(yaml.safe_dump(rules))
+    override = {
+        "services": {
+            "prometheus": {"volumes": [f"{folder / 'alerts.yml'}:/etc/prometheus/alerts.yml:ro"]}
+        }
+    }
+    (folder / "override.yml").write_text(yaml.safe_dump(override))
+    return folder / "override.yml"
+
+
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if shutil.which("docker-compose") is None:
         pytest.fail("docker-compose is not installed (apt-get install docker-compose)")
     kafka_port, registry_port, prometheus_port, jaeger_port = _free_ports(4)
@@ -132,6 +153,7 @@ def stack() -> Iterator[Stack]:
         registry_port,
         prometheus_port,
         jaeger_port,
+        _fast_alerts(tmp_path_factory.mktemp("compose")),
     )
     started = time.monotonic()
     try:
@@ -182,10 +204,14 @@ def _crash(stack: Stack, container: str) -> None:
         _docker("start", container)
 
 
-def _prometheus_targets(stack: Stack) -> list[dict[str, Any]]:
-    url = f"http://127.0.0.1:{stack.prometheus_port}/api/v1/targets"
+def _prometheus(stack: Stack, path: str) -> Any:
+    url = f"http://127.0.0.1:{stack.prometheus_port}/api/v1/{path}"
     with _OPENER.open(url, timeout=10) as response:
-        return list(json.load(response)["data"]["activeTargets"])
+        return json.load(response)["data"]
+
+
+def _prometheus_targets(stack: Stack) -> list[dict[str, Any]]:
+    return list(_prometheus(stack, "targets")["activeTargets"])
 
 
 def test_orders_end_once_through_an_orchestrator_crash(stack: Stack) -> None:
@@ -253,3 +279,22 @@ def test_jaeger_is_healthy_and_answers_on_its_published_port(stack: Stack) -> No
     [worker, *_] = stack.containers("orchestrator")
     env = stack.inspect(worker, "{{json .Config.Env}}")
     assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318" in json.loads(env)
+
+
+def test_stopped_handlers_fire_the_role_down_alert(stack: Stack) -> None:
+    """Runs after the crash test: the handler replicas were scraped, and now stop."""
+    stack.compose("stop", "handlers", timeout=120)
+    deadline = time.monotonic() + 150  # DNS discovery refresh, a scrape, a rule evaluation
+    while True:
+        alerts = _prometheus(stack, "alerts")["alerts"]
+        down = [
+            a
+            for a in alerts
+            if a["labels"]["alertname"] == "SagastreamWorkerRoleDown" and a["state"] == "firing"
+        ]
+        if down:
+            break
+        assert time.monotonic() < deadline, f"no SagastreamWorkerRoleDown firing: {alerts}"
+        time.sleep(3)
+    # the handlers' role fires; the orchestrator, still running, does not
+    assert [a["labels"]["role"].split(",")[0] for a in down] == ["payment"]
