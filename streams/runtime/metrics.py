@@ -79,6 +79,8 @@ class Metrics:
     handler_in_flight: Gauge
     handler_queued: Gauge
     consumer_lag: Gauge
+    sagas_waiting: Gauge
+    oldest_waiting: Gauge
 
     @classmethod
     def create(cls, role: str, registry: CollectorRegistry | None = None) -> Metrics:
@@ -242,6 +244,19 @@ class Metrics:
                 "Records of an input partition its consumer group has not processed: the "
                 "partition's end minus the group's position (see sagastream.runtime.lag)",
                 ["group", "topic", "partition"],
+                registry=reg,
+            ),
+            sagas_waiting=Gauge(
+                "sagastream_sagas_waiting",
+                "Sagas in this orchestrator's stores waiting at a step: its command is out and "
+                "not answered (a handler's result or a person's signal)",
+                ["saga", "step"],
+                registry=reg,
+            ),
+            oldest_waiting=Gauge(
+                "sagastream_saga_oldest_waiting_seconds",
+                "How long the saga that has waited longest at a step has waited",
+                ["saga", "step"],
                 registry=reg,
             ),
         )

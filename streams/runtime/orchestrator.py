@@ -80,6 +80,7 @@ from sagastream.runtime.store import (
     changelog_headers,
     timers_of,
 )
+from sagastream.runtime.waiting import Waiting, waiting_steps, waits_of
 from sagastream.wire.codec import AvroCodec, EncodeError, RegistryUnavailable, SchemaStore
 from sagastream.wire.dlq import Origin, dead_letter_headers
 from sagastream.wire.registry import retry_delay
@@ -197,6 +198,7 @@ class Orchestrator:
         self.statuses: dict[int, dict[tuple[str, str], int]] = {}
         self._lifecycle = LifecycleMetrics(metrics)
         self.tracer = tracing.tracer(f"{settings.app_id}-orchestrator")
+        self._waits = Waiting(metrics.sagas_waiting, metrics.oldest_waiting)
         self.book = book or DefinitionBook(settings, topology, schemas)
         recorded = self.book.recorded_specs()
         self.inputs = [settings.input_topic(t) for t in topology.orchestrator_inputs(recorded)]
@@ -529,6 +531,8 @@ class Orchestrator:
             ckpt.after_commit(partial(self._count_running, partition, _version_of(state), -1))
         if _status_of(new) != _status_of(state):  # started, compensating or ended: rare
             ckpt.after_commit(partial(self._count_status, partition, state, new))
+        if waiting_steps(new) != waiting_steps(state):
+            ckpt.after_commit(partial(self._waits.decided, partition, state, new, now))
         return None
 
     def _observe(
@@ -652,14 +656,17 @@ class Orchestrator:
         status: read once here, then kept by each start, status change and end."""
         counts: dict[tuple[str, str | None], int] = {}
         statuses: dict[tuple[str, str], int] = {}
+        waits = []
         for _, raw in store.states():
             state = decode_state(raw)
             if _running(state):
+                waits.extend(waits_of(state))
                 version = _version_of(state)
                 counts[version] = counts.get(version, 0) + 1
                 statuses[state.saga, state.status] = statuses.get((state.saga, state.status), 0) + 1
         self.running[partition] = counts
         self.statuses[partition] = statuses
+        self._waits.restored(partition, waits)
         self._show_running(set(counts))
         self._show_statuses(set(statuses))
 
@@ -1031,6 +1038,7 @@ class Orchestrator:
             self._show_running(set(self.running.pop(p)))
         for p in numbers & set(self.statuses):
             self._show_statuses(set(self.statuses.pop(p)))
+        self._waits.dropped(numbers)
         self._failures = {w: n for w, n in self._failures.items() if w[1] not in numbers}
         self.health.registry_only(self._failures)
         self.horizon.dropped(numbers)

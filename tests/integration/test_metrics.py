@@ -1,5 +1,6 @@
 """The metrics an operator reads (issue 18, part 3), from real workers' /metrics: sagas running
-by saga and status while their commands wait, step attempts and compensations once they end,
+by saga and status while their commands wait, sagas waiting per step and the age of the oldest
+(kept, and found again by a restore), step attempts and compensations once they end,
 and a handler's run time, queue time and in-flight gauge."""
 
 from __future__ import annotations
@@ -44,11 +45,28 @@ def test_a_worker_shows_running_sagas_step_attempts_compensations_and_handler_ti
         # no handler runs yet: every saga waits on its first step, running
         running = {"saga": "order", "status": "running"}
         wait_metric(orchestrator_port, "sagastream_sagas_running", 5, **running)
+        # ... at its payment step, the oldest for some time now
+        at_payment = {"saga": "order", "step": "payment"}
+        wait_metric(orchestrator_port, "sagastream_sagas_waiting", 5, **at_payment)
+        oldest = "sagastream_saga_oldest_waiting_seconds"
+        waited = metric(orchestrator_port, oldest, **at_payment)
+        assert waited > 0
+
+        # another orchestrator restores the stores: it finds the same waits, as old at least
+        workers.terminate("orchestrator")
+        orchestrator_port = free_port()
+        workers.start(["orchestrator"], {"SAGASTREAM_METRICS_PORT": str(orchestrator_port)})
+        workers.wait_ready()
+        wait_metric(orchestrator_port, "sagastream_sagas_waiting", 5, **at_payment)
+        assert metric(orchestrator_port, oldest, **at_payment) >= waited
 
         workers.start([HANDLERS], {"SAGASTREAM_METRICS_PORT": str(handlers_port)})
         outcomes = wait_outcomes(ns, GOOD | DECLINED, timeout=90)
         assert {k for k, m in outcomes.items() if m.event_type == "SagaCompleted"} == GOOD
         wait_metric(orchestrator_port, "sagastream_sagas_running", 0, **running)
+        # nothing waits any more: the gauges of the payment step are gone
+        wait_metric(orchestrator_port, "sagastream_sagas_waiting", 0, **at_payment)
+        assert metric(orchestrator_port, oldest, **at_payment) == 0
 
         paid = {"saga": "order", "step": "payment", "result": "succeeded"}
         assert metric(orchestrator_port, "sagastream_step_attempts_count", **paid) == len(GOOD)
