@@ -49,7 +49,7 @@ def case(series: list[tuple[str, str]], alerts: list[dict[str, Any]]) -> dict[st
 def test_the_rules_pass_promtool_check() -> None:
     checked = run_promtool("check", "rules", str(RULES))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 7 rules found" in checked.stdout
+    assert "SUCCESS: 8 rules found" in checked.stdout
 
 
 def test_the_compose_prometheus_loads_the_rules(tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_the_compose_prometheus_loads_the_rules(tmp_path: Path) -> None:
     config = tmp_path / "prometheus.yml"
     checked = run_promtool("check", "config", str(config))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 7 rules found" in checked.stdout
+    assert "SUCCESS: 8 rules found" in checked.stdout
 
 
 def test_each_rule_fires_on_what_it_is_about(tmp_path: Path) -> None:
@@ -141,6 +141,23 @@ def test_each_rule_fires_on_what_it_is_about(tmp_path: Path) -> None:
                     "SagastreamSagasStuck",
                     "110m",
                     [fired({"severity": "warning", "saga": "order"})],
+                ),
+            ],
+        ),
+        # a review has waited for a day less 5 minutes, then goes on waiting (1 min a sample)
+        case(
+            [
+                (
+                    'sagastream_saga_oldest_waiting_seconds{saga="loan",step="review",instance="o1"}',
+                    "86100+60x30",
+                )
+            ],
+            [
+                alert("SagastreamSagaWaitingLong", "10m", []),
+                alert(
+                    "SagastreamSagaWaitingLong",
+                    "20m",
+                    [fired({"severity": "warning", "saga": "loan", "step": "review"})],
                 ),
             ],
         ),
