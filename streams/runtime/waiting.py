@@ -32,18 +32,18 @@ def waiting_steps(state: SagaState | None) -> frozenset[str]:
 
 
 def waits_of(state: SagaState) -> list[Wait]:
-    """A restored saga's waits; when each began is unknown to states that do not record when
-    a step was sent, and then the saga's start stands in."""
+    """A restored saga's waits, each since its step's attempt was sent (format 5 states), or
+    since the saga's start (earlier formats do not record it)."""
     return [
         (state.saga, s, state.key, _since(state, s, state.started)) for s in waiting_steps(state)
     ]
 
 
 def _since(state: SagaState, step: str, fallback: int) -> int:
-    # a state that records when its step's attempt was sent says it; older states do not,
-    # and then the saga's start (restore) or the decision's time (a step just sent) stands in
-    sent = getattr(state.steps[step], "sent", None)
-    return sent if isinstance(sent, int) else fallback
+    # a state of format 5 says when its step's current attempt was sent; one of an earlier
+    # format does not, and then the saga's start (restore) or the decision's time stands in
+    sent = state.steps[step].sent
+    return fallback if sent is None else sent
 
 
 class Waiting:

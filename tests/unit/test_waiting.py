@@ -84,3 +84,11 @@ def test_a_retried_step_waits_again_from_its_new_attempt() -> None:
     assert count(metrics, "payment") is None
     waits.decided(0, retrying, saga("a", payment="running"), NOW - 2000)
     assert (count(metrics, "payment"), oldest(metrics, "payment")) == (1, 2.0)
+
+
+def test_a_state_that_records_when_its_step_was_sent_is_aged_from_then() -> None:
+    metrics, waits, _ = tracked()
+    state = saga("a", NOW - 60_000, payment="running")
+    state.steps["payment"].sent = NOW - 4000
+    waits.restored(0, waits_of(state))
+    assert oldest(metrics, "payment") == 4.0
