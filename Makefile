@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit integration lint broker-start broker-stop clean
+.PHONY: install demo test unit integration tools lint broker-start broker-stop clean
 
 # The package `sagastream` maps onto streams/ and handlers/ (see pyproject.toml). A strict
 # editable install links each file into build/__editable__*, which mypy can follow; it is
@@ -33,7 +33,7 @@ TEST_WORKERS ?= 2
 TESTS ?=
 PYTEST_ARGS ?= --durations=25
 
-test: install
+test: install tools
 	parallel=0; serial=0; \
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal -m "not serial" $(PYTEST_ARGS) $(TESTS) \
 		|| parallel=$$?; \
@@ -42,8 +42,12 @@ test: install
 	[ $$parallel = 5 ] && parallel=0; [ $$serial = 5 ] && serial=0; \
 	[ $$parallel = 0 ] && exit $$serial; exit $$parallel
 
-unit: install
+unit: install tools
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal tests/unit
+
+# promtool (Debian's prometheus package) for the alert rules' tests, installed when missing
+tools:
+	scripts/test-tools
 
 integration:
 	$(MAKE) test TESTS=tests/integration
