@@ -147,3 +147,14 @@ def test_a_span_whose_parent_is_not_in_the_trace_is_a_root() -> None:
         "b  +4.0 ms  1.0 ms",
     ]
     assert render([]) == "(no spans)"
+
+
+def test_trace_show_without_a_traces_url_says_what_to_set(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sagastream.ops.cli import main
+
+    monkeypatch.delenv("SAGASTREAM_TRACES_URL", raising=False)
+    assert main(["trace", "show", "notice", "n-1"]) == 2
+    err = capsys.readouterr().err
+    assert "SAGASTREAM_TRACES_URL is not set" in err and "http://127.0.0.1:16686" in err
