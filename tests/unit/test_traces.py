@@ -17,6 +17,7 @@ from sagastream.ops.traces import from_jaeger, from_spans, parse_shape, render, 
 from sagastream.testing import SagaTest
 from tests.scenarios.notify.app import NoticeRequested, write_project
 
+README = Path(__file__).resolve().parents[2] / "README.md"
 HANDLERS = ("handle ",)  # the handlers' spans: Jaeger has them, the kit builds none
 
 
@@ -158,3 +159,21 @@ def test_trace_show_without_a_traces_url_says_what_to_set(
     assert main(["trace", "show", "notice", "n-1"]) == 2
     err = capsys.readouterr().err
     assert "SAGASTREAM_TRACES_URL is not set" in err and "http://127.0.0.1:16686" in err
+
+
+def _readme_trace_block() -> str:
+    """The README's captured `sagastream trace show` output (the block after its command)."""
+    text = README.read_text(encoding="utf-8")
+    found = re.search(r"\$ (?:\S+=\S+ )*sagastream trace show notice [^\n]*\n(.*?)```", text, re.S)
+    assert found, "README.md has no captured `$ sagastream trace show notice ...` block"
+    return found[1]
+
+
+def test_the_readme_trace_has_the_shape_the_renderer_makes_of_the_kits_spans(
+    notify: Path,
+) -> None:
+    block = _readme_trace_block()
+    assert parse_shape(block, skip=HANDLERS) == shape(from_spans(_spans(notify)))
+    # the handlers under their steps: what only the real run shows
+    handlers = [(d, n) for d, n in parse_shape(block) if n.startswith(HANDLERS)]
+    assert handlers == [(2, "handle SendEmail"), (2, "handle SendPush"), (2, "handle SendSms")]
