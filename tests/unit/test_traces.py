@@ -161,6 +161,18 @@ def test_trace_show_without_a_traces_url_says_what_to_set(
     assert "SAGASTREAM_TRACES_URL is not set" in err and "http://127.0.0.1:16686" in err
 
 
+def test_an_unreachable_query_api_is_named_with_what_to_check() -> None:
+    import socket
+
+    from sagastream.ops.traces import TraceNotFound, fetch_trace
+
+    with socket.socket() as probe:  # a loopback port nobody listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(TraceNotFound, match=r"cannot read http://127\.0\.0\.1:\d+/api/traces/ab"):
+        fetch_trace(f"http://127.0.0.1:{port}/", "AB")
+
+
 def _readme_trace_block() -> str:
     """The README's captured `sagastream trace show` output (the block after its command)."""
     text = README.read_text(encoding="utf-8")
