@@ -504,6 +504,42 @@ def _saga(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trace(args: argparse.Namespace) -> int:
+    """A saga's trace from Jaeger, by the trace id of its stored state's traceparent."""
+    from sagastream.core.spans import trace_of
+    from sagastream.core.topology import load_topology
+    from sagastream.ops.client import stored_state
+    from sagastream.ops.traces import fetch_trace, from_jaeger, render
+
+    settings = Settings()
+    if not settings.traces_url:
+        raise UsageError(
+            "SAGASTREAM_TRACES_URL is not set: set it to Jaeger's query API, e.g. "
+            "http://127.0.0.1:16686 for `sagastream jaeger start`"
+        )
+    topology = load_topology(settings.topology_file, settings.schemas_path)
+    if args.saga not in topology.sagas:
+        raise UsageError(
+            f"no saga {args.saga!r} in {settings.topology_file}: {sorted(topology.sagas)}"
+        )
+    state = stored_state(settings, topology, args.saga, args.key)
+    if state is None:
+        print(
+            f"sagastream trace show: no {args.saga} saga with key {args.key!r} is stored (ended "
+            "sagas are removed after their retention_ms), so its trace id is unknown",
+            file=sys.stderr,
+        )
+        return 1
+    trace_id = trace_of(state)[0]
+    trace = fetch_trace(settings.traces_url, trace_id)
+    if args.json:
+        print(json.dumps(trace, indent=2))
+    else:
+        heading = f"trace {trace_id}  {args.saga} {args.key}  {len(trace.get('spans') or [])} spans"
+        print(render(from_jaeger(trace), heading))
+    return 0
+
+
 def _topology_diff(args: argparse.Namespace) -> int:
     from sagastream.ops.topology_diff import diff_topologies, parse_allow
     from sagastream.ops.validate import load_topology_file
@@ -925,6 +961,20 @@ def parser() -> argparse.ArgumentParser:
     sl.add_argument("--limit", type=int, default=None, help="the N oldest matches")
     sl.add_argument("--json", action="store_true", help="as JSON (times in epoch ms)")
     sg.set_defaults(func=_saga)
+
+    tr = sub.add_parser("trace", help="a saga's trace, read from Jaeger's query API")
+    tr_sub = tr.add_subparsers(dest="action", required=True)
+    ts = tr_sub.add_parser(
+        "show",
+        help="one saga's span tree: offsets, durations, attempts, outcomes, events, critical path",
+        description="Reads the saga's stored state for its trace id (its start event's "
+        "traceparent), then that trace from SAGASTREAM_TRACES_URL (Jaeger's query API). "
+        "Read-only. Exit 1 if there is no such saga.",
+    )
+    ts.add_argument("saga", help="the saga type (order, notice, ...)")
+    ts.add_argument("key", help="the saga key")
+    ts.add_argument("--json", action="store_true", help="the trace as Jaeger's JSON")
+    tr.set_defaults(func=_trace)
     return p
 
 

@@ -212,6 +212,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     # how often each consumer reports its positions for sagastream_consumer_lag; 0: no lag gauge
     consumer_lag_interval_ms: int = Field(default=5000, ge=0)
+    # Jaeger's query API (`sagastream trace show` reads a saga's trace there), e.g.
+    # http://127.0.0.1:16686; None: not set, the command says what to set
+    traces_url: str | None = None
     timer_tick_ms: int = Field(default=100, ge=10)
     commit_interval_ms: int = Field(default=100, ge=1)
     commit_linger_ms: int = Field(default=20, ge=0)

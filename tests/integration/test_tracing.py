@@ -7,6 +7,9 @@ demo's declined order compensating."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,7 +21,9 @@ import pytest
 
 from sagastream.core.spans import trace_of
 from sagastream.ops.client import Client
-from sagastream.ops.demo import WorkerSet
+from sagastream.ops.demo import WorkerSet, settings_env
+from sagastream.ops.traces import from_jaeger, from_spans, parse_shape, render, shape
+from sagastream.testing import SagaTest
 from tests.integration.conftest import HANDLERS
 from tests.integration.helpers import (
     every_dead_letter,
@@ -108,7 +113,11 @@ def project(tmp_path: Path) -> Path | None:
 
 
 def test_the_fan_out_the_retry_and_the_handler_spans_in_jaeger(
-    ns: Any, traced: Callable[..., WorkerSet], own_jaeger: tuple[str, str]
+    ns: Any,
+    traced: Callable[..., WorkerSet],
+    own_jaeger: tuple[str, str],
+    project: Path,
+    tmp_path: Path,
 ) -> None:
     traced("orchestrator", "notify")
     with Client(ns.settings) as client:
@@ -139,6 +148,7 @@ def test_the_fan_out_the_retry_and_the_handler_spans_in_jaeger(
         assert _parent(handled) == by_step[step][0]["spanID"]
         assert _tag(handled, "messaging.system") == "kafka"
         assert _tag(handled, "messaging.destination.name") == ns.topic("notices.commands")
+    _check_text(ns, spans, project, own_jaeger[1], tmp_path / "trace-show.log")
 
     # the retried step: two attempt spans, the first failed, each with its handler's span
     trace = trace_of(saga_state(ns, retried))[0]
@@ -156,6 +166,33 @@ def test_the_fan_out_the_retry_and_the_handler_spans_in_jaeger(
     handled = _named(spans, "handle SendEmail")
     assert [_parent(h) for h in handled] == [first["spanID"], second["spanID"]]
     assert every_dead_letter(ns) == []
+
+
+def _check_text(ns: Any, spans: list[dict[str, Any]], project: Path, query: str, log: Path) -> None:
+    """The fan-out's trace as text: Jaeger's tree has the shape the kit's spans of the same
+    saga render to, plus each handler under its step, and `sagastream trace show` prints it."""
+    kit = SagaTest.load(project)
+    key = kit.start(NoticeRequested(notice_id="n-fan"))
+    kit.run()
+    expected = shape(from_spans(kit.spans(key)))
+    skip = ("handle ",)  # the kit builds no handler spans
+    from_query = from_jaeger({"spans": spans})
+    assert shape(from_query, skip=skip) == expected, render(from_query)
+    handlers = [(d, n) for d, n in shape(from_query) if n.startswith(skip)]
+    assert handlers == [(2, "handle SendEmail"), (2, "handle SendPush"), (2, "handle SendSms")]
+    shown = subprocess.run(
+        [sys.executable, "-m", "sagastream.ops.cli", "trace", "show", "notice", "n-fan"],
+        env={**os.environ, **settings_env(ns.settings), "SAGASTREAM_TRACES_URL": query},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    log.write_text(f"{shown.returncode}\n{shown.stdout}\n{shown.stderr}", encoding="utf-8")
+    assert shown.returncode == 0, (shown.stdout, shown.stderr)
+    assert shown.stdout.startswith(f"trace {trace_of(saga_state(ns, 'n-fan'))[0]}  notice n-fan")
+    assert parse_shape(shown.stdout, skip=skip) == expected, shown.stdout
+    assert parse_shape(shown.stdout) == shape(from_query), shown.stdout
+    assert "= critical path: email; slack: email 0 ms" in shown.stdout
 
 
 @pytest.mark.parametrize("project", [None])
