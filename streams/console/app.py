@@ -1,5 +1,6 @@
 """The console's web application: its routes, each a read through `ConsoleReader` rendered by a
-Jinja template (autoescaped), and the HTTP rules it keeps: read-only (GET and HEAD only), the
+Jinja template (autoescaped), and the HTTP rules it keeps: read-only (GET and HEAD only; with
+actions on, also the POST of a signal form, which actions.py guards), the
 HTTP limits of the other servers (`Settings.http_limits`), loopback Host names when bound to
 loopback, and headers that keep pages from being framed or running scripts.
 """
@@ -20,6 +21,13 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from sagastream.console.actions import (
+    SESSION_COOKIE,
+    SIGNAL_PATH,
+    Actions,
+    Csrf,
+    session_cookie,
+)
 from sagastream.console.layout import dag_layout, lane_order, timeline
 from sagastream.console.readers import ConsoleReader, now_ms
 from sagastream.console.svg import dag_svg, rate_svg, timeline_svg
@@ -66,14 +74,17 @@ def templates() -> Environment:
 class Pages:
     """The page handlers; each reads what it shows at the time of the request."""
 
-    def __init__(self, reader: ConsoleReader, env: Environment) -> None:
+    def __init__(
+        self, reader: ConsoleReader, env: Environment, actions: Actions | None = None
+    ) -> None:
         self.reader = reader
         self.env = env
+        self.actions = actions
 
     def render(self, name: str, status: int = 200, **values: Any) -> HTMLResponse:
         values.setdefault("refresh", None)
         page = self.env.get_template(name).render(
-            settings=self.reader.settings, now=now_ms(), **values
+            settings=self.reader.settings, now=now_ms(), actions=self.actions is not None, **values
         )
         return HTMLResponse(page, status_code=status)
 
@@ -115,14 +126,23 @@ class Pages:
         end = view.ended_ms if view.ended_ms is not None else now_ms()
         line = timeline(view.history, lane_order(depends), human, view.started_ms, end)
         states = {s.name: s.state for s in view.steps}
-        return self.render(
+        waiting = [step for step in human if states.get(step) == "running"]
+        session = request.cookies.get(SESSION_COOKIE) or Csrf.new_session()
+        page = self.render(
             "saga.html",
             view=view,
             version=version,
             dag=dag_svg(dag_layout(depends), states),
             gantt=timeline_svg(line),
-            refresh=None if view.status in TERMINAL else REFRESH_S,
+            # a page with a form is not reloaded under the hand filling it in
+            refresh=None if view.status in TERMINAL or (waiting and self.actions) else REFRESH_S,
+            waiting=waiting if self.actions else [],
+            csrf=self.actions.csrf.token(session) if self.actions else "",
+            signalled=request.query_params.get("signalled"),
         )
+        if self.actions and session != request.cookies.get(SESSION_COOKIE):
+            session_cookie(page, session, request.url.scheme == "https")
+        return page
 
     def dead_letters(self, request: Request) -> Response:
         """Every dead letter grouped; the messages of one topic and reason if the query names
@@ -205,9 +225,11 @@ def _guarded(pages: Pages, handler: Endpoint) -> Endpoint:
 class Limited:
     """ASGI middleware: the HTTP rules of the module docstring that routing does not keep."""
 
-    def __init__(self, app: Any, limits: Limits) -> None:
+    def __init__(self, app: Any, limits: Limits, writable: bool = False) -> None:
         self.app = app
         self.limits = limits
+        # actions on: a signal form's POST is taken (actions.py guards it)
+        self.writable = writable
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -228,7 +250,10 @@ class Limited:
         await self.app(scope, receive, with_headers)
 
     def _refusal(self, scope: Any) -> Response | None:
-        if scope["method"] not in ("GET", "HEAD"):
+        posting = self.writable and scope["method"] == "POST"
+        if posting and SIGNAL_PATH.match(scope["path"]):
+            pass
+        elif scope["method"] not in ("GET", "HEAD"):
             return PlainTextResponse(
                 "the console is read-only: GET and HEAD only", 405, {"Allow": "GET, HEAD"}
             )
@@ -239,10 +264,18 @@ class Limited:
         return None
 
 
-def build_app(reader: ConsoleReader, host: str) -> Starlette:
-    """The console as an ASGI application reading through `reader`; bound to `host`."""
-    pages = Pages(reader, templates())
-    routes = [
+def build_app(reader: ConsoleReader, host: str, actions: Actions | None = None) -> Starlette:
+    """The console as an ASGI application reading through `reader`; bound to `host`; taking
+    decisions for waiting human steps when given `actions`."""
+    pages = Pages(reader, templates(), actions)
+    signal = (
+        []
+        if actions is None
+        else [
+            Route("/sagas/{saga}/{key:path}/steps/{step}/signal", actions.signal, methods=["POST"])
+        ]
+    )
+    routes = signal + [
         Route("/", _guarded(pages, pages.overview)),
         Route("/sagas", _guarded(pages, pages.sagas)),
         Route("/sagas/{saga}/{key:path}", _guarded(pages, pages.saga)),
@@ -251,7 +284,9 @@ def build_app(reader: ConsoleReader, host: str) -> Starlette:
         Route("/topology", _guarded(pages, pages.topology)),
         Mount("/static", StaticFiles(packages=[("sagastream.console", "static")]), name="static"),
     ]
-    middleware = [Middleware(Limited, limits=reader.settings.http_limits())]
+    middleware = [
+        Middleware(Limited, limits=reader.settings.http_limits(), writable=actions is not None)
+    ]
     if host in LOOPBACK:
         # a page elsewhere cannot reach a loopback console through a name it controls
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK)))
@@ -279,13 +314,13 @@ def address(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def serve(reader: ConsoleReader, sock: socket.socket) -> None:
+def serve(reader: ConsoleReader, sock: socket.socket, actions: Actions | None = None) -> None:
     """Serve the console on the listening socket until interrupted."""
     import uvicorn
 
     limits = reader.settings.http_limits()
     config = uvicorn.Config(
-        build_app(reader, sock.getsockname()[0]),
+        build_app(reader, sock.getsockname()[0], actions),
         log_level="warning",
         limit_concurrency=limits.max_connections,
         timeout_keep_alive=max(1, int(limits.timeout_s)),

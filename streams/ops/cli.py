@@ -324,8 +324,10 @@ def _api(args: argparse.Namespace) -> int:
 
 def _console(args: argparse.Namespace) -> int:
     try:
+        from sagastream.console.actions import Actions, Csrf
         from sagastream.console.app import address, listen, serve
         from sagastream.console.readers import ConsoleReader
+        from sagastream.ops.signals import ApiAuth
     except ImportError as exc:
         raise UsageError(
             f"the console needs its extra ({exc.name} is missing): pip install 'sagastream[console]'"
@@ -337,11 +339,15 @@ def _console(args: argparse.Namespace) -> int:
     port = settings.console_port if args.port is None else args.port
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is no TCP port: give 1-65535, or 0 for a free one")
+    # no callers, no start: as `sagastream api`
+    auth = ApiAuth.from_settings(settings) if settings.console_actions else None
     reader = ConsoleReader(settings)
+    actions = None if auth is None else Actions(auth, Csrf(), reader.client.events)
     sock = listen(host, port)
-    print(f"sagastream console on {address(sock)} (read-only)", flush=True)
+    mode = "actions on" if actions else "read-only"
+    print(f"sagastream console on {address(sock)} ({mode})", flush=True)
     try:
-        serve(reader, sock)
+        serve(reader, sock, actions)
     finally:
         reader.close()
     return 0

@@ -245,6 +245,8 @@ class Settings(BaseSettings):
     # `sagastream console`: where it listens (loopback: only this machine's browsers reach it)
     console_host: str = "127.0.0.1"
     console_port: int = Field(default=8089, ge=0, le=65535)
+    # the console's approve/reject forms for waiting human steps; off: the console only reads
+    console_actions: bool = False
     transaction_timeout_ms: int = Field(default=10_000, ge=1000)
     instance_id: str | None = None
     # the largest record a worker produces, headers and framing included: under the producer's

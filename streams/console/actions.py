@@ -1,0 +1,143 @@
+"""The console's one write: a decision (approve or reject, with a note) for a saga's waiting
+human step, and what guards it.
+
+Actions are off unless `console_actions` is set. A decision is sent by `send_signal`, the code
+path of `sagastream signal` and the signals API, with the caller's principal as decided_by. A
+caller proves who they are with the signals API's tokens (`ApiAuth`: HTTP basic from a browser,
+principal:token). A browser cannot be made to send a decision by another site's page: the form
+carries a token bound to the browser's session cookie (SameSite=Strict, HttpOnly), which the
+POST must bring back, and the POST's Origin (or Referer) must be the console's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import urllib.parse
+from dataclasses import dataclass
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+
+from sagastream.ops.client import EventClient
+from sagastream.ops.signals import ApiAuth, SignalError, UnknownSaga, send_signal
+from sagastream.runtime.kafka_io import DeliveryFailed
+
+SESSION_COOKIE = "sagastream_session"
+# the one path that takes a POST when actions are on
+SIGNAL_PATH = re.compile(r"^/sagas/[\w.-]+/.+/steps/[\w.-]+/signal$")
+REALM = 'Basic realm="sagastream console", charset="UTF-8"'
+
+
+class Csrf:
+    """Per-session form tokens: a session is a random cookie, its token an HMAC of it under a
+    key of this process, so nothing is stored and a token fits one session only."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key or secrets.token_bytes(32)
+
+    @staticmethod
+    def new_session() -> str:
+        return secrets.token_urlsafe(32)
+
+    def token(self, session: str) -> str:
+        return hmac.new(self._key, session.encode(), hashlib.sha256).hexdigest()
+
+    def valid(self, session: str | None, token: str | None) -> bool:
+        if not session or not token:
+            return False
+        return hmac.compare_digest(self.token(session).encode(), token.encode())
+
+
+def session_cookie(response: Response, session: str, secure: bool) -> None:
+    """Set the session cookie: never sent along by another site's request, never read by script."""
+    response.set_cookie(
+        SESSION_COOKIE, session, httponly=True, samesite="strict", secure=secure, path="/"
+    )
+
+
+def same_origin(request: Request) -> bool:
+    """Whether the request comes from one of the console's own pages: its Origin (or, without
+    one, its Referer) names the scheme, host and port the request was sent to."""
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin == own
+    referer = urllib.parse.urlsplit(request.headers.get("referer", ""))
+    return f"{referer.scheme}://{referer.netloc}" == own
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A signal form's fields."""
+
+    outcome: str
+    note: str | None
+    token: str | None
+
+
+def parse_form(body: bytes) -> Decision:
+    """A urlencoded form's outcome, note and CSRF token (ValueError if not UTF-8)."""
+    fields = urllib.parse.parse_qs(body.decode("utf-8", "strict"), keep_blank_values=True)
+
+    def one(name: str) -> str | None:
+        values = fields.get(name)
+        return values[0] if values else None
+
+    note = (one("note") or "").strip()
+    return Decision(one("outcome") or "", note or None, one("csrf"))
+
+
+class Actions:
+    """The POST handler of a signal form (`SIGNAL_PATH`)."""
+
+    def __init__(self, auth: ApiAuth, csrf: Csrf, events: EventClient) -> None:
+        self.auth = auth
+        self.csrf = csrf
+        self.events = events
+
+    async def signal(self, request: Request) -> Response:
+        principal = self.auth.principal(request.headers.get("authorization"))
+        if principal is None:
+            return PlainTextResponse(
+                "actions need a user: sign in with a principal and token of SAGASTREAM_API_TOKENS",
+                401,
+                {"WWW-Authenticate": REALM},
+            )
+        if not same_origin(request):
+            return PlainTextResponse(
+                "refused: this form was not sent from a page of this console (Origin/Referer)", 403
+            )
+        try:
+            decision = parse_form(await request.body())
+        except ValueError:
+            return PlainTextResponse("the form is not UTF-8 urlencoded", 400)
+        if not self.csrf.valid(request.cookies.get(SESSION_COOKIE), decision.token):
+            return PlainTextResponse(
+                "refused: the form's CSRF token does not fit this session; reload the saga's "
+                "page and send the form again",
+                403,
+            )
+        p = request.path_params
+        try:
+            await run_in_threadpool(
+                send_signal,
+                self.events,
+                p["saga"],
+                p["key"],
+                p["step"],
+                decision.outcome,
+                decision.note,
+                principal,
+            )
+        except UnknownSaga as exc:
+            return PlainTextResponse(str(exc), 404)
+        except SignalError as exc:
+            return PlainTextResponse(str(exc), 400)
+        except DeliveryFailed as exc:
+            return PlainTextResponse(f"the broker did not take the signal: {exc}", 502)
+        saga_page = "/sagas/" + urllib.parse.quote(p["saga"]) + "/" + urllib.parse.quote(p["key"])
+        return RedirectResponse(saga_page + "?signalled=" + decision.outcome, 303)
