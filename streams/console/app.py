@@ -35,7 +35,7 @@ from sagastream.console.views import SERIES, SagaQuery
 from sagastream.core.state import TERMINAL
 from sagastream.core.topology import SagaSpec
 from sagastream.errors import SagastreamError, UsageError
-from sagastream.ops import dlq
+from sagastream.ops import asyncapi, dlq
 from sagastream.ops.inspect import _clock, age
 from sagastream.ops.times import parse_duration
 from sagastream.runtime.http import Limits
@@ -176,6 +176,11 @@ class Pages:
         }
         return self.render("topology.html", topology=topology, dags=dags, schemas=schemas)
 
+    def asyncapi(self, request: Request) -> Response:
+        """The topology's AsyncAPI document (`sagastream topology asyncapi`)."""
+        found = asyncapi.document(self.reader.topology, self.reader.schemas, self.reader.settings)
+        return Response(asyncapi.as_yaml(found), media_type="application/yaml")
+
 
 def _spec(sagas: dict[str, SagaSpec], name: str) -> SagaSpec:
     spec = sagas.get(name)
@@ -282,6 +287,7 @@ def build_app(reader: ConsoleReader, host: str, actions: Actions | None = None) 
         Route("/dlq", _guarded(pages, pages.dead_letters)),
         Route("/dlq/{topic}/{partition:int}/{offset:int}", _guarded(pages, pages.dead_letter)),
         Route("/topology", _guarded(pages, pages.topology)),
+        Route("/asyncapi.yaml", _guarded(pages, pages.asyncapi)),
         Mount("/static", StaticFiles(packages=[("sagastream.console", "static")]), name="static"),
     ]
     middleware = [

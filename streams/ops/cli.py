@@ -100,6 +100,20 @@ def _topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topology_asyncapi(args: argparse.Namespace) -> int:
+    from sagastream.core.topology import load_topology
+    from sagastream.ops.asyncapi import as_yaml, document
+    from sagastream.wire.codec import SchemaStore
+
+    settings = Settings()
+    topology = load_topology(settings.topology_file, settings.schemas_path)
+    found = document(topology, SchemaStore(settings.schemas_path), settings)
+    print(
+        json.dumps(found, indent=2) if args.json else as_yaml(found), end="\n" if args.json else ""
+    )
+    return 0
+
+
 def _topology_versions(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -639,6 +653,13 @@ def _add_topology(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="the change classes CI accepts, comma-separated (default: safe,version)",
     )
     tc.set_defaults(func=_topology_check)
+    ta = tp_sub.add_parser(
+        "asyncapi",
+        help="every topic and event of the topology file as an AsyncAPI 3.0 document (YAML), "
+        "each message's payload its Avro schema; the console serves it at /asyncapi.yaml",
+    )
+    ta.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    ta.set_defaults(func=_topology_asyncapi)
 
 
 def parser() -> argparse.ArgumentParser:
