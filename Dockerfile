@@ -1,10 +1,11 @@
-# The sagastream worker image: Debian's Python 3.11 and the sagastream wheel, installed at build
-# time into /opt/sagastream, run as an unprivileged user. /app is the project folder (the demo's
+# The sagastream worker image: Debian's Python 3.11 and the sagastream wheel with its console
+# extra (`sagastream console`), installed at build time into /opt/sagastream, run as an
+# unprivileged user. /app is the project folder (the demo's
 # topology.yaml and schemas/ until a project's own are copied over it):
 #
 #   scripts/docker-images build worker      # wheels into build/docker/wheels, then this build
 #
-# By hand: `pip wheel --wheel-dir build/docker/wheels .` first (the image installs only from
+# By hand: `pip wheel --wheel-dir build/docker/wheels '.[console]'` first (the image installs only from
 # there, without an index). BASE is the locally built Debian root filesystem; with Docker Hub,
 # `--build-arg BASE=debian:bookworm-slim` works the same.
 ARG BASE=localhost/sagastream/debian:bookworm
@@ -20,7 +21,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY build/docker/wheels/ /wheels/
 RUN python3.11 -m venv /opt/sagastream \
- && /opt/sagastream/bin/pip install --no-cache-dir --no-index --find-links /wheels sagastream
+ && /opt/sagastream/bin/pip install --no-cache-dir --no-index --find-links /wheels 'sagastream[console]'
 
 FROM python
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/sagastream --create-home sagastream \

@@ -6,7 +6,8 @@ as its own compose project on free loopback ports; orders go in from this proces
 `sagastream.Client`, every saga's outcome is read back from sagas.outcomes (read_committed),
 one orchestrator container is SIGKILLed while a second batch runs, and the sagas must still
 each end once, as built for. Prometheus must scrape every worker replica, and Jaeger must be
-healthy with its query API on its published port. Once the handler replicas stop, the alert
+healthy with its query API on its published port, and the console must show the overview on
+its, its counts those of sagas.outcomes. Once the handler replicas stop, the alert
 SagastreamWorkerRoleDown fires (the shipped rules, loaded with `for: 0s` through a compose
 override, so the test need not wait minutes). Everything is torn down (volumes too),
 whatever happened.
@@ -18,6 +19,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -68,6 +70,7 @@ class Stack:
     registry_port: int
     prometheus_port: int
     jaeger_port: int
+    console_port: int
     override: Path  # a compose file of the test's own, over docker-compose.yml
 
     def compose(self, *args: str, timeout: float = 600) -> str:
@@ -138,7 +141,7 @@ def _fast_alerts(folder: Path) -> Path:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if shutil.which("docker-compose") is None:
         pytest.fail("docker-compose is not installed (apt-get install docker-compose)")
-    kafka_port, registry_port, prometheus_port, jaeger_port = _free_ports(4)
+    kafka_port, registry_port, prometheus_port, jaeger_port, console_port = _free_ports(5)
     stack = Stack(
         # CI names it, to tear it down whatever becomes of this process
         os.environ.get("SAGASTREAM_COMPOSE_PROJECT") or f"sagastream-smoke-{os.getpid()}",
@@ -148,11 +151,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "SAGASTREAM_REGISTRY_PORT": str(registry_port),
             "SAGASTREAM_PROMETHEUS_PORT": str(prometheus_port),
             "SAGASTREAM_JAEGER_QUERY_PORT": str(jaeger_port),
+            "SAGASTREAM_CONSOLE_PORT": str(console_port),
         },
         kafka_port,
         registry_port,
         prometheus_port,
         jaeger_port,
+        console_port,
         _fast_alerts(tmp_path_factory.mktemp("compose")),
     )
     started = time.monotonic()
@@ -279,6 +284,27 @@ def test_jaeger_is_healthy_and_answers_on_its_published_port(stack: Stack) -> No
     [worker, *_] = stack.containers("orchestrator")
     env = stack.inspect(worker, "{{json .Config.Env}}")
     assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318" in json.loads(env)
+
+
+def test_the_console_shows_the_overview_on_its_published_port(stack: Stack) -> None:
+    """Runs after the crash test: the overview counts its orders' outcomes."""
+    [container] = stack.containers("console")
+    deadline = time.monotonic() + 90
+    while stack.inspect(container, "{{.State.Health.Status}}") != "healthy":
+        state = stack.inspect(container, "{{json .State}}")
+        assert time.monotonic() < deadline, f"console: {state}"
+        time.sleep(1)
+    with _OPENER.open(f"http://127.0.0.1:{stack.console_port}/", timeout=60) as response:
+        assert response.status == 200
+        overview = response.read().decode()
+    with Client(stack.settings()) as client:
+        topic = client.settings.topic("sagas.outcomes")
+        outcomes = client.events.read_to_end([topic])
+    row = re.search(r'<tr data-saga="order">(.*?)</tr>', overview, re.S)
+    assert row is not None, overview[-3000:]
+    for event, series in (("SagaCompleted", "completed"), ("SagaCompensated", "compensated")):
+        count = sum(1 for m in outcomes if m.event_type == event)
+        assert f'<td class="{series}">{count}</td>' in row.group(1)
 
 
 def test_stopped_handlers_fire_the_role_down_alert(stack: Stack) -> None:
