@@ -6,7 +6,8 @@ path of `sagastream signal` and the signals API, with the caller's principal as 
 caller proves who they are with the signals API's tokens (`ApiAuth`: HTTP basic from a browser,
 principal:token). A browser cannot be made to send a decision by another site's page: the form
 carries a token bound to the browser's session cookie (SameSite=Strict, HttpOnly), which the
-POST must bring back, and the POST's Origin (or Referer) must be the console's own.
+POST must bring back, and the POST's Origin (or Referer) must be the console's own (or one of
+`api_allowed_origins`, for a console behind a TLS proxy).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from sagastream.ops.client import EventClient
 from sagastream.ops.signals import ApiAuth, SignalError, UnknownSaga, send_signal
 from sagastream.runtime.kafka_io import DeliveryFailed
+from sagastream.runtime.settings import Settings
 
 SESSION_COOKIE = "sagastream_session"
 # the one path that takes a POST when actions are on
@@ -59,15 +61,27 @@ def session_cookie(response: Response, session: str, secure: bool) -> None:
     )
 
 
-def same_origin(request: Request) -> bool:
+def same_origin(request: Request, allowed: frozenset[str] = frozenset()) -> bool:
     """Whether the request comes from one of the console's own pages: its Origin (or, without
-    one, its Referer) names the scheme, host and port the request was sent to."""
-    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    one, its Referer) names the scheme, host and port the request was sent to, or one of
+    `allowed` (the console's address behind a TLS proxy, which it cannot see itself)."""
+    own = {f"{request.url.scheme}://{request.headers.get('host', '')}", *allowed}
     origin = request.headers.get("origin")
     if origin is not None:
-        return origin == own
+        return origin in own
     referer = urllib.parse.urlsplit(request.headers.get("referer", ""))
-    return f"{referer.scheme}://{referer.netloc}" == own
+    return f"{referer.scheme}://{referer.netloc}" in own
+
+
+async def bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None if it is longer than `limit` (left unread past it): a
+    chunked body has no Content-Length for the middleware to refuse early."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 @dataclass(frozen=True)
@@ -94,10 +108,25 @@ def parse_form(body: bytes) -> Decision:
 class Actions:
     """The POST handler of a signal form (`SIGNAL_PATH`)."""
 
-    def __init__(self, auth: ApiAuth, csrf: Csrf, events: EventClient) -> None:
+    def __init__(
+        self,
+        auth: ApiAuth,
+        csrf: Csrf,
+        events: EventClient,
+        origins: frozenset[str] = frozenset(),
+        max_body_bytes: int = 64 * 1024,
+    ) -> None:
         self.auth = auth
         self.csrf = csrf
         self.events = events
+        self.origins = origins
+        self.max_body_bytes = max_body_bytes
+
+    @classmethod
+    def from_settings(cls, settings: Settings, auth: ApiAuth, events: EventClient) -> Actions:
+        """The settings' browser origins (api_allowed_origins) and body limit, a new CSRF key."""
+        origins = frozenset(o.strip() for o in settings.api_allowed_origins.split(",") if o.strip())
+        return cls(auth, Csrf(), events, origins, settings.api_max_body_bytes)
 
     async def signal(self, request: Request) -> Response:
         principal = self.auth.principal(request.headers.get("authorization"))
@@ -107,12 +136,15 @@ class Actions:
                 401,
                 {"WWW-Authenticate": REALM},
             )
-        if not same_origin(request):
+        if not same_origin(request, self.origins):
             return PlainTextResponse(
                 "refused: this form was not sent from a page of this console (Origin/Referer)", 403
             )
+        body = await bounded_body(request, self.max_body_bytes)
+        if body is None:
+            return PlainTextResponse(f"a form of at most {self.max_body_bytes} bytes", 413)
         try:
-            decision = parse_form(await request.body())
+            decision = parse_form(body)
         except ValueError:
             return PlainTextResponse("the form is not UTF-8 urlencoded", 400)
         if not self.csrf.valid(request.cookies.get(SESSION_COOKIE), decision.token):

@@ -338,7 +338,7 @@ def _api(args: argparse.Namespace) -> int:
 
 def _console(args: argparse.Namespace) -> int:
     try:
-        from sagastream.console.actions import Actions, Csrf
+        from sagastream.console.actions import Actions
         from sagastream.console.app import address, listen, serve
         from sagastream.console.readers import ConsoleReader
         from sagastream.ops.signals import ApiAuth
@@ -356,7 +356,7 @@ def _console(args: argparse.Namespace) -> int:
     # no callers, no start: as `sagastream api`
     auth = ApiAuth.from_settings(settings) if settings.console_actions else None
     reader = ConsoleReader(settings)
-    actions = None if auth is None else Actions(auth, Csrf(), reader.client.events)
+    actions = None if auth is None else Actions.from_settings(settings, auth, reader.client.events)
     sock = listen(host, port)
     mode = "actions on" if actions else "read-only"
     print(f"sagastream console on {address(sock)} ({mode})", flush=True)
@@ -787,11 +787,12 @@ def parser() -> argparse.ArgumentParser:
 
     co = sub.add_parser(
         "console",
-        help="the read-only web console: overview, sagas, one saga's DAG and timeline, dead "
-        "letters, topology",
+        help="the web console: overview, sagas, one saga's DAG and timeline, dead letters, "
+        "topology; read-only unless SAGASTREAM_CONSOLE_ACTIONS",
         description="Serves HTML pages read from Kafka (the state changelog, sagas.lifecycle, "
         "the outcome topics, the dead-letter topics, the definitions) with the workers' "
-        "settings; no database. Read-only.",
+        "settings; no database. Read-only, unless SAGASTREAM_CONSOLE_ACTIONS lets users of "
+        "SAGASTREAM_API_TOKENS approve or reject waiting human steps.",
     )
     co.add_argument("--host", default=None, help="default: SAGASTREAM_CONSOLE_HOST, 127.0.0.1")
     co.add_argument("--port", type=int, default=None, help="default: SAGASTREAM_CONSOLE_PORT, 8089")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -106,3 +107,42 @@ def test_only_the_signal_path_takes_a_post() -> None:
     csrf = Csrf()
     answer = post(csrf, {"Origin": BASE}, {}, path="/sagas/loan/l-1")
     assert answer.status_code == 405
+
+
+def test_an_allowed_origin_is_taken_and_a_long_form_is_refused_unread() -> None:
+    from starlette.requests import Request
+
+    from sagastream.console.actions import same_origin
+
+    def request(**headers: str) -> Request:
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        scope = {"type": "http", "scheme": "http", "headers": raw, "path": "/", "method": "POST"}
+        return Request(scope)
+
+    proxied = frozenset({"https://console.example"})
+    seen = request(Host="console:8089", Origin="https://console.example")
+    assert same_origin(seen, proxied) and not same_origin(seen)
+    assert same_origin(request(Host="c:1", Referer="https://console.example/sagas/x"), proxied)
+    assert not same_origin(request(Host="c:1", Origin="null"), proxied)
+
+    csrf = Csrf()
+    session = Csrf.new_session()
+    headers = {
+        "Authorization": basic("alice", TOKEN),
+        "Origin": BASE,
+        "Cookie": f"{SESSION_COOKIE}={session}",
+    }
+    long_note = {"outcome": "approved", "csrf": csrf.token(session), "note": "x" * 70_000}
+    assert post(csrf, headers, long_note).status_code == 413  # its Content-Length says so
+
+    async def chunked() -> httpx.Response:  # no Content-Length: refused once past the limit
+        async def body() -> AsyncIterator[bytes]:
+            yield f"outcome=approved&csrf={csrf.token(session)}&note=".encode()
+            for _ in range(70):
+                yield b"x" * 1024
+
+        transport = httpx.ASGITransport(app=app(csrf))
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+            return await http.post(PATH, content=body(), headers=headers)
+
+    assert asyncio.run(chunked()).status_code == 413
