@@ -1018,6 +1018,7 @@ def _refusals(exc: DeliveryFailed) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from sagastream.local.proc import LocalToolError  # standard library only: not a SagastreamError
+    from sagastream.ops.terminal import printable_message
     from sagastream.runtime.kafka_io import DeliveryFailed
 
     try:
@@ -1034,14 +1035,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except DeliveryFailed as exc:
-        print(f"sagastream {args.command}: {exc}", file=sys.stderr)
+        print(f"sagastream {args.command}: {printable_message(str(exc))}", file=sys.stderr)
         for line in _refusals(exc):
-            print(f"sagastream {args.command}: {line}", file=sys.stderr)
+            print(f"sagastream {args.command}: {printable_message(line)}", file=sys.stderr)
         return 1
     except (SagastreamError, LocalToolError, TimeoutError) as exc:
         # expected: the message says what and what to do; anything else is a bug and shows
-        # its traceback
-        print(f"sagastream {args.command}: {exc}", file=sys.stderr)
+        # its traceback. It may echo what was typed or read (a saga key): escaped
+        print(f"sagastream {args.command}: {printable_message(str(exc))}", file=sys.stderr)
         return 2
 
 

@@ -17,3 +17,9 @@ def printable(text: str) -> str:
     return "".join(
         c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
     )
+
+
+def printable_message(text: str) -> str:
+    """An error message for a terminal: its lines kept (messages may list several problems),
+    every other non-printable character in them escaped (a key or a value the user typed)."""
+    return "\n".join(printable(line) for line in text.split("\n"))

@@ -4,6 +4,8 @@ or forge a line of the report."""
 
 from __future__ import annotations
 
+import pytest
+
 from sagastream.ops.dlq import Group, Redrive, describe, group_table
 from sagastream.ops.inspect import build_view, format_list, format_view, oldest_first, summarize
 from sagastream.ops.migrate import dry_run_lines, plan_all
@@ -68,3 +70,21 @@ def test_saga_migrate_escapes_the_keys() -> None:
     )
     assert_clean(lines)
     assert lines[0].startswith(f"order {SHOWN}: ")
+
+
+def test_cli_errors_escape_what_they_echo(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An error message may echo a key or a value read from a topic: its control characters
+    reach the terminal escaped, and its lines (a message listing several problems) stay lines."""
+    from sagastream.errors import SagastreamError
+    from sagastream.ops import cli
+
+    def fails(_args: object) -> int:
+        raise SagastreamError("no saga k\x1b[2J\x07 here\nsecond problem")
+
+    monkeypatch.setattr(cli, "_topology_versions", fails)
+    assert cli.main(["topology", "versions"]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert err == "sagastream topology: no saga k\\x1b[2J\\x07 here\nsecond problem\n"
