@@ -95,7 +95,9 @@ def _topics(args: argparse.Namespace) -> int:
     for line in report.weaker:
         print(f"  ! {line} (existing topics are left as they are)")
     book = DefinitionBook(settings, topology, SchemaStore(settings.schemas_path))
-    for found in book.publish("sagastream topics create", time.time_ns() // 1_000_000):
+    book.read()
+    book.refuse_changes(settings.allow_refused_changes)
+    for found in book.publish("sagastream topics create", time.time_ns() // 1_000_000, 60.0):
         print(f"published {found.saga} v{found.version} (shape {found.shape}) to {book.topic}")
     return 0
 
@@ -597,7 +599,7 @@ def _topology_check(args: argparse.Namespace) -> int:
     topology = load_topology(settings.topology_file, settings.schemas_path)
     book = DefinitionBook(settings, topology, SchemaStore(settings.schemas_path))
     book.read()
-    newest = {d.saga: d for d in book.versions()}  # by version: the last one is the newest
+    newest = book.newest()
     running: dict[str, int] = {}
     for (saga, _), count in count_running(settings).items():
         running[saga] = running.get(saga, 0) + count

@@ -411,6 +411,20 @@ def _worst(findings: tuple[Finding, ...]) -> Change | None:
     return next((c for c in reversed(CLASSES) if c in classes), None)
 
 
+def refused_against(deployed: Mapping[str, SagaSpec], new: Topology) -> list[Finding]:
+    """The refused changes of `new`'s sagas from each one's newest deployed version (`deployed`):
+    what no orchestrator may start on, nor `topics create` publish, unless allowed. A saga the
+    file drops is not among them: whether that is refused depends on its running instances,
+    which `topology check` counts from the changelog."""
+    return [
+        finding
+        for name, spec in new.sagas.items()
+        if name in deployed and deployed[name].shape != spec.shape
+        for finding in diff_sagas(name, deployed[name], spec).findings
+        if finding.change == "refused"
+    ]
+
+
 def check_deployed(
     deployed: Mapping[str, SagaSpec], running: Mapping[str, int], new: Topology
 ) -> TopologyDiff:

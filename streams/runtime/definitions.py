@@ -39,6 +39,11 @@ class DefinitionError(SagastreamError, ValueError):
     """A definitions record that cannot be read; the message names its key and what is wrong."""
 
 
+class RefusedChange(SagastreamError, ValueError):
+    """The topology file changes a deployed saga in a way no version can carry (its start event
+    or key field); the message names each change and what to do."""
+
+
 @dataclass(frozen=True)
 class RecordedEvent:
     """An event type as a definition recorded it: the topics it travels on and its schema."""
@@ -241,6 +246,32 @@ class DefinitionBook:
     def highest(self, saga: str) -> int:
         """The highest version number read for the saga (0: none)."""
         return max((d.version for d in self.versions(saga)), default=0)
+
+    def newest(self) -> dict[str, Definition]:
+        """Each saga's highest published version: what is deployed, as a new file sees it."""
+        return {d.saga: d for d in self.versions()}  # sorted by version: the last one wins
+
+    def refuse_changes(self, allowed: bool) -> None:
+        """RefusedChange if the file changes a saga's identity against its newest published
+        version (`topology diff`'s refused class), unless `allowed` (the setting
+        allow_refused_changes): sagas in flight were started and keyed by the old identity."""
+        from sagastream.ops.topology_diff import refused_against
+
+        deployed = self.newest()
+        found = refused_against({s: d.spec for s, d in deployed.items()}, self.topology)
+        if not found or allowed:
+            for finding in found:
+                log.warning("deploying a refused change, as allowed: %s", finding)
+            return
+        saga = (f.where.split(".")[0] for f in found)
+        lines = "\n".join(
+            f"  {f} (deployed: v{deployed[s].version})" for f, s in zip(found, saga, strict=True)
+        )
+        raise RefusedChange(
+            f"{self.settings.topology_file} changes what deployed sagas are found by, in "
+            f"{self.topic}:\n{lines}\nOnce `sagastream topology versions` shows none of "
+            "it running, SAGASTREAM_ALLOW_REFUSED_CHANGES=true lets this file through"
+        )
 
     def find(self, saga: str, shape: str) -> Definition | None:
         return self._known.get((saga, shape))

@@ -306,8 +306,10 @@ class Orchestrator:
     def _publish_definitions(self) -> None:
         """Before anything is consumed, the file's definitions are on the definitions topic, so
         no state is pinned to an unpublished shape. A refused write (DeliveryFailed) or a
-        missing topic (ClusterError) stops the worker with the reason."""
+        missing topic (ClusterError) stops the worker with the reason, and so does a file that
+        changes a deployed saga's identity (RefusedChange), unless that is allowed."""
         # the worker read the topic a moment ago, before it built the topology and codec
+        self.book.refuse_changes(self.settings.allow_refused_changes)
         published = self.book.publish(self.instance.transactional_id, now_ms(), SHAPE_RETRY_S)
         self._book_read = time.monotonic()
         for found in published:

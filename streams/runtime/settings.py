@@ -247,6 +247,9 @@ class Settings(BaseSettings):
     console_port: int = Field(default=8089, ge=0, le=65535)
     # the console's approve/reject forms for waiting human steps; off: the console only reads
     console_actions: bool = False
+    # an orchestrator (and `topics create`) refuses a topology file that changes a deployed
+    # saga's start event or key field; true lets it through, for a saga none of which runs
+    allow_refused_changes: bool = False
     transaction_timeout_ms: int = Field(default=10_000, ge=1000)
     instance_id: str | None = None
     # the largest record a worker produces, headers and framing included: under the producer's

@@ -385,3 +385,60 @@ def test_a_rollback_to_v1_leaves_the_v2_sagas_on_v2(
     finally:
         for worker in [*running, new]:
             worker.stop()
+
+
+def test_a_file_that_rekeys_a_deployed_saga_stops_the_orchestrator_and_topics_create(
+    ns: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """v1 is deployed; a file keying the order saga by customer_id
+    (`topology diff`'s refused class) is refused by name by `topics create` (exit 2) and by an
+    orchestrator at start, before it publishes or consumes anything; allowed by the setting,
+    the orchestrator starts and publishes it as v2."""
+    from sagastream.ops import cli
+    from sagastream.ops.demo import settings_env
+
+    for name, value in settings_env(ns.settings).items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["topics", "create"]) == 0  # publishes v1
+    data = yaml.safe_load(ns.settings.topology_file.read_text())
+    data["sagas"]["order"]["key_field"] = "customer_id"
+    rekeyed = tmp_path / "topology-rekeyed.yaml"
+    rekeyed.write_text(yaml.safe_dump(data))
+    settings = ns.settings.model_copy(
+        update={"topology_file": rekeyed, "schemas_dir": ns.settings.schemas_path}
+    )
+
+    monkeypatch.setenv("SAGASTREAM_TOPOLOGY_FILE", str(rekeyed))
+    monkeypatch.setenv("SAGASTREAM_SCHEMAS_DIR", str(ns.settings.schemas_path))
+    capsys.readouterr()
+    assert cli.main(["topics", "create"]) == 2
+    err = capsys.readouterr().err
+    assert "order.key_field: order_id -> customer_id" in err and "(deployed: v1)" in err
+
+    refused = WorkerSet(settings, tmp_path / "refused")
+    refused.start(["orchestrator"])
+    try:
+        code = refused.procs["orchestrator"].wait(90)
+    finally:
+        refused.stop()
+    log = (tmp_path / "refused" / "orchestrator.log").read_text()
+    assert code != 0
+    assert "order.key_field: order_id -> customer_id" in log
+    assert "SAGASTREAM_ALLOW_REFUSED_CHANGES=true" in log
+    assert "orchestrator consuming" not in log
+    book = DefinitionBook(ns.settings, ns.topology, SchemaStore(ns.settings.schemas_path))
+    book.read()
+    assert book.highest("order") == 1, "the refused file was published"
+
+    allowed = workers(
+        settings, tmp_path / "allowed", "orchestrator", SAGASTREAM_ALLOW_REFUSED_CHANGES="true"
+    )
+    try:
+        book.read()
+        assert book.highest("order") == 2
+        assert (
+            "deploying a refused change, as allowed"
+            in (tmp_path / "allowed" / "orchestrator.log").read_text()
+        )
+    finally:
+        allowed.stop()

@@ -17,6 +17,7 @@ from sagastream.runtime.definitions import (
     Definition,
     DefinitionBook,
     DefinitionError,
+    RefusedChange,
     policies,
 )
 from sagastream.runtime.settings import Settings
@@ -96,6 +97,37 @@ def test_a_policy_update_is_published_again_under_the_same_number() -> None:
     assert again.unpublished("v1-slower", 4) == []
     assert again.highest("order") == 2
     assert again.spec("order", v1[0].shape) == slower.sagas["order"]
+
+
+def keyed_by_customer(data: dict[str, Any]) -> None:
+    data["sagas"]["order"]["key_field"] = "customer_id"
+
+
+def test_a_file_that_changes_a_deployed_sagas_key_is_refused_naming_the_change() -> None:
+    v1 = book(topology()).unpublished("v1", 1)
+    rekeyed = book(topology(keyed_by_customer), *v1)
+    with pytest.raises(RefusedChange) as refused:
+        rekeyed.refuse_changes(allowed=False)
+    text = str(refused.value)
+    assert "order.key_field: order_id -> customer_id" in text and "(deployed: v1)" in text
+    assert "SAGASTREAM_ALLOW_REFUSED_CHANGES=true" in text
+    rekeyed.refuse_changes(allowed=True)  # allowed: it goes through
+
+
+def test_a_rollback_is_checked_against_the_newest_version() -> None:
+    """v2 (a step added) was deployed after v1: going back to v1's file is a version change,
+    allowed; going back to a v1 keyed otherwise is refused, though v1's shape is published."""
+    v1 = book(topology()).unpublished("v1", 1)
+    v2 = book(topology(added_step), *v1).unpublished("v2", 2)
+    book(topology(), *v1, *v2).refuse_changes(allowed=False)
+    book(topology(slower_payment), *v1, *v2).refuse_changes(allowed=False)
+    assert book(topology(), *v1, *v2).newest()["order"].version == 2
+    with pytest.raises(RefusedChange, match=r"order.key_field: .*\(deployed: v2\)"):
+        book(topology(keyed_by_customer), *v1, *v2).refuse_changes(allowed=False)
+
+
+def test_nothing_published_yet_refuses_nothing() -> None:
+    book(topology(keyed_by_customer)).refuse_changes(allowed=False)
 
 
 def test_lowest_is_the_first_version_and_decides_states_without_a_shape() -> None:
