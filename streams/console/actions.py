@@ -1,5 +1,6 @@
-"""The console's one write: a decision (approve or reject, with a note) for a saga's waiting
-human step, and what guards it.
+"""The console's writes and what guards them: a decision (approve or reject, with a note) for a
+saga's waiting human step, and the redrive of dead letters (its handler is redrive.py; the
+guard, `Actions.checked`, is here).
 
 Actions are off unless `console_actions` is set. A decision is sent by `send_signal`, the code
 path of `sagastream signal` and the signals API, with the caller's principal as decided_by. A
@@ -29,8 +30,10 @@ from sagastream.runtime.kafka_io import DeliveryFailed
 from sagastream.runtime.settings import Settings
 
 SESSION_COOKIE = "sagastream_session"
-# the one path that takes a POST when actions are on
+# the paths that take a POST when actions are on: a signal form, a redrive's confirmation
 SIGNAL_PATH = re.compile(r"^/sagas/[\w.-]+/.+/steps/[\w.-]+/signal$")
+REDRIVE_PATH = re.compile(r"^/dlq/redrive$")
+POST_PATHS = (SIGNAL_PATH, REDRIVE_PATH)
 REALM = 'Basic realm="sagastream console", charset="UTF-8"'
 
 
@@ -93,20 +96,37 @@ class Decision:
     token: str | None
 
 
-def parse_form(body: bytes) -> Decision:
-    """A urlencoded form's outcome, note and CSRF token (ValueError if not UTF-8)."""
-    fields = urllib.parse.parse_qs(body.decode("utf-8", "strict"), keep_blank_values=True)
+@dataclass(frozen=True)
+class Form:
+    """A urlencoded form's fields, each with every value it was given."""
 
-    def one(name: str) -> str | None:
-        values = fields.get(name)
+    fields: dict[str, list[str]]
+
+    @classmethod
+    def parse(cls, body: bytes) -> Form:
+        """ValueError if the body is not UTF-8."""
+        text = body.decode("utf-8", "strict")
+        return cls(urllib.parse.parse_qs(text, keep_blank_values=True))
+
+    def one(self, name: str) -> str | None:
+        values = self.fields.get(name)
         return values[0] if values else None
 
-    note = (one("note") or "").strip()
-    return Decision(one("outcome") or "", note or None, one("csrf"))
+
+def decision_of(form: Form) -> Decision:
+    """A signal form's outcome, note and CSRF token."""
+    note = (form.one("note") or "").strip()
+    return Decision(form.one("outcome") or "", note or None, form.one("csrf"))
+
+
+def parse_form(body: bytes) -> Decision:
+    """A signal form's fields (ValueError if not UTF-8)."""
+    return decision_of(Form.parse(body))
 
 
 class Actions:
-    """The POST handler of a signal form (`SIGNAL_PATH`)."""
+    """What every POST must pass (`checked`), the forms' sessions, and the POST handler of a
+    signal form (`SIGNAL_PATH`)."""
 
     def __init__(
         self,
@@ -128,7 +148,21 @@ class Actions:
         origins = frozenset(o.strip() for o in settings.api_allowed_origins.split(",") if o.strip())
         return cls(auth, Csrf(), events, origins, settings.api_max_body_bytes)
 
-    async def signal(self, request: Request) -> Response:
+    def form_token(self, request: Request) -> tuple[str, str]:
+        """The browser's session (a new one if it has none) and its forms' CSRF token."""
+        session = request.cookies.get(SESSION_COOKIE) or Csrf.new_session()
+        return session, self.csrf.token(session)
+
+    @staticmethod
+    def keep_session(request: Request, page: Response, session: str) -> None:
+        """Give the browser its session cookie if the page's form was made for a new one."""
+        if session != request.cookies.get(SESSION_COOKIE):
+            session_cookie(page, session, request.url.scheme == "https")
+
+    async def checked(self, request: Request) -> tuple[str, Form] | Response:
+        """A POSTed form and its sender's principal, or the refusal to answer with: no
+        user (401), not from a page of this console or a token that does not fit the session
+        (403), too long (413), not a form (400)."""
         principal = self.auth.principal(request.headers.get("authorization"))
         if principal is None:
             return PlainTextResponse(
@@ -144,15 +178,23 @@ class Actions:
         if body is None:
             return PlainTextResponse(f"a form of at most {self.max_body_bytes} bytes", 413)
         try:
-            decision = parse_form(body)
+            form = Form.parse(body)
         except ValueError:
             return PlainTextResponse("the form is not UTF-8 urlencoded", 400)
-        if not self.csrf.valid(request.cookies.get(SESSION_COOKIE), decision.token):
+        if not self.csrf.valid(request.cookies.get(SESSION_COOKIE), form.one("csrf")):
             return PlainTextResponse(
-                "refused: the form's CSRF token does not fit this session; reload the saga's "
-                "page and send the form again",
+                "refused: the form's CSRF token does not fit this session; reload the page "
+                "and send the form again",
                 403,
             )
+        return principal, form
+
+    async def signal(self, request: Request) -> Response:
+        checked = await self.checked(request)
+        if isinstance(checked, Response):
+            return checked
+        principal, form = checked
+        decision = decision_of(form)
         p = request.path_params
         try:
             await run_in_threadpool(

@@ -1,6 +1,6 @@
 """The console's web application: its routes, each a read through `ConsoleReader` rendered by a
 Jinja template (autoescaped), and the HTTP rules it keeps: read-only (GET and HEAD only; with
-actions on, also the POST of a signal form, which actions.py guards), the
+actions on, also the POSTs of a signal form and a redrive, which actions.py guards), the
 HTTP limits of the other servers (`Settings.http_limits`), loopback Host names when bound to
 loopback, and headers that keep pages from being framed or running scripts.
 """
@@ -21,15 +21,10 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from sagastream.console.actions import (
-    SESSION_COOKIE,
-    SIGNAL_PATH,
-    Actions,
-    Csrf,
-    session_cookie,
-)
+from sagastream.console.actions import POST_PATHS, Actions
 from sagastream.console.layout import dag_layout, lane_order, timeline
 from sagastream.console.readers import ConsoleReader, now_ms
+from sagastream.console.redrive import Redrives
 from sagastream.console.svg import dag_svg, rate_svg, timeline_svg
 from sagastream.console.views import SERIES, SagaQuery
 from sagastream.core.state import TERMINAL
@@ -127,7 +122,7 @@ class Pages:
         line = timeline(view.history, lane_order(depends), human, view.started_ms, end)
         states = {s.name: s.state for s in view.steps}
         waiting = [step for step in human if states.get(step) == "running"]
-        session = request.cookies.get(SESSION_COOKIE) or Csrf.new_session()
+        session, csrf = self.actions.form_token(request) if self.actions else ("", "")
         page = self.render(
             "saga.html",
             view=view,
@@ -137,11 +132,11 @@ class Pages:
             # a page with a form is not reloaded under the hand filling it in
             refresh=None if view.status in TERMINAL or (waiting and self.actions) else REFRESH_S,
             waiting=waiting if self.actions else [],
-            csrf=self.actions.csrf.token(session) if self.actions else "",
+            csrf=csrf,
             signalled=request.query_params.get("signalled"),
         )
-        if self.actions and session != request.cookies.get(SESSION_COOKIE):
-            session_cookie(page, session, request.url.scheme == "https")
+        if self.actions:
+            self.actions.keep_session(request, page, session)
         return page
 
     def dead_letters(self, request: Request) -> Response:
@@ -233,7 +228,7 @@ class Limited:
     def __init__(self, app: Any, limits: Limits, writable: bool = False) -> None:
         self.app = app
         self.limits = limits
-        # actions on: a signal form's POST is taken (actions.py guards it)
+        # actions on: a signal form's and a redrive's POST are taken (actions.py guards them)
         self.writable = writable
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -256,7 +251,7 @@ class Limited:
 
     def _refusal(self, scope: Any) -> Response | None:
         posting = self.writable and scope["method"] == "POST"
-        if posting and SIGNAL_PATH.match(scope["path"]):
+        if posting and any(path.match(scope["path"]) for path in POST_PATHS):
             pass
         elif scope["method"] not in ("GET", "HEAD"):
             return PlainTextResponse(
@@ -273,18 +268,21 @@ def build_app(reader: ConsoleReader, host: str, actions: Actions | None = None) 
     """The console as an ASGI application reading through `reader`; bound to `host`; taking
     decisions for waiting human steps when given `actions`."""
     pages = Pages(reader, templates(), actions)
-    signal = (
+    redrives = Redrives(reader, pages.render, actions)
+    writes = (
         []
         if actions is None
         else [
-            Route("/sagas/{saga}/{key:path}/steps/{step}/signal", actions.signal, methods=["POST"])
+            Route("/sagas/{saga}/{key:path}/steps/{step}/signal", actions.signal, methods=["POST"]),
+            Route("/dlq/redrive", redrives.execute, methods=["POST"]),
         ]
     )
-    routes = signal + [
+    routes = writes + [
         Route("/", _guarded(pages, pages.overview)),
         Route("/sagas", _guarded(pages, pages.sagas)),
         Route("/sagas/{saga}/{key:path}", _guarded(pages, pages.saga)),
         Route("/dlq", _guarded(pages, pages.dead_letters)),
+        Route("/dlq/redrive", _guarded(pages, redrives.dry_run)),
         Route("/dlq/{topic}/{partition:int}/{offset:int}", _guarded(pages, pages.dead_letter)),
         Route("/topology", _guarded(pages, pages.topology)),
         Route("/asyncapi.yaml", _guarded(pages, pages.asyncapi)),

@@ -451,11 +451,7 @@ def _dlq(args: argparse.Namespace) -> int:
             since_ms=None if args.since is None else dlq.parse_time(args.since),
             until_ms=None if args.until is None else dlq.parse_time(args.until),
         )
-        plans = dlq.plan_redrives(
-            dlq.select(letters, selection),
-            args.max_redrives,
-            dlq.redrive_sources(topology, client.settings),
-        )
+        plans = dlq.plan_selected(letters, selection, topology, client.settings, args.max_redrives)
         refused = sum(1 for p in plans if p.refused)
         if not args.execute:
             for plan in plans:

@@ -126,6 +126,9 @@ class Selection:
     key: str | None = None
     since_ms: int | None = None
     until_ms: int | None = None
+    # exactly these dead letters, each (logical dlq topic, partition, offset): the console's
+    # ticked rows
+    at: frozenset[tuple[str, int, int]] | None = None
 
     def matches(self, letter: DeadLetter) -> bool:
         failed_at = letter.failed_at_ms
@@ -140,6 +143,10 @@ class Selection:
             or (timed and failed_at is None)
             or (self.since_ms is not None and failed_at is not None and failed_at < self.since_ms)
             or (self.until_ms is not None and failed_at is not None and failed_at >= self.until_ms)
+            or (
+                self.at is not None
+                and (letter.topic, letter.partition, letter.offset) not in self.at
+            )
         )
 
 
@@ -229,6 +236,20 @@ def plan_redrives(
                 Redrive(letter, letter.source_topic, redrive_headers(letter.headers, count + 1))
             )
     return plans
+
+
+def plan_selected(
+    letters: Iterable[DeadLetter],
+    selection: Selection,
+    topology: Topology,
+    settings: Settings,
+    max_redrives: int = DEFAULT_MAX_REDRIVES,
+) -> list[Redrive]:
+    """`dlq redrive`'s plan, for the CLI and the console alike: the selected dead letters, each
+    to go back where the topology allows or refused with the reason."""
+    return plan_redrives(
+        select(letters, selection), max_redrives, redrive_sources(topology, settings)
+    )
 
 
 def _foreign(letter: DeadLetter, source: str, sources: Sources) -> str | None:
@@ -325,6 +346,18 @@ def read_dead_letters(client: EventClient, topics: list[str]) -> list[DeadLetter
         from_received(m, logical_topic(client.settings, m.topic))
         for m in client.read_to_end(physical)
     ]
+
+
+def parse_at(text: str) -> tuple[str, int, int]:
+    """A dead letter named as the console's rows name it, `topic/partition/offset`."""
+    topic, _, rest = text.partition("/")
+    partition, _, offset = rest.partition("/")
+    if not (topic and partition.isdigit() and offset.isdigit()):
+        raise UsageError(
+            f"{printable(text)!r} names no dead letter: give topic/partition/offset, e.g. "
+            "orders.events.dlq/0/12"
+        )
+    return topic, int(partition), int(offset)
 
 
 def find(letters: Iterable[DeadLetter], topic: str, partition: int, offset: int) -> DeadLetter:

@@ -123,6 +123,23 @@ def every_dead_letter(ns: Any) -> list[Received]:
     return ns.client.read_to_end(sorted(dlqs))
 
 
+def planted_dead_letter(ns: Any, key: str, redrives: int | None = None) -> None:
+    """A dead letter as the runtime writes it, whose value is a valid (the "fixed") OrderPlaced."""
+    from sagastream.wire.codec import new_meta
+    from sagastream.wire.dlq import REDRIVE_COUNT, Origin, dead_letter_headers
+
+    record = good_order(key)
+    record["meta"] = new_meta("OrderPlaced", key, "test")
+    origin = Origin(ns.topic("orders.events"), 0, 0)
+    headers = dead_letter_headers(
+        origin, "unknown_schema_id", "schema id 999999 is unknown", "sagastream-orchestrator"
+    )
+    if redrives is not None:
+        headers.append((REDRIVE_COUNT, str(redrives).encode()))
+    value = ns.client.codec.encode("OrderPlaced", record)
+    ns.client.publish_raw(ns.topic("orders.events.dlq"), key.encode(), value, headers)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:

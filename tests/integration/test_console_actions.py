@@ -1,7 +1,8 @@
 """The console's decisions against the real broker and real workers: loans wait for their
 review; a POST without credentials is asked to sign in (401), one without or with a wrong CSRF
 token is refused (403) and changes nothing; the form sent as a signed-in user with its session's
-token approves one loan and rejects another, recorded as that user."""
+token approves one loan and rejects another, recorded as that user. A redrive from the
+dead-letter page: dry run, then confirmation."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ import pytest
 
 from sagastream.ops.client import Client
 from sagastream.ops.demo import settings_env
-from tests.integration.helpers import every_dead_letter, lifecycle, loan_applied, wait_outcomes
+from tests.integration.helpers import (
+    every_dead_letter,
+    lifecycle,
+    loan_applied,
+    planted_dead_letter,
+    wait_outcomes,
+)
 from tests.integration.test_console import LOAN_HANDLERS, running_console, wait_for_review
 
 pytestmark = pytest.mark.integration
@@ -25,6 +32,7 @@ pytestmark = pytest.mark.integration
 TOKEN = "console-test-token-0123456789"
 AUTH = "Basic " + base64.b64encode(f"alice:{TOKEN}".encode()).decode()
 CSRF = re.compile(r'<input type="hidden" name="csrf" value="([0-9a-f]+)">')
+PLAN = re.compile(r'<input type="hidden" name="plan" value="([^"]+)">')
 
 
 @pytest.fixture
@@ -128,3 +136,50 @@ def test_a_signed_in_user_decides_a_waiting_review_through_the_form(
     decided = {(m.key, m.record["outcome"], m.record["decided_by"]) for m in signals if m.record}
     assert decided == {(b"act-yes", "approved", "alice"), (b"act-no", "rejected", "alice")}
     assert every_dead_letter(ns) == []
+
+
+def test_a_signed_in_user_redrives_a_fixed_dead_letter_from_the_dry_run(
+    ns: Any, workers: Any, console: int
+) -> None:
+    """The dead-letter page's redrive on the real broker: the dry run of a group sends nothing;
+    its confirmation sends the fixable one (refusing the spent one), the broker's answer is
+    shown, and its saga completes; the same confirmation again sends nothing."""
+    planted_dead_letter(ns, "con-fixed")
+    planted_dead_letter(ns, "con-spent", redrives=3)
+    ns.client.flush()
+    query = urllib.parse.urlencode({"topic": "orders.events.dlq", "reason": "unknown_schema_id"})
+    connection = http.client.HTTPConnection("127.0.0.1", console, timeout=60)
+    connection.request("GET", f"/dlq/redrive?{query}")
+    answer = connection.getresponse()
+    page = answer.read().decode()
+    assert answer.status == 200, page[-2000:]
+    assert "would redrive 1 dead letters, refuse 1" in page
+    assert "redriven 3 times already" in page
+    cookie = (answer.getheader("Set-Cookie") or "").split(";")[0]
+    token, plan = CSRF.search(page), PLAN.search(page)
+    assert token is not None and plan is not None, page[-2000:]
+    assert not [m for m in ns.client.read_to_end([ns.topic("orders.events")])], "a dry run sent"
+
+    origin = f"http://127.0.0.1:{console}"
+    form = {"csrf": token.group(1), "plan": plan.group(1)}
+    headers = {"Origin": origin, "Cookie": cookie, "Authorization": AUTH}
+    done = post_page(console, "/dlq/redrive", form, headers)
+    assert done[0] == 200, done[1][-2000:]
+    assert "redriven 1 (written, acknowledged by the broker), NOT written 0, refused 1" in done[1]
+    assert f"-&gt; {ns.topic('orders.events')}[" in done[1]
+    assert wait_outcomes(ns, {"con-fixed"})["con-fixed"].event_type == "SagaCompleted"
+    again = post_page(console, "/dlq/redrive", form, headers)
+    assert again[0] == 409 and "confirmed already" in again[1]
+    redriven = [m.key for m in ns.client.read_to_end([ns.topic("orders.events")])]
+    assert redriven == [b"con-fixed"]
+    assert sorted(m.key for m in every_dead_letter(ns)) == [b"con-fixed", b"con-spent"]
+
+
+def post_page(
+    port: int, path: str, form: dict[str, str], headers: dict[str, str]
+) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
+    connection.request("POST", path, urllib.parse.urlencode(form), headers)
+    answer = connection.getresponse()
+    return answer.status, answer.read().decode()

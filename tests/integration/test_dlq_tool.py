@@ -10,7 +10,7 @@ from sagastream.ops import cli
 from sagastream.ops.demo import settings_env
 from sagastream.wire.codec import new_meta
 from sagastream.wire.dlq import REDRIVE_COUNT, Origin, dead_letter_headers, read_dead_letter_headers
-from tests.integration.helpers import good_order, wait_outcomes
+from tests.integration.helpers import planted_dead_letter, wait_outcomes
 
 pytestmark = pytest.mark.integration
 
@@ -29,27 +29,13 @@ def sagastream(ns, monkeypatch, capsys):
     return run
 
 
-def _dead_letter(ns, key: str, redrives: int | None = None) -> None:
-    """A dead letter as the runtime writes it, whose value is a valid (the "fixed") OrderPlaced."""
-    record = good_order(key)
-    record["meta"] = new_meta("OrderPlaced", key, "test")
-    origin = Origin(ns.topic("orders.events"), 0, 0)
-    headers = dead_letter_headers(
-        origin, "unknown_schema_id", "schema id 999999 is unknown", "sagastream-orchestrator"
-    )
-    if redrives is not None:
-        headers.append((REDRIVE_COUNT, str(redrives).encode()))
-    value = ns.client.codec.encode("OrderPlaced", record)
-    ns.client.publish_raw(ns.topic("orders.events.dlq"), key.encode(), value, headers)
-
-
 def _on(ns, topic: str, key: str):
     return [m for m in ns.client.read_to_end([ns.topic(topic)]) if m.key == key.encode()]
 
 
 def test_a_fixed_poison_message_is_redriven_and_processed(ns, workers, sagastream):
-    _dead_letter(ns, "order-fixed")
-    _dead_letter(ns, "order-spent", redrives=3)
+    planted_dead_letter(ns, "order-fixed")
+    planted_dead_letter(ns, "order-spent", redrives=3)
     ns.client.flush()
 
     code, out = sagastream("list")
