@@ -286,7 +286,12 @@ def build_app(reader: ConsoleReader, host: str, actions: Actions | None = None) 
         Route("/dlq/{topic}/{partition:int}/{offset:int}", _guarded(pages, pages.dead_letter)),
         Route("/topology", _guarded(pages, pages.topology)),
         Route("/asyncapi.yaml", _guarded(pages, pages.asyncapi)),
-        Mount("/static", StaticFiles(packages=[("sagastream.console", "static")]), name="static"),
+        # an editable install (`make install`) links the sheet from outside the package folder
+        Mount(
+            "/static",
+            StaticFiles(packages=[("sagastream.console", "static")], follow_symlink=True),
+            name="static",
+        ),
     ]
     middleware = [
         Middleware(Limited, limits=reader.settings.http_limits(), writable=actions is not None)

@@ -57,3 +57,20 @@ def test_console_refuses_a_port_that_is_no_tcp_port(capsys: pytest.CaptureFixtur
 
     assert main(["console", "--port", "99999"]) == 2
     assert "--port 99999 is no TCP port" in capsys.readouterr().err
+
+
+def test_the_style_sheet_is_served_from_an_editable_install_too() -> None:
+    """`make install` links each package file into build/__editable__* (a symlink out of the
+    package's folder): the sheet must be served through it, or every page shows unstyled."""
+    from sagastream.console.app import build_app
+    from tests.unit.test_console_redrive import Reader
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=build_app(Reader(), "127.0.0.1"))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            return await http.get("/static/console.css")
+
+    sheet = asyncio.run(get())
+    assert sheet.status_code == 200, sheet.text
+    assert sheet.headers["content-type"].startswith("text/css")
+    assert "the console's one style sheet" in sheet.text
