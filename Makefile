@@ -45,7 +45,8 @@ test: install tools
 unit: install tools
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal tests/unit
 
-# promtool (Debian's prometheus package) for the alert rules' tests, installed when missing
+# promtool (Debian's prometheus package) for the alert rules' tests, and chromium and
+# chromedriver for the console's browser test, installed when missing (scripts/test-tools)
 tools:
 	scripts/test-tools
 

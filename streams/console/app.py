@@ -40,13 +40,15 @@ PAGE_SIZE = 50
 # seconds between reloads of pages that change by themselves (overview, a running saga)
 REFRESH_S = 10
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-# no script runs and nothing loads from elsewhere: the pages are HTML, inline SVG and one sheet
+# no script runs and nothing loads from elsewhere: the pages are HTML, inline SVG and one sheet.
+# No page address leaves for another site (Referrer-Policy same-origin); `no-referrer` would make
+# browsers send `Origin: null` with the console's own forms, which the Origin check refuses.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
