@@ -5,8 +5,8 @@ committed; the loan is approved from its page (a note filled in, a click) and co
 made poison by a misconfigured topic is dead-lettered, the topic fixed, and the order redriven
 from the dead-letter page (dry run, confirmation) to completion.
 
-Each page is saved as a PNG under build/console-screenshots/ (the CI artifact). One Chromium
-serves the module. Two defects the HTTP tests could not see came out here: the approve form was
+Each whole page is saved as a PNG under build/console-screenshots/ (the CI artifact;
+`scripts/readme-screenshots` copies the README's from there). One Chromium serves the module. Two defects the HTTP tests could not see came out here: the approve form was
 refused (the pages' `Referrer-Policy: no-referrer` made Chromium send `Origin: null`), and the
 style sheet was not served from an editable install.
 """
@@ -69,7 +69,7 @@ def browser() -> Iterator[WebDriver]:
     options.binary_location = chromium
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
         options.add_argument(argument)
-    options.add_argument("--window-size=1280,1400")
+    options.add_argument("--window-size=1280,800")
     driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
     credentials = base64.b64encode(f"alice:{TOKEN}".encode()).decode()
     driver.execute_cdp_cmd("Network.enable", {})
@@ -103,8 +103,14 @@ class Console:
         assert header.value_of_css_property("background-color") == HEADER_COLOUR, title
 
     def shoot(self, name: str) -> None:
+        """The whole page as a PNG (beyond the window where it is longer)."""
+        size = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        shot = self.driver.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+        )
         SHOTS.mkdir(parents=True, exist_ok=True)
-        assert self.driver.save_screenshot(str(SHOTS / f"{name}.png")), name
+        (SHOTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
 
     def body(self) -> str:
         return self.driver.find_element(By.TAG_NAME, "body").text
