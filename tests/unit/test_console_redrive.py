@@ -144,9 +144,12 @@ def test_a_group_is_chosen_by_topic_and_reason_and_nothing_chosen_is_a_bad_reque
     assert nothing.status_code == 400 and "no dead letters chosen" in nothing.text
 
 
-def test_a_confirmed_dry_run_sends_its_dead_letters_once() -> None:
+def test_a_confirmed_dry_run_sends_its_dead_letters_once(caplog: pytest.LogCaptureFixture) -> None:
     events = Events()
     _, done, again = run(events, DRY_RUN, confirm(), confirm())
+    # the console's log says who redrove what
+    logged = [r.getMessage() for r in caplog.records if r.name == "sagastream.console"]
+    assert len(logged) == 3 and all(m.startswith("console redrive by alice: ") for m in logged)
     assert done.status_code == 200, done.text
     assert [(t, k) for t, k, _ in events.sent] == [("p-orders.events", b"order-1")]
     assert (REDRIVE_COUNT, b"1") in events.sent[0][2]
