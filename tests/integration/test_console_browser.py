@@ -99,8 +99,10 @@ class Console:
         """The page answered, and in the console's style (its sheet loaded: a dark header)."""
         title = self.driver.title
         assert "Not understood" not in title and "Kafka did not answer" not in title, self.body()
-        header = self.driver.find_element(By.TAG_NAME, "header")
-        assert header.value_of_css_property("background-color") == HEADER_COLOUR, title
+        # a refusal (401, 403, 409) is plain text, without the console's header
+        headers = self.driver.find_elements(By.TAG_NAME, "header")
+        assert headers, f"not a console page at {self.driver.current_url}: {self.body()[:2000]}"
+        assert headers[0].value_of_css_property("background-color") == HEADER_COLOUR, title
 
     def shoot(self, name: str) -> None:
         """The whole page as a PNG (beyond the window where it is longer)."""
