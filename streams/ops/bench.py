@@ -2,19 +2,21 @@
 
 A run has phases, each under its own topic prefix inside the run's (`bench-<time>-`):
 
-``ss-``        the order saga with instant handlers, a worker process per role, at the maximum
-               rate and at fixed rates; then the records it wrote, counted per topic;
+``ss-``        the order saga with instant handlers, a worker process per role: a warm-up at the
+               maximum rate (reported apart, never mixed in), a steady window of `steady` orders
+               at the maximum rate, then fixed rates; then the records it wrote, counted per topic;
 ``base-``      the same hops on plain confluent-kafka (sagastream.ops.pipeline_baseline), with as
-               many writes per saga: the physical limit every sagastream figure is divided by;
+               many writes per saga, the same warm-up and as many sagas per point: the physical
+               limit every sagastream figure is divided by;
 ``par-/seq-``  handler latencies of 200, 100 and 150 ms, the saga's steps in parallel (as
                topology.yaml defines them) and chained one after the other;
 ``tr0-/tr10-/tr100-``  with `--trace`: the order saga at the maximum rate with tracing off, and
                exporting spans by OTLP sampled at 0.1 and at 1.0 (runtime/tracing.py).
 
 Latency is the time from publishing the start event to reading its outcome (read_committed) in
-this process; sagas/s counts from the first publish to the last outcome; CPU is utime+stime
-from /proc per process, broker JVM and this driver included, from the first publish until the
-phase's topics stop growing.
+this process; sagas/s counts from the first publish to the last outcome ("by outcome") and to
+when the phase's topics stop growing ("to quiet"); CPU is utime+stime from /proc per process,
+broker JVM and this driver included, from the first publish until the topics stop growing.
 """
 
 from __future__ import annotations
@@ -57,7 +59,9 @@ from sagastream.runtime.settings import Settings
 Rate = float | None  # None: as fast as the producer takes them
 Point = dict[str, Any]
 
-WARMUP_ORDERS = 50
+WARMUP_ORDERS = 50  # the phases without a warm-up of their own (fan-out, tracing)
+STEADY_ORDERS = 20_000  # the maximum-rate window: long enough that start-up and JIT wash out
+STEADY_WARMUP_ORDERS = 2_000
 MAX_FIXED_RATE_ORDERS = 2000
 FIXED_RATE_SECONDS = 5.0
 FANOUT_LATENCY_MS = {"payment": 200, "inventory": 100, "shipping": 150}
@@ -71,9 +75,10 @@ QUIET_S = 0.5  # several commit intervals without a write: the work of a rate po
 class BenchOptions:
     """What `sagastream bench` was asked to do."""
 
-    orders: int | None = None
+    orders: int | None = None  # per fixed-rate point; None: FIXED_RATE_SECONDS worth
+    steady: int = STEADY_ORDERS  # the maximum-rate point, after the warm-up
+    warmup: int = STEADY_WARMUP_ORDERS  # at the maximum rate first, reported apart
     rates: tuple[float, ...] = (100.0, 300.0, 600.0)
-    baseline_orders: int = 20_000
     skip_baseline: bool = False
     skip_fanout: bool = False
     json_path: Path = Path("bench-results.json")
@@ -85,8 +90,16 @@ class BenchOptions:
     trace: int | None = None  # sagas per tracing point (off, sampled 0.1, sampled 1.0)
     saga_phases: bool = True
 
+    def __post_init__(self) -> None:
+        for flag, value in (("--steady", self.steady), ("--warmup", self.warmup)):
+            if value < 1:
+                raise UsageError(f"{flag} {value}: give at least 1 saga")
+        if self.orders is not None and self.orders < 1:
+            raise UsageError(f"--orders {self.orders}: give at least 1 saga per fixed-rate point")
+
     def points(self) -> list[tuple[Rate, int]]:
-        """(rate, orders) per rate point: the maximum rate first, then the fixed rates."""
+        """(rate, orders) per measured rate point: the steady maximum-rate window first, then
+        the fixed rates; the warm-up before them is no point of these."""
         fixed = [
             (
                 rate,
@@ -94,7 +107,7 @@ class BenchOptions:
             )
             for rate in self.rates
         ]
-        return [(None, self.orders or 2000), *fixed]
+        return [(None, self.steady), *fixed]
 
 
 def parse_rates(spec: str) -> tuple[float, ...]:
@@ -171,6 +184,9 @@ def ratios(point: Point, base: Point) -> dict[str, Any]:
     """Every figure of a sagastream rate point divided by the baseline's at the same rate."""
     return {
         "sagas_per_s": ratio(point["sagas_per_s"], base["sagas_per_s"]),
+        "sagas_per_s_to_quiet": ratio(
+            point.get("sagas_per_s_to_quiet"), base.get("sagas_per_s_to_quiet")
+        ),
         "latency_ms": {
             q: ratio(v, base["latency_ms"].get(q)) for q, v in point["latency_ms"].items()
         },
@@ -318,33 +334,55 @@ def measure(
             last_check = time.monotonic()
         if len(received) == len(keys):
             break
-    _wait_quiet(source.client.settings, timeout)
-    after = cpu_snapshot(source.pids)
+    quiet_at, after = _wait_quiet(source.client.settings, source.pids, timeout)
     publisher.join()
     if publisher.error is not None:
         raise publisher.error
     if out is not None and (out.isatty() or len(received) < len(keys)):
         out.write("\n")
     sent = publisher.sent
-    elapsed = max((t for _, t in received.values()), default=math.nan) - publisher.first
+    last_outcome = max((t for _, t in received.values()), default=math.nan)
     return {
         "rate": "max" if rate is None else rate,
         "orders": len(keys),
         "completed": len(received),
         "stuck": len(keys) - len(received),
-        "elapsed_s": elapsed,
-        "sagas_per_s": len(received) / elapsed if elapsed > 0 else math.nan,
+        **throughput(publisher.first, last_outcome, quiet_at, len(received)),
         "latency_ms": latency_summary([float(ms - sent[k]) for k, (ms, _) in received.items()]),
         "cpu_ms_per_saga": cpu_ms_per_saga(before, after, len(received)),
     }
 
 
-def _wait_quiet(settings: Settings, timeout: float) -> None:
-    """Wait until no topic under the settings' prefix has grown for QUIET_S seconds.
+def throughput(first: float, last_outcome: float, quiet_at: float, sagas: int) -> dict[str, float]:
+    """Sagas/s over two windows from the first publish (monotonic seconds): to the last outcome
+    read ("by outcome"), and to when the phase's topics stopped growing ("to quiet": the work
+    a saga causes after its outcome, notifications say, counted too; the CPU window ends there).
+    """
+
+    def per_s(end: float) -> tuple[float, float]:
+        elapsed = end - first
+        return elapsed, sagas / elapsed if sagas and elapsed > 0 else math.nan
+
+    elapsed, by_outcome = per_s(last_outcome)
+    # the topics may be found still only after the last outcome is read: never before it
+    to_quiet_s, to_quiet = per_s(max(quiet_at, last_outcome))
+    return {
+        "elapsed_s": elapsed,
+        "sagas_per_s": by_outcome,
+        "to_quiet_s": to_quiet_s,
+        "sagas_per_s_to_quiet": to_quiet,
+    }
+
+
+def _wait_quiet(
+    settings: Settings, pids: dict[str, list[int]], timeout: float
+) -> tuple[float, dict[str, float]]:
+    """Wait until no topic under the settings' prefix has grown for QUIET_S seconds; when they
+    last grew (monotonic), and the CPU of `pids` then.
 
     Some of a saga's work ends after its outcome (notifications, say): this counts it in the
     CPU of the rate point that caused it, not the next one's, and it is all written when the
-    phase's writes are counted.
+    phase's writes are counted. The CPU window ends at the last growth, not QUIET_S later.
     """
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import OffsetSpec
@@ -361,15 +399,16 @@ def _wait_quiet(settings: Settings, timeout: float) -> None:
     }
     deadline = time.monotonic() + timeout
     previous: list[int] = []
-    quiet_since = time.monotonic()
+    quiet_since, cpu = time.monotonic(), cpu_snapshot(pids)
     while time.monotonic() < deadline:
         futures = admin.list_offsets(latest, request_timeout=10)
         ends = [futures[tp].result().offset for tp in latest]
         if ends != previous:
-            previous, quiet_since = ends, time.monotonic()
+            previous, quiet_since, cpu = ends, time.monotonic(), cpu_snapshot(pids)
         elif time.monotonic() - quiet_since >= QUIET_S:
-            return
+            break
         time.sleep(0.1)
+    return quiet_since, cpu
 
 
 # --------------------------------------------------------------------------- infrastructure
@@ -545,14 +584,19 @@ def _sagastream_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
     run.say(f"\nsagastream: order saga, instant handlers (topics {settings.topic_prefix}*)")
     points: list[Point] = []
     with _saga_phase(run, settings, {}, options.seed) as (source, orders):
-        measure(source, orders(WARMUP_ORDERS, False), None, options.timeout, None)
-        published = WARMUP_ORDERS
+        run.say(f"  warm-up at the maximum rate: {options.warmup} orders (reported apart)")
+        warmup = measure(source, orders(options.warmup, False), None, options.timeout, run.out)
+        published = options.warmup
         for rate, n in options.points():
             run.say(f"  rate {rate_label(rate)}: {n} orders")
             points.append(measure(source, orders(n, False), rate, options.timeout, run.out))
             published += n
     # the workers have stopped, so no transaction is left open: every write is counted
-    return {"points": points, "writes_per_saga": _phase_writes(settings, published)}
+    return {
+        "warmup": warmup,
+        "points": points,
+        "writes_per_saga": _phase_writes(settings, published),
+    }
 
 
 def _baseline_phase(run: Run, options: BenchOptions, filler: int) -> dict[str, Any]:
@@ -597,15 +641,17 @@ def _baseline_phase(run: Run, options: BenchOptions, filler: int) -> dict[str, A
             made += n
             return [f"saga-{i:07d}" for i in range(made - n, made)]
 
-        measure(source, keys(WARMUP_ORDERS * 4), None, options.timeout, None)
+        run.say(f"  warm-up at the maximum rate: {options.warmup} sagas (reported apart)")
+        warmup = measure(source, keys(options.warmup), None, options.timeout, run.out)
+        # every point as many sagas as sagastream's, so that each ratio compares like with like
         for rate, n in options.points():
-            n = options.baseline_orders if rate is None else n
             run.say(f"  rate {rate_label(rate)}: {n} sagas")
             points.append(measure(source, keys(n), rate, options.timeout, run.out))
     finally:
         client.close()
         workers.stop()
     return {
+        "warmup": warmup,
         "filler_per_saga": filler,
         "points": points,
         "writes_per_saga": _phase_writes(settings, made),
@@ -754,36 +800,35 @@ def format_report(results: dict[str, Any]) -> list[str]:
     if ss or base:
         lines += [
             "",
-            f"  {'order saga':<20} {'orders':>7} {'stuck':>5} {'sagas/s':>10} {'p50 ms':>9} "
-            f"{'p95 ms':>9} {'p99 ms':>9} {'CPU ms/saga':>12}",
+            f"  {'order saga':<22} {'orders':>7} {'stuck':>5} {'sagas/s':>9} {'to quiet':>9} "
+            f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'CPU ms/saga':>12}",
         ]
-        for name, phase in (("sagastream", ss), ("baseline", base)):
-            for p in (phase or {}).get("points", []):
-                lat, cpu = p["latency_ms"], p["cpu_ms_per_saga"]
-                label = f"{name} {_point_rate(p)}"
+        for label, p in _rows(ss, base):
+            lat, cpu = p["latency_ms"], p["cpu_ms_per_saga"]
+            lines.append(
+                f"  {label:<22} {p['orders']:>7} {p['stuck']:>5} {_num(p['sagas_per_s']):>9} "
+                f"{_num(p.get('sagas_per_s_to_quiet')):>9} {_num(lat['p50'], 0):>8} "
+                f"{_num(lat['p95'], 0):>8} {_num(lat['p99'], 0):>8} {_num(cpu['total'], 3):>12}"
+            )
+            vs = p.get("vs_baseline")
+            if vs:
+                vl, vc = vs["latency_ms"], vs["cpu_ms_per_saga"]
                 lines.append(
-                    f"  {label:<20} {p['orders']:>7} {p['stuck']:>5} {_num(p['sagas_per_s']):>10} "
-                    f"{_num(lat['p50'], 0):>9} {_num(lat['p95'], 0):>9} {_num(lat['p99'], 0):>9} "
-                    f"{_num(cpu['total'], 3):>12}"
+                    f"  {'  / baseline':<22} {'':>7} {'':>5} {_num(vs['sagas_per_s'], 3, 'x'):>9} "
+                    f"{_num(vs.get('sagas_per_s_to_quiet'), 3, 'x'):>9} "
+                    f"{_num(vl['p50'], 1, 'x'):>8} {_num(vl['p95'], 1, 'x'):>8} "
+                    f"{_num(vl['p99'], 1, 'x'):>8} {_num(vc['total'], 1, 'x'):>12}"
                 )
-                vs = p.get("vs_baseline")
-                if vs:
-                    vl, vc = vs["latency_ms"], vs["cpu_ms_per_saga"]
-                    lines.append(
-                        f"  {'  / baseline':<20} {'':>7} {'':>5} {_num(vs['sagas_per_s'], 3, 'x'):>10} "
-                        f"{_num(vl['p50'], 1, 'x'):>9} {_num(vl['p95'], 1, 'x'):>9} "
-                        f"{_num(vl['p99'], 1, 'x'):>9} {_num(vc['total'], 1, 'x'):>12}"
-                    )
         lines += [
+            "  sagas/s: first publish to last outcome; to quiet: to when the topics stop growing "
+            "(where the CPU window ends)",
             "",
-            "  CPU ms per saga     " + "".join(f"{c:>13}" for c in (*CPU_COLUMNS, "total")),
+            "  CPU ms per saga       " + "".join(f"{c:>13}" for c in (*CPU_COLUMNS, "total")),
         ]
-        for name, phase in (("sagastream", ss), ("baseline", base)):
-            for p in (phase or {}).get("points", []):
-                label = f"{name} {_point_rate(p)}"
-                cpu = p["cpu_ms_per_saga"]
-                cells = "".join(f"{_num(cpu.get(c), 3):>13}" for c in (*CPU_COLUMNS, "total"))
-                lines.append(f"  {label:<20}{cells}")
+        for label, p in _rows(ss, base):
+            cpu = p["cpu_ms_per_saga"]
+            cells = "".join(f"{_num(cpu.get(c), 3):>13}" for c in (*CPU_COLUMNS, "total"))
+            lines.append(f"  {label:<22}{cells}")
         measured = results.get("run", {}).get("broker_cpu_measured", True)
         lines.append(
             "  broker: all the JVM did meanwhile, for any client"
@@ -821,6 +866,15 @@ def format_report(results: dict[str, Any]) -> list[str]:
 
         lines += format_restore(results["restore"])
     return lines
+
+
+def _rows(*phases: dict[str, Any] | None) -> Iterator[tuple[str, Point]]:
+    """(label, point) of each phase: its warm-up first, then its measured points."""
+    for name, phase in zip(("sagastream", "baseline"), phases, strict=True):
+        if phase and phase.get("warmup"):
+            yield f"{name} warm-up", phase["warmup"]
+        for p in (phase or {}).get("points", []):
+            yield f"{name} {_point_rate(p)}", p
 
 
 def format_trace(tracing: dict[str, Any]) -> list[str]:
@@ -871,6 +925,7 @@ def run_bench(options: BenchOptions, out: TextIO = sys.stdout) -> int:
             _write_results(results, options, out)
     phases = [results.get("sagastream"), results.get("baseline")]
     points = [p for phase in phases if phase for p in phase["points"]]
+    points += [phase["warmup"] for phase in phases if phase and phase.get("warmup")]
     fan = results.get("fanout")
     points += [fan["parallel"], fan["sequential"]] if fan else []
     points += list(results["tracing"]["points"].values()) if "tracing" in results else []

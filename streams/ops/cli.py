@@ -148,8 +148,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     options = BenchOptions(
         orders=args.orders,
+        # not given: the BenchOptions default
+        **{k: v for k, v in (("steady", args.steady), ("warmup", args.warmup)) if v is not None},
         rates=BenchOptions.rates if args.rates is None else parse_rates(args.rates),
-        baseline_orders=args.baseline_orders,
         skip_baseline=args.skip_baseline,
         skip_fanout=args.skip_fanout,
         json_path=Path(args.json),
@@ -729,15 +730,26 @@ def parser() -> argparse.ArgumentParser:
         "--orders",
         type=int,
         default=None,
-        help="sagas per rate point (default: 2000 at the maximum rate, 5 s worth at a fixed rate)",
+        help="sagas per fixed-rate point (default: 5 s worth, at most 2000)",
+    )
+    bn.add_argument(
+        "--steady",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sagas in the maximum-rate window, sagastream's and the baseline's (default 20000)",
+    )
+    bn.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sagas at the maximum rate before it, reported apart (default 2000)",
     )
     bn.add_argument(
         "--rates",
         default=None,
         help="fixed rates in sagas/s, comma-separated (default 100,300,600)",
-    )
-    bn.add_argument(
-        "--baseline-orders", type=int, default=20_000, help="baseline sagas at the maximum rate"
     )
     bn.add_argument("--skip-baseline", action="store_true", help="no plain confluent-kafka run")
     bn.add_argument("--skip-fanout", action="store_true", help="no parallel/chained comparison")

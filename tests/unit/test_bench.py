@@ -26,6 +26,8 @@ def point(rate: Any, sagas_per_s: float, p50: float, cpu_total: float) -> dict[s
         "stuck": 0,
         "elapsed_s": 100 / sagas_per_s,
         "sagas_per_s": sagas_per_s,
+        "to_quiet_s": 125 / sagas_per_s,
+        "sagas_per_s_to_quiet": sagas_per_s * 0.8,
         "latency_ms": {"p50": p50, "p95": p50 * 2, "p99": p50 * 3},
         "cpu_ms_per_saga": {
             "orchestrator": cpu_total / 2,
@@ -42,9 +44,31 @@ def test_rates_are_positive_numbers_and_max_always_comes_first() -> None:
         with pytest.raises(ValueError, match="--rates"):
             bench.parse_rates(bad)
     options = bench.BenchOptions(rates=(10.0, 600.0))
-    assert options.points() == [(None, 2000), (10.0, 50), (600.0, 2000)]
-    assert bench.BenchOptions(orders=7, rates=(10.0,)).points() == [(None, 7), (10.0, 7)]
+    assert options.points() == [(None, 20_000), (10.0, 50), (600.0, 2000)]
+    assert bench.BenchOptions(orders=7, rates=(10.0,)).points() == [(None, 20_000), (10.0, 7)]
     assert [bench.rate_label(r) for r in (None, 100.0, 2.5)] == ["max", "100/s", "2.5/s"]
+
+
+def test_the_steady_window_is_the_max_point_and_the_warmup_no_point_of_it() -> None:
+    options = bench.BenchOptions(steady=300, warmup=40, orders=9, rates=(100.0,))
+    assert options.points() == [(None, 300), (100.0, 9)]
+    assert 40 not in [n for _, n in options.points()]
+    for bad in ({"steady": 0}, {"warmup": -1}, {"orders": 0}):
+        with pytest.raises(ValueError, match="at least 1"):
+            bench.BenchOptions(**bad)
+
+
+def test_throughput_by_outcome_and_to_quiet_from_the_first_publish() -> None:
+    figures = bench.throughput(first=10.0, last_outcome=20.0, quiet_at=25.0, sagas=1000)
+    assert figures == pytest.approx(
+        {"elapsed_s": 10.0, "sagas_per_s": 100.0, "to_quiet_s": 15.0, "sagas_per_s_to_quiet": 66.67},
+        rel=1e-3,
+    )
+    # topics found still before the last outcome was read: quiet is never before it
+    early = bench.throughput(first=10.0, last_outcome=20.0, quiet_at=15.0, sagas=1000)
+    assert early["to_quiet_s"] == 10.0 and early["sagas_per_s_to_quiet"] == 100.0
+    nothing = bench.throughput(first=10.0, last_outcome=math.nan, quiet_at=12.0, sagas=0)
+    assert math.isnan(nothing["sagas_per_s"]) and math.isnan(nothing["sagas_per_s_to_quiet"])
 
 
 def test_cpu_ticks_are_read_after_the_command_name_whatever_it_holds() -> None:
@@ -132,8 +156,13 @@ def results() -> dict[str, Any]:
     slow = point(100.0, 99.0, math.nan, 20.0)
     writes = {"total": 34.6, "by_topic": {"sagas.lifecycle": 9.2}}
     return {
-        "sagastream": {"points": [ss, slow], "writes_per_saga": writes},
+        "sagastream": {
+            "warmup": point("max", 41.0, 3000.0, 33.0),
+            "points": [ss, slow],
+            "writes_per_saga": writes,
+        },
         "baseline": {
+            "warmup": point("max", 7000.0, 90.0, 0.9),
             "points": [point("max", 9500.0, 60.0, 0.5), point(100.0, 100.0, 20.0, 2.0)],
             "writes_per_saga": writes,
         },
@@ -144,7 +173,15 @@ def results() -> dict[str, Any]:
 def test_report_has_a_row_per_point_ratios_and_the_fanout() -> None:
     text = "\n".join(bench.format_report(results()))
     assert "sagastream max" in text and "sagastream 100/s" in text and "baseline 100/s" in text
-    assert "0.010x" in text  # 95 against 9500 sagas/s
+    assert "0.010x" in text  # 95 against 9500 sagas/s, by outcome and to quiet alike
+    lines = text.splitlines()
+    rows = [line.split()[:3] for line in lines if line.startswith("  sagastream")]
+    assert rows[0] == ["sagastream", "warm-up", "100"]  # first, and apart from the points
+    warm = next(line for line in lines if line.startswith("  sagastream warm-up"))
+    assert "41.0" in warm and "32.8" in warm  # by outcome, and to quiet
+    after_warm = lines[lines.index(warm) + 1]
+    assert "/ baseline" not in after_warm  # the warm-up is compared with nothing
+    assert text.count("0.010x") == 2
     assert "34.6" in text and "sagas.lifecycle" in text
     assert "sequential / parallel p50: 2.25x" in text
     assert bench.format_report({}) == []
@@ -208,6 +245,15 @@ def test_trace_alone_runs_only_the_tracing_points(
 ) -> None:
     options = bench_options(argv, monkeypatch)
     assert (options.trace, options.saga_phases) == (trace, saga_phases)
+
+
+def test_steady_and_warmup_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (bench_options([], monkeypatch).steady, bench_options([], monkeypatch).warmup) == (
+        20_000,
+        2_000,
+    )
+    options = bench_options(["--steady", "500", "--warmup", "50"], monkeypatch)
+    assert (options.steady, options.warmup) == (500, 50)
 
 
 def bench_options(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> bench.BenchOptions:
