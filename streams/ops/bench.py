@@ -68,6 +68,7 @@ FANOUT_LATENCY_MS = {"payment": 200, "inventory": 100, "shipping": 150}
 FANOUT_ORDERS = 20
 FANOUT_RATE = 4.0
 CPU_COLUMNS = (*BASELINE_ROLES, "broker", "driver")
+BASELINE_COMMITS = ("same", "interval")
 QUIET_S = 0.5  # several commit intervals without a write: the work of a rate point is done
 
 
@@ -79,6 +80,9 @@ class BenchOptions:
     steady: int = STEADY_ORDERS  # the maximum-rate point, after the warm-up
     warmup: int = STEADY_WARMUP_ORDERS  # at the maximum rate first, reported apart
     rates: tuple[float, ...] = (100.0, 300.0, 600.0)
+    # the baseline orchestrator's commits: "same" as sagastream's (interval and linger), or at
+    # the commit "interval" only (plain Kafka's usual way; its ratios are then not printed)
+    baseline_commit: str = "same"
     skip_baseline: bool = False
     skip_fanout: bool = False
     json_path: Path = Path("bench-results.json")
@@ -94,6 +98,11 @@ class BenchOptions:
         for flag, value in (("--steady", self.steady), ("--warmup", self.warmup)):
             if value < 1:
                 raise UsageError(f"{flag} {value}: give at least 1 saga")
+        if self.baseline_commit not in BASELINE_COMMITS:
+            raise UsageError(
+                f"--baseline-commit {self.baseline_commit!r}: choose "
+                f"{' or '.join(BASELINE_COMMITS)}"
+            )
         if self.orders is not None and self.orders < 1:
             raise UsageError(f"--orders {self.orders}: give at least 1 saga per fixed-rate point")
 
@@ -195,6 +204,37 @@ def ratios(point: Point, base: Point) -> dict[str, Any]:
             for name, v in point["cpu_ms_per_saga"].items()
         },
     }
+
+
+def commit_policy(settings: Settings, linger: bool = True) -> dict[str, int | None]:
+    """How an orchestrator transaction commits under these settings: after `interval_ms` under
+    load, or `linger_ms` once inputs run dry (sagastream's runtime/orchestrator.py); no linger:
+    at the interval only."""
+    interval = settings.commit_interval_ms
+    return {
+        "interval_ms": interval,
+        "linger_ms": min(interval, settings.commit_linger_ms) if linger else None,
+    }
+
+
+def policy_label(policy: dict[str, int | None]) -> str:
+    linger = policy["linger_ms"]
+    tail = "no linger" if linger is None else f"linger {linger} ms"
+    return f"commit interval {policy['interval_ms']} ms, {tail}"
+
+
+def unlike(ss: dict[str, Any], base: dict[str, Any]) -> str | None:
+    """Why sagastream's phase cannot be divided by the baseline's, point by point; None if it
+    can: the same commit policy, and the same rates and saga counts."""
+    if ss["commit_policy"] != base["commit_policy"]:
+        return (
+            f"other commit policies (sagastream {policy_label(ss['commit_policy'])}; baseline "
+            f"{policy_label(base['commit_policy'])})"
+        )
+    shape = [[(p["rate"], p["orders"]) for p in phase["points"]] for phase in (ss, base)]
+    if shape[0] != shape[1]:
+        return f"other points (sagastream {shape[0]}; baseline {shape[1]})"
+    return None
 
 
 # --------------------------------------------------------------------------- Kafka writes
@@ -581,7 +621,10 @@ def _phase_writes(settings: Settings, sagas: int) -> dict[str, Any]:
 
 def _sagastream_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
     settings = run.phase("ss")
-    run.say(f"\nsagastream: order saga, instant handlers (topics {settings.topic_prefix}*)")
+    run.say(
+        f"\nsagastream: order saga, instant handlers, {policy_label(commit_policy(settings))} "
+        f"(topics {settings.topic_prefix}*)"
+    )
     points: list[Point] = []
     with _saga_phase(run, settings, {}, options.seed) as (source, orders):
         run.say(f"  warm-up at the maximum rate: {options.warmup} orders (reported apart)")
@@ -593,6 +636,7 @@ def _sagastream_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
             published += n
     # the workers have stopped, so no transaction is left open: every write is counted
     return {
+        "commit_policy": commit_policy(settings),
         "warmup": warmup,
         "points": points,
         "writes_per_saga": _phase_writes(settings, published),
@@ -605,12 +649,13 @@ def _baseline_phase(run: Run, options: BenchOptions, filler: int) -> dict[str, A
 
     settings = run.phase("base")
     topics = BaselineTopics(settings.topic_prefix)
+    policy = commit_policy(settings, linger=options.baseline_commit == "same")
     run.say(
-        f"\nbaseline: the same hops on plain confluent-kafka, {filler} filler writes per saga "
-        f"(topics {settings.topic_prefix}*)"
+        f"\nbaseline: the same hops on plain confluent-kafka, {filler} filler writes per saga, "
+        f"{policy_label(policy)} (topics {settings.topic_prefix}*)"
     )
     create_baseline_topics(settings, topics)
-    workers = _start_pipeline(settings, filler, run.log_dir / "base")
+    workers = _start_pipeline(settings, filler, policy["linger_ms"], run.log_dir / "base")
     raw = settings.model_copy(update={"schema_registry_url": None})  # nothing to decode
     topology = load_topology(settings.topology_file, settings.schemas_path)
     client = EventClient(settings, topology, build_codec(raw), "bench")
@@ -651,6 +696,7 @@ def _baseline_phase(run: Run, options: BenchOptions, filler: int) -> dict[str, A
         client.close()
         workers.stop()
     return {
+        "commit_policy": policy,
         "warmup": warmup,
         "filler_per_saga": filler,
         "points": points,
@@ -658,12 +704,15 @@ def _baseline_phase(run: Run, options: BenchOptions, filler: int) -> dict[str, A
     }
 
 
-def _start_pipeline(settings: Settings, filler: int, log_dir: Path) -> WorkerSet:
+def _start_pipeline(
+    settings: Settings, filler: int, linger_ms: int | None, log_dir: Path
+) -> WorkerSet:
     """One baseline process per role, in a WorkerSet so that checks and shutdown are shared."""
     workers = WorkerSet(settings, log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings_env(settings)}
     argv = ["--prefix", settings.topic_prefix, "--filler", str(filler)]
+    argv += [] if linger_ms is None else ["--linger-ms", str(linger_ms)]
     for role in BASELINE_ROLES:
         log = open(log_dir / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
         workers.procs[role] = subprocess.Popen(
@@ -822,6 +871,13 @@ def format_report(results: dict[str, Any]) -> list[str]:
         lines += [
             "  sagas/s: first publish to last outcome; to quiet: to when the topics stop growing "
             "(where the CPU window ends)",
+        ]
+        for name, phase in (("sagastream", ss), ("baseline", base)):
+            if phase and "commit_policy" in phase:
+                lines.append(f"  {name}: {policy_label(phase['commit_policy'])}")
+        if base and base.get("not_compared"):
+            lines.append(f"  no ratios to the baseline: {base['not_compared']}")
+        lines += [
             "",
             "  CPU ms per saga       " + "".join(f"{c:>13}" for c in (*CPU_COLUMNS, "total")),
         ]
@@ -948,10 +1004,11 @@ def _run_phases(run: Run, options: BenchOptions, results: dict[str, Any]) -> Non
         results["baseline"] = _baseline_phase(
             run, options, max(0, round(total - STRUCTURAL_WRITES))
         )
-        for point, base in zip(
-            results["sagastream"]["points"], results["baseline"]["points"], strict=True
-        ):
-            point["vs_baseline"] = ratios(point, base)
+        ss, base = results["sagastream"], results["baseline"]
+        base["not_compared"] = unlike(ss, base)
+        if base["not_compared"] is None:
+            for point, base_point in zip(ss["points"], base["points"], strict=True):
+                point["vs_baseline"] = ratios(point, base_point)
     if not options.skip_fanout:
         results["fanout"] = _fanout_phase(run, options)
 

@@ -152,6 +152,7 @@ def _bench(args: argparse.Namespace) -> int:
         **{k: v for k, v in (("steady", args.steady), ("warmup", args.warmup)) if v is not None},
         rates=BenchOptions.rates if args.rates is None else parse_rates(args.rates),
         skip_baseline=args.skip_baseline,
+        baseline_commit=args.baseline_commit,
         skip_fanout=args.skip_fanout,
         json_path=Path(args.json),
         plot_path=Path(args.plot),
@@ -752,6 +753,13 @@ def parser() -> argparse.ArgumentParser:
         help="fixed rates in sagas/s, comma-separated (default 100,300,600)",
     )
     bn.add_argument("--skip-baseline", action="store_true", help="no plain confluent-kafka run")
+    bn.add_argument(
+        "--baseline-commit",
+        choices=("same", "interval"),
+        default="same",
+        help="the baseline's transaction commits: the same policy as sagastream's (commit "
+        "interval and linger, the default), or at the commit interval only (then no ratios)",
+    )
     bn.add_argument("--skip-fanout", action="store_true", help="no parallel/chained comparison")
     bn.add_argument("--json", default="bench-results.json", help="where to write the results")
     bn.add_argument("--plot", default="bench-latency.png", help="latency against rate (PNG)")

@@ -6,11 +6,13 @@ the three step handlers and, per saga, as many filler records as sagastream writ
 lifecycle, changelog and timer topics; each handler answers its command with a result; when the
 three results are in, the orchestrator emits the outcome and a notification command, which the
 notification handler answers too. The orchestrator's outputs and input offsets commit in one
-transaction per commit interval (the design's runtime does the same); handlers produce through
-an idempotent producer and commit offsets automatically once a command's result is queued.
+transaction, by the commit policy it is given: with ``--linger-ms``, sagastream's (a transaction
+gathers up to the commit interval under load and commits once its inputs run dry and it has been
+open the linger), else once per commit interval; handlers produce through an idempotent producer
+and commit offsets automatically once a command's result is queued.
 
-One role per process: ``python -m sagastream.ops.pipeline_baseline ROLE --prefix P --filler K``,
-with the connection settings in the usual SAGASTREAM_* variables.
+One role per process: ``python -m sagastream.ops.pipeline_baseline ROLE --prefix P --filler K
+[--linger-ms MS]``, with the connection settings in the usual SAGASTREAM_* variables.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, Message, Producer
@@ -36,6 +38,8 @@ NOTIFY = "notification"
 HANDLERS = (*STEPS, NOTIFY)
 ROLES = (ORCHESTRATOR, *HANDLERS)
 PARTITIONS = 4
+BATCH = 1000  # messages per fetch at most, as sagastream's orchestrator takes them
+IDLE_WAIT_S = 0.05  # the longest wait for input when nothing is open
 READY = "baseline ready"
 # per saga: start, a command and a result per step, outcome, notification command and result
 STRUCTURAL_WRITES = 1 + 2 * len(STEPS) + 3
@@ -86,12 +90,25 @@ def create_baseline_topics(
         future.result()
 
 
-def _batches(consumer: Consumer, stop: threading.Event) -> Iterator[list[Message]]:
-    """Batches of messages until `stop`; says READY once the consumer has partitions."""
+def commit_due(open_for: float, interval: float, linger: float | None, drained: bool) -> bool:
+    """Whether a transaction open for `open_for` seconds commits now: at the commit interval,
+    or (with a linger, sagastream's policy) once the inputs ran dry and it lingered that long."""
+    if open_for >= interval:
+        return True
+    return linger is not None and drained and open_for >= linger
+
+
+def _batches(
+    consumer: Consumer, stop: threading.Event, wait: Callable[[], float] = lambda: IDLE_WAIT_S
+) -> Iterator[list[Message]]:
+    """Batches of what is there, up to BATCH, until `stop`: waits up to `wait()` seconds for
+    the first message only, as sagastream's workers fetch; says READY once it has partitions."""
     announced = False
     while not stop.is_set():
         batch = []
-        for msg in consumer.consume(1000, 0.05):
+        first = consumer.poll(max(0.0, wait()))
+        got = [first, *consumer.consume(BATCH - 1, 0)] if first is not None else []
+        for msg in got:
             error = msg.error()
             if error is None:
                 batch.append(msg)
@@ -104,9 +121,14 @@ def _batches(consumer: Consumer, stop: threading.Event) -> Iterator[list[Message
 
 
 def run_orchestrator(
-    settings: Settings, topics: BaselineTopics, filler: int, stop: threading.Event
+    settings: Settings,
+    topics: BaselineTopics,
+    filler: int,
+    stop: threading.Event,
+    linger_ms: int | None = None,
 ) -> None:
-    """Fan out, join, emit; outputs and input offsets commit in one transaction per interval."""
+    """Fan out, join, emit; outputs and input offsets commit in one transaction, by the commit
+    interval alone or (with `linger_ms`) by sagastream's policy (see `commit_due`)."""
     group = f"{topics.prefix}baseline-{ORCHESTRATOR}"
     consumer = Consumer(settings.consumer_config(group))
     results = {topics.results(step) for step in STEPS}
@@ -118,9 +140,16 @@ def run_orchestrator(
     at_start, at_end = filler // 2, filler - filler // 2
     joined: dict[bytes | None, int] = {}
     interval = settings.commit_interval_ms / 1000
-    last_commit = time.monotonic()
+    linger = None if linger_ms is None else min(interval, linger_ms / 1000)
+    opened = 0.0  # when the open transaction got its first input
     pending = False
-    for batch in _batches(consumer, stop):
+
+    def wait() -> float:
+        # an open transaction's next commit bounds the wait for input, as in sagastream
+        deadline = opened + (interval if linger is None else linger)
+        return min(IDLE_WAIT_S, deadline - time.monotonic()) if pending else IDLE_WAIT_S
+
+    for batch in _batches(consumer, stop, wait):
         for msg in batch:
             topic, key = msg.topic(), msg.key()
             if topic == topics.start:
@@ -139,11 +168,13 @@ def run_orchestrator(
                 for _ in range(at_end):
                     produce(producer, topics.lifecycle, FILLER, key)
             # a notification result ends nothing: the saga already has its outcome
-        pending = pending or bool(batch)
+        if batch and not pending:
+            pending, opened = True, time.monotonic()
         producer.poll(0)
-        if pending and time.monotonic() - last_commit >= interval:
+        drained = len(batch) < BATCH
+        if pending and commit_due(time.monotonic() - opened, interval, linger, drained):
             _commit(consumer, producer)
-            pending, last_commit = False, time.monotonic()
+            pending = False
     if pending:
         _commit(consumer, producer)
     consumer.close()
@@ -182,13 +213,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("role", choices=ROLES)
     parser.add_argument("--prefix", required=True, help="the pipeline's topic prefix")
     parser.add_argument("--filler", type=int, default=0, help="extra orchestrator writes per saga")
+    parser.add_argument(
+        "--linger-ms",
+        type=int,
+        default=None,
+        help="commit once inputs run dry and the transaction is this old (sagastream's "
+        "commit_linger_ms); default: at the commit interval only",
+    )
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     settings, topics = Settings(), BaselineTopics(args.prefix)
     if args.role == ORCHESTRATOR:
-        run_orchestrator(settings, topics, args.filler, stop)
+        run_orchestrator(settings, topics, args.filler, stop, args.linger_ms)
     else:
         run_handler(settings, topics, args.role, stop)
     return 0

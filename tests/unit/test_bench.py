@@ -14,7 +14,7 @@ import pytest
 
 from sagastream.core.topology import load_topology
 from sagastream.ops import bench
-from sagastream.ops.pipeline_baseline import STRUCTURAL_WRITES, BaselineTopics
+from sagastream.ops.pipeline_baseline import STRUCTURAL_WRITES, BaselineTopics, commit_due
 from sagastream.runtime.settings import Settings
 
 
@@ -61,7 +61,12 @@ def test_the_steady_window_is_the_max_point_and_the_warmup_no_point_of_it() -> N
 def test_throughput_by_outcome_and_to_quiet_from_the_first_publish() -> None:
     figures = bench.throughput(first=10.0, last_outcome=20.0, quiet_at=25.0, sagas=1000)
     assert figures == pytest.approx(
-        {"elapsed_s": 10.0, "sagas_per_s": 100.0, "to_quiet_s": 15.0, "sagas_per_s_to_quiet": 66.67},
+        {
+            "elapsed_s": 10.0,
+            "sagas_per_s": 100.0,
+            "to_quiet_s": 15.0,
+            "sagas_per_s_to_quiet": 66.67,
+        },
         rel=1e-3,
     )
     # topics found still before the last outcome was read: quiet is never before it
@@ -155,13 +160,17 @@ def results() -> dict[str, Any]:
     ss["vs_baseline"] = bench.ratios(ss, point("max", 9500.0, 60.0, 0.5))
     slow = point(100.0, 99.0, math.nan, 20.0)
     writes = {"total": 34.6, "by_topic": {"sagas.lifecycle": 9.2}}
+    policy = {"interval_ms": 100, "linger_ms": 20}
     return {
         "sagastream": {
+            "commit_policy": policy,
             "warmup": point("max", 41.0, 3000.0, 33.0),
             "points": [ss, slow],
             "writes_per_saga": writes,
         },
         "baseline": {
+            "commit_policy": policy,
+            "not_compared": None,
             "warmup": point("max", 7000.0, 90.0, 0.9),
             "points": [point("max", 9500.0, 60.0, 0.5), point(100.0, 100.0, 20.0, 2.0)],
             "writes_per_saga": writes,
@@ -270,3 +279,57 @@ def bench_options(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> bench.Ben
     args = parser().parse_args(["bench", *argv])
     assert args.func(args) == 0
     return seen[0]
+
+
+def test_the_baseline_commits_by_sagastreams_policy_or_at_the_interval_only() -> None:
+    # sagastream's: at the interval under load, after the linger once the inputs ran dry
+    assert commit_due(0.1, 0.1, 0.02, drained=False)
+    assert not commit_due(0.05, 0.1, 0.02, drained=False)
+    assert commit_due(0.02, 0.1, 0.02, drained=True)
+    assert not commit_due(0.019, 0.1, 0.02, drained=True)
+    # interval only: a drained input does not commit before the interval
+    assert not commit_due(0.05, 0.1, None, drained=True)
+    assert commit_due(0.1, 0.1, None, drained=True)
+
+
+def test_the_commit_policy_comes_from_the_settings_the_linger_within_the_interval() -> None:
+    settings = Settings(commit_interval_ms=50, commit_linger_ms=80)
+    assert bench.commit_policy(settings) == {"interval_ms": 50, "linger_ms": 50}
+    assert bench.commit_policy(settings, linger=False) == {"interval_ms": 50, "linger_ms": None}
+    assert bench.policy_label({"interval_ms": 100, "linger_ms": 20}) == (
+        "commit interval 100 ms, linger 20 ms"
+    )
+    assert bench.policy_label({"interval_ms": 100, "linger_ms": None}).endswith("no linger")
+
+
+def test_ratios_only_between_the_same_policy_and_the_same_points() -> None:
+    data = results()
+    ss, base = data["sagastream"], data["baseline"]
+    assert bench.unlike(ss, base) is None
+    other = {**base, "commit_policy": {"interval_ms": 100, "linger_ms": None}}
+    reason = bench.unlike(ss, other)
+    assert reason is not None and "no linger" in reason and "linger 20 ms" in reason
+    fewer = {**base, "points": [{**base["points"][0], "orders": 20_000}, base["points"][1]]}
+    assert "other points" in (bench.unlike(ss, fewer) or "")
+
+
+def test_the_report_names_each_policy_and_why_there_are_no_ratios() -> None:
+    data = results()
+    text = "\n".join(bench.format_report(data))
+    assert "sagastream: commit interval 100 ms, linger 20 ms" in text
+    assert "baseline: commit interval 100 ms, linger 20 ms" in text
+    assert "no ratios" not in text
+    data["baseline"]["not_compared"] = "other commit policies (...)"
+    for p in data["sagastream"]["points"]:
+        p.pop("vs_baseline", None)
+    text = "\n".join(bench.format_report(data))
+    assert "no ratios to the baseline: other commit policies" in text
+    assert "/ baseline" not in text
+
+
+def test_baseline_commit_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert bench_options([], monkeypatch).baseline_commit == "same"
+    options = bench_options(["--baseline-commit", "interval"], monkeypatch)
+    assert options.baseline_commit == "interval"
+    with pytest.raises(ValueError, match="--baseline-commit"):
+        bench.BenchOptions(baseline_commit="never")
