@@ -22,7 +22,6 @@ broker JVM and this driver included, from the first publish until the topics sto
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -49,7 +48,6 @@ from sagastream.ops.demo import (
 )
 from sagastream.ops.pipeline_baseline import (
     READY,
-    STRUCTURAL_WRITES,
     BaselineTopics,
     create_baseline_topics,
 )
@@ -92,6 +90,9 @@ class BenchOptions:
     keep: bool = False
     restore: int | None = None  # sagas for the restore measurement (sagastream.ops.bench_restore)
     trace: int | None = None  # sagas per tracing point (off, sampled 0.1, sampled 1.0)
+    # (commit interval ms, linger ms) pairs for the trade-off table (sagastream.ops.bench_tradeoff)
+    tradeoff: tuple[tuple[int, int], ...] | None = None
+    tradeoff_rate: float = 300.0
     saga_phases: bool = True
 
     def __post_init__(self) -> None:
@@ -493,7 +494,7 @@ def broker_pids(bootstrap: str) -> list[int]:
 
 
 @contextlib.contextmanager
-def _infrastructure(keep: bool, out: TextIO) -> Iterator[Run]:
+def bench_infrastructure(keep: bool, out: TextIO) -> Iterator[Run]:
     """Broker and registry (local ones unless configured, like the demo), and the clean-up."""
     with local_infrastructure("bench", keep, out) as infra:
         run = Run(infra.settings, infra.prefix, out)
@@ -501,8 +502,16 @@ def _infrastructure(keep: bool, out: TextIO) -> Iterator[Run]:
         yield run
 
 
+def process_name(role: str, copy: int) -> str:
+    """The name of a role's process: the role, then `role#2`, `role#3`... for more copies."""
+    return role if copy == 0 else f"{role}#{copy + 1}"
+
+
 def _process_pids(workers: WorkerSet, bootstrap: str) -> dict[str, list[int]]:
-    pids = {role: [proc.pid] for role, proc in workers.procs.items()}
+    """The processes whose CPU a phase counts, grouped by role (its copies together)."""
+    pids: dict[str, list[int]] = {}
+    for name, proc in workers.procs.items():
+        pids.setdefault(name.split("#")[0], []).append(proc.pid)
     return pids | {"broker": broker_pids(bootstrap), "driver": [os.getpid()]}
 
 
@@ -522,15 +531,18 @@ def chained_topology(source: Path, directory: Path, saga: str = "order") -> Path
 
 
 @contextlib.contextmanager
-def _saga_phase(
+def saga_phase(
     run: Run,
     settings: Settings,
     handler_latency_ms: dict[str, int],
     seed: int,
     env: dict[str, str] | None = None,
+    role_env: dict[str, dict[str, str]] | None = None,
+    orchestrators: int = 1,
 ) -> Iterator[tuple[Source, Callable[[int, bool], list[str]]]]:
-    """Topics, schemas and a worker process per role for the order saga under one prefix;
-    `env` is added to the workers' environment.
+    """Topics, schemas and a worker process per role for the order saga under one prefix
+    (`orchestrators` of the orchestrator, on the same partitions); `env` is added to every
+    worker's environment, `role_env[role]` to that role's.
 
     Yields the source to measure and `orders(n, completing_only)`, which makes n orders (only
     ones built to complete, if asked) for the source to publish, and returns their keys.
@@ -562,10 +574,12 @@ def _saga_phase(
         t0 = time.monotonic()
         roles = ["orchestrator", *topology.handlers_for("order")]
         for role in roles:  # one process each, so each handler role can get its own latency
-            latency = str(handler_latency_ms.get(role, 0))
-            workers.start([role], {"SAGASTREAM_HANDLER_LATENCY_MS": latency, **(env or {})})
+            latency = {"SAGASTREAM_HANDLER_LATENCY_MS": str(handler_latency_ms.get(role, 0))}
+            role_extra = {**latency, **(env or {}), **(role_env or {}).get(role, {})}
+            for copy in range(orchestrators if role == "orchestrator" else 1):
+                workers.start([role], role_extra, process_name(role, copy))
         workers.wait_ready()
-        run.say(f"  {len(roles)} worker processes ready in {time.monotonic() - t0:.1f}s")
+        run.say(f"  {len(workers.procs)} worker processes ready in {time.monotonic() - t0:.1f}s")
         rng = random.Random(seed)
         pending: dict[str, dict[str, Any]] = {}
         made = 0
@@ -619,14 +633,14 @@ def _phase_writes(settings: Settings, sagas: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the phases
 
 
-def _sagastream_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
+def sagastream_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
     settings = run.phase("ss")
     run.say(
         f"\nsagastream: order saga, instant handlers, {policy_label(commit_policy(settings))} "
         f"(topics {settings.topic_prefix}*)"
     )
     points: list[Point] = []
-    with _saga_phase(run, settings, {}, options.seed) as (source, orders):
+    with saga_phase(run, settings, {}, options.seed) as (source, orders):
         run.say(f"  warm-up at the maximum rate: {options.warmup} orders (reported apart)")
         warmup = measure(source, orders(options.warmup, False), None, options.timeout, run.out)
         published = options.warmup
@@ -643,7 +657,7 @@ def _sagastream_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
     }
 
 
-def _baseline_phase(run: Run, options: BenchOptions, filler: int) -> dict[str, Any]:
+def baseline_phase(run: Run, options: BenchOptions, filler: int) -> dict[str, Any]:
     from sagastream.ops.client import EventClient
     from sagastream.wire.registry import build_codec
 
@@ -744,7 +758,7 @@ def _wait_pipeline_ready(workers: WorkerSet, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def _fanout_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
+def fanout_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
     latencies = ", ".join(f"{role} {ms} ms" for role, ms in FANOUT_LATENCY_MS.items())
     run.say(f"\nparallel against chained steps: handler latencies {latencies}")
     results: dict[str, Point] = {}
@@ -753,7 +767,7 @@ def _fanout_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
         for name, topology_file in (("parallel", None), ("sequential", chained)):
             settings = run.phase(name[:3], topology_file)
             run.say(f"  {name}: {FANOUT_ORDERS} orders at {FANOUT_RATE:g}/s")
-            with _saga_phase(run, settings, FANOUT_LATENCY_MS, options.seed) as (source, orders):
+            with saga_phase(run, settings, FANOUT_LATENCY_MS, options.seed) as (source, orders):
                 measure(source, orders(3, True), None, options.timeout, None)
                 keys = orders(FANOUT_ORDERS, True)
                 results[name] = measure(source, keys, FANOUT_RATE, options.timeout, run.out)
@@ -768,7 +782,7 @@ TRACE_POINTS = (
 )
 
 
-def _trace_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
+def trace_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
     """The order saga at the maximum rate, tracing off, then exporting spans sampled at 0.1
     and 1.0 (to OTEL_EXPORTER_OTLP_ENDPOINT if set, else a local Jaeger): CPU per saga each."""
     assert options.trace is not None
@@ -786,7 +800,7 @@ def _trace_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
             }
         settings = run.phase(prefix)
         run.say(f"  {name}")
-        with _saga_phase(run, settings, {}, options.seed, env) as (source, orders):
+        with saga_phase(run, settings, {}, options.seed, env) as (source, orders):
             measure(source, orders(WARMUP_ORDERS, False), None, options.timeout, None)
             keys = orders(options.trace, False)
             points[name] = measure(source, keys, None, options.timeout, run.out)
@@ -832,7 +846,7 @@ def fanout_summary(parallel: Point, sequential: Point) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the report
 
 
-def _num(value: float | None, digits: int = 1, suffix: str = "") -> str:
+def num_cell(value: float | None, digits: int = 1, suffix: str = "") -> str:
     if value is None or not math.isfinite(value):
         return "-"
     return f"{value:,.{digits}f}{suffix}"
@@ -855,18 +869,18 @@ def format_report(results: dict[str, Any]) -> list[str]:
         for label, p in _rows(ss, base):
             lat, cpu = p["latency_ms"], p["cpu_ms_per_saga"]
             lines.append(
-                f"  {label:<22} {p['orders']:>7} {p['stuck']:>5} {_num(p['sagas_per_s']):>9} "
-                f"{_num(p.get('sagas_per_s_to_quiet')):>9} {_num(lat['p50'], 0):>8} "
-                f"{_num(lat['p95'], 0):>8} {_num(lat['p99'], 0):>8} {_num(cpu['total'], 3):>12}"
+                f"  {label:<22} {p['orders']:>7} {p['stuck']:>5} {num_cell(p['sagas_per_s']):>9} "
+                f"{num_cell(p.get('sagas_per_s_to_quiet')):>9} {num_cell(lat['p50'], 0):>8} "
+                f"{num_cell(lat['p95'], 0):>8} {num_cell(lat['p99'], 0):>8} {num_cell(cpu['total'], 3):>12}"
             )
             vs = p.get("vs_baseline")
             if vs:
                 vl, vc = vs["latency_ms"], vs["cpu_ms_per_saga"]
                 lines.append(
-                    f"  {'  / baseline':<22} {'':>7} {'':>5} {_num(vs['sagas_per_s'], 3, 'x'):>9} "
-                    f"{_num(vs.get('sagas_per_s_to_quiet'), 3, 'x'):>9} "
-                    f"{_num(vl['p50'], 1, 'x'):>8} {_num(vl['p95'], 1, 'x'):>8} "
-                    f"{_num(vl['p99'], 1, 'x'):>8} {_num(vc['total'], 1, 'x'):>12}"
+                    f"  {'  / baseline':<22} {'':>7} {'':>5} {num_cell(vs['sagas_per_s'], 3, 'x'):>9} "
+                    f"{num_cell(vs.get('sagas_per_s_to_quiet'), 3, 'x'):>9} "
+                    f"{num_cell(vl['p50'], 1, 'x'):>8} {num_cell(vl['p95'], 1, 'x'):>8} "
+                    f"{num_cell(vl['p99'], 1, 'x'):>8} {num_cell(vc['total'], 1, 'x'):>12}"
                 )
         lines += [
             "  sagas/s: first publish to last outcome; to quiet: to when the topics stop growing "
@@ -883,7 +897,7 @@ def format_report(results: dict[str, Any]) -> list[str]:
         ]
         for label, p in _rows(ss, base):
             cpu = p["cpu_ms_per_saga"]
-            cells = "".join(f"{_num(cpu.get(c), 3):>13}" for c in (*CPU_COLUMNS, "total"))
+            cells = "".join(f"{num_cell(cpu.get(c), 3):>13}" for c in (*CPU_COLUMNS, "total"))
             lines.append(f"  {label:<22}{cells}")
         measured = results.get("run", {}).get("broker_cpu_measured", True)
         lines.append(
@@ -895,8 +909,8 @@ def format_report(results: dict[str, Any]) -> list[str]:
             if not phase:
                 continue
             writes = phase["writes_per_saga"]
-            lines += ["", f"  Kafka writes per saga, {name}: {_num(writes['total'], 1)}"]
-            lines += [f"    {t:<44} {_num(n, 2):>8}" for t, n in writes["by_topic"].items()]
+            lines += ["", f"  Kafka writes per saga, {name}: {num_cell(writes['total'], 1)}"]
+            lines += [f"    {t:<44} {num_cell(n, 2):>8}" for t, n in writes["by_topic"].items()]
     if fan:
         largest, total = fan["largest_branch_ms"], fan["sum_ms"]
         lines += [
@@ -907,20 +921,16 @@ def format_report(results: dict[str, Any]) -> list[str]:
         for name in ("parallel", "sequential"):
             p = fan[name]
             lines.append(
-                f"  {name:<12} {p['completed']:>5} {_num(p['latency_ms']['p50'], 0):>8} "
-                f"{_num(p['latency_ms']['p95'], 0):>8} "
-                f"{_num(fan['p50_to_largest_branch'][name], 2, 'x'):>26} "
-                f"{_num(fan['p50_to_sum'][name], 2, 'x'):>22}"
+                f"  {name:<12} {p['completed']:>5} {num_cell(p['latency_ms']['p50'], 0):>8} "
+                f"{num_cell(p['latency_ms']['p95'], 0):>8} "
+                f"{num_cell(fan['p50_to_largest_branch'][name], 2, 'x'):>26} "
+                f"{num_cell(fan['p50_to_sum'][name], 2, 'x'):>22}"
             )
         lines.append(
-            f"  sequential / parallel p50: {_num(fan['sequential_to_parallel_p50'], 2, 'x')}"
+            f"  sequential / parallel p50: {num_cell(fan['sequential_to_parallel_p50'], 2, 'x')}"
         )
     if "tracing" in results:
         lines += format_trace(results["tracing"])
-    if "restore" in results:
-        from sagastream.ops.bench_restore import format_restore
-
-        lines += format_restore(results["restore"])
     return lines
 
 
@@ -940,86 +950,21 @@ def format_trace(tracing: dict[str, Any]) -> list[str]:
     lines = ["", f"  {'tracing':<14} {'sagas':>5}" + "".join(f"{c:>13}" for c in columns)]
     for name, p in points.items():
         cpu = p["cpu_ms_per_saga"]
-        cells = "".join(f"{_num(cpu.get(c), 3):>13}" for c in columns)
+        cells = "".join(f"{num_cell(cpu.get(c), 3):>13}" for c in columns)
         lines.append(f"  {name:<14} {p['completed']:>5}{cells}")
         if name != "off":
             against = tracing["cpu_to_off"][name]
-            cells = "".join(f"{_num(against.get(c), 2, 'x'):>13}" for c in columns)
+            cells = "".join(f"{num_cell(against.get(c), 2, 'x'):>13}" for c in columns)
             lines.append(f"  {'  / off':<14} {'':>5}{cells}")
     return lines
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN and infinity become null: JSON has neither."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
-
-
-def run_bench(options: BenchOptions, out: TextIO = sys.stdout) -> int:
-    """Run every phase asked for, print the tables, write JSON and the plot; 1 if a saga stuck.
-
-    If a phase fails, what the phases before it measured is still printed and written.
-    """
-    results: dict[str, Any] = {}
-    try:
-        with _infrastructure(options.keep, out) as run:
-            results["run"] = {
-                "prefix": run.prefix,
-                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "cpus": os.cpu_count(),
-                "bootstrap_servers": run.settings.bootstrap_servers,
-                "broker_cpu_measured": bool(broker_pids(run.settings.bootstrap_servers)),
-            }
-            _run_phases(run, options, results)
-    finally:
-        if len(results) > 1:
-            _write_results(results, options, out)
-    phases = [results.get("sagastream"), results.get("baseline")]
-    points = [p for phase in phases if phase for p in phase["points"]]
-    points += [phase["warmup"] for phase in phases if phase and phase.get("warmup")]
-    fan = results.get("fanout")
-    points += [fan["parallel"], fan["sequential"]] if fan else []
-    points += list(results["tracing"]["points"].values()) if "tracing" in results else []
-    return 1 if any(p["stuck"] for p in points) else 0
-
-
-def _run_phases(run: Run, options: BenchOptions, results: dict[str, Any]) -> None:
-    if options.restore is not None:
-        from sagastream.ops.bench_restore import restore_phase
-
-        results["restore"] = restore_phase(run, options.restore, options.timeout, options.seed)
-    if options.trace is not None:
-        results["tracing"] = _trace_phase(run, options)
-    if not options.saga_phases:
-        return
-    results["sagastream"] = _sagastream_phase(run, options)
-    if not options.skip_baseline:
-        # as many writes per saga as sagastream made, whatever its runtime writes
-        total = results["sagastream"]["writes_per_saga"]["total"]
-        results["baseline"] = _baseline_phase(
-            run, options, max(0, round(total - STRUCTURAL_WRITES))
-        )
-        ss, base = results["sagastream"], results["baseline"]
-        base["not_compared"] = unlike(ss, base)
-        if base["not_compared"] is None:
-            for point, base_point in zip(ss["points"], base["points"], strict=True):
-                point["vs_baseline"] = ratios(point, base_point)
-    if not options.skip_fanout:
-        results["fanout"] = _fanout_phase(run, options)
-
-
-def _write_results(results: dict[str, Any], options: BenchOptions, out: TextIO) -> None:
-    print("\n".join(format_report(results)), file=out)
-    options.json_path.write_text(json.dumps(_finite(results), indent=2) + "\n")
-    print(f"\nresults written to {options.json_path}", file=out)
-    series: dict[str, list[Point]] = {
-        name: results[name]["points"] for name in ("sagastream", "baseline") if name in results
-    }
-    if series:
-        skipped = write_plot(series, options.plot_path)
-        print(skipped or f"latency plot written to {options.plot_path}", file=out)

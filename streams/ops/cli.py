@@ -144,7 +144,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sagastream.ops.bench import BenchOptions, parse_rates, run_bench
+    from sagastream.ops.bench import BenchOptions, parse_rates
+    from sagastream.ops.bench_run import run_bench
+    from sagastream.ops.bench_tradeoff import parse_policies
 
     options = BenchOptions(
         orders=args.orders,
@@ -161,9 +163,11 @@ def _bench(args: argparse.Namespace) -> int:
         keep=args.keep,
         restore=args.restore,
         trace=args.trace,
-        # --restore or --trace alone measure only that; --orders or --rates ask for the saga
-        # phases too
-        saga_phases=(args.restore is None and args.trace is None)
+        tradeoff=None if args.tradeoff is None else parse_policies(args.tradeoff),
+        tradeoff_rate=args.tradeoff_rate,
+        # --restore, --trace or --tradeoff alone measure only that; --orders or --rates ask for
+        # the saga phases too
+        saga_phases=(args.restore is None and args.trace is None and args.tradeoff is None)
         or args.orders is not None
         or args.rates is not None,
     )
@@ -784,6 +788,21 @@ def parser() -> argparse.ArgumentParser:
         help="CPU per saga with tracing off, and exporting spans sampled at 0.1 and 1.0, N orders "
         "each (default 1000) at the maximum rate; to OTEL_EXPORTER_OTLP_ENDPOINT, else the local "
         "Jaeger; alone, runs only that",
+    )
+    bn.add_argument(
+        "--tradeoff",
+        nargs="?",
+        const="100:20,100:5,100:0,50:0,200:50",
+        default=None,
+        metavar="INTERVAL:LINGER,...",
+        help="p50/p99, sagas/s and transactions/s at --tradeoff-rate for each orchestrator commit "
+        "interval and linger in ms (default 100:20,100:5,100:0,50:0,200:50); alone, runs only that",
+    )
+    bn.add_argument(
+        "--tradeoff-rate",
+        type=float,
+        default=300.0,
+        help="sagas/s for the trade-off table (default 300)",
     )
     bn.set_defaults(func=_bench)
 

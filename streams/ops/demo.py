@@ -34,14 +34,22 @@ class WorkerSet:
     settings: Settings
     log_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)  # process name -> its roles, if not it
     loglevel: str = "info"  # their logs are files, read when something went wrong
 
-    def start(self, roles: list[str], extra_env: dict[str, str] | None = None) -> None:
+    def start(
+        self, roles: list[str], extra_env: dict[str, str] | None = None, name: str | None = None
+    ) -> None:
+        """A process per role (or role list), named by it unless `name` is given (one role:
+        a second process of a role needs a name of its own, for its log and its entry)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **settings_env(self.settings), **(extra_env or {})}
         for role in roles:
-            log = open(self.log_dir / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
-            self.procs[role] = subprocess.Popen(
+            proc = name or role
+            if name:
+                self.roles[name] = role
+            log = open(self.log_dir / f"{proc}.log", "ab")  # noqa: SIM115 - owned by the process
+            self.procs[proc] = subprocess.Popen(
                 [
                     *(sys.executable, "-m", "sagastream.ops.cli", "worker"),
                     *("--role", role, "--loglevel", self.loglevel),
@@ -67,7 +75,11 @@ class WorkerSet:
         admin = admin_client(self.settings)
         topology = load_topology(self.settings.topology_file, self.settings.schemas_path)
         groups = sorted(
-            {self.settings.group(r) for spec in self.procs for r in parse_roles(spec, topology)}
+            {
+                self.settings.group(r)
+                for proc in self.procs
+                for r in parse_roles(self.roles.get(proc, proc), topology)
+            }
         )
         deadline = time.monotonic() + timeout
         while True:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sagastream.core.topology import load_topology
-from sagastream.ops import bench
+from sagastream.ops import bench, bench_run
 from sagastream.ops.pipeline_baseline import STRUCTURAL_WRITES, BaselineTopics, commit_due
 from sagastream.runtime.settings import Settings
 
@@ -197,7 +197,7 @@ def test_report_has_a_row_per_point_ratios_and_the_fanout() -> None:
 
 
 def test_json_has_no_nan() -> None:
-    encoded = json.dumps(bench._finite(results()), allow_nan=False)
+    encoded = json.dumps(bench.json_safe(results()), allow_nan=False)
     assert json.loads(encoded)["sagastream"]["points"][1]["latency_ms"]["p50"] is None
 
 
@@ -275,7 +275,7 @@ def bench_options(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> bench.Ben
         seen.append(options)
         return 0
 
-    monkeypatch.setattr(bench, "run_bench", run_bench)
+    monkeypatch.setattr(bench_run, "run_bench", run_bench)
     args = parser().parse_args(["bench", *argv])
     assert args.func(args) == 0
     return seen[0]

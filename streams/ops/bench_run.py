@@ -1,0 +1,114 @@
+"""`sagastream bench` as one run: which phases run, in what order, and what is printed and written.
+
+The phases live in their own modules: the order saga, its baseline, the fan-out and tracing
+points in sagastream.ops.bench (which the others build on), the restore in bench_restore, the
+commit policy trade-off in bench_tradeoff. This module alone imports them all, so none of
+them imports another's caller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from sagastream.ops.bench import (
+    BenchOptions,
+    Point,
+    Run,
+    baseline_phase,
+    bench_infrastructure,
+    broker_pids,
+    fanout_phase,
+    format_report,
+    json_safe,
+    ratios,
+    sagastream_phase,
+    trace_phase,
+    unlike,
+    write_plot,
+)
+from sagastream.ops.bench_restore import format_restore, restore_phase
+from sagastream.ops.bench_tradeoff import format_tradeoff, tradeoff_phase
+from sagastream.ops.pipeline_baseline import STRUCTURAL_WRITES
+
+
+def run_bench(options: BenchOptions, out: TextIO = sys.stdout) -> int:
+    """Run every phase asked for, print the tables, write JSON and the plot; 1 if a saga stuck.
+
+    If a phase fails, what the phases before it measured is still printed and written.
+    """
+    results: dict[str, Any] = {}
+    try:
+        with bench_infrastructure(options.keep, out) as run:
+            results["run"] = {
+                "prefix": run.prefix,
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "cpus": os.cpu_count(),
+                "bootstrap_servers": run.settings.bootstrap_servers,
+                "broker_cpu_measured": bool(broker_pids(run.settings.bootstrap_servers)),
+            }
+            _run_phases(run, options, results)
+    finally:
+        if len(results) > 1:
+            _write_results(results, options, out)
+    return 1 if any(p["stuck"] for p in measured_points(results)) else 0
+
+
+def measured_points(results: dict[str, Any]) -> list[Point]:
+    """Every point a run measured, warm-ups included: a saga stuck in any fails the run."""
+    phases = [results.get("sagastream"), results.get("baseline")]
+    points = [p for phase in phases if phase for p in phase["points"]]
+    points += [phase["warmup"] for phase in phases if phase and phase.get("warmup")]
+    fan = results.get("fanout")
+    points += [fan["parallel"], fan["sequential"]] if fan else []
+    points += list(results["tracing"]["points"].values()) if "tracing" in results else []
+    points += [row["point"] for row in results.get("tradeoff", {}).get("rows", [])]
+    return points
+
+
+def report(results: dict[str, Any]) -> list[str]:
+    """Every table of the run: the saga phases', then the restore's and the trade-off's."""
+    lines = format_report(results)
+    if "restore" in results:
+        lines += format_restore(results["restore"])
+    if "tradeoff" in results:
+        lines += format_tradeoff(results["tradeoff"])
+    return lines
+
+
+def _run_phases(run: Run, options: BenchOptions, results: dict[str, Any]) -> None:
+    if options.restore is not None:
+        results["restore"] = restore_phase(run, options.restore, options.timeout, options.seed)
+    if options.trace is not None:
+        results["tracing"] = trace_phase(run, options)
+    if options.tradeoff is not None:
+        results["tradeoff"] = tradeoff_phase(run, options)
+    if not options.saga_phases:
+        return
+    results["sagastream"] = sagastream_phase(run, options)
+    if not options.skip_baseline:
+        # as many writes per saga as sagastream made, whatever its runtime writes
+        total = results["sagastream"]["writes_per_saga"]["total"]
+        results["baseline"] = baseline_phase(run, options, max(0, round(total - STRUCTURAL_WRITES)))
+        ss, base = results["sagastream"], results["baseline"]
+        base["not_compared"] = unlike(ss, base)
+        if base["not_compared"] is None:
+            for point, base_point in zip(ss["points"], base["points"], strict=True):
+                point["vs_baseline"] = ratios(point, base_point)
+    if not options.skip_fanout:
+        results["fanout"] = fanout_phase(run, options)
+
+
+def _write_results(results: dict[str, Any], options: BenchOptions, out: TextIO) -> None:
+    print("\n".join(report(results)), file=out)
+    options.json_path.write_text(json.dumps(json_safe(results), indent=2) + "\n")
+    print(f"\nresults written to {options.json_path}", file=out)
+    series: dict[str, list[Point]] = {
+        name: results[name]["points"] for name in ("sagastream", "baseline") if name in results
+    }
+    if series:
+        skipped = write_plot(series, options.plot_path)
+        print(skipped or f"latency plot written to {options.plot_path}", file=out)

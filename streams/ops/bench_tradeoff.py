@@ -1,0 +1,149 @@
+"""`sagastream bench --tradeoff`: latency against transactions, per orchestrator commit policy.
+
+The settings that bound a saga's latency at a steady rate are the orchestrator's commit interval
+(the longest a transaction gathers work under load) and its linger (how long an open
+transaction waits once its inputs run dry): every hop of a saga waits for a commit. For each
+(interval, linger) pair the order saga runs under its own prefix, its workers started with
+SAGASTREAM_COMMIT_INTERVAL_MS and SAGASTREAM_COMMIT_LINGER_MS, the orchestrator serving
+/metrics; after a short warm-up it is driven at a fixed rate (300/s) and the table gives p50 and
+p99, sagas/s and the transactions committed per second and per saga, read from the
+orchestrator's `sagastream_transactions_total{result="committed"}` before and after.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import urllib.request
+from typing import Any
+
+from sagastream.errors import UsageError
+from sagastream.ops.bench import (
+    WARMUP_ORDERS,
+    BenchOptions,
+    Point,
+    Run,
+    measure,
+    num_cell,
+    saga_phase,
+)
+
+Policy = tuple[int, int]  # (commit interval ms, linger ms)
+
+DEFAULT_POLICIES: tuple[Policy, ...] = ((100, 20), (100, 5), (100, 0), (50, 0), (200, 50))
+RATE = 300.0
+SECONDS = 5.0  # at RATE, unless --orders says how many
+COMMITTED = "sagastream_transactions_total"
+
+
+def parse_policies(spec: str) -> tuple[Policy, ...]:
+    """'100:20,50:0' -> ((100, 20), (50, 0)): commit interval and linger in ms, each pair once."""
+    policies: list[Policy] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        interval, sep, linger = part.partition(":")
+        try:
+            policy = (int(interval), int(linger))
+        except ValueError:
+            raise UsageError(
+                f"--tradeoff: {part!r} is not INTERVAL_MS:LINGER_MS (e.g. 100:20)"
+            ) from None
+        if not sep or policy[0] < 1 or policy[1] < 0:
+            raise UsageError(
+                f"--tradeoff: {part!r}: the interval must be 1 ms or more and the linger 0 or more"
+            )
+        policies.append(policy)
+    if not policies:
+        raise UsageError("--tradeoff: give INTERVAL_MS:LINGER_MS pairs, e.g. 100:20,50:0")
+    return tuple(dict.fromkeys(policies))
+
+
+def counter_total(text: str, name: str, **labels: str) -> float:
+    """The sum of a counter's samples named `name` whose labels include `labels`, in the text
+    of a /metrics page; 0 if it has none yet."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def tradeoff_row(policy: Policy, point: Point, transactions: float) -> dict[str, Any]:
+    """One policy's line: its figures at the rate, and its transactions per second and saga."""
+    seconds, sagas = point["to_quiet_s"], point["completed"]
+    return {
+        "commit_interval_ms": policy[0],
+        "commit_linger_ms": policy[1],
+        "transactions": transactions,
+        "transactions_per_s": transactions / seconds if seconds and seconds > 0 else math.nan,
+        "transactions_per_saga": transactions / sagas if sagas else math.nan,
+        "point": point,
+    }
+
+
+def format_tradeoff(result: dict[str, Any]) -> list[str]:
+    """The table `sagastream bench --tradeoff` prints."""
+    lines = [
+        "",
+        f"  commit policy at {result['rate']:g} sagas/s, {result['orders']} orders each "
+        "(orchestrator transactions read from its /metrics)",
+        f"  {'interval ms':>11} {'linger ms':>9} {'sagas/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'txn/s':>8} {'txn/saga':>9} {'CPU ms/saga':>12} {'stuck':>5}",
+    ]
+    for row in result["rows"]:
+        p = row["point"]
+        lines.append(
+            f"  {row['commit_interval_ms']:>11} {row['commit_linger_ms']:>9} "
+            f"{num_cell(p['sagas_per_s']):>9} {num_cell(p['latency_ms']['p50'], 0):>8} "
+            f"{num_cell(p['latency_ms']['p99'], 0):>8} {num_cell(row['transactions_per_s']):>8} "
+            f"{num_cell(row['transactions_per_saga'], 2):>9} "
+            f"{num_cell(p['cpu_ms_per_saga']['total'], 3):>12} {p['stuck']:>5}"
+        )
+    lines.append(
+        "  each transaction costs a commit round trip and a marker in every partition it wrote; "
+        "each hop of a saga waits for one"
+    )
+    return lines
+
+
+def tradeoff_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
+    """Each policy of `options.tradeoff` in turn, at options.tradeoff_rate."""
+    assert options.tradeoff is not None
+    rate = options.tradeoff_rate
+    orders = options.orders or max(1, round(rate * SECONDS))
+    run.say(f"\ncommit policy trade-off: {orders} orders at {rate:g}/s per policy")
+    rows: list[dict[str, Any]] = []
+    for i, policy in enumerate(options.tradeoff):
+        port = _free_port()
+        env = {
+            "SAGASTREAM_COMMIT_INTERVAL_MS": str(policy[0]),
+            "SAGASTREAM_COMMIT_LINGER_MS": str(policy[1]),
+        }
+        role_env = {"orchestrator": {"SAGASTREAM_METRICS_PORT": str(port)}}
+        settings = run.phase(f"tc{i}")
+        run.say(f"  commit interval {policy[0]} ms, linger {policy[1]} ms")
+        with saga_phase(run, settings, {}, options.seed, env, role_env) as (source, make):
+            measure(source, make(WARMUP_ORDERS, False), None, options.timeout, None)
+            before = _committed(port)
+            point = measure(source, make(orders, False), rate, options.timeout, run.out)
+            rows.append(tradeoff_row(policy, point, _committed(port) - before))
+    return {"rate": rate, "orders": orders, "rows": rows}
+
+
+def _committed(port: int) -> float:
+    """Transactions the orchestrator serving /metrics on `port` has committed so far."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return counter_total(text, COMMITTED, result="committed")
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the worker binds it next)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
