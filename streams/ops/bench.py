@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from sagastream.core.topology import load_topology
+from sagastream.core.topology import Topology, load_topology
 from sagastream.errors import ClusterError, UsageError
 from sagastream.ops.demo import (
     OUTCOMES,
@@ -93,10 +93,16 @@ class BenchOptions:
     # (commit interval ms, linger ms) pairs for the trade-off table (sagastream.ops.bench_tradeoff)
     tradeoff: tuple[tuple[int, int], ...] | None = None
     tradeoff_rate: float = 300.0
+    # the scale series (sagastream.ops.bench_scale): steps per saga, stored sagas, orchestrators
+    scale_steps: tuple[int, ...] | None = None
+    scale_stored: tuple[int, ...] | None = None
+    scale_orchestrators: tuple[int, ...] | None = None
+    scale_orders: int = 2000
     saga_phases: bool = True
 
     def __post_init__(self) -> None:
-        for flag, value in (("--steady", self.steady), ("--warmup", self.warmup)):
+        counts = (("--steady", self.steady), ("--warmup", self.warmup))
+        for flag, value in (*counts, ("--scale-orders", self.scale_orders)):
             if value < 1:
                 raise UsageError(f"{flag} {value}: give at least 1 saga")
         if self.baseline_commit not in BASELINE_COMMITS:
@@ -539,10 +545,12 @@ def saga_phase(
     env: dict[str, str] | None = None,
     role_env: dict[str, dict[str, str]] | None = None,
     orchestrators: int = 1,
+    prepare: Callable[[Settings, Topology], None] | None = None,
 ) -> Iterator[tuple[Source, Callable[[int, bool], list[str]]]]:
     """Topics, schemas and a worker process per role for the order saga under one prefix
     (`orchestrators` of the orchestrator, on the same partitions); `env` is added to every
-    worker's environment, `role_env[role]` to that role's.
+    worker's environment, `role_env[role]` to that role's; `prepare` runs once the topics are
+    there, before any worker starts.
 
     Yields the source to measure and `orders(n, completing_only)`, which makes n orders (only
     ones built to complete, if asked) for the source to publish, and returns their keys.
@@ -568,6 +576,8 @@ def saga_phase(
         raise ClusterError(
             f"schema registry {redact_url(str(settings.schema_registry_url))} refused {refused}"
         )
+    if prepare is not None:
+        prepare(settings, topology)
     workers = WorkerSet(settings, run.log_dir / settings.topic_prefix.removeprefix(run.prefix))
     client = EventClient(settings, topology, build_codec(settings), "bench")
     try:

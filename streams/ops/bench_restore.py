@@ -201,7 +201,7 @@ def disk_mb(path: Path) -> float:
     return used / 1e6
 
 
-def _produce(settings: Settings, batches: Iterable[list[Record]]) -> int:
+def write_changelog(settings: Settings, batches: Iterable[list[Record]]) -> int:
     """Write records into the changelog, a transaction per batch; returns how many."""
     from confluent_kafka import Producer
 
@@ -324,7 +324,7 @@ def restore_phase(run: Run, n: int, timeout: float, seed: int = 42) -> dict[str,
     states = OrderStates(topology, time.time_ns() // 1_000_000 + AHEAD_MS, seed)
 
     t0 = time.monotonic()
-    written = _produce(settings, changelog_transactions(states, n))
+    written = write_changelog(settings, changelog_transactions(states, n))
     write_s = time.monotonic() - t0
     run.say(f"  wrote {written:,} changelog records in {write_s:.1f}s")
     runs: list[dict[str, Any]] = []
@@ -338,7 +338,7 @@ def restore_phase(run: Run, n: int, timeout: float, seed: int = 42) -> dict[str,
     measured("empty", _in_process(settings, directory / "in-process", partitions, restore_timeout))
     worker_dir = directory / "worker"
     measured("empty", _worker(settings, worker_dir, log_dir / "empty.log", partitions, timeout))
-    restart = _produce(settings, [restart_changes(states, n)])
+    restart = write_changelog(settings, [restart_changes(states, n)])
     run.say(f"  wrote {restart:,} more changelog records")
     measured(
         "checkpoint", _in_process(settings, directory / "in-process", partitions, restore_timeout)

@@ -2,7 +2,7 @@
 
 The phases live in their own modules: the order saga, its baseline, the fan-out and tracing
 points in sagastream.ops.bench (which the others build on), the restore in bench_restore, the
-commit policy trade-off in bench_tradeoff. This module alone imports them all, so none of
+commit policy trade-off in bench_tradeoff, the scale series in bench_scale. This module alone imports them all, so none of
 them imports another's caller.
 """
 
@@ -31,6 +31,7 @@ from sagastream.ops.bench import (
     write_plot,
 )
 from sagastream.ops.bench_restore import format_restore, restore_phase
+from sagastream.ops.bench_scale import format_scale, scale_phase
 from sagastream.ops.bench_tradeoff import format_tradeoff, tradeoff_phase
 from sagastream.ops.pipeline_baseline import STRUCTURAL_WRITES
 
@@ -65,7 +66,8 @@ def measured_points(results: dict[str, Any]) -> list[Point]:
     fan = results.get("fanout")
     points += [fan["parallel"], fan["sequential"]] if fan else []
     points += list(results["tracing"]["points"].values()) if "tracing" in results else []
-    points += [row["point"] for row in results.get("tradeoff", {}).get("rows", [])]
+    for table in ("tradeoff", "scale"):
+        points += [row["point"] for row in results.get(table, {}).get("rows", [])]
     return points
 
 
@@ -76,6 +78,8 @@ def report(results: dict[str, Any]) -> list[str]:
         lines += format_restore(results["restore"])
     if "tradeoff" in results:
         lines += format_tradeoff(results["tradeoff"])
+    if "scale" in results:
+        lines += format_scale(results["scale"])
     return lines
 
 
@@ -86,6 +90,8 @@ def _run_phases(run: Run, options: BenchOptions, results: dict[str, Any]) -> Non
         results["tracing"] = trace_phase(run, options)
     if options.tradeoff is not None:
         results["tradeoff"] = tradeoff_phase(run, options)
+    if options.scale_steps or options.scale_stored or options.scale_orchestrators:
+        results["scale"] = scale_phase(run, options)
     if not options.saga_phases:
         return
     results["sagastream"] = sagastream_phase(run, options)

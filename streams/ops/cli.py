@@ -146,7 +146,14 @@ def _bench(args: argparse.Namespace) -> int:
 
     from sagastream.ops.bench import BenchOptions, parse_rates
     from sagastream.ops.bench_run import run_bench
+    from sagastream.ops.bench_scale import parse_counts
     from sagastream.ops.bench_tradeoff import parse_policies
+
+    def scale(spec: str | None, flag: str) -> tuple[int, ...] | None:
+        return None if spec is None else parse_counts(spec, flag)
+
+    extras = ("restore", "trace", "tradeoff", "scale_steps", "scale_stored", "scale_orchestrators")
+    alone = any(getattr(args, name) is not None for name in extras)
 
     options = BenchOptions(
         orders=args.orders,
@@ -165,11 +172,14 @@ def _bench(args: argparse.Namespace) -> int:
         trace=args.trace,
         tradeoff=None if args.tradeoff is None else parse_policies(args.tradeoff),
         tradeoff_rate=args.tradeoff_rate,
-        # --restore, --trace or --tradeoff alone measure only that; --orders or --rates ask for
-        # the saga phases too
-        saga_phases=(args.restore is None and args.trace is None and args.tradeoff is None)
-        or args.orders is not None
-        or args.rates is not None,
+        scale_steps=scale(args.scale_steps, "--scale-steps"),
+        scale_stored=scale(args.scale_stored, "--scale-stored"),
+        scale_orchestrators=scale(args.scale_orchestrators, "--scale-orchestrators"),
+        scale_orders=args.scale_orders,
+        # --restore, --trace, --tradeoff or --scale-* alone measure only that; --orders,
+        # --rates, --steady or --warmup ask for the saga phases too
+        saga_phases=not alone
+        or any(v is not None for v in (args.orders, args.rates, args.steady, args.warmup)),
     )
     return run_bench(options)
 
@@ -797,6 +807,26 @@ def parser() -> argparse.ArgumentParser:
         metavar="INTERVAL:LINGER,...",
         help="p50/p99, sagas/s and transactions/s at --tradeoff-rate for each orchestrator commit "
         "interval and linger in ms (default 100:20,100:5,100:0,50:0,200:50); alone, runs only that",
+    )
+    for flag, const, what in (
+        ("--scale-steps", "2,5,10", "saga sizes: chains and fan-outs of that many steps"),
+        ("--scale-stored", "100000,1000000", "sagas already in the store (and none)"),
+        ("--scale-orchestrators", "1,2,4", "orchestrator processes on the same partitions"),
+    ):
+        bn.add_argument(
+            flag,
+            nargs="?",
+            const=const,
+            default=None,
+            metavar="N,...",
+            help=f"CPU per saga against {what} (default {const}); alone, runs only that",
+        )
+    bn.add_argument(
+        "--scale-orders",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="sagas per scale point, at the maximum rate (default 2000)",
     )
     bn.add_argument(
         "--tradeoff-rate",
