@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -589,6 +589,8 @@ def saga_phase(
             for copy in range(orchestrators if role == "orchestrator" else 1):
                 workers.start([role], role_extra, process_name(role, copy))
         workers.wait_ready()
+        if orchestrators > 1:  # else one that joins late rebalances the group while measured
+            _wait_members(workers, settings.group("orchestrator"), orchestrators)
         run.say(f"  {len(workers.procs)} worker processes ready in {time.monotonic() - t0:.1f}s")
         rng = random.Random(seed)
         pending: dict[str, dict[str, Any]] = {}
@@ -628,6 +630,28 @@ def saga_phase(
     finally:
         client.close()
         workers.stop()
+
+
+def _wait_members(workers: WorkerSet, group: str, members: int, timeout: float = 120.0) -> None:
+    """Wait until a consumer group is stable with `members` members, each with partitions."""
+    from confluent_kafka import ConsumerGroupState
+
+    from sagastream.ops.admin import admin_client
+
+    admin = admin_client(workers.settings)
+    deadline = time.monotonic() + timeout
+    while True:
+        workers.check_alive()
+        found = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+        assigned = [m for m in found.members if m.assignment.topic_partitions]
+        if found.state == ConsumerGroupState.STABLE and len(assigned) >= members:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"consumer group {group}: {len(assigned)} of {members} members with partitions "
+                f"after {timeout}s; logs in {workers.log_dir}"
+            )
+        time.sleep(0.5)
 
 
 def _phase_writes(settings: Settings, sagas: int) -> dict[str, Any]:
@@ -854,6 +878,11 @@ def fanout_summary(parallel: Point, sequential: Point) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the report
+
+
+def table_line(cells: Iterable[tuple[Any, int]]) -> str:
+    """A line of a table: each (cell, width) right-aligned, or left-aligned if width < 0."""
+    return "  " + " ".join(f"{cell!s:<{-w}}" if w < 0 else f"{cell!s:>{w}}" for cell, w in cells)
 
 
 def num_cell(value: float | None, digits: int = 1, suffix: str = "") -> str:

@@ -35,6 +35,7 @@ from sagastream.ops.bench import (
     num_cell,
     ratio,
     saga_phase,
+    table_line,
 )
 from sagastream.ops.bench_restore import (
     AHEAD_MS,
@@ -132,25 +133,28 @@ LABELS = {
 
 def format_scale(result: dict[str, Any]) -> list[str]:
     """The table of the scale series, each row also against the first of its series."""
+    widths = (-26, 6, 9, 8, 8, 9, 9, 8, 9, 8)
+    head = ("work", "sagas", "sagas/s", "p99 ms", "total", "orchestr.", "handlers", "broker")
     lines = [
         "",
         f"  scale with work: {result['orders']} orders per point at the maximum rate "
         "(after a warm-up); CPU ms per saga",
-        f"  {'work':<26} {'sagas':>6} {'sagas/s':>9} {'p99 ms':>8} {'total':>8} "
-        f"{'orchestr.':>9} {'handlers':>9} {'broker':>8} {'per step':>9} {'/ first':>8}",
+        table_line(zip((*head, "per step", "/ first"), widths, strict=True)),
     ]
     first: dict[str, float] = {}
     for row in result["rows"]:
         p, series = row["point"], row["series"]
         first.setdefault(series, row["cpu_ms_per_saga"])
-        label = LABELS[series].format(row["work"])
-        lines.append(
-            f"  {label:<26} {p['completed']:>6} {num_cell(p['sagas_per_s']):>9} "
-            f"{num_cell(p['latency_ms']['p99'], 0):>8} {num_cell(row['cpu_ms_per_saga'], 3):>8} "
-            f"{num_cell(row['orchestrator_ms'], 3):>9} {num_cell(row['handlers_ms'], 3):>9} "
-            f"{num_cell(row['broker_ms'], 3):>8} {num_cell(row['per_step_ms'], 3):>9} "
-            f"{num_cell(ratio(row['cpu_ms_per_saga'], first[series]), 2, 'x'):>8}"
+        cells = (
+            LABELS[series].format(row["work"]),
+            p["completed"],
+            num_cell(p["sagas_per_s"]),
+            num_cell(p["latency_ms"]["p99"], 0),
+            *(num_cell(row[k], 3) for k in ("cpu_ms_per_saga", "orchestrator_ms")),
+            *(num_cell(row[k], 3) for k in ("handlers_ms", "broker_ms", "per_step_ms")),
+            num_cell(ratio(row["cpu_ms_per_saga"], first[series]), 2, "x"),
         )
+        lines.append(table_line(zip(cells, widths, strict=True)))
     lines.append(
         "  expected: CPU per saga linear in steps (per step flat), flat in stored sagas and "
         "in orchestrators"

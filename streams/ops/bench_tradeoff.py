@@ -26,6 +26,7 @@ from sagastream.ops.bench import (
     measure,
     num_cell,
     saga_phase,
+    table_line,
 )
 
 Policy = tuple[int, int]  # (commit interval ms, linger ms)
@@ -34,6 +35,18 @@ DEFAULT_POLICIES: tuple[Policy, ...] = ((100, 20), (100, 5), (100, 0), (50, 0), 
 RATE = 300.0
 SECONDS = 5.0  # at RATE, unless --orders says how many
 COMMITTED = "sagastream_transactions_total"
+HEAD = [
+    "interval ms",
+    "linger ms",
+    "sagas/s",
+    "p50 ms",
+    "p99 ms",
+    "txn/s",
+    "txn/saga",
+    "CPU ms/saga",
+    "stuck",
+]
+WIDTHS = (11, 9, 9, 8, 8, 8, 9, 12, 5)
 
 
 def parse_policies(spec: str) -> tuple[Policy, ...]:
@@ -92,18 +105,21 @@ def format_tradeoff(result: dict[str, Any]) -> list[str]:
         "",
         f"  commit policy at {result['rate']:g} sagas/s, {result['orders']} orders each "
         "(orchestrator transactions read from its /metrics)",
-        f"  {'interval ms':>11} {'linger ms':>9} {'sagas/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'txn/s':>8} {'txn/saga':>9} {'CPU ms/saga':>12} {'stuck':>5}",
+        table_line(zip(HEAD, WIDTHS, strict=True)),
     ]
     for row in result["rows"]:
         p = row["point"]
-        lines.append(
-            f"  {row['commit_interval_ms']:>11} {row['commit_linger_ms']:>9} "
-            f"{num_cell(p['sagas_per_s']):>9} {num_cell(p['latency_ms']['p50'], 0):>8} "
-            f"{num_cell(p['latency_ms']['p99'], 0):>8} {num_cell(row['transactions_per_s']):>8} "
-            f"{num_cell(row['transactions_per_saga'], 2):>9} "
-            f"{num_cell(p['cpu_ms_per_saga']['total'], 3):>12} {p['stuck']:>5}"
+        cells = (
+            row["commit_interval_ms"],
+            row["commit_linger_ms"],
+            num_cell(p["sagas_per_s"]),
+            *(num_cell(p["latency_ms"][q], 0) for q in ("p50", "p99")),
+            num_cell(row["transactions_per_s"]),
+            num_cell(row["transactions_per_saga"], 2),
+            num_cell(p["cpu_ms_per_saga"]["total"], 3),
+            p["stuck"],
         )
+        lines.append(table_line(zip(cells, WIDTHS, strict=True)))
     lines.append(
         "  each transaction costs a commit round trip and a marker in every partition it wrote; "
         "each hop of a saga waits for one"
