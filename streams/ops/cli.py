@@ -676,69 +676,16 @@ def _add_topology(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ta.set_defaults(func=_topology_asyncapi)
 
 
-def parser() -> argparse.ArgumentParser:
-    from sagastream.core.saga import COMPENSATED, COMPENSATING, COMPLETED, FAILED, RUNNING
-
-    p = argparse.ArgumentParser(prog="sagastream", description="Kafka-native saga orchestrator")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    i = sub.add_parser("init", help="write a small working project into a new folder")
-    i.add_argument("directory")
-    i.set_defaults(func=_init)
-
-    w = sub.add_parser("worker", help="run a consumer-group worker process")
-    w.add_argument(
-        "--role",
-        default="all",
-        help="orchestrator, a handler of topology.yaml, all, or a comma list",
-    )
-    w.add_argument(
-        "--app",
-        default=None,
-        help="module of the handler functions, or module:attribute (default: topology app)",
-    )
-    w.add_argument("--loglevel", default="warning")
-    w.set_defaults(func=_worker)
-
-    ac = sub.add_parser(
-        "acls",
-        help="the least-privilege Kafka ACLs of each role (bindings and kafka-acls.sh commands)",
-    )
-    ac.add_argument(
-        "--role",
-        default=None,
-        help="orchestrator, a handler role, topic-creator, operator or operator-readonly",
-    )
-    ac.add_argument("--all", action="store_true", help="every role")
-    ac.add_argument(
-        "--principal-map",
-        action="append",
-        default=[],
-        metavar="ROLE=User:NAME",
-        help="the principal a role runs as (repeatable; default User:<role>)",
-    )
-    ac.add_argument(
-        "--apply", action="store_true", help="create them through the Admin API (as a super user)"
-    )
-    ac.set_defaults(func=_acls)
-
-    t = sub.add_parser("topics", help="manage the topology's topics")
-    t.add_argument("action", choices=["create"])
-    t.set_defaults(func=_topics)
-
-    d = sub.add_parser("demo", help="run the order saga demo end to end")
-    d.add_argument("--orders", type=int, default=200)
-    d.add_argument("--seed", type=int, default=42)
-    d.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for outcomes")
-    d.add_argument("--keep", action="store_true", help="keep the demo's topics and state")
-    d.set_defaults(func=_demo)
-
+def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`sagastream bench` and its flags (README "Benchmark" lists each with its default)."""
     bn = sub.add_parser(
         "bench",
         help="throughput, latency, CPU and Kafka writes of the order saga, against plain Kafka",
         description="Runs the order saga on the broker with a worker process per role and "
-        "instant handlers, at the maximum rate and at each fixed rate; then the same hops on "
-        "plain confluent-kafka (the physical limit every figure is divided by); then parallel "
+        "instant handlers: a warm-up at the maximum rate (reported apart), a steady window at "
+        "the maximum rate, each fixed rate; then the same hops on plain confluent-kafka, as "
+        "many sagas at the same commit policy (the physical limit every figure is divided by); "
+        "then parallel "
         "against chained steps with handler latencies of 200, 100 and 150 ms.",
     )
     bn.add_argument(
@@ -835,6 +782,66 @@ def parser() -> argparse.ArgumentParser:
         help="sagas/s for the trade-off table (default 300)",
     )
     bn.set_defaults(func=_bench)
+
+
+def parser() -> argparse.ArgumentParser:
+    from sagastream.core.saga import COMPENSATED, COMPENSATING, COMPLETED, FAILED, RUNNING
+
+    p = argparse.ArgumentParser(prog="sagastream", description="Kafka-native saga orchestrator")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    i = sub.add_parser("init", help="write a small working project into a new folder")
+    i.add_argument("directory")
+    i.set_defaults(func=_init)
+
+    w = sub.add_parser("worker", help="run a consumer-group worker process")
+    w.add_argument(
+        "--role",
+        default="all",
+        help="orchestrator, a handler of topology.yaml, all, or a comma list",
+    )
+    w.add_argument(
+        "--app",
+        default=None,
+        help="module of the handler functions, or module:attribute (default: topology app)",
+    )
+    w.add_argument("--loglevel", default="warning")
+    w.set_defaults(func=_worker)
+
+    ac = sub.add_parser(
+        "acls",
+        help="the least-privilege Kafka ACLs of each role (bindings and kafka-acls.sh commands)",
+    )
+    ac.add_argument(
+        "--role",
+        default=None,
+        help="orchestrator, a handler role, topic-creator, operator or operator-readonly",
+    )
+    ac.add_argument("--all", action="store_true", help="every role")
+    ac.add_argument(
+        "--principal-map",
+        action="append",
+        default=[],
+        metavar="ROLE=User:NAME",
+        help="the principal a role runs as (repeatable; default User:<role>)",
+    )
+    ac.add_argument(
+        "--apply", action="store_true", help="create them through the Admin API (as a super user)"
+    )
+    ac.set_defaults(func=_acls)
+
+    t = sub.add_parser("topics", help="manage the topology's topics")
+    t.add_argument("action", choices=["create"])
+    t.set_defaults(func=_topics)
+
+    d = sub.add_parser("demo", help="run the order saga demo end to end")
+    d.add_argument("--orders", type=int, default=200)
+    d.add_argument("--seed", type=int, default=42)
+    d.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for outcomes")
+    d.add_argument("--keep", action="store_true", help="keep the demo's topics and state")
+    d.set_defaults(func=_demo)
+
+    _bench_parser(sub)
 
     s = sub.add_parser("signal", help="deliver a human decision to a waiting step of any saga")
     s.add_argument("saga")
