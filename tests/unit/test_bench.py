@@ -6,7 +6,9 @@ import json
 import math
 import os
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -333,3 +335,48 @@ def test_baseline_commit_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     assert options.baseline_commit == "interval"
     with pytest.raises(ValueError, match="--baseline-commit"):
         bench.BenchOptions(baseline_commit="never")
+
+
+class BatchingConsumer:
+    """A consumer with one message in hand and more to come: records how it is waited on."""
+
+    def __init__(self) -> None:
+        self.waits: list[tuple[str, float]] = []
+        self.pending = ["m1", "m2"]
+
+    def _take(self, n: int) -> list[Any]:
+        taken, self.pending = self.pending[:n], self.pending[n:]
+        return [Message(t) for t in taken]
+
+    def poll(self, timeout: float) -> Any:
+        self.waits.append(("poll", timeout))
+        got = self._take(1)
+        return got[0] if got else None
+
+    def consume(self, num: int, timeout: float) -> list[Any]:
+        # librdkafka's batch consume blocks for the whole timeout unless `num` messages come
+        self.waits.append(("consume", timeout))
+        return self._take(num)
+
+    def assignment(self) -> list[int]:
+        return [0]
+
+
+@dataclass
+class Message:
+    value: str
+
+    def error(self) -> None:
+        return None
+
+
+def test_the_baseline_waits_for_the_first_message_only_never_for_a_full_batch() -> None:
+    from sagastream.ops import pipeline_baseline
+
+    consumer, stop = BatchingConsumer(), threading.Event()
+    batches = pipeline_baseline._batches(consumer, stop)  # type: ignore[arg-type]
+    assert [m.value for m in next(batches)] == ["m1", "m2"]
+    assert next(batches) == []
+    # a batch wait (consume with a timeout) would hold every hop up to its timeout
+    assert all(timeout == 0 for kind, timeout in consumer.waits if kind == "consume")
+    assert any(kind == "poll" and timeout > 0 for kind, timeout in consumer.waits)
