@@ -10,7 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.conftest import Broker, SchemaRegistry
+
+pytestmark = [pytest.mark.integration, pytest.mark.once]
 
 ARGV = [
     *("--steady", "40", "--warmup", "20", "--orders", "20", "--rates", "50"),

@@ -37,7 +37,7 @@ from tests.integration.conftest import HANDLERS
 from tests.integration.helpers import every_dead_letter, loan_applied, place_order, wait_outcomes
 from tests.integration.test_console import LOAN_HANDLERS, running_console, wait_for_review
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.once]
 
 SHOTS = Path(__file__).parents[2] / "build" / "console-screenshots"
 TOKEN = "browser-test-token-0123456789"

@@ -38,10 +38,10 @@ from tests.integration.helpers import (
     good_order,
     lifecycle,
     loan_applied,
+    planted_dead_letter,
     wait_outcomes,
 )
 from tests.integration.secured import HOST, RegistryGate, SecuredBroker
-from tests.integration.test_dlq_tool import _dead_letter
 from tests.unit import test_readme_secured as readme_secured
 
 pytestmark = pytest.mark.integration
@@ -299,7 +299,7 @@ def test_order_saga_each_role_under_its_generated_acls_only(deployment: Deployme
     planted.client = EventClient(
         deployment.admin, deployment.topology, build_codec(deployment.admin), "test"
     )
-    _dead_letter(planted, "o-2")
+    planted_dead_letter(planted, "o-2")
     planted.client.flush()
     planted.client.close()
     redriven = cli(
