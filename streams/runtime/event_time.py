@@ -28,7 +28,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
-from sagastream.core.state import TERMINAL, SagaState, seen_digest
+from sagastream.core.state import SagaState, seen_digest
 from sagastream.core.topology import ATTEMPT_FAILED_EVENT, SIGNAL_EVENT, SagaSpec, Topology
 from sagastream.errors import SagastreamError
 from sagastream.runtime.horizon import timestamp
@@ -250,11 +250,9 @@ def _results(spec: SagaSpec, step: str) -> tuple[str, ...]:
 
 
 def sent_yet(spec: SagaSpec, state: SagaState, got: Decoded) -> bool:
-    """Whether a running saga has sent the attempt a result answers (True for anything that is
-    not a step's result, or names no step of the saga: deciding it says what it is)."""
+    """Whether a saga has sent the attempt a result answers (True for anything that is not a
+    step's result, or names no step of the saga: deciding it says what it is)."""
     record, meta = got.record, got.record["meta"]
-    if state.status in TERMINAL:
-        return True
     if got.event_type == ATTEMPT_FAILED_EVENT:
         step, undo = record.get("step"), bool(record.get("compensation"))
     else:

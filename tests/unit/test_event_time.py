@@ -250,6 +250,20 @@ def test_live_results_answer_a_renamed_step_once_it_has_sent_its_command(tmp_pat
     ]
     orchestrator, decided = _replay(tmp_path / "c", _topology(), failed_twice, {})
     assert orchestrator.unanswered == 1 and orchestrator.replayed == 4
+    # so does one read after its saga ended: v2 never ships an order whose payment failed
+    declined = [
+        records[0],
+        records[2],
+        _input("payments.events", 0, 1100, "PaymentFailed", step="payment", reason="declined"),
+        _input("inventory.events", 1, 1200, "InventoryReleased", step="inventory"),
+        _input("shipping.events", 0, 1300, "ShipmentCreated", step="shipping", shipment_id="s"),
+    ]
+    renames = {"order": {"shipping": "ship"}}
+    orchestrator, decided = _replay(tmp_path / "d", v2, declined, {}, renames)
+    assert ("SagaCompensated", 1, 1200) in decided and "CreateShipment" not in {
+        t for t, _, _ in decided
+    }
+    assert orchestrator.unanswered == 1 and orchestrator.replayed == 5
 
 
 def test_live_order_holds_an_event_back_until_those_decided_before_it_came() -> None:
