@@ -435,7 +435,8 @@ def _shadow(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
     )
     differences = run_shadow(Settings(), options)
-    return 1 if args.fail_on_diff and differences else 0
+    unexplained = [d for d in differences if not d.explained]
+    return 1 if args.fail_on_diff and unexplained else 0
 
 
 def _dlq(args: argparse.Namespace) -> int:
@@ -992,7 +993,8 @@ def parser() -> argparse.ArgumentParser:
         "timers fired when event time passes them, each saga's events in the order the live "
         "run decided them), writing under --shadow-prefix; no handler runs. Then prints each "
         "saga whose outcome or commands (type, step, attempt, in order) differ from the live "
-        "run's, and removes the shadow unless --keep.",
+        "run's otherwise than `topology diff` explains (a renamed, added or removed step's "
+        "commands), counts those it explains, and removes the shadow unless --keep.",
     )
     rs.add_argument("--topology", default=None, metavar="FILE", help="default: the live one")
     rs.add_argument("--saga", default=None, help="one saga type (default: all)")
@@ -1006,7 +1008,11 @@ def parser() -> argparse.ArgumentParser:
     )
     rs.add_argument("--shadow-prefix", default=None, help="default: shadow-<time>-")
     rs.add_argument("--keep", action="store_true", help="keep the shadow's topics, group, state")
-    rs.add_argument("--fail-on-diff", action="store_true", help="exit 1 if any saga differs")
+    rs.add_argument(
+        "--fail-on-diff",
+        action="store_true",
+        help="exit 1 if any saga differs otherwise than `topology diff` explains",
+    )
     rs.add_argument("--timeout", type=float, default=600.0, help="seconds the replay may take")
     rs.set_defaults(func=_shadow)
 

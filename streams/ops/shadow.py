@@ -5,8 +5,15 @@ The shadow is an orchestrator in a new consumer group that reads the live input 
 events, step results, signals) up to their ends as of its start, in event time
 (`runtime/event_time.py`), and writes everything it produces under its own topic prefix. No
 handler runs in it: the results it reads are the live ones, so it shows what the topology would
-have decided about the same history. Comparing is pure (`decisions`, `compare`); reading the
-topics and running the shadow are kept apart from it.
+have decided about the same history (a renamed step's results answer its new name; a result
+whose command the shadow sends later waits for it: `runtime/event_time.py`).
+
+A changed topology changes some decisions on purpose: a renamed step's commands go out under
+its new name, an added step's are new, a removed step's are gone. A saga whose differences are
+only those, as `topology diff` finds them (`Explanation`), with the same outcome, differs "only
+as the diff says"; any other difference (an outcome, a step's commands that changed otherwise)
+is one to read, and only those count for `--fail-on-diff`. Comparing is pure (`decisions`,
+`compare`); reading the topics and running the shadow are kept apart from it.
 """
 
 from __future__ import annotations
@@ -26,10 +33,11 @@ from typing import Any, TextIO
 from confluent_kafka import Message
 
 from sagastream.core.state import decode_state
-from sagastream.core.topology import OUTCOME_EVENTS, Topology, load_topology
+from sagastream.core.topology import OUTCOME_EVENTS, SagaSpec, Topology, load_topology
 from sagastream.errors import ClusterError, UsageError
 from sagastream.ops.admin import admin_client, create_topics, delete_topics
 from sagastream.ops.replay import Target, commit_plan, plan_rows, read_offsets
+from sagastream.ops.topology_diff import renamed_steps
 from sagastream.runtime.event_time import EventTimeOrchestrator, Partition
 from sagastream.runtime.inputs import logical_topic
 from sagastream.runtime.kafka_io import read_ranges, reader
@@ -66,12 +74,14 @@ class Decided:
 
 @dataclass(frozen=True)
 class Difference:
-    """A saga whose outcome or commands differ: (live, shadow) for each thing that differs."""
+    """A saga whose outcome or commands differ: (live, shadow) for each thing that differs, and
+    whether the topology's diff explains all of it."""
 
     saga: str
     key: str
     outcome: tuple[str, str] | None
     steps: tuple[tuple[str, str, str], ...]
+    explained: bool = False
 
     def line(self) -> str:
         parts = [] if self.outcome is None else [f"outcome {self.outcome[0]} -> {self.outcome[1]}"]
@@ -117,22 +127,140 @@ def _owner(out: Output, started: Mapping[str, str]) -> tuple[str | None, str]:
     return started.get(out.key), str(out.record.get("step") or out.event_type)
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """What `topology diff` says of one saga's steps, live -> shadow: the differences it
+    explains. Renamed steps (old -> new), steps added and removed: their commands; steps whose
+    dependencies changed: where they come in the order of the outcome's step lists."""
+
+    renamed: Mapping[str, str] = field(default_factory=dict)
+    added: frozenset[str] = frozenset()
+    removed: frozenset[str] = frozenset()
+    rewired: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, live: SagaSpec, shadow: SagaSpec) -> Explanation:
+        renamed = renamed_steps(live, shadow)
+        kept = {s: renamed.get(s, s) for s in live.steps if renamed.get(s, s) in shadow.steps}
+        return cls(
+            renamed,
+            frozenset(shadow.steps) - set(kept.values()),
+            frozenset(live.steps) - set(kept),
+            frozenset(
+                new
+                for old, new in kept.items()
+                if set(_renamed(live.steps[old].depends_on, renamed))
+                != set(shadow.steps[new].depends_on)
+            ),
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.renamed or self.added or self.removed or self.rewired)
+
+    def text(self) -> str:
+        """`shipping -> ship, notify added, audit removed, ship after other steps`."""
+        parts = [f"{old} -> {new}" for old, new in sorted(self.renamed.items())]
+        parts += [f"{step} added" for step in sorted(self.added)]
+        parts += [f"{step} removed" for step in sorted(self.removed)]
+        parts += [f"{step} after other steps" for step in sorted(self.rewired)]
+        return ", ".join(parts)
+
+    def live(self, run: Decided) -> Decided:
+        """The live run's decisions as the shadow would name them: renamed steps under their
+        new names, removed steps' commands left out."""
+        commands = {
+            self.renamed.get(step, step): sent
+            for step, sent in run.commands.items()
+            if step not in self.removed
+        }
+        return Decided(self._outcome(run.outcome), commands)
+
+    def shadow(self, run: Decided) -> Decided:
+        """The shadow's decisions without the added steps' commands."""
+        commands = {s: sent for s, sent in run.commands.items() if s not in self.added}
+        return Decided(self._outcome(run.outcome), commands)
+
+    def _outcome(self, outcome: dict[str, Any] | None) -> dict[str, Any] | None:
+        """An outcome with step names renamed, added and removed steps left out of its step
+        lists, and the rewired steps' places in them not counted (a set beside the order)."""
+        if outcome is None:
+            return None
+        out = dict(outcome)
+        gone = self.added | self.removed
+        for name in ("completed_steps", "compensated_steps"):
+            if isinstance(steps := out.get(name), list):
+                steps = [s for s in _renamed(steps, self.renamed) if s not in gone]
+                out[name] = ([s for s in steps if s not in self.rewired], sorted(steps))
+        failed = out.get("failed_step")
+        if isinstance(failed, str) and failed in self.renamed:
+            out["failed_step"] = self.renamed[failed]
+            reason = out.get("reason")
+            if isinstance(reason, str) and reason.startswith(f"{failed}: "):
+                out["reason"] = f"{self.renamed[failed]}: {reason[len(failed) + 2 :]}"
+        return out
+
+
+def _renamed(steps: Iterable[str], renamed: Mapping[str, str]) -> list[str]:
+    return [renamed.get(step, step) for step in steps]
+
+
+def explanations(live: Topology, shadow: Topology) -> dict[str, Explanation]:
+    """Per saga both topologies have, what the diff explains (sagas with nothing left out)."""
+    found = {
+        n: Explanation.of(live.sagas[n], s) for n, s in shadow.sagas.items() if n in live.sagas
+    }
+    return {name: why for name, why in found.items() if why}
+
+
 def compare(
-    sagas: Iterable[SagaId], live: Mapping[SagaId, Decided], shadow: Mapping[SagaId, Decided]
+    sagas: Iterable[SagaId],
+    live: Mapping[SagaId, Decided],
+    shadow: Mapping[SagaId, Decided],
+    explain: Mapping[str, Explanation] | None = None,
 ) -> list[Difference]:
-    """The sagas whose outcome or commands differ between the live run and the shadow."""
+    """The sagas whose outcome or commands differ between the live run and the shadow, each
+    marked explained when, seen through its saga's `Explanation`, nothing differs."""
     found = []
     for saga in sagas:
         was, now = live.get(saga, Decided()), shadow.get(saga, Decided())
-        outcome = None if was.outcome == now.outcome else _outcomes(was.outcome, now.outcome)
-        steps = tuple(
-            (step, _commands(was, step), _commands(now, step))
-            for step in sorted({*was.commands, *now.commands})
-            if was.commands.get(step) != now.commands.get(step)
-        )
-        if outcome is not None or steps:
-            found.append(Difference(saga[0], saga[1], outcome, steps))
+        if was == now:
+            continue
+        why = (explain or {}).get(saga[0])
+        seen = (was, now) if why is None else (why.live(was), why.shadow(now))
+        explained = why is not None and seen[0] == seen[1]
+        if explained:
+            seen = (was, now)  # nothing to read: kept as they were
+        # the steps as the shadow names them: a renamed step's commands under its new name
+        steps = _step_differences(*seen)
+        if seen[0].outcome == seen[1].outcome and not explained:
+            outcome = None  # the same, once the diff's renames are taken into account
+        else:
+            outcome = None if was.outcome == now.outcome else _outcomes(was.outcome, now.outcome)
+        found.append(Difference(saga[0], saga[1], outcome, steps, explained))
     return found
+
+
+def _step_differences(was: Decided, now: Decided) -> tuple[tuple[str, str, str], ...]:
+    return tuple(
+        (step, _commands(was, step), _commands(now, step))
+        for step in sorted({*was.commands, *now.commands})
+        if was.commands.get(step) != now.commands.get(step)
+    )
+
+
+def headline(
+    compared: int, differences: list[Difference], explain: Mapping[str, Explanation]
+) -> str:
+    """`30 sagas compared: 30 differ only as the diff says (order: shipping -> ship), 0 differ
+    otherwise`; without anything to explain, `30 sagas compared, 2 differ`."""
+    otherwise = sum(1 for d in differences if not d.explained)
+    if not explain:
+        return f"{compared} sagas compared, {otherwise} differ (live -> shadow)"
+    says = "; ".join(f"{saga}: {why.text()}" for saga, why in explain.items())
+    return (
+        f"{compared} sagas compared: {len(differences) - otherwise} differ only as the diff "
+        f"says ({says}), {otherwise} differ otherwise (live -> shadow)"
+    )
 
 
 def _commands(run: Decided, step: str) -> str:
@@ -195,6 +323,7 @@ def run_shadow(
     if any(offset is not None for offset in committed.values()):
         raise ClusterError(f"consumer group {group} exists already: choose another --shadow-prefix")
     _check_partitions(shadow, topology, watermarks)
+    explain = explanations(live_topology, topology)
     rows = plan_rows({}, watermarks, target, times)
     ranges = {(r.topic, r.partition): (r.new, r.high) for r in rows}
     total = sum(high - start for start, high in ranges.values())
@@ -212,13 +341,16 @@ def run_shadow(
         begun = _started(shadow, codec, topology, ranges)
         seen = _live_order(live, group, set(begun))
         started = time.monotonic()
-        replayed, dead = _replay(
-            shadow, topology, schemas, codec, ranges, until_ms, seen, options.timeout_s
+        renames = {saga: why.renamed for saga, why in explain.items() if why.renamed}
+        replayed, unanswered, dead = _replay(
+            shadow, topology, schemas, codec, ranges, until_ms, seen, renames, options.timeout_s
         )
         say(
             f"  replayed {replayed} records in {time.monotonic() - started:.1f}s "
             "(event time: the records' timestamps; each saga's in its live order)"
         )
+        if unanswered:
+            say(f"  {unanswered} live results answer commands the shadow never sent")
         if dead:
             reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(dead.items()))
             say(f"  the shadow dead-lettered {sum(dead.values())} records ({reasons})")
@@ -231,13 +363,14 @@ def run_shadow(
         mine = _ranges(shadow, group, map(shadow.topic, outputs), Target("beginning"))
         now = list(_read(shadow, codec, mine))
         keys = sorted((saga, key) for key, saga in begun.items())
-        differences = compare(keys, decisions(was, begun), decisions(now, begun))
+        differences = compare(keys, decisions(was, begun), decisions(now, begun), explain)
     finally:
         if not options.keep:
             remove_shadow(shadow, topology, schemas)
     for difference in differences:
-        say(difference.line())
-    say(f"{len(keys)} sagas compared, {len(differences)} differ (live -> shadow)")
+        if not difference.explained:
+            say(difference.line())
+    say(headline(len(keys), differences, explain))
     say(
         f"kept the shadow: topics {shadow.topic_prefix}*, consumer group {group}"
         if options.keep
@@ -281,13 +414,15 @@ def _replay(
     ranges: Mapping[Partition, tuple[int, int]],
     until_ms: int,
     seen: Mapping[bytes, list[str]],
+    renames: Mapping[str, Mapping[str, str]],
     timeout: float,
-) -> tuple[int, dict[str, int]]:
+) -> tuple[int, int, dict[str, int]]:
     """Run the shadow orchestrator (in this process) until it has decided its inputs: how many
-    it decided, and how many it dead-lettered by reason."""
+    it decided, how many live results answered no command of its own, and how many it
+    dead-lettered by reason."""
     metrics = Metrics.create("shadow")
     orchestrator = EventTimeOrchestrator(
-        shadow, topology, schemas, codec, metrics, ranges, until_ms, seen
+        shadow, topology, schemas, codec, metrics, ranges, until_ms, seen, renames
     )
     stop = threading.Event()
     failed: list[BaseException] = []
@@ -324,7 +459,7 @@ def _replay(
         if sample.name.endswith("_total"):
             reason = sample.labels["reason"]
             dead[reason] = dead.get(reason, 0) + int(sample.value)
-    return orchestrator.replayed, dead
+    return orchestrator.replayed, orchestrator.unanswered, dead
 
 
 def _output_topics(topologies: list[Topology], sagas: list[str]) -> list[str]:

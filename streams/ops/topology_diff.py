@@ -233,6 +233,11 @@ def _policies(spec: SagaSpec, shape: dict[str, Any]) -> dict[str, Any]:
     return {"saga": saga, "steps": steps}
 
 
+def renamed_steps(old: SagaSpec, new: SagaSpec) -> dict[str, str]:
+    """The steps of `old` that `new` likely renames (old name -> new name), as the diff says."""
+    return _renames(_shape(old)["steps"], _shape(new)["steps"])
+
+
 def _renames(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:
     """Removed steps whose command one added step alone sends too: likely renames (old -> new)."""
     removed = [s for s in old if s not in new and old[s]["command"]]

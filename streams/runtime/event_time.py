@@ -11,6 +11,11 @@ partitions in any order), and a saga's decisions depend on it (compensation runs
 completion order); so the events of one saga are decided in the order its live state recorded
 them (`LiveOrder`). The live path pays nothing for this: it is a subclass, and the live clock
 stays the wall clock.
+
+A replay through a changed topology decides with the live results, which answer the live run's
+commands (`LiveAnswers`): a result of a step the new topology renames answers its new name, and
+a result read before the replay has sent the attempt it answers (the step now waits for another,
+or retries later) waits until it has, as its handler would have answered the later command.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
-from sagastream.core.state import seen_digest
-from sagastream.core.topology import Topology
+from sagastream.core.state import SagaState, seen_digest
+from sagastream.core.topology import ATTEMPT_FAILED_EVENT, SIGNAL_EVENT, SagaSpec, Topology
 from sagastream.errors import SagastreamError
 from sagastream.runtime.horizon import timestamp
-from sagastream.runtime.inputs import Decoded, Unavailable
+from sagastream.runtime.inputs import Decoded, Rejected, Unavailable
 from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.orchestrator import Orchestrator
 from sagastream.runtime.settings import Settings
@@ -188,6 +193,79 @@ class LiveOrder:
         return out
 
 
+class LiveAnswers:
+    """The live results, as answers to a replay's commands under a changed topology: renamed
+    steps (per saga, old name -> new name) and results that wait for their command."""
+
+    def __init__(self, renames: Mapping[str, Mapping[str, str]]) -> None:
+        self.renames = renames
+        self._early: dict[bytes, list[Message]] = {}
+
+    def renamed(self, got: Decoded, topology: Topology) -> Decoded:
+        """The result with the step it names renamed as the new topology renames it."""
+        record, meta = got.record, got.record["meta"]
+        if got.event_type in (ATTEMPT_FAILED_EVENT, SIGNAL_EVENT):
+            new = self.renames.get(str(record.get("saga_type")), {}).get(str(record.get("step")))
+            return got if new is None else Decoded(got.event_type, {**record, "step": new}, got.key)
+        for saga, steps in self.renames.items():
+            new = steps.get(str(meta.get("step")))
+            spec = topology.sagas.get(saga)
+            if new is not None and spec is not None and got.event_type in _results(spec, new):
+                renamed = {**record, "meta": {**meta, "step": new}}
+                return Decoded(got.event_type, renamed, got.key)
+        return got
+
+    def hold(self, msg: Message) -> None:
+        self._early.setdefault(msg.key() or b"", []).append(msg)
+
+    def waiting(self, key: bytes) -> list[Message]:
+        return list(self._early.get(key, ()))
+
+    def take(self, key: bytes, msg: Message) -> bool:
+        """Take a held result to decide it; False if it was decided already (a decision it
+        waited for answered it on the way)."""
+        held = self._early.get(key, [])
+        if not any(m is msg for m in held):
+            return False
+        held[:] = [m for m in held if m is not msg]
+        if not held:
+            del self._early[key]
+        return True
+
+    def rest(self) -> list[Message]:
+        """The results whose command the replay never sent, in the order they were read."""
+        out = [msg for held in self._early.values() for msg in held]
+        self._early.clear()
+        return out
+
+
+def _results(spec: SagaSpec, step: str) -> tuple[str, ...]:
+    """Every event type that answers a step or its compensation."""
+    found = spec.steps.get(step)
+    if found is None:
+        return ()
+    comp = found.compensation
+    undo = () if comp is None else (comp.success, *comp.failure)
+    return (*((found.success,) if found.success else ()), *found.failure, *undo)
+
+
+def sent_yet(spec: SagaSpec, state: SagaState, got: Decoded) -> bool:
+    """Whether a saga has sent the attempt a result answers (True for anything that is not a
+    step's result, or names no step of the saga: deciding it says what it is)."""
+    record, meta = got.record, got.record["meta"]
+    if got.event_type == ATTEMPT_FAILED_EVENT:
+        step, undo = record.get("step"), bool(record.get("compensation"))
+    else:
+        step = meta.get("step")
+        found = spec.steps.get(str(step))
+        comp = None if found is None else found.compensation
+        undo = comp is not None and got.event_type in (comp.success, *comp.failure)
+    st = state.steps.get(str(step)) if step is not None else None
+    if st is None:
+        return True
+    return int(meta.get("attempt") or 1) <= (st.undo_attempt if undo else st.attempt)
+
+
 class EventTimeOrchestrator(Orchestrator):
     """An orchestrator that decides the `ranges` of its inputs in event time, each saga's in the
     order of its live `seen`, fires what is due by `until_ms` (the wall time the ranges' ends
@@ -208,11 +286,14 @@ class EventTimeOrchestrator(Orchestrator):
         ranges: Mapping[Partition, tuple[int, int]],
         until_ms: int,
         seen: Mapping[bytes, Sequence[str]],
+        renames: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         super().__init__(settings, topology, schemas, codec, metrics)
         rank = {settings.input_topic(t): n for n, t in enumerate(topology.orchestrator_inputs())}
         self.merge = Merge(ranges, rank)
         self.order = LiveOrder(seen)
+        self.answers = LiveAnswers(renames or {})
+        self.unanswered = 0  # live results whose command the replay never sent
         self.events = EventClock()
         self.clock = self.events.time
         self.until_ms = until_ms
@@ -253,10 +334,36 @@ class EventTimeOrchestrator(Orchestrator):
     def _replay(self, msgs: Iterable[Message]) -> None:
         for msg in msgs:
             self._advance(timestamp(msg) or self.events.now)
-            super()._handle(msg)
-            if key := msg.key():
-                self._arm(msg.partition() or 0, key)
-            self.replayed += 1
+            if self._sent(msg):
+                self._decide_read(msg)
+            else:
+                self.answers.hold(msg)
+
+    def _decide_read(self, msg: Message) -> None:
+        """Decide a record now, then the held results its decision sent the commands for."""
+        super()._handle(msg)
+        self.replayed += 1
+        if key := msg.key():
+            self._arm(msg.partition() or 0, key)
+            self._answer(key)
+
+    def _answer(self, key: bytes) -> None:
+        for msg in self.answers.waiting(key):
+            if self._sent(msg) and self.answers.take(key, msg):
+                self._decide_read(msg)
+
+    def _sent(self, msg: Message) -> bool:
+        """False for a step's result whose attempt this saga has not sent yet."""
+        ckpt, store = self._ckpt, self.stores.get(msg.partition() or 0)
+        got = self._read(msg)
+        if ckpt is None or store is None or not isinstance(got, Decoded):
+            return True
+        state = ckpt.state(msg.partition() or 0, store, got.key)
+        return state is None or sent_yet(self._spec_of(state), state, got)
+
+    def _read(self, msg: Message) -> Decoded | Rejected | Unavailable:
+        got = super()._read(msg)
+        return self.answers.renamed(got, self.topology) if isinstance(got, Decoded) else got
 
     def _event_id(self, msg: Message) -> str | None:
         got = self._read(msg)
@@ -268,6 +375,7 @@ class EventTimeOrchestrator(Orchestrator):
             super()._fire_due()
             for partition, key in fired:
                 self._arm(partition, key)
+                self._answer(key)
         self.events.reach(until)
 
     def _arm(self, partition: int, key: bytes) -> None:
@@ -284,6 +392,10 @@ class EventTimeOrchestrator(Orchestrator):
         if self.merge.done and not self.finished:
             self._replay(self.order.rest())
             self._advance(self.until_ms)
+            unanswered = self.answers.rest()
+            self.unanswered = len(unanswered)
+            for msg in unanswered:  # decided as read: each says why it answers nothing
+                self._decide_read(msg)
             self.finished = True
             self._stop.set()
 

@@ -148,3 +148,77 @@ def test_changed_retry_policy_shows_the_sagas_that_differ(ns, live, tmp_path, ca
     groups = admin.list_consumer_groups(request_timeout=10).result().valid
     assert not [g.group_id for g in groups if g.group_id.startswith(shadows)]
     assert not list(ns.settings.data_dir.glob(f"{shadows}*"))
+
+
+def _changed(ns, tmp_path: Path, name: str, *edits: Any) -> str:
+    """The live topology with the order saga's steps edited, as a file of its own."""
+    data = yaml.safe_load(ns.settings.topology_file.read_text())
+    for edit in edits:
+        edit(data["sagas"]["order"]["steps"])
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def rename(steps: dict[str, Any]) -> None:
+    ship = steps.pop("shipping")
+    ship["compensation"]["inputs"]["ship"] = ship["compensation"]["inputs"].pop("shipping")
+    steps["ship"] = ship
+
+
+def after_payment(steps: dict[str, Any]) -> None:
+    steps["ship"]["depends_on"] = ["payment", "inventory"]
+
+
+def skip_shipping(steps: dict[str, Any]) -> None:
+    steps["shipping"]["when"] = "start.has_app"
+
+
+def test_the_gate_tells_a_rename_from_a_change_of_decisions(ns, live, tmp_path, capsys) -> None:
+    """A renamed step differs only as the diff says; a step that now waits for others differs
+    where it changes what is sent (not where it only comes later); a `when` that skips a step
+    differs at every saga it skips."""
+    renamed = _changed(ns, tmp_path, "rename.yaml", rename)
+    code = cli.main(["replay", "shadow", "--topology", renamed, "--fail-on-diff"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert (
+        f"{ORDERS} sagas compared: {ORDERS} differ only as the diff says (order: shipping -> "
+        "ship), 0 differ otherwise (live -> shadow)"
+    ) in out
+    assert not differing(out)
+
+    outcomes = {
+        m.key.decode(): m.event_type
+        for m in ns.client.read_to_end([ns.topic("sagas.outcomes")])
+        if m.record
+    }
+    cancelled = {
+        m.key.decode()
+        for m in ns.client.read_to_end([ns.topic("shipping.commands")])
+        if m.event_type == "CancelShipment"
+    }
+    completed = {key for key, outcome in outcomes.items() if outcome == "SagaCompleted"}
+    assert completed and cancelled, "the live run should complete some orders and cancel some"
+    rewired = _changed(ns, tmp_path, "after.yaml", rename, after_payment)
+    assert cli.main(["replay", "shadow", "--topology", rewired, "--fail-on-diff"]) == 1
+    out = capsys.readouterr().out
+    reported = differing(out)
+    # a live shipment answered before the payment answers ship once v2 sends it: same outcome
+    assert not completed & set(reported), out
+    # v2 ships nothing for an order whose payment or stock failed: no shipment to cancel
+    assert cancelled <= set(reported), out
+    for key in cancelled:
+        assert "ship: CreateShipment#1 CancelShipment#1 -> " in reported[key], reported[key]
+
+    without_app = {
+        m.key.decode()
+        for m in ns.client.read_to_end([ns.topic("orders.events")])
+        if m.event_type == "OrderPlaced" and not m.record["has_app"]
+    }
+    assert 0 < len(without_app) < ORDERS
+    skipping = _changed(ns, tmp_path, "when.yaml", skip_shipping)
+    assert cli.main(["replay", "shadow", "--topology", skipping, "--fail-on-diff"]) == 1
+    out = capsys.readouterr().out
+    assert set(differing(out)) == without_app, out
+    assert f"{ORDERS} sagas compared, {len(without_app)} differ (live -> shadow)" in out

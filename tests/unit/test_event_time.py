@@ -102,19 +102,31 @@ ORDER = {**order_fields("o-1", random.Random(1))[0], "card_token": "tok_visa", "
 
 
 def _input(
-    topic: str, offset: int, at: int, event_type: str, attempt: int = 1, **fields: Any
+    topic: str,
+    offset: int,
+    at: int,
+    event_type: str,
+    attempt: int = 1,
+    step: str | None = None,
+    **fields: Any,
 ) -> Record:
-    """An input record of saga o-1 whose event id is its type and attempt."""
+    """An input record of saga o-1 whose event id is its type and attempt (a result names the
+    step whose command it answers if `step` is given)."""
     meta = {
         **new_meta(event_type, "o-1", "test", attempt=attempt),
         "event_id": f"{event_type}#{attempt}",
+        "step": step,
     }
     value = CODEC.encode(event_type, {"order_id": "o-1", **fields, "meta": meta})
     return Record(topic, 0, offset, at, value_=value)
 
 
 def _replay(
-    tmp_path: Path, topology: Topology, records: list[Record], seen: dict[bytes, list[str]]
+    tmp_path: Path,
+    topology: Topology,
+    records: list[Record],
+    seen: dict[bytes, list[str]],
+    renames: dict[str, dict[str, str]] | None = None,
 ) -> tuple[EventTimeOrchestrator, list[tuple[str, int, int]]]:
     """Replay the records, handed over in the order given, on partition 0 of their topics:
     the orchestrator and what it decided, as (event type, attempt, time)."""
@@ -124,7 +136,7 @@ def _replay(
         ranges[(record.topic_, 0)] = (start, max(end, record.offset_ + 1))
     settings = Settings(data_dir=tmp_path, schema_registry_url=None)
     orchestrator = EventTimeOrchestrator(
-        settings, topology, STORE, CODEC, Metrics.create("t"), ranges, 5_000, seen
+        settings, topology, STORE, CODEC, Metrics.create("t"), ranges, 5_000, seen, renames
     )
     producer = FakeProducer()
     orchestrator._ckpt = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
@@ -182,6 +194,76 @@ def test_a_sagas_events_are_decided_in_the_order_the_live_run_saw_them(tmp_path:
 
     assert [t for t, _, _ in by_time if t in undo] == ["CancelShipment"]
     assert [t for t, _, _ in as_live if t in undo] == ["ReleaseInventory"]
+
+
+def _renamed_and_rewired() -> Topology:
+    """The README's version 2 of the order saga: shipping renamed ship, after the payment and
+    the stock."""
+    data = yaml.safe_load((ROOT / "topology.yaml").read_text())
+    steps = data["sagas"]["order"]["steps"]
+    ship = steps.pop("shipping")
+    ship["depends_on"] = ["payment", "inventory"]
+    ship["compensation"]["inputs"] = {"start": ["order_id"], "ship": ["shipment_id"]}
+    steps["ship"] = ship
+    return parse_topology(data, "topology-v2.yaml", ROOT / "schemas")
+
+
+def test_live_results_answer_a_renamed_step_once_it_has_sent_its_command(tmp_path: Path) -> None:
+    """The live shipping step answered at 1020, before the payment; version 2 sends ship's
+    command only after the payment (1100): the live answer, named `shipping`, answers `ship`
+    then, as the handler would have answered the later command."""
+    records = [
+        _input("orders.events", 0, 1000, "OrderPlaced", **ORDER),
+        _input("shipping.events", 0, 1020, "ShipmentCreated", step="shipping", shipment_id="s"),
+        _input(
+            "inventory.events", 0, 1050, "InventoryReserved", step="inventory", reservation_id="r"
+        ),
+        _input(
+            "payments.events",
+            0,
+            1100,
+            "PaymentCharged",
+            step="payment",
+            payment_id="p",
+            amount_cents=1,
+        ),
+    ]
+    v2 = _renamed_and_rewired()
+    orchestrator, decided = _replay(
+        tmp_path / "a", v2, records, {}, {"order": {"shipping": "ship"}}
+    )
+    assert [(t, at) for t, _, at in decided][:4] == [
+        ("ChargePayment", 1000),
+        ("ReserveInventory", 1000),
+        ("CreateShipment", 1100),
+        ("SagaCompleted", 1100),
+    ]
+    assert orchestrator.replayed == 4 and orchestrator.unanswered == 0
+
+    # not renamed, the answer names a step version 2 does not have: the saga waits for ship
+    orchestrator, decided = _replay(tmp_path / "b", v2, records, {})
+    assert "SagaCompleted" not in {t for t, _, _ in decided}
+    # a result whose attempt the replay never sends answers nothing, and is counted
+    failed_twice = [
+        *records[:3],
+        _input("payments.events", 0, 1100, "PaymentFailed", 2, "payment", reason="busy"),
+    ]
+    orchestrator, decided = _replay(tmp_path / "c", _topology(), failed_twice, {})
+    assert orchestrator.unanswered == 1 and orchestrator.replayed == 4
+    # so does one read after its saga ended: v2 never ships an order whose payment failed
+    declined = [
+        records[0],
+        records[2],
+        _input("payments.events", 0, 1100, "PaymentFailed", step="payment", reason="declined"),
+        _input("inventory.events", 1, 1200, "InventoryReleased", step="inventory"),
+        _input("shipping.events", 0, 1300, "ShipmentCreated", step="shipping", shipment_id="s"),
+    ]
+    renames = {"order": {"shipping": "ship"}}
+    orchestrator, decided = _replay(tmp_path / "d", v2, declined, {}, renames)
+    assert ("SagaCompensated", 1, 1200) in decided and "CreateShipment" not in {
+        t for t, _, _ in decided
+    }
+    assert orchestrator.unanswered == 1 and orchestrator.replayed == 5
 
 
 def test_live_order_holds_an_event_back_until_those_decided_before_it_came() -> None:

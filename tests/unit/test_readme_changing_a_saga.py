@@ -20,7 +20,7 @@ SECTION = "### Changing a saga"
 SEPARATOR = "\x1e"  # between the outputs of the transcript's commands
 
 
-def _blocks() -> list[tuple[str, str]]:
+def readme_blocks() -> list[tuple[str, str]]:
     """(language, body) of the section's fenced blocks, dedented as a reader copies them."""
     readme = (ROOT / "README.md").read_text()
     section = re.split(r"\n##+ ", readme.split(SECTION, 1)[1], maxsplit=1)[0]
@@ -28,7 +28,7 @@ def _blocks() -> list[tuple[str, str]]:
     return [(language, textwrap.dedent(body)) for _, language, body in found]
 
 
-def _transcript(body: str) -> list[tuple[str, str]]:
+def transcript_of(body: str) -> list[tuple[str, str]]:
     """`$ command` lines, each with the output the README shows under it."""
     pairs: list[tuple[str, list[str]]] = []
     for line in body.splitlines():
@@ -56,11 +56,11 @@ def _shell(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_readme_diff_example_prints_what_the_readme_shows(project: Path) -> None:
-    (setup_language, setup), (_, shown) = _blocks()[:2]
+    (setup_language, setup), (_, shown) = readme_blocks()[:2]
     assert setup_language == "sh"
     done = _shell("set -e\n" + setup, project)
     assert done.returncode == 0, done.stdout + done.stderr
-    commands = _transcript(shown)
+    commands = transcript_of(shown)
     assert [c for c, _ in commands][0] == "sagastream topology diff topology.yaml topology-v2.yaml"
     # one shell, so that `echo $?` sees the command before it
     script = "".join(f"{c}\n__rc=$?\nprintf '{SEPARATOR}'\n(exit $__rc)\n" for c, _ in commands)
