@@ -24,10 +24,11 @@ counts from the moment the function starts, not while the command queues, and a 
 
 A command may run for its bound (`command_bounds`); past it, the attempt is abandoned as timed
 out (`_timed_out`, the one place that reports it) and its offset is done: an async function is
-cancelled, a plain one keeps its daemon thread, its result dropped, and holds a slot of the
-bound until it returns, so hung functions saturate the role (reported on /readyz) instead of
-piling up. Being daemons, such threads never hold the process at exit. A result the brokers
-refuse is sent again (`handler_delivery_attempts`), then its command is dead-lettered
+cancelled, a plain one keeps its thread, its result dropped, and holds a slot of the bound
+until it returns, so hung functions saturate the role (reported on /readyz) instead of piling
+up. Plain functions run on a pool of daemon threads (`PlainPool`) that never holds the process
+at exit; a thread whose call was abandoned is not reused, later calls get others. A result the
+brokers refuse is sent again (`handler_delivery_attempts`), then its command is dead-lettered
 (`undeliverable`), so its partition's commit moves on.
 """
 
@@ -39,6 +40,7 @@ import contextvars
 import dataclasses
 import inspect
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -94,6 +96,8 @@ STILL_TICK_MAX_S = 0.05
 IDLE_WAIT_S = 0.1
 # How long a full loop may go without polling before it pauses its partitions instead.
 PAUSE_AFTER_S = 1.0
+# How long a plain function's pool thread waits for another call before it ends.
+IDLE_THREAD_S = 60.0
 # The run-time bound of a command that no step sends (notifications).
 NO_STEP_BOUND_MS = 30_000
 # Broker refusals that the same bytes would meet again: not worth another attempt.
@@ -208,42 +212,107 @@ class _Job:
 
 
 class PlainCall:
-    """A plain handler function running on a daemon thread of its own, its outcome a future.
+    """One call of a plain handler function on a pool thread, its outcome a future on the loop.
 
-    A thread per call, not a pool: a call that hangs must not keep later ones from starting,
-    and must not keep the process alive at exit.
+    `finished` once the function has returned (its thread may serve another call), and
+    `abandoned` once the loop stopped waiting for it (its bound passed, or the loop ended).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, call: Call, *args: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, call: Call, args: tuple[Any, ...]):
         self.finished = False
+        self.abandoned = False
         self.future: asyncio.Future[Any] = loop.create_future()
         self._loop = loop
-        name = f"handler-{args[0]}"
-        # the caller's context (its heartbeat) goes along to the thread
-        context = contextvars.copy_context()
-        run = partial(context.run, self._run, call, *args)
-        threading.Thread(target=run, name=name, daemon=True).start()
+        # the caller's context (its heartbeat, its span) goes along to the thread
+        self._run = partial(contextvars.copy_context().run, call, *args)
 
-    def _run(self, call: Call, *args: Any) -> None:
-        result: Any = None
-        error: Exception | None = None
+    def run(self) -> tuple[Any, Exception | None]:
+        """Run the function (on a pool thread): its result, or the exception it raised."""
         try:
-            result = call(*args)
+            return self._run(), None
         except Exception as exc:
-            error = exc
+            return None, exc
         finally:
             self.finished = True
+
+    def settle(self, result: Any, error: Exception | None) -> None:
+        """Hand the outcome to the loop (from the pool thread)."""
         # the loop is closed once the worker stops: nobody waits for this outcome any more
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._settle, result, error)
+            self._loop.call_soon_threadsafe(self._settled, result, error)
 
-    def _settle(self, result: Any, error: Exception | None) -> None:
+    def abandon(self) -> None:
+        """The loop no longer waits: the result is dropped and the thread is not reused."""
+        self.abandoned = True
+
+    def _settled(self, result: Any, error: Exception | None) -> None:
         if self.future.done():
             return  # abandoned at its bound: the result is dropped
         if error is None:
             self.future.set_result(result)
         else:
             self.future.set_exception(error)
+
+
+class PlainPool:
+    """Daemon threads that run plain handler functions, each thread reused from call to call.
+
+    A call never waits for a thread: when none is idle, one is started. A thread whose call
+    was abandoned (it ran past its bound) is not taken back once the call returns, as it may
+    have been left in any state; it ends, and a new thread takes its place when one is needed.
+    Threads idle for IDLE_THREAD_S end too, so a burst does not keep its threads for good.
+    Being daemons, the threads never hold the process at exit.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._calls: queue.SimpleQueue[PlainCall] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        # threads waiting for a call, less the calls queued for them: never below zero, so a
+        # queued call always has a waiting thread of its own
+        self._idle = 0
+        self._numbered = 0
+        self.threads = 0  # alive, busy or idle
+
+    def submit(self, loop: asyncio.AbstractEventLoop, call: Call, *args: Any) -> PlainCall:
+        """Start `call(*args)` on an idle thread, else on a new one; its outcome settles on
+        `loop`."""
+        plain = PlainCall(loop, call, args)
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._calls.put(plain)
+                return plain
+            self._numbered += 1
+            self.threads += 1
+            name = f"{self._name}-{self._numbered}"
+        threading.Thread(target=self._serve, args=(plain,), name=name, daemon=True).start()
+        return plain
+
+    def _serve(self, plain: PlainCall | None) -> None:
+        try:
+            while plain is not None:
+                outcome = plain.run()
+                if plain.abandoned:
+                    return  # nobody waits for its outcome, and the thread is not reused
+                with self._lock:  # idle before the loop hears of it: its next call finds us
+                    self._idle += 1
+                plain.settle(*outcome)
+                plain = self._next()
+        finally:
+            with self._lock:
+                self.threads -= 1
+
+    def _next(self) -> PlainCall | None:
+        """The next call for this (idle) thread; None once it waited IDLE_THREAD_S for one."""
+        while True:
+            try:
+                return self._calls.get(timeout=IDLE_THREAD_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle:  # no call is queued for this thread: it may end
+                        self._idle -= 1
+                        return None
 
 
 @dataclass
@@ -302,6 +371,7 @@ class HandlerLoop:
         self._sagas = sagas_sending(topology, commands)
         self._contract = Contract(topology)
         self._thread: threading.Thread | None = None
+        self._pool = PlainPool(f"{role}-plain")
         # plain calls abandoned at their bound whose threads still run
         self._overdue: list[PlainCall] = []
         self.health = RoleHealth(settings)
@@ -794,14 +864,15 @@ class HandlerLoop:
             return out
 
     async def _invoke(self, command_type: str, record: dict[str, Any]) -> Result:
-        """Async handlers run on the loop, plain functions each on a thread of its own."""
+        """Async handlers run on the loop, plain functions on the pool's threads."""
         if self._is_async(command_type):
             result: Any = self._call(command_type, record)
         else:
-            call = PlainCall(self._loop, self._call, command_type, record)
+            call = self._pool.submit(self._loop, self._call, command_type, record)
             try:
                 result = await call.future
             except asyncio.CancelledError:
+                call.abandon()
                 self._overdue.append(call)  # its thread runs on; its result will be dropped
                 raise
         if inspect.isawaitable(result):

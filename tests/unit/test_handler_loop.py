@@ -716,6 +716,79 @@ def test_a_hung_plain_function_is_abandoned_at_its_bound_and_saturates_the_role(
     assert answered == [b"ok-1", b"ok-2", b"ok-3"]
 
 
+def test_a_hung_plain_functions_thread_is_not_reused_while_the_pool_serves_the_rest():
+    consumer = FakeConsumer(partitions=1)
+    consumer.append(0, b"hung", charge("hung"))
+    release = threading.Event()
+    hung: list[threading.Thread] = []
+    served: dict[str, threading.Thread] = {}
+
+    def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if record["order_id"] == "hung":
+            hung.append(threading.current_thread())
+            release.wait(30)  # a gateway that never answers, until the test lets it
+        else:
+            served[record["order_id"]] = threading.current_thread()
+        return charged(record["order_id"])
+
+    producer = FakeProducer()
+    with running(call, consumer=consumer, producer=producer, handler_timeout_ms=200):
+        eventually(lambda: hung)
+        # while it hangs, others are served (before and after its bound has passed)
+        for n in range(10):
+            consumer.append(0, f"k{n}".encode(), charge(f"ok-{n}"))
+        eventually(lambda: consumer.committed(0) == 11)
+        assert len(served) == 10 and hung[0] not in served.values()
+        assert [r["kind"] for _, t, r in results(producer) if t == "StepAttemptFailed"] == [
+            "timeout"
+        ]
+        release.set()  # it returns: its result is dropped and its thread ends, not reused
+        eventually(lambda: not hung[0].is_alive())
+        served.clear()
+        for n in range(10, 15):
+            consumer.append(0, f"k{n}".encode(), charge(f"ok-{n}"))
+        eventually(lambda: consumer.committed(0) == 16)
+    assert len(served) == 5 and hung[0] not in served.values()
+    answered = [key for key, t, _ in results(producer) if t == "PaymentCharged"]
+    assert len(answered) == 15 and b"hung" not in answered
+
+
+def test_a_plain_functions_thread_serves_one_call_after_another():
+    consumer = FakeConsumer(partitions=1)
+    for attempt in range(1, 9):  # one idempotency key: they run one after another
+        consumer.append(0, b"o-1", charge("o-1", attempt))
+    threads: list[threading.Thread] = []
+
+    def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        threads.append(threading.current_thread())
+        return charged(record["order_id"])
+
+    producer = FakeProducer()
+    with running(call, consumer=consumer, producer=producer):
+        eventually(lambda: consumer.committed(0) == 8)
+    assert len(threads) == 8 and len(set(threads)) == 1
+    assert threading.current_thread() not in threads
+
+
+def test_pool_threads_idle_too_long_end(monkeypatch):
+    monkeypatch.setattr(handler_loop, "IDLE_THREAD_S", 0.05)
+    pool = handler_loop.PlainPool("test")
+    loop = asyncio.new_event_loop()
+    gate = threading.Event()
+
+    async def two_at_once() -> list[str]:
+        calls = [pool.submit(loop, lambda n: gate.wait(5) and n, n) for n in ("a", "b")]
+        assert pool.threads == 2
+        gate.set()
+        return list(await asyncio.gather(*(c.future for c in calls)))
+
+    try:
+        assert loop.run_until_complete(two_at_once()) == ["a", "b"]
+    finally:
+        loop.close()
+    eventually(lambda: pool.threads == 0)
+
+
 def test_an_async_function_past_its_bound_is_cancelled():
     consumer = FakeConsumer(partitions=1)
     consumer.append(0, b"k", charge("slow"))
