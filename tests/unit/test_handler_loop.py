@@ -870,6 +870,36 @@ def test_the_demo_app_answers_a_role_once_per_idempotency_key(tmp_path):
         app.role_handler("teleport", TOPOLOGY)
 
 
+@pytest.mark.parametrize("latency_ms", [0, 3])
+def test_the_demo_services_sleep_only_for_a_latency(tmp_path, monkeypatch, latency_ms):
+    from sagastream.examples import base
+
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(seconds)
+
+    monkeypatch.setattr(base.time, "sleep", slept.append)
+    monkeypatch.setattr(base.asyncio, "sleep", recorded)
+    app.start(Settings(data_dir=tmp_path, handler_latency_ms=latency_ms))
+    notify = app.role_handler("notification", TOPOLOGY)
+    assert not notify.is_async("SendNotification")
+    names = {field["name"] for field in STORE.raw("SendNotification")["fields"]}
+    fields = {"customer_id": "c-1", "email": "a@b.c", "channel": "sms", "template": "t"}
+    record = {"meta": new_meta("SendNotification", "o-1", "test"), **fields, "outcome": "ok"}
+    record["idempotency_key"] = "order:o-1:notify:sms"
+    assert notify("SendNotification", {k: v for k, v in record.items() if k in names})[0] == (
+        "NotificationSent"
+    )
+    payment = app.role_handler("payment", TOPOLOGY)
+    assert asyncio.run(payment("ChargePayment", CODEC.decode(charge("o-1"))[1]))[0] == (
+        "PaymentCharged"
+    )
+    assert slept == ([latency_ms / 1000] * 2 if latency_ms else [])
+
+
 def test_a_registry_that_refuses_the_credentials_makes_the_role_unready(monkeypatch):
     refused = "schema registry at http://registry refused the credentials: 401"
     monkeypatch.setattr(FlakyCodec, "config_error", property(lambda self: refused))
