@@ -104,6 +104,7 @@ def demo_role(role: str, folder: Path) -> RoleHandler:
 def commands(case: Case, count: int) -> list[Message]:
     """`count` commands of `case`, each of its own saga, on partition 0."""
     found = []
+    names = {field["name"] for field in STORE.raw(case.command)["fields"]}
     for n in range(count):
         key = f"o-{n}-{time.monotonic_ns()}"  # new keys each run: the demo's ledgers remember
         record = {
@@ -112,7 +113,6 @@ def commands(case: Case, count: int) -> list[Message]:
             "order_id": key,
             **case.fields,
         }
-        names = {field["name"] for field in STORE.raw(case.command)["fields"]}
         value = CODEC.encode(case.command, {k: v for k, v in record.items() if k in names})
         found.append(
             Message(
