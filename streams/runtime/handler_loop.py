@@ -392,7 +392,11 @@ class HandlerLoop:
         self._calls_running = 0  # of _in_flight, those whose function runs (the rest queue)
         self._in_flight_gauge = metrics.handler_in_flight.labels(role)
         self._queued_gauge = metrics.handler_queued.labels(role)
-        self._timings: dict[str, tuple[Any, Any]] = {}  # by command: (run, queue) children
+        # labelled metric children by event type (see _child)
+        self._consumed: dict[str, Any] = {}
+        self._produced: dict[str, Any] = {}
+        self._run_times: dict[str, Any] = {}
+        self._queue_times: dict[str, Any] = {}
         self._moved = False
         self._still_ticks = 0
         self._tracer = tracing.tracer(f"{settings.app_id}-{role}")
@@ -545,7 +549,7 @@ class HandlerLoop:
         if isinstance(read, Rejected):
             self._dead_letter(job, read)
             return
-        self._metrics.consumed.labels(self._role, read.event_type).inc()
+        self._child(self._consumed, self._metrics.consumed, read.event_type).inc()
         if read.event_type not in self._commands:
             why = f"{self._role} cannot handle {read.event_type}"
             self._dead_letter(job, Rejected("unsupported_command", why))
@@ -739,7 +743,7 @@ class HandlerLoop:
             self._finish(job)  # nobody to tell (a notification): logged, its offset passes
             return
         self._send(job, answered[1])
-        self._metrics.produced.labels(self._role, answered[0]).inc()
+        self._child(self._produced, self._metrics.produced, answered[0]).inc()
 
     async def _attempt(self, job: _Job, command: Decoded) -> Result | None:
         """The command's attempt, inside its span when tracing is on: the child of the span its
@@ -781,16 +785,23 @@ class HandlerLoop:
     def _started(self, job: _Job, command_type: str) -> tuple[Any, float]:
         """A command's function starts: its queue time (from the command's produce time) is
         observed; its run-time histogram child and the start are returned."""
-        timing = self._timings.get(command_type)
-        if timing is None:
-            run = self._metrics.handler_run_seconds.labels(self._role, command_type)
-            queue = self._metrics.handler_queue_seconds.labels(self._role, command_type)
-            timing = self._timings[command_type] = (run, queue)
         kind, produced_ms = job.msg.timestamp()
         if kind != TIMESTAMP_NOT_AVAILABLE:
-            timing[1].observe(max(0.0, time.time() - produced_ms / 1000))
+            queue = self._child(
+                self._queue_times, self._metrics.handler_queue_seconds, command_type
+            )
+            queue.observe(max(0.0, time.time() - produced_ms / 1000))
         self._calls_running += 1
-        return timing[0], time.monotonic()
+        run = self._child(self._run_times, self._metrics.handler_run_seconds, command_type)
+        return run, time.monotonic()
+
+    def _child(self, children: dict[str, Any], metric: Any, event_type: str) -> Any:
+        """`metric`'s child for this role and an event type, from `children` once looked up:
+        labels() per command would cost more than the inc() or observe() itself."""
+        child = children.get(event_type)
+        if child is None:
+            child = children[event_type] = metric.labels(self._role, event_type)
+        return child
 
     def _heartbeat(self, limit: asyncio.Timeout, bound: float) -> None:
         """The attempt's function says it is alive: its bound starts again from now. Called on
