@@ -222,7 +222,7 @@ class PlainCall:
         self.finished = False
         self.abandoned = False
         self.future: asyncio.Future[Any] = loop.create_future()
-        self._loop = loop
+        self.loop = loop
         # the caller's context (its heartbeat, its span) goes along to the thread
         self._run = partial(contextvars.copy_context().run, call, *args)
 
@@ -235,17 +235,12 @@ class PlainCall:
         finally:
             self.finished = True
 
-    def settle(self, result: Any, error: Exception | None) -> None:
-        """Hand the outcome to the loop (from the pool thread)."""
-        # the loop is closed once the worker stops: nobody waits for this outcome any more
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._settled, result, error)
-
     def abandon(self) -> None:
         """The loop no longer waits: the result is dropped and the thread is not reused."""
         self.abandoned = True
 
-    def _settled(self, result: Any, error: Exception | None) -> None:
+    def settle(self, result: Any, error: Exception | None) -> None:
+        """Its outcome, on the loop."""
         if self.future.done():
             return  # abandoned at its bound: the result is dropped
         if error is None:
@@ -271,6 +266,8 @@ class PlainPool:
         # threads waiting for a call, less the calls queued for them: never below zero, so a
         # queued call always has a waiting thread of its own
         self._idle = 0
+        # by loop: outcomes not yet handed over, while a hand-over is scheduled
+        self._outcomes: dict[asyncio.AbstractEventLoop, list[tuple[PlainCall, Any, Any]]] = {}
         self._numbered = 0
         self.threads = 0  # alive, busy or idle
 
@@ -295,13 +292,36 @@ class PlainPool:
                 outcome = plain.run()
                 if plain.abandoned:
                     return  # nobody waits for its outcome, and the thread is not reused
-                with self._lock:  # idle before the loop hears of it: its next call finds us
-                    self._idle += 1
-                plain.settle(*outcome)
+                self._returned(plain, *outcome)
                 plain = self._next()
         finally:
             with self._lock:
                 self.threads -= 1
+
+    def _returned(self, plain: PlainCall, result: Any, error: Exception | None) -> None:
+        """The thread is idle again, and the outcome goes to the loop. Outcomes that arrive
+        while the loop has not yet taken the earlier ones join them: one wake-up of the loop
+        (a write to its self-pipe, and a round of its selector) serves them all."""
+        loop = plain.loop
+        with self._lock:  # idle before the loop hears of it: its next call finds this thread
+            self._idle += 1
+            waiting = self._outcomes.get(loop)
+            if waiting is not None and not loop.is_closed():
+                waiting.append((plain, result, error))
+                return
+            self._outcomes[loop] = [(plain, result, error)]
+        try:
+            loop.call_soon_threadsafe(self._hand_over, loop)
+        except RuntimeError:  # the loop is closed (its worker stopped): nobody waits any more
+            with self._lock:
+                self._outcomes.pop(loop, None)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop: settle every outcome that came since the last hand-over."""
+        with self._lock:
+            outcomes = self._outcomes.pop(loop)
+        for plain, result, error in outcomes:
+            plain.settle(result, error)
 
     def _next(self) -> PlainCall | None:
         """The next call for this (idle) thread; None once it waited IDLE_THREAD_S for one."""

@@ -789,6 +789,46 @@ def test_pool_threads_idle_too_long_end(monkeypatch):
     eventually(lambda: pool.threads == 0)
 
 
+def test_outcomes_that_come_together_each_reach_their_own_call():
+    pool = handler_loop.PlainPool("test")
+    gate = threading.Event()
+
+    def call(n: int, _: None) -> int:
+        gate.wait(5)
+        if n % 3 == 0:
+            raise ValueError(f"no {n}")
+        return n * 10
+
+    async def many() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        calls = [pool.submit(loop, call, n, None) for n in range(12)]
+        gate.set()  # they return at once: their outcomes reach the loop in a few hand-overs
+        return await asyncio.gather(*(c.future for c in calls), return_exceptions=True)
+
+    outcomes = asyncio.run(many())
+    assert [o if isinstance(o, int) else str(o) for o in outcomes] == [
+        f"no {n}" if n % 3 == 0 else n * 10 for n in range(12)
+    ]
+
+
+def test_an_outcome_for_a_closed_loop_is_dropped_and_its_thread_serves_on():
+    pool = handler_loop.PlainPool("test")
+    gate = threading.Event()
+    closed = asyncio.new_event_loop()
+    late = pool.submit(closed, lambda _a, _b: gate.wait(5), None, None)
+    closed.close()  # its worker stopped while the call ran
+    gate.set()
+    # its thread is idle again (its outcome was kept until then), and nothing is kept for it
+    eventually(lambda: pool._idle == 1 and not pool._outcomes)
+
+    async def again() -> str:
+        call = pool.submit(asyncio.get_running_loop(), lambda a, _b: a, "served", None)
+        return await call.future
+
+    assert asyncio.run(again()) == "served"
+    assert pool.threads == 1 and late.finished and not late.future.done()
+
+
 def test_an_async_function_past_its_bound_is_cancelled():
     consumer = FakeConsumer(partitions=1)
     consumer.append(0, b"k", charge("slow"))
