@@ -1,14 +1,16 @@
-"""Benchmark of a handler role's per-command work without a broker: the real HandlerLoop.
+"""A repeatable microbenchmark of a handler role's per-command work, without a broker.
 
-Each command is decoded, routed, run by its function (as the worker runs an app's function:
-model, context, contract check), its result encoded and produced; the clients are stand-ins
-that hand out pre-encoded commands at once and acknowledge every result on the next poll.
-Prints CPU µs per command (process time, so the plain functions' threads count too) for an
-async and a plain function that answer at once, the median of `--repeat` runs; with --demo,
-for the demo's own functions instead (payment async, notification plain, each with its
-SQLite idempotency ledger, no latency). Asserts nothing.
+The real HandlerLoop runs on stand-in clients that hand out pre-encoded commands at once and
+acknowledge every result on the next poll: each command is decoded, routed, run by its function
+as the worker runs an app's function (model, context, contract check), its result encoded and
+produced. Prints CPU µs per command (time.process_time, so the plain functions' threads count
+too; the machine is shared) for an async and a plain function that answer at once, the median
+of `--repeat` runs; with --demo, for the demo's own functions instead (payment async,
+notification plain, each with its SQLite idempotency ledger, no latency).
 
-Run: .venv/bin/python scripts/bench_handler.py [--commands N] [--repeat 5] [--demo] [--profile]
+Run: .venv/bin/python -m tests.perf.handler_profile [--commands N] [--repeat 5] [--demo] [--profile]
+It prints figures and asserts nothing; tests/unit/test_handler_profile.py checks that every
+command it sends is answered with its success event.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +43,7 @@ from sagastream.runtime.metrics import Metrics
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import AvroCodec, LocalSchemaIds, SchemaStore, new_meta
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STORE = SchemaStore(ROOT / "schemas")
 TOPOLOGY = load_topology(ROOT / "topology.yaml", STORE.directory)
 CODEC = AvroCodec(STORE, LocalSchemaIds(STORE))
@@ -175,9 +178,11 @@ class Producer:
         self._unacked: list[Callable[..., None]] = []
         self.acked = 0
         self.ended = (0.0, 0.0)
+        self.results: Counter[bytes] = Counter()  # by the event_type header
 
     def produce(self, topic: str, value: bytes, key: bytes | None, **kw: Any) -> None:
         self._unacked.append(kw["on_delivery"])
+        self.results[kw["headers"][0][1]] += 1
 
     def poll(self, timeout: float = 0) -> int:
         acks, self._unacked = self._unacked, []
@@ -194,8 +199,9 @@ class Producer:
         return 0
 
 
-def one_run(case: Case, count: int) -> tuple[float, float]:
-    """CPU and wall µs per command of one run of `count` commands through a fresh loop."""
+def one_run(case: Case, count: int) -> tuple[float, float, Counter[bytes]]:
+    """One run of `count` commands through a fresh loop: CPU and wall µs per command, and the
+    results produced by event type."""
     handler = case.handler()
     stop = threading.Event()
     consumer, producer = Consumer(commands(case, count)), Producer(count, stop)
@@ -217,7 +223,7 @@ def one_run(case: Case, count: int) -> tuple[float, float]:
         raise RuntimeError(f"only {producer.acked} of {count} commands were answered")
     cpu = producer.ended[0] - consumer.started[0]
     wall = producer.ended[1] - consumer.started[1]
-    return cpu / count * 1e6, wall / count * 1e6
+    return cpu / count * 1e6, wall / count * 1e6, producer.results
 
 
 def own_cases() -> list[Case]:
