@@ -11,7 +11,7 @@
     @app.handler(role="hotel")         # every command of the role that has no function of its own
     def hotels(cmd: sagastream.Command, ctx: sagastream.Context) -> sagastream.Event: ...
 
-Async functions run on the handler loop's event loop; plain functions each on a thread of its own.
+Async functions run on the handler loop's event loop; plain functions on its pool of threads.
 What a function may return is the handler contract (sagastream.runtime.contract): the success
 or failure events of the steps that send its command, checked against the return annotation at
 start and against each result at run time. An exception, a wrong result or a run past the

@@ -21,8 +21,8 @@ with the StepAttemptFailed the worker would send (`failed_attempts` lists them);
 pending at once run concurrently (attempts of one idempotency key in order), and async handlers
 on an event loop whose clock is the kit's virtual clock, so `await asyncio.sleep(3600)` in a
 handler moves the saga's time on by an hour (firing the saga's timers that come due meanwhile)
-and takes no real time. Plain functions run as the worker runs them, each on a thread of its
-own: their time is real, and while one runs the kit's clock follows the real one, so a plain
+and takes no real time. Plain functions run as the worker runs them, on pool threads: their
+time is real, and while one runs the kit's clock follows the real one, so a plain
 function that hangs is abandoned at its run-time bound (in real time: give such a step a short
 `timeout_ms` in a test). The kit's calls are plain functions that work in async tests too: the
 handlers' loop runs in a thread of its own while a call lasts.
@@ -59,7 +59,7 @@ from sagastream.events import Event as EventModel
 from sagastream.events import model_named
 from sagastream.runtime import contract
 from sagastream.runtime.contract import AttemptError, Contract
-from sagastream.runtime.handler_loop import PlainCall, command_bounds
+from sagastream.runtime.handler_loop import PlainPool, command_bounds
 from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
 from sagastream.runtime.outputs import Encoder
 from sagastream.runtime.settings import Settings
@@ -67,6 +67,8 @@ from sagastream.wire.codec import AvroCodec, LocalSchemaIds, SchemaStore, new_me
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 PRODUCER = "sagastream.testing"
+# the threads of plain handler functions, shared by every kit of the process
+_PLAIN_POOL = PlainPool("sagastream-testing")
 
 
 @dataclass(frozen=True)
@@ -532,16 +534,21 @@ class SagaTest:
         return self._contract.attempt_failed(command.event_type, record, error)
 
     async def _call(self, role: RoleHandler, command_type: str, record: dict[str, Any]) -> Answer:
-        """Async functions run on the loop; plain ones each on a thread of its own, as the
-        handler loop runs them, so that their bound holds (one that overran runs on, dropped)."""
+        """Async functions run on the loop; plain ones on pool threads, as the handler loop
+        runs them, so that their bound holds (one that overran runs on, dropped, and its thread
+        is not reused)."""
         if role.is_async(command_type):
             answer = role(command_type, record)
         else:
             loop = asyncio.get_running_loop()
             assert isinstance(loop, _VirtualLoop)
             loop.plain_calls += 1
+            call = _PLAIN_POOL.submit(loop, role, command_type, record)
             try:
-                answer = await PlainCall(loop, role, command_type, record).future
+                answer = await call.future
+            except asyncio.CancelledError:
+                call.abandon()
+                raise
             finally:
                 loop.plain_calls -= 1
         if inspect.isawaitable(answer):

@@ -24,10 +24,11 @@ counts from the moment the function starts, not while the command queues, and a 
 
 A command may run for its bound (`command_bounds`); past it, the attempt is abandoned as timed
 out (`_timed_out`, the one place that reports it) and its offset is done: an async function is
-cancelled, a plain one keeps its daemon thread, its result dropped, and holds a slot of the
-bound until it returns, so hung functions saturate the role (reported on /readyz) instead of
-piling up. Being daemons, such threads never hold the process at exit. A result the brokers
-refuse is sent again (`handler_delivery_attempts`), then its command is dead-lettered
+cancelled, a plain one keeps its thread, its result dropped, and holds a slot of the bound
+until it returns, so hung functions saturate the role (reported on /readyz) instead of piling
+up. Plain functions run on a pool of daemon threads (`PlainPool`) that never holds the process
+at exit; a thread whose call was abandoned is not reused, later calls get others. A result the
+brokers refuse is sent again (`handler_delivery_attempts`), then its command is dead-lettered
 (`undeliverable`), so its partition's commit moves on.
 """
 
@@ -39,6 +40,7 @@ import contextvars
 import dataclasses
 import inspect
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -94,6 +96,8 @@ STILL_TICK_MAX_S = 0.05
 IDLE_WAIT_S = 0.1
 # How long a full loop may go without polling before it pauses its partitions instead.
 PAUSE_AFTER_S = 1.0
+# How long a plain function's pool thread waits for another call before it ends.
+IDLE_THREAD_S = 60.0
 # The run-time bound of a command that no step sends (notifications).
 NO_STEP_BOUND_MS = 30_000
 # Broker refusals that the same bytes would meet again: not worth another attempt.
@@ -208,42 +212,127 @@ class _Job:
 
 
 class PlainCall:
-    """A plain handler function running on a daemon thread of its own, its outcome a future.
+    """One call of a plain handler function on a pool thread, its outcome a future on the loop.
 
-    A thread per call, not a pool: a call that hangs must not keep later ones from starting,
-    and must not keep the process alive at exit.
+    `finished` once the function has returned (its thread may serve another call), and
+    `abandoned` once the loop stopped waiting for it (its bound passed, or the loop ended).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, call: Call, *args: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, call: Call, args: tuple[Any, ...]):
         self.finished = False
+        self.abandoned = False
         self.future: asyncio.Future[Any] = loop.create_future()
-        self._loop = loop
-        name = f"handler-{args[0]}"
-        # the caller's context (its heartbeat) goes along to the thread
-        context = contextvars.copy_context()
-        run = partial(context.run, self._run, call, *args)
-        threading.Thread(target=run, name=name, daemon=True).start()
+        self.loop = loop
+        # the caller's context (its heartbeat, its span) goes along to the thread
+        self._run = partial(contextvars.copy_context().run, call, *args)
 
-    def _run(self, call: Call, *args: Any) -> None:
-        result: Any = None
-        error: Exception | None = None
+    def run(self) -> tuple[Any, Exception | None]:
+        """Run the function (on a pool thread): its result, or the exception it raised."""
         try:
-            result = call(*args)
+            return self._run(), None
         except Exception as exc:
-            error = exc
+            return None, exc
         finally:
             self.finished = True
-        # the loop is closed once the worker stops: nobody waits for this outcome any more
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._settle, result, error)
 
-    def _settle(self, result: Any, error: Exception | None) -> None:
+    def abandon(self) -> None:
+        """The loop no longer waits: the result is dropped and the thread is not reused."""
+        self.abandoned = True
+
+    def settle(self, result: Any, error: Exception | None) -> None:
+        """Its outcome, on the loop."""
         if self.future.done():
             return  # abandoned at its bound: the result is dropped
         if error is None:
             self.future.set_result(result)
         else:
             self.future.set_exception(error)
+
+
+class PlainPool:
+    """Daemon threads that run plain handler functions, each thread reused from call to call.
+
+    A call never waits for a thread: when none is idle, one is started. A thread whose call
+    was abandoned (it ran past its bound) is not taken back once the call returns, as it may
+    have been left in any state; it ends, and a new thread takes its place when one is needed.
+    Threads idle for IDLE_THREAD_S end too, so a burst does not keep its threads for good.
+    Being daemons, the threads never hold the process at exit.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._calls: queue.SimpleQueue[PlainCall] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        # threads waiting for a call, less the calls queued for them: never below zero, so a
+        # queued call always has a waiting thread of its own
+        self._idle = 0
+        # by loop: outcomes not yet handed over, while a hand-over is scheduled
+        self._outcomes: dict[asyncio.AbstractEventLoop, list[tuple[PlainCall, Any, Any]]] = {}
+        self._numbered = 0
+        self.threads = 0  # alive, busy or idle
+
+    def submit(self, loop: asyncio.AbstractEventLoop, call: Call, *args: Any) -> PlainCall:
+        """Start `call(*args)` on an idle thread, else on a new one; its outcome settles on
+        `loop`."""
+        plain = PlainCall(loop, call, args)
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._calls.put(plain)
+                return plain
+            self._numbered += 1
+            self.threads += 1
+            name = f"{self._name}-{self._numbered}"
+        threading.Thread(target=self._serve, args=(plain,), name=name, daemon=True).start()
+        return plain
+
+    def _serve(self, plain: PlainCall | None) -> None:
+        try:
+            while plain is not None:
+                outcome = plain.run()
+                if plain.abandoned:
+                    return  # nobody waits for its outcome, and the thread is not reused
+                self._returned(plain, *outcome)
+                plain = self._next()
+        finally:
+            with self._lock:
+                self.threads -= 1
+
+    def _returned(self, plain: PlainCall, result: Any, error: Exception | None) -> None:
+        """The thread is idle again, and the outcome goes to the loop. Outcomes that arrive
+        while the loop has not yet taken the earlier ones join them: one wake-up of the loop
+        (a write to its self-pipe, and a round of its selector) serves them all."""
+        loop = plain.loop
+        with self._lock:  # idle before the loop hears of it: its next call finds this thread
+            self._idle += 1
+            waiting = self._outcomes.get(loop)
+            if waiting is not None and not loop.is_closed():
+                waiting.append((plain, result, error))
+                return
+            self._outcomes[loop] = [(plain, result, error)]
+        try:
+            loop.call_soon_threadsafe(self._hand_over, loop)
+        except RuntimeError:  # the loop is closed (its worker stopped): nobody waits any more
+            with self._lock:
+                self._outcomes.pop(loop, None)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop: settle every outcome that came since the last hand-over."""
+        with self._lock:
+            outcomes = self._outcomes.pop(loop)
+        for plain, result, error in outcomes:
+            plain.settle(result, error)
+
+    def _next(self) -> PlainCall | None:
+        """The next call for this (idle) thread; None once it waited IDLE_THREAD_S for one."""
+        while True:
+            try:
+                return self._calls.get(timeout=IDLE_THREAD_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle:  # no call is queued for this thread: it may end
+                        self._idle -= 1
+                        return None
 
 
 @dataclass
@@ -302,6 +391,7 @@ class HandlerLoop:
         self._sagas = sagas_sending(topology, commands)
         self._contract = Contract(topology)
         self._thread: threading.Thread | None = None
+        self._pool = PlainPool(f"{role}-plain")
         # plain calls abandoned at their bound whose threads still run
         self._overdue: list[PlainCall] = []
         self.health = RoleHealth(settings)
@@ -322,7 +412,11 @@ class HandlerLoop:
         self._calls_running = 0  # of _in_flight, those whose function runs (the rest queue)
         self._in_flight_gauge = metrics.handler_in_flight.labels(role)
         self._queued_gauge = metrics.handler_queued.labels(role)
-        self._timings: dict[str, tuple[Any, Any]] = {}  # by command: (run, queue) children
+        # labelled metric children by event type (see _child)
+        self._consumed: dict[str, Any] = {}
+        self._produced: dict[str, Any] = {}
+        self._run_times: dict[str, Any] = {}
+        self._queue_times: dict[str, Any] = {}
         self._moved = False
         self._still_ticks = 0
         self._tracer = tracing.tracer(f"{settings.app_id}-{role}")
@@ -475,7 +569,7 @@ class HandlerLoop:
         if isinstance(read, Rejected):
             self._dead_letter(job, read)
             return
-        self._metrics.consumed.labels(self._role, read.event_type).inc()
+        self._child(self._consumed, self._metrics.consumed, read.event_type).inc()
         if read.event_type not in self._commands:
             why = f"{self._role} cannot handle {read.event_type}"
             self._dead_letter(job, Rejected("unsupported_command", why))
@@ -669,7 +763,7 @@ class HandlerLoop:
             self._finish(job)  # nobody to tell (a notification): logged, its offset passes
             return
         self._send(job, answered[1])
-        self._metrics.produced.labels(self._role, answered[0]).inc()
+        self._child(self._produced, self._metrics.produced, answered[0]).inc()
 
     async def _attempt(self, job: _Job, command: Decoded) -> Result | None:
         """The command's attempt, inside its span when tracing is on: the child of the span its
@@ -711,16 +805,23 @@ class HandlerLoop:
     def _started(self, job: _Job, command_type: str) -> tuple[Any, float]:
         """A command's function starts: its queue time (from the command's produce time) is
         observed; its run-time histogram child and the start are returned."""
-        timing = self._timings.get(command_type)
-        if timing is None:
-            run = self._metrics.handler_run_seconds.labels(self._role, command_type)
-            queue = self._metrics.handler_queue_seconds.labels(self._role, command_type)
-            timing = self._timings[command_type] = (run, queue)
         kind, produced_ms = job.msg.timestamp()
         if kind != TIMESTAMP_NOT_AVAILABLE:
-            timing[1].observe(max(0.0, time.time() - produced_ms / 1000))
+            queue = self._child(
+                self._queue_times, self._metrics.handler_queue_seconds, command_type
+            )
+            queue.observe(max(0.0, time.time() - produced_ms / 1000))
         self._calls_running += 1
-        return timing[0], time.monotonic()
+        run = self._child(self._run_times, self._metrics.handler_run_seconds, command_type)
+        return run, time.monotonic()
+
+    def _child(self, children: dict[str, Any], metric: Any, event_type: str) -> Any:
+        """`metric`'s child for this role and an event type, from `children` once looked up:
+        labels() per command would cost more than the inc() or observe() itself."""
+        child = children.get(event_type)
+        if child is None:
+            child = children[event_type] = metric.labels(self._role, event_type)
+        return child
 
     def _heartbeat(self, limit: asyncio.Timeout, bound: float) -> None:
         """The attempt's function says it is alive: its bound starts again from now. Called on
@@ -794,14 +895,15 @@ class HandlerLoop:
             return out
 
     async def _invoke(self, command_type: str, record: dict[str, Any]) -> Result:
-        """Async handlers run on the loop, plain functions each on a thread of its own."""
+        """Async handlers run on the loop, plain functions on the pool's threads."""
         if self._is_async(command_type):
             result: Any = self._call(command_type, record)
         else:
-            call = PlainCall(self._loop, self._call, command_type, record)
+            call = self._pool.submit(self._loop, self._call, command_type, record)
             try:
                 result = await call.future
             except asyncio.CancelledError:
+                call.abandon()
                 self._overdue.append(call)  # its thread runs on; its result will be dropped
                 raise
         if inspect.isawaitable(result):

@@ -716,6 +716,119 @@ def test_a_hung_plain_function_is_abandoned_at_its_bound_and_saturates_the_role(
     assert answered == [b"ok-1", b"ok-2", b"ok-3"]
 
 
+def test_a_hung_plain_functions_thread_is_not_reused_while_the_pool_serves_the_rest():
+    consumer = FakeConsumer(partitions=1)
+    consumer.append(0, b"hung", charge("hung"))
+    release = threading.Event()
+    hung: list[threading.Thread] = []
+    served: dict[str, threading.Thread] = {}
+
+    def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if record["order_id"] == "hung":
+            hung.append(threading.current_thread())
+            release.wait(30)  # a gateway that never answers, until the test lets it
+        else:
+            served[record["order_id"]] = threading.current_thread()
+        return charged(record["order_id"])
+
+    producer = FakeProducer()
+    with running(call, consumer=consumer, producer=producer, handler_timeout_ms=200):
+        eventually(lambda: hung)
+        # while it hangs, others are served (before and after its bound has passed)
+        for n in range(10):
+            consumer.append(0, f"k{n}".encode(), charge(f"ok-{n}"))
+        eventually(lambda: consumer.committed(0) == 11)
+        assert len(served) == 10 and hung[0] not in served.values()
+        assert [r["kind"] for _, t, r in results(producer) if t == "StepAttemptFailed"] == [
+            "timeout"
+        ]
+        release.set()  # it returns: its result is dropped and its thread ends, not reused
+        eventually(lambda: not hung[0].is_alive())
+        served.clear()
+        for n in range(10, 15):
+            consumer.append(0, f"k{n}".encode(), charge(f"ok-{n}"))
+        eventually(lambda: consumer.committed(0) == 16)
+    assert len(served) == 5 and hung[0] not in served.values()
+    answered = [key for key, t, _ in results(producer) if t == "PaymentCharged"]
+    assert len(answered) == 15 and b"hung" not in answered
+
+
+def test_a_plain_functions_thread_serves_one_call_after_another():
+    consumer = FakeConsumer(partitions=1)
+    for attempt in range(1, 9):  # one idempotency key: they run one after another
+        consumer.append(0, b"o-1", charge("o-1", attempt))
+    threads: list[threading.Thread] = []
+
+    def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        threads.append(threading.current_thread())
+        return charged(record["order_id"])
+
+    producer = FakeProducer()
+    with running(call, consumer=consumer, producer=producer):
+        eventually(lambda: consumer.committed(0) == 8)
+    assert len(threads) == 8 and len(set(threads)) == 1
+    assert threading.current_thread() not in threads
+
+
+def test_pool_threads_idle_too_long_end(monkeypatch):
+    monkeypatch.setattr(handler_loop, "IDLE_THREAD_S", 0.05)
+    pool = handler_loop.PlainPool("test")
+    loop = asyncio.new_event_loop()
+    gate = threading.Event()
+
+    async def two_at_once() -> list[str]:
+        calls = [pool.submit(loop, lambda n: gate.wait(5) and n, n) for n in ("a", "b")]
+        assert pool.threads == 2
+        gate.set()
+        return list(await asyncio.gather(*(c.future for c in calls)))
+
+    try:
+        assert loop.run_until_complete(two_at_once()) == ["a", "b"]
+    finally:
+        loop.close()
+    eventually(lambda: pool.threads == 0)
+
+
+def test_outcomes_that_come_together_each_reach_their_own_call():
+    pool = handler_loop.PlainPool("test")
+    gate = threading.Event()
+
+    def call(n: int, _: None) -> int:
+        gate.wait(5)
+        if n % 3 == 0:
+            raise ValueError(f"no {n}")
+        return n * 10
+
+    async def many() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        calls = [pool.submit(loop, call, n, None) for n in range(12)]
+        gate.set()  # they return at once: their outcomes reach the loop in a few hand-overs
+        return await asyncio.gather(*(c.future for c in calls), return_exceptions=True)
+
+    outcomes = asyncio.run(many())
+    assert [o if isinstance(o, int) else str(o) for o in outcomes] == [
+        f"no {n}" if n % 3 == 0 else n * 10 for n in range(12)
+    ]
+
+
+def test_an_outcome_for_a_closed_loop_is_dropped_and_its_thread_serves_on():
+    pool = handler_loop.PlainPool("test")
+    gate = threading.Event()
+    closed = asyncio.new_event_loop()
+    late = pool.submit(closed, lambda _a, _b: gate.wait(5), None, None)
+    closed.close()  # its worker stopped while the call ran
+    gate.set()
+    # its thread is idle again (its outcome was kept until then), and nothing is kept for it
+    eventually(lambda: pool._idle == 1 and not pool._outcomes)
+
+    async def again() -> str:
+        call = pool.submit(asyncio.get_running_loop(), lambda a, _b: a, "served", None)
+        return await call.future
+
+    assert asyncio.run(again()) == "served"
+    assert pool.threads == 1 and late.finished and not late.future.done()
+
+
 def test_an_async_function_past_its_bound_is_cancelled():
     consumer = FakeConsumer(partitions=1)
     consumer.append(0, b"k", charge("slow"))
@@ -795,6 +908,36 @@ def test_the_demo_app_answers_a_role_once_per_idempotency_key(tmp_path):
     assert (tmp_path / "external" / "payment.sqlite").exists()
     with pytest.raises(ValueError, match="roles: payment, inventory"):
         app.role_handler("teleport", TOPOLOGY)
+
+
+@pytest.mark.parametrize("latency_ms", [0, 3])
+def test_the_demo_services_sleep_only_for_a_latency(tmp_path, monkeypatch, latency_ms):
+    from sagastream.examples import base
+
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(seconds)
+
+    monkeypatch.setattr(base.time, "sleep", slept.append)
+    monkeypatch.setattr(base.asyncio, "sleep", recorded)
+    app.start(Settings(data_dir=tmp_path, handler_latency_ms=latency_ms))
+    notify = app.role_handler("notification", TOPOLOGY)
+    assert not notify.is_async("SendNotification")
+    names = {field["name"] for field in STORE.raw("SendNotification")["fields"]}
+    fields = {"customer_id": "c-1", "email": "a@b.c", "channel": "sms", "template": "t"}
+    record = {"meta": new_meta("SendNotification", "o-1", "test"), **fields, "outcome": "ok"}
+    record["idempotency_key"] = "order:o-1:notify:sms"
+    assert notify("SendNotification", {k: v for k, v in record.items() if k in names})[0] == (
+        "NotificationSent"
+    )
+    payment = app.role_handler("payment", TOPOLOGY)
+    assert asyncio.run(payment("ChargePayment", CODEC.decode(charge("o-1"))[1]))[0] == (
+        "PaymentCharged"
+    )
+    assert slept == ([latency_ms / 1000] * 2 if latency_ms else [])
 
 
 def test_a_registry_that_refuses_the_credentials_makes_the_role_unready(monkeypatch):

@@ -90,6 +90,31 @@ def test_a_handler_shows_its_running_command_then_its_run_and_queue_time():
     assert queued is not None and queued > 86_400
 
 
+def test_a_handler_counts_each_command_and_result_type_under_its_own_labels():
+    consumer = FakeConsumer(partitions=1)
+    for order in ("o-1", "o-2", "bad", "o-3"):
+        consumer.append(0, order.encode(), charge(order))
+    consumer.append(0, b"r-1", charge("r-1", command="RefundPayment"))  # not this loop's
+
+    async def call(command_type: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if record["order_id"] == "bad":
+            raise RuntimeError("gateway exploded")
+        return charged(record["order_id"])
+
+    with running(call, consumer=consumer) as loop:
+        eventually(lambda: consumer.committed(0) == 5)
+    metrics: Metrics = loop._metrics
+    consumed = "sagastream_events_consumed_total"
+    assert value(metrics, consumed, role="payment", event_type="ChargePayment") == 4
+    assert value(metrics, consumed, role="payment", event_type="RefundPayment") == 1
+    produced = "sagastream_events_produced_total"
+    assert value(metrics, produced, role="payment", event_type="PaymentCharged") == 3
+    assert value(metrics, produced, role="payment", event_type="StepAttemptFailed") == 1
+    ran = "sagastream_handler_run_seconds_count"
+    assert value(metrics, ran, role="payment", command="ChargePayment") == 4
+    assert value(metrics, ran, role="payment", command="RefundPayment") is None
+
+
 def test_every_metric_with_its_labels_and_every_change_is_in_the_readme_metrics_table():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     table = readme.split("### Metrics\n", 1)[1].split("\n\n", 2)[1]
