@@ -20,7 +20,7 @@ from sagastream.ops.demo import WorkerSet, settings_env
 from tests.integration.helpers import place_order, wait_outcomes
 from tests.unit.test_readme_changing_a_saga import ROOT, readme_blocks, transcript_of
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.once]
 
 DEPLOY = "# restart the orchestrators on topology-v2.yaml, one by one"
 ORDERS = 12  # placed before the change: the history the shadow replays
