@@ -89,7 +89,12 @@ class Pages:
         found = self.reader.overview()
         charts = {t.saga: rate_svg(t.per_minute, SERIES) for t in found.types}
         return self.render(
-            "overview.html", overview=found, charts=charts, series=SERIES, refresh=REFRESH_S
+            "overview.html",
+            overview=found,
+            charts=charts,
+            series=SERIES,
+            lags=self.reader.lags(),
+            refresh=REFRESH_S,
         )
 
     def sagas(self, request: Request) -> Response:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from sagastream.console.lag import RoleLag, read_role_lags
 from sagastream.console.views import (
     MINUTE_MS,
     WINDOW_MINUTES,
@@ -121,6 +122,10 @@ class ConsoleReader:
         types = overview(self.topology.sagas, states, self.outcomes_since(since), at)
         letters = self.dead_letters()
         return Overview(types, dlq.group(letters), len(letters), at)
+
+    def lags(self) -> list[RoleLag]:
+        """Each worker role's consumer lag (the orchestrator's, each handler role's), now."""
+        return read_role_lags(self.settings, self.topology)
 
     def close(self) -> None:
         self.client.close()

@@ -13,6 +13,7 @@ from typing import Literal
 
 from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions
 from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka.admin import AdminClient
 
 from sagastream.core.topology import Topology
 from sagastream.errors import ClusterError, UsageError
@@ -176,14 +177,20 @@ def read_offsets(
                 times[(found.topic, found.partition)] = found.offset
     finally:
         consumer.close()
+    return committed_offsets(admin_client(settings), group, tps), ends, times
+
+
+def committed_offsets(
+    admin: AdminClient, group: str, tps: list[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """The group's committed offset of each partition (None: nothing committed there, or no
+    such group). `admin` is held by the caller: a collected client never resolves its futures."""
     request = ConsumerGroupTopicPartitions(group, [KafkaTopicPartition(t, p) for t, p in tps])
-    admin = admin_client(settings)  # held: a collected client never resolves its futures
     future = admin.list_consumer_group_offsets([request], request_timeout=10)[group]
-    committed = {
+    return {
         (tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None)
         for tp in future.result().topic_partitions
     }
-    return committed, ends, times
 
 
 def commit_plan(settings: Settings, group: str, rows: list[PlanRow]) -> None:

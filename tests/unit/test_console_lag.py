@@ -1,0 +1,62 @@
+"""The overview's consumer lag per role: the arithmetic over a group's input partitions, the
+transaction marker a caught-up group stays short of, and a group that never committed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sagastream.console.lag import PartitionOffsets, role_inputs, role_lag
+from sagastream.core.topology import load_topology
+from sagastream.runtime.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def offsets(committed: int | None, low: int, high: int, left: bool = True) -> PartitionOffsets:
+    return PartitionOffsets("t", 0, low, high, committed, records_left=left)
+
+
+def test_a_partition_lags_from_its_committed_offset_or_its_first_record_to_its_end() -> None:
+    assert offsets(committed=7, low=0, high=10).lag == 3
+    assert offsets(committed=None, low=4, high=10).lag == 6  # the workers start at the earliest
+    # records deleted past the committed offset (retention): the group reads on from the first
+    assert offsets(committed=2, low=5, high=10).lag == 5
+    assert offsets(committed=10, low=0, high=10).lag == 0
+
+
+def test_a_group_one_commit_marker_short_of_the_end_has_no_lag() -> None:
+    # the probe found no committed record between the committed offset and the end
+    assert offsets(committed=9, low=0, high=10, left=False).lag == 0
+    assert offsets(committed=4, low=0, high=10, left=False).lag == 0  # aborted records too
+
+
+def test_a_role_sums_its_partitions_and_names_those_never_committed() -> None:
+    parts = [
+        PartitionOffsets("a", 0, 0, 10, 7),
+        PartitionOffsets("a", 1, 0, 5, 4, records_left=False),
+        PartitionOffsets("b", 0, 2, 6, None),
+        PartitionOffsets("b", 1, 3, 3, None),  # empty: never committed, nothing to say
+    ]
+    lag = role_lag("payments", "g-payments", 2, parts)
+    assert (lag.lag, lag.partitions, lag.uncommitted) == (3 + 0 + 4, 4, 1)
+    assert lag.shown() == "7 (1 of 4 partitions never committed)"
+    assert role_lag("payments", "g", 1, parts[:2]).shown() == "3"
+
+
+def test_a_group_that_never_committed_shows_so_not_zero() -> None:
+    never = [PartitionOffsets("a", 0, 0, 10, None), PartitionOffsets("a", 1, 0, 0, None)]
+    absent = role_lag("shipping", "g-shipping", 0, never)
+    assert absent.lag is None and absent.shown() == "no members, never committed"
+    assert role_lag("shipping", "g", 1, never).shown() == "never committed"
+    # no input partition at all (its topics not created yet): nothing committed either
+    assert role_lag("shipping", "g", 0, []).shown() == "no members, never committed"
+
+
+def test_each_role_reads_the_topics_its_group_commits_on() -> None:
+    settings = Settings(topic_prefix="p-", input_prefix="live-")
+    topology = load_topology(ROOT / "topology.yaml", ROOT / "schemas")
+    inputs = role_inputs(settings, topology)
+    assert list(inputs) == ["orchestrator", *sorted(topology.handlers)]
+    assert inputs["orchestrator"] == [f"live-{t}" for t in topology.orchestrator_inputs()]
+    for role, spec in topology.handlers.items():
+        assert inputs[role] == [f"p-{spec.consumes}"]
