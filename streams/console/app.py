@@ -33,6 +33,7 @@ from sagastream.errors import SagastreamError, UsageError
 from sagastream.ops import asyncapi, dlq
 from sagastream.ops.inspect import _clock, age
 from sagastream.ops.times import parse_duration
+from sagastream.ops.traces import ui_link
 from sagastream.runtime.http import Limits
 
 STATUSES = ("running", "compensating", "completed", "compensated", "failed")
@@ -141,6 +142,7 @@ class Pages:
             waiting=waiting if self.actions else [],
             csrf=csrf,
             signalled=request.query_params.get("signalled"),
+            trace=ui_link(self.reader.settings.traces_ui(), view.trace_id),
         )
         if self.actions:
             self.actions.keep_session(request, page, session)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sagastream.core.spans import trace_of
 from sagastream.core.state import SagaState, StepState
 from sagastream.ops.terminal import printable
 
@@ -83,6 +84,8 @@ class SagaView:
     expires_ms: int | None = None
     # the definition's shape it runs on (None: a state from before shapes)
     shape: str | None = None
+    # its trace's id (its start event's traceparent's, else derived from the saga)
+    trace_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -195,6 +198,7 @@ def build_view(
         history_complete=history_complete,
         expires_ms=state.expires,
         shape=state.shape,
+        trace_id=trace_of(state)[0],
     )
 
 

@@ -241,6 +241,14 @@ def _critical(path: Any, attributes: Mapping[str, Any]) -> str:
 # -- Jaeger --------------------------------------------------------------------------------------
 
 
+def ui_link(ui_url: str | None, trace_id: str | None) -> str | None:
+    """Where Jaeger's UI at `ui_url` shows trace `trace_id`; None without a UI, without a trace
+    id, or for a base that is no http(s) address (a page must not link anything else)."""
+    if not ui_url or not trace_id or not ui_url.lower().startswith(("http://", "https://")):
+        return None
+    return f"{ui_url.rstrip('/')}/trace/{trace_id.lower()}"
+
+
 def fetch_trace(query_url: str, trace_id: str) -> dict[str, Any]:
     """Trace `trace_id` from the Jaeger query API at `query_url` (its `data` item)."""
     url = f"{query_url.rstrip('/')}/api/traces/{trace_id.lower()}"

@@ -215,6 +215,10 @@ class Settings(BaseSettings):
     # Jaeger's query API (`sagastream trace show` reads a saga's trace there), e.g.
     # http://127.0.0.1:16686; None: not set, the command says what to set
     traces_url: str | None = None
+    # Jaeger's UI as the console's users' browsers reach it: a saga's page links its trace
+    # there (/trace/<id>); None: traces_url's (Jaeger serves its UI and query API on one port);
+    # neither set: no link
+    traces_ui_url: str | None = None
     timer_tick_ms: int = Field(default=100, ge=10)
     commit_interval_ms: int = Field(default=100, ge=1)
     commit_linger_ms: int = Field(default=20, ge=0)
@@ -284,6 +288,10 @@ class Settings(BaseSettings):
     def schemas_path(self) -> Path:
         """The project's .avsc directory."""
         return self.schemas_dir or self.topology_file.parent / "schemas"
+
+    def traces_ui(self) -> str | None:
+        """Jaeger's UI for the console's trace links: its own setting, else the query API's."""
+        return self.traces_ui_url or self.traces_url
 
     def http_limits(self, body_bytes: int | None = None) -> Limits:
         """The limits of this process's HTTP servers."""
