@@ -2,7 +2,8 @@
 Jinja template (autoescaped), and the HTTP rules it keeps: read-only (GET and HEAD only; with
 actions on, also the POSTs of a signal form and a redrive, which actions.py guards), the
 HTTP limits of the other servers (`Settings.http_limits`), loopback Host names when bound to
-loopback, and headers that keep pages from being framed or running scripts.
+loopback, and headers that keep pages from being framed or running any script but the
+console's own.
 """
 
 from __future__ import annotations
@@ -38,14 +39,17 @@ from sagastream.runtime.http import Limits
 
 STATUSES = ("running", "compensating", "completed", "compensated", "failed")
 PAGE_SIZE = 50
-# seconds between reloads of pages that change by themselves (overview, a running saga)
+# seconds between refreshes of what changes by itself (the overview's live part, a running
+# saga's page)
 REFRESH_S = 10
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-# no script runs and nothing loads from elsewhere: the pages are HTML, inline SVG and one sheet.
+# nothing loads from elsewhere and no inline script runs: the pages are HTML, inline SVG, one
+# sheet and one script of the console's own (console.js, which fetches the overview's part).
 # No page address leaves for another site (Referrer-Policy same-origin); `no-referrer` would make
 # browsers send `Origin: null` with the console's own forms, which the Origin check refuses.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+    "script-src 'self'; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
@@ -87,16 +91,18 @@ class Pages:
         return HTMLResponse(page, status_code=status)
 
     def overview(self, request: Request) -> Response:
+        """The overview: a page around its live part, which console.js refreshes."""
+        return self.render("overview.html", live=REFRESH_S, **self._overview())
+
+    def overview_live(self, request: Request) -> Response:
+        """The overview's live part alone, read now (an HTML fragment, no page around it)."""
+        page = self.env.get_template("overview_live.html").render(**self._overview())
+        return HTMLResponse(page)
+
+    def _overview(self) -> dict[str, Any]:
         found = self.reader.overview()
         charts = {t.saga: rate_svg(t.per_minute, SERIES) for t in found.types}
-        return self.render(
-            "overview.html",
-            overview=found,
-            charts=charts,
-            series=SERIES,
-            lags=self.reader.lags(),
-            refresh=REFRESH_S,
-        )
+        return {"overview": found, "charts": charts, "series": SERIES, "lags": self.reader.lags()}
 
     def sagas(self, request: Request) -> Response:
         query = _query(request, self.reader.topology.sagas)
@@ -288,6 +294,7 @@ def build_app(reader: ConsoleReader, host: str, actions: Actions | None = None) 
     )
     routes = writes + [
         Route("/", _guarded(pages, pages.overview)),
+        Route("/overview/live", _guarded(pages, pages.overview_live)),
         Route("/sagas", _guarded(pages, pages.sagas)),
         Route("/sagas/{saga}/{key:path}", _guarded(pages, pages.saga)),
         Route("/dlq", _guarded(pages, pages.dead_letters)),

@@ -35,12 +35,13 @@ def test_the_engine_schemas_and_the_demo_files_are_package_data() -> None:
     assert (ROOT / "handlers" / "topology.yaml").resolve() == (ROOT / "topology.yaml")
 
 
-def test_the_consoles_templates_and_style_sheet_are_package_data() -> None:
+def test_the_consoles_templates_style_sheet_and_script_are_package_data() -> None:
     patterns = SETUPTOOLS["package-data"]["sagastream.console"]
     folder = ROOT / "streams" / "console"
     shipped = {p for pattern in patterns for p in folder.glob(pattern)}
-    assert {p for p in folder.rglob("*") if p.suffix in (".html", ".css")} == shipped
+    assert {p for p in folder.rglob("*") if p.suffix in (".html", ".css", ".js")} == shipped
     assert folder / "templates" / "saga.html" in shipped
+    assert folder / "static" / "console.js" in shipped
 
 
 def test_every_setting_is_in_the_readmes_configuration_table() -> None:
