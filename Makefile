@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit integration tools lint broker-start broker-stop clean
+.PHONY: install demo demo-stop test unit integration tools lint broker-start broker-stop clean
 
 # The package `sagastream` maps onto streams/ and handlers/ (see pyproject.toml). A strict
 # editable install links each file into build/__editable__*, which mypy can follow; it is
@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml $(PACKAGE_DIRS) | $(BIN)/python
 
 install: $(STAMP)
 
+# the demo leaves a console on its sagas running (it prints where); `make demo-stop` ends it
 demo: install
-	$(BIN)/sagastream demo --orders 200
+	$(BIN)/sagastream demo --orders 200 --console
+
+demo-stop: install
+	$(BIN)/sagastream demo --stop
 
 # `make test` runs every test, unit and integration, in two passes: all but the `serial` ones
 # on TEST_WORKERS pytest-xdist workers, then the `serial` ones (they restart the broker the

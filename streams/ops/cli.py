@@ -136,9 +136,11 @@ def _topology_versions(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from sagastream.ops.demo import run_demo
+    from sagastream.ops.demo import run_demo, stop_demo
 
-    return run_demo(args.orders, args.seed, args.timeout, args.keep)
+    if args.stop:
+        return stop_demo(Settings())
+    return run_demo(args.orders, args.seed, args.timeout, args.keep, console=args.console)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -840,6 +842,14 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=42)
     d.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for outcomes")
     d.add_argument("--keep", action="store_true", help="keep the demo's topics and state")
+    d.add_argument(
+        "--console",
+        action="store_true",
+        help="leave a console on the run's sagas running (and its topics, broker and registry)",
+    )
+    d.add_argument(
+        "--stop", action="store_true", help="stop what --console left running, remove its run"
+    )
     d.set_defaults(func=_demo)
 
     _bench_parser(sub)

@@ -1,16 +1,20 @@
-"""`sagastream demo`: broker, topics, worker processes, N orders, and a table of outcomes."""
+"""`sagastream demo`: broker, topics, worker processes, N orders, and a table of outcomes; with
+`--console`, a console left running on the run's sagas, and `--stop` to end what it left."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,6 +29,10 @@ from sagastream.runtime.worker import parse_roles
 from sagastream.wire.registry import build_codec, redact_url
 
 OUTCOMES = ("SagaCompleted", "SagaCompensated", "SagaFailed")
+# under the data dir: what `demo --console` left running, for `demo --stop`
+LEFT_RUNNING = "demo-console.json"
+CONSOLE_START_S = 60.0
+CONSOLE_STOP_S = 20.0
 
 
 @dataclass
@@ -138,22 +146,26 @@ class WorkerSet:
 
 @dataclass
 class Infrastructure:
-    """A run's broker and registry (without a prefix), its topic prefix and what it registered."""
+    """A run's broker and registry (without a prefix), its topic prefix and what it registered,
+    and whether it started the broker and registry itself."""
 
     settings: Settings
     prefix: str
     subjects: list[Any] = field(default_factory=list)
+    started_broker: bool = False
+    started_registry: bool = False
 
 
 @contextlib.contextmanager
-def local_infrastructure(name: str, keep: bool, out: TextIO) -> Iterator[Infrastructure]:
+def local_infrastructure(
+    name: str, keep: bool, out: TextIO, leave_running: bool = False
+) -> Iterator[Infrastructure]:
     """The broker and registry of SAGASTREAM_* settings, else local ones started here; a prefix
     `<name>-<time>-` for the run; at the end its topics, stores, ledgers and subjects removed
-    (unless `keep`) and what was started here stopped."""
+    (unless `keep`) and what was started here stopped (unless `leave_running`: all is left for
+    a console to show, until `demo --stop`)."""
     from sagastream.local import kafka as localkafka
     from sagastream.local import registry as localregistry
-    from sagastream.ops.admin import delete_topics
-    from sagastream.wire.registry import Registry, delete_subjects
 
     def log(message: str) -> None:
         print(message, file=out, flush=True)
@@ -173,28 +185,58 @@ def local_infrastructure(name: str, keep: bool, out: TextIO) -> Iterator[Infrast
         examples = Path(str(resources.files("sagastream.examples")))
         update |= {"topology_file": examples / "topology.yaml", "schemas_dir": examples / "schemas"}
     settings = env_settings.model_copy(update=update)
-    infra = Infrastructure(settings, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-")
+    infra = Infrastructure(
+        settings,
+        f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-",
+        started_broker=started_broker,
+        started_registry=started_registry,
+    )
+    left = False
     try:
         yield infra
+        left = leave_running  # a run that failed leaves nothing running
     finally:
-        if not keep:
-            delete_topics(settings, infra.prefix)
-            for path in settings.data_dir.glob(f"{infra.prefix}*"):
-                shutil.rmtree(path, ignore_errors=True)
-            # the simulated services' idempotency ledgers (sagastream.examples.base.ledger_path)
-            for path in (settings.data_dir / "external").glob(f"{infra.prefix}*"):
-                path.unlink(missing_ok=True)
-            if not started_registry:
-                delete_subjects(Registry.for_settings(settings, str(registry_url)), infra.subjects)
-        if started_broker:
-            localkafka.stop(log=log)
-        if started_registry and keep:
-            log(
-                f"schema registry left running at {redact_url(str(registry_url))}: the kept topics' schema ids "
-                "live only in its memory (`sagastream registry stop` when done)"
-            )
-        elif started_registry:
-            localregistry.stop(log=log)
+        if not left:
+            _tear_down(infra, keep, log)
+
+
+def _tear_down(infra: Infrastructure, keep: bool, log: Callable[[str], None]) -> None:
+    """The run's topics, stores and subjects removed (unless `keep`), and the broker and
+    registry stopped if the run started them."""
+    from sagastream.local import kafka as localkafka
+    from sagastream.local import registry as localregistry
+
+    settings = infra.settings
+    if not keep:
+        remove_run(settings, infra.prefix, None if infra.started_registry else infra.subjects)
+    if infra.started_broker:
+        localkafka.stop(log=log)
+    if infra.started_registry and keep:
+        log(
+            f"schema registry left running at {redact_url(str(settings.schema_registry_url))}: "
+            "the kept topics' schema ids live only in its memory (`sagastream registry stop` "
+            "when done)"
+        )
+    elif infra.started_registry:
+        localregistry.stop(log=log)
+
+
+def remove_run(settings: Settings, prefix: str, subjects: list[Any] | None) -> None:
+    """A run's topics, stores and ledgers, and its registry subjects (None: leave them, in a
+    registry that is stopped anyway) removed."""
+    from sagastream.ops.admin import delete_topics
+    from sagastream.wire.registry import Registry, delete_subjects
+
+    delete_topics(settings, prefix)
+    for path in settings.data_dir.glob(f"{prefix}*"):
+        shutil.rmtree(path, ignore_errors=True)
+    # the simulated services' idempotency ledgers (sagastream.examples.base.ledger_path)
+    for path in (settings.data_dir / "external").glob(f"{prefix}*"):
+        path.unlink(missing_ok=True)
+    if subjects:
+        delete_subjects(
+            Registry.for_settings(settings, str(settings.schema_registry_url)), subjects
+        )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -287,10 +329,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run_demo(orders: int, seed: int, timeout: float, keep: bool, out: TextIO = sys.stdout) -> int:
-    """Run the order saga demo end to end; returns the exit code (non-zero if any saga is stuck)."""
-    with local_infrastructure("demo", keep, out) as infra:
-        return _run_orders(infra, orders, seed, timeout, out)
+def run_demo(
+    orders: int,
+    seed: int,
+    timeout: float,
+    keep: bool,
+    out: TextIO = sys.stdout,
+    console: bool = False,
+) -> int:
+    """Run the order saga demo end to end; returns the exit code (non-zero if any saga is stuck).
+    With `console`, the run's topics, the broker and the registry are left for a console on its
+    sagas, started last; `stop_demo` ends them."""
+    if console:
+        stop_demo(Settings(), out, quiet=True)  # one demo console at a time: the last one's
+    with local_infrastructure("demo", keep, out, leave_running=console) as infra:
+        code = _run_orders(infra, orders, seed, timeout, out)
+        if console:
+            left = start_console(infra, out)
+            print("\n".join(console_lines(left)), file=out)
+    return code
 
 
 def _run_orders(infra: Infrastructure, orders: int, seed: int, timeout: float, out: TextIO) -> int:
@@ -409,3 +466,123 @@ def _report(
             f"  {unexpected} sagas ended differently from what their order was built for", file=out
         )
     return 1 if stuck or unexpected else 0
+
+
+# ------------------------------------------------------------------------- the demo's console
+
+
+@dataclass(frozen=True)
+class LeftRunning:
+    """What `demo --console` left running: the console's process and address, the run's topic
+    prefix, broker, registry and subjects (none kept when the demo's own registry is stopped
+    with it), and whether the demo started the broker and registry (`--stop` stops them)."""
+
+    pid: int
+    address: str
+    prefix: str
+    bootstrap: str
+    registry_url: str
+    subjects: list[str]
+    started_broker: bool
+    started_registry: bool
+
+
+def console_lines(left: LeftRunning) -> list[str]:
+    """What the demo prints last: where its console is, and how to stop it."""
+    started = left.started_broker or left.started_registry
+    also = ", and stops the local broker and registry it started" if started else ""
+    return [
+        "",
+        f"  console: {left.address}  (this run's sagas, topic prefix {left.prefix})",
+        f"  stop it: make demo-stop (sagastream demo --stop; it removes the run's topics{also})",
+    ]
+
+
+def start_console(infra: Infrastructure, out: TextIO) -> LeftRunning:
+    """`sagastream console` on the run's sagas, in a session of its own (it outlives the demo),
+    at SAGASTREAM_CONSOLE_PORT (8089); recorded under the data dir for `stop_demo`. An error
+    with the console's words if it does not listen."""
+    settings = infra.settings.model_copy(update={"topic_prefix": infra.prefix})
+    log_path = settings.data_dir / "demo-logs" / f"{infra.prefix}console.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sagastream.ops.cli", "console"],
+            env={**os.environ, **settings_env(settings)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    left = LeftRunning(
+        pid=proc.pid,
+        address=_listening(proc, log_path),
+        prefix=infra.prefix,
+        bootstrap=settings.bootstrap_servers,
+        registry_url=str(settings.schema_registry_url),
+        subjects=[] if infra.started_registry else [s.name for s in infra.subjects],
+        started_broker=infra.started_broker,
+        started_registry=infra.started_registry,
+    )
+    (settings.data_dir / LEFT_RUNNING).write_text(json.dumps(dataclasses.asdict(left)))
+    return left
+
+
+def _listening(proc: subprocess.Popen[bytes], log_path: Path) -> str:
+    """The console's address once it says it listens."""
+    deadline = time.monotonic() + CONSOLE_START_S
+    while not (found := re.search(r" on (http://\S+/)", log_path.read_text(errors="replace"))):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop_console(proc.pid)
+            raise SagastreamError(
+                f"the demo's console did not start; its log ({log_path}) ends:\n"
+                f"{log_path.read_text(errors='replace')[-2000:]}\nIf another process has its "
+                "port, set SAGASTREAM_CONSOLE_PORT to a free one"
+            )
+        time.sleep(0.2)
+    return found.group(1)
+
+
+def stop_demo(settings: Settings, out: TextIO = sys.stdout, quiet: bool = False) -> int:
+    """End what `demo --console` left running: its console, the run's topics, stores and
+    subjects, and the broker and registry if the demo started them."""
+    from sagastream.local import kafka as localkafka
+    from sagastream.local import registry as localregistry
+    from sagastream.wire.registry import Registry, delete_subject_names
+
+    record = settings.data_dir / LEFT_RUNNING
+    if not record.is_file():
+        if not quiet:
+            print(f"no demo console is running (none recorded in {record})", file=out)
+        return 0
+    left = LeftRunning(**json.loads(record.read_text()))
+    _stop_console(left.pid)
+    run = settings.model_copy(
+        update={"bootstrap_servers": left.bootstrap, "schema_registry_url": left.registry_url}
+    )
+    remove_run(run, left.prefix, None)
+    if left.subjects:
+        delete_subject_names(Registry.for_settings(run, left.registry_url), left.subjects)
+    if left.started_broker:
+        localkafka.stop(log=lambda m: print(m, file=out))
+    if left.started_registry:
+        localregistry.stop(log=lambda m: print(m, file=out))
+    record.unlink()
+    print(f"stopped the demo's console ({left.address}); removed the run {left.prefix}", file=out)
+    return 0
+
+
+def _stop_console(pid: int) -> None:
+    """SIGTERM the console's session and wait for it to end; only if that pid still is a
+    console (it may have ended, and its pid gone to another process)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    if b"sagastream.ops.cli" not in argv or b"console" not in argv:
+        return
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + CONSOLE_STOP_S
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if Path(f"/proc/{pid}").exists():
+        os.killpg(pid, signal.SIGKILL)

@@ -373,8 +373,13 @@ def check_subjects(registry: Registry, subjects: Iterable[Subject]) -> list[Outc
 
 def delete_subjects(registry: Registry, subjects: Iterable[Subject]) -> None:
     """Delete the subjects for good, concurrently (demo and test clean-up)."""
+    delete_subject_names(registry, [subject.name for subject in subjects])
+
+
+def delete_subject_names(registry: Registry, names: Iterable[str]) -> None:
+    """Delete the subjects of these names for good, concurrently."""
     with ThreadPoolExecutor(max_workers=_CONCURRENT_REQUESTS) as pool:
-        list(pool.map(lambda subject: registry.delete(subject.name), subjects))
+        list(pool.map(registry.delete, names))
 
 
 def _per_subject(subjects: Iterable[Subject], work: Callable[[Subject], Outcome]) -> list[Outcome]:
