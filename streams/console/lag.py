@@ -123,38 +123,53 @@ def read_role_lags(settings: Settings, topology: Topology) -> list[RoleLag]:
     consumer = kafka_io.reader(settings, "console-lag", **PROBE_CONFIG)
     try:
         ends = input_ends(consumer, [t for topics in inputs.values() for t in topics])
-        return [
-            _read_role(
-                RoleReading(role, groups[role], described[groups[role]], admin, consumer),
+        readings = {
+            role: _read_group(
+                admin,
+                groups[role],
+                described[groups[role]],
                 {tp: end for tp, end in ends.items() if tp[0] in topics},
             )
             for role, topics in inputs.items()
-        ]
+        }
+        left = probe(consumer, {role: r.offsets for role, r in readings.items()})
     finally:
         consumer.close()
+    return [_role_lag(role, groups[role], r, left[role]) for role, r in readings.items()]
 
 
 @dataclass(frozen=True)
-class RoleReading:
-    """What one role's lag is read with: its group, the group's description asked for, the
-    admin client and the probing consumer."""
+class GroupReading:
+    """One group as read: its members and its input partitions' offsets, or why it could not
+    be read."""
 
-    role: str
-    group: str
-    described: Future[Any]
-    admin: AdminClient
-    consumer: Consumer
+    members: int
+    offsets: list[PartitionOffsets]
+    problem: str | None = None
 
 
-def _read_role(r: RoleReading, ends: Mapping[Partition, tuple[int, int]]) -> RoleLag:
+def _read_group(
+    admin: AdminClient,
+    group: str,
+    described: Future[Any],
+    ends: Mapping[Partition, tuple[int, int]],
+) -> GroupReading:
     try:
-        members = len(r.described.result().members)
-        committed = committed_offsets(r.admin, r.group, list(ends)) if ends else {}
+        members = len(described.result().members)
+        committed = committed_offsets(admin, group, list(ends)) if ends else {}
     except KafkaException as exc:  # not allowed to describe the group, say: show why
-        problem = f"cannot read group {r.group}: {exc.args[0].str()}"
-        return RoleLag(r.role, r.group, 0, None, len(ends), len(ends), problem)
-    offsets = [PartitionOffsets(*tp, *ends[tp], committed.get(tp)) for tp in ends]
-    return role_lag(r.role, r.group, members, probed(r.consumer, offsets))
+        unread = [PartitionOffsets(*tp, *ends[tp], None) for tp in ends]
+        return GroupReading(0, unread, f"cannot read group {group}: {exc.args[0].str()}")
+    return GroupReading(
+        members, [PartitionOffsets(*tp, *ends[tp], committed.get(tp)) for tp in ends]
+    )
+
+
+def _role_lag(role: str, group: str, r: GroupReading, left: set[Partition]) -> RoleLag:
+    if r.problem is not None:
+        return RoleLag(role, group, 0, None, len(r.offsets), len(r.offsets), r.problem)
+    offsets = [replace(o, records_left=(o.topic, o.partition) in left) for o in r.offsets]
+    return role_lag(role, group, r.members, offsets)
 
 
 def input_ends(consumer: Consumer, topics: Iterable[str]) -> dict[Partition, tuple[int, int]]:
@@ -169,12 +184,29 @@ def input_ends(consumer: Consumer, topics: Iterable[str]) -> dict[Partition, tup
     }
 
 
-def probed(consumer: Consumer, offsets: list[PartitionOffsets]) -> list[PartitionOffsets]:
-    """The offsets, each partition that seems behind read from its start: no committed record
-    before its end, and it has none left."""
-    behind = {(o.topic, o.partition): (o.start, o.high) for o in offsets if o.high > o.start}
-    left = records_left(consumer, behind)
-    return [replace(o, records_left=(o.topic, o.partition) in left) for o in offsets]
+def probe(
+    consumer: Consumer, offsets: Mapping[str, list[PartitionOffsets]]
+) -> dict[str, set[Partition]]:
+    """For each group (by role), its partitions that seem behind and hold a committed record
+    past its start. Read together, in one round unless two groups share a partition."""
+    rounds: list[dict[str, dict[Partition, tuple[int, int]]]] = []
+    for role, found in offsets.items():
+        behind = {(o.topic, o.partition): (o.start, o.high) for o in found if o.high > o.start}
+        room = next(
+            (r for r in rounds if not any(behind.keys() & t.keys() for t in r.values())), None
+        )
+        if room is None:
+            room = {}
+            rounds.append(room)
+        room[role] = behind
+    left: dict[str, set[Partition]] = {role: set() for role in offsets}
+    for chosen in rounds:
+        seen = records_left(
+            consumer, {tp: r for ranges in chosen.values() for tp, r in ranges.items()}
+        )
+        for role, ranges in chosen.items():
+            left[role] = seen & ranges.keys()
+    return left
 
 
 def records_left(consumer: Consumer, ranges: Mapping[Partition, tuple[int, int]]) -> set[Partition]:

@@ -4,7 +4,9 @@ transaction marker a caught-up group stays short of, and a group that never comm
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from sagastream.console import lag
 from sagastream.console.lag import PartitionOffsets, role_inputs, role_lag
 from sagastream.core.topology import load_topology
 from sagastream.runtime.settings import Settings
@@ -60,3 +62,28 @@ def test_each_role_reads_the_topics_its_group_commits_on() -> None:
     assert inputs["orchestrator"] == [f"live-{t}" for t in topology.orchestrator_inputs()]
     for role, spec in topology.handlers.items():
         assert inputs[role] == [f"p-{spec.consumes}"]
+
+
+def test_groups_are_probed_together_unless_they_share_a_partition(monkeypatch: Any) -> None:
+    """One read for every group's partitions that seem behind; a partition two groups read (from
+    different offsets) goes to a second read. What each read finds goes back to its group."""
+    reads: list[dict[tuple[str, int], tuple[int, int]]] = []
+
+    def read(consumer: object, ranges: dict[tuple[str, int], tuple[int, int]]) -> set[Any]:
+        reads.append(dict(ranges))
+        return {tp for tp, (start, _) in ranges.items() if start < 5}  # records left below 5
+
+    monkeypatch.setattr(lag, "records_left", read)
+    found = lag.probe(
+        None,  # type: ignore[arg-type] - the read is faked
+        {
+            "orchestrator": [PartitionOffsets("events", 0, 0, 10, 2)],
+            "payment": [
+                PartitionOffsets("cmds", 0, 0, 10, 9),
+                PartitionOffsets("cmds", 1, 0, 4, 4),
+            ],
+            "audit": [PartitionOffsets("events", 0, 0, 10, 7)],
+        },
+    )
+    assert reads == [{("events", 0): (2, 10), ("cmds", 0): (9, 10)}, {("events", 0): (7, 10)}]
+    assert found == {"orchestrator": {("events", 0)}, "payment": set(), "audit": set()}
