@@ -223,6 +223,9 @@ def _reader(grants: _Grants, settings: Settings, topology: Topology) -> None:
         _all_topics(settings, topology), ["READ"], "saga show/list, dlq list/show read them"
     )
     grants.add("GROUP", reader_group(settings), "PREFIXED", "READ", "the tools' reader groups")
+    for role in [ORCHESTRATOR, *topology.handlers]:
+        why = "the console's consumer lag: its members and committed offsets"
+        grants.add("GROUP", settings.group(role), "LITERAL", "DESCRIBE", why)
 
 
 def _operator_writes(grants: _Grants, settings: Settings, topology: Topology) -> None:

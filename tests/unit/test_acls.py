@@ -45,6 +45,13 @@ def test_a_handler_reads_its_commands_and_writes_its_results_and_dlq_only() -> N
 
 def test_the_read_only_operator_writes_nothing_and_the_operator_signals() -> None:
     assert not topics("operator-readonly", "WRITE")
+    # the console's lag per role: each worker group described, never joined or committed to
+    for role in ("operator", "operator-readonly"):
+        described = {n for kind, n, _, op in grants(role) if kind == "GROUP" and op == "DESCRIBE"}
+        assert described == {f"p-shop-{r}" for r in ["orchestrator", *TOPOLOGY.handlers]}
+        assert not {n for kind, n, _, op in grants(role) if kind == "GROUP" and op == "READ"} & (
+            described
+        )
     assert "p-sagas.signals" in topics("operator", "WRITE")
     # a redrive goes back to a topic someone consumes, never to an output like the lifecycle
     assert "p-sagas.lifecycle" not in topics("operator", "WRITE")
