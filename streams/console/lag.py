@@ -21,13 +21,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from sagastream.core.topology import Topology
+from sagastream.ops.acls import READONLY
 from sagastream.ops.admin import admin_client
 from sagastream.ops.replay import committed_offsets, role_topics
 from sagastream.runtime import kafka_io
+from sagastream.runtime.kafka_io import refused
 from sagastream.runtime.settings import Settings
 from sagastream.runtime.worker import ORCHESTRATOR
 
@@ -125,6 +127,7 @@ def read_role_lags(settings: Settings, topology: Topology) -> list[RoleLag]:
         ends = input_ends(consumer, [t for topics in inputs.values() for t in topics])
         readings = {
             role: _read_group(
+                settings,
                 admin,
                 groups[role],
                 described[groups[role]],
@@ -149,6 +152,7 @@ class GroupReading:
 
 
 def _read_group(
+    settings: Settings,
     admin: AdminClient,
     group: str,
     described: Future[Any],
@@ -159,10 +163,17 @@ def _read_group(
         committed = committed_offsets(admin, group, list(ends)) if ends else {}
     except KafkaException as exc:  # not allowed to describe the group, say: show why
         unread = [PartitionOffsets(*tp, *ends[tp], None) for tp in ends]
-        return GroupReading(0, unread, f"cannot read group {group}: {exc.args[0].str()}")
+        return GroupReading(0, unread, unreadable(settings, group, exc.args[0]))
     return GroupReading(
         members, [PartitionOffsets(*tp, *ends[tp], committed.get(tp)) for tp in ends]
     )
+
+
+def unreadable(settings: Settings, group: str, error: KafkaError) -> str:
+    """Why a group's lag is not shown: a refusal names the principal and the ACLs to grant."""
+    if error.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+        return refused(settings, "DESCRIBE", f"group {group}", READONLY)
+    return f"cannot read group {group}: {error.str()}"
 
 
 def _role_lag(role: str, group: str, r: GroupReading, left: set[Partition]) -> RoleLag:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaError
+
 from sagastream.console import lag
 from sagastream.console.lag import PartitionOffsets, role_inputs, role_lag
 from sagastream.core.topology import load_topology
@@ -87,3 +89,13 @@ def test_groups_are_probed_together_unless_they_share_a_partition(monkeypatch: A
     )
     assert reads == [{("events", 0): (2, 10), ("cmds", 0): (9, 10)}, {("events", 0): (7, 10)}]
     assert found == {"orchestrator": {("events", 0)}, "payment": set(), "audit": set()}
+
+
+def test_a_group_the_console_may_not_describe_names_the_acls_to_grant() -> None:
+    settings = Settings(sasl_username="viewer")
+    refusal = KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED)
+    said = lag.unreadable(settings, "shop-payment", refusal)
+    assert said.startswith("User:viewer is not allowed DESCRIBE on group shop-payment")
+    assert "`sagastream acls --role operator-readonly`" in said
+    other = lag.unreadable(settings, "shop-payment", KafkaError(KafkaError._TIMED_OUT))
+    assert other.startswith("cannot read group shop-payment: ")
