@@ -17,7 +17,7 @@ from sagastream.ops.admin import admin_client
 from sagastream.ops.demo import LEFT_RUNNING
 from tests.integration.helpers import free_port, http_get
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.once]  # the demo command's plumbing
 
 ROOT = Path(__file__).resolve().parents[2]
 
