@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
@@ -121,6 +122,13 @@ class Console:
         return [e.text for e in self.driver.find_elements(By.CSS_SELECTOR, css)]
 
     def text(self, css: str) -> str:
+        """The element's text; found again if the overview's live part was swapped in between
+        (console.js replaces it every few seconds)."""
+        for _ in range(3):
+            try:
+                return self.driver.find_element(By.CSS_SELECTOR, css).text
+            except StaleElementReferenceException:
+                continue
         return self.driver.find_element(By.CSS_SELECTOR, css).text
 
     def click(self, css: str) -> None:
