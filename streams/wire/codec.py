@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
+import fastavro._read
+import fastavro._write
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import SchemaParseException, UnknownType
@@ -337,14 +339,11 @@ class AvroCodec:
         header, schema = writer
         if self._validate:
             _raise_if_invalid(event_type, schema, record)
-        out = io.BytesIO()
-        out.write(header)
         try:
-            schemaless_writer(out, schema, record, strict_allow_default=True)
+            return _write_body(header, schema, record)
         except Exception as exc:
             _raise_if_invalid(event_type, schema, record)
             raise EncodeError(event_type, None, f"{type(exc).__name__}: {exc}") from exc
-        return out.getvalue()
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
         """Return (event_type, record) from one message; raises DecodeError with a reason.
@@ -385,7 +384,7 @@ class AvroCodec:
         body = io.BytesIO(data)
         body.seek(_HEADER.size)
         try:
-            record = cast(dict[str, Any], schemaless_reader(body, writer, reader))
+            record = _read_body(body, writer, reader)
         except Exception as exc:
             self._raise_if_mismatch(data, schema_id, event_type)
             if isinstance(exc, SchemaResolutionError):
@@ -608,6 +607,54 @@ def _random_hex(nbytes: int) -> str:
         value = f"{_IDS.getrandbits(nbytes * 8):0{nbytes * 2}x}"
         if value.strip("0"):  # all-zero ids are invalid in W3C Trace Context
             return value
+
+
+# fastavro's schemaless_writer and schemaless_reader parse their schema again on every call,
+# which for a parsed one still copies its named-schema dict: every record of the engine's and
+# the project's schemas, tens of entries, for each event. With fastavro's compiled module (its
+# version is pinned) a parsed schema is written and read directly, as those functions do next.
+def _compiled(module: Any, name: str) -> Any:
+    """A function of fastavro's compiled module (not in its stubs); None if pure Python."""
+    return getattr(module, name, None) if getattr(module, "CYTHON_MODULE", False) else None
+
+
+_WRITE_DATA = _compiled(fastavro._write, "write_data")
+_READ_DATA = _compiled(fastavro._read, "_read_data")
+_WRITE_OPTIONS = {"strict": False, "strict_allow_default": True, "disable_tuple_notation": False}
+_READ_OPTIONS = {
+    "return_record_name": False,
+    "return_record_name_override": False,
+    "handle_unicode_errors": "strict",
+    "return_named_type": False,
+    "return_named_type_override": False,
+}
+
+
+def _write_body(header: bytes, schema: ParsedSchema, record: Mapping[str, Any]) -> bytes:
+    """`header` followed by `record` written with `schema` (parsed), as schemaless_writer
+    with strict_allow_default would: a field missing without a default is refused."""
+    if _WRITE_DATA is None:
+        out = io.BytesIO(header)
+        out.seek(len(header))
+        schemaless_writer(out, schema, record, strict_allow_default=True)
+        return out.getvalue()
+    buffer = bytearray(header)
+    _WRITE_DATA(buffer, record, schema, schema["__named_schemas"], "", _WRITE_OPTIONS)
+    return bytes(buffer)
+
+
+def _read_body(
+    body: io.BytesIO, writer: ParsedSchema, reader: ParsedSchema | None
+) -> dict[str, Any]:
+    """A record read from `body` with the parsed `writer` schema, resolved to the parsed
+    `reader` one if given, as schemaless_reader would."""
+    if _READ_DATA is None:
+        return cast(dict[str, Any], schemaless_reader(body, writer, reader))
+    named = {
+        "writer": writer["__named_schemas"],
+        "reader": {} if reader is None else reader["__named_schemas"],
+    }
+    return cast(dict[str, Any], _READ_DATA(body, writer, named, reader, _READ_OPTIONS))
 
 
 def _read_sources(directory: Path) -> dict[str, tuple[Path, dict[str, Any]]]:

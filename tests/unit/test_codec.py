@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from sagastream.runtime.settings import Settings
+from sagastream.wire import codec as codec_module
 from sagastream.wire.codec import (
     AvroCodec,
     DecodeError,
@@ -420,6 +421,24 @@ def test_derived_envelopes_encode() -> None:
     child = derive_meta(derive_meta(root, "ChargePayment", "o"), "PaymentFailed", "payments")
     record = {"meta": child, "order_id": "order-1", "reason": "card declined"}
     assert CODEC.decode(CODEC.encode("PaymentFailed", record)) == ("PaymentFailed", record)
+
+
+def test_the_compiled_path_writes_and_reads_as_fastavros_public_functions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsed schemas are written and read with fastavro's compiled functions directly (not
+    re-parsed per call); the bytes and records are those of schemaless_writer/reader."""
+    assert codec_module._WRITE_DATA is not None and codec_module._READ_DATA is not None
+    v2 = _store_with(tmp_path, "OrderPlaced", _add_gift_note)
+    ids, record = FixedIds({"OrderPlaced": 1}, STORE), order_placed()
+    data = AvroCodec(STORE, ids).encode("OrderPlaced", record)
+    resolved = AvroCodec(v2, ids).decode(data)
+    plain = CODEC.encode("OrderPlaced", record)
+    monkeypatch.setattr(codec_module, "_WRITE_DATA", None)
+    monkeypatch.setattr(codec_module, "_READ_DATA", None)
+    assert AvroCodec(STORE, ids).encode("OrderPlaced", record) == data
+    assert AvroCodec(v2, ids).decode(data) == resolved
+    assert AvroCodec(STORE, IDS).decode(plain) == CODEC.decode(plain)
 
 
 # schema evolution: the writer's schema resolved to the reader's
