@@ -264,10 +264,29 @@ class Metrics:
         metrics.registry_up.labels(role).set(1)
         return metrics
 
-    def produced_many(self, role: str, event_types: list[str]) -> None:
-        """Count a decision's outputs (one call per decision, not per event)."""
-        for event_type in event_types:
-            self.produced.labels(role, event_type).inc()
+
+class Tally:
+    """Counter increments gathered over a transaction, then counted once per label set: one
+    `inc(n)` each at `flush`, through labelled children looked up once and kept (the labels
+    are bounded: roles, event types), instead of `labels().inc()` per event."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[Counter, tuple[str, ...]], int] = {}
+        self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
+
+    def add(self, counter: Counter, *labels: str, n: int = 1) -> None:
+        key = (counter, labels)
+        self._pending[key] = self._pending.get(key, 0) + n
+
+    def flush(self) -> None:
+        """Count what was added since the last flush."""
+        for key, n in self._pending.items():
+            child = self._children.get(key)
+            if child is None:
+                counter, labels = key
+                child = self._children[key] = counter.labels(*labels)
+            child.inc(n)
+        self._pending.clear()
 
 
 class LifecycleMetrics:

@@ -68,7 +68,7 @@ from sagastream.runtime.inputs import (
 from sagastream.runtime.kafka_io import AUTHORIZATION_CODES, read_refused, refused
 from sagastream.runtime.lag import ConsumerLag
 from sagastream.runtime.limits import RecordLimits, RecordTooLarge, check_fits
-from sagastream.runtime.metrics import LifecycleMetrics, Metrics
+from sagastream.runtime.metrics import LifecycleMetrics, Metrics, Tally
 from sagastream.runtime.outputs import Encoder, now_ms
 from sagastream.runtime.ownership import Ownership, ownership
 from sagastream.runtime.restore import restore
@@ -197,6 +197,11 @@ class Orchestrator:
         # and by saga and status (running or compensating)
         self.statuses: dict[int, dict[tuple[str, str], int]] = {}
         self._lifecycle = LifecycleMetrics(metrics)
+        # counted once per transaction: its counters, and the (saga, shape)s and (saga,
+        # status)es whose running sagas it changed
+        self.tally = Tally()
+        self._versions_changed: set[tuple[str, str | None]] = set()
+        self._statuses_changed: set[tuple[str, str]] = set()
         self.tracer = tracing.tracer(f"{settings.app_id}-orchestrator")
         self._waits = Waiting(metrics.sagas_waiting, metrics.oldest_waiting)
         self.book = book or DefinitionBook(settings, topology, schemas)
@@ -385,7 +390,7 @@ class Orchestrator:
             self._wait_for_registry(msg, got)
             return
         if isinstance(got, Decoded):
-            self.metrics.consumed.labels(ROLE, got.event_type).inc()
+            self.tally.add(self.metrics.consumed, ROLE, got.event_type)
         self.health.input_read(where[:1])
         self.health.registry_back(where)
         if self._failures.pop(where, None) is not None and not self._failures:
@@ -507,7 +512,8 @@ class Orchestrator:
             ckpt.keep_trail(key, audit)
         for rec in out:
             ckpt.produce(rec)
-        self.metrics.produced_many(ROLE, [c.event_type for c in decision.commands])
+        for c in decision.commands:
+            self.tally.add(self.metrics.produced, ROLE, c.event_type)
         if new is not None:
             self._lifecycle.noted(new.saga, decision.lifecycle, new.steps)
         self._observe(spec, state, decision, incoming, now, msg)
@@ -633,19 +639,17 @@ class Orchestrator:
     def _count_running(self, partition: int, version: tuple[str, str | None], delta: int) -> None:
         counts = self.running.setdefault(partition, {})
         counts[version] = counts.get(version, 0) + delta
-        self._show_running({version})
+        self._versions_changed.add(version)
 
     def _count_status(self, partition: int, old: SagaState | None, new: SagaState | None) -> None:
-        """sagastream_sagas_running after a saga's status changed (it started, began
-        compensating or ended)."""
+        """sagastream_sagas_running (shown once the transaction ended) after a saga's status
+        changed: it started, began compensating or ended."""
         counts = self.statuses.setdefault(partition, {})
-        changed = []
         for state, delta in ((old, -1), (new, 1)):
             status = _status_of(state)
             if state is not None and status is not None:
                 counts[state.saga, status] = counts.get((state.saga, status), 0) + delta
-                changed.append((state.saga, status))
-        self._show_statuses(changed)
+                self._statuses_changed.add((state.saga, status))
 
     def _show_statuses(self, pairs: Iterable[tuple[str, str]]) -> None:
         """sagastream_sagas_running for these (saga, status)es, over every store."""
@@ -792,7 +796,7 @@ class Orchestrator:
                     if state is not None and state.expires == due_ms:
                         ckpt.begin()
                         ckpt.put_state(partition, store, key, state, None, None)
-                        self.metrics.timers_fired.labels(EXPIRY).inc()
+                        self.tally.add(self.metrics.timers_fired, EXPIRY)
                     continue
                 if state is None or state.timers.get(timer) != due_ms:
                     continue  # disarmed, or fired already in this transaction
@@ -830,7 +834,7 @@ class Orchestrator:
                     letter = self._letter(None, fired, partition, rejected)
                     self._dead_letter(letter, rejected, None)
                     continue
-                self.metrics.timers_fired.labels(kind).inc()
+                self.tally.add(self.metrics.timers_fired, kind)
 
     def _timer_limits(self, now: int) -> dict[int, int | None]:
         """Per store partition, the latest due time that may fire now (None: none yet)."""
@@ -916,8 +920,22 @@ class Orchestrator:
         if not ckpt.open:
             return
         self._flush_trail()
-        if not commit_counted(ckpt, consumer, self.metrics, self.health, timeout):
+        committed = commit_counted(ckpt, consumer, self.metrics, self.health, timeout)
+        self._show_counts()
+        if not committed:
             self._rewind()
+
+    def _show_counts(self) -> None:
+        """The metrics of the transaction that just ended, once for all its decisions: its
+        counters, and the gauges of the sagas it started, moved, paused at a step or ended."""
+        self.tally.flush()
+        if self._versions_changed:
+            self._show_running(self._versions_changed)
+            self._versions_changed = set()
+        if self._statuses_changed:
+            self._show_statuses(self._statuses_changed)
+            self._statuses_changed = set()
+        self._waits.flush()
 
     def _flush_trail(self) -> None:
         ckpt = self._ckpt
@@ -925,7 +943,7 @@ class Orchestrator:
         for _, record in ckpt.trail.values():
             ckpt.produce(record)
         if ckpt.trail:
-            self.metrics.produced_many(ROLE, [LIFECYCLE_EVENT] * len(ckpt.trail))
+            self.tally.add(self.metrics.produced, ROLE, LIFECYCLE_EVENT, n=len(ckpt.trail))
 
     def _rewind(self) -> None:
         """After an abort: every assigned partition back to its committed offset."""

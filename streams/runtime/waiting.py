@@ -6,7 +6,8 @@ counts them; `sagastream_saga_oldest_waiting_seconds{saga,step}` is the age of t
 wait, computed when Prometheus scrapes.
 
 Kept incrementally: a store's waits are read once when it is restored, then each decision
-that changes a saga's waiting steps adds or removes its key. Within one (partition, saga,
+that changes a saga's waiting steps adds or removes its key; the gauges of the (saga, step)s
+it changed follow at `flush`, once per transaction. Within one (partition, saga,
 step) keys are kept in the order they began waiting, so the oldest is the first: no scan per
 event or per scrape beyond one entry per partition.
 """
@@ -58,6 +59,7 @@ class Waiting:
         # partition -> (saga, step) -> {saga key: since (epoch ms)}, oldest first
         self._waits: dict[int, dict[SagaStep, dict[str, int]]] = {}
         self._shown: set[SagaStep] = set()
+        self._changed: set[SagaStep] = set()  # by decisions, since the last flush
 
     def restored(self, partition: int, waits: Iterable[Wait]) -> None:
         """A store's waits (`waits_of` each of its states), read once after its restore."""
@@ -72,22 +74,28 @@ class Waiting:
     def decided(
         self, partition: int, old: SagaState | None, new: SagaState | None, now: int
     ) -> None:
-        """One decision's change of a saga's waiting steps (after its transaction commits)."""
+        """One decision's change of a saga's waiting steps (after its transaction commits);
+        its gauges follow at the next `flush`."""
         before, after = waiting_steps(old), waiting_steps(new)
         waits = self._waits.setdefault(partition, {})
-        changed = []
+        changed = self._changed
         for step in before - after:
             assert old is not None
             keys = waits.get((old.saga, step), {})
             keys.pop(old.key, None)
-            changed.append((old.saga, step))
+            changed.add((old.saga, step))
         for step in after - before:
             assert new is not None
             keys = waits.setdefault((new.saga, step), {})
             keys.pop(new.key, None)  # a key that waits again goes to the end
             keys[new.key] = _since(new, step, now)
-            changed.append((new.saga, step))
-        self._show(changed)
+            changed.add((new.saga, step))
+
+    def flush(self) -> None:
+        """The gauges of what the decisions since the last flush changed."""
+        if self._changed:
+            self._show(self._changed)
+            self._changed = set()
 
     def dropped(self, partitions: Iterable[int]) -> None:
         """Partitions revoked or lost: their waits are another member's now."""

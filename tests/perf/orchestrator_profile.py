@@ -1,9 +1,9 @@
 """A repeatable microbenchmark of the orchestrator's per-saga work, without a broker.
 
-N order sagas run through `Orchestrator._handle` and `Checkpoint.commit`, the code path of the
-loop (decode, decide, encode state and outputs, metrics, store), on a fake producer and real
-RocksDB stores (`--memory`: in-memory ones). A fake handler answers every command with its
-success event between rounds; only the orchestrator's part is timed, in CPU time
+N order sagas run through `Orchestrator._handle` and `_commit`, the code path of the loop
+(decode, decide, encode state and outputs, metrics, store), on a fake producer and real RocksDB
+stores (`--memory`: in-memory ones). A fake handler answers every command with its success
+event between rounds; only the orchestrator's part is timed, in CPU time
 (time.process_time: the machine is shared), repeated and reported as the median.
 
 Run: .venv/bin/python -m tests.perf.orchestrator_profile [--sagas N] [--repeat 5] [--profile 25]
@@ -63,17 +63,13 @@ class Run:
 
     def feed(self, inputs: list[Record]) -> None:
         """Decide these inputs, committing every BATCH as the loop does under load; timed."""
-        orchestrator, ckpt = self.orchestrator, self.orchestrator._ckpt
-        assert ckpt is not None
-        consumer = FakeConsumer()
+        orchestrator = self.orchestrator
         started = time.process_time()
         for i, msg in enumerate(inputs, 1):
             orchestrator._handle(msg)  # type: ignore[arg-type]
             if i % BATCH == 0:
-                orchestrator._flush_trail()
-                ckpt.commit(consumer)  # type: ignore[arg-type]
-        orchestrator._flush_trail()
-        ckpt.commit(consumer)  # type: ignore[arg-type]
+                orchestrator._commit()
+        orchestrator._commit()
         self.cpu += time.process_time() - started
 
     def message(self, topic: str, key: bytes, value: bytes) -> Record:
@@ -119,6 +115,7 @@ def build(data_dir: Path, memory: bool) -> Run:
     orchestrator = Orchestrator(settings, topology, schemas, codec, Metrics.create("bench"))
     producer = FakeProducer()
     orchestrator._ckpt = Checkpoint(producer, settings.changelog_topic())  # type: ignore[arg-type]
+    orchestrator._consumer = FakeConsumer()  # type: ignore[assignment]
     stores: dict[int, PartitionStore] = {
         p: MemoryStore() if memory else RocksStore(data_dir / f"p{p}") for p in range(PARTITIONS)
     }

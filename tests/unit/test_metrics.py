@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from sagastream.core.state import StepState
-from sagastream.runtime.metrics import CHANGE_OF_NOTE, LifecycleMetrics, Metrics
+from sagastream.runtime.metrics import CHANGE_OF_NOTE, LifecycleMetrics, Metrics, Tally
 from tests.unit.test_handler_loop import FakeConsumer, charge, charged, eventually, running
 
 
@@ -51,6 +51,35 @@ def test_a_step_that_ends_observes_its_attempts_by_result():
     assert value(metrics, f"{attempts}_bucket", **ok, le="3.0") == 1
     failed = {"saga": "order", "step": "stock", "result": "failed"}
     assert value(metrics, f"{attempts}_count", **failed) == 1
+
+
+def test_a_tally_counts_once_per_label_set_when_flushed(monkeypatch: Any) -> None:
+    metrics = Metrics.create("orchestrator", CollectorRegistry())
+    looked_up: list[tuple[str, ...]] = []
+    real = metrics.consumed.labels
+    monkeypatch.setattr(metrics.consumed, "labels", lambda *ls: looked_up.append(ls) or real(*ls))
+    tally = Tally()
+    for event_type in ["OrderPlaced", "PaymentCharged", "OrderPlaced"]:
+        tally.add(metrics.consumed, "orchestrator", event_type)
+    tally.add(metrics.produced, "orchestrator", "SagaLifecycle", n=5)
+
+    def consumed(event_type: str) -> Any:
+        labels = {"role": "orchestrator", "event_type": event_type}
+        return metrics.registry.get_sample_value("sagastream_events_consumed_total", labels)
+
+    assert consumed("OrderPlaced") is None  # nothing counted before the flush
+    tally.flush()
+    tally.add(metrics.consumed, "orchestrator", "OrderPlaced")
+    tally.flush()
+    tally.flush()  # nothing added since: nothing counted twice
+    assert (consumed("OrderPlaced"), consumed("PaymentCharged")) == (3, 1)
+    labels = {"role": "orchestrator", "event_type": "SagaLifecycle"}
+    assert metrics.registry.get_sample_value("sagastream_events_produced_total", labels) == 5
+    # the labelled children are looked up once per label set, not per event or per flush
+    assert sorted(looked_up) == [
+        ("orchestrator", "OrderPlaced"),
+        ("orchestrator", "PaymentCharged"),
+    ]
 
 
 def test_saga_durations_are_told_apart_up_to_weeks():

@@ -218,3 +218,26 @@ def test_a_saga_of_binary_payloads_commits_and_its_state_keeps_them(tmp_path: Pa
         "fee": b"\x04\xce",  # decoded as Avro bytes: the unscaled 1230, big-endian
     }
     assert vault.produced("d-1") == ["SealDocument"]
+
+
+def test_the_metrics_of_a_transaction_are_counted_once_it_ends(orders: Loop) -> None:
+    """Counters and the running and waiting gauges are updated once per transaction, when it
+    commits, for all its decisions together."""
+    registry = orders.orchestrator.metrics.registry
+
+    def value(name: str, **labels: str) -> Any:
+        return registry.get_sample_value(name, labels)
+
+    for key in ("o-1", "o-2"):
+        orders.send("orders.events", key, "OrderPlaced", _order(key))
+    consumed = ("sagastream_events_consumed_total", {"role": "orchestrator"})
+    running = ("sagastream_sagas_running", {"saga": "order", "status": "running"})
+    waiting = ("sagastream_sagas_waiting", {"saga": "order", "step": "payment"})
+    assert value(consumed[0], **consumed[1], event_type="OrderPlaced") is None
+    assert value(running[0], **running[1]) is None and value(waiting[0], **waiting[1]) is None
+    orders.orchestrator._consumer = FakeConsumer()  # type: ignore[assignment]
+    orders.orchestrator._commit()
+    assert value(consumed[0], **consumed[1], event_type="OrderPlaced") == 2
+    produced = "sagastream_events_produced_total"
+    assert value(produced, role="orchestrator", event_type="ChargePayment") == 2
+    assert value(running[0], **running[1]) == 2 and value(waiting[0], **waiting[1]) == 2

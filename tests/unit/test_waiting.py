@@ -57,9 +57,11 @@ def test_decisions_add_and_remove_waits_and_the_oldest_moves_on() -> None:
     first = saga("a", payment="running")
     waits.decided(0, None, first, NOW - 3000)
     waits.decided(1, None, saga("b", payment="running"), NOW - 1000)
+    waits.flush()
     assert (count(metrics, "payment"), oldest(metrics, "payment")) == (2, 3.0)
     # a's payment answered: it waits at shipping now; b is the oldest at payment
     waits.decided(0, first, saga("a", payment="succeeded", shipping="running"), NOW)
+    waits.flush()
     assert (count(metrics, "payment"), oldest(metrics, "payment")) == (1, 1.0)
     assert (count(metrics, "shipping"), oldest(metrics, "shipping")) == (1, 0.0)
 
@@ -70,6 +72,7 @@ def test_a_saga_that_ends_or_a_partition_that_goes_leaves_no_wait_behind() -> No
     waits.decided(0, None, a, NOW)
     waits.decided(1, None, b, NOW)
     waits.decided(0, a, saga("a", status="failed", payment="failed"), NOW)
+    waits.flush()
     assert count(metrics, "payment") == 1
     waits.dropped([1])
     assert (count(metrics, "payment"), oldest(metrics, "payment")) == (None, None)
@@ -81,8 +84,10 @@ def test_a_retried_step_waits_again_from_its_new_attempt() -> None:
     waits.decided(0, None, a, NOW - 8000)
     retrying = saga("a", payment="waiting_retry")
     waits.decided(0, a, retrying, NOW - 6000)
+    waits.flush()
     assert count(metrics, "payment") is None
     waits.decided(0, retrying, saga("a", payment="running"), NOW - 2000)
+    waits.flush()
     assert (count(metrics, "payment"), oldest(metrics, "payment")) == (1, 2.0)
 
 
