@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
+import functools
 import hashlib
 import io
 import json
@@ -540,7 +541,7 @@ def new_meta(
     step: str | None = None,
 ) -> dict[str, Any]:
     """EventMeta for a new event; correlation_id defaults to the new event's own id."""
-    event_id = str(uuid.UUID(int=_IDS.getrandbits(128), version=4))
+    event_id = _uuid4()
     return {
         "event_id": event_id,
         "event_type": event_type,
@@ -589,6 +590,16 @@ _IDS = random.Random(os.urandom(16))
 os.register_at_fork(after_in_child=lambda: _IDS.seed(os.urandom(16)))
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+# the version (4) and variant (RFC 4122) bits of a random UUID, as uuid.UUID(version=4) sets them
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _uuid4() -> str:
+    """A random (version 4) UUID's text, formatted directly: uuid.UUID's init and str are
+    several times dearer, and an event id is made for every event produced."""
+    h = f"{_IDS.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _child_traceparent(parent: str | None) -> str:
@@ -596,10 +607,20 @@ def _child_traceparent(parent: str | None) -> str:
 
     A missing or invalid parent starts a new sampled trace, as W3C Trace Context says.
     """
-    match = _TRACEPARENT.fullmatch(parent) if parent else None
-    if match and match[1] != "ff" and match[2].strip("0") and match[3].strip("0"):
-        return f"00-{match[2]}-{_random_hex(8)}-{match[4]}"
+    kept = _trace_of(parent) if parent else None
+    if kept is not None:
+        return f"00-{kept[0]}-{_random_hex(8)}-{kept[1]}"
     return f"00-{_random_hex(16)}-{_random_hex(8)}-01"
+
+
+@functools.lru_cache(maxsize=4096)
+def _trace_of(parent: str) -> tuple[str, str] | None:
+    """The trace id and flags a valid traceparent's children keep; None if it is invalid.
+    Kept for recent parents: a decision's outputs, and a saga's, share one."""
+    match = _TRACEPARENT.fullmatch(parent)
+    if match and match[1] != "ff" and match[2].strip("0") and match[3].strip("0"):
+        return match[2], match[4]
+    return None
 
 
 def _random_hex(nbytes: int) -> str:

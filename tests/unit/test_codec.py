@@ -374,6 +374,20 @@ def test_new_meta_is_a_valid_root_envelope() -> None:
     assert new_meta("X", "k", "p", correlation_id="c")["correlation_id"] == "c"
 
 
+def test_event_ids_are_distinct_random_uuids_in_their_canonical_text() -> None:
+    ids = [new_meta("X", "k", "p")["event_id"] for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    for event_id in ids:
+        parsed = uuid.UUID(event_id)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == event_id
+    # every bit but the version's and variant's varies
+    ors = 0
+    for event_id in ids:
+        ors |= uuid.UUID(event_id).int
+    assert ors == (1 << 128) - 1 & ~((0xB000 << 64) | (0x4000 << 48))
+
+
 def test_derive_meta_follows_the_parent() -> None:
     parent = new_meta("OrderPlaced", "order-1", "shop", attempt=3, hop=4)
     parent["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
