@@ -21,4 +21,4 @@ def test_the_profile_prints_the_median_of_its_runs() -> None:
     figures = main(["--sagas", "5", "--repeat", "3", "--memory"], out=lines.append)
     assert len(figures) == 3 and all(f > 0 for f in figures)
     assert lines[0].startswith("orchestrator CPU per saga over 5 order sagas: median ")
-    assert lines[1].startswith("cyclic GC (whole run, handlers included): ")
+    assert lines[1].startswith("cyclic GC while deciding: ")
