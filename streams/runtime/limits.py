@@ -42,8 +42,10 @@ Headers = list[tuple[str, bytes]]
 
 def record_size(key: bytes | None, value: bytes | None, headers: Headers | None) -> int:
     """A record's size as the broker and librdkafka count it, or a little more."""
-    extra = sum(len(k.encode()) + len(v) + HEADER_OVERHEAD for k, v in headers or [])
-    return len(key or b"") + len(value or b"") + extra + RECORD_OVERHEAD
+    size = len(key or b"") + len(value or b"") + RECORD_OVERHEAD
+    for name, raw in headers or ():  # a loop, not sum(generator): every record is measured
+        size += len(name.encode()) + len(raw) + HEADER_OVERHEAD
+    return size
 
 
 @dataclass(frozen=True)
