@@ -170,6 +170,8 @@ def seen_digest(event_id: str) -> str:
 
 
 _blake2b, _b64 = hashlib.blake2b, binascii.b2a_base64
+# json.dumps with arguments builds a new JSONEncoder per call; every touched state is encoded
+_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def encode_state(state: SagaState) -> bytes:
@@ -210,7 +212,7 @@ def encode_state(state: SagaState) -> bytes:
         body["tp"] = state.traceparent
     if state.hop is not None:
         body["hp"] = state.hop
-    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    text = _compact_json(body)
     # a lone surrogate is a valid Python str (and JSON escape); keep it rather than fail
     return PREFIX + text.encode("utf-8", "surrogatepass")
 
