@@ -32,16 +32,17 @@ from selenium.webdriver.common.by import By
 
 from sagastream.ops.admin import admin_client
 from sagastream.ops.client import Client
-from sagastream.ops.demo import order_fields, settings_env
+from sagastream.ops.demo import order_fields
 from sagastream.wire.dlq import read_dead_letter_headers
 from tests.integration.conftest import HANDLERS
 from tests.integration.helpers import every_dead_letter, loan_applied, place_order, wait_outcomes
-from tests.integration.test_console import LOAN_HANDLERS, running_console, wait_for_review
+from tests.integration.test_console import LOAN_HANDLERS, wait_for_review
+from tests.integration.test_console_actions import TOKEN
+from tests.integration.test_console_actions import console as actions_console
 
 pytestmark = [pytest.mark.integration, pytest.mark.once]
 
 SHOTS = Path(__file__).parents[2] / "build" / "console-screenshots"
-TOKEN = "browser-test-token-0123456789"
 DEMO_ORDERS = [f"demo-{n:02d}" for n in range(12)]
 LOAN = "loan-review-1"
 POISON = "order-long-address"
@@ -159,16 +160,7 @@ def set_shipping_limit(ns: Any, value: int | None) -> None:
         time.sleep(0.2)
 
 
-@pytest.fixture
-def console(ns: Any, tmp_path: Path) -> Iterator[int]:
-    """A console with actions on and one user, alice."""
-    env = {
-        **settings_env(ns.settings),
-        "SAGASTREAM_CONSOLE_ACTIONS": "true",
-        "SAGASTREAM_API_TOKENS": f"alice={TOKEN}",
-    }
-    with running_console(env, tmp_path / "console.log") as port:
-        yield port
+console = actions_console  # the same console: actions on, one user (alice)
 
 
 def test_the_console_in_a_browser(

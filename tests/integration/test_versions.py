@@ -88,6 +88,18 @@ def workers(settings: Settings, logs: Path, role: str, **env: str) -> WorkerSet:
     return started
 
 
+def stopped_at_start(settings: Settings, logs: Path) -> str:
+    """An orchestrator that must exit at start: it does (non-zero), and its log."""
+    refused = WorkerSet(settings, logs)
+    refused.start(["orchestrator"])
+    try:
+        code = refused.procs["orchestrator"].wait(90)
+    finally:
+        refused.stop()
+    assert code != 0
+    return (logs / "orchestrator.log").read_text()
+
+
 def outcomes(ns: Any) -> list[Any]:
     found = ns.client.read_to_end([ns.topic("sagas.outcomes")])
     return [m for m in found if m.event_type in ("SagaCompleted", "SagaCompensated", "SagaFailed")]
@@ -278,14 +290,7 @@ def test_an_orchestrator_whose_definitions_are_refused_does_not_start(
     ns: Any, tmp_path: Path
 ) -> None:
     refuse_definitions(ns)
-    refused = WorkerSet(ns.settings, tmp_path / "refused")
-    refused.start(["orchestrator"])
-    try:
-        code = refused.procs["orchestrator"].wait(90)
-    finally:
-        refused.stop()
-    log = (tmp_path / "refused" / "orchestrator.log").read_text()
-    assert code != 0
+    log = stopped_at_start(ns.settings, tmp_path / "refused")
     assert "records were not written" in log and ns.topic(TOPIC) in log
     assert "MSG_SIZE_TOO_LARGE" in log
     # it consumed nothing: no consumer group of the orchestrator was ever joined
@@ -415,14 +420,7 @@ def test_a_file_that_rekeys_a_deployed_saga_stops_the_orchestrator_and_topics_cr
     err = capsys.readouterr().err
     assert "order.key_field: order_id -> customer_id" in err and "(deployed: v1)" in err
 
-    refused = WorkerSet(settings, tmp_path / "refused")
-    refused.start(["orchestrator"])
-    try:
-        code = refused.procs["orchestrator"].wait(90)
-    finally:
-        refused.stop()
-    log = (tmp_path / "refused" / "orchestrator.log").read_text()
-    assert code != 0
+    log = stopped_at_start(settings, tmp_path / "refused")
     assert "order.key_field: order_id -> customer_id" in log
     assert "SAGASTREAM_ALLOW_REFUSED_CHANGES=true" in log
     assert "orchestrator consuming" not in log
