@@ -14,7 +14,8 @@ in format 3, so whatever a user's map keys are, decoding is unambiguous:
     {"u": "<uuid>"} UUID
 
 Lists, strings, numbers, booleans and null are plain JSON; floats keep NaN and the infinities
-(Python's JSON tokens). Format 4 was format 5 without the steps' times; format 3 was
+(Python's JSON tokens). `decode_head` reads only what a list of sagas shows (`StateHead`).
+Format 4 was format 5 without the steps' times; format 3 was
 `b"SS\\x03"` and the in-memory dict as JSON; formats 1 and 2 were bare JSON objects (their first byte is `{`); `decode_state` reads all of them.
 """
 
@@ -308,6 +309,67 @@ def decode_state(raw: bytes) -> SagaState:
     if raw[:1] == b"{":
         return _bare(_json(raw))
     raise StateFormatError(f"not a saga state: starts with {raw[:8]!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class StateHead:
+    """What a list of sagas shows of a state (`saga list`, the console's index): no `data`, no
+    timers, and of the steps only those running now (a human step running waits for a person)."""
+
+    saga: str
+    key: str
+    shape: str | None
+    status: str
+    started: int
+    ended: int | None
+    reason: str | None
+    failed_step: str | None
+    running: tuple[str, ...]
+
+
+def decode_head(raw: bytes) -> StateHead:
+    """The head of changelog bytes of format 1 to 5, without decoding the saga's data (the most
+    of a state, and of the time `decode_state` takes); raises StateFormatError."""
+    if raw[:3] not in (PREFIX, FORMAT_4):
+        return head_of(decode_state(raw))  # older formats are rare: upgraded whole
+    body = _json(raw[3:])
+    get = body.get
+    try:
+        t0, ended = body["b"], get("e")
+        running = tuple(name for name, row in body["p"].items() if row[0] == _RUNNING_STEP)
+        return StateHead(
+            body["s"],
+            body["k"],
+            get("h"),
+            _SAGA_CODES[body["st"]],
+            t0,
+            None if ended is None else t0 + ended,
+            get("r"),
+            get("f"),
+            running,
+        )
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise StateFormatError(
+            f"a format-{raw[2]} saga state that is incomplete: {exc!r}"
+        ) from None
+
+
+_RUNNING_STEP = _STEP_CODE[STARTED]
+
+
+def head_of(state: SagaState) -> StateHead:
+    """The head of a decoded state."""
+    return StateHead(
+        state.saga,
+        state.key,
+        state.shape,
+        state.status,
+        state.started,
+        state.ended,
+        state.reason,
+        state.failed_step,
+        tuple(name for name, step in state.steps.items() if step.status == STARTED),
+    )
 
 
 def _json(raw: bytes) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
-from sagastream.core.state import SagaState, decode_state
+from sagastream.core.state import SagaState, decode_head, decode_state
 from sagastream.core.topology import (
     LIFECYCLE_EVENT,
     OUTCOME_EVENTS,
@@ -485,7 +485,7 @@ class Client:
                 summary = (
                     None
                     if value is None
-                    else summarize(name, msg.partition() or 0, decode_state(value))
+                    else summarize(name, msg.partition() or 0, decode_head(value))
                 )
                 if summary is not None and wanted.keeps(summary, now):
                     found[key] = summary

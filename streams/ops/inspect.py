@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sagastream.core.spans import trace_of
-from sagastream.core.state import SagaState, StepState
+from sagastream.core.state import SagaState, StateHead, StepState
 from sagastream.ops.terminal import printable
 
 # lifecycle changes that begin or end a step's forward run and its compensation
@@ -202,8 +202,8 @@ def build_view(
     )
 
 
-def summarize(key: str, partition: int, state: SagaState) -> SagaSummary:
-    """The summary of a saga state."""
+def summarize(key: str, partition: int, state: SagaState | StateHead) -> SagaSummary:
+    """The summary of a saga state, whole or only its head (`decode_head`)."""
     return SagaSummary(
         saga=state.saga,
         key=key,

@@ -16,8 +16,10 @@ from sagastream.core.state import (
     TERMINAL,
     UNDOING,
     SagaState,
+    decode_head,
     decode_state,
     encode_state,
+    head_of,
     seen_digest,
 )
 from sagastream.core.topology import SIGNAL_EVENT, START, TIMER_EVENT, SagaSpec, load_topology
@@ -151,6 +153,17 @@ def test_an_old_state_decodes_to_its_saga_state(
         assert set(state.data) == {START, *old["order"]}
         assert all(fields == merged for fields in state.data.values())
         assert state.expires is None
+
+
+@pytest.mark.parametrize(("name", "version"), CASES)
+def test_an_old_states_head_is_what_its_whole_decoding_shows(name: str, version: int) -> None:
+    """`decode_head` (saga list, the console's index) reads each format as `decode_state` does,
+    and again from the state carried on to format 5."""
+    state = decode_state(_raw(name, version))
+    running = tuple(n for n, s in EXPECTED[name][1].items() if s == STARTED)
+    assert decode_head(_raw(name, version)) == head_of(state)
+    assert decode_head(encode_state(state)) == head_of(state)
+    assert head_of(state).running == running
 
 
 @pytest.mark.parametrize(("name", "version"), CASES)

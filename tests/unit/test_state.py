@@ -23,6 +23,7 @@ from sagastream.core.state import (
     StateEncodingError,
     StateFormatError,
     StepState,
+    decode_head,
     decode_state,
     encode_state,
     seen_digest,
@@ -225,6 +226,10 @@ def test_bytes_that_are_no_state_of_a_known_format_are_refused() -> None:
         decode_state(b"SS\x05{}")
     with pytest.raises(StateFormatError, match="format-4 saga state without a usable data"):
         decode_state(b"SS\x04{}")
+    with pytest.raises(StateFormatError, match="format-5 saga state that is incomplete"):
+        decode_head(b"SS\x05{}")
+    with pytest.raises(StateFormatError, match="format 6: this sagastream reads formats 1 to 5"):
+        decode_head(b"SS\x06{}")
     with pytest.raises(StateFormatError, match="not a saga state"):
         decode_state(b"\x00\x01")
     with pytest.raises(StateFormatError, match="not JSON"):
