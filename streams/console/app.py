@@ -27,7 +27,7 @@ from sagastream.console.layout import dag_layout, lane_order, timeline
 from sagastream.console.readers import ConsoleReader, now_ms
 from sagastream.console.redrive import Redrives
 from sagastream.console.svg import dag_svg, rate_svg, timeline_svg
-from sagastream.console.views import SERIES, SagaQuery
+from sagastream.console.views import SERIES, SORTS, SagaQuery
 from sagastream.core.state import TERMINAL
 from sagastream.core.topology import SagaSpec
 from sagastream.errors import SagastreamError, UsageError
@@ -106,14 +106,16 @@ class Pages:
 
     def sagas(self, request: Request) -> Response:
         query = _query(request, self.reader.topology.sagas)
-        found, versions = self.reader.sagas(query)
+        found, versions, fresh = self.reader.sagas(query)
         return self.render(
             "sagas.html",
             query=query,
             found=found,
             versions=versions,
+            fresh=fresh,
             saga_types=list(self.reader.topology.sagas),
             statuses=STATUSES,
+            sorts=list(SORTS),
             older=request.query_params.get("older_than", ""),
         )
 
@@ -207,6 +209,9 @@ def _query(request: Request, sagas: dict[str, SagaSpec]) -> SagaQuery:
         _spec(sagas, saga)
     if status and status not in STATUSES:
         raise UsageError(f"unknown status {status!r}; one of {', '.join(STATUSES)}")
+    sort = q.get("sort") or "oldest"
+    if sort not in SORTS:
+        raise UsageError(f"unknown order {sort!r}; one of {', '.join(SORTS)}")
     older = q.get("older_than", "").strip()
     page = q.get("page", "1")
     if not page.isdigit():
@@ -217,6 +222,8 @@ def _query(request: Request, sagas: dict[str, SagaSpec]) -> SagaQuery:
         key=q.get("key", ""),
         older_than_ms=parse_duration(older) if older else None,
         version=q.get("version", "").strip(),
+        waiting=bool(q.get("waiting")),
+        sort=sort,
         page=int(page),
         size=PAGE_SIZE,
     )

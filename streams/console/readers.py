@@ -1,26 +1,20 @@
-"""Where the console's pages get their data: the project's own Kafka readers (the client's
-`list_sagas` and `describe`, the dead-letter tool's reading, the definitions book), each read
-afresh per request, committed records only. Nothing here writes to Kafka.
+"""Where the console's pages get their data, committed records only: the sagas page and the
+overview from the console's live index (index.py, kept by a background thread), one saga from
+the client's `describe`, the dead letters from the dead-letter tool's reading, the versions from
+the definitions book; the last three read per request (the book at most every VERSIONS_EVERY_S).
+Nothing here writes to Kafka.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
 
+from sagastream.console.index import Freshness, IndexFollower, SagaIndex, Topics, human_steps
 from sagastream.console.lag import RoleLag, read_role_lags
-from sagastream.console.views import (
-    MINUTE_MS,
-    WINDOW_MINUTES,
-    Outcome,
-    SagaPage,
-    SagaQuery,
-    TypeOverview,
-    overview,
-    page_of,
-)
+from sagastream.console.views import SagaPage, SagaQuery, TypeOverview
 from sagastream.core.topology import SagaSpec
+from sagastream.errors import ClusterError
 from sagastream.ops import dlq
 from sagastream.ops.admin import admin_client
 from sagastream.ops.client import Client
@@ -30,6 +24,10 @@ from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import SchemaStore
 
 METADATA_TIMEOUT_S = 10.0
+# how long the published versions are taken as read (the definitions topic changes rarely)
+VERSIONS_EVERY_S = 10.0
+# how long a page waits for the index's first read (a changelog that cannot be read is said so)
+FIRST_READ_WAIT_S = 10.0
 
 
 def now_ms() -> int:
@@ -38,22 +36,40 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class Overview:
-    """The overview page: each saga type's numbers, and the dead letters by topic and reason."""
+    """The overview page: each saga type's numbers, the dead letters by topic and reason, and
+    how fresh the index they come from is."""
 
     types: list[TypeOverview]
     dead_letters: list[dlq.Group]
     dead_letter_count: int
     at_ms: int
+    freshness: Freshness
 
 
 class ConsoleReader:
     """The console's one door to Kafka; read-only (its client never opens a producer)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, follow: bool = True) -> None:
+        """`follow`: start the index's thread now (off: an index that stays empty)."""
         self.settings = settings
         self.client = Client(settings)
         self.topology = self.client.topology
         self.schemas = SchemaStore(settings.schemas_path)
+        self.index = SagaIndex(human_steps(self.topology.sagas.items()))
+        self.follower = IndexFollower(
+            settings, self.index, self._topics(), self.client.events.decoded, now_ms
+        )
+        self._versions: tuple[float, dict[str, int]] = (-VERSIONS_EVERY_S, {})
+        if follow:
+            self.follower.start()
+
+    def _topics(self) -> Topics:
+        outcomes = sorted({s.outcome_topic for s in self.topology.sagas.values()})
+        return Topics(
+            self.settings.changelog_topic(),
+            [self.settings.topic(t) for t in outcomes],
+            {self.settings.topic(t): t for t in dlq.dlq_topics(self.topology)},
+        )
 
     def book(self) -> DefinitionBook:
         """The published definitions (the definitions topic, read now)."""
@@ -62,17 +78,31 @@ class ConsoleReader:
         return book
 
     def versions(self) -> dict[str, int]:
-        """Each published shape's version number."""
-        return {d.shape: d.version for d in self.book().versions()}
+        """Each published shape's version number, as read at most VERSIONS_EVERY_S ago; the
+        index learns each version's human steps with it."""
+        read_at, known = self._versions
+        if time.monotonic() - read_at < VERSIONS_EVERY_S:
+            return known
+        found = self.book().versions()
+        recorded = [(d.saga, d.spec) for d in found]
+        self.index.human = human_steps([*self.topology.sagas.items(), *recorded])
+        self._versions = (time.monotonic(), {d.shape: d.version for d in found})
+        return self._versions[1]
 
-    def sagas(self, query: SagaQuery) -> tuple[SagaPage, dict[str, int]]:
-        """A page of the sagas the query selects, as `saga list` reads them, and the version
-        number of each published shape."""
-        listing = self.client.list_sagas(
-            (query.status,) if query.status else (), query.saga or None
-        )
+    def freshness(self) -> Freshness:
+        """How far the index has read; ClusterError (the page says Kafka did not answer) while
+        it has never read the changelog to its end and cannot read it now."""
+        fresh = self.index.freshness(FIRST_READ_WAIT_S)
+        if fresh.error is not None and not fresh.loaded:
+            raise ClusterError(fresh.error)
+        return fresh
+
+    def sagas(self, query: SagaQuery) -> tuple[SagaPage, dict[str, int], Freshness]:
+        """A page of the sagas the query selects, from the index; the version number of each
+        published shape, and how fresh the index is."""
+        fresh = self.freshness()
         versions = self.versions()
-        return page_of(listing.sagas, query, versions, now_ms()), versions
+        return self.index.sagas(query, versions, now_ms()), versions, fresh
 
     def saga(self, saga: str, key: str) -> SagaView | None:
         return self.client.describe(saga, key)
@@ -103,39 +133,18 @@ class ConsoleReader:
         letters = dlq.read_dead_letters(self.client.events, [topic])
         return dlq.find(letters, topic, partition, offset)
 
-    def outcomes_since(self, since_ms: int) -> list[Outcome]:
-        """The outcome records of every saga's outcome topic written since `since_ms`."""
-        logical = sorted({s.outcome_topic for s in self.topology.sagas.values()})
-        topics = [self.settings.topic(t) for t in self.existing(logical)]
-        return [
-            Outcome(str(m.record.get("saga_type", "")), m.event_type, _written_ms(m.record))
-            for m in (self.client.events.read_since(topics, since_ms) if topics else [])
-            if m.record is not None and m.event_type is not None
-        ]
-
     def overview(self) -> Overview:
-        """Starts and running sagas from the state changelog, outcomes from the outcome topics
-        over the last hour, and the dead letters."""
-        at = now_ms()
-        states = self.client.list_sagas().sagas
-        since = (at // MINUTE_MS - WINDOW_MINUTES + 1) * MINUTE_MS
-        types = overview(self.topology.sagas, states, self.outcomes_since(since), at)
-        letters = self.dead_letters()
-        return Overview(types, dlq.group(letters), len(letters), at)
+        """Starts, running sagas and latencies from the index's states, outcomes of the last
+        hour and dead letters as the index has read them."""
+        fresh, at = self.freshness(), now_ms()
+        groups = self.index.dead_letters()
+        types = self.index.overview(self.topology.sagas, at)
+        return Overview(types, groups, sum(g.count for g in groups), at, fresh)
 
     def lags(self) -> list[RoleLag]:
         """Each worker role's consumer lag (the orchestrator's, each handler role's), now."""
         return read_role_lags(self.settings, self.topology)
 
     def close(self) -> None:
+        self.follower.stop()
         self.client.close()
-
-
-def _written_ms(record: dict[str, object]) -> int:
-    """When an outcome happened: its meta's occurred_at."""
-    meta = record.get("meta")
-    occurred = meta.get("occurred_at") if isinstance(meta, dict) else None
-    if isinstance(occurred, int):
-        return occurred
-    # fastavro decodes timestamp-millis as an aware datetime
-    return int(occurred.timestamp() * 1000) if isinstance(occurred, datetime) else 0

@@ -2,13 +2,14 @@
 per minute, latency percentiles and running sagas per saga type; the sagas page's filtering and
 paging; the version a saga runs on.
 
-Pure: summaries (`saga list`'s), outcome records and definitions in, rows out.
+Pure: summaries (the console's index's, `saga list`'s), outcome records and definitions in,
+rows out.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sagastream.core.state import TERMINAL
@@ -124,24 +125,44 @@ def _finish(saga: str, t: _Tally, now_ms: int) -> TypeOverview:
 
 
 @dataclass(frozen=True)
+class IndexedSaga(SagaSummary):
+    """A saga as the console's index keeps it: its summary, when its state was last written
+    (the changelog record's time) and the human steps it waits at."""
+
+    updated_ms: int = 0
+    waiting: tuple[str, ...] = ()
+
+
+# the sagas page's orders: what a row is sorted by (ties: by type and key)
+SORTS: dict[str, Callable[[IndexedSaga], tuple[int, str, str]]] = {
+    "oldest": lambda s: (s.started_ms, s.saga, s.key),
+    "newest": lambda s: (-s.started_ms, s.saga, s.key),
+    "updated": lambda s: (-s.updated_ms, s.saga, s.key),
+}
+
+
+@dataclass(frozen=True)
 class SagaQuery:
-    """The sagas page's filters (empty: any) and page. `key` matches a part of the key;
-    `version` a version number (`2` or `v2`) or the start of a shape."""
+    """The sagas page's filters (empty: any), order and page. `key` matches a part of the key;
+    `version` a version number (`2` or `v2`) or the start of a shape; `waiting` keeps the
+    sagas waiting for a person; `sort` is one of SORTS."""
 
     saga: str = ""
     status: str = ""
     key: str = ""
     older_than_ms: int | None = None
     version: str = ""
+    waiting: bool = False
+    sort: str = "oldest"
     page: int = 1
     size: int = 50
 
 
 @dataclass(frozen=True)
 class SagaPage:
-    """One page of the matching sagas, oldest first, and how many matched in all."""
+    """One page of the matching sagas, in the query's order, and how many matched in all."""
 
-    rows: list[SagaSummary]
+    rows: list[IndexedSaga]
     matched: int
     page: int
     pages: int
@@ -158,18 +179,22 @@ def version_matches(wanted: str, shape: str | None, versions: Mapping[str, int])
 
 
 def page_of(
-    summaries: Iterable[SagaSummary], query: SagaQuery, versions: Mapping[str, int], now_ms: int
+    sagas: Iterable[IndexedSaga], query: SagaQuery, versions: Mapping[str, int], now_ms: int
 ) -> SagaPage:
-    """The query's page of the summaries (which `saga list`'s reading has already narrowed to
-    the query's type and status); `versions` maps a shape to its version number."""
+    """The query's page of the sagas, in its order; `versions` maps a shape to its version
+    number. The cheapest tests come first: this runs over every saga the index holds."""
+    saga, status, key, older = query.saga, query.status, query.key, query.older_than_ms
     kept = [
         s
-        for s in summaries
-        if query.key in s.key
-        and (query.older_than_ms is None or now_ms - s.started_ms >= query.older_than_ms)
+        for s in sagas
+        if (not saga or s.saga == saga)
+        and (not status or s.status == status)
+        and (not query.waiting or s.waiting)
+        and (not key or key in s.key)
+        and (older is None or now_ms - s.started_ms >= older)
         and version_matches(query.version, s.shape, versions)
     ]
-    kept.sort(key=lambda s: (s.started_ms, s.saga, s.key))
+    kept.sort(key=SORTS[query.sort])
     pages = max(1, math.ceil(len(kept) / query.size))
     page = min(max(1, query.page), pages)
     first = (page - 1) * query.size

@@ -211,22 +211,19 @@ class EventClient:
             consumer.close()
 
     def _received(self, msg: Message) -> Received:
-        event_type, record = self._decoded(msg.value() or b"")
+        event_type, record = self.decoded(msg.value() or b"")
         return Received(
             msg.topic() or "",
             msg.partition() or 0,
             msg.offset() or 0,
             msg.key(),
             msg.value(),
-            [
-                (str(k), v if isinstance(v, bytes) else (v or "").encode())
-                for k, v in list(msg.headers() or [])
-            ],
+            headers_of(msg),
             event_type,
             record,
         )
 
-    def _decoded(self, value: bytes) -> tuple[str | None, dict[str, Any] | None]:
+    def decoded(self, value: bytes) -> tuple[str | None, dict[str, Any] | None]:
         """A record's event type and fields; (None, None) for bytes that are no event (still
         yielded raw). A registry that does not answer is asked again for REGISTRY_WAIT_S."""
         deadline, pause = time.monotonic() + REGISTRY_WAIT_S, 0.5
@@ -248,6 +245,14 @@ class EventClient:
         broker refused any of it."""
         if self._writer is not None:
             self._writer.close()
+
+
+def headers_of(msg: Message) -> list[tuple[str, bytes]]:
+    """A consumed record's headers, each value as bytes (a header without one: empty)."""
+    return [
+        (str(k), v if isinstance(v, bytes) else (v or "").encode())
+        for k, v in list(msg.headers() or [])
+    ]
 
 
 def _known_partitions(

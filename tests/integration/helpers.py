@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import html
 import random
+import re
 import socket
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sagastream.core.state import SagaState, decode_state
@@ -183,3 +186,37 @@ def store_saga(ns: Any, saga: str, key: str, start: Any) -> None:
     producer = Producer(ns.settings.producer_config())
     producer.produce(ns.settings.changelog_topic(), encode_state(decision.state), key.encode())
     assert producer.flush(30) == 0
+
+
+# a row of the console's sagas page: its status, type, link and key
+CONSOLE_ROW = re.compile(
+    r'<tr class="status-(\w+)">\s*<td>(\w+)</td>\s*<td class="key"><a href="([^"]+)">([^<]*)</a>'
+)
+# what a console page says of its index's freshness
+CONSOLE_FRESH = re.compile(r'<p class="fresh[^"]*">([^<]*)</p>')
+CONSOLE_BOUND_S = 60.0  # a hang guard for the console's index to show what was written
+
+
+def console_rows(text: str) -> list[tuple[str, str, str]]:
+    """(saga, key, status) of each row of a console sagas page, in its order."""
+    return [
+        (saga, html.unescape(key), status) for status, saga, _, key in CONSOLE_ROW.findall(text)
+    ]
+
+
+def console_page(port: int, path: str, ready: Callable[[str], bool]) -> str:
+    """A console page once its index has read the whole changelog and `ready(page)` holds,
+    within CONSOLE_BOUND_S (the index follows the topics a moment behind)."""
+    deadline = time.monotonic() + CONSOLE_BOUND_S
+    while True:
+        status, body = http_get(port, path, timeout=30)
+        text = body.decode()
+        fresh = CONSOLE_FRESH.search(text)
+        loaded = fresh is not None and fresh.group(1).startswith("Index as of")
+        if status == 200 and loaded and ready(text):
+            return text
+        assert time.monotonic() < deadline, (
+            f"GET {path} ({status}) never showed what was expected as loaded; rows "
+            f"{console_rows(text)}, {fresh.group(1) if fresh else 'no freshness'}\n{text[-1500:]}"
+        )
+        time.sleep(0.3)

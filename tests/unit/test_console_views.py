@@ -6,6 +6,7 @@ from __future__ import annotations
 from sagastream.console.layout import Bar, Mark, dag_layout, lane_order, layer_of, timeline
 from sagastream.console.svg import dag_svg, rate_svg, timeline_svg
 from sagastream.console.views import (
+    IndexedSaga,
     Outcome,
     SagaQuery,
     minute_of,
@@ -14,7 +15,7 @@ from sagastream.console.views import (
     percentile,
     version_matches,
 )
-from sagastream.ops.inspect import Change, SagaSummary
+from sagastream.ops.inspect import Change
 
 LOAN = {
     "credit_check": (),
@@ -105,8 +106,8 @@ def test_the_pictures_escape_every_name_and_colour_steps_by_state() -> None:
 
 def summary(
     key: str, status: str, started: int, ended: int | None = None, **kw: str
-) -> SagaSummary:
-    return SagaSummary(
+) -> IndexedSaga:
+    return IndexedSaga(
         kw.get("saga", "order"), key, 0, status, started, ended, None, None, kw.get("shape")
     )
 

@@ -50,12 +50,12 @@ def test_a_read_waits_for_a_registry_that_does_not_answer_yet(
         return answer
 
     monkeypatch.setattr(client.codec, "decode", decode)
-    assert client._decoded(b"x") == ("OrderPlaced", {"n": 1})
+    assert client.decoded(b"x") == ("OrderPlaced", {"n": 1})
     answers[:] = [RegistryRefused("401")]
     with pytest.raises(RegistryRefused):
-        client._decoded(b"x")
+        client.decoded(b"x")
     answers[:] = [DecodeError("not avro", "bad_magic")]
-    assert client._decoded(b"x") == (None, None)
+    assert client.decoded(b"x") == (None, None)
 
 
 class _Metadata:

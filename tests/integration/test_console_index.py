@@ -1,0 +1,101 @@
+"""The console's live index against the real broker: its pages match `saga list` once it has
+caught up, a saga started or ended after the console started shows without a restart, and a
+changelog recreated under it is read again from scratch. Pages are polled with a bound: the
+index follows the changelog a moment behind, and says how far it has read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sagastream.examples.events import OrderPlaced
+from sagastream.ops.admin import create_topics, delete_topics
+from sagastream.ops.bench_restore import write_changelog
+from sagastream.ops.client import Client
+from sagastream.ops.demo import settings_env
+from tests.integration.conftest import HANDLERS
+from tests.integration.helpers import (
+    console_page,
+    console_rows,
+    good_order,
+    loan_applied,
+    wait_outcomes,
+)
+from tests.integration.test_console import LOAN_HANDLERS, running_console, wait_for_review
+from tests.unit.states import state_bytes
+
+pytestmark = pytest.mark.integration
+
+
+def polled(port: int, path: str, wanted: Callable[[], list[tuple[str, str, str]]]) -> str:
+    """The page at `path` once its rows are `wanted()`, asked again each time (it may change
+    as sagas move on)."""
+    return console_page(port, path, lambda text: console_rows(text) == wanted())
+
+
+def listed(client: Client, *statuses: str, saga: str | None = None) -> list[tuple[str, str, str]]:
+    return [(s.saga, s.key, s.status) for s in client.list_sagas(statuses, saga).sagas]
+
+
+def newest(client: Client, part: str) -> list[tuple[str, str, str]]:
+    """The sagas whose key has `part`, newest first (ties by type and key), as `saga list`
+    reads them."""
+    found = [s for s in client.list_sagas().sagas if part in s.key]
+    found.sort(key=lambda s: (-s.started_ms, s.saga, s.key))
+    return [(s.saga, s.key, s.status) for s in found]
+
+
+def test_the_sagas_page_follows_the_changelog_and_matches_saga_list(
+    ns: Any, start_workers: Any, tmp_path: Path
+) -> None:
+    start_workers("orchestrator")
+    start_workers(f"{HANDLERS},{LOAN_HANDLERS}")
+    completed = [f"idx-ok-{i}" for i in range(4)]
+    with (
+        running_console(settings_env(ns.settings), tmp_path / "console.log") as port,
+        Client(ns.settings) as client,
+    ):
+        for key in completed:
+            client.start(OrderPlaced(**good_order(key)), wait=False)
+        client.start(OrderPlaced(**{**good_order("idx-declined"), "card_token": "tok_decline"}))
+        wait_outcomes(ns, {*completed, "idx-declined"})
+
+        shown = polled(port, "/sagas?status=completed", lambda: listed(client, "completed"))
+        assert len(console_rows(shown)) == 4
+        polled(
+            port,
+            "/sagas?saga=order&status=compensated",
+            lambda: listed(client, "compensated", saga="order"),
+        )
+        polled(port, "/sagas?key=ok-&sort=newest", lambda: newest(client, "ok-"))
+
+        # a saga started after the console: it shows, then waits for a person, then ends
+        client.start(loan_applied("idx-loan"))
+        wait_for_review(client, "idx-loan")
+        polled(port, "/sagas?waiting=1", lambda: [("loan", "idx-loan", "running")])
+        client.signal("loan", "idx-loan", "review", "approved", "looks fine", "tester")
+        polled(port, "/sagas?saga=loan&status=completed", lambda: listed(client, saga="loan"))
+        polled(port, "/sagas?waiting=1", lambda: [])
+        assert listed(client, saga="loan") == [("loan", "idx-loan", "completed")]
+
+
+def test_a_recreated_changelog_is_read_again_from_scratch(ns: Any, tmp_path: Path) -> None:
+    """States written straight to the changelog (no worker) show; the topic deleted and made
+    again with other states, the index rebuilds and shows only those."""
+    settings, topic = ns.settings, ns.settings.changelog_topic()
+
+    def write(*keys: str) -> None:
+        records = [(k.encode(), state_bytes(key=k, started=1000 + i)) for i, k in enumerate(keys)]
+        write_changelog(settings, [records])
+
+    write("old-a", "old-b", "old-c")
+    with running_console(settings_env(settings), tmp_path / "console.log") as port:
+        old = [("order", k, "running") for k in ("old-a", "old-b", "old-c")]
+        polled(port, "/sagas", lambda: old)
+        assert delete_topics(settings, topic) == [topic]
+        create_topics(settings, ns.topology, only=[topic])
+        write("new-a")
+        polled(port, "/sagas", lambda: [("order", "new-a", "running")])
