@@ -9,7 +9,7 @@ rows out.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sagastream.core.state import TERMINAL
@@ -89,7 +89,10 @@ def overview(
     }
 
     def tally(saga: str) -> _Tally:
-        return tallies.setdefault(saga, _Tally({s: [0] * minutes for s in SERIES}))
+        found = tallies.get(saga)  # made only when missing: this runs for every saga held
+        if found is None:
+            found = tallies[saga] = _Tally({s: [0] * minutes for s in SERIES})
+        return found
 
     for summary in summaries:
         _count_state(tally(summary.saga), summary, now_ms, minutes)
@@ -127,18 +130,25 @@ def _finish(saga: str, t: _Tally, now_ms: int) -> TypeOverview:
 @dataclass(frozen=True)
 class IndexedSaga(SagaSummary):
     """A saga as the console's index keeps it: its summary, when its state was last written
-    (the changelog record's time) and the human steps it waits at."""
+    (the changelog record's time) and the human steps it waits at; and its place in each of
+    SORTS, made once when it is indexed rather than at every sort of every saga held."""
 
     updated_ms: int = 0
     waiting: tuple[str, ...] = ()
+    places: tuple[Place, Place, Place] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        places = (
+            (self.started_ms, self.saga, self.key),
+            (-self.started_ms, self.saga, self.key),
+            (-self.updated_ms, self.saga, self.key),
+        )
+        object.__setattr__(self, "places", places)
 
 
-# the sagas page's orders: what a row is sorted by (ties: by type and key)
-SORTS: dict[str, Callable[[IndexedSaga], tuple[int, str, str]]] = {
-    "oldest": lambda s: (s.started_ms, s.saga, s.key),
-    "newest": lambda s: (-s.started_ms, s.saga, s.key),
-    "updated": lambda s: (-s.updated_ms, s.saga, s.key),
-}
+Place = tuple[int, str, str]
+# the sagas page's orders, each a position in IndexedSaga.places (ties: by type and key)
+SORTS = {"oldest": 0, "newest": 1, "updated": 2}
 
 
 @dataclass(frozen=True)
@@ -184,6 +194,7 @@ def page_of(
     """The query's page of the sagas, in its order; `versions` maps a shape to its version
     number. The cheapest tests come first: this runs over every saga the index holds."""
     saga, status, key, older = query.saga, query.status, query.key, query.older_than_ms
+    version = query.version
     kept = [
         s
         for s in sagas
@@ -192,9 +203,10 @@ def page_of(
         and (not query.waiting or s.waiting)
         and (not key or key in s.key)
         and (older is None or now_ms - s.started_ms >= older)
-        and version_matches(query.version, s.shape, versions)
+        and (not version or version_matches(version, s.shape, versions))
     ]
-    kept.sort(key=SORTS[query.sort])
+    place = SORTS[query.sort]
+    kept.sort(key=lambda s: s.places[place])
     pages = max(1, math.ceil(len(kept) / query.size))
     page = min(max(1, query.page), pages)
     first = (page - 1) * query.size
