@@ -49,8 +49,8 @@ class Overview:
 class ConsoleReader:
     """The console's one door to Kafka; read-only (its client never opens a producer)."""
 
-    def __init__(self, settings: Settings, follow: bool = True) -> None:
-        """`follow`: start the index's thread now (off: an index that stays empty)."""
+    def __init__(self, settings: Settings) -> None:
+        """Its index starts following the topics at once."""
         self.settings = settings
         self.client = Client(settings)
         self.topology = self.client.topology
@@ -60,8 +60,7 @@ class ConsoleReader:
             settings, self.index, self._topics(), self.client.events.decoded, now_ms
         )
         self._versions: tuple[float, dict[str, int]] = (-VERSIONS_EVERY_S, {})
-        if follow:
-            self.follower.start()
+        self.follower.start()
 
     def _topics(self) -> Topics:
         outcomes = sorted({s.outcome_topic for s in self.topology.sagas.values()})

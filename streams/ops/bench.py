@@ -89,6 +89,7 @@ class BenchOptions:
     seed: int = 42
     keep: bool = False
     restore: int | None = None  # sagas for the restore measurement (sagastream.ops.bench_restore)
+    console: int | None = None  # sagas for the console measurement (sagastream.ops.bench_console)
     trace: int | None = None  # sagas per tracing point (off, sampled 0.1, sampled 1.0)
     # (commit interval ms, linger ms) pairs for the trade-off table (sagastream.ops.bench_tradeoff)
     tradeoff: tuple[tuple[int, int], ...] | None = None

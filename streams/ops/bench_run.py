@@ -2,7 +2,7 @@
 
 The phases live in their own modules: the order saga, its baseline, the fan-out and tracing
 points in sagastream.ops.bench (which the others build on), the restore in bench_restore, the
-commit policy trade-off in bench_tradeoff, the scale series in bench_scale. This module alone imports them all, so none of
+console's index and pages in bench_console, the commit policy trade-off in bench_tradeoff, the scale series in bench_scale. This module alone imports them all, so none of
 them imports another's caller.
 """
 
@@ -30,6 +30,7 @@ from sagastream.ops.bench import (
     unlike,
     write_plot,
 )
+from sagastream.ops.bench_console import console_phase, format_console
 from sagastream.ops.bench_restore import format_restore, restore_phase
 from sagastream.ops.bench_scale import format_scale, scale_phase
 from sagastream.ops.bench_tradeoff import format_tradeoff, tradeoff_phase
@@ -72,10 +73,13 @@ def measured_points(results: dict[str, Any]) -> list[Point]:
 
 
 def report(results: dict[str, Any]) -> list[str]:
-    """Every table of the run: the saga phases', then the restore's and the trade-off's."""
+    """Every table of the run: the saga phases', then the restore's, the console's, the
+    trade-off's and the scale series'."""
     lines = format_report(results)
     if "restore" in results:
         lines += format_restore(results["restore"])
+    if "console" in results:
+        lines += format_console(results["console"])
     if "tradeoff" in results:
         lines += format_tradeoff(results["tradeoff"])
     if "scale" in results:
@@ -86,6 +90,8 @@ def report(results: dict[str, Any]) -> list[str]:
 def _run_phases(run: Run, options: BenchOptions, results: dict[str, Any]) -> None:
     if options.restore is not None:
         results["restore"] = restore_phase(run, options.restore, options.timeout, options.seed)
+    if options.console is not None:
+        results["console"] = console_phase(run, options.console, options.timeout, options.seed)
     if options.trace is not None:
         results["tracing"] = trace_phase(run, options)
     if options.tradeoff is not None:

@@ -154,7 +154,15 @@ def _bench(args: argparse.Namespace) -> int:
     def scale(spec: str | None, flag: str) -> tuple[int, ...] | None:
         return None if spec is None else parse_counts(spec, flag)
 
-    extras = ("restore", "trace", "tradeoff", "scale_steps", "scale_stored", "scale_orchestrators")
+    extras = (
+        "restore",
+        "console",
+        "trace",
+        "tradeoff",
+        "scale_steps",
+        "scale_stored",
+        "scale_orchestrators",
+    )
     alone = any(getattr(args, name) is not None for name in extras)
 
     options = BenchOptions(
@@ -171,6 +179,7 @@ def _bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         keep=args.keep,
         restore=args.restore,
+        console=args.console,
         trace=args.trace,
         tradeoff=None if args.tradeoff is None else parse_policies(args.tradeoff),
         tradeoff_rate=args.tradeoff_rate,
@@ -178,7 +187,7 @@ def _bench(args: argparse.Namespace) -> int:
         scale_stored=scale(args.scale_stored, "--scale-stored"),
         scale_orchestrators=scale(args.scale_orchestrators, "--scale-orchestrators"),
         scale_orders=args.scale_orders,
-        # --restore, --trace, --tradeoff or --scale-* alone measure only that; --orders,
+        # --restore, --console, --trace, --tradeoff or --scale-* alone measure only that; --orders,
         # --rates, --steady or --warmup ask for the saga phases too
         saga_phases=not alone
         or any(v is not None for v in (args.orders, args.rates, args.steady, args.warmup)),
@@ -730,6 +739,15 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     bn.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for outcomes")
     bn.add_argument("--seed", type=int, default=42)
     bn.add_argument("--keep", action="store_true", help="keep the run's topics and state")
+    bn.add_argument(
+        "--console",
+        type=int,
+        default=None,
+        metavar="N",
+        help="time the console with N sagas: its index's catch-up, then the sagas page (all, "
+        "a status filter, a key search, a deep page, newest first) and the overview; alone, "
+        "runs only that",
+    )
     bn.add_argument(
         "--restore",
         type=int,
