@@ -47,6 +47,7 @@ from sagastream.errors import SagastreamError
 from sagastream.ops import dlq
 from sagastream.ops.admin import admin_client
 from sagastream.ops.client import headers_of
+from sagastream.ops.inspect import summarize
 from sagastream.runtime.kafka_io import READ_BATCH, partitions, reader
 from sagastream.runtime.settings import Settings
 
@@ -135,16 +136,11 @@ class SagaIndex:
             log.error("changelog key %r: %s; not shown", key, exc)
             return None
         human = self.human.get(head.saga, frozenset())
-        return IndexedSaga(
-            saga=head.saga,
-            key=key.decode(errors="replace"),
-            partition=partition,
-            status=head.status,
-            started_ms=head.started,
-            ended_ms=head.ended,
-            failed_step=head.failed_step,
-            reason=head.reason,
-            shape=head.shape,
+        return summarize(
+            key.decode(errors="replace"),
+            partition,
+            head,
+            IndexedSaga,
             updated_ms=written_ms,
             waiting=tuple(step for step in head.running if step in human),
         )

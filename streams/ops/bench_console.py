@@ -21,6 +21,7 @@ from sagastream.ops.bench import Run
 from sagastream.ops.bench_restore import (
     OrderStates,
     changelog_transactions,
+    fresh_topics,
     saga_key,
     write_changelog,
 )
@@ -45,18 +46,7 @@ def queries(n: int) -> dict[str, str]:
 
 def console_phase(run: Run, n: int, timeout: float, seed: int = 42) -> dict[str, Any]:
     """Write n sagas into a fresh changelog, then time the console's index and its pages."""
-    from sagastream.core.topology import load_topology
-    from sagastream.ops.admin import create_topics
-
-    if n < 1:
-        raise UsageError(f"--console: {n} is not a number of sagas (1 or more)")
-    settings = run.phase("con")
-    topology = load_topology(settings.topology_file, settings.schemas_path)
-    partitions = topology.partitions(topology.orchestrator_inputs()[0])
-    run.say(
-        f"\nconsole: {n:,} order sagas, {partitions} partitions (topics {settings.topic_prefix}*)"
-    )
-    create_topics(settings, topology)
+    settings, topology, partitions = fresh_topics(run, "console", "con", n)
     states = OrderStates(topology, time.time_ns() // 1_000_000, seed)
     t0 = time.monotonic()
     written = write_changelog(settings, changelog_transactions(states, n))

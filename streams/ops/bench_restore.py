@@ -300,21 +300,29 @@ def _worker(
     }
 
 
-def restore_phase(run: Run, n: int, timeout: float, seed: int = 42) -> dict[str, Any]:
-    """Write n sagas into a fresh changelog and time restores of it, under the run's prefix."""
+def fresh_topics(run: Run, what: str, phase: str, n: int) -> tuple[Settings, Topology, int]:
+    """The settings of a bench phase of n sagas (`what`: its option's name), its topology and
+    partition count, its topics created under its own prefix."""
     from sagastream.ops.admin import create_topics
-    from sagastream.wire.codec import SchemaStore
-    from sagastream.wire.registry import Registry, plan_subjects, register_subjects
 
     if n < 1:
-        raise UsageError(f"--restore: {n} is not a number of sagas (1 or more)")
-    settings = run.phase("rst")
+        raise UsageError(f"--{what}: {n} is not a number of sagas (1 or more)")
+    settings = run.phase(phase)
     topology = load_topology(settings.topology_file, settings.schemas_path)
     partitions = topology.partitions(topology.orchestrator_inputs()[0])
     run.say(
-        f"\nrestore: {n:,} order sagas, {partitions} partitions (topics {settings.topic_prefix}*)"
+        f"\n{what}: {n:,} order sagas, {partitions} partitions (topics {settings.topic_prefix}*)"
     )
     create_topics(settings, topology)
+    return settings, topology, partitions
+
+
+def restore_phase(run: Run, n: int, timeout: float, seed: int = 42) -> dict[str, Any]:
+    """Write n sagas into a fresh changelog and time restores of it, under the run's prefix."""
+    from sagastream.wire.codec import SchemaStore
+    from sagastream.wire.registry import Registry, plan_subjects, register_subjects
+
+    settings, topology, partitions = fresh_topics(run, "restore", "rst", n)
     if settings.schema_registry_url:  # the worker looks its schemas up as it starts
         subjects = plan_subjects(topology, SchemaStore(settings.schemas_path), settings)
         run.subjects += subjects

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sagastream.core.spans import trace_of
 from sagastream.core.state import SagaState, StateHead, StepState
@@ -105,6 +105,9 @@ class SagaSummary:
     reason: str | None
     # the definition's shape it runs on (None: a state from before shapes)
     shape: str | None = None
+
+
+Summary = TypeVar("Summary", bound=SagaSummary)
 
 
 @dataclass(frozen=True)
@@ -202,9 +205,17 @@ def build_view(
     )
 
 
-def summarize(key: str, partition: int, state: SagaState | StateHead) -> SagaSummary:
-    """The summary of a saga state, whole or only its head (`decode_head`)."""
-    return SagaSummary(
+def summarize(
+    key: str,
+    partition: int,
+    state: SagaState | StateHead,
+    # mypy cannot tell the default kind is one of the kinds the TypeVar allows
+    kind: type[Summary] = SagaSummary,  # type: ignore[assignment]
+    **more: Any,
+) -> Summary:
+    """The summary of a saga state, whole or only its head (`decode_head`): a SagaSummary, or
+    of a kind that adds fields to it, given in `more`."""
+    return kind(
         saga=state.saga,
         key=key,
         partition=partition,
@@ -214,6 +225,7 @@ def summarize(key: str, partition: int, state: SagaState | StateHead) -> SagaSum
         failed_step=state.failed_step,
         reason=state.reason,
         shape=state.shape,
+        **more,
     )
 
 
