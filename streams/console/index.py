@@ -158,14 +158,16 @@ class SagaIndex:
         """Where the follower is: every changelog partition at its end (as of now) or not."""
         self._tried.set()
         with self._lock:
-            self._behind, self._error = behind, None
+            self._behind = behind
             if at_end:
                 self._as_of = now_ms
                 if not self._loaded:
                     self._loaded, self._catch_up_s = True, catch_up_s
 
-    def failed(self, error: str) -> None:
-        self._tried.set()
+    def failed(self, error: str | None) -> None:
+        """Why the follower cannot read now (None: it can again)."""
+        if error is not None:
+            self._tried.set()
         with self._lock:
             self._error = error
 
@@ -275,9 +277,8 @@ class IndexFollower:
             try:
                 self._follow()
             except (SagastreamError, KafkaException, OSError) as exc:
-                message = str(exc.args[0]) if isinstance(exc, KafkaException) else str(exc)
-                log.warning("console index: %s; reading again in %gs", message, RETRY_S)
-                self.index.failed(message)
+                log.warning("console index: %s; reading again in %gs", _said(exc), RETRY_S)
+                self.index.failed(_said(exc))
                 self._stop.wait(RETRY_S)
 
     def _follow(self) -> None:
@@ -287,21 +288,18 @@ class IndexFollower:
         # kept while its answers are awaited: a client let go cancels them (_DESTROY)
         admin = admin_client(self.settings)
         try:
-            identity = self._identity(consumer, admin)
+            partitions(consumer, self.topics.changelog)  # ClusterError naming it if it is missing
+            identity = self._identity(admin)
             self.index.clear()
-            reading = _Reading(self.topics.changelog, identity[1])
+            self.index.failed(None)
+            reading = Reading(self.topics.changelog, identity[1])
             consumer.assign(reading.changelog_partitions())
             started, checked = time.monotonic(), -METADATA_EVERY_S
             while not self._stop.is_set():
                 if time.monotonic() - checked >= METADATA_EVERY_S:
                     checked = time.monotonic()
-                    if self._identity(consumer, admin) != identity:
-                        log.info(
-                            "console index: %s was recreated or resized; rebuilding",
-                            self.topics.changelog,
-                        )
+                    if not self._still(identity, consumer, admin, reading):
                         return
-                    self._take_up(consumer, reading)
                 for msg in consumer.consume(READ_BATCH, POLL_S):
                     self._handle(msg, reading)
                 behind = reading.settle(consumer)
@@ -314,17 +312,34 @@ class IndexFollower:
         finally:
             consumer.close()
 
-    def _identity(self, consumer: Consumer, admin: AdminClient) -> tuple[str, int]:
-        """The changelog's topic id and partition count (ClusterError if it does not exist)."""
-        count = len(partitions(consumer, self.topics.changelog))
-        described = admin.describe_topics(TopicCollection([self.topics.changelog]))
-        topic_id = described[self.topics.changelog].result(timeout=10).topic_id
-        return str(topic_id), count
+    def _still(
+        self, identity: tuple[str, int], consumer: Consumer, admin: AdminClient, reading: Reading
+    ) -> bool:
+        """Whether the changelog is still the one being read (False: rebuild), taking up the
+        topics created since. A failure to ask (a broker away, the changelog deleted a moment
+        before it is made again) is shown on the pages while the reading goes on."""
+        try:
+            if self._identity(admin) != identity:
+                log.info("console index: %s was recreated or resized; rebuilding", identity)
+                return False
+            self._take_up(consumer, admin, reading)
+        except (SagastreamError, KafkaException) as exc:
+            self.index.failed(_said(exc))
+            return True
+        self.index.failed(None)
+        return True
 
-    def _take_up(self, consumer: Consumer, reading: _Reading) -> None:
+    def _identity(self, admin: AdminClient) -> tuple[str, int]:
+        """The changelog's topic id and partition count, asked of the broker now (through the
+        admin client: a consumer that read a deleted topic may go on calling it unknown)."""
+        topic = self.topics.changelog
+        found = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=10)
+        return str(found.topic_id), len(found.partitions)
+
+    def _take_up(self, consumer: Consumer, admin: AdminClient, reading: Reading) -> None:
         """Assign the outcome and dead-letter topics that exist and are not read yet: the
         outcomes from the window's start, the dead letters from the beginning."""
-        metadata = consumer.list_topics(timeout=10).topics
+        metadata = admin.list_topics(timeout=10).topics
         fresh = [
             t
             for t in (*self.topics.outcomes, *self.topics.dead_letters)
@@ -349,7 +364,7 @@ class IndexFollower:
         consumer.incremental_assign(wanted)
         reading.taken.update(fresh)
 
-    def _handle(self, msg: Message, reading: _Reading) -> None:
+    def _handle(self, msg: Message, reading: Reading) -> None:
         topic, partition = msg.topic() or "", msg.partition() or 0
         err = msg.error()
         if err is not None:
@@ -385,7 +400,7 @@ class IndexFollower:
         self.index.outcome(Outcome(str(record.get("saga_type", "")), event_type, at), self.now_ms())
 
 
-class _Reading:
+class Reading:
     """Where the follower is in each changelog partition, and whether it is at its end: told
     by the consumer (a partition end), or, as librdkafka does not always tell it after a
     transaction's closing marker, by a position one short of the high watermark with no record
@@ -433,6 +448,13 @@ class _Reading:
             else:
                 left += max(0, high - self.position[p])
         return left
+
+
+def _said(exc: Exception) -> str:
+    """An error as a page shows it: librdkafka's own message, not its error object's repr."""
+    if isinstance(exc, KafkaException) and isinstance(exc.args[0], KafkaError):
+        return f"{exc.args[0].str()} ({exc.args[0].name()})"
+    return str(exc)
 
 
 def occurred_ms(record: Mapping[str, object]) -> int:

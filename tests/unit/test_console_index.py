@@ -1,11 +1,15 @@
 """The console's index without Kafka: changelog records in offset order (the newest state per
 key, a tombstone removes it, a bad record hides only its key), the sagas page's filters, orders
 and pages over it, the sagas waiting for a person, the overview's numbers, the dead letters
-counted, and what it says of its freshness."""
+counted, what it says of its freshness, and when a partition is read to its end."""
 
 from __future__ import annotations
 
-from sagastream.console.index import SagaIndex, human_steps
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from sagastream.console.index import SETTLE_S, Reading, SagaIndex, human_steps
 from sagastream.console.views import Outcome, SagaQuery
 from sagastream.core.state import StepState
 from sagastream.core.topology import load_topology
@@ -87,9 +91,11 @@ def test_it_says_it_is_loading_until_every_partition_was_read_to_its_end() -> No
     index.progress(False, 3, T0 + 9, 9.0)  # new records: still loaded, as of before them
     fresh = index.freshness()
     assert (fresh.loaded, fresh.as_of_ms, fresh.behind, fresh.catch_up_s) == (True, T0 + 5, 3, 2.5)
-    index.failed("broker away")
-    assert index.freshness().error == "broker away"
+    index.failed("broker away")  # said, while what was read stays shown
     index.progress(True, 0, T0 + 20, 20.0)
+    fresh = index.freshness()
+    assert (fresh.error, fresh.loaded, fresh.as_of_ms) == ("broker away", True, T0 + 20)
+    index.failed(None)
     assert index.freshness().error is None
     index.clear()  # a rebuild
     fresh = index.freshness()
@@ -123,3 +129,31 @@ def test_dead_letters_are_counted_by_topic_and_reason() -> None:
 def test_human_steps_are_gathered_over_every_version_of_a_saga() -> None:
     sagas = load_topology(ROOT / "topology.yaml", ROOT / "schemas").sagas
     assert human_steps(sagas.items()) == {"order": frozenset(), "loan": frozenset({"review"})}
+
+
+class Watermarks:
+    """A consumer's high watermarks as its last fetches brought them."""
+
+    def __init__(self, *highs: int) -> None:
+        self.highs = highs
+
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
+        assert cached  # never a request to the broker per loop
+        return 0, self.highs[tp.partition]
+
+
+def test_a_partition_one_short_of_its_end_after_a_record_is_at_its_end_once_settled() -> None:
+    """librdkafka may not report a partition's end after a transaction's closing marker: one
+    offset short of the high watermark, with no record for SETTLE_S, is the end."""
+    reading = Reading("changelog", 3)
+    reading.reached_end("changelog", 0, 0)  # an empty partition: told
+    reading.reached_end("changelog", 2, 12)
+    reading.read(1, 6)  # its last record; the commit marker is 7, the high watermark 8
+    consumer: Any = Watermarks(0, 8, 12)
+    assert reading.settle(consumer) == 1 and not reading.at_end()  # just read: more may come
+    reading.last_read[1] -= SETTLE_S
+    assert reading.settle(consumer) == 0 and reading.at_end()
+    reading.read(2, 12)  # a record after an end: not at the end until told or settled
+    assert not reading.at_end()
+    reading.last_read[2] -= SETTLE_S
+    assert reading.settle(Watermarks(0, 8, 15)) == 2 and not reading.at_end()  # two to read
