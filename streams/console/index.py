@@ -285,11 +285,9 @@ class IndexFollower:
         """Build the index from the beginning and tail the topics until a rebuild is due (the
         changelog recreated) or the follower stops."""
         consumer = reader(self.settings, "console-index")
-        # kept while its answers are awaited: a client let go cancels them (_DESTROY)
-        admin = admin_client(self.settings)
         try:
             partitions(consumer, self.topics.changelog)  # ClusterError naming it if it is missing
-            identity = self._identity(admin)
+            identity = self._identity(admin_client(self.settings))
             self.index.clear()
             self.index.failed(None)
             reading = Reading(self.topics.changelog, identity[1])
@@ -298,7 +296,7 @@ class IndexFollower:
             while not self._stop.is_set():
                 if time.monotonic() - checked >= METADATA_EVERY_S:
                     checked = time.monotonic()
-                    if not self._still(identity, consumer, admin, reading):
+                    if not self._still(identity, consumer, reading):
                         return
                 for msg in consumer.consume(READ_BATCH, POLL_S):
                     self._handle(msg, reading)
@@ -312,12 +310,14 @@ class IndexFollower:
         finally:
             consumer.close()
 
-    def _still(
-        self, identity: tuple[str, int], consumer: Consumer, admin: AdminClient, reading: Reading
-    ) -> bool:
+    def _still(self, identity: tuple[str, int], consumer: Consumer, reading: Reading) -> bool:
         """Whether the changelog is still the one being read (False: rebuild), taking up the
         topics created since. A failure to ask (a broker away, the changelog deleted a moment
-        before it is made again) is shown on the pages while the reading goes on."""
+        before it is made again) is shown on the pages while the reading goes on.
+
+        Asked through a new admin client each time: a client that was told a topic is unknown
+        (deleted, not made again yet) goes on saying so after it is made again."""
+        admin = admin_client(self.settings)
         try:
             if self._identity(admin) != identity:
                 log.info("console index: %s was recreated or resized; rebuilding", identity)
@@ -330,8 +330,8 @@ class IndexFollower:
         return True
 
     def _identity(self, admin: AdminClient) -> tuple[str, int]:
-        """The changelog's topic id and partition count, asked of the broker now (through the
-        admin client: a consumer that read a deleted topic may go on calling it unknown)."""
+        """The changelog's topic id and partition count, asked of the broker now (`admin` is
+        kept while its answer is awaited: a client let go cancels it)."""
         topic = self.topics.changelog
         found = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=10)
         return str(found.topic_id), len(found.partitions)

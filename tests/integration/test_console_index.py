@@ -5,6 +5,7 @@ index follows the changelog a moment behind, and says how far it has read."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,13 @@ from typing import Any
 import pytest
 
 from sagastream.examples.events import OrderPlaced
-from sagastream.ops.admin import create_topics, delete_topics
+from sagastream.ops.admin import admin_client, create_topics, delete_topics
 from sagastream.ops.bench_restore import write_changelog
 from sagastream.ops.client import Client
 from sagastream.ops.demo import settings_env
 from tests.integration.conftest import HANDLERS
 from tests.integration.helpers import (
+    CONSOLE_BOUND_S,
     console_page,
     console_rows,
     good_order,
@@ -82,6 +84,15 @@ def test_the_sagas_page_follows_the_changelog_and_matches_saga_list(
         assert listed(client, saga="loan") == [("loan", "idx-loan", "completed")]
 
 
+def settle(done: Callable[[], bool]) -> None:
+    """Wait until `done()` (a new admin client each time: one told of a topic keeps what it
+    was told), within CONSOLE_BOUND_S."""
+    deadline = time.monotonic() + CONSOLE_BOUND_S
+    while not done():
+        assert time.monotonic() < deadline, "the broker never settled"
+        time.sleep(0.2)
+
+
 def test_a_recreated_changelog_is_read_again_from_scratch(ns: Any, tmp_path: Path) -> None:
     """States written straight to the changelog (no worker) show; the topic deleted and made
     again with other states, the index rebuilds and shows only those."""
@@ -96,6 +107,10 @@ def test_a_recreated_changelog_is_read_again_from_scratch(ns: Any, tmp_path: Pat
         old = [("order", k, "running") for k in ("old-a", "old-b", "old-c")]
         polled(port, "/sagas", lambda: old)
         assert delete_topics(settings, topic) == [topic]
+        # the broker forgets a topic a moment after its deletion is accepted: made again
+        # before that, it would not be made, and the records written would go with the old one
+        settle(lambda: topic not in admin_client(settings).list_topics(timeout=10).topics)
         create_topics(settings, ns.topology, only=[topic])
+        settle(lambda: topic in admin_client(settings).list_topics(timeout=10).topics)
         write("new-a")
         polled(port, "/sagas", lambda: [("order", "new-a", "running")])
