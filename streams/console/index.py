@@ -111,8 +111,8 @@ class SagaIndex:
         self._as_of: int | None = None
         self._behind = 0
         self._error: str | None = None
-        # set once the follower has read, or failed to read, for the first time
-        self._tried = threading.Event()
+        # set while the index is whole (read to the changelog's end once) or cannot be read
+        self._settled = threading.Event()
         self._catch_up_s: float | None = None
 
     # ------------------------------------------------------------------ fed by the follower
@@ -156,18 +156,18 @@ class SagaIndex:
 
     def progress(self, at_end: bool, behind: int, now_ms: int, catch_up_s: float) -> None:
         """Where the follower is: every changelog partition at its end (as of now) or not."""
-        self._tried.set()
         with self._lock:
             self._behind = behind
             if at_end:
                 self._as_of = now_ms
                 if not self._loaded:
                     self._loaded, self._catch_up_s = True, catch_up_s
+                    self._settled.set()
 
     def failed(self, error: str | None) -> None:
         """Why the follower cannot read now (None: it can again)."""
         if error is not None:
-            self._tried.set()
+            self._settled.set()
         with self._lock:
             self._error = error
 
@@ -179,13 +179,15 @@ class SagaIndex:
             self._letters.clear()
             self._records, self._loaded, self._as_of, self._behind = 0, False, None, 0
             self._catch_up_s = None
+            self._settled.clear()
 
     # ------------------------------------------------------------------ asked by the pages
 
     def freshness(self, wait_s: float = 0.0) -> Freshness:
-        """How far it has read; waiting up to `wait_s` for the follower's first read, so that
-        a changelog that cannot be read is said to be so, not shown as loading."""
-        self._tried.wait(wait_s)
+        """How far it has read; waiting up to `wait_s` until it is whole or cannot read, so
+        that a page shows whole counts once the index can have them (a console just started,
+        a rebuild), and says why it cannot read rather than that it is loading."""
+        self._settled.wait(wait_s)
         with self._lock:
             return Freshness(
                 self._loaded,

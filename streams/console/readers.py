@@ -26,7 +26,8 @@ from sagastream.wire.codec import SchemaStore
 METADATA_TIMEOUT_S = 10.0
 # how long the published versions are taken as read (the definitions topic changes rarely)
 VERSIONS_EVERY_S = 10.0
-# how long a page waits for the index's first read (a changelog that cannot be read is said so)
+# how long a page waits for the index to be whole (read to the changelog's end once) or to
+# fail; past it, the page shows what is read so far, saying it is loading
 FIRST_READ_WAIT_S = 10.0
 
 

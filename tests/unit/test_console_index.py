@@ -5,6 +5,7 @@ counted, what it says of its freshness, and when a partition is read to its end.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from confluent_kafka import TopicPartition
@@ -112,6 +113,19 @@ def test_the_overview_counts_what_the_index_holds_and_the_hours_outcomes() -> No
     assert rows["order"].totals["started"] == 6 and rows["order"].totals["completed"] == 1
     assert rows["order"].latency_ms["p50"] == 500
     assert (rows["loan"].running, rows["loan"].oldest_running_ms) == (2, 59_900)
+
+
+def test_a_page_waits_for_the_index_to_be_whole_or_to_fail() -> None:
+    index = filled()
+    assert not index.freshness(0.01).loaded  # waited a moment: still loading, said so
+    done = threading.Timer(0.05, index.progress, (True, 0, T0, 0.05))
+    done.start()
+    assert index.freshness(30).loaded  # returns once whole (the bound is a hang guard)
+    index.clear()
+    failing = threading.Timer(0.05, index.failed, ("no changelog",))
+    failing.start()
+    fresh = index.freshness(30)
+    assert (fresh.loaded, fresh.error) == (False, "no changelog")
 
 
 def test_dead_letters_are_counted_by_topic_and_reason() -> None:
