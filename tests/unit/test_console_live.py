@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import httpx
 
 from sagastream.console.app import REFRESH_S, build_app
+from sagastream.console.index import Freshness
 from sagastream.console.lag import RoleLag
 from sagastream.console.readers import Overview
 from sagastream.console.views import Outcome, overview
@@ -22,12 +23,13 @@ NOW = 1_800_000_000_000
 def get(path: str) -> httpx.Response:
     """GET `path` of a console whose reader answers one completed order and two roles' lag."""
     types = overview(["order"], [], [Outcome("order", "SagaCompleted", NOW - 1000)], NOW)
+    fresh = Freshness(loaded=True, as_of_ms=NOW, behind=0, records=1, sagas=1)
     lags = [
         RoleLag("orchestrator", "sagastream-orchestrator", 1, 0, 4, 0),
         RoleLag("credit", "sagastream-credit", 0, None, 4, 4),
     ]
     reader = SimpleNamespace(
-        settings=Settings(), overview=lambda: Overview(types, [], 0, NOW), lags=lambda: lags
+        settings=Settings(), overview=lambda: Overview(types, [], 0, NOW, fresh), lags=lambda: lags
     )
     app = build_app(reader, "127.0.0.1")  # type: ignore[arg-type] - answers without Kafka
 
@@ -46,6 +48,7 @@ def test_the_live_fragment_renders_the_overviews_numbers_charts_and_lag_alone() 
     assert "<html" not in part and "<head" not in part and "<header" not in part
     assert re.search(r'<tr data-saga="order">.*?<td class="completed">1</td>', part, re.S)
     assert '<svg class="rates"' in part
+    assert "Index as of" in part  # how fresh the index it comes from is, refreshed with it
     assert '<tr data-role="orchestrator">' in part and '<td class="lag">0</td>' in part
     assert '<td class="lag">no members, never committed</td>' in part
 
