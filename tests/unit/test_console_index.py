@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 from confluent_kafka import TopicPartition
 
 from sagastream.console.index import SETTLE_S, Reading, SagaIndex, human_steps
@@ -171,3 +172,21 @@ def test_a_partition_one_short_of_its_end_after_a_record_is_at_its_end_once_sett
     assert not reading.at_end()
     reading.last_read[2] -= SETTLE_S
     assert reading.settle(Watermarks(0, 8, 15)) == 2 and not reading.at_end()  # two to read
+
+
+def test_the_sagas_page_reads_its_order_and_waiting_filter_from_the_query_string() -> None:
+    from starlette.requests import Request
+
+    from sagastream.console.app import _query
+    from sagastream.errors import UsageError
+
+    sagas = load_topology(ROOT / "topology.yaml", ROOT / "schemas").sagas
+
+    def query(text: str) -> SagaQuery:
+        scope = {"type": "http", "method": "GET", "path": "/sagas", "headers": []}
+        return _query(Request({**scope, "query_string": text.encode()}), sagas)
+
+    assert (query("").sort, query("").waiting) == ("oldest", False)
+    assert (query("sort=updated&waiting=1").sort, query("waiting=1").waiting) == ("updated", True)
+    with pytest.raises(UsageError, match="unknown order 'sideways'; one of oldest, newest"):
+        query("sort=sideways")
