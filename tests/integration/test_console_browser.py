@@ -17,7 +17,7 @@ import base64
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,8 +184,10 @@ def test_the_console_in_a_browser(
     assert f"over the limit of {SMALL_LIMIT}" in why["error"]
 
     page = Console(browser, console)
-    check_overview(ns, page)
-    check_sagas(ns, page, {**{k: status(v) for k, v in expected.items()}, LOAN: "running"})
+    # the console's index follows the topics a moment behind: its pages are read again
+    eventually(lambda: check_overview(ns, page))
+    shown = {**{k: status(v) for k, v in expected.items()}, LOAN: "running"}
+    eventually(lambda: check_sagas(ns, page, shown))
     check_dead_letters(ns, page, 1)
     page.open("/topology", "topology")
     for saga in ns.topology.sagas:
@@ -207,6 +209,19 @@ def test_the_console_in_a_browser(
 
 def status(outcome: str) -> str:
     return {"SagaCompleted": "completed", "SagaCompensated": "compensated"}[outcome]
+
+
+def eventually(check: Callable[[], None], bound_s: float = 30.0) -> None:
+    """`check` passes within `bound_s` (each try opens its page again), else its last failure."""
+    deadline = time.monotonic() + bound_s
+    while True:
+        try:
+            check()
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def check_overview(ns: Any, page: Console) -> None:
