@@ -29,6 +29,8 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 from sagastream.ops.admin import admin_client
 from sagastream.ops.client import Client
@@ -51,6 +53,7 @@ POISON = "order-long-address"
 SMALL_LIMIT = 4000
 LONG_ADDRESS = "Long Street " * 500  # 6,000 bytes
 HEADER_COLOUR = "rgba(29, 35, 48, 1)"  # console.css: header { background: #1d2330 }
+PAGE_WAIT_S = 30  # a page that a click leads to loads within this
 
 
 def install_hint() -> str:
@@ -132,8 +135,19 @@ class Console:
                 continue
         return self.driver.find_element(By.CSS_SELECTOR, css).text
 
-    def click(self, css: str) -> None:
+    def tick(self, css: str) -> None:
+        """Click what changes nothing but itself (a checkbox)."""
         self.driver.find_element(By.CSS_SELECTOR, css).click()
+
+    def submit(self, css: str) -> None:
+        """Click a form's button and wait for the page it leads to: the old page gone (its
+        elements stale), the new one loaded; a check of the old page would race the
+        navigation."""
+        old = self.driver.find_element(By.TAG_NAME, "html")
+        self.driver.find_element(By.CSS_SELECTOR, css).click()
+        wait = WebDriverWait(self.driver, PAGE_WAIT_S)
+        wait.until(expected_conditions.staleness_of(old))
+        wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
         self.check_page()
 
 
@@ -293,7 +307,7 @@ def approve_the_loan(ns: Any, page: Console) -> None:
     page.driver.find_element(By.CSS_SELECTOR, 'form.signal input[name="note"]').send_keys(
         "income verified"
     )
-    page.click('form.signal button[value="approved"]')
+    page.submit('form.signal button[value="approved"]')
     assert page.driver.current_url.endswith("?signalled=approved"), page.body()
     assert "Your decision (approved) was written" in page.body()
     assert wait_outcomes(ns, {LOAN})[LOAN].event_type == "SagaCompleted"
@@ -309,14 +323,14 @@ def approve_the_loan(ns: Any, page: Console) -> None:
 def redrive(ns: Any, page: Console, partition: int, offset: int) -> None:
     """Tick the poison order on the dead-letter page, see the dry run, confirm it."""
     page.open("/dlq")
-    page.click(f'input[name="letter"][value="orders.events.dlq/{partition}/{offset}"]')
-    page.click('form[action="/dlq/redrive"] button[type="submit"]')
+    page.tick(f'input[name="letter"][value="orders.events.dlq/{partition}/{offset}"]')
+    page.submit('form[action="/dlq/redrive"] button[type="submit"]')
     assert page.text("p.summary") == (
         "would redrive 1 dead letters, refuse 0; nothing is sent before you confirm"
     )
     assert f"-> {ns.topic('orders.events')} as redrive 1" in page.text("tr.redrive-would")
     page.shoot("redrive-dry-run")
-    page.click("form.redrive button")
+    page.submit("form.redrive button")
     assert page.text("p.summary") == (
         "redriven 1 (written, acknowledged by the broker), NOT written 0, refused 0"
     )
