@@ -929,3 +929,22 @@ def load_topology(path: Path, schemas_dir: Path | None = None) -> Topology:
     except yaml.YAMLError as exc:
         raise TopologyError(f"{path}: not valid YAML: {exc}") from None
     return parse_topology(data, str(path), schemas_dir)
+
+
+def file_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a topology.yaml as a user writes it, for editors to complete and check
+    the file (`sagastream topology schema`; shipped as sagastream/topology.schema.json). It is
+    the model's own schema, less what `with_engine` fills in: an event's `schema` defaults to
+    its name. Cross-references (a step's command is an event, a topic exists) are the loader's."""
+    schema = Topology.model_json_schema()
+    event = schema["$defs"]["EventSpec"]
+    event["required"] = [f for f in event.get("required", []) if f != "schema"]
+    if not event["required"]:
+        del event["required"]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "sagastream topology.yaml",
+        "description": "Topics, events, handler roles and sagas of a sagastream project "
+        "(README: Sagas, declared in topology.yaml). `sagastream validate` checks the rest.",
+        **{k: v for k, v in schema.items() if k != "title"},
+    }

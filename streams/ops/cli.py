@@ -102,6 +102,13 @@ def _topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topology_schema(args: argparse.Namespace) -> int:
+    from sagastream.core.topology import file_json_schema
+
+    print(json.dumps(file_json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
 def _topology_asyncapi(args: argparse.Namespace) -> int:
     from sagastream.core.topology import load_topology
     from sagastream.ops.asyncapi import as_yaml, document
@@ -686,6 +693,12 @@ def _add_topology(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     ta.add_argument("--json", action="store_true", help="JSON instead of YAML")
     ta.set_defaults(func=_topology_asyncapi)
+    ts = tp_sub.add_parser(
+        "schema",
+        help="the JSON Schema of topology.yaml, for editors to complete and check the file "
+        "(the same as the package's sagastream/topology.schema.json)",
+    )
+    ts.set_defaults(func=_topology_schema)
 
 
 def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
