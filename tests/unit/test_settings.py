@@ -66,6 +66,18 @@ def test_mtls_and_any_librdkafka_property_reach_the_client(
     assert consumer["ssl.key.password"] == "key-secret" and consumer["group.id"] == "g"
 
 
+def test_a_transaction_begun_after_a_commit_retries_after_10_ms_not_100(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Back-to-back transactions are answered CONCURRENT_TRANSACTIONS while the coordinator
+    writes the last one's markers; at librdkafka's 100 ms backoff each took over 100 ms. Only
+    the transactional producer's first retry is shortened; the user's property wins."""
+    assert Settings().transactional_producer_config("t")["retry.backoff.ms"] == 10
+    assert "retry.backoff.ms" not in Settings().producer_config()
+    monkeypatch.setenv("SAGASTREAM_LIBRDKAFKA_RETRY_BACKOFF_MS", "50")
+    assert Settings().transactional_producer_config("t")["retry.backoff.ms"] == "50"
+
+
 def test_librdkafka_judges_the_properties_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAGASTREAM_LIBRDKAFKA_SOCKET_KEEPALIVE_ENABLE", "true")
     Settings().check_librdkafka()
@@ -148,8 +160,7 @@ def test_the_cli_stops_quietly_when_its_reader_leaves() -> None:
     import sys
 
     done = subprocess.run(
-        f"{sys.executable} -m sagastream.ops.cli acls --all"
-        " | head -c 1",
+        f"{sys.executable} -m sagastream.ops.cli acls --all | head -c 1",
         shell=True,
         capture_output=True,
         text=True,
