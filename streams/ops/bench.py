@@ -100,6 +100,9 @@ class BenchOptions:
     scale_orchestrators: tuple[int, ...] | None = None
     scale_orders: int = 2000
     saga_phases: bool = True
+    # the Python of another sagastream install to run the workers (None: this one's), so one
+    # run measures an older release's runtime beside this one's baseline
+    worker_python: Path | None = None
 
     def __post_init__(self) -> None:
         counts = (("--steady", self.steady), ("--warmup", self.warmup))
@@ -470,6 +473,7 @@ class Run:
     prefix: str
     out: TextIO
     subjects: list[Any] = field(default_factory=list)
+    worker_python: str = sys.executable  # what runs sagastream's workers (--worker-python)
 
     @property
     def log_dir(self) -> Path:
@@ -579,7 +583,11 @@ def saga_phase(
         )
     if prepare is not None:
         prepare(settings, topology)
-    workers = WorkerSet(settings, run.log_dir / settings.topic_prefix.removeprefix(run.prefix))
+    workers = WorkerSet(
+        settings,
+        run.log_dir / settings.topic_prefix.removeprefix(run.prefix),
+        python=run.worker_python,
+    )
     client = EventClient(settings, topology, build_codec(settings), "bench")
     try:
         t0 = time.monotonic()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from typing import Any, TextIO
 
+from sagastream.errors import UsageError
 from sagastream.ops.bench import (
     BenchOptions,
     Point,
@@ -52,11 +54,38 @@ def run_bench(options: BenchOptions, out: TextIO = sys.stdout) -> int:
                 "bootstrap_servers": run.settings.bootstrap_servers,
                 "broker_cpu_measured": bool(broker_pids(run.settings.bootstrap_servers)),
             }
+            if options.worker_python is not None:
+                run.worker_python = str(options.worker_python)
+                results["run"]["workers"] = worker_release(run.worker_python)
+                out.write(f"sagastream's workers: {results['run']['workers']['label']}\n")
             _run_phases(run, options, results)
     finally:
         if len(results) > 1:
             _write_results(results, options, out)
     return 1 if any(p["stuck"] for p in measured_points(results)) else 0
+
+
+def worker_release(python: str) -> dict[str, str]:
+    """Which sagastream another interpreter runs: its package directory, and the commit of
+    that directory's checkout when it is one (what `--worker-python` measured)."""
+    where = "import pathlib, sagastream; print(pathlib.Path(sagastream.__file__).resolve().parent)"
+    try:
+        found = subprocess.run(
+            [python, "-c", where], capture_output=True, text=True, timeout=60, check=True
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise UsageError(
+            f"--worker-python {python}: cannot import sagastream with it: {exc}"
+        ) from None
+    package = found.stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", package, "log", "-1", "--format=%h %s"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    label = f"{python} (sagastream in {package}{', at ' + commit[:80] if commit else ''})"
+    return {"python": python, "package": package, "commit": commit.split(" ")[0], "label": label}
 
 
 def measured_points(results: dict[str, Any]) -> list[Point]:

@@ -194,6 +194,7 @@ def _bench(args: argparse.Namespace) -> int:
         scale_stored=scale(args.scale_stored, "--scale-stored"),
         scale_orchestrators=scale(args.scale_orchestrators, "--scale-orchestrators"),
         scale_orders=args.scale_orders,
+        worker_python=None if args.worker_python is None else Path(args.worker_python),
         # --restore, --console, --trace, --tradeoff or --scale-* alone measure only that; --orders,
         # --rates, --steady or --warmup ask for the saga phases too
         saga_phases=not alone
@@ -808,6 +809,13 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=2000,
         metavar="N",
         help="sagas per scale point, at the maximum rate (default 2000)",
+    )
+    bn.add_argument(
+        "--worker-python",
+        default=None,
+        metavar="PATH",
+        help="the Python of another sagastream install to run sagastream's workers, e.g. an "
+        "older release's venv, measured beside this one's baseline (default: this one's)",
     )
     bn.add_argument(
         "--tradeoff-rate",

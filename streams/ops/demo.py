@@ -44,6 +44,8 @@ class WorkerSet:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)  # process name -> its roles, if not it
     loglevel: str = "info"  # their logs are files, read when something went wrong
+    # the interpreter that runs them; another install's lets the bench measure another release
+    python: str = sys.executable
 
     def start(
         self, roles: list[str], extra_env: dict[str, str] | None = None, name: str | None = None
@@ -59,7 +61,7 @@ class WorkerSet:
             log = open(self.log_dir / f"{proc}.log", "ab")  # noqa: SIM115 - owned by the process
             self.procs[proc] = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "sagastream.ops.cli", "worker"),
+                    *(self.python, "-m", "sagastream.ops.cli", "worker"),
                     *("--role", role, "--loglevel", self.loglevel),
                 ],
                 env=env,

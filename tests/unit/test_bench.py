@@ -329,6 +329,25 @@ def test_the_report_names_each_policy_and_why_there_are_no_ratios() -> None:
     assert "/ baseline" not in text
 
 
+def test_the_workers_of_another_install_are_named_by_package_and_commit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    options = bench_options(["--worker-python", sys.executable], monkeypatch)
+    assert options.worker_python == Path(sys.executable)
+    assert bench_options([], monkeypatch).worker_python is None
+    found = bench_run.worker_release(sys.executable)
+    import sagastream
+
+    assert found["package"] == str(Path(sagastream.__file__).resolve().parent)
+    assert found["python"] == sys.executable and found["package"] in found["label"]
+    # this checkout's commit, as git names it
+    assert len(found["commit"]) >= 7 and found["commit"] in found["label"]
+    with pytest.raises(ValueError, match="--worker-python .*cannot import sagastream"):
+        bench_run.worker_release(
+            "/usr/bin/python3" if Path("/usr/bin/python3").exists() else "false"
+        )
+
+
 def test_baseline_commit_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     assert bench_options([], monkeypatch).baseline_commit == "same"
     options = bench_options(["--baseline-commit", "interval"], monkeypatch)
