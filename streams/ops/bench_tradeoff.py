@@ -6,8 +6,10 @@ transaction waits once its inputs run dry): every hop of a saga waits for a comm
 (interval, linger) pair the order saga runs under its own prefix, its workers started with
 SAGASTREAM_COMMIT_INTERVAL_MS and SAGASTREAM_COMMIT_LINGER_MS, the orchestrator serving
 /metrics; after a short warm-up it is driven at a fixed rate (300/s) and the table gives p50 and
-p99, sagas/s and the transactions committed per second and per saga, read from the
-orchestrator's `sagastream_transactions_total{result="committed"}` before and after.
+p99, sagas/s, the transactions committed per second and per saga and the mean time one took to
+commit, read from the orchestrator's `sagastream_transactions_total{result="committed"}` and
+`sagastream_commit_seconds` before and after. A warm-up at the maximum rate (`--warmup` orders,
+reported apart) runs first: the first policy would otherwise also pay for the broker's JIT.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 import socket
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 from sagastream.errors import UsageError
@@ -35,6 +38,7 @@ DEFAULT_POLICIES: tuple[Policy, ...] = ((100, 20), (100, 5), (100, 0), (50, 0), 
 RATE = 300.0
 SECONDS = 5.0  # at RATE, unless --orders says how many
 COMMITTED = "sagastream_transactions_total"
+COMMIT_SECONDS = "sagastream_commit_seconds"
 HEAD = [
     "interval ms",
     "linger ms",
@@ -43,10 +47,11 @@ HEAD = [
     "p99 ms",
     "txn/s",
     "txn/saga",
+    "commit ms",
     "CPU ms/saga",
     "stuck",
 ]
-WIDTHS = (11, 9, 9, 8, 8, 8, 9, 12, 5)
+WIDTHS = (11, 9, 9, 8, 8, 8, 9, 10, 12, 5)
 
 
 def parse_policies(spec: str) -> tuple[Policy, ...]:
@@ -86,15 +91,33 @@ def counter_total(text: str, name: str, **labels: str) -> float:
     )
 
 
-def tradeoff_row(policy: Policy, point: Point, transactions: float) -> dict[str, Any]:
-    """One policy's line: its figures at the rate, and its transactions per second and saga."""
-    seconds, sagas = point["to_quiet_s"], point["completed"]
+@dataclass(frozen=True)
+class Commits:
+    """What an orchestrator's /metrics said of its commits so far."""
+
+    committed: float = 0.0  # transactions committed
+    seconds: float = 0.0  # spent committing (every commit, whatever its result)
+    commits: float = 0.0  # commits timed
+
+    def since(self, before: Commits) -> Commits:
+        return Commits(
+            self.committed - before.committed,
+            self.seconds - before.seconds,
+            self.commits - before.commits,
+        )
+
+
+def tradeoff_row(policy: Policy, point: Point, commits: Commits) -> dict[str, Any]:
+    """One policy's line: its figures at the rate, its transactions per second and saga, and
+    the mean time a commit took."""
+    seconds, sagas, transactions = point["to_quiet_s"], point["completed"], commits.committed
     return {
         "commit_interval_ms": policy[0],
         "commit_linger_ms": policy[1],
         "transactions": transactions,
         "transactions_per_s": transactions / seconds if seconds and seconds > 0 else math.nan,
         "transactions_per_saga": transactions / sagas if sagas else math.nan,
+        "commit_ms": 1000 * commits.seconds / commits.commits if commits.commits else math.nan,
         "point": point,
     }
 
@@ -116,6 +139,7 @@ def format_tradeoff(result: dict[str, Any]) -> list[str]:
             *(num_cell(p["latency_ms"][q], 0) for q in ("p50", "p99")),
             num_cell(row["transactions_per_s"]),
             num_cell(row["transactions_per_saga"], 2),
+            num_cell(row.get("commit_ms"), 1),
             num_cell(p["cpu_ms_per_saga"]["total"], 3),
             p["stuck"],
         )
@@ -124,6 +148,13 @@ def format_tradeoff(result: dict[str, Any]) -> list[str]:
         "  each transaction costs a commit round trip and a marker in every partition it wrote; "
         "each hop of a saga waits for one"
     )
+    warmup = result.get("warmup")
+    if warmup:
+        lines.append(
+            f"  before the table: a warm-up of {warmup['orders']} orders at the maximum rate, "
+            f"{num_cell(warmup['sagas_per_s'])} sagas/s, {num_cell(warmup['cpu_ms_per_saga']['total'], 3)}"
+            " CPU ms/saga (the broker's JIT)"
+        )
     return lines
 
 
@@ -133,6 +164,9 @@ def tradeoff_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
     rate = options.tradeoff_rate
     orders = options.orders or max(1, round(rate * SECONDS))
     run.say(f"\ncommit policy trade-off: {orders} orders at {rate:g}/s per policy")
+    run.say(f"  warm-up at the maximum rate: {options.warmup} orders (reported apart)")
+    with saga_phase(run, run.phase("tw"), {}, options.seed) as (source, make):
+        warmup = measure(source, make(options.warmup, False), None, options.timeout, run.out)
     rows: list[dict[str, Any]] = []
     for i, policy in enumerate(options.tradeoff):
         port = _free_port()
@@ -145,17 +179,22 @@ def tradeoff_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
         run.say(f"  commit interval {policy[0]} ms, linger {policy[1]} ms")
         with saga_phase(run, settings, {}, options.seed, env, role_env) as (source, make):
             measure(source, make(WARMUP_ORDERS, False), None, options.timeout, None)
-            before = _committed(port)
+            before = _commits(port)
             point = measure(source, make(orders, False), rate, options.timeout, run.out)
-            rows.append(tradeoff_row(policy, point, _committed(port) - before))
-    return {"rate": rate, "orders": orders, "rows": rows}
+            rows.append(tradeoff_row(policy, point, _commits(port).since(before)))
+    return {"rate": rate, "orders": orders, "rows": rows, "warmup": warmup}
 
 
-def _committed(port: int) -> float:
-    """Transactions the orchestrator serving /metrics on `port` has committed so far."""
+def _commits(port: int) -> Commits:
+    """What the orchestrator serving /metrics on `port` has committed so far, and how long its
+    commits took."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
-    return counter_total(text, COMMITTED, result="committed")
+    return Commits(
+        counter_total(text, COMMITTED, result="committed"),
+        counter_total(text, COMMIT_SECONDS + "_sum"),
+        counter_total(text, COMMIT_SECONDS + "_count"),
+    )
 
 
 def _free_port() -> int:

@@ -65,7 +65,9 @@ def test_the_bench_runs_every_phase_and_writes_every_section(
     [row] = results["tradeoff"]["rows"]
     assert (row["commit_interval_ms"], row["commit_linger_ms"]) == (100, 20)
     assert row["transactions"] > 0  # read from the orchestrator's /metrics
+    assert row["commit_ms"] > 0
     assert_complete(row["point"], 20)
+    assert_complete(results["tradeoff"]["warmup"], 20)  # before the table, at the maximum rate
 
     scale = [(r["series"], r["work"]) for r in results["scale"]["rows"]]
     assert scale == [
