@@ -34,6 +34,8 @@ from sagastream.runtime.http import Limits
 PREFIX = "SAGASTREAM_"
 # librdkafka's first retry of a transactional request (see transactional_producer_config)
 TRANSACTION_RETRY_BACKOFF_MS = 10
+# how long a producer gathers records into one request (librdkafka's linger.ms)
+PRODUCER_LINGER_MS = 5
 PASSTHROUGH = PREFIX + "LIBRDKAFKA_"
 # SAGASTREAM_* variables read by sagastream's tools, not by Settings: the test fixtures, the
 # local broker, registry and Jaeger, docker-compose.yml
@@ -401,11 +403,11 @@ class Settings(BaseSettings):
         than the results the agents produce, splitting one saga across two state stores.
         """
         return {
+            "linger.ms": PRODUCER_LINGER_MS,  # the user's librdkafka properties may change it
             **self.librdkafka(),
             "enable.idempotence": True,
             "acks": "all",
             "partitioner": "murmur2_random",
-            "linger.ms": 5,
             # what the runtime checks itself (max_record_bytes) must never be refused here
             "message.max.bytes": max(1_000_000, self.max_record_bytes),
         }

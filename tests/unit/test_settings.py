@@ -78,6 +78,19 @@ def test_a_transaction_begun_after_a_commit_retries_after_10_ms_not_100(
     assert Settings().transactional_producer_config("t")["retry.backoff.ms"] == "50"
 
 
+def test_a_producers_linger_is_5_ms_unless_the_users_properties_say(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """linger.ms trades requests (the broker's CPU) for latency per hop: the user may tune it.
+    What the runtime's guarantees need (idempotence, acks=all, the partitioner) is not theirs
+    to change."""
+    assert Settings().producer_config()["linger.ms"] == 5
+    monkeypatch.setenv("SAGASTREAM_LIBRDKAFKA_LINGER_MS", "25")
+    monkeypatch.setenv("SAGASTREAM_LIBRDKAFKA_ACKS", "1")
+    conf = Settings().transactional_producer_config("t")
+    assert conf["linger.ms"] == "25" and conf["acks"] == "all"
+
+
 def test_librdkafka_judges_the_properties_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAGASTREAM_LIBRDKAFKA_SOCKET_KEEPALIVE_ENABLE", "true")
     Settings().check_librdkafka()
