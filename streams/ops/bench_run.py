@@ -54,10 +54,11 @@ def run_bench(options: BenchOptions, out: TextIO = sys.stdout) -> int:
                 "bootstrap_servers": run.settings.bootstrap_servers,
                 "broker_cpu_measured": bool(broker_pids(run.settings.bootstrap_servers)),
             }
+            # which code the figures are of: this install's, or --worker-python's
             if options.worker_python is not None:
                 run.worker_python = str(options.worker_python)
-                results["run"]["workers"] = worker_release(run.worker_python)
-                out.write(f"sagastream's workers: {results['run']['workers']['label']}\n")
+            results["run"]["workers"] = worker_release(run.worker_python)
+            out.write(f"sagastream's workers: {results['run']['workers']['label']}\n")
             _run_phases(run, options, results)
     finally:
         if len(results) > 1:

@@ -47,6 +47,11 @@ def test_the_bench_runs_every_phase_and_writes_every_section(
     assert code == 0, printed[-3000:]
     results = json.loads(results_path.read_text())
     assert set(results) == {"run", "sagastream", "baseline", "fanout", "tradeoff", "scale"}
+    # which code ran: this checkout's package, named in the output too
+    import sagastream
+
+    assert results["run"]["workers"]["package"] == str(Path(sagastream.__file__).resolve().parent)
+    assert results["run"]["workers"]["label"] in printed
 
     ss, base = results["sagastream"], results["baseline"]
     for phase in (ss, base):
