@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import random
 import re
@@ -148,6 +149,25 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def free_broker_port() -> int:
+    """A port for a broker of a test's own whose controller port (+1) is free too, below the
+    ephemeral range (32768 up): a port the OS handed out is one it may also hand to a client's
+    connection before the broker binds it, and a broker whose controller port was taken so
+    dies at start ("Unable to start acceptor for CONTROLLER")."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with contextlib.ExitStack() as held:
+            try:
+                for candidate in (port, port + 1):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two free ports for a broker below 32000")
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -6,9 +6,6 @@ shared one is never stopped.
 
 from __future__ import annotations
 
-import contextlib
-import random
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,33 +17,17 @@ from sagastream.ops.client import EventClient
 from sagastream.ops.demo import WorkerSet
 from sagastream.wire.registry import build_codec
 from tests.integration.conftest import HANDLERS, Namespace
-from tests.integration.helpers import every_dead_letter, good_order, wait_outcomes
+from tests.integration.helpers import every_dead_letter, free_broker_port, good_order, wait_outcomes
 
 pytestmark = pytest.mark.integration
 
 DOWN_S = 40  # the broker comes up this long after the workers started (main gave up at 30 s)
 
 
-def _free_broker_port() -> int:
-    """A port whose controller port (+1) is free too, below the ephemeral range."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
-        with contextlib.ExitStack() as held:
-            try:
-                for candidate in (port, port + 1):
-                    sock = held.enter_context(socket.socket())
-                    sock.bind((localkafka.HOST, candidate))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no two free ports for a broker below 32000")
-
-
 @pytest.fixture
 def own_broker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     """The bootstrap address of a broker of this test's own, not started yet."""
-    port = _free_broker_port()
+    port = free_broker_port()
     monkeypatch.setenv(localkafka.ENV_DATA_DIR, str(tmp_path / "kafka"))
     monkeypatch.setenv(localkafka.ENV_PORT, str(port))
     yield f"{localkafka.HOST}:{port}"

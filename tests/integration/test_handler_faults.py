@@ -31,7 +31,13 @@ from sagastream.wire.dlq import read_dead_letter_headers
 from sagastream.wire.partitioner import partition_for
 from sagastream.wire.registry import build_codec
 from tests.integration import stuck_app
-from tests.integration.helpers import every_dead_letter, free_port, http_get, metric
+from tests.integration.helpers import (
+    every_dead_letter,
+    free_broker_port,
+    free_port,
+    http_get,
+    metric,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -70,21 +76,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _free_port_pair() -> int:
-    """A port whose successor is free too (the local broker's controller takes port + 1)."""
-    for _ in range(50):
-        port = free_port()
-        if port < 65534 and not localkafka.localproc.port_open(localkafka.HOST, port + 1):
-            return port
-    raise AssertionError("no two free consecutive ports")
-
-
 @pytest.fixture
 def own_broker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[str, int]]:
     """A single broker of this test's own, on its own ports: it can be frozen without harming
     anyone else's. Yields (bootstrap, broker pid)."""
     monkeypatch.setenv(localkafka.ENV_DATA_DIR, str(tmp_path / "kafka"))
-    monkeypatch.setenv(localkafka.ENV_PORT, str(_free_port_pair()))
+    monkeypatch.setenv(localkafka.ENV_PORT, str(free_broker_port()))
     bootstrap = localkafka.start(log=lambda m: None)
     [pid] = localkafka.status()["pids"]  # type: ignore[misc]
     try:
