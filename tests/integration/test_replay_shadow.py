@@ -28,7 +28,15 @@ ORDERS = 30
 def topology_patch() -> Any:
     def patch(data: dict[str, Any]) -> None:
         # a payment that fails is retried (3 attempts), so some sagas have retries to change
-        data["sagas"]["order"]["steps"]["payment"]["retry"]["on"] = ["timeout", "failure"]
+        retry = data["sagas"]["order"]["steps"]["payment"]["retry"]
+        retry["on"] = ["timeout", "failure"]
+        # its retry timer due seconds after the failure, not 200 ms: the shadow decides in event
+        # time, and a live orchestrator that took a saga's other result after the timer was due
+        # but before it fired (the documented limit: within a timer tick, more on a loaded
+        # machine) replays in the other order. With the other steps running in parallel, their
+        # results come within milliseconds of the failure, far from a timer 3 s away. A CI run
+        # saw the race at 200 ms: a shipment failure taken live before an overdue payment retry.
+        retry["initial_backoff_ms"] = 3000
 
     return patch
 
