@@ -33,18 +33,23 @@ demo-stop: install
 # others share) alone. The second pass runs even if the first failed; a pass that selects
 # nothing (exit 5) is no failure unless neither selects anything. TESTS narrows both to some
 # paths; PYTEST_ARGS is added to both; MARKS, a marker expression, narrows both (CI's
-# testcontainers pass gives "not once").
+# testcontainers pass gives "not once"). JUNIT, a path prefix, makes the passes write JUnit XML
+# reports to JUNIT-parallel.xml and JUNIT-serial.xml (CI's, to name the failed tests at its end).
 TEST_WORKERS ?= 2
 TESTS ?=
 PYTEST_ARGS ?= --durations=25
 MARKS ?=
+JUNIT ?=
 marks = $(if $(MARKS), and ($(MARKS)),)
+junit = $(if $(JUNIT),--junitxml=$(JUNIT)-$(1).xml,)
 
 test: install tools
 	parallel=0; serial=0; \
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal -m "not serial$(marks)" $(PYTEST_ARGS) \
+		$(call junit,parallel) \
 		$(TESTS) || parallel=$$?; \
-	$(BIN)/pytest -m "serial$(marks)" $(PYTEST_ARGS) $(TESTS) || serial=$$?; \
+	$(BIN)/pytest -m "serial$(marks)" $(PYTEST_ARGS) $(call junit,serial) $(TESTS) \
+		|| serial=$$?; \
 	if [ $$parallel = 5 ] && [ $$serial = 5 ]; then exit 5; fi; \
 	[ $$parallel = 5 ] && parallel=0; [ $$serial = 5 ] && serial=0; \
 	[ $$parallel = 0 ] && exit $$serial; exit $$parallel
