@@ -58,6 +58,7 @@ class Metrics:
     outcomes: Counter
     saga_seconds: Histogram
     timers_fired: Counter
+    timer_lateness: Histogram
     up: Gauge
     registry_up: Gauge
     registry_retries: Counter
@@ -117,6 +118,13 @@ class Metrics:
             ),
             timers_fired=Counter(
                 "sagastream_timers_fired", "Durable timers fired", ["kind"], registry=reg
+            ),
+            timer_lateness=Histogram(
+                "sagastream_timer_lateness_seconds",
+                "How long after its due time a durable timer fired (committed fires only)",
+                ["kind"],
+                buckets=HANDLER_BUCKETS,
+                registry=reg,
             ),
             up=Gauge("sagastream_worker_up", "1 while the worker runs", ["role"], registry=reg),
             registry_up=Gauge(

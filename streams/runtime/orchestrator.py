@@ -797,6 +797,7 @@ class Orchestrator:
                         ckpt.begin()
                         ckpt.put_state(partition, store, key, state, None, None)
                         self.tally.add(self.metrics.timers_fired, EXPIRY)
+                        self._count_lateness(EXPIRY, now - due_ms)
                     continue
                 if state is None or state.timers.get(timer) != due_ms:
                     continue  # disarmed, or fired already in this transaction
@@ -835,6 +836,14 @@ class Orchestrator:
                     self._dead_letter(letter, rejected, None)
                     continue
                 self.tally.add(self.metrics.timers_fired, kind)
+                self._count_lateness(kind, now - due_ms)
+
+    def _count_lateness(self, kind: str, late_ms: int) -> None:
+        """sagastream_timer_lateness_seconds, once this fire is committed: a fire undone by an
+        abort fires again later, and is counted then."""
+        assert self._ckpt is not None
+        observe = self.metrics.timer_lateness.labels(kind).observe
+        self._ckpt.after_commit(partial(observe, max(0, late_ms) / 1000))
 
     def _timer_limits(self, now: int) -> dict[int, int | None]:
         """Per store partition, the latest due time that may fire now (None: none yet)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from confluent_kafka import TopicPartition
 
 from sagastream.runtime.checkpoint import Checkpoint
@@ -153,3 +154,48 @@ def _sent(producer: FakeProducer) -> list[str]:
     return [
         CODEC.decode(value)[0] for topic, _, value, _ in producer.pending if topic != "changelog"
     ]
+
+
+@dataclass
+class CommittingConsumer(FakeConsumer):
+    """The fake consumer, able to send its group's offsets with a transaction."""
+
+    def consumer_group_metadata(self) -> str:
+        return "group-metadata"
+
+
+def test_a_fired_timer_counts_how_late_it_fired_once_its_transaction_commits(
+    tmp_path: Path,
+) -> None:
+    """sagastream_timer_lateness_seconds: the clock at the fire less the due time, counted at the
+    commit (a fire undone by an abort fires again, later, and is counted then)."""
+    topology = _topology()
+    orchestrator = Orchestrator(
+        Settings(data_dir=tmp_path), topology, STORE, CODEC, Metrics.create("t")
+    )
+    orchestrator._ckpt = Checkpoint(FakeProducer(), "changelog")  # type: ignore[arg-type]
+    store = orchestrator.stores[0] = MemoryStore()
+    ends = {(t, 0): (0, 0) for t in topology.orchestrator_inputs()}
+    ends["orders.events", 0] = (0, 1)
+    orchestrator._consumer = CommittingConsumer(ends)  # type: ignore[assignment]
+    orchestrator.clock = lambda: 1000
+    orchestrator._handle(_input("orders.events", 0, 1000, "OrderPlaced", **ORDER))  # type: ignore[arg-type]
+    orchestrator._commit()
+    state = orchestrator._ckpt.state(0, store, b"o-1")
+    assert state is not None
+    timeouts = [due for timer, due in state.timers.items() if timer.startswith("step_timeout|")]
+    assert len(timeouts) == 3, state.timers  # one a step, each due before the saga's deadline
+    fire_at = max(timeouts) + 2500
+    orchestrator.clock = lambda: fire_at
+    orchestrator._fire_due()
+    registry = orchestrator.metrics.registry
+
+    def observed(what: str) -> float | None:
+        return registry.get_sample_value(
+            f"sagastream_timer_lateness_seconds_{what}", {"kind": "step_timeout"}
+        )
+
+    assert not observed("count"), "nothing is counted before the commit"
+    orchestrator._commit()
+    assert observed("count") == 3
+    assert observed("sum") == pytest.approx(sum(fire_at - due for due in timeouts) / 1000)
