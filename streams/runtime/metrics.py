@@ -286,6 +286,11 @@ class Tally:
         key = (counter, labels)
         self._pending[key] = self._pending.get(key, 0) + n
 
+    def discard(self) -> None:
+        """Forget what was added since the last flush: its transaction did not commit, and its
+        inputs are read and counted again."""
+        self._pending.clear()
+
     def flush(self) -> None:
         """Count what was added since the last flush."""
         for key, n in self._pending.items():

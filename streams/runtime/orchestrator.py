@@ -929,7 +929,13 @@ class Orchestrator:
         if not ckpt.open:
             return
         self._flush_trail()
-        committed = commit_counted(ckpt, consumer, self.metrics, self.health, timeout)
+        try:
+            committed = commit_counted(ckpt, consumer, self.metrics, self.health, timeout)
+        except BaseException:
+            self.tally.discard()  # the session is rebuilt and the inputs read again
+            raise
+        if not committed:
+            self.tally.discard()
         self._show_counts()
         if not committed:
             self._rewind()
@@ -1054,6 +1060,7 @@ class Orchestrator:
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._ckpt is not None:
             self._ckpt.abort()
+            self.tally.discard()
         self._drop({tp.partition for tp in partitions})
 
     def _drop(self, numbers: set[int]) -> None:

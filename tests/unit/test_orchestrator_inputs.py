@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError
 
 from sagastream.core.state import StateEncodingError, decode_state
 from sagastream.core.topology import load_topology
@@ -218,6 +219,36 @@ def test_a_saga_of_binary_payloads_commits_and_its_state_keeps_them(tmp_path: Pa
         "fee": b"\x04\xce",  # decoded as Avro bytes: the unscaled 1230, big-endian
     }
     assert vault.produced("d-1") == ["SealDocument"]
+
+
+class RewindingConsumer(FakeConsumer):
+    """The fake consumer, with nothing assigned to rewind after an abort."""
+
+    def assignment(self) -> list[Any]:
+        return []
+
+
+def test_an_aborted_transactions_counts_are_dropped_and_its_inputs_counted_once_redone(
+    orders: Loop,
+) -> None:
+    """The inputs of an aborted transaction are read and decided again: counted then, once."""
+    registry = orders.orchestrator.metrics.registry
+    consumed = {"role": "orchestrator", "event_type": "OrderPlaced"}
+    produced = {"role": "orchestrator", "event_type": "ChargePayment"}
+    orders.orchestrator._consumer = RewindingConsumer()  # type: ignore[assignment]
+    for attempt in ("aborted", "redone"):
+        orders.producer.fail_commit = (
+            KafkaError(KafkaError._TIMED_OUT) if attempt == "aborted" else None  # must abort
+        )
+        orders.offset = 0  # the rewind: the same two inputs again
+        for key in ("o-1", "o-2"):
+            orders.send("orders.events", key, "OrderPlaced", _order(key))
+        orders.orchestrator._commit()
+    assert orders.producer.log.count("abort") == 1
+    assert registry.get_sample_value("sagastream_events_consumed_total", consumed) == 2
+    assert registry.get_sample_value("sagastream_events_produced_total", produced) == 2
+    aborted = registry.get_sample_value("sagastream_transactions_total", {"result": "aborted"})
+    assert aborted == 1
 
 
 def test_the_metrics_of_a_transaction_are_counted_once_it_ends(orders: Loop) -> None:
