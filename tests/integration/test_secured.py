@@ -218,17 +218,29 @@ def test_acls_command_prints_bindings_and_commands_and_applies_them(
     assert "created 7 ACLs" in done.stdout
     deployment.assert_no_secret_shown()
 
-    query = AclBindingFilter(
-        ResourceType.ANY,
-        None,
-        ResourcePatternType.ANY,
-        principal,
-        None,
-        AclOperation.ANY,
-        AclPermissionType.ANY,
-    )
     admin = admin_client(deployment.admin)
-    on_broker = admin.describe_acls(query).result(30)
+
+    def described(principal: str, until: Callable[[list[Any]], bool]) -> list[Any]:
+        """The principal's ACLs on the broker once `until(them)` holds, or as they are after
+        30 s: the node's authorizer takes them from the metadata log a moment after the
+        controller accepted them."""
+        query = AclBindingFilter(
+            ResourceType.ANY,
+            None,
+            ResourcePatternType.ANY,
+            principal,
+            None,
+            AclOperation.ANY,
+            AclPermissionType.ANY,
+        )
+        deadline = time.monotonic() + 30
+        while not until(found := list(admin.describe_acls(query).result(30))):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        return found
+
+    on_broker = described(principal, lambda found: len(found) >= 7)
     assert len(on_broker) == len(commands) == 7
 
     # README's "Running against a secured Kafka" applies them as written, run by the admin
@@ -239,25 +251,19 @@ def test_acls_command_prints_bindings_and_commands_and_applies_them(
     assert "created 7 ACLs" in done.stdout
     named = re.search(r"payment=(\S+)", written)
     assert named is not None, written
-    found = admin.describe_acls(
-        AclBindingFilter(
-            ResourceType.ANY,
-            None,
-            ResourcePatternType.ANY,
-            named.group(1),
-            None,
-            AclOperation.ANY,
-            AclPermissionType.ANY,
-        )
-    ).result(30)
 
     def what(bindings: list[Any]) -> set[tuple[str, str, str]]:
         return {(str(b.restype), b.name, str(b.operation)) for b in bindings}
 
-    # the same ACLs as the command above made, for the README's principal (the CLUSTER one is
-    # shared by every prefix)
-    mine = [b for b in found if b.name.startswith(deployment.prefix) or b.name == acls.CLUSTER]
-    assert what(mine) == what(on_broker)
+    def mine(bindings: list[Any]) -> list[Any]:
+        # the CLUSTER one is shared by every prefix (an earlier test's README run made it too)
+        return [
+            b for b in bindings if b.name.startswith(deployment.prefix) or b.name == acls.CLUSTER
+        ]
+
+    # the same ACLs as the command above made, for the README's principal
+    found = described(named.group(1), lambda found: what(mine(found)) == what(on_broker))
+    assert what(mine(found)) == what(on_broker)
 
 
 def test_order_saga_each_role_under_its_generated_acls_only(deployment: Deployment) -> None:
