@@ -227,9 +227,12 @@ def jaeger(request: pytest.FixtureRequest) -> Iterator[Jaeger]:
     def say(message: str) -> None:
         _announce(request, f"jaeger: {message}", remember=False)
 
-    ports = free_jaeger_ports()
-    if not localjaeger.status(ports)["built"]:
+    if not localjaeger.status()["built"]:
         say(f"no binary at {localjaeger.binary_path()}: building it (or waiting for a build)")
+    localjaeger.ensure_jaeger(log=say)
+    # the ports are picked once the binary is there, so that Jaeger binds them a moment later,
+    # not after a build of minutes in which another process may take one
+    ports = free_jaeger_ports()
     localjaeger.start(log=say, ports=ports)
     found = Jaeger(ports)
     # the summary's line is the same for every xdist worker (said once); the ports differ
