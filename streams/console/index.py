@@ -48,7 +48,7 @@ from sagastream.ops import dlq
 from sagastream.ops.admin import admin_client
 from sagastream.ops.client import headers_of
 from sagastream.ops.inspect import summarize
-from sagastream.runtime.kafka_io import READ_BATCH, partitions, reader
+from sagastream.runtime.kafka_io import READ_BATCH, partitions, reader, watermarks
 from sagastream.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -355,8 +355,7 @@ class IndexFollower:
             if t in self.topics.outcomes
             for p in metadata[t].partitions
         ]
-        # each outcome partition from its first record of the window (-1, OFFSET_END: none yet)
-        wanted = consumer.offsets_for_times(outcomes, timeout=10) if outcomes else []
+        wanted = window_starts(consumer, outcomes) if outcomes else []
         wanted += [
             TopicPartition(t, p, OFFSET_BEGINNING)
             for t in fresh
@@ -400,6 +399,23 @@ class IndexFollower:
             return
         at = occurred_ms(record)
         self.index.outcome(Outcome(str(record.get("saga_type", "")), event_type, at), self.now_ms())
+
+
+def window_starts(consumer: Consumer, outcomes: list[TopicPartition]) -> list[TopicPartition]:
+    """Each outcome partition (its offset: the window's start time) from its first record of
+    the window; one with none there from its end as it was before the broker was asked that,
+    not from OFFSET_END: the consumer resolves OFFSET_END only when it starts fetching, past
+    an outcome written in between, which would then never be counted."""
+    ends = {
+        (tp.topic, tp.partition): watermarks(consumer, tp.topic, tp.partition)[1] for tp in outcomes
+    }
+    found = consumer.offsets_for_times(outcomes, timeout=10)
+    return [
+        tp
+        if tp.offset >= 0
+        else TopicPartition(tp.topic, tp.partition, ends[tp.topic, tp.partition])
+        for tp in found
+    ]
 
 
 class Reading:

@@ -12,11 +12,14 @@ from typing import Any
 
 import pytest
 
+from sagastream.console.index import IndexFollower, Reading, SagaIndex, Topics, human_steps
+from sagastream.console.readers import now_ms
 from sagastream.examples.events import OrderPlaced
 from sagastream.ops.admin import admin_client, create_topics, delete_topics
 from sagastream.ops.bench_restore import write_changelog
 from sagastream.ops.client import Client
 from sagastream.ops.demo import settings_env
+from sagastream.runtime.kafka_io import reader
 from tests.integration.conftest import HANDLERS
 from tests.integration.helpers import (
     CONSOLE_BOUND_S,
@@ -114,3 +117,58 @@ def test_a_recreated_changelog_is_read_again_from_scratch(ns: Any, tmp_path: Pat
         settle(lambda: topic in admin_client(settings).list_topics(timeout=10).topics)
         write("new-a")
         polled(port, "/sagas", lambda: [("order", "new-a", "running")])
+
+
+class WritesMeanwhile:
+    """A consumer through which, right after the broker said where each outcome partition's
+    window starts, an outcome is written: what a busy orchestrator may do at that moment."""
+
+    def __init__(self, consumer: Any, write: Callable[[], None]) -> None:
+        self._consumer, self._write = consumer, write
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+    def offsets_for_times(self, partitions: Any, timeout: float) -> Any:
+        found = self._consumer.offsets_for_times(partitions, timeout=timeout)
+        self._write()
+        return found
+
+
+def test_an_outcome_written_while_the_index_takes_up_its_topic_is_counted(ns: Any) -> None:
+    """The index takes up the outcome topic (empty: no outcome in the window) while an outcome
+    is written: that outcome is counted. Started at OFFSET_END, a partition was read from its
+    end as the consumer resolved it later, past the outcome, which was never counted."""
+    outcomes = ns.topic(ns.topology.sagas["order"].outcome_topic)
+    index = SagaIndex(human_steps(ns.topology.sagas.items()))
+    topics = Topics(ns.settings.changelog_topic(), [outcomes], {})
+    follower = IndexFollower(ns.settings, index, topics, ns.client.decoded, now_ms)
+
+    def write() -> None:
+        ns.client.publish("SagaCompleted", "late-1", {"saga_type": "order", "completed_steps": []})
+        ns.client.flush()
+
+    def served() -> bool:
+        """The topic (made a moment ago) and a leader of each partition are known."""
+        found = admin_client(ns.settings).list_topics(timeout=10).topics.get(outcomes)
+        return bool(found and found.partitions) and all(
+            p.leader >= 0 for p in found.partitions.values()
+        )
+
+    settle(served)
+    consumer = reader(ns.settings, "test-index")
+    try:
+        reading = Reading(topics.changelog, 1)
+        follower._take_up(WritesMeanwhile(consumer, write), admin_client(ns.settings), reading)
+        assert reading.taken == {outcomes}
+
+        def completed() -> int:
+            return index.overview(["order"], now_ms())[0].totals["completed"]
+
+        deadline = time.monotonic() + 20  # a hang guard: the outcome is there to be read
+        while completed() == 0 and time.monotonic() < deadline:
+            for msg in consumer.consume(100, 0.5):
+                follower._handle(msg, reading)
+        assert completed() == 1
+    finally:
+        consumer.close()
