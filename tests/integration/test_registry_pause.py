@@ -7,7 +7,6 @@ restart), stopped and started by the test: the shared one is never stopped.
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,23 +29,17 @@ from sagastream.wire.registry import (
     register_subjects,
 )
 from tests.integration.conftest import Namespace
-from tests.integration.helpers import every_dead_letter, good_order
+from tests.integration.helpers import every_dead_letter, free_port, good_order
 
 pytestmark = pytest.mark.integration
 
 EVOLUTION = Path(__file__).parent / "evolution"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((localregistry.HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def own_registry() -> Iterator[int]:
     """The port of a running registry of this test's own; removed with its storage after."""
-    port = _free_port()
+    port = free_port()
     localregistry.start(log=lambda m: None, port=port, persist=True)
     yield port
     localregistry.stop(log=lambda m: None, port=port)
