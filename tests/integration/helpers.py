@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sagastream.core.state import SagaState, decode_state
@@ -179,6 +180,17 @@ def free_broker_port() -> int:
     ephemeral range: a broker whose controller port a client connection took dies at start
     ("Unable to start acceptor for CONTROLLER")."""
     return _free_ports(2)
+
+
+def wait_in_log(path: Path, text: str, count: int = 1, timeout: float = 60.0) -> None:
+    """Wait until a process's log holds `text` `count` times (a step it logs as done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text(errors="replace").count(text) >= count:
+            return
+        time.sleep(0.5)
+    tail = path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
+    raise AssertionError(f"{text!r} not {count} times in {path} after {timeout}s:\n{tail}")
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
