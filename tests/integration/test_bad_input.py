@@ -19,7 +19,7 @@ from sagastream.ops.demo import WorkerSet
 from sagastream.wire.codec import new_meta
 from sagastream.wire.dlq import read_dead_letter_headers
 from tests.integration.conftest import HANDLERS
-from tests.integration.helpers import place_order, wait_outcomes
+from tests.integration.helpers import free_port, place_order, wait_outcomes
 
 pytestmark = pytest.mark.integration
 
@@ -114,9 +114,8 @@ class RegistryProxy:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        # unbound until start(), while the workers retry it: below the ephemeral range
+        self.port = free_port()
         self.url = parts._replace(netloc=f"127.0.0.1:{self.port}").geturl()
         self._server: socketserver.ThreadingTCPServer | None = None
 
@@ -152,12 +151,6 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
         sink.shutdown(socket.SHUT_WR)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _metric(port: int, name: str) -> float | None:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
@@ -171,7 +164,7 @@ def test_a_registry_that_is_down_makes_workers_wait_not_dead_letter(
 ) -> None:
     proxy = RegistryProxy(str(ns.settings.schema_registry_url))
     settings = ns.settings.model_copy(update={"schema_registry_url": proxy.url})
-    metrics_port = _free_port()
+    metrics_port = free_port()
     ws = WorkerSet(settings, tmp_path / "logs")
     ws.start(["orchestrator"], {"SAGASTREAM_METRICS_PORT": str(metrics_port)})
     ws.start([HANDLERS])

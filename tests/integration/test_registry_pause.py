@@ -7,7 +7,6 @@ restart), stopped and started by the test: the shared one is never stopped.
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,37 +29,21 @@ from sagastream.wire.registry import (
     register_subjects,
 )
 from tests.integration.conftest import Namespace
-from tests.integration.helpers import every_dead_letter, good_order
+from tests.integration.helpers import every_dead_letter, free_port, good_order, wait_in_log
 
 pytestmark = pytest.mark.integration
 
 EVOLUTION = Path(__file__).parent / "evolution"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((localregistry.HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def own_registry() -> Iterator[int]:
     """The port of a running registry of this test's own; removed with its storage after."""
-    port = _free_port()
+    port = free_port()
     localregistry.start(log=lambda m: None, port=port, persist=True)
     yield port
     localregistry.stop(log=lambda m: None, port=port)
     shutil.rmtree(localregistry.db_path(port).parent, ignore_errors=True)
-
-
-def _wait_in_log(path: Path, text: str, count: int = 1, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text(errors="replace").count(text) >= count:
-            return
-        time.sleep(0.5)
-    tail = path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
-    raise AssertionError(f"{text!r} not {count} times in {path} after {timeout}s:\n{tail}")
 
 
 def _join_and_leave(settings: Settings, topics: list[str]) -> set[tuple[str, int]]:
@@ -116,14 +99,14 @@ def test_a_partition_paused_for_the_registry_is_read_after_a_rebalance(
         producer.publish("OrderPlaced", key, {**good_order(key), "gift_note": "for mum"})
         producer.flush()
         producer.close()
-        _wait_in_log(log, "waits, retry in")  # its partition is paused for the registry
+        wait_in_log(log, "waits, retry in")  # its partition is paused for the registry
 
         assigned = log.read_text(errors="replace").count("assigned partitions")
         taken = _join_and_leave(
             settings, [settings.topic(t) for t in ns.topology.orchestrator_inputs()]
         )
         assert (settings.topic("orders.events"), 0) in taken  # the paused one moved and came back
-        _wait_in_log(log, "assigned partitions", count=assigned + 2)  # shared, then all back
+        wait_in_log(log, "assigned partitions", count=assigned + 2)  # shared, then all back
 
         localregistry.start(log=lambda m: None, port=own_registry, persist=True)
         reader = EventClient(settings, ns.topology, build_codec(settings), "test")

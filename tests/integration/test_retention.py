@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from sagastream.runtime.kafka_io import read_to_end
 from sagastream.runtime.store import RocksStore
 from sagastream.wire.dlq import read_dead_letter_headers
 from tests.integration.conftest import HANDLERS
-from tests.integration.helpers import loan_applied, place_order, wait_outcomes
+from tests.integration.helpers import loan_applied, place_order, wait_in_log, wait_outcomes
 
 pytestmark = pytest.mark.integration
 
@@ -57,14 +56,6 @@ def _changelog(ns: Any) -> dict[str, list[tuple[int, SagaState | None]]]:
         state = None if value is None else decode_state(value)
         records[(m.key() or b"").decode()].append((m.timestamp()[1], state))
     return records
-
-
-def _restored(log: Path, timeout: float = 60.0) -> None:
-    """Wait until a new orchestrator logs its assignment, which it does after restoring."""
-    deadline = time.monotonic() + timeout
-    while "assigned partitions" not in log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"no restore in {log}"
-        time.sleep(0.2)
 
 
 def test_ended_sagas_leave_the_store_and_a_restore_does_not_bring_them_back(
@@ -127,7 +118,7 @@ def test_ended_sagas_leave_the_store_and_a_restore_does_not_bring_them_back(
     # a lost data directory is rebuilt from the changelog alone, tombstones included
     shutil.rmtree(ns.settings.data_dir / ns.settings.group("orchestrator"))
     again = start_workers("orchestrator")
-    _restored(again.log_dir / "orchestrator.log")
+    wait_in_log(again.log_dir / "orchestrator.log", "assigned partitions")  # restored
     time.sleep(1.0)  # ticks: a saga restored past its expiry would be removed again, once more
     code, _ = again.terminate("orchestrator")
     assert code == 0

@@ -31,6 +31,7 @@ from tests.integration.faults import (
     publish_paced,
     wait_all_ended,
 )
+from tests.integration.helpers import wait_in_log
 
 WINDOW_S = 20.0
 EXTRA = "orders.priority"
@@ -81,6 +82,10 @@ def test_a_rolling_deploy_that_adds_an_input_topic_keeps_one_owner_per_store(
         new.append(worker)
         worker.start(["orchestrator"])
         worker.wait_ready()
+        # the group was stable before the new member joined it (the old member alone), so
+        # ready is also when the new process has partitions: the old version leaves only after
+        # it took them, and the two have run side by side
+        wait_in_log(worker.log_dir / "orchestrator.log", "assigned partitions", timeout=120)
         return worker
 
     try:
