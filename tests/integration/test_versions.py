@@ -45,6 +45,9 @@ V2_STEPS = {"payment", "inventory", "delivery", "recheck"}
 NOTIFICATION_EVENTS = ("SendNotification", "NotificationSent", "NotificationFailed")
 IN_FLIGHT = 1000
 AFTER = 100
+# the slow shipping handler's time per command: under the step's timeout_ms (15 s), and long
+# enough that no saga ends while the test stops orchestrators with their sagas in flight
+SLOW_SHIPPING_MS = 10_000
 
 
 def v2_data(data: dict[str, Any]) -> dict[str, Any]:
@@ -120,16 +123,20 @@ def test_sagas_in_flight_on_v1_end_on_v1_while_new_ones_run_v2(
     ns: Any, tmp_path: Path, v2: tuple[Settings, Topology]
 ) -> None:
     v2_settings, v2_topology = v2
+    assert ns.topology.sagas["order"].steps["shipping"].timeout_ms > SLOW_SHIPPING_MS
     port = free_port()
     running = [
         workers(ns.settings, tmp_path / "fast", FAST_ROLES),
-        # the slow step: every v1 saga is still on it when its orchestrator stops
+        # the slow step: every v1 saga is still on it when its orchestrator stops. All its
+        # commands run at once (not in waves of 256 every 4 s, which ended 512 sagas 8 s after
+        # the first command: sending 1,000 and stopping the orchestrators can take that long on
+        # a loaded machine), each for 10 s, within the step's 15 s run-time bound
         workers(
             ns.settings,
             tmp_path / "slow",
             "shipping",
-            SAGASTREAM_HANDLER_LATENCY_MS="4000",
-            SAGASTREAM_HANDLER_CONCURRENCY="256",
+            SAGASTREAM_HANDLER_LATENCY_MS=str(SLOW_SHIPPING_MS),
+            SAGASTREAM_HANDLER_CONCURRENCY=str(2 * IN_FLIGHT),
         ),
     ]
     old = [workers(ns.settings, tmp_path / f"v1-{n}", "orchestrator") for n in "ab"]
@@ -352,7 +359,14 @@ def test_a_rollback_to_v1_leaves_the_v2_sagas_on_v2(
     assert cli.main(["topics", "create"]) == 0  # publishes v1, as the first deploy did
     running = [
         workers(ns.settings, tmp_path / "fast", FAST_ROLES),
-        workers(ns.settings, tmp_path / "slow", "shipping", SAGASTREAM_HANDLER_LATENCY_MS="6000"),
+        # 10 s, not 6: the v2 orchestrator must stop while the shipments run, and sending the
+        # orders, reading their commands and its graceful stop take seconds on a loaded machine
+        workers(
+            ns.settings,
+            tmp_path / "slow",
+            "shipping",
+            SAGASTREAM_HANDLER_LATENCY_MS=str(SLOW_SHIPPING_MS),
+        ),
     ]
     new = workers(v2_settings, tmp_path / "v2", "orchestrator")
     old: WorkerSet | None = None
