@@ -5,6 +5,7 @@ exactly the sagas whose live payments were to be retried."""
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from tests.integration.helpers import place_order, wait_outcomes
 pytestmark = pytest.mark.integration
 
 ORDERS = 30
+METADATA_S = 10.0  # a hang guard for the broker's metadata to follow a topic deletion
 
 
 @pytest.fixture
@@ -152,7 +154,12 @@ def test_changed_retry_policy_shows_the_sagas_that_differ(ns, live, tmp_path, ca
     capsys.readouterr()
     shadows = f"{ns.settings.topic_prefix}shadow-"
     admin = admin_client(ns.settings)
-    assert not [t for t in admin.list_topics(timeout=10).topics if t.startswith(shadows)]
+    # deleted by the controller when the command returned; the broker's metadata follows a
+    # moment later
+    deadline = time.monotonic() + METADATA_S
+    while left := [t for t in admin.list_topics(timeout=10).topics if t.startswith(shadows)]:
+        assert time.monotonic() < deadline, f"the shadow's topics are left: {left}"
+        time.sleep(0.2)
     groups = admin.list_consumer_groups(request_timeout=10).result().valid
     assert not [g.group_id for g in groups if g.group_id.startswith(shadows)]
     assert not list(ns.settings.data_dir.glob(f"{shadows}*"))
