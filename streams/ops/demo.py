@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -158,12 +159,19 @@ class Infrastructure:
     started_registry: bool = False
 
 
+def run_prefix(name: str) -> str:
+    """`<name>-<time>-<random>-`: the time says when the run began; the random part keeps two
+    runs begun in the same second (two test workers, two people on one broker) from sharing
+    topics and groups, and one's clean-up from deleting the other's topics."""
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}-"
+
+
 @contextlib.contextmanager
 def local_infrastructure(
     name: str, keep: bool, out: TextIO, leave_running: bool = False
 ) -> Iterator[Infrastructure]:
     """The broker and registry of SAGASTREAM_* settings, else local ones started here; a prefix
-    `<name>-<time>-` for the run; at the end its topics, stores, ledgers and subjects removed
+    for the run (`run_prefix`); at the end its topics, stores, ledgers and subjects removed
     (unless `keep`) and what was started here stopped (unless `leave_running`: all is left for
     a console to show, until `demo --stop`)."""
     from sagastream.local import kafka as localkafka
@@ -189,7 +197,7 @@ def local_infrastructure(
     settings = env_settings.model_copy(update=update)
     infra = Infrastructure(
         settings,
-        f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-",
+        run_prefix(name),
         started_broker=started_broker,
         started_registry=started_registry,
     )
