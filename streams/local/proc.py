@@ -9,6 +9,7 @@ jars fetched with Maven; this module holds the parts they have in common:
 - processes: launching a detached JVM with its output in a log file, telling
   whether a pid is alive and is ours (``/proc``, ``ps`` without it), adopting a
   process whose pid file was lost, the tail of its log for error messages;
+- ports: free ones for a server to bind, below the OS's ephemeral range;
 - termination: SIGTERM (to the whole process group), wait, then SIGKILL.
 
 Helpers that can fail take the caller's error class (a ``LocalToolError``
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import re
 import shutil
 import signal
@@ -318,6 +320,35 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+# The OS hands out ports from 32768 up (Linux's ip_local_port_range) to outgoing connections;
+# a port chosen for a server lies below, so no connection takes it before the server binds it
+# (a client's retries to a server that is down, a connection to a port nothing listens on that
+# is given that very port as its source: a TCP self-connect, holding it).
+FREE_PORTS_FROM, FREE_PORTS_BELOW = 20000, 32000
+
+
+def free_ports(host: str, offsets: Sequence[int] = (0,)) -> int:
+    """A port `first` on `host` such that `first + offset` is free for every offset (a broker
+    and its controller, say), below the ephemeral range: a port the OS handed to a probe (bind
+    to 0) is one it may hand to a client's connection too, in the seconds before the server's
+    process binds it, and that server then dies at start. Free now; taken at random, so that
+    two callers at once seldom choose the same."""
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(FREE_PORTS_FROM, FREE_PORTS_BELOW - max(offsets))
+        with contextlib.ExitStack() as held:
+            try:
+                for offset in offsets:
+                    held.enter_context(socket.socket()).bind((host, first + offset))
+            except OSError:
+                continue
+        return first
+    raise OSError(
+        f"no free ports {list(offsets)} after a first port in {FREE_PORTS_FROM}-"
+        f"{FREE_PORTS_BELOW} on {host}: free some, or close what holds them"
+    )
 
 
 # ------------------------------------------------------------------ termination

@@ -15,12 +15,12 @@ reported apart) runs first: the first policy would otherwise also pay for the br
 from __future__ import annotations
 
 import math
-import socket
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 from sagastream.errors import UsageError
+from sagastream.local.proc import free_ports
 from sagastream.ops.bench import (
     WARMUP_ORDERS,
     BenchOptions,
@@ -169,7 +169,7 @@ def tradeoff_phase(run: Run, options: BenchOptions) -> dict[str, Any]:
         warmup = measure(source, make(options.warmup, False), None, options.timeout, run.out)
     rows: list[dict[str, Any]] = []
     for i, policy in enumerate(options.tradeoff):
-        port = _free_port()
+        port = free_ports("127.0.0.1")  # the worker binds it next
         env = {
             "SAGASTREAM_COMMIT_INTERVAL_MS": str(policy[0]),
             "SAGASTREAM_COMMIT_LINGER_MS": str(policy[1]),
@@ -195,10 +195,3 @@ def _commits(port: int) -> Commits:
         counter_total(text, COMMIT_SECONDS + "_sum"),
         counter_total(text, COMMIT_SECONDS + "_count"),
     )
-
-
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (the worker binds it next)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

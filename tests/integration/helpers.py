@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import html
 import random
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +15,7 @@ from typing import Any
 
 from sagastream.core.state import SagaState, decode_state
 from sagastream.examples.events import LoanApplied
+from sagastream.local.proc import free_ports
 from sagastream.ops.client import Received
 from sagastream.ops.demo import order_fields
 
@@ -145,41 +144,17 @@ def planted_dead_letter(ns: Any, key: str, redrives: int | None = None) -> None:
     ns.client.publish_raw(ns.topic("orders.events.dlq"), key.encode(), value, headers)
 
 
-# ports a test hands to a process of its own are taken below the OS's ephemeral range (32768
-# up): a port the OS handed out is one it may hand again to any client connection (a worker's
-# retries to a registry that is down, a broker client) before that process binds it, and a
-# connection to a port in that range that nothing listens on can even be given it as its own
-# source port (a TCP self-connect), holding it
-OWN_PORTS = range(20000, 32000)
-
-
-def _free_ports(count: int) -> int:
-    """The first of `count` consecutive ports on 127.0.0.1 in OWN_PORTS that nothing holds now."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(OWN_PORTS.start, OWN_PORTS.stop - count)
-        with contextlib.ExitStack() as held:
-            try:
-                for candidate in range(port, port + count):
-                    sock = held.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-        return port
-    raise AssertionError(f"no {count} free consecutive ports in {OWN_PORTS}")
-
-
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now, for a server a test starts (a
-    registry, a proxy, a worker's metrics), below the ephemeral range (OWN_PORTS)."""
-    return _free_ports(1)
+    registry, a proxy, a worker's metrics), below the ephemeral range (sagastream.local.proc)."""
+    return free_ports("127.0.0.1")
 
 
 def free_broker_port() -> int:
     """A port for a broker of a test's own whose controller port (+1) is free too, below the
     ephemeral range: a broker whose controller port a client connection took dies at start
     ("Unable to start acceptor for CONTROLLER")."""
-    return _free_ports(2)
+    return free_ports("127.0.0.1", (0, 1))
 
 
 def wait_in_log(path: Path, text: str, count: int = 1, timeout: float = 60.0) -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import random
-import socket
 import time
 import uuid
 
@@ -13,7 +10,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from sagastream.local import kafka as localkafka
-from sagastream.local.proc import pid_alive
+from sagastream.local.proc import free_ports, pid_alive
 
 pytestmark = pytest.mark.integration
 
@@ -21,19 +18,8 @@ pytestmark = pytest.mark.integration
 def _free_cluster_port() -> int:
     """A first port whose six cluster ports (brokers +0..2, controllers +100..102) are free,
     below the ephemeral range, so that two checkouts can run this test at once."""
-    rng = random.Random()
     offsets = [i + c for c in (0, localkafka.CLUSTER_CONTROLLER_OFFSET) for i in range(3)]
-    for _ in range(200):
-        first = rng.randrange(20000, 32000)
-        with contextlib.ExitStack() as held:
-            try:
-                for offset in offsets:
-                    sock = held.enter_context(socket.socket())
-                    sock.bind((localkafka.HOST, first + offset))
-            except OSError:
-                continue
-        return first
-    raise AssertionError("no six free ports for the cluster below 32000")
+    return free_ports(localkafka.HOST, offsets)
 
 
 @pytest.fixture
