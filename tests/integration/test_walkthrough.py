@@ -25,6 +25,7 @@ from sagastream.core.topology import load_topology
 from sagastream.ops.client import EventClient
 from sagastream.runtime.settings import Settings
 from sagastream.wire.codec import AvroCodec, LocalSchemaIds, SchemaStore
+from tests.conftest import run_lock
 
 pytestmark = pytest.mark.integration
 
@@ -65,11 +66,15 @@ def test_the_walkthrough_names_its_files_and_commands() -> None:
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def venv(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Path:
     """sagastream's wheel, built from this checkout, installed into a new venv."""
     base = tmp_path_factory.mktemp("wheel")
     dist = base / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(ROOT), "-w", str(dist)])
+    # pip builds in the checkout (its build/ and egg-info): two xdist workers whose tests of
+    # this module need the fixture at once would build in the same directories, and one's
+    # clean-up remove what the other is packing
+    with run_lock(pytestconfig, "wheel-build"):
+        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(ROOT), "-w", str(dist)])
     (wheel,) = dist.glob("sagastream-*.whl")
     env = base / "venv"
     _run([sys.executable, "-m", "venv", str(env)])
