@@ -9,10 +9,13 @@ The outcomes are checked from the topics (read_committed), not from what the wal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,18 +173,30 @@ def _run(argv: list[str], **kwargs: Any) -> str:
 
 
 def _shell(script: str, cwd: Path, env: dict[str, str]) -> tuple[str, Path]:
-    """Run a README shell block; returns its output and the directory it ended in."""
+    """Run a README shell block; returns its output and the directory it ended in.
+
+    Its output goes to a file, not a pipe, and its process group is killed once it ended: a
+    block that fails before its `kill %1` (`bash -e`) leaves its background worker running,
+    which held a pipe open until the 600 s timeout, with the block's output lost."""
     marker = cwd / ".walkthrough-cwd"
-    done = subprocess.run(
-        ["bash", "-e", "-c", f"{script}\npwd > {marker}"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, f"README block failed:\n{script}\n---\n{out}"
+    with tempfile.TemporaryFile() as output:
+        block = subprocess.Popen(
+            ["bash", "-e", "-c", f"{script}\npwd > {marker}"],
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code = block.wait(timeout=600)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(block.pid, signal.SIGKILL)  # what the block left running
+            block.wait()
+        output.seek(0)
+        out = output.read().decode(errors="replace")
+    assert code == 0, f"README block failed:\n{script}\n---\n{out}"
     ended = Path(marker.read_text().strip())
     marker.unlink()
     return out, ended
